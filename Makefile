@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -> a virtualenv with autotl, then a search on the bundled digits sample
+#   make test   -> the same virtualenv with the test extras, then the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Offline machines: weights come from AUTOTL_WEIGHTS_DIR; the sibling ../shared/weights is used when present.
+SHARED_WEIGHTS := $(wildcard $(abspath ..)/shared/weights)
+ifneq ($(SHARED_WEIGHTS),)
+export AUTOTL_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
+endif
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,postgres]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/autotl search --sample digits --space fast --out runs/digits
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/search_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

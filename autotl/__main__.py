@@ -1,0 +1,5 @@
+import sys
+
+from autotl.cli import main
+
+sys.exit(main())

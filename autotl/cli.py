@@ -1,0 +1,226 @@
+"""The command line.  The only place that turns exceptions into exit codes.
+
+Every ``AutotlError`` becomes one line on stderr and exit code 2; Ctrl-C says
+how to resume and exits 130.  Heavy libraries load inside the commands, so
+``autotl --help`` and ``autotl plugins`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from autotl.errors import AutotlError, UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probes, oneDNN notes) silenced.
+
+    TensorFlow 2.21 logs those before ``TF_CPP_MIN_LOG_LEVEL`` takes effect,
+    so stderr is closed at the file-descriptor level for the import only.
+    """
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", module="keras")
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _add_plugin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE as an autotl plugin (repeatable)")
+
+
+def _add_weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights-dir", metavar="DIR", help="folder of Keras weight files (default: $AUTOTL_WEIGHTS_DIR, else Keras downloads ImageNet weights)")
+    p.add_argument("--weights", choices=["imagenet", "none"], help="'none' starts from random weights (for tests)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autotl", description="Search pretrained image backbones for the best transfer-learned classifier.")
+    parser.add_argument("--version", action="version", version=f"autotl {__import__('autotl').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run or resume a search", description="Create the study in --out, or resume it, and run trials until it holds --trials finished ones.")
+    s.add_argument("data", nargs="?", metavar="DATA_DIR", help="folder of class subfolders (with train/ and val/ inside, they are used as they are)")
+    s.add_argument("--sample", metavar="NAME", help="use a built-in sample data set instead of DATA_DIR (e.g. digits)")
+    s.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data name>)")
+    s.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold in total (default: the space's)")
+    s.add_argument("--space", default="default", metavar="NAME_OR_FILE", help="search space: 'default', 'fast' or a YAML file")
+    s.add_argument("--backbone", action="append", default=[], metavar="NAME", help="search only these backbones (repeatable)")
+    s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)")
+    s.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
+    s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
+    s.add_argument("--keep-models", type=int, default=5, metavar="K", help="keep the saved models of the K best trials (default 5)")
+    _add_weights_args(s)
+    _add_plugin_args(s)
+
+    p = sub.add_parser("predict", help="classify images with a run's best model")
+    p.add_argument("run", metavar="RUN_DIR_OR_MODEL")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+    pl = sub.add_parser("plugins", help="list the backbones and samples that plugins provide")
+    _add_plugin_args(pl)
+    _add_weights_args(pl)
+    return parser
+
+
+def _load_data(args: argparse.Namespace, space: Any, registry: Any) -> Any:
+    from autotl import data
+
+    if bool(args.data) == bool(args.sample):
+        raise UsageError("give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)")
+    if args.sample:
+        images, labels, names = registry.sample(args.sample).load()
+        return data.from_arrays(images, labels, names, f"sample:{args.sample}", space.val_fraction, space.seed)
+    return data.load_folder(args.data, space.val_fraction, space.seed)
+
+
+def _available(space: Any, registry: Any, weights: Any, explicit: Sequence[str], warn: Any) -> Any:
+    """Drop space backbones whose weights are absent (warned); explicit ones must be present."""
+    from autotl.weights import resolve_weights
+
+    names = list(explicit) or list(space.backbones)
+    keep = []
+    for name in names:
+        spec = registry.backbone(name)
+        try:
+            resolve_weights(spec, weights)
+            keep.append(name)
+        except UsageError as exc:
+            if explicit or "SHA-256" in str(exc):
+                raise
+            warn(f"skipping {exc}")
+    if not keep:
+        raise UsageError(f"none of the space's backbones has its weights in {weights.describe()}; add weight files there or pass --weights none")
+    return space.model_copy(update={"backbones": keep})
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autotl.registry import get_registry
+    from autotl.space import load_space
+    from autotl.weights import WeightsSource
+
+    err = _console(stderr=True)
+    warn = lambda msg: err.print(f"[yellow]warning:[/] {msg}")  # noqa: E731
+    space, _ = load_space(args.space)
+    weights = WeightsSource.parse(args.weights_dir, args.weights)
+    registry = get_registry(args.plugin)
+    space = _available(space, registry, weights, args.backbone, warn)
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    dataset = _load_data(args, space, registry)
+    _quiet_tensorflow()
+    for path, reason in dataset.skipped:
+        warn(f"skipped {path}: {reason}")
+    for message in dataset.warnings:
+        warn(message)
+    name = args.sample or Path(args.data).resolve().name
+    out = Path(args.out or Path("runs") / name)
+    from autotl.search import BEST_MODEL, SearchConfig, run_search
+    from autotl.ui import SearchProgress, leaderboard
+
+    cfg = SearchConfig(
+        out=out, space=space, trials=args.trials or space.trials, weights=weights, storage=args.storage,
+        study_name=args.study_name, keep_models=args.keep_models, timeout=args.timeout,
+        data_summary=dataset.summary(), command=shlex.join(["autotl", *sys.argv[1:]]),
+    )
+    console = _console()
+    console.print(f"autotl: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train)} train / {len(dataset.val)} val images ({dataset.split}); "
+                  f"backbones {', '.join(space.backbones)}; study in {cfg.storage_url}")
+    try:
+        with SearchProgress(console, cfg.trials) as progress:
+            study = run_search(cfg, registry, dataset, progress.event)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished trials are saved in {cfg.storage_url}; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    console.print(leaderboard(study))
+    if (out / BEST_MODEL).is_file():
+        console.print(f"best model: {out / BEST_MODEL}  (classes in {out / 'classes.json'})")
+    else:
+        console.print("no trial finished, so there is no best model yet; rerun the same command to resume")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from autotl.predict import load_run_model, predict_files
+
+    model, names = load_run_model(args.run)
+    failed = 0
+    for path, label, prob in predict_files(model, names, args.images):
+        if prob is None:
+            failed += 1
+            _console(stderr=True).print(f"{path}: cannot read: {label}")
+        else:
+            print(f"{path}\t{label}\t{prob:.4f}")  # tab-separated: for scripts, never wrapped
+    return 1 if failed else 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autotl.registry import get_registry
+    from autotl.weights import WeightsSource, resolve_weights
+
+    registry = get_registry(args.plugin)
+    weights = WeightsSource.parse(args.weights_dir, args.weights)
+    table = Table(title=f"backbones (weights: {weights.describe()})")
+    for col in ("name", "input size", "preprocessing", "weights offline", "plugin"):
+        table.add_column(col)
+    for name, spec in sorted(registry.backbones.items()):
+        try:
+            arg = resolve_weights(spec, weights).argument
+            ok = "random" if arg is None else "no (downloads)" if arg == "imagenet" else "yes"
+        except UsageError:
+            ok = f"no ({spec.weights_file} missing)"
+        sizes = ", ".join(f"{h}" if h == w else f"{h}x{w}" for h, w in spec.accepted_sizes)
+        table.add_row(name, f"{spec.input_size[0]}x{spec.input_size[1]} ({sizes})", spec.preprocessing.describe(), ok, spec.plugin)
+    console = _console()
+    console.print(table)
+    for name, sample in sorted(registry.samples.items()):
+        console.print(f"sample {name}: {sample.description} [{sample.plugin}]")
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "predict": cmd_predict, "plugins": cmd_plugins}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AutotlError as exc:
+        print(f"autotl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autotl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Building the classifier: resize, the backbone's preprocessing, the base, the head.
+
+The full model takes images of any height and width (uint8 or float, 0..255
+RGB), so a client sends pixels and nothing else::
+
+    image -> Resizing -> preprocessing -> base(training=False)
+          -> GlobalAveragePooling2D -> Dropout -> Dense(width, relu) -> Dense(classes, softmax)
+
+Block boundaries are the layers, matched by the plugin's ``block_pattern``,
+whose output is a single-tensor cut of the base: everything above depends on
+that tensor alone.  They make unfreeze depths legal and frozen parts cacheable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from autotl.errors import TrialFailed, UsageError
+from autotl.preprocess import preprocessing_layer
+from autotl.spec import BackboneSpec
+from autotl.weights import ResolvedWeights
+
+__all__ = ["build_base", "block_boundaries", "build_head", "apply_head", "assemble", "freeze_below", "submodel"]
+
+
+def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[int, int] | None = None) -> Any:
+    """The frozen base with ``include_top=False`` and the resolved weights loaded."""
+    h, w = input_size or spec.input_size
+    try:
+        base = spec.build((h, w, 3), weights.argument)
+    except Exception as exc:  # Keras raises plain Exception/OSError/ValueError here
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if weights.argument == "imagenet" and any(s in text for s in ("URL fetch failure", "download", "resolve", "Connection")):
+            raise UsageError(f"cannot download ImageNet weights for {spec.name!r} ({text}); offline, point --weights-dir or AUTOTL_WEIGHTS_DIR at a folder holding {spec.weights_file}") from None
+        raise TrialFailed(f"building {spec.name!r} at {h}x{w} failed: {text}") from None
+    base.trainable = False
+    return base
+
+
+def _layer_inputs(layer: Any) -> list[Any]:
+    """The layers whose outputs feed ``layer`` (through any of its calls)."""
+    producers = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        for tensor in node.input_tensors:
+            history = getattr(tensor, "_keras_history", None)
+            if history is not None:
+                producers.append(history.operation)
+    return producers
+
+
+def block_boundaries(base: Any, pattern: str) -> list[str]:
+    """Names of layers matching ``pattern`` whose output is a single-tensor cut, bottom to top.
+
+    A layer at topological position k is a cut when no edge of the graph goes
+    from a layer before k to a layer after k: the top part then depends on
+    layer k's output alone.  The base's last layer is never a boundary.
+    """
+    import re
+
+    layers = list(base.layers)
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    reach = [i for i in range(len(layers))]  # furthest consumer of each layer
+    for i, layer in enumerate(layers):
+        for producer in _layer_inputs(layer):
+            j = index.get(id(producer))
+            if j is not None:
+                reach[j] = max(reach[j], i)
+    regex = re.compile(pattern)
+    out, furthest = [], 0
+    for k, layer in enumerate(layers[:-1]):
+        if furthest <= k and regex.search(layer.name) and reach[k] > k:
+            out.append(layer.name)
+        furthest = max(furthest, reach[k])
+    return out
+
+
+def build_head(n_classes: int, width: int, dropout: float) -> list[Any]:
+    """The new head's layers, shared by the cached-feature model and the full model."""
+    import keras
+
+    return [
+        keras.layers.Dropout(dropout, name="head_dropout"),
+        keras.layers.Dense(width, activation="relu", name="head_dense"),
+        keras.layers.Dense(n_classes, activation="softmax", name="predictions"),
+    ]
+
+
+def apply_head(head: Sequence[Any], x: Any) -> Any:
+    for layer in head:
+        x = layer(x)
+    return x
+
+
+def submodel(base: Any, start: str | None, end: str | None) -> Any:
+    """The part of ``base`` from layer ``start``'s output (or its input) to layer ``end``'s output (or its output)."""
+    import keras
+
+    inputs = base.get_layer(start).output if start else base.input
+    outputs = base.get_layer(end).output if end else base.output
+    return keras.Model(inputs, outputs, name=f"{base.name}_{start or 'input'}_to_{end or 'output'}")
+
+
+def assemble(spec: BackboneSpec, base: Any, head: Sequence[Any], input_size: tuple[int, int] | None = None) -> Any:
+    """The deployable model: raw pixels of any size in, class probabilities out."""
+    import keras
+
+    h, w = input_size or spec.input_size
+    image = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Resizing(h, w, name="resize")(image)
+    pre = preprocessing_layer(spec.preprocessing)
+    if pre is not None:
+        x = pre(x)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(image, apply_head(head, x), name=f"autotl_{spec.name.replace('.', '_')}")
+
+
+def freeze_below(base: Any, cut: str | None) -> int:
+    """Make the layers above ``cut`` trainable, all others frozen; return how many weight layers train.
+
+    ``cut=None`` unfreezes the whole base.  BatchNormalization layers stay
+    frozen: in Keras a frozen BatchNormalization runs in inference mode, so its
+    statistics, learned on ImageNet, are not overwritten by a few small batches.
+    """
+    import keras
+
+    base.trainable = True
+    above = cut is None
+    unfrozen = 0
+    for layer in base.layers:
+        trainable = above and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable
+        unfrozen += bool(trainable and layer.weights)
+        if layer.name == cut:
+            above = True
+    if cut is not None and not above:
+        raise TrialFailed(f"block boundary {cut!r} is not a layer of {base.name}")
+    return unfrozen

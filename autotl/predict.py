@@ -1,0 +1,45 @@
+"""Classifying images with a run's best model (or any saved autotl model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from autotl.errors import UsageError
+
+__all__ = ["load_run_model", "predict_files"]
+
+
+def load_run_model(path: str | Path) -> tuple[object, list[str]]:
+    """The model and class names of a run folder, or of a ``.keras`` file with ``classes.json`` beside it."""
+    import keras
+
+    path = Path(path)
+    model_file = path / "best_model.keras" if path.is_dir() else path
+    if not model_file.is_file():
+        raise UsageError(f"no model at {model_file}; pass a run folder whose search finished a trial, or a .keras file")
+    classes_file = (path if path.is_dir() else path.parent) / "classes.json"
+    if not classes_file.is_file():
+        raise UsageError(f"no classes.json beside {model_file}; it names the classes the model predicts")
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    return model, json.loads(classes_file.read_text())
+
+
+def predict_files(model: object, class_names: Sequence[str], files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
+    """``(file, class, probability)`` per file; an unreadable file gives ``(file, reason, None)``."""
+    import numpy as np
+
+    from autotl.data import BadImage, decode_image
+
+    out: list = []
+    for f in files:
+        try:
+            pixels = decode_image(f)
+        except BadImage as exc:
+            out.append((str(f), str(exc), None))
+            continue
+        probs = np.asarray(model.predict(pixels[None].astype("float32"), verbose=0))[0]  # type: ignore[attr-defined]
+        i = int(np.argmax(probs))
+        out.append((str(f), class_names[i], float(probs[i])))
+    return out

@@ -1,0 +1,218 @@
+"""The Optuna study: what to try.  The trainer (``autotl.train``) decides how.
+
+One study per run folder.  It lives in a SQLite file there by default; any
+Optuna storage URL (PostgreSQL for many workers) works with ``--storage``.
+Rerunning the same command resumes: finished trials are kept and only the
+missing ones run, because the trial budget counts complete and pruned trials
+in the study, not trials of this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from autotl.errors import TrialFailed, UsageError
+from autotl.registry import Registry
+from autotl.space import SearchSpace
+from autotl.train import TrialParams, train_trial
+from autotl.weights import WeightsSource, resolve_weights
+
+__all__ = ["SearchConfig", "open_study", "run_search", "trial_params", "BEST_MODEL", "CLASSES_FILE"]
+
+BEST_MODEL = "best_model.keras"
+CLASSES_FILE = "classes.json"
+STUDY_DB = "study.db"
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SearchConfig:
+    out: Path
+    space: SearchSpace
+    trials: int
+    weights: WeightsSource
+    storage: Optional[str] = None
+    study_name: str = "autotl"
+    keep_models: int = 5
+    timeout: Optional[float] = None
+    data_summary: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out / STUDY_DB).resolve()}"
+
+
+def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warmup_steps: int = 0, create: bool = True) -> Any:
+    """Create or load the study; a storage that cannot be opened is a UsageError."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if "://" not in storage_url:
+            raise ValueError("not a URL")
+        engine_kwargs = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
+        storage = RDBStorage(
+            storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps)
+        if create:
+            return optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True)
+        return optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise UsageError(f"no study {study_name!r} in {storage_url}; check --study-name or run `autotl search` first") from None
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"storage {storage_url} needs the Python package {exc.name!r}; install it (for PostgreSQL: pip install 'autotl[postgres]')") from None
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"cannot open storage {storage_url!r} ({text}); pass a working Optuna storage URL such as sqlite:///study.db or postgresql://user:pass@host/db") from None
+
+
+def trial_params(trial: Any, space: SearchSpace) -> TrialParams:
+    """Ask the trial (real, or ``optuna.trial.FixedTrial``) for one point of ``space``."""
+    p2 = space.phase2
+    return TrialParams(
+        backbone=trial.suggest_categorical("backbone", list(space.backbones)),
+        head_width=trial.suggest_categorical("head_width", list(space.head.width)),
+        dropout=trial.suggest_float("dropout", space.head.dropout.low, space.head.dropout.high),
+        unfreeze_blocks=trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
+        unfreeze_all=p2.unfreeze_all,
+        finetune_lr=trial.suggest_float("finetune_lr", p2.learning_rate.low, p2.learning_rate.high, log=p2.learning_rate.log),
+        phase1_lr=space.phase1.learning_rate,
+        phase1_epochs=space.phase1.epochs,
+        phase1_patience=space.phase1.patience,
+        phase2_epochs=p2.epochs,
+        phase2_patience=p2.patience,
+        head_loss_threshold=space.phase1.head_loss_threshold,
+        batch_size=space.batch_size,
+        seed=space.seed,
+    )
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class _Objective:
+    def __init__(self, cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Event) -> None:
+        from autotl.cache import FeatureCache
+
+        self.cfg, self.registry, self.dataset, self.on_event = cfg, registry, dataset, on_event
+        self.cache = FeatureCache(cfg.out / "cache")
+
+    def __call__(self, trial: Any) -> float:
+        import keras
+        import optuna
+
+        from autotl.model import build_base
+
+        params = trial_params(trial, self.cfg.space)
+        spec = self.registry.backbone(params.backbone)
+        weights = resolve_weights(spec, self.cfg.weights)
+        trial.set_user_attr("weights_sha256", weights.sha256)
+        trial.set_user_attr("weights_origin", weights.origin)
+        trial.set_user_attr("plugin", spec.plugin)
+        event = {"trial": trial.number, "backbone": spec.name}
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            phase = 1 if step < params.phase1_epochs else 2
+            self.on_event({**event, "phase": phase, "epoch": step + 1 - (0 if phase == 1 else params.phase1_epochs), "val_accuracy": value})
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", {"phase": phase, "step": step})
+                raise optuna.TrialPruned(f"pruned at step {step}")
+
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(params.seed)
+        start = time.perf_counter()
+        try:
+            base = build_base(spec, weights)
+            result = train_trial(spec, params, base, self.dataset, self.cache, weights, report,
+                                 lambda msg: self.on_event({**event, "status": msg}), self.cfg.space.augmentation)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            self.on_event({**event, "failed": str(exc)})
+            raise
+        for key, value in result.attrs().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("seconds_total", time.perf_counter() - start)
+        trial.set_user_attr("val_loss", result.val_loss)
+        folder = self.cfg.out / "trials" / f"{trial.number:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        result.model.save(folder / "model.keras")
+        trial.set_user_attr("model_path", str((folder / "model.keras").relative_to(self.cfg.out)))
+        return result.val_accuracy
+
+
+def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
+    """Keep the best model in place and prune the models of trials far from the top."""
+    import optuna
+
+    def callback(study: Any, trial: Any) -> None:
+        done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+        if not done:
+            return
+        ranked = sorted(done, key=lambda t: (-t.value, t.number))
+        best = ranked[0]
+        src = cfg.out / str(best.user_attrs.get("model_path", ""))
+        if best.number == trial.number and src.is_file():
+            _atomic_copy(src, cfg.out / BEST_MODEL)
+        for t in ranked[cfg.keep_models:]:
+            shutil.rmtree(cfg.out / "trials" / f"{t.number:04d}", ignore_errors=True)
+
+    return callback
+
+
+def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Optional[Event] = None) -> Any:
+    """Run (or resume) the study until it holds ``cfg.trials`` complete or pruned trials."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    for name in cfg.space.backbones:  # fail at start-up, not in trial 17
+        resolve_weights(registry.backbone(name), cfg.weights)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(cfg, dataset)
+    (cfg.out / CLASSES_FILE).write_text(json.dumps(list(dataset.class_names)))
+    study = open_study(cfg.storage_url, cfg.study_name, cfg.space.seed, warmup_steps=cfg.space.phase1.epochs)
+    study.set_user_attr("data", cfg.data_summary)
+    study.set_user_attr("class_names", list(dataset.class_names))
+    study.set_user_attr("space", cfg.space.model_dump())
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=counted))
+    remaining = max(0, cfg.trials - done)
+    emit = on_event or (lambda _e: None)
+    emit({"start": True, "done": done, "total": cfg.trials})
+    if remaining:
+        study.optimize(
+            _Objective(cfg, registry, dataset, emit), n_trials=remaining, timeout=cfg.timeout, catch=(TrialFailed,),
+            callbacks=[MaxTrialsCallback(cfg.trials, states=counted), _after_trial(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})],
+            gc_after_trial=True,
+        )
+    return study
+
+
+def _check_run_folder(cfg: SearchConfig, dataset: Any) -> None:
+    """A run folder belongs to one data set: refuse to mix two in one study."""
+    marker = cfg.out / "run.json"
+    record = {"data_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names), "source": dataset.source}
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.get("data_fingerprint") != dataset.fingerprint:
+            raise UsageError(f"run folder {cfg.out} holds a search on other data ({old.get('source')}); pass another --out for {dataset.source}")
+        return
+    marker.write_text(json.dumps({**record, "command": cfg.command, "space": cfg.space.model_dump(), "weights": cfg.weights.describe(), "created": time.time()}, indent=2))

@@ -1,0 +1,168 @@
+"""Search spaces as YAML files, validated on load with errors that name the field.
+
+The transfer-learning rules that must never be left to the sampler are
+checked here: the fine-tuning rate is at least 10 times below the phase-1
+rate, and the whole base is unfrozen only when the space says so.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autotl.errors import UsageError
+
+__all__ = ["SearchSpace", "load_space", "builtin_spaces", "LR_RATIO"]
+
+#: The fine-tuning learning rate must be at least this many times below phase 1's.
+LR_RATIO = 10.0
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    """``{low, high, log}``; a plain number means a fixed value."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        return {"low": value, "high": value} if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        if self.low > self.high:
+            raise ValueError(f"low <= high must hold, but got (low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, but got low={self.low}")
+        return self
+
+
+class IntRange(_Strict):
+    low: int = Field(ge=0)
+    high: int = Field(ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        return {"low": value, "high": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if self.low > self.high:
+            raise ValueError(f"low <= high must hold, but got (low={self.low}, high={self.high})")
+        return self
+
+
+class Head(_Strict):
+    width: list[int] = Field(min_length=1)
+    dropout: FloatRange
+
+    @model_validator(mode="after")
+    def _check(self) -> "Head":
+        if any(w < 1 for w in self.width):
+            raise ValueError(f"width: every width must be >= 1, got {self.width}")
+        if not (0.0 <= self.dropout.low and self.dropout.high < 1.0):
+            raise ValueError(f"dropout: must lie in [0, 1), got low={self.dropout.low}, high={self.dropout.high}")
+        return self
+
+
+class Phase1(_Strict):
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(100, ge=1)
+    patience: int = Field(5, ge=1)
+    head_loss_threshold: float = Field(0.5, gt=0)
+
+
+class Phase2(_Strict):
+    unfreeze_blocks: IntRange = IntRange(low=0, high=3)
+    unfreeze_all: bool = False  # unfreeze the whole base: only when the space asks
+    learning_rate: FloatRange = FloatRange(low=1e-6, high=1e-4, log=True)
+    epochs: int = Field(20, ge=0)
+    patience: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "Phase2":
+        if self.learning_rate.low <= 0:
+            raise ValueError(f"learning_rate: must be > 0, got low={self.learning_rate.low}")
+        return self
+
+
+class Augmentation(_Strict):
+    """Random flips, small rotations and zooms in phase 1 (see the README on its cost)."""
+
+    enabled: bool = False
+    views: int = Field(4, ge=1, le=32)  # cached augmented views per training image
+    flip: bool = True
+    rotation: float = Field(0.05, ge=0, le=0.5)  # fraction of a full turn
+    zoom: float = Field(0.1, ge=0, lt=1)
+
+
+class SearchSpace(_Strict):
+    backbones: list[str] = Field(min_length=1)
+    head: Head
+    phase1: Phase1 = Phase1()
+    phase2: Phase2 = Phase2()
+    augmentation: Augmentation = Augmentation()
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    trials: int = Field(20, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _lr_rule(self) -> "SearchSpace":
+        ceiling = self.phase1.learning_rate / LR_RATIO
+        if self.phase2.learning_rate.high > ceiling * (1 + 1e-9):
+            raise ValueError(
+                f"phase2.learning_rate.high must be at least {LR_RATIO:g} times below phase1.learning_rate "
+                f"(<= {ceiling:g}), but got {self.phase2.learning_rate.high:g}: fine-tuning too fast destroys the pretrained weights"
+            )
+        if len(set(self.backbones)) != len(self.backbones):
+            raise ValueError(f"backbones: names must be unique, got {self.backbones}")
+        return self
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """Name to file of the spaces shipped in ``search_spaces/``."""
+    folder = resources.files("autotl.search_spaces")
+    return {p.name[: -len(".yaml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def _errors(exc: ValidationError) -> str:
+    """All problems on one line, each as ``field.path: what is wrong``."""
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown field (a typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(out)
+
+
+def load_space(name_or_path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> tuple[SearchSpace, Path]:
+    """Load a built-in space by name (``default``, ``fast``) or any YAML file, and validate it."""
+    spaces = builtin_spaces()
+    path = spaces.get(str(name_or_path)) or Path(name_or_path)
+    if not path.is_file():
+        raise UsageError(f"search space {name_or_path} not found; pass a YAML file or one of: {', '.join(sorted(spaces))}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"search space {path}: not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"search space {path}: must be a mapping of fields (backbones, head, phase1, ...), got {type(raw).__name__}")
+    raw.update(overrides or {})
+    try:
+        return SearchSpace.model_validate(raw), path
+    except ValidationError as exc:
+        raise UsageError(f"search space {path}: {_errors(exc)}") from None

@@ -1,0 +1,207 @@
+"""The two-phase transfer-learning trainer, with its rules enforced in code.
+
+Phase 1 (feature extraction) always comes first: the base is frozen and the
+new head is trained at about 1e-3 until its validation loss stops improving.
+Phase 2 (fine-tuning) runs only once the head has stabilised -- its validation
+loss stopped improving for ``patience`` epochs *and* its training loss is under
+the threshold -- and then unfreezes only the top blocks, keeps BatchNormalization
+in inference mode and trains at a rate at least 10 times lower.
+
+Both phases train on the frozen-feature cache: phase 1 on the base's pooled
+output, phase 2 from the block boundary below the unfrozen top.  The trainer
+takes plain parameters and a ``report(step, value)`` callback; it never imports
+Optuna, so it can be driven by any search engine (or none).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from autotl.errors import TrialFailed
+from autotl.space import LR_RATIO
+
+__all__ = ["TrialParams", "TrialResult", "train_trial"]
+
+Report = Callable[[int, float], None]
+MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One trial's settings; the defaults follow the transfer-learning literature."""
+
+    backbone: str
+    head_width: int = 128
+    dropout: float = 0.2
+    unfreeze_blocks: int = 2  # 0: feature extraction only
+    unfreeze_all: bool = False
+    phase1_lr: float = 1e-3
+    finetune_lr: float = 1e-5
+    phase1_epochs: int = 100
+    phase1_patience: int = 5
+    phase2_epochs: int = 20
+    phase2_patience: int = 3
+    head_loss_threshold: float = 0.5
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.finetune_lr * LR_RATIO > self.phase1_lr * (1 + 1e-9):
+            raise ValueError(f"finetune_lr must be at least {LR_RATIO:g} times below phase1_lr, but got (finetune_lr={self.finetune_lr:g}, phase1_lr={self.phase1_lr:g})")
+
+
+@dataclass
+class TrialResult:
+    val_accuracy: float
+    val_loss: float
+    history: dict[str, dict[str, list[float]]]
+    head_stable_epoch: Optional[int]  # 0-based epoch of the head's best validation loss, if it stabilised
+    gate: str  # "passed", or why phase 2 did not run
+    phase2_kept: bool  # phase 2 ran and improved on phase 1
+    cut: Optional[str]
+    unfrozen_layers: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    model: Any = None  # the full model: raw pixels in, probabilities out
+
+    def attrs(self) -> dict[str, Any]:
+        """Everything but the model, JSON-able, for the study's trial attributes."""
+        out = asdict(self)
+        out.pop("model")
+        return out
+
+
+class _Reporter:
+    """A Keras callback forwarding validation accuracy on one step axis across both phases."""
+
+    def __new__(cls, report: Optional[Report], offset: int) -> Any:
+        import keras
+
+        class Forward(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+                logs = logs or {}
+                if not all(math.isfinite(float(v)) for v in logs.values()):
+                    raise TrialFailed(f"training diverged at epoch {epoch + 1} (loss {logs.get('loss')}); lower the learning rate")
+                if report is not None:
+                    report(offset + epoch, float(logs["val_accuracy"]))
+
+        return Forward()
+
+
+def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int) -> tuple[dict[str, list[float]], Any]:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True)
+    hist = model.fit(
+        train[0], train[1], validation_data=val, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+        callbacks=[stop, _Reporter(report, offset)],
+    )
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}, stop
+
+
+def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
+    """The epoch early stopping restored: the first whose loss later epochs never beat by MIN_DELTA."""
+    losses = history["val_loss"]
+    i = 0
+    for j, loss in enumerate(losses):
+        if loss < losses[i] - MIN_DELTA:
+            i = j
+    return i, losses[i], history["val_accuracy"][i]
+
+
+def train_trial(
+    spec: Any,
+    params: TrialParams,
+    base: Any,
+    dataset: Any,
+    cache: Any,
+    weights: Any,
+    report: Optional[Report] = None,
+    progress: Optional[Callable[[str], None]] = None,
+    augmentation: Any = None,
+) -> TrialResult:
+    """Train one trial's head (phase 1) and, if the gate opens, its top blocks (phase 2)."""
+    import keras
+
+    from autotl.model import apply_head, assemble, block_boundaries, build_head, freeze_below, submodel
+
+    say = progress or (lambda _msg: None)
+    keras.utils.set_random_seed(params.seed)
+    n_classes = len(dataset.class_names)
+    seconds: dict[str, float] = {}
+    cache_info: dict[str, Any] = {}
+
+    # Phase 1: the frozen base's pooled features, cached; only the head trains.
+    say("phase 1: features")
+    feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed)
+    cache_info["phase1"] = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3)}
+    start = time.perf_counter()
+    head = build_head(n_classes, params.head_width, params.dropout)
+    inp = keras.Input(feats.train.shape[1:])
+    head_model = keras.Model(inp, apply_head(head, inp))
+    say("phase 1: head")
+    h1, stop1 = _fit(head_model, params.phase1_lr, (np.asarray(feats.train), feats.train_labels), (np.asarray(feats.val), feats.val_labels),
+                     params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0)
+    seconds["phase1"] = time.perf_counter() - start
+    best_epoch, best_loss, best_acc = _best(h1)
+    history = {"phase1": h1, "phase2": {}}
+
+    plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
+    head_loss = h1["loss"][best_epoch]
+    stable_epoch = best_epoch if plateaued else None
+    if params.unfreeze_blocks <= 0 and not params.unfreeze_all:
+        gate = "not asked: unfreeze_blocks is 0"
+    elif not plateaued:
+        gate = f"head still improving after {len(h1['val_loss'])} epochs (phase1.epochs); raise it to let the head stabilise"
+    elif head_loss >= params.head_loss_threshold:
+        gate = f"head training loss {head_loss:.3f} is not under the threshold {params.head_loss_threshold:g}"
+    else:
+        gate = "passed"
+
+    boundaries = block_boundaries(base, spec.block_pattern) if gate == "passed" else []
+    if gate == "passed" and not boundaries and not params.unfreeze_all:
+        gate = f"backbone {spec.name} declares no block boundaries to unfreeze from"
+    cut: Optional[str] = None
+    unfrozen = 0
+    kept = False
+    if gate == "passed":
+        cut = None if params.unfreeze_all else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
+        say(f"phase 2: features at {cut or 'input'}")
+        acts = cache.get(spec, base, weights, dataset, cut, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed) if cut else None
+        if acts is not None:
+            cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
+        start = time.perf_counter()
+        snapshot = [layer.get_weights() for layer in head] + [base.get_weights()]
+        unfrozen = freeze_below(base, cut)
+        if acts is not None:
+            top = submodel(base, cut, None)
+            x_in = keras.Input(acts.train.shape[1:])
+            train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
+        else:  # the whole base unfrozen: no frozen part to cache; train from pixels
+            raise TrialFailed("unfreeze_all trains from pixels, which this version does not support yet; use unfreeze_blocks")
+        x = keras.layers.GlobalAveragePooling2D()(top(x_in, training=False))
+        ft_model = keras.Model(x_in, apply_head(head, x))
+        say("phase 2: fine-tuning")
+        h2, _ = _fit(ft_model, params.finetune_lr, train_xy, val_xy, params.phase2_epochs, params.phase2_patience,
+                     params.batch_size, report, params.phase1_epochs)
+        history["phase2"] = h2
+        seconds["phase2"] = time.perf_counter() - start
+        _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
+        kept = loss2 < best_loss
+        if kept:
+            best_loss, best_acc = loss2, acc2
+        else:  # fine-tuning made things worse: go back to the phase-1 head and base
+            for layer, w in zip(head, snapshot[:-1]):
+                layer.set_weights(w)
+            base.set_weights(snapshot[-1])
+        base.trainable = False
+
+    model = assemble(spec, base, head)
+    return TrialResult(best_acc, best_loss, history, stable_epoch, gate, kept, cut, unfrozen, seconds, cache_info, model)

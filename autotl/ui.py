@@ -1,0 +1,70 @@
+"""What a search shows on screen: one progress line and a leaderboard, with rich."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SearchProgress", "leaderboard"]
+
+
+class SearchProgress:
+    """A progress bar over trials whose description says where the current trial is."""
+
+    def __init__(self, console: Any, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.total = total
+        self.best: float | None = None
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+        self.task = self.progress.add_task("starting", total=total)
+
+    def __enter__(self) -> "SearchProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, e: dict[str, Any]) -> None:
+        if e.get("start"):
+            self.progress.update(self.task, completed=e["done"])
+            if e["done"]:
+                self.console.print(f"resuming: {e['done']} of {e['total']} trials already finished")
+            return
+        if "finished" in e:
+            value = e.get("value")
+            if value is not None and (self.best is None or value > self.best):
+                self.best = value
+            if e["state"] in ("COMPLETE", "PRUNED"):
+                self.progress.advance(self.task)
+            shown = f"{value:.4f}" if value is not None else "-"
+            self.console.print(f"trial {e['finished']}: {e['state'].lower()}, val accuracy {shown}")
+            return
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        where = e.get("status") or f"phase {e['phase']} epoch {e['epoch']} val acc {e['val_accuracy']:.3f}"
+        if "failed" in e:
+            where = f"failed: {e['failed']}"
+        self.progress.update(self.task, description=f"trial {e['trial']} | {e['backbone']} | {where} | best {best}")
+
+
+def leaderboard(study: Any, top: int = 10) -> Any:
+    """The best trials as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"leaderboard: study {study.study_name}")
+    for col in ("trial", "state", "backbone", "head", "dropout", "unfreeze", "finetune lr", "head stable", "val acc", "val loss", "time s"):
+        table.add_column(col)
+    trials = sorted(study.trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))
+    for t in trials[:top]:
+        p, a = t.params, t.user_attrs
+        table.add_row(
+            str(t.number), t.state.name.lower(), str(p.get("backbone", "")), str(p.get("head_width", "")),
+            f"{p['dropout']:.2f}" if "dropout" in p else "", str(p.get("unfreeze_blocks", "")),
+            f"{p['finetune_lr']:.1e}" if "finetune_lr" in p else "",
+            str(a.get("head_stable_epoch", "")) if a.get("head_stable_epoch") is not None else "-",
+            f"{t.value:.4f}" if t.value is not None else "-",
+            f"{a['val_loss']:.4f}" if "val_loss" in a else "-",
+            f"{a['seconds_total']:.0f}" if "seconds_total" in a else "-",
+        )
+    return table

@@ -1,0 +1,102 @@
+"""The command line as a user meets it: fresh processes, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import COLOURS, TINY_PLUGIN, run_cli, write_images
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("autotl: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def search(*args: str):
+    return run_cli("search", *args, "--plugin", TINY_PLUGIN, "--weights", "none", "--backbone", "tiny")
+
+
+def test_help_answers() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "search" in proc.stdout and "predict" in proc.stdout
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    assert_one_line_error(search(str(tmp_path / "nope"), "--out", str(tmp_path / "run")), "does not exist")
+
+
+def test_empty_data_folder(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    assert_one_line_error(search(str(tmp_path / "data")), "DATA_DIR/CLASS/IMAGE")
+
+
+def test_one_class_only(tmp_path: Path) -> None:
+    write_images(tmp_path / "data", {"red": COLOURS["red"]}, 4)
+    assert_one_line_error(search(str(tmp_path / "data")), "at least two classes")
+
+
+def test_class_folder_without_images(tmp_path: Path) -> None:
+    write_images(tmp_path / "data", {"red": COLOURS["red"], "blue": COLOURS["blue"]}, 4)
+    (tmp_path / "data" / "green").mkdir()
+    (tmp_path / "data" / "green" / "notes.txt").write_text("not an image")
+    assert_one_line_error(search(str(tmp_path / "data")), "green")
+
+
+def test_unknown_backbone(tmp_path: Path, image_folder: Path) -> None:
+    proc = run_cli("search", str(image_folder), "--plugin", TINY_PLUGIN, "--weights", "none", "--backbone", "resnet9000")
+    assert_one_line_error(proc, "unknown backbone 'resnet9000'", "tiny")
+
+
+def test_bad_space_file(tmp_path: Path, image_folder: Path) -> None:
+    bad = tmp_path / "space.yaml"
+    bad.write_text("backbones: [tiny]\nhead: {width: [8], dropout: 0.1}\nphase1: {learning_rate: 1.0e-3}\nphase2: {learning_rate: 1.0e-3}\n")
+    proc = run_cli("search", str(image_folder), "--space", str(bad), "--weights", "none")
+    assert_one_line_error(proc, "phase2.learning_rate.high must be at least 10 times below")
+
+
+def test_bad_storage_url(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
+    proc = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(tmp_path / "run"), "--storage", "nosuchdb://x")
+    assert_one_line_error(proc, "cannot open storage 'nosuchdb://x'")
+
+
+def test_unknown_plugin_module(image_folder: Path) -> None:
+    proc = run_cli("search", str(image_folder), "--plugin", "no_such_plugin_module")
+    assert_one_line_error(proc, "cannot import plugin module 'no_such_plugin_module'")
+
+
+def test_search_skips_bad_files_then_predicts(tmp_path: Path, tiny_space_file: Path) -> None:
+    data = write_images(tmp_path / "data", {k: COLOURS[k] for k in ("red", "blue")}, 10)
+    (data / "red" / "broken.jpg").write_text("this is not a jpeg")
+    (data / "blue" / "empty.png").write_bytes(b"")
+    out = tmp_path / "run"
+    proc = search(str(data), "--space", str(tiny_space_file), "--out", str(out), "--trials", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped red/broken.jpg: not an image" in proc.stderr and "skipped blue/empty.png: zero bytes" in proc.stderr
+    assert "leaderboard" in proc.stdout and (out / "best_model.keras").is_file()
+    pred = run_cli("predict", str(out), str(data / "red" / "red_000.png"), str(data / "blue" / "blue_000.png"))
+    assert pred.returncode == 0, pred.stderr
+    rows = [line.split("\t") for line in pred.stdout.splitlines()]
+    assert [r[1] for r in rows] == ["red", "blue"] and all(0.5 < float(r[2]) <= 1 for r in rows)
+
+
+def test_third_party_plugin_from_an_entry_point_is_listed_and_searched(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
+    """A package installed with an ``autotl`` entry point: found without --plugin."""
+    site = tmp_path / "site"
+    dist = site / "autotl_tiny-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: autotl-tiny\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[autotl]\ntiny = autotl_tiny\n")
+    env = {"AUTOTL_DISABLE_PLUGIN_AUTOLOAD": "", "PYTHONPATH": f"{site}:{Path(__file__).parent / 'plugins'}"}
+    listed = run_cli("plugins", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.split("│")[1].strip() == "tiny" for line in listed.stdout.splitlines() if line.count("│") > 2)
+    proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(tmp_path / "run"),
+                   "--weights", "none", "--trials", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "backbones tiny" in proc.stdout.replace("\n", " ")

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotl.errors import UsageError
+from autotl.search import BEST_MODEL, SearchConfig, open_study, run_search, trial_params
+from autotl.space import load_space
+from autotl.weights import WeightsSource
+
+
+def config(out: Path, space_file: Path, trials: int) -> SearchConfig:
+    space, _ = load_space(space_file)
+    return SearchConfig(out=out, space=space, trials=trials, weights=WeightsSource("none"))
+
+
+def states(study) -> list[str]:
+    return [t.state.name for t in study.trials]
+
+
+def test_trial_params_from_a_fixed_trial(tiny_space_file: Path) -> None:
+    import optuna
+
+    space, _ = load_space(tiny_space_file)
+    p = trial_params(optuna.trial.FixedTrial({"backbone": "tiny", "head_width": 16, "dropout": 0.1, "unfreeze_blocks": 2, "finetune_lr": 2e-4}), space)
+    assert (p.backbone, p.head_width, p.unfreeze_blocks, p.finetune_lr, p.phase1_lr) == ("tiny", 16, 2, 2e-4, 1e-2)
+
+
+def test_search_records_trials_and_resumes_without_rerunning(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    study = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
+    assert states(study) == ["COMPLETE", "COMPLETE"]
+    t0 = study.trials[0]
+    a = t0.user_attrs
+    for key in ("weights_origin", "history", "head_stable_epoch", "gate", "unfrozen_layers", "seconds", "cut", "model_path"):
+        assert key in a, key
+    assert set(a["history"]) == {"phase1", "phase2"} and a["history"]["phase1"]["val_loss"]
+    assert "phase1" in a["seconds"]
+    assert (out / BEST_MODEL).is_file() and (out / "classes.json").is_file()
+    # the same command again: nothing to do; a bigger budget: only the missing trial runs
+    again = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
+    assert len(again.trials) == 2
+    more = run_search(config(out, tiny_space_file, 3), registry, tiny_dataset)
+    assert len(more.trials) == 3
+    assert more.trials[0].datetime_start == t0.datetime_start and more.trials[0].value == t0.value
+
+
+def test_interrupted_trial_is_marked_failed_and_the_rerun_completes(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    seen: list[int] = []
+
+    def ctrl_c(event: dict) -> None:  # Ctrl-C in the middle of the second trial's head training
+        if event.get("trial") == 1 and event.get("epoch") == 2:
+            seen.append(1)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config(out, tiny_space_file, 2), registry, tiny_dataset, ctrl_c)
+    study = open_study(f"sqlite:///{out / 'study.db'}", create=False)
+    assert seen and states(study) == ["COMPLETE", "FAIL"]
+    first = study.trials[0]
+    resumed = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
+    assert states(resumed) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert resumed.trials[0].datetime_complete == first.datetime_complete
+
+
+def test_bad_storage_url_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot open storage 'nosuchdb://x'"):
+        open_study("nosuchdb://x")
+    with pytest.raises(UsageError, match="cannot open storage"):
+        open_study(f"sqlite:///{tmp_path}/missing/dir/study.db")
+    with pytest.raises(UsageError, match="cannot open storage 'runs/study.db'"):
+        open_study("runs/study.db")
+
+
+def test_other_data_in_the_same_run_folder_is_refused(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path, image_folder: Path) -> None:
+    from autotl.data import load_folder
+
+    out = tmp_path / "run"
+    run_search(config(out, tiny_space_file, 1), registry, tiny_dataset)
+    other = load_folder(image_folder, val_fraction=0.5, seed=3)
+    with pytest.raises(UsageError, match="holds a search on other data"):
+        run_search(config(out, tiny_space_file, 1), registry, other)

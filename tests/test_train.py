@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autotl.cache import FeatureCache
+from autotl.model import build_base, submodel
+from autotl.train import TrialParams, train_trial
+from autotl.weights import ResolvedWeights
+
+RANDOM = ResolvedWeights(None, None, "random")
+
+
+def run(registry, dataset, tmp_path: Path, reports=None, **overrides):
+    import keras
+
+    spec = registry.backbone("tiny")
+    keras.utils.set_random_seed(0)
+    base = build_base(spec, RANDOM)
+    params = TrialParams(**{"backbone": "tiny", "head_width": 16, "dropout": 0.0, "unfreeze_blocks": 1, "phase1_lr": 1e-2,
+                            "finetune_lr": 1e-3, "phase1_epochs": 80, "phase1_patience": 3, "phase2_epochs": 4, "phase2_patience": 2,
+                            "head_loss_threshold": 5.0, "batch_size": 8, **overrides})
+    report = (lambda step, value: reports.append((step, value))) if reports is not None else None
+    cache = FeatureCache(tmp_path / "cache")
+    return spec, base, cache, train_trial(spec, params, base, dataset, cache, RANDOM, report)
+
+
+def test_learning_rate_rule_is_enforced_in_code() -> None:
+    with pytest.raises(ValueError, match="at least 10 times below"):
+        TrialParams(backbone="x", phase1_lr=1e-3, finetune_lr=5e-4)
+
+
+def test_phase2_starts_only_after_the_head_stabilised(registry, tiny_dataset, tmp_path: Path) -> None:
+    reports: list = []
+    _, _, _, result = run(registry, tiny_dataset, tmp_path, reports)
+    h1, h2 = result.history["phase1"], result.history["phase2"]
+    assert result.gate == "passed" and h2, result.gate
+    stable = result.head_stable_epoch
+    # the head's validation loss stopped improving: its best epoch is followed by `patience` worse ones
+    assert len(h1["val_loss"]) - 1 - stable >= 3
+    assert all(v >= h1["val_loss"][stable] - 1e-3 for v in h1["val_loss"][stable + 1 :])
+    # one step axis: phase 1 steps, then phase 2 steps offset by phase1_epochs
+    steps = [s for s, _ in reports]
+    assert steps[: len(h1["loss"])] == list(range(len(h1["loss"])))
+    assert steps[len(h1["loss"]) :] == [80 + i for i in range(len(h2["loss"]))]
+    assert result.cut == "block2_out" and result.unfrozen_layers == 1
+    assert result.val_accuracy > 0.8
+
+
+def test_gate_closed_when_head_loss_above_threshold(registry, tiny_dataset, tmp_path: Path) -> None:
+    _, _, _, result = run(registry, tiny_dataset, tmp_path, head_loss_threshold=1e-6)
+    assert result.gate.startswith("head training loss") and result.history["phase2"] == {}
+    assert result.cut is None and result.unfrozen_layers == 0
+
+
+def test_gate_closed_when_head_still_improving(registry, tiny_dataset, tmp_path: Path) -> None:
+    _, _, _, result = run(registry, tiny_dataset, tmp_path, phase1_epochs=2, phase1_patience=5)
+    assert result.gate.startswith("head still improving") and result.head_stable_epoch is None
+    assert result.history["phase2"] == {}
+
+
+def test_cached_path_equals_full_model_in_both_phases(registry, tiny_dataset, tmp_path: Path) -> None:
+    import keras
+
+    spec, base, cache, result = run(registry, tiny_dataset, tmp_path)
+    images = np.concatenate(list(tiny_dataset.val.batches(spec.input_size)))
+    full = result.model.predict(images, verbose=0)
+    # phase 1 view: pooled features from the cache through the head
+    head = [result.model.get_layer(n) for n in ("head_dropout", "head_dense", "predictions")]
+    pooled = cache.get(spec, base, RANDOM, tiny_dataset, None).val
+    # the phase-1 cache was made before fine-tuning changed the top: recompute the top from the boundary
+    acts = cache.get(spec, base, RANDOM, tiny_dataset, result.cut).val
+    top = submodel(base, result.cut, None)
+    x = keras.layers.GlobalAveragePooling2D()(top(np.asarray(acts), training=False))
+    for layer in head:
+        x = layer(x, training=False)
+    np.testing.assert_allclose(np.asarray(x), full, atol=1e-4)
+    assert pooled.shape == (len(tiny_dataset.val), 16)
+
+
+def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> None:
+    spec = registry.backbone("tiny")
+    base = build_base(spec, RANDOM)
+    cache = FeatureCache(tmp_path)
+    first = cache.get(spec, base, RANDOM, tiny_dataset, None)
+    again = cache.get(spec, base, RANDOM, tiny_dataset, None)
+    other = cache.get(spec, base, RANDOM, tiny_dataset, "block1_out")
+    assert first.built and not again.built and other.built
+    assert first.key == again.key != other.key
+    assert isinstance(again.train, np.memmap)
+    np.testing.assert_array_equal(np.asarray(first.train), np.asarray(again.train))
+    assert not list(tmp_path.glob("*.tmp*"))

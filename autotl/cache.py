@@ -19,10 +19,11 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class FeatureCache:
     def get(
         self,
         spec: BackboneSpec,
-        base: Any,
+        base: Callable[[], Any],
         weights: ResolvedWeights,
         dataset: Any,
         cut: Optional[str] = None,
@@ -101,27 +102,34 @@ class FeatureCache:
         batch_size: int = 32,
         augmentation: Any = None,
         seed: int = 0,
+        prefetch: Callable[[Any], Sequence[str]] = lambda _base: (),
     ) -> CachedFeatures:
-        """Read the entry for ``cut`` (``None``: the pooled output), computing it first if absent."""
+        """Read the entry for ``cut`` (``None``: the pooled output), computing it first if absent.
+
+        ``base()`` is only called when something must be computed.  ``prefetch(base)``
+        names more cuts to compute in the same forward pass (the block boundaries a
+        later fine-tuning trial may start from), so the data crosses the base once.
+        """
         start = time.perf_counter()
         size = input_size or spec.input_size
         weights_id = weights.sha256 or f"{weights.origin}:seed{seed}"
-        key = self.key(spec, weights_id, size, dataset.fingerprint, cut, augmentation)
-        folder = self.root / key
+        folder_of = lambda c: self.root / self.key(spec, weights_id, size, dataset.fingerprint, c, augmentation)  # noqa: E731
+        folder = folder_of(cut)
         built = False
         if not (folder / "meta.json").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
-            with _locked(self.root / f"{key}.lock"):
+            with _locked(self.root / f"{folder.name}.lock"):
                 if not (folder / "meta.json").is_file():
-                    self._build(folder, spec, base, dataset, cut, size, batch_size, augmentation, seed, weights_id)
+                    model = base()
+                    cuts = [cut] + [c for c in prefetch(model) if c != cut and not (folder_of(c) / "meta.json").is_file()]
+                    self._build({c: folder_of(c) for c in cuts}, spec, model, dataset, size, batch_size, augmentation, seed, weights_id)
                     built = True
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("train", "train_labels", "val", "val_labels")}
-        return CachedFeatures(key, arrays["train"], np.asarray(arrays["train_labels"]), arrays["val"], np.asarray(arrays["val_labels"]), built, time.perf_counter() - start)
+        return CachedFeatures(folder.name, arrays["train"], np.asarray(arrays["train_labels"]), arrays["val"], np.asarray(arrays["val_labels"]), built, time.perf_counter() - start)
 
-    def _build(self, folder: Path, spec: BackboneSpec, base: Any, dataset: Any, cut: Optional[str], size: tuple[int, int], batch_size: int, augmentation: Any, seed: int, weights_id: str) -> None:
+    def _build(self, folders: dict[Optional[str], Path], spec: BackboneSpec, base: Any, dataset: Any, size: tuple[int, int], batch_size: int, augmentation: Any, seed: int, weights_id: str) -> None:
         import keras
 
-        from autotl.model import submodel
         from autotl.preprocess import preprocessing_layer
 
         image = keras.Input((*size, 3))
@@ -129,38 +137,41 @@ class FeatureCache:
         pre = preprocessing_layer(spec.preprocessing)
         if pre is not None:
             x = pre(x)
-        x = submodel(base, None, cut)(x, training=False)
-        if cut is None:
-            x = keras.layers.GlobalAveragePooling2D()(x)
-        extractor = keras.Model(image, x)
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
+        cuts = list(folders)
+        bottom = keras.Model(base.input, [base.get_layer(c).output if c else base.output for c in cuts])
+        outs = bottom(x, training=False)
+        outs = [keras.layers.GlobalAveragePooling2D()(o) if c is None else o for c, o in zip(cuts, outs)]
+        extractor = keras.Model(image, outs)
+        tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
+        for tmp in tmps.values():
+            tmp.mkdir(parents=True, exist_ok=True)
         views = augmentation.views if augmentation is not None and augmentation.enabled else 0
         augment = _augmenter(augmentation, seed) if views else None
         for split in ("train", "val"):
             images = getattr(dataset, split)
             copies = 1 + (views if split == "train" else 0)
             n = len(images)
-            out: Optional[np.ndarray] = None
+            outputs: dict[Optional[str], np.ndarray] = {}
             for copy in range(copies):
                 row = copy * n
                 for batch in images.batches(size, batch_size):
                     if copy:
                         batch = augment(batch, training=True)
-                    feats = np.asarray(extractor(batch, training=False))
-                    if out is None:
-                        out = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype="float32", shape=(n * copies, *feats.shape[1:]))
-                    out[row : row + len(feats)] = feats
-                    row += len(feats)
-            assert out is not None
-            out.flush()
-            del out
-            np.save(tmp / f"{split}_labels.npy", np.tile(np.asarray(images.labels, dtype="int64"), copies))
-        meta = {"backbone": spec.name, "weights": weights_id, "input_size": list(size), "cut": cut, "data": dataset.fingerprint, "views": views, "created": time.time()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process renamed its copy first: theirs is identical
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+                    result = extractor(batch, training=False)
+                    for c, feats in zip(cuts, result if isinstance(result, (list, tuple)) else [result]):
+                        feats = np.asarray(feats)
+                        if c not in outputs:
+                            outputs[c] = np.lib.format.open_memmap(tmps[c] / f"{split}.npy", mode="w+", dtype="float32", shape=(n * copies, *feats.shape[1:]))
+                        outputs[c][row : row + len(feats)] = feats
+                    row += len(batch)
+            for c, out in outputs.items():
+                out.flush()
+                np.save(tmps[c] / f"{split}_labels.npy", np.tile(np.asarray(images.labels, dtype="int64"), copies))
+            del outputs
+        for c, tmp in tmps.items():
+            meta = {"backbone": spec.name, "weights": weights_id, "input_size": list(size), "cut": c, "data": dataset.fingerprint, "views": views, "created": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            try:
+                os.replace(tmp, folders[c])
+            except OSError:  # another process renamed its copy first: theirs is identical
+                shutil.rmtree(tmp, ignore_errors=True)

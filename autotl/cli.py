@@ -48,7 +48,8 @@ def _quiet_tensorflow() -> None:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)
 
 
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)")
     s.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
     s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
-    s.add_argument("--keep-models", type=int, default=5, metavar="K", help="keep the saved models of the K best trials (default 5)")
+    s.add_argument("--keep-models", type=int, default=3, metavar="K", help="keep the saved models of the K best trials (default 3)")
     _add_weights_args(s)
     _add_plugin_args(s)
 
@@ -190,16 +191,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     registry = get_registry(args.plugin)
     weights = WeightsSource.parse(args.weights_dir, args.weights)
     table = Table(title=f"backbones (weights: {weights.describe()})")
-    for col in ("name", "input size", "preprocessing", "weights offline", "plugin"):
-        table.add_column(col)
+    for col in ("name", "input", "also accepts", "preprocessing", "weights offline", "plugin"):
+        table.add_column(col, no_wrap=col in ("name", "plugin"))
     for name, spec in sorted(registry.backbones.items()):
         try:
             arg = resolve_weights(spec, weights).argument
-            ok = "random" if arg is None else "no (downloads)" if arg == "imagenet" else "yes"
-        except UsageError:
-            ok = f"no ({spec.weights_file} missing)"
-        sizes = ", ".join(f"{h}" if h == w else f"{h}x{w}" for h, w in spec.accepted_sizes)
-        table.add_row(name, f"{spec.input_size[0]}x{spec.input_size[1]} ({sizes})", spec.preprocessing.describe(), ok, spec.plugin)
+            ok = "random" if arg is None else "downloads" if arg == "imagenet" else "yes"
+        except UsageError as exc:
+            ok = "hash mismatch" if "SHA-256" in str(exc) else "missing"
+        others = ", ".join(str(h) if h == w else f"{h}x{w}" for h, w in spec.accepted_sizes if (h, w) != spec.input_size)
+        table.add_row(name, f"{spec.input_size[0]}x{spec.input_size[1]}", others or "-", spec.preprocessing.describe(), ok, spec.plugin)
     console = _console()
     console.print(table)
     for name, sample in sorted(registry.samples.items()):

@@ -23,7 +23,15 @@ __all__ = ["Registry", "get_plugin_manager", "get_registry", "DEFAULT_PLUGINS"]
 
 #: The built-in plugins, registered exactly as a third-party one would be.
 DEFAULT_PLUGINS = (
+    "autotl_plugins.mobilenet",
     "autotl_plugins.mobilenet_v2",
+    "autotl_plugins.mobilenet_v3",
+    "autotl_plugins.efficientnet",
+    "autotl_plugins.resnet",
+    "autotl_plugins.densenet",
+    "autotl_plugins.nasnet",
+    "autotl_plugins.inception",
+    "autotl_plugins.convnext",
     "autotl_plugins.digits",
 )
 

@@ -39,7 +39,7 @@ class SearchConfig:
     weights: WeightsSource
     storage: Optional[str] = None
     study_name: str = "autotl"
-    keep_models: int = 5
+    keep_models: int = 3
     timeout: Optional[float] = None
     data_summary: dict[str, Any] = field(default_factory=dict)
     command: str = ""
@@ -98,6 +98,7 @@ def trial_params(trial: Any, space: SearchSpace) -> TrialParams:
         head_loss_threshold=space.phase1.head_loss_threshold,
         batch_size=space.batch_size,
         seed=space.seed,
+        prefetch_blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
     )
 
 
@@ -140,8 +141,7 @@ class _Objective:
         keras.utils.set_random_seed(params.seed)
         start = time.perf_counter()
         try:
-            base = build_base(spec, weights)
-            result = train_trial(spec, params, base, self.dataset, self.cache, weights, report,
+            result = train_trial(spec, params, lambda: build_base(spec, weights), self.dataset, self.cache, weights, report,
                                  lambda msg: self.on_event({**event, "status": msg}), self.cfg.space.augmentation)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
@@ -151,11 +151,19 @@ class _Objective:
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
         trial.set_user_attr("val_loss", result.val_loss)
-        folder = self.cfg.out / "trials" / f"{trial.number:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        result.model.save(folder / "model.keras")
-        trial.set_user_attr("model_path", str((folder / "model.keras").relative_to(self.cfg.out)))
+        if self._worth_keeping(trial, result.val_accuracy):  # assembling and saving costs more than a cached trial
+            folder = self.cfg.out / "trials" / f"{trial.number:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            result.build_model().save(folder / "model.keras")
+            trial.set_user_attr("model_path", str((folder / "model.keras").relative_to(self.cfg.out)))
         return result.val_accuracy
+
+    def _worth_keeping(self, trial: Any, value: float) -> bool:
+        """Whether this trial would rank among the ``keep_models`` best so far."""
+        import optuna
+
+        values = sorted((t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None), reverse=True)
+        return len(values) < self.cfg.keep_models or value > values[self.cfg.keep_models - 1]
 
 
 def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:

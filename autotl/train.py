@@ -49,6 +49,7 @@ class TrialParams:
     head_loss_threshold: float = 0.5
     batch_size: int = 32
     seed: int = 0
+    prefetch_blocks: int = 0  # cache this many top boundaries in phase 1's forward pass
 
     def __post_init__(self) -> None:
         if self.finetune_lr * LR_RATIO > self.phase1_lr * (1 + 1e-9):
@@ -67,12 +68,12 @@ class TrialResult:
     unfrozen_layers: int
     seconds: dict[str, float] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
-    model: Any = None  # the full model: raw pixels in, probabilities out
+    build_model: Callable[[], Any] = field(default=lambda: None, repr=False)
 
     def attrs(self) -> dict[str, Any]:
-        """Everything but the model, JSON-able, for the study's trial attributes."""
+        """Everything but the model builder, JSON-able, for the study's trial attributes."""
         out = asdict(self)
-        out.pop("model")
+        out.pop("build_model")
         return out
 
 
@@ -119,7 +120,7 @@ def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
 def train_trial(
     spec: Any,
     params: TrialParams,
-    base: Any,
+    make_base: Callable[[], Any],
     dataset: Any,
     cache: Any,
     weights: Any,
@@ -127,7 +128,14 @@ def train_trial(
     progress: Optional[Callable[[str], None]] = None,
     augmentation: Any = None,
 ) -> TrialResult:
-    """Train one trial's head (phase 1) and, if the gate opens, its top blocks (phase 2)."""
+    """Train one trial's head (phase 1) and, if the gate opens, its top blocks (phase 2).
+
+    ``make_base()`` builds the frozen base; it is called only when the cache
+    misses, when phase 2 runs, or when ``result.build_model()`` assembles the
+    full model, so a phase-1-only trial on a warm cache never builds it.
+    """
+    import functools
+
     import keras
 
     from autotl.model import apply_head, assemble, block_boundaries, build_head, freeze_below, submodel
@@ -138,9 +146,12 @@ def train_trial(
     seconds: dict[str, float] = {}
     cache_info: dict[str, Any] = {}
 
-    # Phase 1: the frozen base's pooled features, cached; only the head trains.
+    base = functools.cache(make_base)
+    # Phase 1: the frozen base's pooled features, cached; only the head trains.  The same
+    # forward pass stores the boundaries that fine-tuning trials may later start from.
     say("phase 1: features")
-    feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed)
+    prefetch = (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :]) if params.prefetch_blocks else (lambda b: ())
+    feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed, prefetch=prefetch)
     cache_info["phase1"] = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3)}
     start = time.perf_counter()
     head = build_head(n_classes, params.head_width, params.dropout)
@@ -165,7 +176,7 @@ def train_trial(
     else:
         gate = "passed"
 
-    boundaries = block_boundaries(base, spec.block_pattern) if gate == "passed" else []
+    boundaries = block_boundaries(base(), spec.block_pattern) if gate == "passed" else []
     if gate == "passed" and not boundaries and not params.unfreeze_all:
         gate = f"backbone {spec.name} declares no block boundaries to unfreeze from"
     cut: Optional[str] = None
@@ -178,10 +189,10 @@ def train_trial(
         if acts is not None:
             cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
         start = time.perf_counter()
-        snapshot = [layer.get_weights() for layer in head] + [base.get_weights()]
-        unfrozen = freeze_below(base, cut)
+        snapshot = [layer.get_weights() for layer in head] + [base().get_weights()]
+        unfrozen = freeze_below(base(), cut)
         if acts is not None:
-            top = submodel(base, cut, None)
+            top = submodel(base(), cut, None)
             x_in = keras.Input(acts.train.shape[1:])
             train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
         else:  # the whole base unfrozen: no frozen part to cache; train from pixels
@@ -200,8 +211,8 @@ def train_trial(
         else:  # fine-tuning made things worse: go back to the phase-1 head and base
             for layer, w in zip(head, snapshot[:-1]):
                 layer.set_weights(w)
-            base.set_weights(snapshot[-1])
-        base.trainable = False
+            base().set_weights(snapshot[-1])
+        base().trainable = False
 
-    model = assemble(spec, base, head)
-    return TrialResult(best_acc, best_loss, history, stable_epoch, gate, kept, cut, unfrozen, seconds, cache_info, model)
+    return TrialResult(best_acc, best_loss, history, stable_epoch, gate, kept, cut, unfrozen, seconds, cache_info,
+                       lambda: assemble(spec, base(), head))

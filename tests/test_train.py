@@ -24,7 +24,7 @@ def run(registry, dataset, tmp_path: Path, reports=None, **overrides):
                             "head_loss_threshold": 5.0, "batch_size": 8, **overrides})
     report = (lambda step, value: reports.append((step, value))) if reports is not None else None
     cache = FeatureCache(tmp_path / "cache")
-    return spec, base, cache, train_trial(spec, params, base, dataset, cache, RANDOM, report)
+    return spec, base, cache, train_trial(spec, params, lambda: base, dataset, cache, RANDOM, report)
 
 
 def test_learning_rate_rule_is_enforced_in_code() -> None:
@@ -66,12 +66,13 @@ def test_cached_path_equals_full_model_in_both_phases(registry, tiny_dataset, tm
 
     spec, base, cache, result = run(registry, tiny_dataset, tmp_path)
     images = np.concatenate(list(tiny_dataset.val.batches(spec.input_size)))
-    full = result.model.predict(images, verbose=0)
+    model = result.build_model()
+    full = model.predict(images, verbose=0)
     # phase 1 view: pooled features from the cache through the head
-    head = [result.model.get_layer(n) for n in ("head_dropout", "head_dense", "predictions")]
-    pooled = cache.get(spec, base, RANDOM, tiny_dataset, None).val
-    # the phase-1 cache was made before fine-tuning changed the top: recompute the top from the boundary
-    acts = cache.get(spec, base, RANDOM, tiny_dataset, result.cut).val
+    head = [model.get_layer(n) for n in ("head_dropout", "head_dense", "predictions")]
+    pooled = cache.get(spec, lambda: base, RANDOM, tiny_dataset, None).val
+    # the pooled cache was made before fine-tuning changed the top: recompute the top from the boundary
+    acts = cache.get(spec, lambda: base, RANDOM, tiny_dataset, result.cut).val
     top = submodel(base, result.cut, None)
     x = keras.layers.GlobalAveragePooling2D()(top(np.asarray(acts), training=False))
     for layer in head:
@@ -84,10 +85,19 @@ def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> No
     spec = registry.backbone("tiny")
     base = build_base(spec, RANDOM)
     cache = FeatureCache(tmp_path)
-    first = cache.get(spec, base, RANDOM, tiny_dataset, None)
-    again = cache.get(spec, base, RANDOM, tiny_dataset, None)
-    other = cache.get(spec, base, RANDOM, tiny_dataset, "block1_out")
-    assert first.built and not again.built and other.built
+    calls: list[int] = []
+
+    def make_base():
+        calls.append(1)
+        return base
+
+    first = cache.get(spec, make_base, RANDOM, tiny_dataset, None, prefetch=lambda b: ["block2_out"])
+    again = cache.get(spec, make_base, RANDOM, tiny_dataset, None)
+    prefetched = cache.get(spec, make_base, RANDOM, tiny_dataset, "block2_out")
+    other = cache.get(spec, make_base, RANDOM, tiny_dataset, "block1_out")
+    assert first.built and not again.built and not prefetched.built and other.built
+    assert len(calls) == 2  # the base is built only when something must be computed
+    assert prefetched.train.shape[1:] == (16, 16, 16)  # 32 px, one stride-2 stem
     assert first.key == again.key != other.key
     assert isinstance(again.train, np.memmap)
     np.testing.assert_array_equal(np.asarray(first.train), np.asarray(again.train))

@@ -1,0 +1,359 @@
+"""Lineage in SQL: which trial, backbone, weights and data made a model file.
+
+Two tables live in the study's own database (the Optuna storage URL: SQLite in
+the run folder by default, PostgreSQL when many workers share a study):
+
+* ``autotl_artifacts``: one row per model file written (a trial's model, the
+  copied best model, an export) with the SHA-256 of its bytes;
+* ``autotl_lineage``: for each artifact, the backbone and plugin, the weights'
+  origin and SHA-256, the data set's fingerprint and source, the
+  hyperparameters, metrics and phase times, and the software versions.
+
+A model is found by the hash of its bytes, so a copied or renamed file still
+answers ``autotl lineage MODEL_FILE``.  The tables are created with
+``MetaData.create_all`` (it checks first); a worker that loses a creation race
+with another one simply checks again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from autotl.errors import UsageError
+
+__all__ = [
+    "ARTIFACTS_TABLE", "LINEAGE_TABLE", "KINDS", "record_model", "find_model", "list_models",
+    "default_storage_for", "cmd_lineage", "add_lineage_parser", "library_versions",
+]
+
+ARTIFACTS_TABLE = "autotl_artifacts"
+LINEAGE_TABLE = "autotl_lineage"
+KINDS = ("trial_model", "best_model", "export")
+STUDY_DB = "study.db"
+LIBRARIES = ("tensorflow", "keras", "optuna", "numpy", "pluggy", "scikit-learn", "sqlalchemy", "pillow")
+
+_lock = threading.Lock()
+_engines: dict[str, Any] = {}
+_ready: set[str] = set()
+_schema: Any = None
+
+
+def _tables() -> Any:
+    """The MetaData with both tables, built once (SQLAlchemy is imported lazily)."""
+    global _schema
+    if _schema is None:
+        from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text
+
+        md = MetaData()
+        Table(
+            ARTIFACTS_TABLE, md,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("kind", String(32), nullable=False),
+            Column("path", Text, nullable=False),
+            Column("sha256", String(64), nullable=False, index=True),
+            Column("size", BigInteger),
+            Column("trial_number", Integer),
+            Column("study_name", String(512)),
+            Column("created", DateTime(timezone=True), nullable=False),
+        )
+        Table(
+            LINEAGE_TABLE, md,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("artifact_id", Integer, ForeignKey(f"{ARTIFACTS_TABLE}.id", ondelete="CASCADE"), nullable=False, unique=True),
+            Column("backbone", String(255)),
+            Column("plugin", String(255)),
+            Column("weights_origin", Text),
+            Column("weights_sha256", String(64)),
+            Column("data_fingerprint", String(64)),
+            Column("data_source", Text),
+            Column("params", JSON),
+            Column("metrics", JSON),
+            Column("seconds", JSON),
+            Column("autotl_version", String(64)),
+            Column("versions", JSON),
+        )
+        _schema = md
+    return _schema
+
+
+def _engine(storage_url: str) -> Any:
+    """One engine per URL per process; SQLite waits for a busy writer instead of failing."""
+    from sqlalchemy import create_engine
+
+    if "://" not in str(storage_url):
+        raise UsageError(f"storage {storage_url!r} is not a URL; pass e.g. sqlite:///runs/x/study.db or postgresql://user:pass@host/db")
+    with _lock:
+        if storage_url not in _engines:
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
+            try:
+                _engines[storage_url] = create_engine(storage_url, **kwargs)
+            except ModuleNotFoundError as exc:
+                raise UsageError(f"storage {_safe_url(storage_url)} needs the Python package {exc.name!r}; install it") from None
+            except Exception as exc:
+                raise UsageError(f"cannot open storage {_safe_url(storage_url)!r} ({_first_line(exc)})") from None
+        return _engines[storage_url]
+
+
+def _safe_url(url: str) -> str:
+    """The URL with any password masked, for messages and reports."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _ensure_tables(storage_url: str) -> Any:
+    """Create the tables if absent; safe when several workers do it at once."""
+    from sqlalchemy.exc import DBAPIError
+
+    engine = _engine(storage_url)
+    if storage_url in _ready:
+        return engine
+    md = _tables()
+    for attempt in range(5):
+        try:
+            md.create_all(engine, checkfirst=True)
+            break
+        except DBAPIError:  # another worker created a table between our check and our CREATE
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    _ready.add(storage_url)
+    return engine
+
+
+def _has_tables(engine: Any) -> bool:
+    from sqlalchemy import inspect
+
+    insp = inspect(engine)
+    return insp.has_table(ARTIFACTS_TABLE) and insp.has_table(LINEAGE_TABLE)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of autotl's main libraries (and Python) in this process's environment."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and tuples become plain values."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _study_data(storage_url: str, study_name: str) -> dict[str, Any]:
+    """The study's "data" user attribute (Dataset.summary()), or {} if it cannot be read."""
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return dict(optuna.load_study(study_name=study_name, storage=storage_url).user_attrs.get("data") or {})
+    except Exception:
+        return {}
+
+
+def record_model(
+    storage_url: str, study_name: str, trial: Any, model_path: str | os.PathLike, kind: str = "trial_model",
+    data: Optional[dict[str, Any]] = None,
+) -> int:
+    """Record a model file written by ``trial`` (an Optuna FrozenTrial or Trial, or anything with
+    ``number``, ``params``, ``user_attrs`` and optionally ``value``); return the artifact id.
+
+    ``data`` is the data set's ``summary()``; without it the study's "data" user attribute is read.
+    Recording the same file (same bytes, path and kind) twice returns the first id.
+    """
+    from sqlalchemy import select
+
+    import autotl
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    path = Path(model_path).resolve()
+    if not path.is_file():
+        raise UsageError(f"cannot record lineage of {path}: no such file")
+    sha = _sha256(path)
+    engine = _ensure_tables(storage_url)
+    md = _tables()
+    art, lin = md.tables[ARTIFACTS_TABLE], md.tables[LINEAGE_TABLE]
+    attrs = dict(getattr(trial, "user_attrs", {}) or {})
+    params = dict(getattr(trial, "params", {}) or {})
+    number = getattr(trial, "number", None)
+    if data is None:
+        data = _study_data(storage_url, study_name)
+    try:
+        value = getattr(trial, "value", None)
+    except Exception:  # a multi-objective FrozenTrial raises
+        value = None
+    history = attrs.get("history") or {}
+    metrics = {
+        "val_accuracy": value,
+        "val_loss": attrs.get("val_loss"),
+        "head_stable_epoch": attrs.get("head_stable_epoch"),
+        "gate": attrs.get("gate"),
+        "phase2_kept": attrs.get("phase2_kept"),
+        "cut": attrs.get("cut"),
+        "unfrozen_layers": attrs.get("unfrozen_layers"),
+        "epochs": {phase: len((h or {}).get("val_loss", [])) for phase, h in history.items()},
+    }
+    seconds = {**(attrs.get("seconds") or {}), "total": attrs.get("seconds_total")}
+    with engine.begin() as conn:
+        existing = conn.execute(
+            select(art.c.id).where(art.c.sha256 == sha, art.c.path == str(path), art.c.kind == kind,
+                                   art.c.study_name == study_name).order_by(art.c.id)
+        ).first()
+        if existing is not None:
+            return int(existing[0])
+        artifact_id = conn.execute(art.insert().values(
+            kind=kind, path=str(path), sha256=sha, size=path.stat().st_size,
+            trial_number=number, study_name=study_name, created=_dt.datetime.now(_dt.timezone.utc),
+        )).inserted_primary_key[0]
+        conn.execute(lin.insert().values(
+            artifact_id=artifact_id, backbone=params.get("backbone"), plugin=attrs.get("plugin"),
+            weights_origin=attrs.get("weights_origin"), weights_sha256=attrs.get("weights_sha256"),
+            data_fingerprint=(data or {}).get("fingerprint"), data_source=(data or {}).get("source"),
+            params=_jsonable(params), metrics=_jsonable(metrics), seconds=_jsonable(seconds),
+            autotl_version=autotl.__version__, versions=library_versions(),
+        ))
+    return int(artifact_id)
+
+
+def _row(a: Any, lin: Any) -> dict[str, Any]:
+    created = a.created
+    if created is not None and created.tzinfo is None:  # SQLite returns naive datetimes
+        created = created.replace(tzinfo=_dt.timezone.utc)
+    return {
+        "artifact_id": a.id, "kind": a.kind, "path": a.path, "sha256": a.sha256, "size": a.size,
+        "trial_number": a.trial_number, "study_name": a.study_name,
+        "created": created.isoformat() if created else None,
+        "backbone": lin.backbone, "plugin": lin.plugin, "weights_origin": lin.weights_origin,
+        "weights_sha256": lin.weights_sha256, "data_fingerprint": lin.data_fingerprint, "data_source": lin.data_source,
+        "params": lin.params, "metrics": lin.metrics, "seconds": lin.seconds,
+        "autotl_version": lin.autotl_version, "versions": lin.versions,
+    }
+
+
+def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    engine = _engine(storage_url)
+    try:
+        if not _has_tables(engine):
+            return []
+        md = _tables()
+        art, lin = md.tables[ARTIFACTS_TABLE], md.tables[LINEAGE_TABLE]
+        stmt = (select(art, lin.c.backbone, lin.c.plugin, lin.c.weights_origin, lin.c.weights_sha256,
+                       lin.c.data_fingerprint, lin.c.data_source, lin.c.params, lin.c.metrics, lin.c.seconds,
+                       lin.c.autotl_version, lin.c.versions)
+                .join(lin, lin.c.artifact_id == art.c.id).where(where(art)).order_by(art.c.id.desc()))
+        with engine.connect() as conn:
+            return [_row(r, r) for r in conn.execute(stmt)]
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot read lineage from {_safe_url(storage_url)} ({_first_line(exc)})") from None
+
+
+def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The lineage record of a model file, found by the SHA-256 of its bytes; None if unknown.
+
+    When several records have the same bytes (a trial's model and its copy as the best model),
+    the one recorded at this path wins, else the newest; ``same_bytes`` lists them all.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    sha = _sha256(path)
+    rows = _query(storage_url, lambda art: art.c.sha256 == sha)
+    if not rows:
+        return None
+    here = str(path.resolve())
+    best = next((r for r in rows if r["path"] == here), rows[0])
+    return {**best, "same_bytes": [{"artifact_id": r["artifact_id"], "kind": r["kind"], "path": r["path"],
+                                    "trial_number": r["trial_number"], "study_name": r["study_name"]} for r in rows]}
+
+
+def list_models(storage_url: str, study_name: Optional[str] = None) -> list[dict[str, Any]]:
+    """Every recorded artifact (of one study, if named), newest first; [] when nothing was recorded."""
+    return _query(storage_url, lambda art: art.c.study_name == study_name if study_name is not None else art.c.id.isnot(None))
+
+
+def default_storage_for(model_path: str | os.PathLike) -> str:
+    """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
+    path = Path(model_path).resolve()
+    for folder in list(path.parents)[:3]:
+        if (folder / STUDY_DB).is_file():
+            return f"sqlite:///{folder / STUDY_DB}"
+    raise UsageError(f"no {STUDY_DB} beside {path} or in the folders above it; pass --storage URL")
+
+
+def describe(record: dict[str, Any], shown_path: str) -> str:
+    """The one-line answer of ``autotl lineage``."""
+    m = record.get("metrics") or {}
+    acc = m.get("val_accuracy")
+    weights = record.get("weights_origin") or "?"
+    if record.get("weights_sha256"):
+        weights += f" sha256 {record['weights_sha256'][:12]}"
+    data = (record.get("data_fingerprint") or "?")[:12]
+    parts = [
+        f"{shown_path}: {record['kind']} of trial {record['trial_number']} in study {record['study_name']!r}",
+        f"backbone {record.get('backbone')} (plugin {record.get('plugin')})",
+        f"weights {weights}",
+        f"data {data} from {record.get('data_source') or '?'}",
+        f"val_accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "val_accuracy ?",
+        f"autotl {record.get('autotl_version')}",
+        f"recorded {record.get('created')}",
+    ]
+    return "; ".join(parts)
+
+
+def add_lineage_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("lineage", help="say which trial, backbone, weights and data made a model file",
+                              description="Look a model file up by the SHA-256 of its bytes in the study database (a copied or renamed file is found too).")
+    p.add_argument("model", metavar="MODEL_FILE")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: study.db beside the file or in its run folder)")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    return p
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    storage = args.storage or default_storage_for(path)
+    record = find_model(storage, path)
+    if record is None:
+        raise UsageError(f"no lineage recorded for {path} (sha256 {_sha256(path)[:12]}) in {_safe_url(storage)}; was it made by another study?")
+    if getattr(args, "json", False):
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print(describe(record, str(path)))
+    return 0

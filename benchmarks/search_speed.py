@@ -1,0 +1,218 @@
+"""autotl against plain keras-tuner: the same search, side by side, in one invocation.
+
+Both engines search the same space on the same data with the same trials,
+epoch limits, early stopping and seed.  keras-tuner is written the way the
+Keras transfer-learning guide teaches it: a HyperModel whose ``fit`` trains the
+head, then unfreezes the top blocks and fine-tunes, every epoch through the
+whole model.  autotl trains on its frozen-feature cache.
+
+Each engine runs in its own process, so peak RSS is that engine's alone.
+
+    python benchmarks/search_speed.py [--data DIR] [--weights-dir DIR] [--trials 10]
+
+Prints, for each engine and each setting (phase 2 skipped / in every trial):
+wall time, best validation accuracy, peak RSS; then the speed ratio; and the
+floor: one forward pass of the backbone over the data, and the share of
+autotl's time above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "hymenoptera"
+BACKBONE = "mobilenet_v2-0.35"
+SPACE = {
+    "backbones": [BACKBONE],
+    "head": {"width": [64, 128, 256], "dropout": {"low": 0.0, "high": 0.5}},
+    "phase1": {"learning_rate": 1e-3, "epochs": 20, "patience": 3, "head_loss_threshold": 0.5},
+    "phase2": {"unfreeze_blocks": {"low": 1, "high": 2}, "learning_rate": {"low": 1e-5, "high": 1e-4, "log": True}, "epochs": 5, "patience": 2},
+    "batch_size": 32,
+    "seed": 0,
+}
+
+
+def _space(phase2: bool) -> dict:
+    space = json.loads(json.dumps(SPACE))
+    if not phase2:
+        space["phase2"]["unfreeze_blocks"] = {"low": 0, "high": 0}
+    return space
+
+
+def _load(data: str):
+    from autotl.data import load_folder
+
+    return load_folder(data)
+
+
+def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
+    import yaml
+
+    from autotl.registry import get_registry
+    from autotl.search import SearchConfig, run_search
+    from autotl.space import load_space
+    from autotl.weights import WeightsSource
+
+    dataset = _load(args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(yaml.safe_dump(_space(phase2)))
+        space, _ = load_space(path)
+        start = time.perf_counter()
+        cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=args.trials, weights=WeightsSource.parse(args.weights_dir))
+        study = run_search(cfg, get_registry(autoload=False), dataset)
+        wall = time.perf_counter() - start
+        phase2_trials = sum(1 for t in study.trials if t.user_attrs.get("history", {}).get("phase2"))
+    return {"wall": wall, "best": study.best_value, "phase2_trials": phase2_trials}
+
+
+def _arrays(dataset, size):
+    import numpy as np
+
+    def split(s):
+        return np.concatenate(list(s.batches(size, 64))), np.asarray(s.labels)
+
+    return split(dataset.train), split(dataset.val)
+
+
+def run_keras_tuner(args: argparse.Namespace, phase2: bool) -> dict:
+    import keras
+    import keras_tuner as kt
+
+    from autotl.model import block_boundaries
+    from autotl.registry import get_registry
+    from autotl.weights import WeightsSource, resolve_weights
+
+    dataset = _load(args.data)
+    spec = get_registry(autoload=False).backbone(BACKBONE)
+    weights = resolve_weights(spec, WeightsSource.parse(args.weights_dir)).argument
+    (x, y), (xv, yv) = _arrays(dataset, spec.input_size)
+    space, n_classes = _space(phase2), len(dataset.class_names)
+
+    class TransferHyperModel(kt.HyperModel):
+        """Straight from the Keras transfer-learning guide, with the guide's two phases in fit()."""
+
+        def build(self, hp):
+            base = keras.applications.MobileNetV2(input_shape=(*spec.input_size, 3), alpha=0.35, include_top=False, weights=weights)
+            base.trainable = False
+            inputs = keras.Input((*spec.input_size, 3))
+            z = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+            z = base(z, training=False)
+            z = keras.layers.GlobalAveragePooling2D()(z)
+            z = keras.layers.Dropout(hp.Float("dropout", space["head"]["dropout"]["low"], space["head"]["dropout"]["high"]))(z)
+            z = keras.layers.Dense(hp.Choice("head_width", space["head"]["width"]), activation="relu")(z)
+            outputs = keras.layers.Dense(n_classes, activation="softmax")(z)
+            model = keras.Model(inputs, outputs)
+            model.compile(keras.optimizers.Adam(space["phase1"]["learning_rate"]), "sparse_categorical_crossentropy", metrics=["accuracy"])
+            return model
+
+        def fit(self, hp, model, *fit_args, **kw):
+            p1, p2 = space["phase1"], space["phase2"]
+            stop = lambda patience: keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)  # noqa: E731
+            cbs = kw.pop("callbacks", [])
+            h = model.fit(*fit_args, epochs=p1["epochs"], callbacks=cbs + [stop(p1["patience"])], **kw)
+            blocks = hp.Int("unfreeze_blocks", p2["unfreeze_blocks"]["low"], p2["unfreeze_blocks"]["high"])
+            lr = hp.Float("finetune_lr", p2["learning_rate"]["low"], p2["learning_rate"]["high"], sampling="log")
+            if blocks:
+                base = model.layers[2]
+                cut = block_boundaries(base, spec.block_pattern)[-blocks]
+                base.trainable = True
+                above = False
+                for layer in base.layers:
+                    layer.trainable = above and not isinstance(layer, keras.layers.BatchNormalization)
+                    above = above or layer.name == cut
+                model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+                h = model.fit(*fit_args, epochs=p2["epochs"], callbacks=cbs + [stop(p2["patience"])], **kw)
+            return h
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner = kt.RandomSearch(TransferHyperModel(), objective=kt.Objective("val_accuracy", "max"), max_trials=args.trials,
+                                seed=space["seed"], directory=tmp, project_name="kt", overwrite=True)
+        start = time.perf_counter()
+        tuner.search(x, y, validation_data=(xv, yv), batch_size=space["batch_size"], verbose=0)
+        wall = time.perf_counter() - start
+        best = tuner.oracle.get_best_trials(1)[0].score
+    return {"wall": wall, "best": float(best)}
+
+
+def run_floor(args: argparse.Namespace, _phase2: bool) -> dict:
+    """One forward pass of the frozen base over train and val: what no engine can avoid."""
+    import keras
+
+    from autotl.registry import get_registry
+    from autotl.weights import WeightsSource, resolve_weights
+
+    dataset = _load(args.data)
+    spec = get_registry(autoload=False).backbone(BACKBONE)
+    base = spec.build((*spec.input_size, 3), resolve_weights(spec, WeightsSource.parse(args.weights_dir)).argument)
+    (x, _), (xv, _) = _arrays(dataset, spec.input_size)
+    pre = keras.layers.Rescaling(1 / 127.5, offset=-1)
+    base.predict(pre(x[:32]), verbose=0)  # warm-up
+    start = time.perf_counter()
+    base.predict(pre(x), batch_size=32, verbose=0)
+    base.predict(pre(xv), batch_size=32, verbose=0)
+    return {"wall": time.perf_counter() - start}
+
+
+ENGINES = {"autotl": run_autotl, "keras-tuner": run_keras_tuner, "floor": run_floor}
+
+
+def child(args: argparse.Namespace) -> None:
+    result = ENGINES[args.engine](args, args.phase2)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(args: argparse.Namespace, engine: str, phase2: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--engine", engine, "--data", args.data, "--trials", str(args.trials)]
+    cmd += ["--weights-dir", args.weights_dir] if args.weights_dir else []
+    cmd += ["--phase2"] if phase2 else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--weights-dir", default=os.environ.get("AUTOTL_WEIGHTS_DIR"))
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--only", choices=["phase1", "phase2"], help="run one setting only")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=list(ENGINES), help=argparse.SUPPRESS)
+    parser.add_argument("--phase2", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    floor = spawn(args, "floor", False)
+    print(f"data {args.data}, backbone {BACKBONE}, {args.trials} trials, CPU cores {os.cpu_count()}")
+    print(f"floor: one forward pass over train+val = {floor['wall']:.1f} s")
+    settings = [s for s in ("phase1", "phase2") if args.only in (None, s)]
+    for setting in settings:
+        phase2 = setting == "phase2"
+        kt_res = spawn(args, "keras-tuner", phase2)
+        at_res = spawn(args, "autotl", phase2)
+        label = "phase 2 in every trial" if phase2 else "phase 2 skipped"
+        print(f"\n== {label}")
+        for name, r in (("keras-tuner", kt_res), ("autotl", at_res)):
+            print(f"{name:12s} wall {r['wall']:8.1f} s   best val acc {r['best']:.4f}   peak RSS {r['peak_rss_mb']:7.0f} MB")
+        print(f"speed ratio keras-tuner / autotl: {kt_res['wall'] / at_res['wall']:.1f}x")
+        print(f"best val acc difference (autotl - keras-tuner): {100 * (at_res['best'] - kt_res['best']):+.1f} points")
+        print(f"autotl time above the forward-pass floor: {at_res['wall'] - floor['wall']:.1f} s "
+              f"({100 * (at_res['wall'] - floor['wall']) / at_res['wall']:.0f}% of its time)")
+
+
+if __name__ == "__main__":
+    main()

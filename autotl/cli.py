@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from autotl.errors import AutotlError, UsageError
+from autotl.lineage import add_lineage_parser, cmd_lineage
+from autotl.report import add_report_parser, cmd_report
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list the backbones and samples that plugins provide")
     _add_plugin_args(pl)
     _add_weights_args(pl)
+    add_report_parser(sub)
+    add_lineage_parser(sub)
     return parser
 
 
@@ -160,6 +164,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         err.print(f"interrupted: finished trials are saved in {cfg.storage_url}; rerun the same command to resume")
         return EXIT_INTERRUPTED
     console.print(leaderboard(study))
+    try:
+        from autotl.report import write_report
+
+        console.print(f"report: {write_report(out, args.storage, args.study_name)['html']}")
+    except Exception as exc:  # noqa: BLE001 -- the search's results are safe; say why the report is missing
+        err.print(f"[yellow]warning:[/] report not written ({exc}); run `autotl report {out}` to retry")
     if (out / BEST_MODEL).is_file():
         console.print(f"best model: {out / BEST_MODEL}  (classes in {out / 'classes.json'})")
     else:
@@ -208,7 +218,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "predict": cmd_predict, "plugins": cmd_plugins}
+COMMANDS = {"search": cmd_search, "predict": cmd_predict, "plugins": cmd_plugins, "report": cmd_report, "lineage": cmd_lineage}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

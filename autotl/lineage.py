@@ -37,7 +37,7 @@ __all__ = [
 
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
-KINDS = ("trial_model", "best_model", "export")
+KINDS = ("trial_weights", "trial_model", "best_model", "export")
 STUDY_DB = "study.db"
 LIBRARIES = ("tensorflow", "keras", "optuna", "numpy", "pluggy", "scikit-learn", "sqlalchemy", "pillow")
 
@@ -135,6 +135,17 @@ def _ensure_tables(storage_url: str) -> Any:
             time.sleep(0.2 * (attempt + 1))
     _ready.add(storage_url)
     return engine
+
+
+def _missing_sqlite(storage_url: str) -> bool:
+    try:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(storage_url)
+    except Exception:
+        return False
+    db = url.database
+    return url.get_backend_name() == "sqlite" and bool(db) and db != ":memory:" and not db.startswith("file:") and not Path(db).exists()
 
 
 def _has_tables(engine: Any) -> bool:
@@ -246,7 +257,9 @@ def record_model(
     return int(artifact_id)
 
 
-def _row(a: Any, lin: Any) -> dict[str, Any]:
+def _row(r: Any) -> dict[str, Any]:
+    """One joined artifact + lineage row as a plain dict."""
+    a = lin = r
     created = a.created
     if created is not None and created.tzinfo is None:  # SQLite returns naive datetimes
         created = created.replace(tzinfo=_dt.timezone.utc)
@@ -264,6 +277,8 @@ def _row(a: Any, lin: Any) -> dict[str, Any]:
 def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
+    if _missing_sqlite(storage_url):  # reading must not leave an empty database file behind
+        return []
     engine = _engine(storage_url)
     try:
         if not _has_tables(engine):
@@ -275,7 +290,7 @@ def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
                        lin.c.autotl_version, lin.c.versions)
                 .join(lin, lin.c.artifact_id == art.c.id).where(where(art)).order_by(art.c.id.desc()))
         with engine.connect() as conn:
-            return [_row(r, r) for r in conn.execute(stmt)]
+            return [_row(r) for r in conn.execute(stmt)]
     except UsageError:
         raise
     except Exception as exc:

@@ -20,12 +20,21 @@ from autotl.preprocess import preprocessing_layer
 from autotl.spec import BackboneSpec
 from autotl.weights import ResolvedWeights
 
-__all__ = ["build_base", "block_boundaries", "build_head", "apply_head", "assemble", "freeze_below", "submodel"]
+__all__ = ["build_base", "block_boundaries", "build_head", "apply_head", "assemble", "freeze_below", "submodel", "top_layer_weights", "save_layer_weights", "restore_model"]
 
 
-def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[int, int] | None = None) -> Any:
-    """The frozen base with ``include_top=False`` and the resolved weights loaded."""
+def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[int, int] | None = None, seed: int = 0) -> Any:
+    """The frozen base with ``include_top=False`` and the resolved weights loaded.
+
+    Random weights are drawn from ``seed`` right before the build, so the same
+    base comes back whenever it is built: the feature cache and a model
+    restored later rely on that.
+    """
     h, w = input_size or spec.input_size
+    if weights.argument is None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
     try:
         base = spec.build((h, w, 3), weights.argument)
     except Exception as exc:  # Keras raises plain Exception/OSError/ValueError here
@@ -136,3 +145,47 @@ def freeze_below(base: Any, cut: str | None) -> int:
     if cut is not None and not above:
         raise TrialFailed(f"block boundary {cut!r} is not a layer of {base.name}")
     return unfrozen
+
+
+def top_layer_weights(base: Any, cut: str | None) -> dict[str, list[Any]]:
+    """Weights of the base's layers above ``cut`` (all layers for ``None``), by layer name."""
+    names = [layer.name for layer in base.layers]
+    start = names.index(cut) + 1 if cut else 0
+    return {layer.name: layer.get_weights() for layer in base.layers[start:] if layer.weights}
+
+
+def save_layer_weights(path: Any, weights: dict[str, list[Any]]) -> None:
+    """Write ``{layer: [arrays]}`` as a plain ``.npz`` (no pickle), atomically."""
+    import os
+
+    import numpy as np
+
+    arrays = {f"{name}::{i}": np.asarray(w) for name, ws in weights.items() for i, w in enumerate(ws)}
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def restore_model(spec: BackboneSpec, weights: ResolvedWeights, n_classes: int, head_width: int, dropout: float, layer_weights_file: Any, seed: int = 0) -> Any:
+    """Rebuild a trial's full model from its backbone weights and the layers it trained.
+
+    A search stores only what a trial changed (a few kilobytes for a head), so
+    finishing a trial costs milliseconds; the deployable model is assembled from
+    it when someone asks for it.
+    """
+    import numpy as np
+
+    base = build_base(spec, weights, seed=seed)
+    head = build_head(n_classes, head_width, dropout)
+    model = assemble(spec, base, head)
+    stored: dict[str, dict[int, Any]] = {}
+    with np.load(layer_weights_file, allow_pickle=False) as npz:
+        for key in npz.files:
+            name, i = key.rsplit("::", 1)
+            stored.setdefault(name, {})[int(i)] = npz[key]
+    by_name = {layer.name: layer for layer in [*base.layers, *head]}
+    for name, ws in stored.items():
+        if name not in by_name:
+            raise TrialFailed(f"stored weights name layer {name!r}, which {spec.name} does not have")
+        by_name[name].set_weights([ws[i] for i in range(len(ws))])
+    return model

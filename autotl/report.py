@@ -120,6 +120,11 @@ def _epochs(history: dict[str, Any], phase: str) -> Optional[int]:
     return len(h.get("val_loss") or h.get("loss") or [])
 
 
+def _epoch1(epoch: Optional[int]) -> Optional[int]:
+    """A 0-based epoch index (as stored) as the 1-based epoch number people and the plots use."""
+    return None if epoch is None else int(epoch) + 1
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
@@ -285,6 +290,8 @@ def _importances(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     varying = [k for k in names if len({json.dumps(t.params.get(k)) for t in done}) > 1]
     if len(complete) < 2 or not varying:
         return {"values": None, "note": f"not enough trials: importances need at least 2 complete trials whose parameters vary ({len(complete)} complete)"}
+    if len({t.value for t in done}) < 2:
+        return {"values": None, "note": f"not enough trials: all {len(done)} complete trials scored the same, so no parameter explains a difference"}
     try:
         import optuna
 
@@ -295,7 +302,7 @@ def _importances(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"values": None, "note": f"not enough trials for importances ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"}
 
 
-def _search(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _search(study: Any, rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any]:
     ordered = sorted((r for r in rows if r["state"] in ("complete", "pruned") and r["val_accuracy"] is not None), key=lambda r: r["number"])
     history, best = [], None
     for r in ordered:
@@ -312,7 +319,10 @@ def _search(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         b.update(n=len(b["values"]), mean=sum(b["values"]) / len(b["values"]), max=max(b["values"]))
     points = [{"number": r["number"], "backbone": r["backbone"], "unfreeze_blocks": r["unfreeze_blocks"],
                "finetune_lr": r["finetune_lr"], "phase2_ran": r["gate"] == "passed", "val_accuracy": r["val_accuracy"]} for r in complete]
-    return {"history": history, "importances": _importances(study, rows), "by_backbone": by_backbone, "points": points}
+    p2 = space.get("phase2") or {}
+    ranges = {"unfreeze_blocks": [(p2.get("unfreeze_blocks") or {}).get("low"), (p2.get("unfreeze_blocks") or {}).get("high")],
+              "finetune_lr": [(p2.get("learning_rate") or {}).get("low"), (p2.get("learning_rate") or {}).get("high")]}
+    return {"history": history, "importances": _importances(study, rows), "by_backbone": by_backbone, "points": points, "ranges": ranges}
 
 
 def _load_dataset(source: str, val_fraction: float, seed: int) -> Any:
@@ -340,7 +350,14 @@ def _thumbnail(pixels: Any) -> bytes:
 
 
 def _model_trial(run_dir: Path, model_file: Path, storage_url: str) -> Optional[int]:
-    """Which trial's model the best-model file is: by lineage record, else by equal bytes in trials/."""
+    """Which trial's model the best-model file is: by its marker, by lineage record, else by equal bytes in trials/."""
+    import json
+
+    from autotl.search import BEST_MARKER
+
+    marker = run_dir / BEST_MARKER
+    if model_file.name == "best_model.keras" and marker.is_file():
+        return int(json.loads(marker.read_text())["trial"])
     try:
         from autotl.lineage import find_model
 
@@ -508,7 +525,7 @@ def build_record(run_dir: Path, study: Any, storage_url: str, images: Optional[d
         "summary": summary,
         "leaderboard": rows,
         "curves": _curves(trials, rows, top_curves),
-        "search": _search(study, rows),
+        "search": _search(study, rows, space),
     }
     if evaluate:
         try:
@@ -603,9 +620,12 @@ def _fig_history(history: list[dict[str, Any]]) -> bytes:
     if best:
         ax.step([b[0] for b in best], [b[1] for b in best], where="post", color=COLORS[1], label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    numbers = [h["number"] for h in history]
+    ax.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
     ax.set_ylabel("val accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.set_title("optimisation history", fontsize=10)
     return _png(fig)
 
@@ -650,10 +670,24 @@ def _fig_params(search: dict[str, Any]) -> bytes:
         ys = [p["val_accuracy"] for p in group if p["finetune_lr"]]
         if xs:
             axes[2].plot(xs, ys, marker, ls="", color=COLORS[0] if marker == "o" else "#999", label=label, alpha=0.8)
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
+    ranges = search.get("ranges") or {}
+    ub = [v for v in (ranges.get("unfreeze_blocks") or []) if v is not None] + [p["unfreeze_blocks"] for p in pts if p["unfreeze_blocks"] is not None]
+    if ub:
+        axes[1].set_xlim(min(ub) - 0.5, max(ub) + 0.5)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("unfreeze blocks")
     axes[1].set_title("by unfreeze depth", fontsize=9)
-    axes[1].xaxis.get_major_locator().set_params(integer=True)
     axes[2].set_xscale("log")
+    lr = [v for v in (ranges.get("finetune_lr") or []) if v] + [p["finetune_lr"] for p in pts if p["finetune_lr"]]
+    if lr:
+        lo, hi = min(lr), max(lr)
+        if hi / lo < 10:  # always show at least a decade, so the log axis has labelled ticks
+            mid = math.sqrt(lo * hi)
+            lo, hi = mid / math.sqrt(10), mid * math.sqrt(10)
+        axes[2].set_xlim(lo / 1.3, hi * 1.3)
+    axes[2].xaxis.set_minor_formatter(NullFormatter())
     axes[2].set_xlabel("fine-tune learning rate (log)")
     axes[2].set_title("by fine-tune rate", fontsize=9)
     if pts:
@@ -718,7 +752,7 @@ LEADER_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("dropout", "dropout", lambda r: _fmt(r["dropout"], ".2f")),
     ("unfreeze", "unfreeze_blocks", lambda r: _fmt(r["unfreeze_blocks"])),
     ("fine-tune lr", "finetune_lr", lambda r: _fmt(r["finetune_lr"], ".1e")),
-    ("head stable", "head_stable_epoch", lambda r: _fmt(r["head_stable_epoch"])),
+    ("head stable", "head_stable_epoch", lambda r: _fmt(_epoch1(r["head_stable_epoch"]))),
     ("epochs p1", "epochs_phase1", lambda r: _fmt(r["epochs_phase1"])),
     ("epochs p2", "epochs_phase2", lambda r: _fmt(r["epochs_phase2"])),
     ("val acc", "val_accuracy", lambda r: _fmt(r["val_accuracy"], ".4f")),
@@ -726,6 +760,10 @@ LEADER_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("time", "seconds", lambda r: _fmt_seconds(r["seconds"])),
     ("note", "note", lambda r: r["note"] or ""),
 ]
+
+
+LEADER_NOTE = ("Best first. Epochs are counted from 1; 'head stable' is the phase-1 epoch with the head's best validation loss "
+               "('-' when it never plateaued, so phase 2 did not run); 'epochs p1/p2' are the epochs each phase ran.")
 
 
 def _sections(record: dict[str, Any]) -> dict[str, Any]:
@@ -746,7 +784,7 @@ def _sections(record: dict[str, Any]) -> dict[str, Any]:
         ci_text = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f}; {best['ci_method']})" if ci else f" ({best['ci_method']})"
         facts.insert(0, ("best trial", f"trial {best['number']}: val accuracy {best['val_accuracy']:.4f}{ci_text}, val loss {_fmt(best['val_loss'], '.4f')}"))
         settings = ", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}" for k, v in sorted(best["params"].items()))
-        facts.insert(1, ("best settings", f"{settings}; head stable at epoch {_fmt(best['head_stable_epoch'])}, "
+        facts.insert(1, ("best settings", f"{settings}; head stable at epoch {_fmt(_epoch1(best['head_stable_epoch']))}, "
                                           f"{_fmt(best['epochs_phase1'])} + {_fmt(best['epochs_phase2'])} epochs, fine-tuning: {best['gate'] or '-'}"))
     else:
         facts.insert(0, ("best trial", "none: no trial has completed yet"))
@@ -788,7 +826,7 @@ h3{font-size:1em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0;background:#fff}
 th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f0f3f6}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.best td{background:#e6f4ea;font-weight:600}
 tr.failed td{color:#8c1d18}tr.running td{color:#0550ae;font-style:italic}tr.pruned td{color:#6e7781}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:.5em 0}
@@ -847,6 +885,7 @@ def render_html(record: dict[str, Any], figs: dict[str, bytes], thumbs: dict[str
     rows = record["leaderboard"]
     classes = ["best" if r["number"] == best_no else r["state"] for r in rows]
     p.append(_html_table([c[0] for c in LEADER_COLUMNS], [[f(r) for _, _, f in LEADER_COLUMNS] for r in rows], classes, numeric=set(range(3, 13)) | {0}))
+    p.append(f'<p class="note">{_h(LEADER_NOTE)}</p>')
 
     p.append('<h2 id="curves">3. Learning curves</h2>')
     if record["curves"]:
@@ -934,6 +973,7 @@ def render_markdown(record: dict[str, Any], figs: dict[str, bytes]) -> str:
         md += [""] + _md_table(["class", "train", "val"], sec["counts"], {1, 2})
     md += ["", "## 2. Leaderboard", ""]
     md += _md_table([c[0] for c in LEADER_COLUMNS], [[f(r) for _, _, f in LEADER_COLUMNS] for r in record["leaderboard"]], set(range(3, 13)) | {0})
+    md += ["", f"_{LEADER_NOTE}_"]
     md += ["", "## 3. Learning curves", ""]
     if record["curves"]:
         md += ["Phase 1 trains the head on the frozen base; the shaded part after the dashed line is phase 2 (fine-tuning).", "",
@@ -996,10 +1036,7 @@ def write_report(run_dir: Path | str, storage_url: Optional[str] = None, study_n
     Reads the study only, so it may run while a search is going on: running
     trials appear with the fields they have so far.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # only Figure/FigureCanvasAgg are used; pyplot never is
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir)  # figures are drawn with Figure + FigureCanvasAgg: no pyplot, no GUI backend
     study, url = _load_study(run_dir, storage_url, study_name)
     thumbs: dict[str, bytes] = {}
     record = build_record(run_dir, study, url, thumbs, top_curves, evaluate)

@@ -26,6 +26,9 @@ from autotl.weights import WeightsSource, resolve_weights
 __all__ = ["SearchConfig", "open_study", "run_search", "trial_params", "BEST_MODEL", "CLASSES_FILE"]
 
 BEST_MODEL = "best_model.keras"
+BEST_MARKER = "best_model.json"
+WEIGHTS_FILE = "trained_layers.npz"
+MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
 STUDY_DB = "study.db"
 Event = Callable[[dict[str, Any]], None]
@@ -119,7 +122,7 @@ class _Objective:
         import keras
         import optuna
 
-        from autotl.model import build_base
+        from autotl.model import build_base, save_layer_weights
 
         params = trial_params(trial, self.cfg.space)
         spec = self.registry.backbone(params.backbone)
@@ -141,7 +144,7 @@ class _Objective:
         keras.utils.set_random_seed(params.seed)
         start = time.perf_counter()
         try:
-            result = train_trial(spec, params, lambda: build_base(spec, weights), self.dataset, self.cache, weights, report,
+            result = train_trial(spec, params, lambda: build_base(spec, weights, seed=params.seed), self.dataset, self.cache, weights, report,
                                  lambda msg: self.on_event({**event, "status": msg}), self.cfg.space.augmentation)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
@@ -151,11 +154,12 @@ class _Objective:
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
         trial.set_user_attr("val_loss", result.val_loss)
-        if self._worth_keeping(trial, result.val_accuracy):  # assembling and saving costs more than a cached trial
+        if self._worth_keeping(trial, result.val_accuracy):
+            # Only what the trial trained is stored (milliseconds); the full model is assembled on demand.
             folder = self.cfg.out / "trials" / f"{trial.number:04d}"
             folder.mkdir(parents=True, exist_ok=True)
-            result.build_model().save(folder / "model.keras")
-            trial.set_user_attr("model_path", str((folder / "model.keras").relative_to(self.cfg.out)))
+            save_layer_weights(folder / WEIGHTS_FILE, result.trained_weights())
+            trial.set_user_attr("weights_path", str((folder / WEIGHTS_FILE).relative_to(self.cfg.out)))
         return result.val_accuracy
 
     def _worth_keeping(self, trial: Any, value: float) -> bool:
@@ -166,23 +170,68 @@ class _Objective:
         return len(values) < self.cfg.keep_models or value > values[self.cfg.keep_models - 1]
 
 
-def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
-    """Keep the best model in place and prune the models of trials far from the top."""
+def _record(storage_url: str, study_name: str, trial: Any, path: Path, kind: str, data: Optional[dict] = None) -> None:
+    """Lineage of a stored file in the study's database; it must never cost a finished trial."""
+    from autotl.lineage import record_model
+
+    try:
+        record_model(storage_url, study_name, trial, path, kind, data=data)
+    except Exception as exc:  # noqa: BLE001
+        import warnings
+
+        warnings.warn(f"lineage not recorded for {path}: {exc}", stacklevel=2)
+
+
+def _prune_stored(cfg: SearchConfig) -> Callable[[Any, Any], None]:
+    """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best."""
     import optuna
 
     def callback(study: Any, trial: Any) -> None:
-        done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
-        if not done:
-            return
-        ranked = sorted(done, key=lambda t: (-t.value, t.number))
-        best = ranked[0]
-        src = cfg.out / str(best.user_attrs.get("model_path", ""))
-        if best.number == trial.number and src.is_file():
-            _atomic_copy(src, cfg.out / BEST_MODEL)
+        stored = cfg.out / str(trial.user_attrs.get("weights_path", "-"))
+        if trial.state == optuna.trial.TrialState.COMPLETE and stored.is_file():
+            _record(cfg.storage_url, cfg.study_name, trial, stored, "trial_weights", cfg.data_summary)
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        ranked = sorted((t for t in done if t.value is not None), key=lambda t: (-t.value, t.number))
         for t in ranked[cfg.keep_models:]:
             shutil.rmtree(cfg.out / "trials" / f"{t.number:04d}", ignore_errors=True)
 
     return callback
+
+
+def trial_model(out: Path, study: Any, number: int, registry: Registry, weights: WeightsSource) -> Path:
+    """The ``.keras`` file of trial ``number``, assembled from its stored layers if not yet there."""
+    from autotl.model import restore_model
+
+    trial = study.trials[number]
+    folder = out / "trials" / f"{number:04d}"
+    path = folder / MODEL_FILE
+    if path.is_file():
+        return path
+    stored = out / str(trial.user_attrs.get("weights_path", f"trials/{number:04d}/{WEIGHTS_FILE}"))
+    if not stored.is_file():
+        raise UsageError(f"trial {number} has no stored model (only the --keep-models best trials keep theirs); pick another trial")
+    spec = registry.backbone(trial.params["backbone"])
+    model = restore_model(spec, resolve_weights(spec, weights), len(study.user_attrs["class_names"]),
+                          trial.params["head_width"], trial.params["dropout"], stored, seed=study.user_attrs.get("space", {}).get("seed", 0))
+    tmp = folder / f".{MODEL_FILE}.tmp{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def update_best_model(out: Path, study: Any, registry: Registry, weights: WeightsSource, storage_url: Optional[str] = None) -> Optional[Path]:
+    """Make ``best_model.keras`` the study's best trial's model (a no-op when it already is)."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+    marker = out / BEST_MARKER
+    if (out / BEST_MODEL).is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial") == best.number:
+        return out / BEST_MODEL
+    _atomic_copy(trial_model(out, study, best.number, registry, weights), out / BEST_MODEL)
+    marker.write_text(json.dumps({"trial": best.number, "value": best.value, "params": best.params}))
+    _record(storage_url or f"sqlite:///{(out / STUDY_DB).resolve()}", study.study_name, best, out / BEST_MODEL, "best_model")
+    return out / BEST_MODEL
 
 
 def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Optional[Event] = None) -> Any:
@@ -200,17 +249,23 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
     study.set_user_attr("data", cfg.data_summary)
     study.set_user_attr("class_names", list(dataset.class_names))
     study.set_user_attr("space", cfg.space.model_dump())
+    from autotl.lineage import library_versions
+
+    study.set_user_attr("versions", library_versions())
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=counted))
     remaining = max(0, cfg.trials - done)
     emit = on_event or (lambda _e: None)
     emit({"start": True, "done": done, "total": cfg.trials})
-    if remaining:
-        study.optimize(
-            _Objective(cfg, registry, dataset, emit), n_trials=remaining, timeout=cfg.timeout, catch=(TrialFailed,),
-            callbacks=[MaxTrialsCallback(cfg.trials, states=counted), _after_trial(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})],
-            gc_after_trial=True,
-        )
+    try:
+        if remaining:
+            study.optimize(
+                _Objective(cfg, registry, dataset, emit), n_trials=remaining, timeout=cfg.timeout, catch=(TrialFailed,),
+                callbacks=[MaxTrialsCallback(cfg.trials, states=counted), _prune_stored(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})],
+                gc_after_trial=True,
+            )
+    finally:
+        update_best_model(cfg.out, study, registry, cfg.weights, cfg.storage_url)
     return study
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from autotl.spec import BackboneSpec
 
@@ -48,7 +48,7 @@ CHEAP_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (96, 96))
 TOLERANCE = 1e-4
 
 
-def _fail(spec: BackboneSpec, check: str, detail: str) -> None:
+def _fail(spec: BackboneSpec, check: str, detail: str) -> NoReturn:
     raise AssertionError(f"backbone {getattr(spec, 'name', spec)!r}: {check}: {detail}")
 
 
@@ -93,7 +93,8 @@ def specs_of(*plugins: Any) -> list[BackboneSpec]:
     pm.check_pending()
     specs = []
     for impl in pm.hook.autotl_backbones.get_hookimpls():
-        specs.extend(replace(spec, plugin=impl.plugin_name) for spec in impl.function() or ())
+        for spec in impl.function() or ():
+            specs.append(replace(spec, plugin=impl.plugin_name) if isinstance(spec, BackboneSpec) else spec)
     return specs
 
 
@@ -173,7 +174,6 @@ def _build(spec: BackboneSpec, size: Optional[tuple[int, int]]) -> tuple[Any, tu
         except Exception as exc:
             errors.append(f"at {h}x{w}: {_first_line(exc)}")
     _fail(spec, "build", "build(input_shape, weights=None) failed " + "; ".join(errors))
-    raise AssertionError  # unreachable: _fail raises
 
 
 def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[Any, Any, str]:
@@ -205,7 +205,8 @@ def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[A
     return x, y, f"ok: builds with weights=None at {size[0]}x{size[1]}: {len(base.layers)} layers, features {tuple(y.shape[1:])}"
 
 
-def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> list[str]:
+def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[str], list[str]]:
+    """Check the block boundaries of ``base``; return (ok lines, boundaries)."""
     import keras
     import numpy as np
 
@@ -221,7 +222,7 @@ def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> list[str]:
     boundaries = block_boundaries(base, spec.block_pattern)
     if not boundaries:
         return [f"ok: block_pattern matches {len(matched)} layers but none is a single-tensor cut: "
-                f"no block boundaries, so autotl trains only the head (phase 2 skipped)"]
+                f"no block boundaries, so autotl trains only the head (phase 2 skipped)"], []
 
     # Checked segment by segment, in one forward pass: if each segment from a
     # boundary to the next (and from the last to the output) is a model of its
@@ -245,7 +246,32 @@ def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> list[str]:
     if not any(layer.weights and not isinstance(layer, keras.layers.BatchNormalization) for layer in segment.layers):
         _fail(spec, check, f"no layer with weights (BatchNormalization aside) lies above {boundaries[-1]!r}: unfreezing from it would train nothing")
     return [f"ok: {len(boundaries)} block boundaries ({boundaries[0]} ... {boundaries[-1]}), each a single-tensor cut: "
-            f"top(bottom(x)) == base(x), with weights above the top one"]
+            f"top(bottom(x)) == base(x), with weights above the top one"], boundaries
+
+
+def _check_stable_names(spec: BackboneSpec, base: Any, size: tuple[int, int], boundaries: list[str]) -> str:
+    """A second build must name the boundaries and the layers with weights as the first did.
+
+    autotl keys cached features by boundary name and stores the layers a trial
+    trained by name, but Keras names an unnamed layer by a process-wide counter
+    (``conv2d_93``), which moves with every model built before.
+    """
+    from autotl.model import block_boundaries
+
+    again = spec.build((*size, 3), None)
+    check = "layer names"
+    first = [layer.name for layer in base.layers if layer.weights]
+    second = [layer.name for layer in again.layers if layer.weights]
+    changed = [(a, b) for a, b in zip(first, second) if a != b] or ([] if len(first) == len(second) else [(len(first), len(second))])
+    if changed:
+        _fail(spec, check, f"layers with weights are named differently in a second build ({', '.join(f'{a} -> {b}' for a, b in changed[:3])}"
+                           f"{', ...' if len(changed) > 3 else ''}): Keras names unnamed layers by a process-wide counter, and "
+                           f"autotl stores trained layers by name; name them in build")
+    if block_boundaries(again, spec.block_pattern) != boundaries:
+        _fail(spec, check, f"the block boundaries are named differently in a second build ({boundaries[:3]} ... then "
+                           f"{block_boundaries(again, spec.block_pattern)[:3]} ...): Keras names unnamed layers by a "
+                           f"process-wide counter, and autotl keys cached features by boundary name; match named layers, or name them in build")
+    return f"ok: a second build names the {len(first)} layers with weights and the {len(boundaries)} boundaries the same"
 
 
 def check_backbone(spec: BackboneSpec, size: Optional[tuple[int, int]] = None) -> list[str]:
@@ -261,7 +287,11 @@ def check_backbone(spec: BackboneSpec, size: Optional[tuple[int, int]] = None) -
        :func:`autotl.model.block_boundaries`) is a single-tensor cut with weights
        above it: ``top(bottom(x))`` equals ``base(x)`` on a random batch of two.
        A pattern that matches layers but no cut is allowed: autotl then trains
-       only the head on this backbone.
+       only the head on this backbone;
+    5. a second build names the boundaries and every layer with weights as the
+       first did: autotl keys cached features by boundary name and stores
+       trained layers by name, and Keras names unnamed layers by a
+       process-wide counter (``conv2d_93``).
     """
     problems = spec.validate() if isinstance(spec, BackboneSpec) else [f"not a BackboneSpec: {type(spec).__name__}"]
     if problems:
@@ -271,5 +301,7 @@ def check_backbone(spec: BackboneSpec, size: Optional[tuple[int, int]] = None) -
     base, built_at = _build(spec, size)
     x, y, line = _check_base(spec, base, built_at)
     passed.append(line)
-    passed += _check_blocks(spec, base, x, y)
+    lines, boundaries = _check_blocks(spec, base, x, y)
+    passed += lines
+    passed.append(_check_stable_names(spec, base, built_at, boundaries))
     return passed

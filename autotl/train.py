@@ -69,11 +69,13 @@ class TrialResult:
     seconds: dict[str, float] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     build_model: Callable[[], Any] = field(default=lambda: None, repr=False)
+    trained_weights: Callable[[], dict[str, list[np.ndarray]]] = field(default=dict, repr=False)
 
     def attrs(self) -> dict[str, Any]:
-        """Everything but the model builder, JSON-able, for the study's trial attributes."""
+        """Everything but the model and its weights, JSON-able, for the study's trial attributes."""
         out = asdict(self)
         out.pop("build_model")
+        out.pop("trained_weights")
         return out
 
 
@@ -94,17 +96,19 @@ class _Reporter:
         return Forward()
 
 
-def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int) -> tuple[dict[str, list[float]], Any]:
+def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int, seed: int = 0) -> dict[str, list[float]]:
     import keras
+    import tensorflow as tf
 
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # No XLA: on cached features a trial is seconds long and compiling would dominate it.
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
     # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True)
-    hist = model.fit(
-        train[0], train[1], validation_data=val, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-        callbacks=[stop, _Reporter(report, offset)],
-    )
-    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}, stop
+    # tf.data once, rather than numpy arrays re-wrapped every epoch: per-epoch overhead is most of a cached trial.
+    train_ds = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train[1]), seed=seed, reshuffle_each_iteration=True).batch(batch_size).prefetch(2)
+    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(max(batch_size, 256)).cache()
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[stop, _Reporter(report, offset)])
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
 def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
@@ -138,7 +142,7 @@ def train_trial(
 
     import keras
 
-    from autotl.model import apply_head, assemble, block_boundaries, build_head, freeze_below, submodel
+    from autotl.model import apply_head, assemble, block_boundaries, build_head, freeze_below, submodel, top_layer_weights
 
     say = progress or (lambda _msg: None)
     keras.utils.set_random_seed(params.seed)
@@ -158,8 +162,8 @@ def train_trial(
     inp = keras.Input(feats.train.shape[1:])
     head_model = keras.Model(inp, apply_head(head, inp))
     say("phase 1: head")
-    h1, stop1 = _fit(head_model, params.phase1_lr, (np.asarray(feats.train), feats.train_labels), (np.asarray(feats.val), feats.val_labels),
-                     params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0)
+    h1 = _fit(head_model, params.phase1_lr, (np.asarray(feats.train), feats.train_labels), (np.asarray(feats.val), feats.val_labels),
+              params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed)
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     history = {"phase1": h1, "phase2": {}}
@@ -200,8 +204,8 @@ def train_trial(
         x = keras.layers.GlobalAveragePooling2D()(top(x_in, training=False))
         ft_model = keras.Model(x_in, apply_head(head, x))
         say("phase 2: fine-tuning")
-        h2, _ = _fit(ft_model, params.finetune_lr, train_xy, val_xy, params.phase2_epochs, params.phase2_patience,
-                     params.batch_size, report, params.phase1_epochs)
+        h2 = _fit(ft_model, params.finetune_lr, train_xy, val_xy, params.phase2_epochs, params.phase2_patience,
+                  params.batch_size, report, params.phase1_epochs, params.seed)
         history["phase2"] = h2
         seconds["phase2"] = time.perf_counter() - start
         _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
@@ -214,5 +218,12 @@ def train_trial(
             base().set_weights(snapshot[-1])
         base().trainable = False
 
+    def trained_weights() -> dict[str, list[np.ndarray]]:
+        """Layer name to weights, for every layer this trial changed: the head, and the top if phase 2 was kept."""
+        out = {layer.name: layer.get_weights() for layer in head}
+        if kept:
+            out.update(top_layer_weights(base(), cut))
+        return out
+
     return TrialResult(best_acc, best_loss, history, stable_epoch, gate, kept, cut, unfrozen, seconds, cache_info,
-                       lambda: assemble(spec, base(), head))
+                       lambda: assemble(spec, base(), head), trained_weights)

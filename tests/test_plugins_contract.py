@@ -137,11 +137,11 @@ def test_weights_file_is_what_keras_downloads(spec, monkeypatch):
                          ids=lambda s: s.name)
 def test_backbone_contract(spec):
     passed = check_backbone(spec)
-    blocks = passed[-1]
+    assert "second build names" in passed[-1]
     if spec.family == "NASNet":
-        assert "no block boundaries" in blocks
+        assert "no block boundaries" in passed[-2]
     else:
-        assert "single-tensor cut" in blocks
+        assert "single-tensor cut" in passed[-2]
 
 
 # --- Keras quirks the plugins handle -----------------------------------------
@@ -176,22 +176,28 @@ def test_efficientnet_weights_from_a_path_give_keras_imagenet_model(tmp_path, mo
     from_path = spec.build((32, 32, 3), str(path))
     plain = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=str(path))
 
+    def stem(model):  # the first convolution sees the preprocessed pixels; random-init outputs are ~1e-7
+        return np.asarray(keras.Model(model.input, model.get_layer("stem_conv").output)(x))
+
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    want = np.asarray(reference(x))
-    np.testing.assert_allclose(np.asarray(from_path(x)), want, rtol=1e-4, atol=1e-4)
-    assert not np.allclose(np.asarray(plain(x)), want, rtol=1e-3, atol=1e-3)  # the quirk is real
+    want = stem(reference)
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(stem(from_path), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(from_path(x)), np.asarray(reference(x)), rtol=1e-3, atol=1e-9)
+    assert not np.allclose(stem(plain), want, rtol=1e-2, atol=1e-3)  # the quirk is real
 
 
 def test_xception_boundaries_keep_their_names_across_builds():
     import keras
 
-    spec = BY_NAME["xception"]
     from autotl.model import block_boundaries
 
-    first = block_boundaries(spec.build((71, 71, 3), None), spec.block_pattern)
-    keras.applications.Xception(input_shape=(71, 71, 3), include_top=False, weights=None)  # moves Keras' name counter
-    second = block_boundaries(spec.build((71, 71, 3), None), spec.block_pattern)
-    assert first == second == [f"block{i}_add" for i in range(2, 14)]
+    spec = BY_NAME["xception"]
+    first = spec.build((71, 71, 3), None)
+    keras.applications.Xception(input_shape=(71, 71, 3), include_top=False, weights=None)  # moves Keras' name counters
+    second = spec.build((71, 71, 3), None)
+    assert block_boundaries(first, spec.block_pattern) == block_boundaries(second, spec.block_pattern) == [f"block{i}_add" for i in range(2, 14)]
+    assert [layer.name for layer in first.layers] == [layer.name for layer in second.layers]
 
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").is_file(), reason="needs ../shared/weights")
@@ -229,8 +235,31 @@ TOY = BackboneSpec(name="toy-1.0", build=_toy_build, input_size=(32, 32), prepro
 
 def test_toy_passes():
     passed = check_backbone(TOY)
-    assert passed[-1].startswith("ok: 2 block boundaries (block1_add ... block2_add)")
-    assert "64x64" in passed[-2]
+    assert passed[-2].startswith("ok: 2 block boundaries (block1_add ... block2_add)")
+    assert "64x64" in passed[-3]
+
+
+def test_layers_named_by_keras_counter_fail():
+    def build(input_shape, weights):  # Xception as Keras builds it: shortcut convs conv2d, conv2d_1, ...
+        import keras
+
+        return keras.applications.Xception(input_shape=input_shape, include_top=False, weights=None)
+
+    with pytest.raises(AssertionError, match=r"'toy-1.0': layer names: layers with weights are named differently in a second build \(conv2d"):
+        check_backbone(replace(TOY, build=build, input_size=(71, 71), block_pattern=r"^add(_\d+)?$"), size=(71, 71))
+
+
+def test_boundaries_named_by_keras_counter_fail():
+    def build(input_shape, weights):  # the toy with unnamed adds: add, add_1, then add_2, add_3 ...
+        import keras
+
+        x = keras.Input(input_shape)
+        stem = keras.layers.Conv2D(4, 3, name="stem")(x)
+        a = keras.layers.Add()([stem, keras.layers.Conv2D(4, 3, padding="same", name="block1_conv")(stem)])
+        return keras.Model(x, keras.layers.Conv2D(8, 1, name="head_conv")(a))
+
+    with pytest.raises(AssertionError, match=r"layer names: the block boundaries are named differently in a second build"):
+        check_backbone(replace(TOY, build=build, block_pattern=r"^add"))
 
 
 @pytest.mark.parametrize("field, value", [
@@ -255,7 +284,7 @@ def test_preprocessing_that_differs_from_preprocess_input_fails():
 
 
 def test_preprocessing_outside_its_mode_range_fails():
-    spec = replace(TOY, preprocessing=Preprocessing("tf", (1 / 255,) * 3, (0.0,) * 3))  # [0, 1] is not tf's [-1, 1]
+    spec = replace(TOY, preprocessing=Preprocessing("tf", (2 / 255,) * 3, (0.0,) * 3))  # [0, 2] is not inside tf's [-1, 1]
     check_preprocessing(replace(spec, preprocessing=replace(spec.preprocessing, mode="custom")))  # unknown mode: no range
     with pytest.raises(AssertionError, match=r"preprocessing: mode 'tf' must send 0..255 into \[-1, 1\]"):
         check_preprocessing(spec)
@@ -268,7 +297,7 @@ def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries():
     base = spec.build((32, 32, 3), None)
     assert [layer.name for layer in base.layers if layer.name.endswith("_conv")] == ["block1_conv", "block2_conv", "head_conv"]
     assert block_boundaries(base, spec.block_pattern) == []
-    assert "no block boundaries" in check_backbone(spec)[-1]
+    assert "no block boundaries" in check_backbone(spec)[-2]
 
 
 def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries_on_resnet50():
@@ -331,3 +360,8 @@ def test_specs_of_and_backbone_params_register_like_autotl():
     assert [s.name for s in by_module] == [s.name for s in by_name] == ["resnet50", "resnet50_v2"]
     assert {s.plugin for s in by_name} == {"autotl_plugins.resnet"}
     assert [p.id for p in backbone_params(module)] == ["resnet50", "resnet50_v2"]
+
+
+@pytest.mark.parametrize("spec", backbone_params("autotl_tiny"))  # the pattern of autotl.testing's docstring
+def test_third_party_plugin_passes_the_contract(spec):
+    check_backbone(spec)

@@ -33,7 +33,7 @@ def test_search_records_trials_and_resumes_without_rerunning(registry, tiny_data
     assert states(study) == ["COMPLETE", "COMPLETE"]
     t0 = study.trials[0]
     a = t0.user_attrs
-    for key in ("weights_origin", "history", "head_stable_epoch", "gate", "unfrozen_layers", "seconds", "cut", "model_path"):
+    for key in ("weights_origin", "history", "head_stable_epoch", "gate", "unfrozen_layers", "seconds", "cut", "weights_path"):
         assert key in a, key
     assert set(a["history"]) == {"phase1", "phase2"} and a["history"]["phase1"]["val_loss"]
     assert "phase1" in a["seconds"]
@@ -82,3 +82,19 @@ def test_other_data_in_the_same_run_folder_is_refused(registry, tiny_dataset, ti
     other = load_folder(image_folder, val_fraction=0.5, seed=3)
     with pytest.raises(UsageError, match="holds a search on other data"):
         run_search(config(out, tiny_space_file, 1), registry, other)
+
+
+def test_best_model_is_the_best_trial_rebuilt_from_its_stored_layers(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path) -> None:
+    """Only trained layers are stored per trial; the assembled model must score what the trial scored."""
+    import json
+
+    import keras
+    import numpy as np
+
+    out = tmp_path / "run"
+    study = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
+    assert json.loads((out / "best_model.json").read_text())["trial"] == study.best_trial.number
+    model = keras.saving.load_model(out / BEST_MODEL, safe_mode=True)
+    images = np.concatenate(list(tiny_dataset.val.batches((32, 32))))
+    accuracy = float(np.mean(model.predict(images, verbose=0).argmax(axis=1) == tiny_dataset.val.labels))
+    assert accuracy == pytest.approx(study.best_value, abs=1e-6)

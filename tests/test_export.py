@@ -1,0 +1,362 @@
+"""Exporting a run's model: every format written, loaded back and checked against the Keras model.
+
+One tiny search and one full export (keras, SavedModel, TFLite float and int8) are
+shared by the whole module; the fresh-process checks run in one subprocess where
+autotl cannot be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autotl.errors import UsageError
+from autotl.export import (
+    FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, ExportParityError, add_export_parser, check_parity, cmd_export, export,
+    load_predictor, verify_export, wilson_interval,
+)
+from autotl.search import SearchConfig, run_search
+from autotl.space import load_space
+from autotl.weights import WeightsSource
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+
+SPACE = """
+backbones: [tiny]
+head: {width: [8, 16], dropout: {low: 0.0, high: 0.2}}
+phase1: {learning_rate: 1.0e-2, epochs: 60, patience: 3, head_loss_threshold: 5.0}
+phase2: {unfreeze_blocks: {low: 1, high: 2}, learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}, epochs: 3, patience: 2}
+batch_size: 8
+trials: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, registry, tiny_dataset) -> Path:
+    """One real tiny search (two trials), recorded as the CLI records it (with the data summary)."""
+    root = tmp_path_factory.mktemp("export_run")
+    (root / "space.yaml").write_text(SPACE)
+    space, _ = load_space(root / "space.yaml")
+    out = root / "run"
+    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=WeightsSource("none"), data_summary=tiny_dataset.summary()),
+                       registry, tiny_dataset)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(run_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return export(run_dir, tmp_path_factory.mktemp("export") / "out", quantize="int8")
+
+
+@pytest.fixture(scope="session")
+def val_images(tiny_dataset) -> list[np.ndarray]:
+    return [tiny_dataset.val.load(i) for i in range(len(tiny_dataset.val))]
+
+
+def keras_probs(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
+    """The Keras model on each image at its own size."""
+    import keras
+
+    model = keras.saving.load_model(model_path, safe_mode=True)
+    return np.concatenate([keras.ops.convert_to_numpy(model(im[None].astype("float32"), training=False)) for im in images])
+
+
+def other_trial_model(run_dir: Path, trial: int) -> Path:
+    import optuna
+
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
+    other = [t for t in study.trials if t.number != trial][0]
+    return run_dir / other.user_attrs["model_path"]
+
+
+def assert_one_line(exc: pytest.ExceptionInfo, *fragments: str) -> None:
+    text = str(exc.value)
+    assert "\n" not in text, text
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+# --------------------------------------------------------------------------- the export itself
+
+
+def test_export_writes_every_format_with_parity_in_tolerance(exported, run_dir: Path, tiny_dataset) -> None:
+    import optuna
+
+    out = exported.out_dir
+    for name in ("model.keras", "savedmodel/saved_model.pb", "savedmodel/assets/labels.txt", "model.tflite", "model_int8.tflite",
+                 "labels.txt", "MODEL_CARD.md", "parity.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.parent.glob(".out.partial-*")) and not (out.parent / "out.unverified").exists()
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
+    assert exported.trial == sorted(study.trials, key=lambda t: (-t.value, t.number))[0].number
+    assert (out / "labels.txt").read_text().splitlines() == list(tiny_dataset.class_names) == exported.class_names
+    assert exported.input_size == (32, 32)
+    assert exported.warnings == []  # the same data, split as the search split it
+
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity == json.loads(json.dumps(exported.parity)) and parity["passed"] is True
+    assert parity["images"] == len(tiny_dataset.val) == parity["data"]["validation_images"]
+    formats = parity["formats"]
+    assert set(formats) == {"keras", "savedmodel:serving_default", "savedmodel:serving_bytes", "tflite", "tflite_int8"}
+    for fmt in ("keras", "savedmodel:serving_default", "savedmodel:serving_bytes", "tflite"):
+        assert formats[fmt]["max_abs_diff"] <= FLOAT_TOLERANCE and formats[fmt]["top1_agreement"] == 1.0, (fmt, formats[fmt])
+    int8 = formats["tflite_int8"]
+    assert int8["top1_agreement"] >= INT8_MIN_AGREEMENT and int8["max_abs_diff"] is not None, int8
+    assert int8["input_dtype"] == "uint8" and int8["output_dtype"] == "uint8"
+    assert int8["input_quantization"] == [1.0, 0]  # uint8 input is the raw pixel value
+
+    card = (out / "MODEL_CARD.md").read_text()
+    n_val = len(tiny_dataset.val)
+    for fragment in ("## Data", "## Metrics", "Wilson interval", f"/{n_val})", "Backbone: `tiny`", "SHA-256", "### Hyperparameters",
+                     "head_width", "Phase 1 (frozen base, head only)", "head stable at epoch", "Gate to fine-tuning: passed",
+                     "## Intended use and limits", "tflite_int8", "| blue |"):
+        assert fragment in card, fragment
+
+
+def test_wilson_interval() -> None:
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(9, 9) == pytest.approx((0.7009, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- a fresh process, without autotl
+
+
+CHILD = r"""
+import importlib.util, json, sys
+sys.path.append(sys.argv[1])  # site-packages only: no editable-install finder, no repository on the path
+assert importlib.util.find_spec("autotl") is None, "autotl is importable"
+try:
+    import autotl
+    raise SystemExit("import autotl worked")
+except ModuleNotFoundError:
+    pass
+import numpy as np, keras, tensorflow as tf
+out, inputs = sys.argv[2], sys.argv[3]
+spec = json.load(open(inputs + "/spec.json"))
+model = keras.saving.load_model(out + "/model.keras", safe_mode=True)
+res = {"keras": [model(np.load(inputs + "/" + f).astype("float32"), training=False).numpy().tolist() for f in spec["arrays"]]}
+sm = tf.saved_model.load(out + "/savedmodel")
+res["signatures"] = sorted(sm.signatures)
+d, b = sm.signatures["serving_default"], sm.signatures["serving_bytes"]
+res["default_inputs"] = {k: [v.dtype.name, v.shape.as_list()] for k, v in d.structured_input_signature[1].items()}
+res["bytes_inputs"] = {k: [v.dtype.name, v.shape.as_list()] for k, v in b.structured_input_signature[1].items()}
+res["default"] = []
+for f in spec["arrays"]:
+    r = d(images=tf.constant(np.load(inputs + "/" + f)))
+    res["default"].append({"probabilities": r["probabilities"].numpy().tolist(), "classes": [c.decode() for c in r["classes"].numpy()],
+                           "dtype": r["probabilities"].dtype.name})
+r = b(image_bytes=tf.constant([open(inputs + "/" + f, "rb").read() for f in spec["files"]]))
+res["bytes"] = {"probabilities": r["probabilities"].numpy().tolist(), "classes": [c.decode() for c in r["classes"].numpy()]}
+print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh(exported, val_images, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run CHILD with ``python -I -S`` from an empty folder; return its results and the inputs it got."""
+    from PIL import Image
+
+    inputs = tmp_path_factory.mktemp("fresh_inputs")
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for im in val_images:
+        by_shape.setdefault(im.shape, []).append(im)
+    shapes = sorted(by_shape, key=lambda s: -len(by_shape[s]))
+    a = by_shape[shapes[0]][:1]  # a batch of one
+    b = (by_shape[shapes[1]] + [by_shape[shapes[1]][0][::-1]])[:2]  # a batch of two at another size
+    assert a[0].shape != b[0].shape
+    arrays = {"a.npy": np.stack(a), "b.npy": np.stack(b)}
+    for name, batch in arrays.items():
+        np.save(inputs / name, batch)
+    Image.fromarray(val_images[0]).save(inputs / "plain.png")
+    Image.fromarray(val_images[1]).save(inputs / "photo.jpg", quality=90)
+    rgba = np.dstack([val_images[2], np.linspace(0, 255, val_images[2].shape[1]).astype("uint8")[None].repeat(val_images[2].shape[0], 0)])
+    Image.fromarray(rgba, "RGBA").save(inputs / "alpha.png")
+    files = ["plain.png", "photo.jpg", "alpha.png"]
+    (inputs / "spec.json").write_text(json.dumps({"arrays": list(arrays), "files": files}))
+    cwd = tmp_path_factory.mktemp("fresh_cwd")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CHILD, sysconfig.get_paths()["purelib"], str(exported.out_dir), str(inputs)],
+                          cwd=cwd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"result": json.loads(proc.stdout.strip().splitlines()[-1]), "arrays": arrays, "files": [inputs / f for f in files]}
+
+
+def test_keras_file_loads_where_autotl_is_not_importable(fresh, exported) -> None:
+    res = fresh["result"]
+    for got, batch in zip(res["keras"], fresh["arrays"].values()):
+        want = keras_probs(exported.out_dir / "model.keras", list(batch))
+        np.testing.assert_allclose(np.asarray(got), want, atol=FLOAT_TOLERANCE)
+
+
+def test_savedmodel_signatures_in_a_fresh_process(fresh, exported) -> None:
+    from autotl.data import decode_image
+
+    res = fresh["result"]
+    names = exported.class_names
+    assert res["signatures"] == ["serving_bytes", "serving_default"]
+    assert res["default_inputs"] == {"images": ["uint8", [None, None, None, 3]]}
+    assert res["bytes_inputs"] == {"image_bytes": ["string", [None]]}
+    for got, batch in zip(res["default"], fresh["arrays"].values()):  # two sizes, in separate calls
+        want = keras_probs(exported.out_dir / "model.keras", list(batch))
+        probs = np.asarray(got["probabilities"])
+        assert got["dtype"] == "float32" and probs.shape == (len(batch), len(names))
+        np.testing.assert_allclose(probs, want, atol=FLOAT_TOLERANCE)
+        assert got["classes"] == [names[i] for i in want.argmax(1)]
+    # encoded files: PNG, JPEG and a PNG with transparency, decoded as autotl decodes them for training
+    want = keras_probs(exported.out_dir / "model.keras", [decode_image(f) for f in fresh["files"]])
+    np.testing.assert_allclose(np.asarray(res["bytes"]["probabilities"]), want, atol=FLOAT_TOLERANCE)
+    assert res["bytes"]["classes"] == [names[i] for i in want.argmax(1)]
+
+
+# --------------------------------------------------------------------------- TFLite and the predictors
+
+
+def test_tflite_float_and_int8_through_the_interpreter(exported, val_images) -> None:
+    import keras
+    import tensorflow as tf
+
+    want = keras_probs(exported.out_dir / "model.keras", val_images)
+    resized = [keras.ops.convert_to_numpy(keras.ops.image.resize(im[None].astype("float32"), (32, 32), interpolation="bilinear")) for im in val_images]
+    for name in ("model.tflite", "model_int8.tflite"):
+        it = tf.lite.Interpreter(model_path=str(exported.out_dir / name))
+        it.allocate_tensors()
+        inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+        assert list(inp["shape"]) == [1, 32, 32, 3]
+        ops = {d["op_name"] for d in it._get_ops_details()}
+        assert "VAR_HANDLE" not in ops and "READ_VARIABLE" not in ops, ops  # weights frozen, not uninitialised variables (NaN)
+        got = []
+        for x in resized:
+            if inp["dtype"] == np.uint8:  # scale 1, zero point 0: the pixels themselves
+                x = np.clip(np.round(x), 0, 255)
+            it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+            it.invoke()
+            y = it.get_tensor(outp["index"])[0]
+            scale, zero = outp["quantization"]
+            got.append((y.astype("float32") - zero) * scale if outp["dtype"] == np.uint8 else y)
+        got = np.stack(got)
+        if name == "model.tflite":
+            assert inp["dtype"] == np.float32
+            np.testing.assert_allclose(got, want, atol=FLOAT_TOLERANCE)
+        else:
+            assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
+            assert (got.argmax(1) == want.argmax(1)).mean() >= INT8_MIN_AGREEMENT
+            assert np.abs(got - want).max() < 0.05
+
+
+def test_load_predictor_reads_every_format(exported, run_dir: Path, val_images) -> None:
+    out = exported.out_dir
+    want = keras_probs(out / "model.keras", val_images)
+    for path, exact in ((out / "model.keras", True), (out / "savedmodel", True), (out / "model.tflite", True),
+                        (out / "model_int8.tflite", False), (out, True), (run_dir, True)):
+        predict, names = load_predictor(path)
+        assert names == exported.class_names, path
+        got = predict(val_images)
+        assert got.shape == want.shape, path
+        if exact and path != run_dir:
+            np.testing.assert_allclose(got, want, atol=FLOAT_TOLERANCE, err_msg=str(path))
+        assert (got.argmax(1) == want.argmax(1)).mean() >= INT8_MIN_AGREEMENT, path
+    with pytest.raises(UsageError) as exc:
+        load_predictor(out / "labels.txt")
+    assert_one_line(exc, "not a model autotl can load")
+
+
+# --------------------------------------------------------------------------- parity failures are loud
+
+
+def test_check_parity_rejects_perturbed_predictions() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(3), size=50).astype("float32")
+    assert check_parity("x", ref, ref + 5e-5)["passed"]
+    with pytest.raises(ExportParityError) as exc:
+        check_parity("tflite", ref, ref + 1e-3)
+    assert_one_line(exc, "tflite parity failed", "1.00e-03", "50/50")
+    flipped = ref.copy()
+    flipped[0] = flipped[0][::-1] if flipped[0].argmax() != 1 else np.roll(flipped[0], 1)  # top-1 changes on 1 of 50
+    assert check_parity("tflite_int8", ref, flipped, quantized=True)["top1_agreement"] == 0.98
+    flipped[1] = flipped[1][::-1] if flipped[1].argmax() != 1 else np.roll(flipped[1], 1)
+    with pytest.raises(ExportParityError) as exc:
+        check_parity("tflite_int8", ref, flipped, quantized=True)
+    assert_one_line(exc, "tflite_int8 parity failed", "48/50")
+    with pytest.raises(ExportParityError, match="NaN"):
+        check_parity("savedmodel", ref, np.full_like(ref, np.nan))
+
+
+def test_export_compared_with_another_trials_model_fails(exported, run_dir: Path, val_images) -> None:
+    import keras
+
+    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial), safe_mode=True)
+    with pytest.raises(ExportParityError) as exc:
+        verify_export(exported.out_dir, other, val_images)
+    assert_one_line(exc, "keras parity failed", "max |dp|")
+    assert exc.value.parity["formats"]["keras"]["passed"] is False
+
+
+def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path, tmp_path: Path, monkeypatch, exported) -> None:
+    import keras
+
+    import autotl.export as ex
+
+    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial), safe_mode=True)
+    real = ex._tflite
+    monkeypatch.setattr(ex, "_tflite", lambda model, size, representative=None: real(other, size, representative))
+    out = tmp_path / "out"
+    with pytest.raises(ExportParityError) as exc:
+        export(run_dir, out, formats="tflite")
+    assert_one_line(exc, "tflite parity failed", "unverified")
+    assert not out.exists()
+    parity = json.loads((tmp_path / "out.unverified" / "parity.json").read_text())
+    assert parity["passed"] is False and parity["formats"]["tflite"]["passed"] is False
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+# --------------------------------------------------------------------------- the command line and bad input
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="autotl")
+    add_export_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["export", *argv])
+
+
+def test_cmd_export_keras_only_to_the_default_folder(run_dir: Path, capsys) -> None:
+    assert cmd_export(parse(str(run_dir), "--format", "keras")) == 0
+    printed = capsys.readouterr().out
+    assert "exported trial" in printed and "keras\ttop-1 agreement 100.0%" in printed
+    out = run_dir / "export"
+    assert (out / "model.keras").is_file() and (out / "MODEL_CARD.md").is_file() and not (out / "savedmodel").exists()
+
+
+def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exported) -> None:
+    import shutil
+
+    cases = [
+        ((str(tmp_path / "nope"),), ("run folder", "does not exist")),
+        ((str(run_dir), "--format", "keras,onnx"), ("unknown export format 'onnx'", "keras, savedmodel, tflite")),
+        ((str(run_dir), "--quantize", "fp16"), ("unknown quantization 'fp16'",)),
+        ((str(run_dir), "--format", "keras", "--quantize", "int8"), ("add tflite to --format",)),
+        ((str(run_dir), "--trial", "7"), ("no trial 7", "0..1")),
+        ((str(tmp_path),), ("has no study.db",)),
+    ]
+    for argv, fragments in cases:
+        with pytest.raises(UsageError) as exc:
+            cmd_export(parse(*argv, "--out", str(tmp_path / "x")))
+        assert_one_line(exc, *fragments)
+    # a trial whose model file was not kept (only the best K trials keep theirs)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", "export"))
+    other = 1 - exported.trial
+    shutil.rmtree(copy / "trials" / f"{other:04d}")
+    with pytest.raises(UsageError) as exc:
+        export(copy, tmp_path / "x", trial=other)
+    assert_one_line(exc, f"trial {other} has no saved model", f"trials with a model: {exported.trial}")
+    assert not (tmp_path / "x").exists()

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
     s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
     s.add_argument("--keep-models", type=int, default=3, metavar="K", help="keep the saved models of the K best trials (default 3)")
+    s.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine, sharing the study (default 1)")
+    s.add_argument("--gpus", metavar="0,1,...", help="give worker i the GPU gpus[i %% len(gpus)] (CUDA_VISIBLE_DEVICES)")
+    s.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)")
     _add_weights_args(s)
     _add_plugin_args(s)
 
@@ -125,6 +128,28 @@ def _available(space: Any, registry: Any, weights: Any, explicit: Sequence[str],
     return space.model_copy(update={"backbones": keep})
 
 
+def _spawn_workers(args: argparse.Namespace, out: Path) -> list[Any]:
+    """Start workers 1..N-1 as copies of this command; this process is worker 0."""
+    import subprocess
+
+    gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else []
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+    argv = [a for a in sys.argv[1:]]
+    for flag in ("--workers", "--gpus"):
+        while flag in argv:
+            i = argv.index(flag)
+            del argv[i : i + 2]
+        argv = [a for a in argv if not a.startswith(flag + "=")]
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(1, args.workers):
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
+        log = open(out / "logs" / f"worker-{i}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "autotl", *argv, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    return procs
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from autotl.registry import get_registry
     from autotl.space import load_space
@@ -138,6 +163,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = _available(space, registry, weights, args.backbone, warn)
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    if args.workers < 1 or args.heartbeat < 1:
+        raise UsageError("--workers and --heartbeat must be at least 1")
     dataset = _load_data(args, space, registry)
     _quiet_tensorflow()
     for path, reason in dataset.skipped:
@@ -152,16 +179,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = SearchConfig(
         out=out, space=space, trials=args.trials or space.trials, weights=weights, storage=args.storage,
         study_name=args.study_name, keep_models=args.keep_models, timeout=args.timeout,
-        data_summary=dataset.summary(), command=shlex.join(["autotl", *sys.argv[1:]]),
+        data_summary=dataset.summary(), command=shlex.join(["autotl", *sys.argv[1:]]), heartbeat=args.heartbeat,
     )
     console = _console()
     console.print(f"autotl: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train)} train / {len(dataset.val)} val images ({dataset.split}); "
                   f"backbones {', '.join(space.backbones)}; study in {cfg.storage_url}")
+    workers = _spawn_workers(args, out) if args.workers > 1 or args.gpus else []
+    if workers:
+        console.print(f"started {len(workers)} more worker(s); their logs are in {out / 'logs'}")
+    resume = f"finished trials are saved in {cfg.storage_url}; rerun the same command to resume"
+    presses = _CtrlC(err)
     try:
-        with SearchProgress(console, cfg.trials) as progress:
-            study = run_search(cfg, registry, dataset, progress.event)
+        with presses, SearchProgress(console, cfg.trials) as progress:
+            study = run_search(cfg, registry, dataset, progress.event, should_stop=presses.pressed)
     except KeyboardInterrupt:
-        err.print(f"interrupted: finished trials are saved in {cfg.storage_url}; rerun the same command to resume")
+        err.print(f"stopped now: the running trial is marked failed; {resume}")
+        return EXIT_INTERRUPTED
+    finally:
+        for proc, log in workers:
+            proc.wait()
+            log.close()
+            if proc.returncode not in (0, EXIT_INTERRUPTED):
+                err.print(f"[yellow]warning:[/] a worker exited with code {proc.returncode}; see {log.name}")
+    if presses.pressed():
+        err.print(f"stopped after the current trial; {resume}")
         return EXIT_INTERRUPTED
     console.print(leaderboard(study))
     try:
@@ -175,6 +216,33 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         console.print("no trial finished, so there is no best model yet; rerun the same command to resume")
     return 0
+
+
+class _CtrlC:
+    """Ctrl-C once: finish the running trial, then stop.  Twice: stop now."""
+
+    def __init__(self, err: Any) -> None:
+        self.err, self.count, self.previous = err, 0, None
+
+    def __enter__(self) -> "_CtrlC":
+        import signal
+
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        self.err.print("Ctrl-C: finishing the running trial, then stopping (press Ctrl-C again to stop now)")
+
+    def pressed(self) -> bool:
+        return self.count > 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -15,12 +15,17 @@
   out, calibrated on up to 100 training images);
 * ``labels.txt``, ``MODEL_CARD.md`` and ``parity.json``.
 
-Every file is built in a staging folder, loaded back from disk and run on the
-validation images next to the Keras model.  Only when every format agrees (float
-formats to 1e-4 in every probability, int8 on the top-1 class of at least 98% of
-the images) does the staging folder become ``DIR``; otherwise it is kept as
-``DIR.unverified`` and :class:`ExportParityError` says which format failed and by
-how much.
+Nothing is assumed.  First the Keras model must reproduce, on the whole validation
+split, the accuracy and loss the search recorded for the trial (a model assembled
+from stored layers on other backbone weights would fail here).  Then every file is
+built in a staging folder, loaded back from disk and run on the validation images
+next to the Keras model.  Only when every format agrees (float formats to 1e-4 in
+every probability, int8 on the top-1 class of at least 98% of the images) does the
+staging folder become ``DIR``; otherwise it is kept as ``DIR.unverified`` and
+:class:`ExportParityError` says which format failed and by how much.  The exported
+files are recorded in the study's lineage tables (``autotl lineage FILE``).
+
+:func:`load_predictor` loads any of these (or a run folder) for ``autotl predict``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ FLOAT_TOLERANCE = 1e-4  # max |probability difference| allowed for float formats
 INT8_MIN_AGREEMENT = 0.98  # min share of images on which the int8 model's top-1 class is the Keras model's
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8 model
 PARITY_IMAGES = 256  # at most this many validation images are compared (evenly spaced)
+REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL = 1e-4, 1e-3  # the model's val loss vs the search's record (float32 noise is ~1e-7)
 
 KERAS_FILE = "model.keras"
 SAVEDMODEL_DIR = "savedmodel"
@@ -94,7 +100,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p))  # round-off at p = 0 or 1
 
 
 def _sha256(path: Path) -> str:
@@ -415,6 +421,7 @@ def _parity_error(message: str, record: dict[str, Any]) -> ExportParityError:
 @dataclass
 class _Run:
     run_dir: Path
+    storage_url: str
     study: Any
     trial: Any
     model_file: Path
@@ -424,23 +431,75 @@ class _Run:
     data_summary: dict[str, Any]
 
 
-def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], study_name: str) -> _Run:
+def _weights_source(record: dict[str, Any], weights: Any) -> Any:
+    """What the search's backbones were built from: ``weights`` if given, else what run.json records."""
+    from autotl.weights import WeightsSource
+
+    if weights is not None:
+        return weights
+    recorded = str(record.get("weights") or "")
+    if recorded in ("none", "imagenet"):
+        return WeightsSource(recorded)
+    if recorded:
+        return WeightsSource.parse(weights_dir=recorded)  # a folder that is gone is a one-line UsageError
+    raise UsageError("the run folder does not record where the backbone weights came from; pass --weights-dir DIR or --weights none|imagenet")
+
+
+def _model_file(run_dir: Path, study: Any, chosen: Any, complete: list[Any], plugins: Sequence[str], registry: Any,
+                weights: Any, record: dict[str, Any], say: Callable[[str], None]) -> Path:
+    """The chosen trial's ``.keras`` file: already there, the best model's copy, or assembled from its stored layers."""
+    from autotl.search import BEST_MARKER, BEST_MODEL, MODEL_FILE, WEIGHTS_FILE, trial_model
+    from autotl.weights import resolve_weights
+
+    folder = run_dir / "trials" / f"{chosen.number:04d}"
+    for path in (run_dir / str(chosen.user_attrs.get("model_path", "-")), folder / MODEL_FILE):
+        if path.is_file():
+            return path
+    marker = run_dir / BEST_MARKER
+    if (run_dir / BEST_MODEL).is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial") == chosen.number:
+        return run_dir / BEST_MODEL
+    stored = run_dir / str(chosen.user_attrs.get("weights_path", f"trials/{chosen.number:04d}/{WEIGHTS_FILE}"))
+    if not stored.is_file():
+        kept = [t.number for t in complete if (run_dir / "trials" / f"{t.number:04d}").is_dir()]
+        raise UsageError(f"trial {chosen.number} has no saved model (only the --keep-models best trials keep theirs); "
+                         f"trials with a model: {', '.join(map(str, kept)) or 'none'} (or omit --trial for the best)")
+    if registry is None:
+        from autotl.registry import get_registry
+
+        registry = get_registry(plugins)
+    name = chosen.params["backbone"]
+    if name not in registry.backbones:
+        raise UsageError(f"trial {chosen.number} used backbone {name!r} from plugin {chosen.user_attrs.get('plugin', '?')!r}, "
+                         "which is not installed here; install it or pass --plugin MODULE")
+    source = _weights_source(record, weights)
+    resolved = resolve_weights(registry.backbone(name), source)
+    trained_on = chosen.user_attrs.get("weights_sha256")
+    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
+        raise UsageError(f"trial {chosen.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but {resolved.origin} "
+                         f"has {resolved.sha256[:12]}...; pass the --weights-dir the search used")
+    say(f"assembling trial {chosen.number}'s model from its stored layers")
+    return trial_model(run_dir, study, chosen.number, registry, source)
+
+
+def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], study_name: str, plugins: Sequence[str] = (),
+              registry: Any = None, weights: Any = None, say: Callable[[str], None] = lambda _m: None) -> _Run:
     import optuna
 
-    from autotl.search import BEST_MODEL, CLASSES_FILE, STUDY_DB, open_study
+    from autotl.search import CLASSES_FILE, STUDY_DB, open_study
 
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else "does not exist"
         raise UsageError(f"run folder {run_dir} {what}; pass the --out folder of `autotl search`")
     if storage_url is None and not (run_dir / STUDY_DB).is_file():
         raise UsageError(f"run folder {run_dir} has no {STUDY_DB}; pass --storage URL if its search used another storage")
-    study = open_study(storage_url or f"sqlite:///{(run_dir / STUDY_DB).resolve()}", study_name, create=False)
+    url = storage_url or f"sqlite:///{(run_dir / STUDY_DB).resolve()}"
+    study = open_study(url, study_name, create=False)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
     if trial is None:
         if not complete:
             raise UsageError(f"the study in {run_dir} has no complete trial yet; finish a search first")
-        chosen = sorted(complete, key=lambda t: (-t.value, t.number))[0]  # the ranking search.py keeps best_model.keras by
+        chosen = study.best_trial  # the trial best_model.keras holds
     else:
         found = [t for t in trials if t.number == trial]
         if not found:
@@ -448,15 +507,6 @@ def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], s
         chosen = found[0]
         if chosen.number not in {t.number for t in complete}:
             raise UsageError(f"trial {trial} is {chosen.state.name.lower()}, not complete; complete trials: {', '.join(str(t.number) for t in complete) or 'none'}")
-    model_file = run_dir / str(chosen.user_attrs.get("model_path", f"trials/{chosen.number:04d}/model.keras"))
-    if not model_file.is_file():
-        best = sorted(complete, key=lambda t: (-t.value, t.number))[0]
-        if chosen.number == best.number and (run_dir / BEST_MODEL).is_file():
-            model_file = run_dir / BEST_MODEL  # the best trial's folder may be gone (--keep-models 0): its copy remains
-        else:
-            kept = [t.number for t in complete if (run_dir / str(t.user_attrs.get("model_path", ""))).is_file()]
-            raise UsageError(f"trial {chosen.number} has no saved model (only the --keep-models best trials keep theirs); "
-                             f"trials with a model: {', '.join(map(str, kept)) or 'none'} (or omit --trial for the best)")
     record: dict[str, Any] = {}
     if (run_dir / "run.json").is_file():
         record = json.loads((run_dir / "run.json").read_text())
@@ -465,7 +515,8 @@ def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], s
         names = json.loads((run_dir / CLASSES_FILE).read_text())
     if not names:
         raise UsageError(f"cannot find the class names of {run_dir} (no classes.json, run.json or study attribute)")
-    return _Run(run_dir, study, chosen, model_file, [str(c) for c in names], record,
+    model_file = _model_file(run_dir, study, chosen, complete, plugins, registry, weights, record, say)
+    return _Run(run_dir, url, study, chosen, model_file, [str(c) for c in names], record,
                 study.user_attrs.get("space") or record.get("space") or {}, study.user_attrs.get("data") or {})
 
 
@@ -649,13 +700,21 @@ def export(
     study_name: str = "autotl",
     data: Optional[str] = None,
     plugins: Sequence[str] = (),
+    weights: Any = None,
+    registry: Any = None,
     on_event: Optional[Callable[[str], None]] = None,
 ) -> ExportResult:
     """Export one trial's model of a run (the best by default) in ``formats``, and prove every format predicts as the Keras model does.
 
-    ``data`` replaces the search's data folder when it moved; ``plugins`` are
-    needed when the search used a plugin's sample data set.  Raises UsageError
-    for bad arguments and ExportParityError when a format disagrees.
+    A trial other than the best has its model assembled from its stored layers,
+    which needs its backbone's plugin (``plugins`` or ``registry``) and weights
+    (``weights``, an ``autotl.weights.WeightsSource``; default: what run.json
+    records).  ``data`` replaces the search's data folder when it moved.
+
+    Before anything is written, the Keras model must reproduce the validation
+    accuracy and loss the search recorded for the trial (when the data is the
+    search's); then every format must predict what the Keras model predicts.
+    Raises UsageError for bad arguments and ExportParityError otherwise.
     """
     _quiet()
     say = on_event or (lambda _msg: None)
@@ -669,9 +728,11 @@ def export(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; pass a folder")
-    run = _open_run(run_dir, trial, storage_url, study_name)
+    run = _open_run(run_dir, trial, storage_url, study_name, plugins, registry, weights, say)
     notes: list[str] = []
     dataset = _dataset(run, data, plugins, notes)
+    expected = run.record.get("data_fingerprint") or run.data_summary.get("fingerprint")
+    same_data = bool(expected) and expected == dataset.fingerprint
 
     import keras
 
@@ -680,6 +741,8 @@ def export(
     size = _input_size(model)
     if int(model.output_shape[-1]) != len(run.class_names):
         raise UsageError(f"{run.model_file} predicts {model.output_shape[-1]} classes but the run names {len(run.class_names)}; the run folder is inconsistent")
+    say(f"checking the model reproduces trial {run.trial.number}'s validation score")
+    reproduced = _check_reproduces(model, run, dataset, size, same_data)
     picked = _evenly(len(dataset.val), PARITY_IMAGES)
     images = [dataset.val.load(i) for i in picked]
     labels = dataset.val.labels[picked]
@@ -720,16 +783,57 @@ def export(
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(staging, failed)
             raise _parity_error(f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity) from None
-        parity = _write_parity(staging, parity, run, dataset, len(dataset.val))
+        parity = _write_parity(staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset, len(dataset.val))
         _write_card(staging, run, dataset, parity, size, formats, quantize, notes)
         _install(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _record_lineage(run, out_dir, dataset, notes)
     files = {key: out_dir / name for key, name in (("keras", KERAS_FILE), ("savedmodel", SAVEDMODEL_DIR), ("tflite", TFLITE_FILE),
              ("tflite_int8", TFLITE_INT8_FILE), ("labels", LABELS_FILE), ("model_card", CARD_FILE), ("parity", PARITY_FILE))
              if (out_dir / name).exists()}
     return ExportResult(out_dir, run.trial.number, run.class_names, files, parity, size, notes)
+
+
+def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool) -> dict[str, Any]:
+    """The model's accuracy and loss on the whole validation split must be the ones the search recorded for the trial.
+
+    Parity only shows the formats agree with the Keras model; this shows the Keras
+    model is the one the search scored (a model assembled from stored layers on
+    the wrong backbone weights would pass parity and still be wrong).
+    """
+    recorded_acc, recorded_loss = float(run.trial.value), run.trial.user_attrs.get("val_loss")
+    if not same_data:
+        return {"skipped": "the data re-read now is not the search's validation split (fingerprint differs)"}
+    probs = np.concatenate([np.asarray(model.predict_on_batch(b), dtype=np.float64) for b in dataset.val.batches(size, 32)])
+    y = np.asarray(dataset.val.labels)
+    n = len(y)
+    acc = float((probs.argmax(1) == y).mean())
+    loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
+    record = {"images": n, "accuracy": acc, "recorded_accuracy": recorded_acc, "val_loss": loss, "recorded_val_loss": recorded_loss}
+    off_by = abs(round(acc * n) - round(recorded_acc * n))
+    loss_ok = recorded_loss is None or abs(loss - float(recorded_loss)) <= REPRODUCE_LOSS_ATOL + REPRODUCE_LOSS_RTOL * abs(float(recorded_loss))
+    record["passed"] = bool(off_by <= 1 and loss_ok)  # one borderline image may flip between the cached-feature and full paths
+    if not record["passed"]:
+        raise _parity_error(
+            f"trial {run.trial.number}'s model ({run.model_file.name}) scores accuracy {acc:.4f}, loss {loss:.4f} on the {n} validation images, "
+            f"but the search recorded {recorded_acc:.4f}, {float(recorded_loss or float('nan')):.4f}: it is not the model the search scored "
+            "(other backbone weights or plugin version?); nothing was exported", {"search_score": record, "passed": False})
+    return record
+
+
+def _record_lineage(run: _Run, out_dir: Path, dataset: Any, notes: list[str]) -> None:
+    """Record the exported files in the study's lineage tables (``autotl lineage FILE`` finds them); never fails the export."""
+    try:
+        from autotl.lineage import record_model
+
+        summary = run.data_summary or {"source": dataset.source, "fingerprint": dataset.fingerprint}
+        for name in (KERAS_FILE, f"{SAVEDMODEL_DIR}/saved_model.pb", TFLITE_FILE, TFLITE_INT8_FILE):
+            if (out_dir / name).is_file():
+                record_model(run.storage_url, run.study.study_name, run.trial, out_dir / name, "export", data=summary)
+    except Exception as exc:  # noqa: BLE001 -- the verified files are in place; say why lineage is missing
+        notes.append(f"lineage not recorded ({_first_line(exc)})")
 
 
 def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any, n_val: int) -> dict[str, Any]:
@@ -799,7 +903,6 @@ def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], s
     p2 = len((hist.get("phase2") or {}).get("val_loss", []))
     stable = a.get("head_stable_epoch")
     space = run.space
-    pre = "inside the model"
     lines = [
         f"# Model card: {len(names)}-class image classifier (autotl trial {t.number})",
         "",
@@ -825,6 +928,13 @@ def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], s
         mlo, mhi = wilson_interval(mk, n_cmp)
         lines.append(f"- Accuracy of the exported Keras model re-measured on {n_cmp} {'validation' if same_data else 'held-out (data not matching the search, see Warnings)'} images at export: "
                      f"{_pct(measured)} ({mk}/{n_cmp}; 95% Wilson interval {_pct(mlo)} - {_pct(mhi)}).")
+    score = parity.get("search_score") or {}
+    if score.get("passed"):
+        lines.append(f"- Checked at export: the exported model reproduces the search's score on all {score['images']} validation images "
+                     f"(accuracy {_pct(score['accuracy'])}, loss {score['val_loss']:.4f}; recorded {_pct(score['recorded_accuracy'])}, "
+                     f"{float(score['recorded_val_loss'] or float('nan')):.4f}).")
+    elif score.get("skipped"):
+        lines.append(f"- Not checked at export that the model reproduces the search's score: {score['skipped']}.")
     lines += [
         "- The validation split also chose the epochs (early stopping) and this trial among the others, so these numbers "
         "are optimistic; measure on a test set the search never saw before relying on them.",
@@ -832,7 +942,7 @@ def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], s
         "## Model",
         "",
         f"- Backbone: `{t.params.get('backbone')}` (plugin `{a.get('plugin', '?')}`), input resized to {size[0]}x{size[1]} "
-        f"with bilinear interpolation; preprocessing {pre}.",
+        f"with bilinear interpolation; the backbone's preprocessing is inside the model.",
         f"- Backbone weights: {a.get('weights_origin', '?')}; SHA-256 `{a.get('weights_sha256') or 'none (random initialisation, no weight file)'}`.",
         f"- Source model file: `{run.model_file.relative_to(run.run_dir)}`.",
         "",
@@ -930,7 +1040,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="DATA_DIR", help="the search's data folder, if it moved (parity runs on its validation images)")
     e.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)")
     e.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
-    e.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE as an autotl plugin (for a plugin's sample data)")
+    e.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE as an autotl plugin (the trial's backbone or sample data)")
+    e.add_argument("--weights-dir", metavar="DIR", help="folder of Keras weight files, to assemble a trial's model (default: what the search used)")
+    e.add_argument("--weights", choices=["imagenet", "none"], help="'none' for a search run with random weights (default: what the search used)")
     return e
 
 
@@ -939,9 +1051,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     _quiet_tensorflow()
     err = _console(stderr=True)
+    from autotl.weights import WeightsSource
+
     out = Path(args.out) if args.out else Path(args.run) / "export"
+    weights = WeightsSource.parse(args.weights_dir, args.weights) if (args.weights_dir or args.weights) else None
     result = export(args.run, out, args.format, trial=args.trial, quantize=args.quantize, storage_url=args.storage,
-                    study_name=args.study_name, data=args.data, plugins=args.plugin, on_event=lambda m: err.print(f"[dim]{m}[/]"))
+                    study_name=args.study_name, data=args.data, plugins=args.plugin, weights=weights,
+                    on_event=lambda m: err.print(f"[dim]{m}[/]"))
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
     print(f"exported trial {result.trial} to {result.out_dir} (parity on {result.parity['images']} validation images)")

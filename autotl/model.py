@@ -66,7 +66,9 @@ def block_boundaries(base: Any, pattern: str) -> list[str]:
     """
     import re
 
-    layers = list(base.layers)
+    # Operations, not just layers: `inputs + x` in ConvNeXt or hard-swish in MobileNetV3 are
+    # graph nodes too, and an edge through them must count.
+    layers = list(getattr(base, "operations", None) or base.layers)
     index = {id(layer): i for i, layer in enumerate(layers)}
     reach = [i for i in range(len(layers))]  # furthest consumer of each layer
     for i, layer in enumerate(layers):
@@ -77,7 +79,7 @@ def block_boundaries(base: Any, pattern: str) -> list[str]:
     regex = re.compile(pattern)
     out, furthest = [], 0
     for k, layer in enumerate(layers[:-1]):
-        if furthest <= k and regex.search(layer.name) and reach[k] > k:
+        if furthest <= k and regex.search(layer.name) and reach[k] > k and hasattr(layer, "get_weights"):
             out.append(layer.name)
         furthest = max(furthest, reach[k])
     return out

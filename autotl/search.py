@@ -46,14 +46,20 @@ class SearchConfig:
     timeout: Optional[float] = None
     data_summary: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    heartbeat: int = 30  # seconds; a worker silent for 4 heartbeats is declared dead
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.out / STUDY_DB).resolve()}"
 
 
-def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warmup_steps: int = 0, create: bool = True) -> Any:
-    """Create or load the study; a storage that cannot be opened is a UsageError."""
+def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warmup_steps: int = 0, create: bool = True, heartbeat: int = 30) -> Any:
+    """Create or load the study; a storage that cannot be opened is a UsageError.
+
+    Workers send a heartbeat every ``heartbeat`` seconds; a trial whose worker
+    stayed silent for four of them is failed and queued again (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``), so a killed worker loses nothing.
+    """
     import warnings
 
     import optuna
@@ -64,9 +70,11 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     try:
         if "://" not in storage_url:
             raise ValueError("not a URL")
+        if storage_url.startswith("sqlite:///"):
+            _sqlite_wal(storage_url[len("sqlite:///"):])
         engine_kwargs = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
         storage = RDBStorage(
-            storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120,
+            storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
@@ -81,6 +89,20 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"cannot open storage {storage_url!r} ({text}); pass a working Optuna storage URL such as sqlite:///study.db or postgresql://user:pass@host/db") from None
+
+
+def _sqlite_wal(path: str) -> None:
+    """Put a SQLite study in write-ahead-log mode (it persists in the file): readers never block
+    the writer, so several worker processes on one machine and `autotl report` share it safely."""
+    import sqlite3
+
+    if not path or path == ":memory:" or not Path(path).parent.is_dir():
+        return
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
 
 
 def trial_params(trial: Any, space: SearchSpace) -> TrialParams:
@@ -124,6 +146,9 @@ class _Objective:
 
         from autotl.model import build_base, save_layer_weights
 
+        if _budget_taken(trial.study, trial.number, self.cfg.trials):
+            trial.set_user_attr("fail_reason", "surplus: other workers had already taken the whole trial budget")
+            raise TrialFailed("surplus trial: the budget was already taken by other workers")
         params = trial_params(trial, self.cfg.space)
         spec = self.registry.backbone(params.backbone)
         weights = resolve_weights(spec, self.cfg.weights)
@@ -234,18 +259,33 @@ def update_best_model(out: Path, study: Any, registry: Registry, weights: Weight
     return out / BEST_MODEL
 
 
-def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Optional[Event] = None) -> Any:
-    """Run (or resume) the study until it holds ``cfg.trials`` complete or pruned trials."""
+def _budget_taken(study: Any, trial_number: int, budget: int) -> bool:
+    """Whether trials before ``trial_number`` already fill the budget (another worker got there first)."""
+    from optuna.trial import TrialState
+
+    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return sum(1 for t in live if t.number < trial_number) >= budget
+
+
+def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Optional[Event] = None,
+               should_stop: Callable[[], bool] = lambda: False) -> Any:
+    """Run (or resume, or join) the study until it holds ``cfg.trials`` complete or pruned trials.
+
+    Every worker runs this same loop against the shared storage: it takes a
+    trial while the budget has room, waits while other workers' running trials
+    could still fill it, and picks up a trial that a dead worker left behind
+    (its heartbeat stopped, so Optuna failed it and queued a retry).  The budget
+    counts trials of the whole study, so N workers make ``cfg.trials`` trials
+    in total, not N times that.
+    """
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     for name in cfg.space.backbones:  # fail at start-up, not in trial 17
         resolve_weights(registry.backbone(name), cfg.weights)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    _check_run_folder(cfg, dataset)
-    (cfg.out / CLASSES_FILE).write_text(json.dumps(list(dataset.class_names)))
-    study = open_study(cfg.storage_url, cfg.study_name, cfg.space.seed, warmup_steps=cfg.space.phase1.epochs)
+    _prepare_run_folder(cfg, dataset)
+    study = open_study(cfg.storage_url, cfg.study_name, cfg.space.seed, warmup_steps=cfg.space.phase1.epochs,
+                       heartbeat=cfg.heartbeat)
     study.set_user_attr("data", cfg.data_summary)
     study.set_user_attr("class_names", list(dataset.class_names))
     study.set_user_attr("space", cfg.space.model_dump())
@@ -253,20 +293,42 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
 
     study.set_user_attr("versions", library_versions())
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=counted))
-    remaining = max(0, cfg.trials - done)
     emit = on_event or (lambda _e: None)
-    emit({"start": True, "done": done, "total": cfg.trials})
+    emit({"start": True, "done": len(study.get_trials(deepcopy=False, states=counted)), "total": cfg.trials})
+    objective = _Objective(cfg, registry, dataset, emit)
+    callbacks = [_prune_stored(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})]
+    started = time.monotonic()
     try:
-        if remaining:
-            study.optimize(
-                _Objective(cfg, registry, dataset, emit), n_trials=remaining, timeout=cfg.timeout, catch=(TrialFailed,),
-                callbacks=[MaxTrialsCallback(cfg.trials, states=counted), _prune_stored(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})],
-                gc_after_trial=True,
-            )
+        while not should_stop():
+            if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
+                break
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+            trials = study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING, TrialState.WAITING))
+            done = sum(t.state in counted for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if done >= cfg.trials:
+                break
+            if waiting or done + running < cfg.trials:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+            else:  # the others' running trials may fill the budget; wait in case one of them dies
+                time.sleep(min(5.0, cfg.heartbeat))
     finally:
         update_best_model(cfg.out, study, registry, cfg.weights, cfg.storage_url)
     return study
+
+
+def _prepare_run_folder(cfg: SearchConfig, dataset: Any) -> None:
+    """Create the run folder, or say in one line why it cannot be written."""
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        probe = cfg.out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to run folder {cfg.out} ({exc.strerror}); pass a writable --out") from None
+    _check_run_folder(cfg, dataset)
+    (cfg.out / CLASSES_FILE).write_text(json.dumps(list(dataset.class_names)))
 
 
 def _check_run_folder(cfg: SearchConfig, dataset: Any) -> None:

@@ -4,6 +4,9 @@ Keras builds the preprocessing into the model (``include_preprocessing=True``),
 so it takes raw 0..255 pixels.  Its residual additions are plain ``+`` ops,
 not layers, so no layer ends a block; the stem and the three downsampling
 layers between stages are the block boundaries (a block is a whole stage).
+Keras leaves the final ``LayerNormalization`` unnamed (``layer_normalization_7``,
+by a process-wide counter); autotl stores trained layers by name, so the
+plugin names it ``convnext_tiny_layernorm``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ SHA256_TINY = "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1"
 def _build(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.ConvNeXtTiny(input_shape=input_shape, include_top=False, weights=weights)
+    base = keras.applications.ConvNeXtTiny(input_shape=input_shape, include_top=False, weights=weights)
+    norm = base.layers[-1]
+    if isinstance(norm, keras.layers.LayerNormalization) and norm.name.startswith("layer_normalization"):
+        norm.name = f"{base.name}_layernorm"
+    return base
 
 
 def _preprocess_input(x):

@@ -10,6 +10,10 @@ official file loaded from a path (``--weights-dir``) would silently see
 wrongly scaled inputs.  For a path, the plugin loads the file into the plain
 graph and folds that scale into the ``Normalization`` variance, which gives the
 same function as Keras' own ImageNet model.
+
+Keras also leaves that ``Normalization`` layer unnamed (``normalization_3``, by a
+process-wide counter); autotl stores trained layers by name, so the plugin
+names it ``stem_normalization``.
 """
 
 from __future__ import annotations
@@ -38,15 +42,25 @@ def _fold_imagenet_scale(base) -> None:
     norm.finalize_state()
 
 
+def _name_normalization(base) -> None:
+    import keras
+
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.Normalization) and layer.name.startswith("normalization"):
+            layer.name = "stem_normalization"
+
+
 def _build(variant: str, input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
     builder = getattr(keras.applications, f"EfficientNet{variant.upper()}")
     if weights is None or weights == "imagenet":
-        return builder(input_shape=input_shape, include_top=False, weights=weights)
-    base = builder(input_shape=input_shape, include_top=False, weights=None)
-    base.load_weights(weights)
-    _fold_imagenet_scale(base)
+        base = builder(input_shape=input_shape, include_top=False, weights=weights)
+    else:
+        base = builder(input_shape=input_shape, include_top=False, weights=None)
+        base.load_weights(weights)
+        _fold_imagenet_scale(base)
+    _name_normalization(base)
     return base
 
 

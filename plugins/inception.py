@@ -1,9 +1,12 @@
 """Xception (Chollet 2017) and InceptionV3 (Szegedy et al. 2016), both at 299x299.
 
-Keras leaves Xception's residual ``add`` layers unnamed, so they are called
-``add``, ``add_1``, ... by a process-wide counter and change with every model
-built before.  Block boundaries name the frozen-feature cache entries, so the
-plugin renames them ``block2_add`` ... ``block13_add`` after the block they end.
+Keras leaves many of their layers unnamed (Xception's residual ``add`` and
+shortcut convolutions, nearly every InceptionV3 convolution), so they are
+called ``conv2d_93`` by a process-wide counter and change with every model
+built before.  autotl names cached features by block boundary and stores
+trained layers by name, so the plugin renames them after building: Xception's
+residual adds ``block2_add`` ... ``block13_add`` after the block they end, and
+every other counter-named layer by its rank in the model (``conv2d``, ``conv2d_1``, ...).
 """
 
 from __future__ import annotations
@@ -25,18 +28,37 @@ def _name_residual_adds(base) -> None:
                 layer.name = f"{blocks[0]}_add"
 
 
+def _snake_case(name: str) -> str:
+    """Keras' default layer name for a class (``BatchNormalization`` -> ``batch_normalization``)."""
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _name_counted_layers(base) -> None:
+    """Rename the layers Keras numbered by its counter, numbering them from 0 within this model."""
+    seen: dict[str, int] = {}
+    for layer in base.layers:
+        prefix = _snake_case(type(layer).__name__)
+        if re.fullmatch(rf"{prefix}(_\d+)?", layer.name):
+            k = seen[prefix] = seen.get(prefix, -1) + 1
+            layer.name = f"{prefix}_{k}" if k else prefix
+
+
 def _build_xception(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
     base = keras.applications.Xception(input_shape=input_shape, include_top=False, weights=weights)
     _name_residual_adds(base)
+    _name_counted_layers(base)
     return base
 
 
 def _build_inception_v3(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.InceptionV3(input_shape=input_shape, include_top=False, weights=weights)
+    base = keras.applications.InceptionV3(input_shape=input_shape, include_top=False, weights=weights)
+    _name_counted_layers(base)
+    return base
 
 
 def _preprocess_input_xception(x):

@@ -40,7 +40,7 @@ def autotl_backbones() -> list[BackboneSpec]:
             block_pattern=r"^conv_pw_\d+_relu$",
             weights_file=f"mobilenet_{ALPHA_TEXT[alpha]}_224_tf_no_top.h5",
             weights_sha256=SHA256.get(alpha),
-            description=f"MobileNet v1, alpha {alpha}: the smallest and fastest of the family, for slow CPUs",
+            description=f"MobileNet v1, alpha {alpha}: plain depthwise-separable stack, the fastest on slow CPUs",
         )
         for alpha in ALPHAS
     ]

@@ -70,12 +70,21 @@ def keras_probs(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([keras.ops.convert_to_numpy(model(im[None].astype("float32"), training=False)) for im in images])
 
 
-def other_trial_model(run_dir: Path, trial: int) -> Path:
+def other_trial(run_dir: Path, trial: int) -> int:
     import optuna
 
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
-    other = [t for t in study.trials if t.number != trial][0]
-    return run_dir / other.user_attrs["model_path"]
+    return [t.number for t in study.trials if t.number != trial][0]
+
+
+def other_trial_model(run_dir: Path, trial: int, registry) -> Path:
+    """The .keras file of the trial that is not ``trial``, assembled from its stored layers."""
+    import optuna
+
+    from autotl.search import trial_model
+
+    study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
+    return trial_model(run_dir, study, other_trial(run_dir, trial), registry, WeightsSource("none"))
 
 
 def assert_one_line(exc: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -97,7 +106,8 @@ def test_export_writes_every_format_with_parity_in_tolerance(exported, run_dir: 
         assert (out / name).is_file(), name
     assert not list(out.parent.glob(".out.partial-*")) and not (out.parent / "out.unverified").exists()
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
-    assert exported.trial == sorted(study.trials, key=lambda t: (-t.value, t.number))[0].number
+    assert exported.trial == study.best_trial.number == json.loads((run_dir / "best_model.json").read_text())["trial"]
+    assert (out / "model.keras").read_bytes() == (run_dir / "best_model.keras").read_bytes()
     assert (out / "labels.txt").read_text().splitlines() == list(tiny_dataset.class_names) == exported.class_names
     assert exported.input_size == (32, 32)
     assert exported.warnings == []  # the same data, split as the search split it
@@ -114,10 +124,21 @@ def test_export_writes_every_format_with_parity_in_tolerance(exported, run_dir: 
     assert int8["input_dtype"] == "uint8" and int8["output_dtype"] == "uint8"
     assert int8["input_quantization"] == [1.0, 0]  # uint8 input is the raw pixel value
 
+    score = parity["search_score"]  # the Keras model is the one the search scored, on the whole validation split
+    assert score["passed"] and score["images"] == len(tiny_dataset.val)
+    assert score["accuracy"] == pytest.approx(score["recorded_accuracy"], abs=1.01 / score["images"])
+
+    from autotl.lineage import find_model
+
+    for name in ("model.keras", "model_int8.tflite", "savedmodel/saved_model.pb"):
+        found = find_model(f"sqlite:///{run_dir / 'study.db'}", out / name)
+        assert found is not None and found["trial_number"] == exported.trial, name
+        assert any(r["kind"] == "export" for r in found["same_bytes"]), name
+
     card = (out / "MODEL_CARD.md").read_text()
     n_val = len(tiny_dataset.val)
     for fragment in ("## Data", "## Metrics", "Wilson interval", f"/{n_val})", "Backbone: `tiny`", "SHA-256", "### Hyperparameters",
-                     "head_width", "Phase 1 (frozen base, head only)", "head stable at epoch", "Gate to fine-tuning: passed",
+                     "head_width", "Phase 1 (frozen base, head only)", "reproduces the search's score", "head stable at epoch", "Gate to fine-tuning: passed",
                      "## Intended use and limits", "tflite_int8", "| blue |"):
         assert fragment in card, fragment
 
@@ -291,22 +312,22 @@ def test_check_parity_rejects_perturbed_predictions() -> None:
         check_parity("savedmodel", ref, np.full_like(ref, np.nan))
 
 
-def test_export_compared_with_another_trials_model_fails(exported, run_dir: Path, val_images) -> None:
+def test_export_compared_with_another_trials_model_fails(exported, run_dir: Path, val_images, registry) -> None:
     import keras
 
-    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial), safe_mode=True)
+    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial, registry), safe_mode=True)
     with pytest.raises(ExportParityError) as exc:
         verify_export(exported.out_dir, other, val_images)
     assert_one_line(exc, "keras parity failed", "max |dp|")
     assert exc.value.parity["formats"]["keras"]["passed"] is False
 
 
-def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path, tmp_path: Path, monkeypatch, exported) -> None:
+def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path, tmp_path: Path, monkeypatch, exported, registry) -> None:
     import keras
 
     import autotl.export as ex
 
-    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial), safe_mode=True)
+    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial, registry), safe_mode=True)
     real = ex._tflite
     monkeypatch.setattr(ex, "_tflite", lambda model, size, representative=None: real(other, size, representative))
     out = tmp_path / "out"
@@ -317,6 +338,27 @@ def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path
     parity = json.loads((tmp_path / "out.unverified" / "parity.json").read_text())
     assert parity["passed"] is False and parity["formats"]["tflite"]["passed"] is False
     assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_another_trial_is_assembled_from_its_stored_layers_and_reproduces_its_score(exported, run_dir: Path, tmp_path: Path, registry) -> None:
+    other = other_trial(run_dir, exported.trial)
+    result = export(run_dir, tmp_path / "other", formats="keras", trial=other, registry=registry)
+    assert result.trial == other and result.parity["model"] == f"trials/{other:04d}/model.keras"
+    assert result.parity["search_score"]["passed"] is True
+
+
+def test_a_model_that_is_not_the_trials_fails_before_anything_is_written(exported, run_dir: Path, tmp_path: Path, registry) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", "export"))
+    wrong = other_trial_model(run_dir, exported.trial, registry)
+    for target in (copy / "best_model.keras", copy / "trials" / f"{exported.trial:04d}" / "model.keras"):  # the markers still name the best
+        shutil.copyfile(wrong, target)
+    with pytest.raises(ExportParityError) as exc:
+        export(copy, tmp_path / "out", formats="keras")
+    assert_one_line(exc, f"trial {exported.trial}'s model", "is not the model the search scored")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.unverified").exists()
 
 
 # --------------------------------------------------------------------------- the command line and bad input
@@ -345,6 +387,7 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
         ((str(run_dir), "--quantize", "fp16"), ("unknown quantization 'fp16'",)),
         ((str(run_dir), "--format", "keras", "--quantize", "int8"), ("add tflite to --format",)),
         ((str(run_dir), "--trial", "7"), ("no trial 7", "0..1")),
+        ((str(run_dir), "--trial", "-1"), ("--trial must be a trial number",)),
         ((str(tmp_path),), ("has no study.db",)),
     ]
     for argv, fragments in cases:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from autotl.errors import AutotlError, UsageError
+from autotl.export import add_export_parser, cmd_export
 from autotl.lineage import add_lineage_parser, cmd_lineage
 from autotl.report import add_report_parser, cmd_report
 
@@ -79,14 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
     s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
     s.add_argument("--keep-models", type=int, default=3, metavar="K", help="keep the saved models of the K best trials (default 3)")
+    s.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna", help="search engine (default optuna); keras-tuner keeps its project in RUN_DIR/keras_tuner")
+    s.add_argument("--tuner", choices=["bayesian", "random", "hyperband"], default="bayesian", help="keras-tuner's tuner, with --engine keras-tuner (default bayesian)")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine, sharing the study (default 1)")
     s.add_argument("--gpus", metavar="0,1,...", help="give worker i the GPU gpus[i %% len(gpus)] (CUDA_VISIBLE_DEVICES)")
     s.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)")
     _add_weights_args(s)
     _add_plugin_args(s)
 
-    p = sub.add_parser("predict", help="classify images with a run's best model")
-    p.add_argument("run", metavar="RUN_DIR_OR_MODEL")
+    p = sub.add_parser("predict", help="classify images with a run's best model or any exported model")
+    p.add_argument("run", metavar="MODEL", help="run folder, export folder, .keras file, SavedModel folder or .tflite file")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
     pl = sub.add_parser("plugins", help="list the backbones and samples that plugins provide")
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_args(pl)
     add_report_parser(sub)
     add_lineage_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -173,6 +177,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         warn(message)
     name = args.sample or Path(args.data).resolve().name
     out = Path(args.out or Path("runs") / name)
+    if args.engine == "keras-tuner":
+        return _search_keras_tuner(args, space, registry, weights, dataset, out)
     from autotl.search import BEST_MODEL, SearchConfig, run_search
     from autotl.ui import SearchProgress, leaderboard
 
@@ -218,6 +224,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_keras_tuner(args: argparse.Namespace, space: Any, registry: Any, weights: Any, dataset: Any, out: Path) -> int:
+    """``autotl search --engine keras-tuner``: the same space and trainer, keras-tuner's tuners; resumable in RUN_DIR/keras_tuner."""
+    if args.storage or args.timeout is not None or args.workers > 1 or args.gpus:
+        raise UsageError("--storage, --timeout, --workers and --gpus are the Optuna engine's; with --engine keras-tuner the search runs in one process and lives in RUN_DIR/keras_tuner")
+    from autotl.keras_tuner import BEST_MODEL, KERAS_TUNER_DIR, leaderboard, run_keras_tuner_search
+
+    folder = out / KERAS_TUNER_DIR
+    console, err = _console(), _console(stderr=True)
+    console.print(f"autotl: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train)} train / {len(dataset.val)} val images ({dataset.split}); "
+                  f"backbones {', '.join(space.backbones)}; keras-tuner {args.tuner} in {folder}")
+    try:
+        records = run_keras_tuner_search(space, dataset, registry, weights, out, args.trials or space.trials, args.tuner, verbose=1)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished trials are saved in {folder}; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    console.print(leaderboard(records, title=f"leaderboard: keras-tuner {args.tuner}"))
+    if (folder / BEST_MODEL).is_file():
+        console.print(f"best model: {folder / BEST_MODEL}  (classes in {folder / 'classes.json'}; autotl predict {folder} IMAGE)")
+    else:
+        console.print("no trial finished, so there is no best model yet; rerun the same command to resume")
+    return 0
+
+
 class _CtrlC:
     """Ctrl-C once: finish the running trial, then stop.  Twice: stop now."""
 
@@ -247,11 +276,10 @@ class _CtrlC:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
-    from autotl.predict import load_run_model, predict_files
+    from autotl.predict import predict_any
 
-    model, names = load_run_model(args.run)
     failed = 0
-    for path, label, prob in predict_files(model, names, args.images):
+    for path, label, prob in predict_any(args.run, args.images):
         if prob is None:
             failed += 1
             _console(stderr=True).print(f"{path}: cannot read: {label}")
@@ -286,7 +314,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "predict": cmd_predict, "plugins": cmd_plugins, "report": cmd_report, "lineage": cmd_lineage}
+COMMANDS = {"search": cmd_search, "predict": cmd_predict, "plugins": cmd_plugins, "report": cmd_report, "lineage": cmd_lineage, "export": cmd_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

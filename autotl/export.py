@@ -383,10 +383,10 @@ def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[n
     if labels is not None:
         record["reference_accuracy"] = float((ref.argmax(1) == np.asarray(labels)).mean())
 
-    def check(fmt: str, run: Callable[[], np.ndarray], quantized: bool = False, **extra: Any) -> None:
+    def check(fmt: str, run: Callable[[], tuple[np.ndarray, dict[str, Any]]], quantized: bool = False) -> None:
         try:
-            got = run()
-        except Exception as exc:  # a format that cannot even run is a parity failure too
+            got, extra = run()
+        except Exception as exc:  # a format that cannot even load or run is a parity failure too
             record["formats"][fmt] = {"passed": False, "error": _first_line(exc)}
             raise _parity_error(f"{fmt} parity failed: running it raised {type(exc).__name__}: {_first_line(exc)}", record) from None
         try:
@@ -395,16 +395,25 @@ def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[n
             record["formats"][fmt] = {**exc.record, **extra}
             raise _parity_error(str(exc), record) from None
 
+    def tflite(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        predict, info = _tflite_predictor(path)
+        return predict(images), info
+
     if (out / KERAS_FILE).is_file():
-        check("keras", lambda: _keras_predictor(keras.saving.load_model(out / KERAS_FILE, safe_mode=True))(images))
+        check("keras", lambda: (_keras_predictor(keras.saving.load_model(out / KERAS_FILE, safe_mode=True))(images), {}))
     if (out / SAVEDMODEL_DIR).is_dir():
-        pixels, encoded = _savedmodel_predictor(out / SAVEDMODEL_DIR)
-        check("savedmodel:serving_default", lambda: pixels(images))
-        check("savedmodel:serving_bytes", lambda: encoded(images))
+        loaded: list[Any] = []
+
+        def signatures() -> list[Any]:  # loaded once, inside the first check (a load error is a parity failure)
+            if not loaded:
+                loaded.extend(_savedmodel_predictor(out / SAVEDMODEL_DIR))
+            return loaded
+
+        check("savedmodel:serving_default", lambda: (signatures()[0](images), {}))
+        check("savedmodel:serving_bytes", lambda: (signatures()[1](images), {}))
     for fmt, name, quantized in (("tflite", TFLITE_FILE, False), ("tflite_int8", TFLITE_INT8_FILE, True)):
         if (out / name).is_file():
-            predict, info = _tflite_predictor(out / name)
-            check(fmt, lambda: predict(images), quantized, **info)
+            check(fmt, lambda path=out / name: tflite(path), quantized)
     record["passed"] = True
     return record
 
@@ -499,7 +508,9 @@ def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], s
     if trial is None:
         if not complete:
             raise UsageError(f"the study in {run_dir} has no complete trial yet; finish a search first")
-        chosen = study.best_trial  # the trial best_model.keras holds
+        from autotl.search import best_trial
+
+        chosen = best_trial(study)  # the trial best_model.keras holds
     else:
         found = [t for t in trials if t.number == trial]
         if not found:
@@ -777,7 +788,7 @@ def export(
         try:
             parity = verify_export(staging, model, images, labels)
         except ExportParityError as exc:
-            parity = {**getattr(exc, "parity", {}), "error": str(exc)}
+            parity = {**getattr(exc, "parity", {}), "search_score": reproduced, "seconds": seconds, "error": str(exc)}
             _write_parity(staging, parity, run, dataset, len(dataset.val))
             failed = out_dir.parent / f"{out_dir.name}.unverified"
             shutil.rmtree(failed, ignore_errors=True)

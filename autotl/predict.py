@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from autotl.errors import UsageError
 
-__all__ = ["load_run_model", "predict_files"]
+__all__ = ["load_run_model", "predict_files", "predict_any"]
 
 
 def load_run_model(path: str | Path) -> tuple[object, list[str]]:
@@ -26,8 +26,12 @@ def load_run_model(path: str | Path) -> tuple[object, list[str]]:
     return model, json.loads(classes_file.read_text())
 
 
-def predict_files(model: object, class_names: Sequence[str], files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
-    """``(file, class, probability)`` per file; an unreadable file gives ``(file, reason, None)``."""
+def predict_files(model: Any, class_names: Sequence[str], files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
+    """``(file, class, probability)`` per file; an unreadable file gives ``(file, reason, None)``.
+
+    ``model`` is a Keras model, or the ``predict(list of uint8 HxWx3 arrays) -> probabilities``
+    callable of :func:`autotl.export.load_predictor` (any exported format).
+    """
     import numpy as np
 
     from autotl.data import BadImage, decode_image
@@ -39,7 +43,19 @@ def predict_files(model: object, class_names: Sequence[str], files: Sequence[str
         except BadImage as exc:
             out.append((str(f), str(exc), None))
             continue
-        probs = np.asarray(model.predict(pixels[None].astype("float32"), verbose=0))[0]  # type: ignore[attr-defined]
+        if hasattr(model, "predict"):
+            probs = np.asarray(model.predict(pixels[None].astype("float32"), verbose=0))[0]
+        else:
+            probs = np.asarray(model([pixels]))[0]
         i = int(np.argmax(probs))
         out.append((str(f), class_names[i], float(probs[i])))
     return out
+
+
+def predict_any(path: str | Path, files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
+    """:func:`predict_files` with whatever ``path`` holds: a run folder, an export folder, a ``.keras``
+    file, a SavedModel folder or a ``.tflite`` file (class names from beside it)."""
+    from autotl.export import load_predictor
+
+    predict, names = load_predictor(path)
+    return predict_files(predict, names, files)

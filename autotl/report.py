@@ -222,7 +222,8 @@ def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: 
     n_val = sum((counts.get("val") or {}).values()) or None
     n_train = sum((counts.get("train") or {}).values()) or None
     complete = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
-    best = max(complete, key=lambda r: (r["val_accuracy"], -r["number"])) if complete else None
+    # the same order as autotl.search.ranked_trials: accuracy, then lower val loss, then earlier
+    best = min(complete, key=lambda r: (-r["val_accuracy"], r["val_loss"] if r["val_loss"] is not None else float("inf"), r["number"])) if complete else None
     by_state: dict[str, int] = {}
     for r in rows:
         by_state[r["state"]] = by_state.get(r["state"], 0) + 1

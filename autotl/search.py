@@ -65,7 +65,7 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # autotl says what failed, once, in its own words
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         if "://" not in storage_url:
@@ -149,6 +149,9 @@ class _Objective:
         if _budget_taken(trial.study, trial.number, self.cfg.trials):
             trial.set_user_attr("fail_reason", "surplus: other workers had already taken the whole trial budget")
             raise TrialFailed("surplus trial: the budget was already taken by other workers")
+        import socket
+
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = trial_params(trial, self.cfg.space)
         spec = self.registry.backbone(params.backbone)
         weights = resolve_weights(spec, self.cfg.weights)
@@ -179,7 +182,7 @@ class _Objective:
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
         trial.set_user_attr("val_loss", result.val_loss)
-        if self._worth_keeping(trial, result.val_accuracy):
+        if self._worth_keeping(trial, result.val_accuracy, result.val_loss):
             # Only what the trial trained is stored (milliseconds); the full model is assembled on demand.
             folder = self.cfg.out / "trials" / f"{trial.number:04d}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -187,12 +190,13 @@ class _Objective:
             trial.set_user_attr("weights_path", str((folder / WEIGHTS_FILE).relative_to(self.cfg.out)))
         return result.val_accuracy
 
-    def _worth_keeping(self, trial: Any, value: float) -> bool:
-        """Whether this trial would rank among the ``keep_models`` best so far."""
-        import optuna
-
-        values = sorted((t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None), reverse=True)
-        return len(values) < self.cfg.keep_models or value > values[self.cfg.keep_models - 1]
+    def _worth_keeping(self, trial: Any, value: float, val_loss: float) -> bool:
+        """Whether this trial would rank among the ``keep_models`` best so far (same order as :func:`ranked_trials`)."""
+        ranked = ranked_trials(trial.study)
+        if len(ranked) < self.cfg.keep_models:
+            return True
+        kth = ranked[self.cfg.keep_models - 1]
+        return (-value, val_loss, trial.number) < (-kth.value, kth.user_attrs.get("val_loss", float("inf")), kth.number)
 
 
 def _record(storage_url: str, study_name: str, trial: Any, path: Path, kind: str, data: Optional[dict] = None) -> None:
@@ -207,6 +211,24 @@ def _record(storage_url: str, study_name: str, trial: Any, path: Path, kind: str
         warnings.warn(f"lineage not recorded for {path}: {exc}", stacklevel=2)
 
 
+def ranked_trials(study: Any) -> list[Any]:
+    """Complete trials, best first: by accuracy, then lower validation loss, then earlier.
+
+    One ordering for everything that says "best" (the best model, the kept
+    models, reports, export), whatever order the storage returns ties in.
+    """
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+    return sorted(done, key=lambda t: (-t.value, t.user_attrs.get("val_loss", float("inf")), t.number))
+
+
+def best_trial(study: Any) -> Any:
+    """The best complete trial by :func:`ranked_trials`, or ``None``."""
+    ranked = ranked_trials(study)
+    return ranked[0] if ranked else None
+
+
 def _prune_stored(cfg: SearchConfig) -> Callable[[Any, Any], None]:
     """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best."""
     import optuna
@@ -215,9 +237,7 @@ def _prune_stored(cfg: SearchConfig) -> Callable[[Any, Any], None]:
         stored = cfg.out / str(trial.user_attrs.get("weights_path", "-"))
         if trial.state == optuna.trial.TrialState.COMPLETE and stored.is_file():
             _record(cfg.storage_url, cfg.study_name, trial, stored, "trial_weights", cfg.data_summary)
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        ranked = sorted((t for t in done if t.value is not None), key=lambda t: (-t.value, t.number))
-        for t in ranked[cfg.keep_models:]:
+        for t in ranked_trials(study)[cfg.keep_models:]:
             shutil.rmtree(cfg.out / "trials" / f"{t.number:04d}", ignore_errors=True)
 
     return callback
@@ -246,9 +266,8 @@ def trial_model(out: Path, study: Any, number: int, registry: Registry, weights:
 
 def update_best_model(out: Path, study: Any, registry: Registry, weights: WeightsSource, storage_url: Optional[str] = None) -> Optional[Path]:
     """Make ``best_model.keras`` the study's best trial's model (a no-op when it already is)."""
-    try:
-        best = study.best_trial
-    except ValueError:  # no complete trial yet
+    best = best_trial(study)
+    if best is None:
         return None
     marker = out / BEST_MARKER
     if (out / BEST_MODEL).is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial") == best.number:
@@ -283,6 +302,7 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
 
     for name in cfg.space.backbones:  # fail at start-up, not in trial 17
         resolve_weights(registry.backbone(name), cfg.weights)
+    cfg.data_summary = cfg.data_summary or dataset.summary()
     _prepare_run_folder(cfg, dataset)
     study = open_study(cfg.storage_url, cfg.study_name, cfg.space.seed, warmup_steps=cfg.space.phase1.epochs,
                        heartbeat=cfg.heartbeat)
@@ -334,7 +354,7 @@ def _prepare_run_folder(cfg: SearchConfig, dataset: Any) -> None:
 def _check_run_folder(cfg: SearchConfig, dataset: Any) -> None:
     """A run folder belongs to one data set: refuse to mix two in one study."""
     marker = cfg.out / "run.json"
-    record = {"data_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names), "source": dataset.source}
+    record = {"data_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names), "source": dataset.source, "split": dataset.split}
     if marker.is_file():
         old = json.loads(marker.read_text())
         if old.get("data_fingerprint") != dataset.fingerprint:

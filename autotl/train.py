@@ -143,6 +143,7 @@ def train_trial(
     import keras
 
     from autotl.model import apply_head, assemble, block_boundaries, build_head, freeze_below, submodel, top_layer_weights
+    from autotl.preprocess import preprocessing_layer
 
     say = progress or (lambda _msg: None)
     keras.utils.set_random_seed(params.seed)
@@ -157,6 +158,8 @@ def train_trial(
     prefetch = (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :]) if params.prefetch_blocks else (lambda b: ())
     feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed, prefetch=prefetch)
     cache_info["phase1"] = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3)}
+    if not (np.isfinite(feats.train).all() and np.isfinite(feats.val).all()):
+        raise TrialFailed(f"backbone {spec.name} gives non-finite features; check its weights file and preprocessing")
     start = time.perf_counter()
     head = build_head(n_classes, params.head_width, params.dropout)
     inp = keras.Input(feats.train.shape[1:])
@@ -196,12 +199,16 @@ def train_trial(
         snapshot = [layer.get_weights() for layer in head] + [base().get_weights()]
         unfrozen = freeze_below(base(), cut)
         if acts is not None:
-            top = submodel(base(), cut, None)
             x_in = keras.Input(acts.train.shape[1:])
+            x = submodel(base(), cut, None)(x_in, training=False)
             train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
-        else:  # the whole base unfrozen: no frozen part to cache; train from pixels
-            raise TrialFailed("unfreeze_all trains from pixels, which this version does not support yet; use unfreeze_blocks")
-        x = keras.layers.GlobalAveragePooling2D()(top(x_in, training=False))
+        else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
+            x_in = keras.Input((*spec.input_size, 3))
+            pre = preprocessing_layer(spec.preprocessing)
+            x = base()(pre(x_in) if pre is not None else x_in, training=False)
+            pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
+            train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
+        x = keras.layers.GlobalAveragePooling2D()(x)
         ft_model = keras.Model(x_in, apply_head(head, x))
         say("phase 2: fine-tuning")
         h2 = _fit(ft_model, params.finetune_lr, train_xy, val_xy, params.phase2_epochs, params.phase2_patience,

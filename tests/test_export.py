@@ -403,3 +403,19 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
         export(copy, tmp_path / "x", trial=other)
     assert_one_line(exc, f"trial {other} has no saved model", f"trials with a model: {exported.trial}")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_corrupt_file_is_a_parity_failure_not_a_traceback(exported, tmp_path: Path, val_images) -> None:
+    import shutil
+
+    import keras
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported.out_dir, broken)
+    (broken / "model.tflite").write_bytes(b"not a flatbuffer")
+    (broken / "model.keras").unlink()
+    shutil.rmtree(broken / "savedmodel")
+    reference = keras.saving.load_model(exported.out_dir / "model.keras", safe_mode=True)
+    with pytest.raises(ExportParityError) as exc:
+        verify_export(broken, reference, val_images[:3])
+    assert_one_line(exc, "tflite parity failed: running it raised")

@@ -102,3 +102,13 @@ def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> No
     assert isinstance(again.train, np.memmap)
     np.testing.assert_array_equal(np.asarray(first.train), np.asarray(again.train))
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_unfreeze_all_trains_the_whole_base_from_pixels_when_the_space_asks(registry, tiny_dataset, tmp_path: Path) -> None:
+    import keras
+
+    spec, base, _, result = run(registry, tiny_dataset, tmp_path, unfreeze_all=True)
+    assert result.gate == "passed" and result.cut is None and result.history["phase2"]
+    assert result.unfrozen_layers == sum(1 for layer in base.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization))
+    if result.phase2_kept:
+        assert "stem_conv" in result.trained_weights()

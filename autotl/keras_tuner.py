@@ -1,0 +1,470 @@
+"""autotl's two-phase transfer learning as a keras-tuner ``HyperModel``.
+
+keras-tuner tunes a model that ``build(hp)`` returns and ``fit`` trains in one
+``model.fit`` call; a transfer-learning model needs two phases with a gate
+between them, which keras-tuner users otherwise write by hand in
+``run_trial``.  :class:`TransferHyperModel` does it with autotl's plugins, its
+feature cache and its trainer (:func:`autotl.train.train_trial`), so phase 1
+always comes first, phase 2 runs only once the head has stabilised, and the
+fine-tuning rate stays at least 10 times below phase 1's::
+
+    import keras_tuner as kt
+    from autotl.keras_tuner import TransferHyperModel
+
+    hypermodel = TransferHyperModel(space, dataset, weights=WeightsSource.parse(weights_dir="weights"), cache_dir="cache")
+    tuner = kt.BayesianOptimization(hypermodel, objective=hypermodel.objective, max_trials=20, directory="kt")
+    tuner.search()                     # no data arguments: the data set is the hypermodel's
+    best = tuner.get_best_models(1)[0]  # raw pixels of any size in, class probabilities out
+
+:func:`run_keras_tuner_search` runs a search space through keras-tuner the way
+``autotl search`` runs it through Optuna, resumable, and returns leaderboard
+rows shaped like the Optuna study's.  Importing this module imports
+keras-tuner, and with it TensorFlow: import it where it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import keras_tuner
+
+from autotl.errors import AutotlError, TrialFailed, UsageError
+from autotl.registry import Registry
+from autotl.space import SearchSpace
+from autotl.train import TrialParams, TrialResult, train_trial
+from autotl.weights import WeightsSource, resolve_weights
+
+__all__ = ["TransferHyperModel", "run_keras_tuner_search", "leaderboard", "TUNERS", "OBJECTIVE", "KERAS_TUNER_DIR"]
+
+#: What the hypermodel's ``fit`` returns and a tuner should maximise.
+OBJECTIVE = "val_accuracy"
+#: The tuners :func:`run_keras_tuner_search` knows.
+TUNERS = ("random", "bayesian", "hyperband")
+#: keras-tuner's folder inside a run folder.
+KERAS_TUNER_DIR = "keras_tuner"
+PROJECT = "autotl"
+RECORD_FILE = "autotl.json"  # per trial, in keras-tuner's trial folder: what the trainer did
+BEST_MODEL = "best_model.keras"
+BEST_MARKER = "best_model.json"
+CLASSES_FILE = "classes.json"
+RUN_FILE = "run.json"
+# keras-tuner's TrialStatus to the Optuna state names the Optuna leaderboard shows.
+_STATES = {"COMPLETED": "COMPLETE", "FAILED": "FAIL", "INVALID": "FAIL", "RUNNING": "RUNNING", "IDLE": "WAITING", "STOPPED": "PRUNED"}
+_HEAD = ("head_dropout", "head_dense", "predictions")
+
+
+class _Suggest:
+    """``autotl.search.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
+
+    One mapping from a space to ``TrialParams`` for both engines.  A degenerate
+    range (low == high) becomes ``hp.Fixed``: keras-tuner's Bayesian oracle
+    divides by the width of a range.
+    """
+
+    def __init__(self, hp: Any) -> None:
+        self.hp = hp
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.hp.Choice(name, list(choices))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        if low == high:
+            return self.hp.Fixed(name, float(low))
+        return self.hp.Float(name, low, high, sampling="log" if log else "linear")
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        if low == high:
+            return self.hp.Fixed(name, int(low))
+        return self.hp.Int(name, low, high)
+
+
+def _tuner_of(callbacks: Sequence[Any]) -> tuple[Any, Any]:
+    """The tuner and trial behind keras-tuner's own ``TunerCallback``, if it is among ``callbacks``."""
+    for cb in callbacks:
+        if hasattr(cb, "tuner") and hasattr(cb, "trial"):
+            return cb.tuner, cb.trial
+    return None, None
+
+
+def _is_keras_tuner_callback(cb: Any) -> bool:
+    return type(cb).__module__.startswith("keras_tuner")
+
+
+class TransferHyperModel(keras_tuner.HyperModel):
+    """A keras-tuner ``HyperModel`` that trains autotl's two-phase transfer model.
+
+    ``build(hp)`` declares the space's hyperparameters (``backbone`` and
+    ``head_width`` as ``hp.Choice``, ``dropout`` as ``hp.Float``,
+    ``unfreeze_blocks`` as ``hp.Int``, ``finetune_lr`` as ``hp.Float`` with the
+    space's log sampling; a fixed value as ``hp.Fixed``) and returns the full
+    model: raw pixels of any size in, class probabilities out, with the chosen
+    backbone's pretrained weights.  ``fit(hp, model)`` trains it with
+    :func:`autotl.train.train_trial` on the frozen-feature cache and puts the
+    trained head (and, when fine-tuning was kept, the trained top blocks) into
+    ``model`` itself, so the checkpoint keras-tuner writes from it, and the
+    model ``tuner.get_best_models()`` reloads, is the model that scored.
+    It returns ``{"val_accuracy": ..., "val_loss": ...}``: pass
+    ``objective=hypermodel.objective`` (or ``"val_accuracy"``) to the tuner.
+
+    The rules hold whatever the tuner samples: the space is validated again
+    here (a space changed with ``model_copy(update=...)`` skips pydantic's
+    checks), and a hyperparameter value that breaks the learning-rate rule
+    (say, one fixed through the tuner's ``hyperparameters=``) stops the search
+    with ``keras_tuner.errors.FatalValueError``.  A trial that diverges is
+    marked failed (``FailedTrialError``) and the search goes on.
+
+    Epoch budgets: without ``epochs``, the space's ``phase1.epochs`` and
+    ``phase2.epochs`` are used (both are caps; early stopping ends a phase
+    sooner).  Hyperband passes ``epochs`` (its rung's budget, up to its
+    ``max_epochs``): each phase then gets the same fraction of its own cap,
+    ``ceil(space epochs * epochs / max_epochs)`` (phase 1 at least 1), so the
+    top rung trains exactly as the space says and low rungs cheaply compare
+    heads (a head cut short of its plateau does not open the gate).
+    ``max_epochs`` is the argument given here, else read from a Hyperband
+    tuner's oracle.  ``epochs`` without any ``max_epochs`` (say
+    ``RandomSearch.search(epochs=5)``) caps each phase at ``epochs``.
+    ``initial_epoch`` is ignored: a promoted Hyperband trial retrains from
+    scratch with its larger budget rather than continuing the checkpoint
+    keras-tuner loaded into the model, because early stopping with restored
+    best weights and the gate cannot resume mid-way; on cached features that
+    costs seconds.
+
+    Interrupted trials: keras-tuner restarts an interrupted trial from scratch
+    when the search is run again (``overwrite=False``).  The activations the
+    trial's base computed are already in the feature cache (``cache_dir``),
+    so the restart trains the head on them at once instead of running the
+    backbone over the data again: the restart is cheap.
+
+    Arguments that ``tuner.search(...)`` passes on (``x``, ``validation_data``,
+    ...) are ignored with a warning: the data set is ``dataset``, already
+    split.  Of the callbacks only keras-tuner's own run (the checkpoint of the
+    trial's model); the trainer has its own early stopping.
+
+    Args:
+        space: the search space (``autotl.space.load_space``).
+        dataset: an ``autotl.data.Dataset`` (``load_folder`` / ``from_arrays``).
+        registry: the backbones (default: ``autotl.registry.get_registry()``).
+        weights: where pretrained weights come from (default: ``WeightsSource.parse()``,
+            i.e. ``$AUTOTL_WEIGHTS_DIR``, else ImageNet downloads).
+        cache_dir: the feature cache (default: ``$XDG_CACHE_HOME/autotl/features``);
+            share it between searches on the same data to share activations.
+        max_epochs: Hyperband's ``max_epochs``, see above (default: read from the tuner).
+    """
+
+    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        dataset: Any,
+        registry: Optional[Registry] = None,
+        weights: Optional[WeightsSource] = None,
+        cache_dir: Optional[str | os.PathLike] = None,
+        *,
+        max_epochs: Optional[int] = None,
+        name: str = "autotl_transfer",
+    ) -> None:
+        from pydantic import ValidationError
+
+        from autotl.cache import FeatureCache
+        from autotl.registry import get_registry
+        from autotl.space import _errors
+
+        super().__init__(name=name, tunable=True)
+        try:  # again: model_copy(update=...) and model_construct skip validation
+            self.space = SearchSpace.model_validate(space.model_dump() if isinstance(space, SearchSpace) else space)
+        except ValidationError as exc:
+            raise UsageError(f"search space: {_errors(exc)}") from None
+        self.dataset = dataset
+        self.registry = registry if registry is not None else get_registry()
+        self.weights = weights if weights is not None else WeightsSource.parse()
+        for backbone in self.space.backbones:  # fail now, not in trial 17
+            resolve_weights(self.registry.backbone(backbone), self.weights)
+        if cache_dir is None:
+            cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotl" / "features"
+        self.cache = FeatureCache(cache_dir)
+        self.max_epochs = max_epochs
+        #: trial id (or ``None`` outside a tuner) to the record written for it; see :meth:`fit`.
+        self.records: dict[Optional[str], dict[str, Any]] = {}
+        #: the last trial's :class:`autotl.train.TrialResult`.
+        self.last_result: Optional[TrialResult] = None
+        self._warned = False
+
+    # -- hyperparameters ------------------------------------------------------------------------
+
+    def params(self, hp: Any) -> TrialParams:
+        """Declare (or read) the space's hyperparameters in ``hp`` and map them to ``TrialParams``."""
+        from autotl.search import trial_params
+
+        try:
+            return trial_params(_Suggest(hp), self.space)
+        except ValueError as exc:  # TrialParams: the learning-rate rule
+            raise keras_tuner.errors.FatalValueError(f"hyperparameters {dict(hp.values)} break a rule: {exc}") from None
+
+    # -- keras-tuner's two calls ----------------------------------------------------------------
+
+    def build(self, hp: Any) -> Any:
+        """The full model of ``hp``'s backbone and head, with the backbone's pretrained weights."""
+        from autotl.model import assemble, build_base, build_head
+
+        params = self.params(hp)
+        spec = self._spec(params.backbone)
+        try:
+            base = build_base(spec, resolve_weights(spec, self.weights), seed=params.seed)
+        except UsageError as exc:
+            raise keras_tuner.errors.FatalValueError(str(exc)) from exc
+        except TrialFailed as exc:
+            raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
+        return assemble(spec, base, build_head(len(self.dataset.class_names), params.head_width, params.dropout))
+
+    def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Train ``model`` (from :meth:`build`) in two phases; return its validation accuracy and loss."""
+        from autotl.model import build_base
+
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        epochs = kwargs.pop("epochs", None)
+        kwargs.pop("initial_epoch", None)
+        kwargs.pop("verbose", None)
+        ignored = [cb for cb in callbacks if not _is_keras_tuner_callback(cb)]
+        if (args or kwargs or ignored) and not self._warned:
+            self._warned = True
+            what = [f"{len(args)} positional argument(s)"] * bool(args) + sorted(kwargs) + [type(cb).__name__ for cb in ignored]
+            warnings.warn(f"TransferHyperModel.fit ignores {', '.join(what)}: it trains on its own data set with autotl's "
+                          f"two-phase trainer; call tuner.search() without data arguments", stacklevel=2)
+        tuner, trial = _tuner_of(callbacks)
+        params = self._budget(self.params(hp), epochs, tuner)
+        spec = self._spec(params.backbone)
+        resolved = resolve_weights(spec, self.weights)
+        base = self._base_of(model)
+        if "tuner/trial_id" in hp.values:
+            # Hyperband loaded an earlier trial's checkpoint into the model: the trainer needs the
+            # pretrained base (the cache is keyed by it, and its top is fine-tuned from it).
+            base.set_weights(build_base(spec, resolved, seed=params.seed).get_weights())
+        start, started = time.perf_counter(), time.time()
+        try:
+            result = train_trial(spec, params, lambda: base, self.dataset, self.cache, resolved, augmentation=self.space.augmentation)
+        except TrialFailed as exc:
+            raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
+        except AutotlError as exc:
+            raise keras_tuner.errors.FatalValueError(str(exc)) from exc
+        self._load_trained(model, base, result.trained_weights())
+        metrics = {"val_accuracy": float(result.val_accuracy), "val_loss": float(result.val_loss)}
+        record = {
+            "trial_id": trial.trial_id if trial is not None else None,
+            "params": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
+            "trial_params": asdict(params),
+            "budget": {"epochs": epochs, "max_epochs": self._max_epochs(tuner), "phase1_epochs": params.phase1_epochs, "phase2_epochs": params.phase2_epochs},
+            "user_attrs": {**result.attrs(), "val_loss": result.val_loss, "seconds_total": time.perf_counter() - start,
+                           "weights_origin": resolved.origin, "weights_sha256": resolved.sha256, "plugin": spec.plugin, "started": started},
+        }
+        self.records[record["trial_id"]] = record
+        self.last_result = result
+        if tuner is not None:
+            path = Path(tuner.get_trial_dir(trial.trial_id)) / RECORD_FILE
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(record, indent=1, default=str))
+            os.replace(tmp, path)
+        # keras-tuner checkpoints the trial's model from its own callbacks' on_epoch_end: one "epoch", the result.
+        last = len(result.history["phase1"].get("loss", ())) + len(result.history["phase2"].get("loss", ())) - 1
+        for cb in callbacks:
+            if _is_keras_tuner_callback(cb):
+                cb.set_model(model)
+                cb.on_epoch_end(max(last, 0), logs=dict(metrics))
+        return metrics
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _spec(self, name: str) -> Any:
+        try:
+            return self.registry.backbone(name)
+        except UsageError as exc:
+            raise keras_tuner.errors.FatalValueError(str(exc)) from exc
+
+    def _max_epochs(self, tuner: Any) -> Optional[int]:
+        return self.max_epochs or getattr(getattr(tuner, "oracle", None), "max_epochs", None)
+
+    def _budget(self, params: TrialParams, epochs: Optional[int], tuner: Any) -> TrialParams:
+        """The phases' epoch caps for a tuner-given budget of ``epochs`` (see the class doc)."""
+        if epochs is None:
+            return params
+        epochs = int(epochs)
+        max_epochs = self._max_epochs(tuner)
+        p1, p2 = self.space.phase1.epochs, self.space.phase2.epochs
+        if max_epochs:
+            share = min(1.0, epochs / max_epochs)
+            return replace(params, phase1_epochs=max(1, math.ceil(p1 * share - 1e-9)), phase2_epochs=math.ceil(p2 * share - 1e-9))
+        return replace(params, phase1_epochs=max(1, min(p1, epochs)), phase2_epochs=min(p2, epochs))
+
+    @staticmethod
+    def _base_of(model: Any) -> Any:
+        import keras
+
+        bases = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+        if len(bases) != 1:
+            raise keras_tuner.errors.FatalTypeError(f"TransferHyperModel.fit needs the model TransferHyperModel.build returned (one nested base), got {model.name!r}")
+        return bases[0]
+
+    @staticmethod
+    def _load_trained(model: Any, base: Any, weights: dict[str, list[Any]]) -> None:
+        """Put the layers the trial trained into ``model``: the head by its names, the rest inside the base."""
+        for name, values in weights.items():
+            (model if name in _HEAD else base).get_layer(name).set_weights(values)
+
+
+# -- the search, as `autotl search --engine keras-tuner` runs it ----------------------------------
+
+
+def _make_tuner(kind: str, hypermodel: TransferHyperModel, folder: Path, trials: int, seed: int, max_epochs: int, factor: int) -> Any:
+    common = {"objective": TransferHyperModel.objective, "directory": str(folder), "project_name": PROJECT, "overwrite": False, "seed": seed}
+    if kind == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=trials, **common)
+    if kind == "bayesian":
+        return keras_tuner.BayesianOptimization(hypermodel, max_trials=trials, **common)
+    # Hyperband counts no trials by itself: as many iterations as needed, stopped at `trials` (promotions count).
+    tuner = keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=factor, hyperband_iterations=None, **common)
+    tuner.oracle.max_trials = trials
+    return tuner
+
+
+def _records(tuner: Any) -> list[dict[str, Any]]:
+    rows = []
+    for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda kv: int(kv[0])):
+        values = dict(trial.hyperparameters.values)
+        extra_file = Path(tuner.get_trial_dir(trial_id)) / RECORD_FILE
+        extra = json.loads(extra_file.read_text()) if extra_file.is_file() else {}
+        metric = lambda name: float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None  # noqa: E731
+        state = _STATES.get(str(trial.status), str(trial.status))
+        rows.append({
+            "number": int(trial_id),
+            "params": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+            "val_accuracy": metric("val_accuracy") if state == "COMPLETE" else None,
+            "val_loss": metric("val_loss") if state == "COMPLETE" else None,
+            "state": state,
+            "trial_id": trial_id,
+            "hyperband": {k.removeprefix("tuner/"): v for k, v in values.items() if k.startswith("tuner/")},
+            "trial_params": extra.get("trial_params", {}),
+            "budget": extra.get("budget", {}),
+            "user_attrs": extra.get("user_attrs", {}),
+            "message": ((trial.message or "").strip().splitlines() or [None])[-1] if state == "FAIL" else None,
+        })
+    return rows
+
+
+def _check_folder(folder: Path, space: SearchSpace, dataset: Any, kind: str) -> None:
+    """A keras-tuner project belongs to one data set, one space and one tuner: refuse to mix."""
+    marker = folder / RUN_FILE
+    record = {"data_fingerprint": dataset.fingerprint, "source": dataset.source, "tuner": kind,
+              "space": {k: v for k, v in space.model_dump().items() if k != "trials"}}
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        for key, what in (("data_fingerprint", f"other data ({old.get('source')})"), ("tuner", f"the {old.get('tuner')} tuner"), ("space", "another search space")):
+            if old.get(key) != record[key]:
+                raise UsageError(f"{folder} holds a keras-tuner search with {what}; pass another --out for this one")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({**record, "created": time.time()}, indent=2))
+
+
+def _save_best(tuner: Any, folder: Path, records: list[dict[str, Any]], class_names: Sequence[str]) -> Optional[Path]:
+    done = [r for r in records if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
+    if not done:
+        return None
+    best = tuner.oracle.get_best_trials(1)[0]
+    marker, path = folder / BEST_MARKER, folder / BEST_MODEL
+    if path.is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial_id") == best.trial_id:
+        return path
+    tmp = folder / f".{BEST_MODEL}.tmp{os.getpid()}.keras"
+    tuner.get_best_models(1)[0].save(tmp)
+    os.replace(tmp, path)
+    (folder / CLASSES_FILE).write_text(json.dumps(list(class_names)))
+    marker.write_text(json.dumps({"trial_id": best.trial_id, "value": best.score, "params": dict(best.hyperparameters.values)}))
+    return path
+
+
+def run_keras_tuner_search(
+    space: SearchSpace,
+    dataset: Any,
+    registry: Optional[Registry],
+    weights: Optional[WeightsSource],
+    out: Path,
+    trials: int,
+    tuner: str = "bayesian",
+    *,
+    max_epochs: int = 9,
+    factor: int = 3,
+    verbose: int = 0,
+) -> list[dict[str, Any]]:
+    """Run (or resume) ``space`` through a keras-tuner tuner until it holds ``trials`` trials.
+
+    The project lives in ``out / "keras_tuner"`` with ``overwrite=False``:
+    rerunning resumes, finished trials are kept, an interrupted one is rerun
+    (cheaply, from the feature cache in ``out / "cache"``, which an Optuna
+    search in the same run folder shares), and only the missing trials run.
+    ``trials`` counts every trial keras-tuner started, failed ones included;
+    for ``hyperband`` it caps the brackets (``max_epochs``, ``factor``), and a
+    promotion to a higher rung is a trial of its own.  The best model is
+    saved as ``out / "keras_tuner" / "best_model.keras"`` with
+    ``classes.json`` beside it (``autotl predict out/keras_tuner IMAGE``).
+
+    Returns one row per trial, in trial order, shaped like the Optuna
+    leaderboard's: ``number``, ``params`` (backbone, head_width, dropout,
+    unfreeze_blocks, finetune_lr), ``val_accuracy``, ``val_loss``, ``state``
+    (``COMPLETE``, ``FAIL``, ``RUNNING``), and ``user_attrs`` (the trainer's
+    gate, history, head_stable_epoch, seconds_total, ...), plus ``trial_id``,
+    ``hyperband`` (keras-tuner's ``tuner/*`` values), ``trial_params`` (every
+    ``autotl.train.TrialParams`` field the trial ran with), ``budget`` and,
+    for a failed trial, ``message``.
+    """
+    if tuner not in TUNERS:
+        raise UsageError(f"unknown keras-tuner tuner {tuner!r}; use one of: {', '.join(TUNERS)}")
+    if trials < 1:
+        raise UsageError(f"trials must be at least 1, got {trials}")
+    out = Path(out)
+    folder = out / KERAS_TUNER_DIR
+    hypermodel = TransferHyperModel(space, dataset, registry, weights, out / "cache", max_epochs=max_epochs if tuner == "hyperband" else None)
+    _check_folder(folder, hypermodel.space, dataset, tuner)
+    try:
+        kt = _make_tuner(tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor)
+        kt.search(verbose=verbose)
+    except keras_tuner.errors.FatalError as exc:
+        if isinstance(exc.__cause__, AutotlError):
+            raise exc.__cause__ from None
+        raise UsageError(f"keras-tuner stopped the search: {exc}") from None
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
+        raise UsageError(f"keras-tuner stopped the search after {str(exc).splitlines()[0].lower()} (last: {last}); "
+                         f"see the trials in {folder}") from None
+    records = _records(kt)
+    _save_best(kt, folder, records, dataset.class_names)
+    return records
+
+
+def leaderboard(records: Sequence[dict[str, Any]], top: int = 10, title: str = "leaderboard: keras-tuner") -> Any:
+    """The best rows of :func:`run_keras_tuner_search` as the rich table ``autotl.ui.leaderboard`` prints for a study."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("trial", "state", "backbone", "head", "dropout", "unfreeze", "finetune lr", "head stable", "val acc", "val loss", "time s"):
+        table.add_column(col)
+    rows = sorted(records, key=lambda r: (r["val_accuracy"] is None, -(r["val_accuracy"] or 0.0), r["number"]))
+    for r in rows[:top]:
+        p, a = r["params"], r.get("user_attrs", {})
+        table.add_row(
+            str(r["number"]), r["state"].lower(), str(p.get("backbone", "")), str(p.get("head_width", "")),
+            f"{p['dropout']:.2f}" if "dropout" in p else "", str(p.get("unfreeze_blocks", "")),
+            f"{p['finetune_lr']:.1e}" if "finetune_lr" in p else "",
+            str(a["head_stable_epoch"]) if a.get("head_stable_epoch") is not None else "-",
+            f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
+            f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
+            f"{a['seconds_total']:.0f}" if "seconds_total" in a else "-",
+        )
+    return table

@@ -1,0 +1,171 @@
+"""Many workers, one study: real processes, a real PostgreSQL server, a real SIGKILL."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, TINY_PLUGIN, run_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL server on loopback, started from Debian's binaries."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it from Debian's packages)")
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="autotl-pg-", dir="/tmp"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", _free_port()
+    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_postgres, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "autotl"], check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/autotl"
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _worker(data: Path, space: Path, out: Path, trials: int, storage: str | None, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(TESTS / "plugins")}
+    cmd = [sys.executable, "-m", "autotl", "search", str(data), "--space", str(space), "--out", str(out), "--trials", str(trials),
+           "--plugin", TINY_PLUGIN, "--weights", "none", "--heartbeat", "1", *extra]
+    cmd += ["--storage", storage] if storage else []
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _study(url: str):
+    from autotl.search import open_study
+
+    return open_study(url, create=False)
+
+
+def _wait_for(predicate, timeout: float = 240.0, every: float = 0.2, proc: subprocess.Popen | None = None):
+    end = time.monotonic() + timeout
+    from autotl.errors import UsageError
+
+    while time.monotonic() < end:
+        try:
+            value = predicate()
+        except UsageError:  # the study is not created yet
+            value = None
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the worker exited ({proc.returncode}) first:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.fixture
+def slow_space(tmp_path: Path) -> Path:
+    """Long enough trials (a few seconds) that a kill lands inside one."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "backbones: [tiny]\nhead: {width: [8, 16], dropout: {low: 0.0, high: 0.2}}\n"
+        "phase1: {learning_rate: 1.0e-2, epochs: 60, patience: 6, head_loss_threshold: 5.0}\n"
+        "phase2: {unfreeze_blocks: {low: 1, high: 2}, learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}, epochs: 6, patience: 6}\n"
+        "batch_size: 4\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(backend: str, request, image_folder: Path, slow_space: Path, tmp_path: Path) -> None:
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    if url:  # a fresh database per test: drop what an earlier run left
+        from sqlalchemy import create_engine, text
+
+        with create_engine(url, isolation_level="AUTOCOMMIT").connect() as con:
+            con.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    out, trials = tmp_path / "run", 4
+    storage = url or f"sqlite:///{(out / 'study.db').resolve()}"
+    first = _worker(image_folder, slow_space, out, trials, url)
+    _wait_for(lambda: _study(storage))  # the first worker has created the study
+    victim = _worker(image_folder, slow_space, out, trials, url)
+    third = _worker(image_folder, slow_space, out, trials, url)
+    running_victim = lambda: [t for t in _study(storage).get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]  # noqa: E731
+    killed = _wait_for(running_victim, proc=victim)[0]
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    for proc in (first, third):
+        output, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, output[-3000:]
+    study = _study(storage)
+    states = [t.state for t in study.trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == trials, states
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retried = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert retried and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert TrialState.RUNNING not in states
+
+
+def test_workers_flag_shares_one_budget(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    out = tmp_path / "run"
+    proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "5",
+                   "--plugin", TINY_PLUGIN, "--weights", "none", "--workers", "2", "--heartbeat", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 5
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes took trials
+    assert (out / "logs" / "worker-1.log").is_file()
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_once_finishes_the_trial_twice_stops_now(presses: int, image_folder: Path, slow_space: Path, tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    out = tmp_path / "run"
+    proc = _worker(image_folder, slow_space, out, 3, None)
+    url = f"sqlite:///{(out / 'study.db').resolve()}"
+    _wait_for(lambda: (out / "study.db").exists() and _study(url).get_trials(states=(TrialState.RUNNING,)), proc=proc)
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, output
+    assert "rerun the same command to resume" in " ".join(output.split()) and "Traceback" not in output
+    states = [t.state for t in _study(url).trials]
+    assert states == ([TrialState.COMPLETE] if presses == 1 else [TrialState.FAIL]), states
+    again = _worker(image_folder, slow_space, out, 3, None)
+    output, _ = again.communicate(timeout=400)
+    assert again.returncode == 0, output[-3000:]
+    final = _study(url).trials
+    assert sum(t.state == TrialState.COMPLETE for t in final) + sum(t.state == TrialState.PRUNED for t in final) == 3
+
+
+def test_unwritable_run_folder_is_one_line(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(blocker / "run"),
+                   "--plugin", TINY_PLUGIN, "--weights", "none")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot write to run folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -157,7 +157,7 @@ class FeatureCache:
                 for batch in images.batches(size, batch_size):
                     if copy:
                         batch = augment(batch, training=True)
-                    result = extractor(batch, training=False)
+                    result = extractor.predict_on_batch(np.asarray(batch))  # compiled once, unlike an eager call
                     for c, feats in zip(cuts, result if isinstance(result, (list, tuple)) else [result]):
                         feats = np.asarray(feats)
                         if c not in outputs:

@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="MODEL", help="run folder, export folder, .keras file, SavedModel folder or .tflite file")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
-    pl = sub.add_parser("plugins", help="list the backbones and samples that plugins provide")
+    pl = sub.add_parser("plugins", help="list the backbones and samples that plugins provide, or check one",
+                        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin contract checks.")
+    pl.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    pl.add_argument("target", nargs="?", metavar="NAME_OR_MODULE", help="with check: a backbone name, or a plugin module (all its backbones)")
     _add_plugin_args(pl)
     _add_weights_args(pl)
     add_report_parser(sub)
@@ -288,9 +291,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _check_plugins(args: argparse.Namespace) -> int:
+    """Self-test a plugin: the contract checks of :mod:`autotl.testing`, one line per check."""
+    from autotl.registry import get_registry
+    from autotl.testing import check_backbone
+
+    if not args.target:
+        raise UsageError("give a backbone name or a plugin module: autotl plugins check NAME_OR_MODULE")
+    registry = get_registry(args.plugin)
+    if args.target in registry.backbones:
+        specs = [registry.backbones[args.target]]
+    else:
+        registry = get_registry([*args.plugin, args.target])
+        specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
+        if not specs:
+            raise UsageError(f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them")
+    _quiet_tensorflow()
+    failed = 0
+    for spec in specs:
+        try:
+            for line in check_backbone(spec):
+                print(f"{spec.name}: {line}")
+            print(f"{spec.name}: skipped: classifying a known picture needs ImageNet weights with the top, which autotl does not load (include_top=False)")
+        except AssertionError as exc:
+            failed += 1
+            print(f"{spec.name}: FAILED: {exc}")
+    print(f"{len(specs) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    if args.action == "check":
+        return _check_plugins(args)
     from autotl.registry import get_registry
     from autotl.weights import WeightsSource, resolve_weights
 
@@ -322,11 +356,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AutotlError as exc:
-        print(f"autotl: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        message = str(exc)
     except KeyboardInterrupt:
         print("autotl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # the environment failed us: say it in one line, if it is one we know
+        message = _environment_error(exc)
+        if message is None:
+            raise
+    print(f"autotl: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _environment_error(exc: BaseException) -> Optional[str]:
+    """One line for a full disk, a locked database or an unwritable file; None for a real bug."""
+    import errno
+
+    resume = "finished trials are saved; rerun the same command to resume"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return f"no space left to write{where}: free some space or pass --out on another disk; {resume}"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"cannot write{where} ({exc.strerror}); pass a writable --out"
+        return None
+    if type(exc).__name__ == "OperationalError":  # SQLAlchemy's, from the study's database
+        if "locked" in text:
+            return f"the study's database is locked by another program ({text}); close it, or wait and rerun; {resume}"
+        if "disk is full" in text or "No space" in text:
+            return f"the study's database cannot grow: the disk is full; free some space; {resume}"
+        return f"the study's database failed ({text}); check --storage and that the server is up; {resume}"
+    return None
 
 
 if __name__ == "__main__":

@@ -409,9 +409,10 @@ def _stratify(items: list[_Item], class_names: list[str], val_fraction: float, s
     val: list[_Item] = []
     for label, mine in by_class.items():
         c, n = class_names[label], len(mine)
-        if n < 2:
-            raise UsageError(f"class {c!r} has only {n} usable image(s); a validation split needs at least 2 "
-                             "per class (1 to train, 1 to validate): add images, or give train/ and val/ folders")
+        if n < 2:  # still learnable, but not measurable: say so rather than refuse the whole folder
+            notes.append(f"class {c!r} has only {n} usable image: it is used to train, and validation cannot measure it; add images")
+            train += mine
+            continue
         wanted = math.floor(n * val_fraction + 0.5)
         n_val = min(max(wanted, 1), n - 1)
         if n_val != wanted:

@@ -72,7 +72,8 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
             raise ValueError("not a URL")
         if storage_url.startswith("sqlite:///"):
             _sqlite_wal(storage_url[len("sqlite:///"):])
-        engine_kwargs = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
+        wait = float(os.environ.get("AUTOTL_SQLITE_TIMEOUT", 60))  # seconds a worker waits for another's write
+        engine_kwargs = {"connect_args": {"timeout": wait}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
         storage = RDBStorage(
             storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
@@ -98,7 +99,7 @@ def _sqlite_wal(path: str) -> None:
 
     if not path or path == ":memory:" or not Path(path).parent.is_dir():
         return
-    con = sqlite3.connect(path, timeout=60)
+    con = sqlite3.connect(path, timeout=float(os.environ.get("AUTOTL_SQLITE_TIMEOUT", 60)))
     try:
         con.execute("PRAGMA journal_mode=WAL")
     finally:
@@ -330,7 +331,7 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
             if done >= cfg.trials:
                 break
             if waiting or done + running < cfg.trials:
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
             else:  # the others' running trials may fill the budget; wait in case one of them dies
                 time.sleep(min(5.0, cfg.heartbeat))
     finally:

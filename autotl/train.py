@@ -96,12 +96,12 @@ class _Reporter:
         return Forward()
 
 
-def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int, seed: int = 0) -> dict[str, list[float]]:
+def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int, seed: int = 0, compile: bool = True) -> dict[str, list[float]]:
     import keras
     import tensorflow as tf
 
-    # No XLA: on cached features a trial is seconds long and compiling would dominate it.
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
+    if compile:  # no XLA: on cached features a trial is seconds long and compiling would dominate it
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
     # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True)
     # tf.data once, rather than numpy arrays re-wrapped every epoch: per-epoch overhead is most of a cached trial.
@@ -109,6 +109,60 @@ def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple
     val_ds = tf.data.Dataset.from_tensor_slices(val).batch(max(batch_size, 256)).cache()
     hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[stop, _Reporter(report, offset)])
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+_HEAD_MODELS: dict[tuple[int, int, int, int], Any] = {}
+
+
+def _head_model(in_dim: int, width: int, n_classes: int, batch_size: int) -> Any:
+    """One compiled phase-1 model per shape, reused by every trial of that shape in this process.
+
+    Tracing a new model's training and evaluation functions costs more than
+    training a head on cached features for a dozen epochs.  Trials of one
+    shape differ only in initial weights, dropout rate and learning rate, so
+    the rate is a variable here and the rest is reset per trial.  This model
+    only trains: its weights are copied into the trial's own head (built-in
+    Dropout and Dense layers), which is what the saved model holds.
+    """
+    import keras
+
+    key = (in_dim, width, n_classes, batch_size)
+    if key not in _HEAD_MODELS:
+
+        class RateDropout(keras.layers.Layer):
+            def build(self, input_shape: Any) -> None:
+                self.rate = self.add_weight(shape=(), initializer="zeros", trainable=False, name="rate")
+                self.seed = keras.random.SeedGenerator(0)
+
+            def call(self, x: Any, training: bool = False) -> Any:
+                if not training:
+                    return x
+                keep = keras.ops.cast(keras.random.uniform(keras.ops.shape(x), seed=self.seed) >= self.rate, x.dtype)
+                return x * keep / (1.0 - self.rate)
+
+        inp = keras.Input((in_dim,))
+        x = RateDropout(name="head_dropout")(inp)
+        x = keras.layers.Dense(width, activation="relu", name="head_dense")(x)
+        model = keras.Model(inp, keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
+        _HEAD_MODELS[key] = model
+    return _HEAD_MODELS[key]
+
+
+def _train_head(head: list[Any], params: TrialParams, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], report: Optional[Report]) -> dict[str, list[float]]:
+    """Phase 1: train ``head`` on cached features, through the shared compiled model of its shape."""
+    model = _head_model(train[0].shape[1], params.head_width, head[-1].units, params.batch_size)
+    for layer in head[1:]:  # the trial's own freshly initialised weights
+        layer.build((None, model.get_layer(layer.name).input.shape[-1]))
+        model.get_layer(layer.name).set_weights(layer.get_weights())
+    model.get_layer("head_dropout").rate.assign(params.dropout)
+    for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
+        var.assign(np.zeros(var.shape, dtype=var.dtype))
+    model.optimizer.learning_rate = params.phase1_lr
+    history = _fit(model, params.phase1_lr, train, val, params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed, compile=False)
+    for layer in head[1:]:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    return history
 
 
 def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
@@ -162,11 +216,8 @@ def train_trial(
         raise TrialFailed(f"backbone {spec.name} gives non-finite features; check its weights file and preprocessing")
     start = time.perf_counter()
     head = build_head(n_classes, params.head_width, params.dropout)
-    inp = keras.Input(feats.train.shape[1:])
-    head_model = keras.Model(inp, apply_head(head, inp))
     say("phase 1: head")
-    h1 = _fit(head_model, params.phase1_lr, (np.asarray(feats.train), feats.train_labels), (np.asarray(feats.val), feats.val_labels),
-              params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed)
+    h1 = _train_head(head, params, (np.asarray(feats.train), feats.train_labels), (np.asarray(feats.val), feats.val_labels), report)
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     history = {"phase1": h1, "phase2": {}}

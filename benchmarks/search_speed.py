@@ -56,6 +56,7 @@ def _load(data: str):
 
 
 def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
+    import keras  # noqa: F401 -- imported before the clock starts, as keras-tuner's run imports it
     import yaml
 
     from autotl.registry import get_registry

@@ -109,3 +109,19 @@ def test_keras_tuner_engine_runs_the_same_space(tmp_path: Path, image_folder: Pa
     assert "leaderboard: keras-tuner random" in proc.stdout and (out / "keras_tuner" / "best_model.keras").is_file()
     refused = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--engine", "keras-tuner", "--workers", "2")
     assert_one_line_error(refused, "Optuna engine's")
+
+
+def test_plugins_check_passes_a_good_plugin_and_names_a_bad_one(tmp_path: Path) -> None:
+    good = run_cli("plugins", "check", TINY_PLUGIN)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "tiny: ok:" in good.stdout and "1 passed, 0 failed" in good.stdout
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text(
+        "from autotl import BackboneSpec, Preprocessing, hookimpl\n"
+        "from autotl_tiny import build_tiny\n"
+        "@hookimpl\n"
+        "def autotl_backbones():\n"
+        "    return [BackboneSpec(name='tiny_bad', build=build_tiny, input_size=(32, 32), preprocessing=Preprocessing.tf(), block_pattern=r'^block\\d_bn$')]\n"
+    )
+    proc = run_cli("plugins", "check", "bad_plugin", env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).parent / 'plugins'}"})
+    assert proc.returncode == 1 and "tiny_bad: FAILED" in proc.stdout and "0 passed, 1 failed" in proc.stdout

@@ -254,6 +254,20 @@ def test_messy_folder(messy):
     assert json.loads(json.dumps(ds.summary()))["skipped"] == 5
 
 
+def test_search_over_the_messy_folder_completes(messy, tmp_path):
+    """Every kind of bad file at once: the search skips, converts and warns, and finishes."""
+    from conftest import TINY_PLUGIN, run_cli
+
+    space = tmp_path / "space.yaml"
+    space.write_text("backbones: [tiny]\nhead: {width: [8], dropout: 0.0}\nphase1: {learning_rate: 1.0e-2, epochs: 5, patience: 2}\n"
+                     "phase2: {unfreeze_blocks: 0}\nbatch_size: 4\n")
+    proc = run_cli("search", str(messy), "--space", str(space), "--out", str(tmp_path / "run"), "--trials", "1",
+                   "--plugin", TINY_PLUGIN, "--weights", "none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "skipped dogs/notes.jpg: not an image" in proc.stderr
+    assert "different classes" in proc.stderr and (tmp_path / "run" / "best_model.keras").is_file()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can read any folder")
 def test_unreadable_subfolder_is_skipped(tmp_path):
     root = flat_folder(tmp_path, per_class=3)
@@ -336,7 +350,9 @@ def test_too_few_images(tmp_path):
     one_line_usage_error(r"fewer than 5 usable images: cats \(3\), dogs \(3\)", load_folder, tmp_path, min_per_class=5)
     for p in list((tmp_path / "dogs").iterdir())[1:]:
         p.unlink()
-    one_line_usage_error(r"class 'dogs' has only 1 usable image\(s\); .*at least 2 per class", load_folder, tmp_path)
+    single = load_folder(tmp_path)  # a class of one image trains, unmeasured, with a warning
+    assert single.train.counts(2) == [2, 1] and single.val.counts(2) == [1, 0]
+    assert any("class 'dogs' has only 1 usable image" in w for w in single.warnings)
     one_line_usage_error(r"val_fraction must be between 0 and 1", load_folder, tmp_path, val_fraction=1.0)
 
 

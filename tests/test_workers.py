@@ -169,3 +169,38 @@ def test_unwritable_run_folder_is_one_line(image_folder: Path, tiny_space_file: 
                    "--plugin", TINY_PLUGIN, "--weights", "none")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cannot write to run folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_full_disk_is_one_line(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(disk / "run"),
+                       "--plugin", TINY_PLUGIN, "--weights", "none")
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("autotl: error:") and ("no space left" in last or "disk is full" in last), proc.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_locked_database_is_one_line(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    out = tmp_path / "run"
+    first = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "1",
+                    "--plugin", TINY_PLUGIN, "--weights", "none")
+    assert first.returncode == 0, first.stderr[-2000:]
+    con = sqlite3.connect(out / "study.db", timeout=0)
+    con.execute("BEGIN EXCLUSIVE")  # another program holds the database
+    try:
+        proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "2",
+                       "--plugin", TINY_PLUGIN, "--weights", "none", env={"AUTOTL_SQLITE_TIMEOUT": "1"})
+    finally:
+        con.rollback()
+        con.close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "locked" in proc.stderr.strip().splitlines()[-1]

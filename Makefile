@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/autotl search --sample digits --space fast --out runs/digits
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search_speed.py

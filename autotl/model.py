@@ -168,16 +168,17 @@ def save_layer_weights(path: Any, weights: dict[str, list[Any]]) -> None:
     os.replace(tmp, path)
 
 
-def restore_model(spec: BackboneSpec, weights: ResolvedWeights, n_classes: int, head_width: int, dropout: float, layer_weights_file: Any, seed: int = 0) -> Any:
+def restore_model(spec: BackboneSpec, weights: ResolvedWeights, n_classes: int, head_width: int, dropout: float, layer_weights_file: Any, seed: int = 0, base: Any = None) -> Any:
     """Rebuild a trial's full model from its backbone weights and the layers it trained.
 
     A search stores only what a trial changed (a few kilobytes for a head), so
     finishing a trial costs milliseconds; the deployable model is assembled from
-    it when someone asks for it.
+    it when someone asks for it.  ``base``, if given, is a pristine base to
+    build on (it is changed: reset it afterwards).
     """
     import numpy as np
 
-    base = build_base(spec, weights, seed=seed)
+    base = base if base is not None else build_base(spec, weights, seed=seed)
     head = build_head(n_classes, head_width, dropout)
     model = assemble(spec, base, head)
     stored: dict[str, dict[int, Any]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,18 +141,35 @@ class _Objective:
 
         self.cfg, self.registry, self.dataset, self.on_event = cfg, registry, dataset, on_event
         self.cache = FeatureCache(cfg.out / "cache")
+        self._bases: dict[tuple, tuple[Any, list]] = {}
+
+    def base(self, spec: Any, weights: Any, seed: int) -> Any:
+        """This process's base for ``spec``: built once, reset to its pretrained weights before each use.
+
+        Building a base costs a second or more (ResNet50: several); a trial
+        only needs one with the pretrained weights, which a reset restores.
+        """
+        from autotl.model import build_base
+
+        key = (spec.name, weights.argument, weights.sha256, seed)
+        if key not in self._bases:
+            base = build_base(spec, weights, seed=seed)
+            self._bases[key] = (base, base.get_weights())
+        base, pristine = self._bases[key]
+        if base.trainable or any(layer.trainable for layer in base.layers):
+            base.trainable = False
+        base.set_weights(pristine)
+        return base
 
     def __call__(self, trial: Any) -> float:
         import keras
         import optuna
 
-        from autotl.model import build_base, save_layer_weights
+        from autotl.model import save_layer_weights
 
         if _budget_taken(trial.study, trial.number, self.cfg.trials):
             trial.set_user_attr("fail_reason", "surplus: other workers had already taken the whole trial budget")
             raise TrialFailed("surplus trial: the budget was already taken by other workers")
-        import socket
-
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = trial_params(trial, self.cfg.space)
         spec = self.registry.backbone(params.backbone)
@@ -169,11 +187,10 @@ class _Objective:
                 trial.set_user_attr("pruned_at", {"phase": phase, "step": step})
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
-        keras.backend.clear_session()
         keras.utils.set_random_seed(params.seed)
         start = time.perf_counter()
         try:
-            result = train_trial(spec, params, lambda: build_base(spec, weights, seed=params.seed), self.dataset, self.cache, weights, report,
+            result = train_trial(spec, params, lambda: self.base(spec, weights, params.seed), self.dataset, self.cache, weights, report,
                                  lambda msg: self.on_event({**event, "status": msg}), self.cfg.space.augmentation)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
@@ -244,7 +261,8 @@ def _prune_stored(cfg: SearchConfig) -> Callable[[Any, Any], None]:
     return callback
 
 
-def trial_model(out: Path, study: Any, number: int, registry: Registry, weights: WeightsSource) -> Path:
+def trial_model(out: Path, study: Any, number: int, registry: Registry, weights: WeightsSource,
+                make_base: Optional[Callable[[Any, Any, int], Any]] = None) -> Path:
     """The ``.keras`` file of trial ``number``, assembled from its stored layers if not yet there."""
     from autotl.model import restore_model
 
@@ -257,15 +275,17 @@ def trial_model(out: Path, study: Any, number: int, registry: Registry, weights:
     if not stored.is_file():
         raise UsageError(f"trial {number} has no stored model (only the --keep-models best trials keep theirs); pick another trial")
     spec = registry.backbone(trial.params["backbone"])
-    model = restore_model(spec, resolve_weights(spec, weights), len(study.user_attrs["class_names"]),
-                          trial.params["head_width"], trial.params["dropout"], stored, seed=study.user_attrs.get("space", {}).get("seed", 0))
+    resolved, seed = resolve_weights(spec, weights), study.user_attrs.get("space", {}).get("seed", 0)
+    model = restore_model(spec, resolved, len(study.user_attrs["class_names"]), trial.params["head_width"], trial.params["dropout"],
+                          stored, seed=seed, base=make_base(spec, resolved, seed) if make_base else None)
     tmp = folder / f".{MODEL_FILE}.tmp{os.getpid()}.keras"
     model.save(tmp)
     os.replace(tmp, path)
     return path
 
 
-def update_best_model(out: Path, study: Any, registry: Registry, weights: WeightsSource, storage_url: Optional[str] = None) -> Optional[Path]:
+def update_best_model(out: Path, study: Any, registry: Registry, weights: WeightsSource, storage_url: Optional[str] = None,
+                      make_base: Optional[Callable[[Any, Any, int], Any]] = None) -> Optional[Path]:
     """Make ``best_model.keras`` the study's best trial's model (a no-op when it already is)."""
     best = best_trial(study)
     if best is None:
@@ -273,7 +293,7 @@ def update_best_model(out: Path, study: Any, registry: Registry, weights: Weight
     marker = out / BEST_MARKER
     if (out / BEST_MODEL).is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial") == best.number:
         return out / BEST_MODEL
-    _atomic_copy(trial_model(out, study, best.number, registry, weights), out / BEST_MODEL)
+    _atomic_copy(trial_model(out, study, best.number, registry, weights, make_base), out / BEST_MODEL)
     marker.write_text(json.dumps({"trial": best.number, "value": best.value, "params": best.params}))
     _record(storage_url or f"sqlite:///{(out / STUDY_DB).resolve()}", study.study_name, best, out / BEST_MODEL, "best_model")
     return out / BEST_MODEL
@@ -335,7 +355,7 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
             else:  # the others' running trials may fill the budget; wait in case one of them dies
                 time.sleep(min(5.0, cfg.heartbeat))
     finally:
-        update_best_model(cfg.out, study, registry, cfg.weights, cfg.storage_url)
+        update_best_model(cfg.out, study, registry, cfg.weights, cfg.storage_url, objective.base)
     return study
 
 

@@ -23,12 +23,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from autotl.errors import TrialFailed
+from autotl.fitting import MIN_DELTA, Report, copy_head, train_head_through, trainer
 from autotl.space import LR_RATIO
 
 __all__ = ["TrialParams", "TrialResult", "train_trial"]
 
-Report = Callable[[int, float], None]
-MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
 
 
 @dataclass(frozen=True)
@@ -79,92 +78,6 @@ class TrialResult:
         return out
 
 
-class _Reporter:
-    """A Keras callback forwarding validation accuracy on one step axis across both phases."""
-
-    def __new__(cls, report: Optional[Report], offset: int) -> Any:
-        import keras
-
-        class Forward(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-                logs = logs or {}
-                if not all(math.isfinite(float(v)) for v in logs.values()):
-                    raise TrialFailed(f"training diverged at epoch {epoch + 1} (loss {logs.get('loss')}); lower the learning rate")
-                if report is not None:
-                    report(offset + epoch, float(logs["val_accuracy"]))
-
-        return Forward()
-
-
-def _fit(model: Any, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int, seed: int = 0, compile: bool = True) -> dict[str, list[float]]:
-    import keras
-    import tensorflow as tf
-
-    if compile:  # no XLA: on cached features a trial is seconds long and compiling would dominate it
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
-    # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True)
-    # tf.data once, rather than numpy arrays re-wrapped every epoch: per-epoch overhead is most of a cached trial.
-    train_ds = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train[1]), seed=seed, reshuffle_each_iteration=True).batch(batch_size).prefetch(2)
-    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(max(batch_size, 256)).cache()
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[stop, _Reporter(report, offset)])
-    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-
-
-_HEAD_MODELS: dict[tuple[int, int, int, int], Any] = {}
-
-
-def _head_model(in_dim: int, width: int, n_classes: int, batch_size: int) -> Any:
-    """One compiled phase-1 model per shape, reused by every trial of that shape in this process.
-
-    Tracing a new model's training and evaluation functions costs more than
-    training a head on cached features for a dozen epochs.  Trials of one
-    shape differ only in initial weights, dropout rate and learning rate, so
-    the rate is a variable here and the rest is reset per trial.  This model
-    only trains: its weights are copied into the trial's own head (built-in
-    Dropout and Dense layers), which is what the saved model holds.
-    """
-    import keras
-
-    key = (in_dim, width, n_classes, batch_size)
-    if key not in _HEAD_MODELS:
-
-        class RateDropout(keras.layers.Layer):
-            def build(self, input_shape: Any) -> None:
-                self.rate = self.add_weight(shape=(), initializer="zeros", trainable=False, name="rate")
-                self.seed = keras.random.SeedGenerator(0)
-
-            def call(self, x: Any, training: bool = False) -> Any:
-                if not training:
-                    return x
-                keep = keras.ops.cast(keras.random.uniform(keras.ops.shape(x), seed=self.seed) >= self.rate, x.dtype)
-                return x * keep / (1.0 - self.rate)
-
-        inp = keras.Input((in_dim,))
-        x = RateDropout(name="head_dropout")(inp)
-        x = keras.layers.Dense(width, activation="relu", name="head_dense")(x)
-        model = keras.Model(inp, keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x))
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
-        _HEAD_MODELS[key] = model
-    return _HEAD_MODELS[key]
-
-
-def _train_head(head: list[Any], params: TrialParams, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], report: Optional[Report]) -> dict[str, list[float]]:
-    """Phase 1: train ``head`` on cached features, through the shared compiled model of its shape."""
-    model = _head_model(train[0].shape[1], params.head_width, head[-1].units, params.batch_size)
-    for layer in head[1:]:  # the trial's own freshly initialised weights
-        layer.build((None, model.get_layer(layer.name).input.shape[-1]))
-        model.get_layer(layer.name).set_weights(layer.get_weights())
-    model.get_layer("head_dropout").rate.assign(params.dropout)
-    for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
-        var.assign(np.zeros(var.shape, dtype=var.dtype))
-    model.optimizer.learning_rate = params.phase1_lr
-    history = _fit(model, params.phase1_lr, train, val, params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed, compile=False)
-    for layer in head[1:]:
-        layer.set_weights(model.get_layer(layer.name).get_weights())
-    return history
-
-
 def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
     """The epoch early stopping restored: the first whose loss later epochs never beat by MIN_DELTA."""
     losses = history["val_loss"]
@@ -196,7 +109,7 @@ def train_trial(
 
     import keras
 
-    from autotl.model import apply_head, assemble, block_boundaries, build_head, freeze_below, submodel, top_layer_weights
+    from autotl.model import assemble, block_boundaries, build_head, freeze_below, submodel, top_layer_weights
     from autotl.preprocess import preprocessing_layer
 
     say = progress or (lambda _msg: None)
@@ -217,7 +130,12 @@ def train_trial(
     start = time.perf_counter()
     head = build_head(n_classes, params.head_width, params.dropout)
     say("phase 1: head")
-    h1 = _train_head(head, params, (np.asarray(feats.train), feats.train_labels), (np.asarray(feats.val), feats.val_labels), report)
+    dim = feats.train.shape[1]
+    model = trainer(("head", dim, params.head_width, n_classes), lambda: (lambda i: (i, i))(keras.Input((dim,))), params.head_width, n_classes)
+    h1 = train_head_through(model, head, params.dropout, params.phase1_lr, (np.asarray(feats.train), feats.train_labels),
+                            (np.asarray(feats.val), feats.val_labels), params.phase1_epochs, params.phase1_patience,
+                            params.batch_size, report, 0, params.seed)
+    copy_head(model, None, head)
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     history = {"phase1": h1, "phase2": {}}
@@ -247,33 +165,40 @@ def train_trial(
         if acts is not None:
             cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
         start = time.perf_counter()
-        snapshot = [layer.get_weights() for layer in head] + [base().get_weights()]
+        snapshot = base().get_weights()
         unfrozen = freeze_below(base(), cut)
         if acts is not None:
-            x_in = keras.Input(acts.train.shape[1:])
-            x = submodel(base(), cut, None)(x_in, training=False)
+            shape = acts.train.shape[1:]
+
+            def body() -> tuple[Any, Any]:
+                x_in = keras.Input(shape)
+                return x_in, keras.layers.GlobalAveragePooling2D()(submodel(base(), cut, None)(x_in, training=False))
+
             train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
         else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
-            x_in = keras.Input((*spec.input_size, 3))
-            pre = preprocessing_layer(spec.preprocessing)
-            x = base()(pre(x_in) if pre is not None else x_in, training=False)
+            shape = (*spec.input_size, 3)
+
+            def body() -> tuple[Any, Any]:
+                x_in = keras.Input(shape)
+                pre = preprocessing_layer(spec.preprocessing)
+                return x_in, keras.layers.GlobalAveragePooling2D()(base()(pre(x_in) if pre is not None else x_in, training=False))
+
             pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
             train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        ft_model = keras.Model(x_in, apply_head(head, x))
+        # the base object is one per backbone and process, so its id names the layers this model trains
+        model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes)
         say("phase 2: fine-tuning")
-        h2 = _fit(ft_model, params.finetune_lr, train_xy, val_xy, params.phase2_epochs, params.phase2_patience,
-                  params.batch_size, report, params.phase1_epochs, params.seed)
+        h2 = train_head_through(model, head, params.dropout, params.finetune_lr, train_xy, val_xy, params.phase2_epochs,
+                                params.phase2_patience, params.batch_size, report, params.phase1_epochs, params.seed)
         history["phase2"] = h2
         seconds["phase2"] = time.perf_counter() - start
         _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
         kept = loss2 < best_loss
         if kept:
             best_loss, best_acc = loss2, acc2
-        else:  # fine-tuning made things worse: go back to the phase-1 head and base
-            for layer, w in zip(head, snapshot[:-1]):
-                layer.set_weights(w)
-            base().set_weights(snapshot[-1])
+            copy_head(model, None, head)
+        else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
+            base().set_weights(snapshot)
         base().trainable = False
 
     def trained_weights() -> dict[str, list[np.ndarray]]:

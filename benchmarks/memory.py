@@ -69,11 +69,12 @@ def main() -> None:
     for n in (1, 10, 25, 50):
         if n <= len(samples):
             print(f"RSS after trial {n:3d}: {samples[n - 1][1]:7.0f} MB")
-    tail = [s for s in samples if s[0] >= 10]
-    if len(tail) > 2:
-        slope = np.polyfit([s[0] for s in tail], [s[1] for s in tail], 1)[0]
-        print(f"growth over trials 10..{tail[-1][0]}: {slope:+.2f} MB per trial "
-              f"(last/10th trial RSS ratio {tail[-1][1] / tail[0][1]:.3f})")
+    for first in (10, len(samples) // 2):
+        tail = [s for s in samples if s[0] >= first]
+        if len(tail) > 2:
+            slope = np.polyfit([s[0] for s in tail], [s[1] for s in tail], 1)[0]
+            print(f"growth over trials {first}..{tail[-1][0]}: {slope:+.2f} MB per trial "
+                  f"(RSS ratio last/trial {first}: {tail[-1][1] / tail[0][1]:.3f})")
 
 
 if __name__ == "__main__":

@@ -214,12 +214,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         err.print(f"stopped after the current trial; {resume}")
         return EXIT_INTERRUPTED
     console.print(leaderboard(study))
-    try:
-        from autotl.report import write_report
-
-        console.print(f"report: {write_report(out, args.storage, args.study_name)['html']}")
-    except Exception as exc:  # noqa: BLE001 -- the search's results are safe; say why the report is missing
-        err.print(f"[yellow]warning:[/] report not written ({exc}); run `autotl report {out}` to retry")
+    _write_report(out, args, console, err)
     if (out / BEST_MODEL).is_file():
         console.print(f"best model: {out / BEST_MODEL}  (classes in {out / 'classes.json'})")
     else:
@@ -227,10 +222,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_report(out: Path, args: argparse.Namespace, console: Any, err: Any) -> None:
+    """The report, written when a search ends; the search's results are safe whatever happens here."""
+    try:
+        from autotl.report import write_report
+
+        console.print(f"report: {write_report(out, args.storage, args.study_name)['html']}")
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[yellow]warning:[/] report not written ({exc}); run `autotl report {out}` to retry")
+
+
 def _search_keras_tuner(args: argparse.Namespace, space: Any, registry: Any, weights: Any, dataset: Any, out: Path) -> int:
     """``autotl search --engine keras-tuner``: the same space and trainer, keras-tuner's tuners; resumable in RUN_DIR/keras_tuner."""
-    if args.storage or args.timeout is not None or args.workers > 1 or args.gpus:
-        raise UsageError("--storage, --timeout, --workers and --gpus are the Optuna engine's; with --engine keras-tuner the search runs in one process and lives in RUN_DIR/keras_tuner")
+    if args.timeout is not None or args.workers > 1 or args.gpus:
+        raise UsageError("--timeout, --workers and --gpus are the Optuna engine's; with --engine keras-tuner the search runs in one process and lives in RUN_DIR/keras_tuner")
     from autotl.keras_tuner import BEST_MODEL, KERAS_TUNER_DIR, leaderboard, run_keras_tuner_search
 
     folder = out / KERAS_TUNER_DIR
@@ -238,11 +243,13 @@ def _search_keras_tuner(args: argparse.Namespace, space: Any, registry: Any, wei
     console.print(f"autotl: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train)} train / {len(dataset.val)} val images ({dataset.split}); "
                   f"backbones {', '.join(space.backbones)}; keras-tuner {args.tuner} in {folder}")
     try:
-        records = run_keras_tuner_search(space, dataset, registry, weights, out, args.trials or space.trials, args.tuner, verbose=1)
+        records = run_keras_tuner_search(space, dataset, registry, weights, out, args.trials or space.trials, args.tuner, verbose=1,
+                                         storage_url=args.storage, study_name=args.study_name)
     except KeyboardInterrupt:
         err.print(f"interrupted: finished trials are saved in {folder}; rerun the same command to resume")
         return EXIT_INTERRUPTED
     console.print(leaderboard(records, title=f"leaderboard: keras-tuner {args.tuner}"))
+    _write_report(out, args, console, err)
     if (folder / BEST_MODEL).is_file():
         console.print(f"best model: {folder / BEST_MODEL}  (classes in {folder / 'classes.json'}; autotl predict {folder} IMAGE)")
     else:

@@ -18,12 +18,17 @@ fine-tuning rate stays at least 10 times below phase 1's::
 
 :func:`run_keras_tuner_search` runs a search space through keras-tuner the way
 ``autotl search`` runs it through Optuna, resumable, and returns leaderboard
-rows shaped like the Optuna study's.  Importing this module imports
-keras-tuner, and with it TensorFlow: import it where it is used.
+rows shaped like the Optuna study's.  It also records every finished trial
+in the run folder's Optuna storage, as the study ``<study_name>-keras-tuner``
+beside the Optuna engine's ``<study_name>``, with the same parameters,
+distributions and trial attributes, so ``autotl report`` compares the two
+engines in one report.  Importing this module imports keras-tuner, and with
+it TensorFlow: import it where it is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,12 +41,14 @@ from typing import Any, Optional, Sequence
 import keras_tuner
 
 from autotl.errors import AutotlError, TrialFailed, UsageError
+from autotl.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
 from autotl.registry import Registry
+from autotl.rundir import KERAS_TUNER_SUFFIX, STUDY_DB
 from autotl.space import SearchSpace
 from autotl.train import TrialParams, TrialResult, train_trial
 from autotl.weights import WeightsSource, resolve_weights
 
-__all__ = ["TransferHyperModel", "run_keras_tuner_search", "leaderboard", "TUNERS", "OBJECTIVE", "KERAS_TUNER_DIR"]
+__all__ = ["TransferHyperModel", "run_keras_tuner_search", "leaderboard", "TUNERS", "OBJECTIVE", "KERAS_TUNER_DIR", "TRIAL_ID_ATTR"]
 
 #: What the hypermodel's ``fit`` returns and a tuner should maximise.
 OBJECTIVE = "val_accuracy"
@@ -388,6 +395,18 @@ def _save_best(tuner: Any, folder: Path, records: list[dict[str, Any]], class_na
     return path
 
 
+def _search_error(exc: BaseException, folder: Path) -> BaseException:
+    """keras-tuner's way of stopping a search, as the one-line error autotl raises for it (or ``exc`` itself)."""
+    if isinstance(exc, keras_tuner.errors.FatalError):
+        if isinstance(exc.__cause__, AutotlError):
+            return exc.__cause__
+        return UsageError(f"keras-tuner stopped the search: {exc}")
+    if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):
+        last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
+        return UsageError(f"keras-tuner stopped the search after {str(exc).splitlines()[0].lower()} (last: {last}); see the trials in {folder}")
+    return exc
+
+
 def run_keras_tuner_search(
     space: SearchSpace,
     dataset: Any,
@@ -400,6 +419,8 @@ def run_keras_tuner_search(
     max_epochs: int = 9,
     factor: int = 3,
     verbose: int = 0,
+    storage_url: Optional[str] = None,
+    study_name: str = "autotl",
 ) -> list[dict[str, Any]]:
     """Run (or resume) ``space`` through a keras-tuner tuner until it holds ``trials`` trials.
 
@@ -421,6 +442,13 @@ def run_keras_tuner_search(
     ``hyperband`` (keras-tuner's ``tuner/*`` values), ``trial_params`` (every
     ``autotl.train.TrialParams`` field the trial ran with), ``budget`` and,
     for a failed trial, ``message``.
+
+    Every finished trial is also added, once, to the study
+    ``<study_name>-keras-tuner`` in ``storage_url`` (default: the run folder's
+    ``study.db``, where ``autotl search`` keeps its Optuna study ``<study_name>``):
+    the space's Optuna distributions, the value ``val_accuracy``, and the
+    trainer's attributes under the keys the Optuna engine's trials use, plus
+    ``keras_tuner_trial_id``.  A resumed search adds only the trials not yet there.
     """
     if tuner not in TUNERS:
         raise UsageError(f"unknown keras-tuner tuner {tuner!r}; use one of: {', '.join(TUNERS)}")
@@ -430,21 +458,24 @@ def run_keras_tuner_search(
     folder = out / KERAS_TUNER_DIR
     hypermodel = TransferHyperModel(space, dataset, registry, weights, out / "cache", max_epochs=max_epochs if tuner == "hyperband" else None)
     _check_folder(folder, hypermodel.space, dataset, tuner)
+    copy = KerasTunerStudy(storage_url or f"sqlite:///{(out / STUDY_DB).resolve()}", study_name + KERAS_TUNER_SUFFIX,
+                           hypermodel.space, dataset, tuner, f"{KERAS_TUNER_DIR}/{BEST_MODEL}")
+    kt = None
     try:
         kt = _make_tuner(tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor)
         kt.search(verbose=verbose)
-    except keras_tuner.errors.FatalError as exc:
-        if isinstance(exc.__cause__, AutotlError):
-            raise exc.__cause__ from None
-        raise UsageError(f"keras-tuner stopped the search: {exc}") from None
-    except RuntimeError as exc:
-        if "consecutive failures" not in str(exc):
+    except BaseException as exc:
+        if kt is not None:  # keep the trials that finished; the search's own error is the one to tell
+            with contextlib.suppress(Exception):
+                copy.add(_records(kt))
+        error = _search_error(exc, folder)
+        if error is exc:
             raise
-        last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
-        raise UsageError(f"keras-tuner stopped the search after {str(exc).splitlines()[0].lower()} (last: {last}); "
-                         f"see the trials in {folder}") from None
+        raise error from None
     records = _records(kt)
-    _save_best(kt, folder, records, dataset.class_names)
+    copy.add(records)
+    best = _save_best(kt, folder, records, dataset.class_names)
+    copy.record_best(best, folder / BEST_MARKER)
     return records
 
 

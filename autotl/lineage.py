@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -29,16 +28,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import UsageError
+from autotl.rundir import STUDY_DB
+from autotl.weights import sha256_file
 
 __all__ = [
     "ARTIFACTS_TABLE", "LINEAGE_TABLE", "KINDS", "record_model", "find_model", "list_models",
-    "default_storage_for", "cmd_lineage", "add_lineage_parser", "library_versions",
+    "default_storage_for", "cmd_lineage", "add_lineage_parser", "library_versions", "safe_url",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
 KINDS = ("trial_weights", "trial_model", "best_model", "export")
-STUDY_DB = "study.db"
 LIBRARIES = ("tensorflow", "keras", "optuna", "numpy", "pluggy", "scikit-learn", "sqlalchemy", "pillow")
 
 _lock = threading.Lock()
@@ -97,13 +97,13 @@ def _engine(storage_url: str) -> Any:
             try:
                 _engines[storage_url] = create_engine(storage_url, **kwargs)
             except ModuleNotFoundError as exc:
-                raise UsageError(f"storage {_safe_url(storage_url)} needs the Python package {exc.name!r}; install it") from None
+                raise UsageError(f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it") from None
             except Exception as exc:
-                raise UsageError(f"cannot open storage {_safe_url(storage_url)!r} ({_first_line(exc)})") from None
+                raise UsageError(f"cannot open storage {safe_url(storage_url)!r} ({_first_line(exc)})") from None
         return _engines[storage_url]
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL with any password masked, for messages and reports."""
     try:
         from sqlalchemy.engine import make_url
@@ -155,14 +155,6 @@ def _has_tables(engine: Any) -> bool:
     return insp.has_table(ARTIFACTS_TABLE) and insp.has_table(LINEAGE_TABLE)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     """Versions of autotl's main libraries (and Python) in this process's environment."""
     from importlib.metadata import PackageNotFoundError, version
@@ -211,7 +203,7 @@ def record_model(
     path = Path(model_path).resolve()
     if not path.is_file():
         raise UsageError(f"cannot record lineage of {path}: no such file")
-    sha = _sha256(path)
+    sha = sha256_file(path)
     engine = _ensure_tables(storage_url)
     md = _tables()
     art, lin = md.tables[ARTIFACTS_TABLE], md.tables[LINEAGE_TABLE]
@@ -294,7 +286,7 @@ def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"cannot read lineage from {_safe_url(storage_url)} ({_first_line(exc)})") from None
+        raise UsageError(f"cannot read lineage from {safe_url(storage_url)} ({_first_line(exc)})") from None
 
 
 def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
@@ -306,7 +298,7 @@ def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict
     path = Path(model_path)
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
-    sha = _sha256(path)
+    sha = sha256_file(path)
     rows = _query(storage_url, lambda art: art.c.sha256 == sha)
     if not rows:
         return None
@@ -366,7 +358,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     storage = args.storage or default_storage_for(path)
     record = find_model(storage, path)
     if record is None:
-        raise UsageError(f"no lineage recorded for {path} (sha256 {_sha256(path)[:12]}) in {_safe_url(storage)}; was it made by another study?")
+        raise UsageError(f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; was it made by another study?")
     if getattr(args, "json", False):
         print(json.dumps(record, indent=2, sort_keys=True))
     else:

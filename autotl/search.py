@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from autotl.errors import TrialFailed, UsageError
 from autotl.registry import Registry
+from autotl.rundir import STUDY_DB
 from autotl.space import SearchSpace
 from autotl.train import TrialParams, train_trial
 from autotl.weights import WeightsSource, resolve_weights
@@ -31,7 +32,6 @@ BEST_MARKER = "best_model.json"
 WEIGHTS_FILE = "trained_layers.npz"
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
-STUDY_DB = "study.db"
 Event = Callable[[dict[str, Any]], None]
 
 

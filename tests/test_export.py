@@ -325,11 +325,11 @@ def test_export_compared_with_another_trials_model_fails(exported, run_dir: Path
 def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path, tmp_path: Path, monkeypatch, exported, registry) -> None:
     import keras
 
-    import autotl.export as ex
+    from autotl.export import _tflite
 
     other = keras.saving.load_model(other_trial_model(run_dir, exported.trial, registry), safe_mode=True)
-    real = ex._tflite
-    monkeypatch.setattr(ex, "_tflite", lambda model, size, representative=None: real(other, size, representative))
+    real = _tflite.convert
+    monkeypatch.setattr(_tflite, "convert", lambda model, size, representative=None: real(other, size, representative))
     out = tmp_path / "out"
     with pytest.raises(ExportParityError) as exc:
         export(run_dir, out, formats="tflite")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -148,7 +149,56 @@ def test_run_keras_tuner_search_resumes_and_runs_only_the_missing_trial(registry
     with pytest.raises(UsageError, match="unknown keras-tuner tuner 'grid'"):
         run_keras_tuner_search(space, tiny_dataset, registry, NONE, out, trials=2, tuner="grid")
 
+    # only the keras-tuner engine searched this run: `autotl report` reports on its study
+    from autotl.report import write_report
 
+    rec = json.loads(write_report(out)["json"].read_text())
+    assert rec["summary"]["study_name"] == "autotl-keras-tuner" and rec["engine"] == "keras-tuner" and rec["engines"] is None
+    assert rec["summary"]["best"]["val_accuracy"] == best["val_accuracy"] and len(rec["leaderboard"]) == 2
+    assert rec["evaluation"]["model"].endswith("keras_tuner/best_model.keras") and rec["evaluation"]["model_trial"] == rec["summary"]["best"]["number"]
+    assert abs(rec["evaluation"]["accuracy"] - best["val_accuracy"]) <= 1e-6
+
+
+def test_engines_compared_in_one_report(registry, tiny_dataset, space: SearchSpace, tmp_path: Path) -> None:
+    """keras-tuner and Optuna search the same space in one run folder; the report compares them."""
+    import optuna
+
+    from autotl.report import write_report
+    from autotl.search import SearchConfig, run_search
+
+    out = tmp_path / "run"
+    rows = run_keras_tuner_search(space, tiny_dataset, registry, NONE, out, trials=2, tuner="random")
+    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=NONE, data_summary=tiny_dataset.summary()), registry, tiny_dataset)
+    storage = f"sqlite:///{out / 'study.db'}"
+    copy = optuna.load_study(study_name="autotl-keras-tuner", storage=storage)
+    assert [t.user_attrs["keras_tuner_trial_id"] for t in copy.trials] == [r["trial_id"] for r in rows]
+    for t, r in zip(copy.trials, rows):
+        assert (t.state.name, t.value, t.params) == ("COMPLETE", r["val_accuracy"], r["params"])
+        # the attributes an Optuna trial of autotl carries, and the Optuna engine's distributions for the same space
+        assert set(study.trials[0].user_attrs) - {"worker", "weights_path"} <= set(t.user_attrs)
+        assert t.distributions == study.trials[0].distributions
+        assert t.user_attrs["history"] == r["user_attrs"]["history"] and t.user_attrs["gate"] == r["user_attrs"]["gate"]
+    assert copy.trials[0].distributions["finetune_lr"].log and type(copy.trials[0].distributions["backbone"]).__name__ == "CategoricalDistribution"
+
+    rec = json.loads(write_report(out)["json"].read_text())
+    assert rec["summary"]["study_name"] == "autotl"
+    engines = {s["engine"]: s for s in rec["engines"]["studies"]}
+    assert [s["study_name"] for s in rec["engines"]["studies"]] == ["autotl", "autotl-keras-tuner"]
+    values = {"optuna": [t.value for t in study.trials], "keras-tuner": [r["val_accuracy"] for r in rows]}
+    for engine, s in engines.items():
+        assert (s["trials"], s["complete"], s["failed"]) == (2, 2, 0), engine
+        assert s["best"]["val_accuracy"] == max(values[engine]), engine
+        lo, hi = s["best"]["ci95"]
+        assert lo <= s["best"]["val_accuracy"] <= hi and s["val_images"] == len(tiny_dataset.val)
+        assert s["mean_val_accuracy"] == pytest.approx(sum(values[engine]) / 2) and s["median_val_accuracy"] == pytest.approx(sum(values[engine]) / 2)
+        assert s["seconds_in_trials"] > 0 and len(s["history"]) == 2
+    assert engines["optuna"]["reported"] and not engines["keras-tuner"]["reported"]
+    assert "engines.png" in rec["figures"] and (out / rec["figures"]["engines.png"]).is_file()
+    assert "## 7. Engines compared" in (out / "report.md").read_text() and 'id="engines"' in (out / "report.html").read_text()
+
+    # the same search again resumes: no trial runs, and none is added twice to the Optuna copy
+    assert run_keras_tuner_search(space, tiny_dataset, registry, NONE, out, trials=2, tuner="random") == rows
+    assert len(optuna.load_study(study_name="autotl-keras-tuner", storage=storage).trials) == 2
 
 
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(registry, tiny_dataset, space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,3 +214,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(registry, tiny_datase
     assert [r["state"] for r in rows] == ["FAIL", "FAIL"]
     assert all("non-finite features" in r["message"] and r["val_accuracy"] is None for r in rows), rows[0]["message"]
     assert not (tmp_path / "run" / KERAS_TUNER_DIR / "best_model.keras").exists()
+    import optuna
+
+    copy = optuna.load_study(study_name="autotl-keras-tuner", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert [t.state.name for t in copy.trials] == ["FAIL", "FAIL"] and "non-finite features" in copy.trials[0].user_attrs["fail_reason"]

@@ -68,13 +68,13 @@ def report(searched):
 
 
 def test_wilson_interval() -> None:
-    from autotl.report import wilson_interval
+    from autotl.report import wilson_interval  # autotl.stats.wilson_interval(successes, n), as the model card uses it
 
-    lo, hi = wilson_interval(0.5, 10)
+    lo, hi = wilson_interval(0.5 * 10, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
-    lo, hi = wilson_interval(1.0, 12)
+    lo, hi = wilson_interval(1.0 * 12, 12)
     assert round(lo, 4) == 0.7575 and hi == 1.0
-    assert wilson_interval(0.0, 5)[0] == 0.0 and wilson_interval(0.7, 0) is None
+    assert wilson_interval(0.0, 5)[0] == 0.0 and wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_three_files_and_the_record_matches_the_study(report, searched) -> None:

@@ -1,0 +1,130 @@
+"""What every part of the export shares: file names, tolerances, the result and error types, image helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autotl.errors import AutotlError, UsageError
+
+
+FORMATS = ("keras", "savedmodel", "tflite")
+QUANTIZATIONS = ("int8",)
+FLOAT_TOLERANCE = 1e-4  # max |probability difference| allowed for float formats
+INT8_MIN_AGREEMENT = 0.98  # min share of images on which the int8 model's top-1 class is the Keras model's
+REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8 model
+PARITY_IMAGES = 256  # at most this many validation images are compared (evenly spaced)
+REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL = 1e-4, 1e-3  # the model's val loss vs the search's record (float32 noise is ~1e-7)
+
+KERAS_FILE = "model.keras"
+SAVEDMODEL_DIR = "savedmodel"
+TFLITE_FILE = "model.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
+LABELS_FILE = "labels.txt"
+CARD_FILE = "MODEL_CARD.md"
+PARITY_FILE = "parity.json"
+OWNED = (KERAS_FILE, SAVEDMODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE, LABELS_FILE, CARD_FILE, PARITY_FILE)
+
+Predict = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+class ExportParityError(AutotlError):
+    """An exported format does not predict what the Keras model predicts; the message names it and the numbers."""
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    trial: int
+    class_names: list[str]
+    files: dict[str, Path]  # "keras", "savedmodel", "tflite", "tflite_int8", "labels", "model_card", "parity"
+    parity: dict[str, Any]
+    input_size: tuple[int, int]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", module="keras")
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _resize(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """float32 ``(n, h, w, 3)``: each image resized as ``keras.layers.Resizing(h, w)`` does (and ``ImageSet.batches``)."""
+    import keras
+
+    out = []
+    for im in images:
+        x = keras.ops.image.resize(np.asarray(im, dtype=np.float32)[None], size, interpolation="bilinear", data_format="channels_last")
+        out.append(keras.ops.convert_to_numpy(x))
+    return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, *size, 3), np.float32)
+
+
+def _by_shape(images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], n_out: int) -> np.ndarray:
+    """``run`` on batches of equal-size images (the model's Resizing needs one size per batch), in input order."""
+    out = np.zeros((len(images), n_out), dtype=np.float32)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(np.shape(im)), []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), 32):
+            chunk = idx[start : start + 32]
+            out[chunk] = run(np.stack([np.asarray(images[i]) for i in chunk]))
+    return out
+
+
+def _input_size(model: Any) -> tuple[int, int]:
+    """The backbone's input size, read from the model's ``resize`` layer."""
+    try:
+        cfg = model.get_layer("resize").get_config()
+        return int(cfg["height"]), int(cfg["width"])
+    except Exception:
+        raise UsageError(f"model {getattr(model, 'name', '?')} has no 'resize' layer; only models built by autotl (autotl.model.assemble) can be exported") from None
+
+
+def _read_labels(path: Path) -> list[str]:
+    names = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    return [n for n in names if n]
+
+
+def _tf_variables(model: Any) -> list[Any]:
+    """The model's ``tf.Variable`` objects, for a ``tf.Module`` to track explicitly (as ``keras.export.ExportArchive`` does).
+
+    A Keras 3 model held as a module attribute is not enough for the TFLite
+    converter: it then keeps the weights as uninitialised resource variables
+    (VAR_HANDLE/READ_VARIABLE ops) and the .tflite file outputs NaN.
+    """
+    return [getattr(v, "value", v) for v in model.variables]
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Any:
+    """Close file descriptor 2 for a block (TensorFlow's C++ logging ignores Python); errors still raise."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

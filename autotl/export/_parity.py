@@ -1,0 +1,146 @@
+"""Parity: every exported file loaded back and run next to the Keras model, and the Keras model against the search's score."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from autotl.export._common import (
+    FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, KERAS_FILE, REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, SAVEDMODEL_DIR, TFLITE_FILE,
+    TFLITE_INT8_FILE, ExportParityError, _first_line,
+)
+from autotl.export._predictor import keras_predictor
+from autotl.export._savedmodel import savedmodel_predictor
+from autotl.export._tflite import tflite_predictor
+
+if TYPE_CHECKING:
+    from autotl.export._run import _Run
+
+
+def check_parity(fmt: str, reference: np.ndarray, candidate: np.ndarray, quantized: bool = False,
+                 labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Compare one format's probabilities with the Keras model's; raise ExportParityError outside the tolerance.
+
+    Float formats must agree within ``FLOAT_TOLERANCE`` in every probability; a
+    quantized format must give the same top-1 class on ``INT8_MIN_AGREEMENT`` of
+    the images (its max difference is reported, not bounded).  NaN never passes.
+    """
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    n = len(reference)
+    if candidate.shape != reference.shape or n == 0:
+        raise ExportParityError(f"{fmt} parity failed: output shape {candidate.shape} vs the Keras model's {reference.shape}")
+    finite = bool(np.isfinite(candidate).all())
+    diff = float(np.abs(candidate - reference).max()) if finite else float("nan")
+    agree = int((candidate.argmax(1) == reference.argmax(1)).sum()) if finite else 0
+    record: dict[str, Any] = {"images": n, "top1_agreement": agree / n, "top1_agreeing": agree, "max_abs_diff": diff if finite else None,
+                              "quantized": quantized}
+    if labels is not None and finite:
+        record["accuracy"] = float((candidate.argmax(1) == np.asarray(labels)).mean())
+    if quantized:
+        record["tolerance"] = {"min_top1_agreement": INT8_MIN_AGREEMENT}
+        ok = finite and agree / n >= INT8_MIN_AGREEMENT
+        need = f"needs top-1 agreement >= {INT8_MIN_AGREEMENT:.0%}"
+    else:
+        record["tolerance"] = {"max_abs_diff": FLOAT_TOLERANCE}
+        ok = finite and diff <= FLOAT_TOLERANCE
+        need = f"needs max |dp| <= {FLOAT_TOLERANCE:.0e}"
+    record["passed"] = bool(ok)
+    if not ok:
+        shown = f"{diff:.2e}" if finite else "NaN/inf in the output"
+        raise _Failed(record, f"{fmt} parity failed on {n} validation images: top-1 agreement {agree}/{n} ({agree / n:.1%}), "
+                              f"max |dp| {shown} ({need})")
+    return record
+
+
+class _Failed(ExportParityError):
+    def __init__(self, record: dict[str, Any], message: str) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[np.ndarray],
+                  labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Load every exported file in ``out_dir`` back from disk and compare it with ``reference`` (a Keras model) on ``images``.
+
+    Returns the parity record (what ``parity.json`` holds).  The first format
+    outside its tolerance raises ExportParityError; the record so far, with the
+    failure, is on the exception as ``.parity``.
+    """
+    import keras
+
+    out = Path(out_dir)
+    ref = keras_predictor(reference)(images)
+    record: dict[str, Any] = {"images": len(images), "tolerances": {"float_max_abs_diff": FLOAT_TOLERANCE, "int8_min_top1_agreement": INT8_MIN_AGREEMENT},
+                              "formats": {}, "passed": False}
+    if labels is not None:
+        record["reference_accuracy"] = float((ref.argmax(1) == np.asarray(labels)).mean())
+
+    def check(fmt: str, run: Callable[[], tuple[np.ndarray, dict[str, Any]]], quantized: bool = False) -> None:
+        try:
+            got, extra = run()
+        except Exception as exc:  # a format that cannot even load or run is a parity failure too
+            record["formats"][fmt] = {"passed": False, "error": _first_line(exc)}
+            raise _parity_error(f"{fmt} parity failed: running it raised {type(exc).__name__}: {_first_line(exc)}", record) from None
+        try:
+            record["formats"][fmt] = {**check_parity(fmt, ref, got, quantized, labels), **extra}
+        except _Failed as exc:
+            record["formats"][fmt] = {**exc.record, **extra}
+            raise _parity_error(str(exc), record) from None
+
+    def tflite(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        predict, info = tflite_predictor(path)
+        return predict(images), info
+
+    if (out / KERAS_FILE).is_file():
+        check("keras", lambda: (keras_predictor(keras.saving.load_model(out / KERAS_FILE, safe_mode=True))(images), {}))
+    if (out / SAVEDMODEL_DIR).is_dir():
+        loaded: list[Any] = []
+
+        def signatures() -> list[Any]:  # loaded once, inside the first check (a load error is a parity failure)
+            if not loaded:
+                loaded.extend(savedmodel_predictor(out / SAVEDMODEL_DIR))
+            return loaded
+
+        check("savedmodel:serving_default", lambda: (signatures()[0](images), {}))
+        check("savedmodel:serving_bytes", lambda: (signatures()[1](images), {}))
+    for fmt, name, quantized in (("tflite", TFLITE_FILE, False), ("tflite_int8", TFLITE_INT8_FILE, True)):
+        if (out / name).is_file():
+            check(fmt, lambda path=out / name: tflite(path), quantized)
+    record["passed"] = True
+    return record
+
+
+def _parity_error(message: str, record: dict[str, Any]) -> ExportParityError:
+    err = ExportParityError(message)
+    err.parity = record  # type: ignore[attr-defined]
+    return err
+
+
+def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool) -> dict[str, Any]:
+    """The model's accuracy and loss on the whole validation split must be the ones the search recorded for the trial.
+
+    Parity only shows the formats agree with the Keras model; this shows the Keras
+    model is the one the search scored (a model assembled from stored layers on
+    the wrong backbone weights would pass parity and still be wrong).
+    """
+    recorded_acc, recorded_loss = float(run.trial.value), run.trial.user_attrs.get("val_loss")
+    if not same_data:
+        return {"skipped": "the data re-read now is not the search's validation split (fingerprint differs)"}
+    probs = np.concatenate([np.asarray(model.predict_on_batch(b), dtype=np.float64) for b in dataset.val.batches(size, 32)])
+    y = np.asarray(dataset.val.labels)
+    n = len(y)
+    acc = float((probs.argmax(1) == y).mean())
+    loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
+    record = {"images": n, "accuracy": acc, "recorded_accuracy": recorded_acc, "val_loss": loss, "recorded_val_loss": recorded_loss}
+    off_by = abs(round(acc * n) - round(recorded_acc * n))
+    loss_ok = recorded_loss is None or abs(loss - float(recorded_loss)) <= REPRODUCE_LOSS_ATOL + REPRODUCE_LOSS_RTOL * abs(float(recorded_loss))
+    record["passed"] = bool(off_by <= 1 and loss_ok)  # one borderline image may flip between the cached-feature and full paths
+    if not record["passed"]:
+        raise _parity_error(
+            f"trial {run.trial.number}'s model ({run.model_file.name}) scores accuracy {acc:.4f}, loss {loss:.4f} on the {n} validation images, "
+            f"but the search recorded {recorded_acc:.4f}, {float(recorded_loss or float('nan')):.4f}: it is not the model the search scored "
+            "(other backbone weights or plugin version?); nothing was exported", {"search_score": record, "passed": False})
+    return record

@@ -1,0 +1,83 @@
+"""TFLite: the float and the full-integer (uint8 in and out) conversions, and the interpreter as a predictor."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from autotl.export._common import Predict, _quiet, _resize, _stderr_silenced, _tf_variables
+
+
+def _interpreter(model_path: Path) -> Any:
+    _quiet()
+    try:  # LiteRT, the successor of tf.lite.Interpreter, when installed
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with _stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_path=str(model_path))
+        interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_predictor(path: Path) -> tuple[Predict, dict[str, Any]]:
+    """Images -> probabilities through a ``.tflite`` file: resize, quantize if it takes integers, invoke, dequantize."""
+    it = _interpreter(path)
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    _, h, w, _ = (int(v) for v in inp["shape"])
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = outp["quantization"]
+    info = {"input_dtype": np.dtype(inp["dtype"]).name, "input_shape": [1, h, w, 3], "input_quantization": [float(in_scale), int(in_zero)],
+            "output_dtype": np.dtype(outp["dtype"]).name, "output_quantization": [float(out_scale), int(out_zero)]}
+
+    def predict(images: Sequence[np.ndarray]) -> np.ndarray:
+        out = []
+        for x in _resize(images, (h, w)):
+            if np.issubdtype(inp["dtype"], np.integer):
+                lo, hi = np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max
+                x = np.clip(np.round(x / (in_scale or 1.0) + in_zero), lo, hi)
+            it.set_tensor(inp["index"], x[None].astype(inp["dtype"]))
+            it.invoke()
+            y = it.get_tensor(outp["index"])[0]
+            out.append((y.astype(np.float32) - out_zero) * out_scale if np.issubdtype(outp["dtype"], np.integer) else y.astype(np.float32))
+        return np.stack(out) if out else np.zeros((0, int(outp["shape"][-1])), np.float32)
+
+    return predict, info
+
+
+def convert(model: Any, size: tuple[int, int], representative: Optional[np.ndarray] = None) -> bytes:
+    """Float TFLite (or full-integer with uint8 in/out when ``representative`` images are given), input ``[1, h, w, 3]``."""
+    import tensorflow as tf
+
+    h, w = size
+
+    class Fixed(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="autotl_tflite")
+            self.model = model
+            self.model_variables = _tf_variables(model)
+
+        @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name="image")])
+        def serve(self, image: Any) -> Any:
+            return self.model(image, training=False)
+
+    module = Fixed()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    if representative is not None:
+        def calibration() -> Any:
+            for x in representative:
+                yield [x[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    with warnings.catch_warnings(), _stderr_silenced():  # the converter's C++ notes ("fully_quantize: 0, ...")
+        warnings.simplefilter("ignore")
+        return converter.convert()

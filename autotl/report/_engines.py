@@ -1,0 +1,63 @@
+"""Engines compared: the run's studies, one per search engine, side by side.
+
+``autotl search`` (Optuna) keeps its trials in the study ``autotl``;
+``autotl search --engine keras-tuner`` records its trials in the same storage
+as the study ``autotl-keras-tuner`` (:mod:`autotl.keras_tuner`).  When a run
+folder has both, the report compares them on the same data and space.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Optional
+
+from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
+from autotl.rundir import engine_studies
+from autotl.stats import wilson_interval
+
+NOTE = ("Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
+        "only the choice of the trials differs. Times are the trials' own training times.")
+
+
+def _engine_summary(study: Any, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool) -> dict[str, Any]:
+    values = [r["val_accuracy"] for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
+    best = best_row(rows)
+    states = state_counts(rows)
+    ci = wilson_interval(best["val_accuracy"] * n_val, n_val) if best and n_val else None
+    return {
+        "study_name": study.study_name,
+        "engine": engine,
+        "tuner": study.user_attrs.get("tuner") or ("TPE" if engine == "optuna" else None),
+        "reported": reported,  # the study the rest of the report is about
+        "trials": len(rows),
+        "complete": states.get("complete", 0),
+        "failed": states.get("failed", 0),
+        "states": states,
+        "best": {"number": best["number"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+                 "ci95": list(ci) if ci else None, "params": dict(best["params"])} if best else None,
+        "mean_val_accuracy": statistics.fmean(values) if values else None,
+        "median_val_accuracy": statistics.median(values) if values else None,
+        "seconds_in_trials": sum(r["seconds"] or 0.0 for r in rows),
+        "val_images": n_val,
+        "history": history(rows),
+    }
+
+
+def engines_compared(storage_url: str, study: Any, rows: list[dict[str, Any]], n_val: Optional[int]) -> Optional[dict[str, Any]]:
+    """Per engine's study of this run: trials complete and failed, best (with its Wilson interval), mean, median, time,
+    history; ``None`` when the storage holds only one engine's study."""
+    from autotl.search import open_study
+
+    studies = engine_studies(storage_url, study.study_name)
+    if len(studies) < 2:
+        return None
+    out = []
+    for name, engine in studies:
+        if name == study.study_name:
+            other, other_rows = study, rows
+        else:
+            other = open_study(storage_url, name, create=False)
+            _, other_rows = trial_rows(other, dict(other.user_attrs.get("space") or {}))
+        n = val_images(dict(other.user_attrs.get("data") or {})) or n_val
+        out.append(_engine_summary(other, engine, other_rows, n, name == study.study_name))
+    return {"studies": out, "note": NOTE}

@@ -1,0 +1,125 @@
+"""Section 5 of the report: the best model scored again on the search's validation split."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Optional
+
+from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB, _first_line
+from autotl.rundir import reload_dataset, split_settings
+from autotl.stats import wilson_interval
+
+
+def _thumbnail(pixels: Any) -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(pixels)
+    im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+    if max(im.size) < THUMB:  # tiny images (8x8 digits): blow up without blurring
+        k = max(1, THUMB // max(im.size))
+        im = im.resize((im.width * k, im.height * k), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _model_trial(run_dir: Path, study: Any, model_file: Path, storage_url: str) -> Optional[int]:
+    """Which trial's model the best-model file is: by its marker, by lineage record, else by equal bytes in trials/."""
+    import json
+
+    from autotl.search import BEST_MARKER
+
+    marker = model_file.parent / BEST_MARKER
+    if model_file.name == "best_model.keras" and marker.is_file():
+        chosen = json.loads(marker.read_text())
+        if "trial" in chosen:
+            return int(chosen["trial"])
+        from autotl.keras_tuner_study import TRIAL_ID_ATTR
+
+        # the keras-tuner engine's marker names keras-tuner's trial id; its study copy keeps that id
+        for t in study.get_trials(deepcopy=False):
+            if chosen.get("trial_id") is not None and t.user_attrs.get(TRIAL_ID_ATTR) == chosen["trial_id"]:
+                return t.number
+    try:
+        from autotl.lineage import find_model
+
+        found = find_model(storage_url, model_file)
+        if found and found.get("trial_number") is not None:
+            return int(found["trial_number"])
+    except Exception:
+        pass
+    try:
+        from autotl.weights import sha256_file
+
+        want = sha256_file(model_file)
+        for f in sorted((run_dir / "trials").glob("*/model.keras")):
+            if sha256_file(f) == want:
+                return int(f.parent.name)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _evaluate(run_dir: Path, study: Any, summary: dict[str, Any], space: dict[str, Any], storage_url: str, data: dict[str, Any],
+              images: dict[str, bytes]) -> dict[str, Any]:
+    """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model file."""
+    import numpy as np
+
+    from autotl.search import BEST_MODEL
+
+    best_model = str(study.user_attrs.get("best_model") or BEST_MODEL)  # the keras-tuner engine's is in keras_tuner/
+    model_file = run_dir / best_model
+    source, fingerprint = summary["data"]["source"], summary["data"]["fingerprint"]
+    if not model_file.is_file():
+        return {"skipped": f"no {best_model} in {run_dir} yet: no trial has finished"}
+    if not source:
+        return {"skipped": "the study does not say where its data came from (no data summary, no run.json)"}
+    val_fraction, seed = split_settings(data, space)
+    try:
+        dataset = reload_dataset(source, val_fraction, seed)
+    except Exception as exc:
+        return {"skipped": f"cannot reload the data from {source} ({_first_line(exc)})"}
+    if fingerprint and dataset.fingerprint != fingerprint:
+        return {"skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, the study used {fingerprint[:12]}); the validation split cannot be re-created"}
+    import keras
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    names = list(dataset.class_names)
+    try:
+        resize = model.get_layer("resize")
+        size = (int(resize.height), int(resize.width))
+    except (ValueError, AttributeError):
+        size = None
+    val = dataset.val
+    if size:
+        probs = np.concatenate([np.asarray(model.predict_on_batch(b)) for b in val.batches(size, 32)])
+    else:
+        probs = np.concatenate([np.asarray(model.predict_on_batch(val.load(i)[None].astype("float32"))) for i in range(len(val))])
+    y_true = np.asarray(val.labels)
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(names)))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    accuracy = float((y_true == y_pred).mean()) if len(y_true) else None
+    ci = wilson_interval(int((y_true == y_pred).sum()), len(y_true)) if accuracy is not None else None
+    wrong = np.flatnonzero(y_true != y_pred)
+    wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")]
+    missed = []
+    for k, i in enumerate(wrong[:MAX_MISCLASSIFIED]):
+        name = f"misclassified_{k:02d}.png"
+        images[name] = _thumbnail(val.load(int(i)))
+        where = val.paths[int(i)] if val.paths is not None else f"{source} val image {int(i)}"
+        missed.append({"index": int(i), "file": where, "true": names[y_true[i]], "predicted": names[y_pred[i]],
+                       "confidence": float(probs[i, y_pred[i]]), "thumbnail": f"{REPORT_FILES}/{name}"})
+    return {
+        "model": str(model_file), "model_trial": _model_trial(run_dir, study, model_file, storage_url),
+        "images": int(len(y_true)), "accuracy": accuracy, "ci95": list(ci) if ci else None,
+        "class_names": names, "confusion_matrix": cm.tolist(),
+        "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for c, p, r, f, s in zip(names, precision, recall, f1, support)],
+        "misclassified_total": int(len(wrong)), "misclassified": missed,
+        "split": {"val_fraction": val_fraction, "seed": seed, "fingerprint": dataset.fingerprint},
+    }
+

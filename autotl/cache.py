@@ -58,6 +58,18 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _open_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 ``.npy`` file of ``shape``, memory-mapped for writing, its disk space reserved first.
+
+    Without the reservation a full disk shows up as SIGBUS on a page write,
+    killing the process; with it, as an OSError (ENOSPC) the CLI reports.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype="float32", shape=shape)
+    with open(path, "r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
+    return array
+
+
 def _augmenter(aug: Any, seed: int) -> Any:
     import keras
 
@@ -161,7 +173,7 @@ class FeatureCache:
                     for c, feats in zip(cuts, result if isinstance(result, (list, tuple)) else [result]):
                         feats = np.asarray(feats)
                         if c not in outputs:
-                            outputs[c] = np.lib.format.open_memmap(tmps[c] / f"{split}.npy", mode="w+", dtype="float32", shape=(n * copies, *feats.shape[1:]))
+                            outputs[c] = _open_array(tmps[c] / f"{split}.npy", (n * copies, *feats.shape[1:]))
                         outputs[c][row : row + len(feats)] = feats
                     row += len(batch)
             for c, out in outputs.items():

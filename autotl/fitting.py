@@ -58,13 +58,18 @@ def fit(model: Any, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray,
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
-def trainer(key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_classes: int) -> Any:
-    """The compiled training model for ``key``: ``body()`` gives (input, features), a head goes on top."""
+def trainer(key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_classes: int, owner: Any = None) -> Any:
+    """The compiled training model for ``key``: ``body()`` gives (input, features), a head goes on top.
+
+    ``owner`` (the base whose layers the model trains, named in ``key`` by its
+    ``id``) is kept alive with the model, so that id cannot be reused by
+    another base while the model is cached.
+    """
     import keras
 
     if key in _TRAINERS:
         _TRAINERS.move_to_end(key)
-        return _TRAINERS[key]
+        return _TRAINERS[key][0]
 
     class RateDropout(keras.layers.Layer):
         """Dropout whose rate is a variable, so one compiled model serves every rate."""
@@ -85,7 +90,7 @@ def trainer(key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_class
     model = keras.Model(inp, keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x))
     # no XLA: on cached features a trial is seconds long and compiling would dominate it
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
-    _TRAINERS[key] = model
+    _TRAINERS[key] = (model, owner)
     while len(_TRAINERS) > MAX_TRAINERS:
         _TRAINERS.popitem(last=False)
     return model

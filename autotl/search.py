@@ -75,10 +75,17 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
             _sqlite_wal(storage_url[len("sqlite:///"):])
         wait = float(os.environ.get("AUTOTL_SQLITE_TIMEOUT", 60))  # seconds a worker waits for another's write
         engine_kwargs = {"connect_args": {"timeout": wait}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
-        storage = RDBStorage(
-            storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+        for attempt in range(5):  # workers starting together race to create the tables: the loser retries
+            try:
+                storage = RDBStorage(
+                    storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+                break
+            except Exception as exc:  # noqa: BLE001
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps)
         if create:

@@ -186,7 +186,7 @@ def train_trial(
             pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
             train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
         # the base object is one per backbone and process, so its id names the layers this model trains
-        model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes)
+        model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes, owner=base())
         say("phase 2: fine-tuning")
         h2 = train_head_through(model, head, params.dropout, params.finetune_lr, train_xy, val_xy, params.phase2_epochs,
                                 params.phase2_patience, params.batch_size, report, params.phase1_epochs, params.seed)

@@ -121,7 +121,9 @@ def test_plugins_check_passes_a_good_plugin_and_names_a_bad_one(tmp_path: Path) 
         "from autotl_tiny import build_tiny\n"
         "@hookimpl\n"
         "def autotl_backbones():\n"
-        "    return [BackboneSpec(name='tiny_bad', build=build_tiny, input_size=(32, 32), preprocessing=Preprocessing.tf(), block_pattern=r'^block\\d_bn$')]\n"
+        "    # declares caffe preprocessing but says its reference preprocess_input is 'tf' scaling: a silent accuracy loss\n"
+        "    return [BackboneSpec(name='tiny_bad', build=build_tiny, input_size=(32, 32), preprocessing=Preprocessing.caffe(),\n"
+        "                         preprocess_input=lambda x: x / 127.5 - 1.0, block_pattern=r'^block\\d_out$')]\n"
     )
     proc = run_cli("plugins", "check", "bad_plugin", env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).parent / 'plugins'}"})
     assert proc.returncode == 1 and "tiny_bad: FAILED" in proc.stdout and "0 passed, 1 failed" in proc.stdout

@@ -105,15 +105,16 @@ def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(backend: 
     out, trials = tmp_path / "run", 4
     storage = url or f"sqlite:///{(out / 'study.db').resolve()}"
     first = _worker(image_folder, slow_space, out, trials, url)
-    _wait_for(lambda: _study(storage))  # the first worker has created the study
-    victim = _worker(image_folder, slow_space, out, trials, url)
-    third = _worker(image_folder, slow_space, out, trials, url)
-    running_victim = lambda: [t for t in _study(storage).get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]  # noqa: E731
-    killed = _wait_for(running_victim, proc=victim)[0]
-    time.sleep(0.5)
+    _wait_for(lambda: _study(storage), proc=first)  # the first worker has created the study
+    workers = {p.pid: p for p in (first, _worker(image_folder, slow_space, out, trials, url), _worker(image_folder, slow_space, out, trials, url))}
+    # kill whichever worker is in the middle of a trial, once all three have joined
+    running = lambda: [t for t in _study(storage).get_trials(states=(TrialState.RUNNING,)) if int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1]) in workers]  # noqa: E731
+    time.sleep(3)
+    killed = _wait_for(running)[0]
+    victim = workers.pop(int(killed.user_attrs["worker"].rsplit(":", 1)[1]))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    for proc in (first, third):
+    for proc in workers.values():
         output, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, output[-3000:]
     study = _study(storage)

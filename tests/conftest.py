@@ -60,11 +60,8 @@ def registry():
     return get_registry([TINY_PLUGIN], autoload=False)
 
 
-@pytest.fixture
-def tiny_space_file(tmp_path: Path) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(
-        """
+#: A search space for the tiny backbone: trials of a few seconds, both phases.
+TINY_SPACE = """
 backbones: [tiny]
 head: {width: [8, 16], dropout: {low: 0.0, high: 0.2}}
 phase1: {learning_rate: 1.0e-2, epochs: 60, patience: 3, head_loss_threshold: 5.0}
@@ -72,7 +69,12 @@ phase2: {unfreeze_blocks: {low: 1, high: 2}, learning_rate: {low: 1.0e-4, high: 
 batch_size: 8
 trials: 2
 """
-    )
+
+
+@pytest.fixture
+def tiny_space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY_SPACE)
     return path
 
 

@@ -15,15 +15,14 @@ import pytest
 
 from autotl.cache import FeatureCache
 from autotl.data import from_arrays
-from autotl.model import apply_head, assemble, block_boundaries, build_base, build_head, freeze_below, submodel
+from autotl.registry import DEFAULT_PLUGINS
+from autotl.model import assemble, block_boundaries, build_base, build_head, freeze_below, submodel
 from autotl.testing import specs_of
 from autotl.weights import ResolvedWeights
 
 RANDOM = ResolvedWeights(None, None, "random")
 FAMILIES: dict = {}
-for _spec in specs_of("autotl_plugins.mobilenet", "autotl_plugins.mobilenet_v2", "autotl_plugins.mobilenet_v3",
-                      "autotl_plugins.efficientnet", "autotl_plugins.resnet", "autotl_plugins.densenet",
-                      "autotl_plugins.nasnet", "autotl_plugins.inception", "autotl_plugins.convnext"):
+for _spec in specs_of(*(m for m in DEFAULT_PLUGINS if m != "autotl_plugins.digits")):
     FAMILIES.setdefault(_spec.family, _spec)
 SIZE = {"Xception": (96, 96), "InceptionV3": (96, 96)}
 

@@ -26,17 +26,11 @@ from autotl.export import (
 from autotl.search import SearchConfig, run_search
 from autotl.space import load_space
 from autotl.weights import WeightsSource
+from conftest import TINY_SPACE
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
-SPACE = """
-backbones: [tiny]
-head: {width: [8, 16], dropout: {low: 0.0, high: 0.2}}
-phase1: {learning_rate: 1.0e-2, epochs: 60, patience: 3, head_loss_threshold: 5.0}
-phase2: {unfreeze_blocks: {low: 1, high: 2}, learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}, epochs: 3, patience: 2}
-batch_size: 8
-trials: 2
-"""
+SPACE = TINY_SPACE
 
 
 @pytest.fixture(scope="session")

@@ -22,17 +22,7 @@ import autotl.registry
 from autotl import BackboneSpec, Preprocessing
 from autotl.testing import backbone_params, check_backbone, check_preprocessing, specs_of
 
-BACKBONE_MODULES = (
-    "autotl_plugins.mobilenet",
-    "autotl_plugins.mobilenet_v2",
-    "autotl_plugins.mobilenet_v3",
-    "autotl_plugins.efficientnet",
-    "autotl_plugins.resnet",
-    "autotl_plugins.densenet",
-    "autotl_plugins.nasnet",
-    "autotl_plugins.inception",
-    "autotl_plugins.convnext",
-)
+BACKBONE_MODULES = tuple(m for m in autotl.registry.DEFAULT_PLUGINS if m != "autotl_plugins.digits")
 SPECS = specs_of(*BACKBONE_MODULES)
 BY_NAME = {spec.name: spec for spec in SPECS}
 FAMILIES: dict[str, BackboneSpec] = {}

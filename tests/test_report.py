@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLOURS, write_images
+from conftest import TINY_SPACE, COLOURS, write_images
 
 from autotl.errors import UsageError
 
-SPACE = """
-backbones: [tiny]
-head: {width: [8, 16], dropout: {low: 0.0, high: 0.2}}
-phase1: {learning_rate: 1.0e-2, epochs: 60, patience: 3, head_loss_threshold: 5.0}
-phase2: {unfreeze_blocks: {low: 1, high: 2}, learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}, epochs: 3, patience: 2}
-batch_size: 8
-trials: 2
-"""
+SPACE = TINY_SPACE
 COMMAND = "autotl search colours --out run --trials 2"
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -58,6 +58,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _ahead(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Decode the next batch in a thread while the base runs on this one (Pillow releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
+
+
 def _open_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 ``.npy`` file of ``shape``, memory-mapped for writing, its disk space reserved first.
 
@@ -166,7 +177,7 @@ class FeatureCache:
             outputs: dict[Optional[str], np.ndarray] = {}
             for copy in range(copies):
                 row = copy * n
-                for batch in images.batches(size, batch_size):
+                for batch in _ahead(images.batches(size, batch_size)):
                     if copy:
                         batch = augment(batch, training=True)
                     result = extractor.predict_on_batch(np.asarray(batch))  # compiled once, unlike an eager call

@@ -151,7 +151,7 @@ def _spawn_workers(args: argparse.Namespace, out: Path) -> list[Any]:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(1, args.workers):
-        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
+        env = {**os.environ, "AUTOTL_WORKER_INDEX": str(i), **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
         log = open(out / "logs" / f"worker-{i}.log", "w")
         procs.append((subprocess.Popen([sys.executable, "-m", "autotl", *argv, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=env), log))
     return procs

@@ -86,7 +86,14 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
                 if "already exists" not in str(exc) or attempt == 4:
                     raise
                 time.sleep(0.5 + attempt)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+        # A resumed study, or another worker, must not draw the same points again: offset the
+        # seed by the trials already there and by the worker's index (set by --workers).
+        try:
+            existing = len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
+        except KeyError:
+            existing = 0
+        offset = existing + 1000 * int(os.environ.get("AUTOTL_WORKER_INDEX", "0"))
+        sampler = optuna.samplers.TPESampler(seed=seed + offset, n_startup_trials=5)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps)
         if create:
             return optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True)

@@ -98,3 +98,11 @@ def test_best_model_is_the_best_trial_rebuilt_from_its_stored_layers(registry, t
     images = np.concatenate(list(tiny_dataset.val.batches((32, 32))))
     accuracy = float(np.mean(model.predict(images, verbose=0).argmax(axis=1) == tiny_dataset.val.labels))
     assert accuracy == pytest.approx(study.best_value, abs=1e-6)
+
+
+def test_a_resumed_study_draws_new_points(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_search(config(out, tiny_space_file, 1), registry, tiny_dataset)
+    study = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
+    first, second = (t.params for t in study.trials)
+    assert first != second  # the sampler's seed moves on with the study, so resuming does not repeat trial 0

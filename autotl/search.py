@@ -170,9 +170,8 @@ class _Objective:
             base = build_base(spec, weights, seed=seed)
             self._bases[key] = (base, base.get_weights())
         base, pristine = self._bases[key]
-        if base.trainable or any(layer.trainable for layer in base.layers):
-            base.trainable = False
-        base.set_weights(pristine)
+        base.trainable = False
+        base.set_weights(pristine)  # undo the last trial's fine-tuning (or the best model's assembly)
         return base
 
     def __call__(self, trial: Any) -> float:
@@ -261,7 +260,7 @@ def best_trial(study: Any) -> Any:
     return ranked[0] if ranked else None
 
 
-def _prune_stored(cfg: SearchConfig) -> Callable[[Any, Any], None]:
+def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
     """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best."""
     import optuna
 
@@ -351,7 +350,7 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
     emit = on_event or (lambda _e: None)
     emit({"start": True, "done": len(study.get_trials(deepcopy=False, states=counted)), "total": cfg.trials})
     objective = _Objective(cfg, registry, dataset, emit)
-    callbacks = [_prune_stored(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})]
+    callbacks = [_after_trial(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value})]
     started = time.monotonic()
     try:
         while not should_stop():

@@ -58,15 +58,59 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _ahead(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """Decode the next batch in a thread while the base runs on this one (Pillow releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
+class _Prefetch:
+    """Batches made by a thread up to ``depth`` ahead, from the moment it is created.
 
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(next, batches, None)
-        while (batch := pending.result()) is not None:
-            pending = pool.submit(next, batches, None)
-            yield batch
+    Started before the base is built, decoding overlaps building the base as
+    well as running it (Pillow and TensorFlow release the GIL).  An error in
+    the thread is raised where the batch would have been taken.
+    """
+
+    def __init__(self, batches: Iterator[np.ndarray], depth: int) -> None:
+        import queue
+        import threading
+
+        self._queue: "queue.Queue[Any]" = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(batches,), name="autotl-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self, batches: Iterator[np.ndarray]) -> None:
+        import queue
+
+        try:
+            items: Iterator[Any] = iter(batches)
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(StopIteration())
+        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer
+            self._queue.put(exc)
+
+    def __next__(self) -> np.ndarray:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # every later call ends the same way
+            raise item
+        return item
+
+    def __iter__(self) -> "_Prefetch":
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except Exception:  # noqa: BLE001 -- empty: the thread is finishing
+                pass
+        self._thread.join()
 
 
 def _open_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -92,6 +136,13 @@ def _augmenter(aug: Any, seed: int) -> Any:
     if aug.zoom:
         layers.append(keras.layers.RandomZoom(aug.zoom, seed=seed + 2))
     return keras.Sequential(layers, name="augment")
+
+
+def _batches(dataset: Any, size: tuple[int, int], batch_size: int, views: int) -> Iterator[np.ndarray]:
+    """Every batch a build runs through the base, in order: train (once, then once per augmented view), then val."""
+    for split, copies in (("train", 1 + views), ("val", 1)):
+        for _copy in range(copies):
+            yield from getattr(dataset, split).batches(size, batch_size)
 
 
 class FeatureCache:
@@ -143,15 +194,25 @@ class FeatureCache:
             self.root.mkdir(parents=True, exist_ok=True)
             with _locked(self.root / f"{folder.name}.lock"):
                 if not (folder / "meta.json").is_file():
-                    model = base()
-                    cuts = [cut] + [c for c in prefetch(model) if c != cut and not (folder_of(c) / "meta.json").is_file()]
-                    self._build({c: folder_of(c) for c in cuts}, spec, model, dataset, size, batch_size, augmentation, seed, weights_id)
+                    views = augmentation.views if augmentation is not None and augmentation.enabled else 0
+                    # decoding starts now, while the base is built; up to 256 MB of batches ahead
+                    depth = int(np.clip(2**28 // (batch_size * size[0] * size[1] * 3 * 4), 2, 16))
+                    stream = _Prefetch(_batches(dataset, size, batch_size, views), depth)
+                    try:
+                        model = base()
+                        cuts = [cut] + [c for c in prefetch(model) if c != cut and not (folder_of(c) / "meta.json").is_file()]
+                        self._build({c: folder_of(c) for c in cuts}, spec, model, dataset, size, stream, views, augmentation, seed, weights_id)
+                    finally:
+                        stream.close()
                     built = True
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("train", "train_labels", "val", "val_labels")}
         return CachedFeatures(folder.name, arrays["train"], np.asarray(arrays["train_labels"]), arrays["val"], np.asarray(arrays["val_labels"]), built, time.perf_counter() - start)
 
-    def _build(self, folders: dict[Optional[str], Path], spec: BackboneSpec, base: Any, dataset: Any, size: tuple[int, int], batch_size: int, augmentation: Any, seed: int, weights_id: str) -> None:
+    def _build(self, folders: dict[Optional[str], Path], spec: BackboneSpec, base: Any, dataset: Any, size: tuple[int, int],
+               stream: Iterator[np.ndarray], views: int, augmentation: Any, seed: int, weights_id: str) -> None:
+        """Run ``stream`` (the batches :func:`_batches` makes) through ``base`` and store the activations at every cut."""
         import keras
+        import tensorflow as tf
 
         from autotl.preprocess import preprocessing_layer
 
@@ -165,10 +226,11 @@ class FeatureCache:
         outs = bottom(x, training=False)
         outs = [keras.layers.GlobalAveragePooling2D()(o) if c is None else o for c, o in zip(cuts, outs)]
         extractor = keras.Model(image, outs)
+        # traced once for every batch size (predict_on_batch traces again for the last, smaller batch)
+        forward = tf.function(lambda z: extractor(z, training=False), input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)])
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
         for tmp in tmps.values():
             tmp.mkdir(parents=True, exist_ok=True)
-        views = augmentation.views if augmentation is not None and augmentation.enabled else 0
         augment = _augmenter(augmentation, seed) if views else None
         for split in ("train", "val"):
             images = getattr(dataset, split)
@@ -177,10 +239,11 @@ class FeatureCache:
             outputs: dict[Optional[str], np.ndarray] = {}
             for copy in range(copies):
                 row = copy * n
-                for batch in _ahead(images.batches(size, batch_size)):
+                while row < (copy + 1) * n:
+                    batch = next(stream)
                     if copy:
                         batch = augment(batch, training=True)
-                    result = extractor.predict_on_batch(np.asarray(batch))  # compiled once, unlike an eager call
+                    result = forward(np.asarray(batch))
                     for c, feats in zip(cuts, result if isinstance(result, (list, tuple)) else [result]):
                         feats = np.asarray(feats)
                         if c not in outputs:

@@ -173,8 +173,14 @@ class ImageSet:
             ) from None
 
     def batches(self, size: tuple[int, int], batch_size: int = 32) -> Iterator[np.ndarray]:
-        """float32 (b, h, w, 3) batches in order, each image resized with keras.ops.image.resize(img, size, interpolation="bilinear") -- the exact op keras.layers.Resizing(h, w) applies by default, so a model that resizes inside itself gives the same result. Values stay 0..255."""
-        import keras
+        """float32 (b, h, w, 3) batches in order, values 0..255, each image resized as ``keras.layers.Resizing(h, w)`` does.
+
+        That layer's default is TensorFlow's bilinear resize without
+        antialiasing; it is called here on the uint8 pixels, which gives the
+        same floats as on float pixels without converting the full-size image
+        first, so a model that resizes inside itself sees exactly these values.
+        """
+        import tensorflow as tf
 
         h, w = (int(s) for s in size)
         if h < 1 or w < 1 or batch_size < 1:
@@ -183,9 +189,7 @@ class ImageSet:
             images = [self.load(i) for i in range(start, min(start + batch_size, len(self)))]
             same = len({im.shape for im in images}) == 1  # one op for the batch (samples)
             groups = [np.stack(images)] if same else [im[None] for im in images]
-            yield np.concatenate([keras.ops.convert_to_numpy(keras.ops.image.resize(
-                g.astype(np.float32), (h, w), interpolation="bilinear", data_format="channels_last"))
-                for g in groups]).astype(np.float32, copy=False)
+            yield np.concatenate([tf.image.resize(g, (h, w), method="bilinear").numpy() for g in groups]).astype(np.float32, copy=False)
 
     def counts(self, n_classes: int) -> list[int]:
         """Images per class, in class order."""

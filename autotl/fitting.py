@@ -13,6 +13,7 @@ Dropout and Dense layers), which is what gets saved.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from autotl.errors import TrialFailed
 
-__all__ = ["MIN_DELTA", "Report", "fit", "trainer", "train_head_through", "copy_head"]
+__all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "trainer", "train_head_through", "copy_head"]
 
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
@@ -117,3 +118,137 @@ def train_head_through(model: Any, head: Sequence[Any], dropout: float, lr: floa
         var.assign(np.zeros(var.shape, dtype=var.dtype))
     model.optimizer.learning_rate = lr
     return fit(model, train, val, epochs, patience, batch_size, report, offset, seed)
+
+
+_HEAD_TRAINER: Any = None  # fit_head's variables and traced epoch, one per process
+_HEAD_TRAINER_THREAD: Any = None
+_HEAD_TRAINER_LOCK = threading.Lock()
+
+
+def prepare_head_trainer() -> None:
+    """Trace :func:`fit_head`'s epoch in a thread, so it overlaps whatever runs next (the cache's forward pass)."""
+    global _HEAD_TRAINER_THREAD
+    if _HEAD_TRAINER is None and _HEAD_TRAINER_THREAD is None:
+        _HEAD_TRAINER_THREAD = threading.Thread(target=_head_trainer, name="autotl-trace-head", daemon=True)
+        _HEAD_TRAINER_THREAD.start()
+
+
+def _head_trainer() -> "_HeadTrainer":
+    global _HEAD_TRAINER
+    with _HEAD_TRAINER_LOCK:
+        if _HEAD_TRAINER is None:
+            trainer = _HeadTrainer()
+            trainer.epoch.get_concrete_function()
+            _HEAD_TRAINER = trainer
+    return _HEAD_TRAINER
+
+
+class _HeadTrainer:
+    """One epoch of the head (Dropout, Dense relu, Dense softmax) on features, traced once per process.
+
+    The weights and Adam slots are variables of open shape, so one trace serves
+    every head width, feature size, class count and dataset; Keras' ``fit``
+    traces per model and spends more per epoch in callbacks and iterators than
+    in the arithmetic.  The update is TensorFlow's fused Adam kernel, which is
+    Keras' Adam rule (same defaults) in one op per weight.
+    """
+
+    BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-7
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        def slot(name: str) -> list[Any]:
+            return [tf.Variable(tf.zeros([0]), shape=tf.TensorShape(None), name=f"{name}{i}") for i in range(4)]
+
+        self.w, self.m, self.v = slot("w"), slot("m"), slot("v")
+        self.step = tf.Variable(0.0)
+        f32, i32 = tf.float32, tf.int32
+        self.epoch = tf.function(self._epoch, input_signature=[
+            tf.TensorSpec([], f32), tf.TensorSpec([], f32), tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32),
+            tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32), tf.TensorSpec([2], i32), tf.TensorSpec([], i32)])
+
+    def start(self, weights: Sequence[np.ndarray]) -> None:
+        """Load a head's weights; a fresh Adam (no moments, step 0)."""
+        import tensorflow as tf
+
+        for var, m, v, value in zip(self.w, self.m, self.v, weights):
+            var.assign(tf.constant(value, tf.float32))
+            m.assign(tf.zeros(value.shape))
+            v.assign(tf.zeros(value.shape))
+        self.step.assign(0.0)
+
+    def weights(self) -> list[np.ndarray]:
+        return [np.array(var.numpy(), copy=True) for var in self.w]
+
+    def _scores(self, x: Any, y: Any) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        w = self.w
+        logits = tf.matmul(tf.nn.relu(tf.matmul(x, w[0]) + w[1]), w[2]) + w[3]
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        hits = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32)
+        return tf.reduce_sum(loss), tf.reduce_sum(hits)
+
+    def _epoch(self, lr: Any, rate: Any, x: Any, y: Any, xv: Any, yv: Any, seed: Any, batch_size: Any) -> Any:
+        """Shuffled mini-batches with dropout and Adam; returns [loss, accuracy, val_loss, val_accuracy]."""
+        import tensorflow as tf
+
+        n = tf.shape(x)[0]
+        order = tf.argsort(tf.random.stateless_uniform([n], seed))
+        loss_sum, hit_sum = tf.constant(0.0), tf.constant(0.0)
+        for start in tf.range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            keep = tf.random.stateless_uniform(tf.shape(xb), seed + tf.stack([0, 1 + start])) >= rate
+            xb = tf.where(keep, xb / (1.0 - rate), 0.0)
+            with tf.GradientTape() as tape:
+                loss, hits = self._scores(xb, yb)
+                mean = loss / tf.cast(tf.shape(xb)[0], tf.float32)
+            grads = tape.gradient(mean, self.w)
+            t = self.step.assign_add(1.0)
+            for var, m, v, g in zip(self.w, self.m, self.v, grads):
+                tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=self.BETA1**t, beta2_power=self.BETA2**t,
+                                             lr=lr, beta1=self.BETA1, beta2=self.BETA2, epsilon=self.EPSILON, grad=g)
+            loss_sum, hit_sum = loss_sum + loss, hit_sum + hits
+        val_loss, val_hits = self._scores(xv, yv)
+        nf, nv = tf.cast(n, tf.float32), tf.cast(tf.shape(xv)[0], tf.float32)
+        return tf.stack([loss_sum / nf, hit_sum / nf, val_loss / nv, val_hits / nv])
+
+
+def fit_head(head: Sequence[Any], dropout: float, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+             epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int, seed: int) -> dict[str, list[float]]:
+    """Train ``head`` (built: Dropout, Dense relu, Dense softmax) on cached features from its current weights.
+
+    The same contract as :func:`fit`: a fresh Adam at ``lr``, shuffled
+    mini-batches, early stopping on validation loss (by ``MIN_DELTA``) with
+    the best epoch's weights restored into ``head``, a history with Keras'
+    keys, and ``report(offset + epoch, val_accuracy)`` after every epoch.
+    """
+    import tensorflow as tf
+
+    trainer = _head_trainer()
+    trainer.start([a for layer in head[1:] for a in layer.get_weights()])
+    x, y = tf.constant(np.asarray(train[0], np.float32)), tf.constant(np.asarray(train[1], np.int32))
+    xv, yv = tf.constant(np.asarray(val[0], np.float32)), tf.constant(np.asarray(val[1], np.int32))
+    consts = [tf.constant(lr, tf.float32), tf.constant(dropout, tf.float32)]
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best, best_w, wait = math.inf, trainer.weights(), 0
+    for e in range(epochs):
+        logs = trainer.epoch(*consts, x, y, xv, yv, tf.constant([seed % 2**31, e], tf.int32), tf.constant(batch_size, tf.int32))
+        values = [float(t) for t in logs.numpy()]
+        for key, value in zip(history, values):
+            history[key].append(value)
+        if not all(math.isfinite(t) for t in values):
+            raise TrialFailed(f"training diverged at epoch {e + 1} (loss {values[0]}); lower the learning rate")
+        if report is not None:
+            report(offset + e, values[3])
+        if values[2] < best - MIN_DELTA:
+            best, best_w, wait = values[2], trainer.weights(), 0
+        else:
+            wait += 1
+            if wait >= patience:
+                break
+    head[1].set_weights(best_w[:2])
+    head[2].set_weights(best_w[2:])
+    return history

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 from autotl.errors import UsageError
 from autotl.rundir import STUDY_DB
+from autotl.storage import engine_kwargs
 from autotl.weights import sha256_file
 
 __all__ = [
@@ -93,9 +94,8 @@ def _engine(storage_url: str) -> Any:
         raise UsageError(f"storage {storage_url!r} is not a URL; pass e.g. sqlite:///runs/x/study.db or postgresql://user:pass@host/db")
     with _lock:
         if storage_url not in _engines:
-            kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
             try:
-                _engines[storage_url] = create_engine(storage_url, **kwargs)
+                _engines[storage_url] = create_engine(storage_url, **engine_kwargs(storage_url))
             except ModuleNotFoundError as exc:
                 raise UsageError(f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it") from None
             except Exception as exc:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from autotl.errors import TrialFailed, UsageError
 from autotl.preprocess import preprocessing_layer
+from autotl.seeding import set_random_seed
 from autotl.spec import BackboneSpec
 from autotl.weights import ResolvedWeights
 
@@ -32,9 +33,7 @@ def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[i
     """
     h, w = input_size or spec.input_size
     if weights.argument is None:
-        import keras
-
-        keras.utils.set_random_seed(seed)
+        set_random_seed(seed)
     try:
         base = spec.build((h, w, 3), weights.argument)
     except Exception as exc:  # Keras raises plain Exception/OSError/ValueError here

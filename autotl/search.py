@@ -22,6 +22,7 @@ from autotl.errors import TrialFailed, UsageError
 from autotl.registry import Registry
 from autotl.rundir import STUDY_DB
 from autotl.space import SearchSpace
+from autotl.storage import engine_kwargs, use_wal
 from autotl.train import TrialParams, train_trial
 from autotl.weights import WeightsSource, resolve_weights
 
@@ -71,14 +72,11 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     try:
         if "://" not in storage_url:
             raise ValueError("not a URL")
-        if storage_url.startswith("sqlite:///"):
-            _sqlite_wal(storage_url[len("sqlite:///"):])
-        wait = float(os.environ.get("AUTOTL_SQLITE_TIMEOUT", 60))  # seconds a worker waits for another's write
-        engine_kwargs = {"connect_args": {"timeout": wait}} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
+        use_wal(storage_url)
         for attempt in range(5):  # workers starting together race to create the tables: the loser retries
             try:
                 storage = RDBStorage(
-                    storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
+                    storage_url, engine_kwargs=engine_kwargs(storage_url), heartbeat_interval=heartbeat, grace_period=4 * heartbeat,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
                 break
@@ -105,20 +103,6 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"cannot open storage {storage_url!r} ({text}); pass a working Optuna storage URL such as sqlite:///study.db or postgresql://user:pass@host/db") from None
-
-
-def _sqlite_wal(path: str) -> None:
-    """Put a SQLite study in write-ahead-log mode (it persists in the file): readers never block
-    the writer, so several worker processes on one machine and `autotl report` share it safely."""
-    import sqlite3
-
-    if not path or path == ":memory:" or not Path(path).parent.is_dir():
-        return
-    con = sqlite3.connect(path, timeout=float(os.environ.get("AUTOTL_SQLITE_TIMEOUT", 60)))
-    try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
 
 
 def trial_params(trial: Any, space: SearchSpace) -> TrialParams:
@@ -175,7 +159,6 @@ class _Objective:
         return base
 
     def __call__(self, trial: Any) -> float:
-        import keras
         import optuna
 
         from autotl.model import save_layer_weights
@@ -200,7 +183,6 @@ class _Objective:
                 trial.set_user_attr("pruned_at", {"phase": phase, "step": step})
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
-        keras.utils.set_random_seed(params.seed)
         start = time.perf_counter()
         try:
             result = train_trial(spec, params, lambda: self.base(spec, weights, params.seed), self.dataset, self.cache, weights, report,

@@ -208,7 +208,6 @@ def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[A
 def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[str], list[str]]:
     """Check the block boundaries of ``base``; return (ok lines, boundaries)."""
     import keras
-    import numpy as np
 
     from autotl.model import block_boundaries
 

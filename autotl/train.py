@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from autotl.errors import TrialFailed
-from autotl.fitting import MIN_DELTA, Report, copy_head, train_head_through, trainer
+from autotl.fitting import MIN_DELTA, Report, copy_head, fit_head, prepare_head_trainer, train_head_through, trainer
+from autotl.seeding import set_random_seed
 from autotl.space import LR_RATIO
 
 __all__ = ["TrialParams", "TrialResult", "train_trial"]
@@ -113,7 +114,7 @@ def train_trial(
     from autotl.preprocess import preprocessing_layer
 
     say = progress or (lambda _msg: None)
-    keras.utils.set_random_seed(params.seed)
+    set_random_seed(params.seed)
     n_classes = len(dataset.class_names)
     seconds: dict[str, float] = {}
     cache_info: dict[str, Any] = {}
@@ -121,6 +122,7 @@ def train_trial(
     base = functools.cache(make_base)
     # Phase 1: the frozen base's pooled features, cached; only the head trains.  The same
     # forward pass stores the boundaries that fine-tuning trials may later start from.
+    prepare_head_trainer()  # traced while the cache is read or built
     say("phase 1: features")
     prefetch = (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :]) if params.prefetch_blocks else (lambda b: ())
     feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed, prefetch=prefetch)
@@ -130,12 +132,10 @@ def train_trial(
     start = time.perf_counter()
     head = build_head(n_classes, params.head_width, params.dropout)
     say("phase 1: head")
-    dim = feats.train.shape[1]
-    model = trainer(("head", dim, params.head_width, n_classes), lambda: (lambda i: (i, i))(keras.Input((dim,))), params.head_width, n_classes)
-    h1 = train_head_through(model, head, params.dropout, params.phase1_lr, (np.asarray(feats.train), feats.train_labels),
-                            (np.asarray(feats.val), feats.val_labels), params.phase1_epochs, params.phase1_patience,
-                            params.batch_size, report, 0, params.seed)
-    copy_head(model, None, head)
+    for layer in head[1:]:  # glorot-initialised from the trial's seed
+        layer.build((None, feats.train.shape[1] if layer is head[1] else params.head_width))
+    h1 = fit_head(head, params.dropout, params.phase1_lr, (feats.train, feats.train_labels), (feats.val, feats.val_labels),
+                  params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed)
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     history = {"phase1": h1, "phase2": {}}

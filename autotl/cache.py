@@ -229,6 +229,24 @@ class FeatureCache:
         # traced once for every batch size (predict_on_batch traces again for the last, smaller batch)
         forward = tf.function(lambda z: extractor(z, training=False), input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)])
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
+        try:
+            self._fill(tmps, cuts, forward, dataset, stream, views, augmentation, seed)
+        except BaseException:  # a failed or interrupted build leaves nothing behind
+            for tmp in tmps.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for c, tmp in tmps.items():
+            meta = {"backbone": spec.name, "weights": weights_id, "input_size": list(size), "cut": c, "data": dataset.fingerprint, "views": views, "created": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            try:
+                os.replace(tmp, folders[c])
+            except OSError:  # another process renamed its copy first: theirs is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _fill(tmps: dict[Optional[str], Path], cuts: list[Optional[str]], forward: Any, dataset: Any, stream: Iterator[np.ndarray],
+              views: int, augmentation: Any, seed: int) -> None:
+        """Write every split's activations at every cut into the temporary folders ``tmps``."""
         for tmp in tmps.values():
             tmp.mkdir(parents=True, exist_ok=True)
         augment = _augmenter(augmentation, seed) if views else None
@@ -254,10 +272,3 @@ class FeatureCache:
                 out.flush()
                 np.save(tmps[c] / f"{split}_labels.npy", np.tile(np.asarray(images.labels, dtype="int64"), copies))
             del outputs
-        for c, tmp in tmps.items():
-            meta = {"backbone": spec.name, "weights": weights_id, "input_size": list(size), "cut": c, "data": dataset.fingerprint, "views": views, "created": time.time()}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            try:
-                os.replace(tmp, folders[c])
-            except OSError:  # another process renamed its copy first: theirs is identical
-                shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,9 @@ WEIGHTS_FILE = "trained_layers.npz"
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.json"
 Event = Callable[[dict[str, Any]], None]
+#: A trial's stage (user attribute ``stage``): an ordinary trial, a screening trial (phase 1 only),
+#: or a finalist's fine-tuning trial (see ``screening`` in the search space).
+FULL, SCREEN, FINALIST = "full", "screen", "finalist"
 
 
 @dataclass
@@ -105,16 +108,21 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
         raise UsageError(f"cannot open storage {storage_url!r} ({text}); pass a working Optuna storage URL such as sqlite:///study.db or postgresql://user:pass@host/db") from None
 
 
-def trial_params(trial: Any, space: SearchSpace) -> TrialParams:
-    """Ask the trial (real, or ``optuna.trial.FixedTrial``) for one point of ``space``."""
+def trial_params(trial: Any, space: SearchSpace, stage: str = FULL) -> TrialParams:
+    """Ask the trial (real, or ``optuna.trial.FixedTrial``) for one point of ``space``.
+
+    A screening trial (``stage`` ``"screen"``) asks only for the backbone and
+    head: it runs phase 1 alone, so it draws no fine-tuning settings.
+    """
     p2 = space.phase2
+    screen = stage == SCREEN
     return TrialParams(
         backbone=trial.suggest_categorical("backbone", list(space.backbones)),
         head_width=trial.suggest_categorical("head_width", list(space.head.width)),
         dropout=trial.suggest_float("dropout", space.head.dropout.low, space.head.dropout.high),
-        unfreeze_blocks=trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
-        unfreeze_all=p2.unfreeze_all,
-        finetune_lr=trial.suggest_float("finetune_lr", p2.learning_rate.low, p2.learning_rate.high, log=p2.learning_rate.log),
+        unfreeze_blocks=0 if screen else trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
+        unfreeze_all=p2.unfreeze_all and not screen,
+        finetune_lr=p2.learning_rate.low if screen else trial.suggest_float("finetune_lr", p2.learning_rate.low, p2.learning_rate.high, log=p2.learning_rate.log),
         phase1_lr=space.phase1.learning_rate,
         phase1_epochs=space.phase1.epochs,
         phase1_patience=space.phase1.patience,
@@ -167,7 +175,9 @@ class _Objective:
             trial.set_user_attr("fail_reason", "surplus: other workers had already taken the whole trial budget")
             raise TrialFailed("surplus trial: the budget was already taken by other workers")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        params = trial_params(trial, self.cfg.space)
+        stage = trial.user_attrs.get("stage") or self._stage(trial)
+        trial.set_user_attr("stage", stage)
+        params = trial_params(trial, self.cfg.space, stage)
         spec = self.registry.backbone(params.backbone)
         weights = resolve_weights(spec, self.cfg.weights)
         trial.set_user_attr("weights_sha256", weights.sha256)
@@ -202,6 +212,17 @@ class _Objective:
             save_layer_weights(folder / WEIGHTS_FILE, result.trained_weights())
             trial.set_user_attr("weights_path", str((folder / WEIGHTS_FILE).relative_to(self.cfg.out)))
         return result.val_accuracy
+
+    def _stage(self, trial: Any) -> str:
+        """Screening while the screening trials before this one leave room (finalists come enqueued)."""
+        screening = self.cfg.space.screening
+        if screening is None:
+            return FULL
+        from optuna.trial import TrialState
+
+        live = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        screened = sum(1 for t in live if t.number < trial.number and t.user_attrs.get("stage") == SCREEN)
+        return SCREEN if screened < screening.trials else FULL
 
     def _worth_keeping(self, trial: Any, value: float, val_loss: float) -> bool:
         """Whether this trial would rank among the ``keep_models`` best so far (same order as :func:`ranked_trials`)."""
@@ -294,6 +315,28 @@ def update_best_model(out: Path, study: Any, registry: Registry, weights: Weight
     return out / BEST_MODEL
 
 
+def _enqueue_finalist(study: Any, space: SearchSpace, trials: list[Any]) -> bool:
+    """Queue the next fine-tuning trial of a two-stage search, once its screening is done; whether one was queued.
+
+    Finalists are the best complete screening trials (by :func:`ranked_trials`'
+    order), fine-tuned in turn; the sampler draws each one's unfreeze depth and
+    fine-tuning rate.
+    """
+    screening = space.screening
+    screened = [t for t in trials if t.user_attrs.get("stage") == SCREEN]
+    if screening is None or len(screened) < screening.trials:
+        return False
+    numbers = {t.number for t in screened}
+    finalists = [t for t in ranked_trials(study) if t.number in numbers][: screening.finalists]
+    if not finalists:  # every screening trial failed or was pruned: ordinary trials follow
+        return False
+    queued = sum(1 for t in trials if t.user_attrs.get("stage") == FINALIST)
+    pick = finalists[queued % len(finalists)]
+    fixed = {k: pick.params[k] for k in ("backbone", "head_width", "dropout")}
+    study.enqueue_trial(fixed, user_attrs={"stage": FINALIST, "finalist_of": pick.number}, skip_if_exists=False)
+    return True
+
+
 def _budget_taken(study: Any, trial_number: int, budget: int) -> bool:
     """Whether trials before ``trial_number`` already fill the budget (another worker got there first)."""
     from optuna.trial import TrialState
@@ -346,6 +389,8 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
             if done >= cfg.trials:
                 break
             if waiting or done + running < cfg.trials:
+                if not waiting:
+                    _enqueue_finalist(study, cfg.space, trials)  # a two-stage search past its screening
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
             else:  # the others' running trials may fill the budget; wait in case one of them dies
                 time.sleep(min(5.0, cfg.heartbeat))

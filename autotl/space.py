@@ -107,12 +107,27 @@ class Augmentation(_Strict):
     zoom: float = Field(0.1, ge=0, lt=1)
 
 
+class Screening(_Strict):
+    """Two-stage search: screen backbones and heads cheaply, then fine-tune only the most promising.
+
+    The first ``trials`` trials of the budget run phase 1 only, on cached
+    features (a fraction of a second each once a backbone's cache exists);
+    every later trial fine-tunes one of the ``finalists`` best screened
+    settings (backbone, head width, dropout), in turn, with the unfreeze
+    depth and fine-tuning rate drawn by the sampler.
+    """
+
+    trials: int = Field(ge=1)
+    finalists: int = Field(3, ge=1)
+
+
 class SearchSpace(_Strict):
     backbones: list[str] = Field(min_length=1)
     head: Head
     phase1: Phase1 = Phase1()
     phase2: Phase2 = Phase2()
     augmentation: Augmentation = Augmentation()
+    screening: Optional[Screening] = None  # off: every trial may fine-tune
     batch_size: int = Field(32, ge=1)
     seed: int = 0
     trials: int = Field(20, ge=1)

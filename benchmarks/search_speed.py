@@ -13,7 +13,9 @@ Each engine runs in its own process, so peak RSS is that engine's alone.
 Prints, for each engine and each setting (phase 2 skipped / in every trial):
 wall time, best validation accuracy, peak RSS; then the speed ratio; and the
 floor: one forward pass of the backbone over the data, and the share of
-autotl's time above it.
+autotl's time above it.  Then autotl's two-stage search against fine-tuning in
+every trial (two backbones): wall time, best accuracy, and when it was first
+reached.  ``--only phase1|phase2|two-stage`` runs one setting.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "hymenoptera"
 BACKBONE = "mobilenet_v2-0.35"
+TWO_STAGE_BACKBONES = "mobilenet_v2-0.35,mobilenet-0.25"
 SPACE = {
     "backbones": [BACKBONE],
     "head": {"width": [64, 128, 256], "dropout": {"low": 0.0, "high": 0.5}},
@@ -56,6 +59,8 @@ def _load(data: str):
 
 
 def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
+    import datetime
+
     import keras  # noqa: F401 -- imported before the clock starts, as keras-tuner's run imports it
     import yaml
 
@@ -65,16 +70,24 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
     from autotl.weights import WeightsSource
 
     dataset = _load(args.data)
+    raw, trials = _space(phase2), args.trials
+    raw["backbones"] = args.backbones.split(",")
+    if args.two_stage:  # screen `trials` settings on cached features, then fine-tune the best `finalists`
+        raw["screening"] = {"trials": args.trials, "finalists": args.finalists}
+        trials += args.finalists
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
-        path.write_text(yaml.safe_dump(_space(phase2)))
+        path.write_text(yaml.safe_dump(raw))
         space, _ = load_space(path)
+        started = datetime.datetime.now()
         start = time.perf_counter()
-        cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=args.trials, weights=WeightsSource.parse(args.weights_dir))
+        cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=trials, weights=WeightsSource.parse(args.weights_dir))
         study = run_search(cfg, get_registry(autoload=False), dataset)
         wall = time.perf_counter() - start
         phase2_trials = sum(1 for t in study.trials if t.user_attrs.get("history", {}).get("phase2"))
-    return {"wall": wall, "best": study.best_value, "phase2_trials": phase2_trials}
+        best = study.best_value
+        first_best = min(t.datetime_complete for t in study.trials if t.value is not None and t.value >= best)
+    return {"wall": wall, "best": best, "phase2_trials": phase2_trials, "trials": trials, "to_best": (first_best - started).total_seconds()}
 
 
 def _arrays(dataset, size):
@@ -174,10 +187,12 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def spawn(args: argparse.Namespace, engine: str, phase2: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--engine", engine, "--data", args.data, "--trials", str(args.trials)]
+def spawn(args: argparse.Namespace, engine: str, phase2: bool, backbones: str = BACKBONE) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--engine", engine.removesuffix("-two-stage"), "--data", args.data, "--trials", str(args.trials),
+           "--backbones", backbones]
     cmd += ["--weights-dir", args.weights_dir] if args.weights_dir else []
     cmd += ["--phase2"] if phase2 else []
+    cmd += ["--two-stage", "--finalists", str(args.finalists)] if engine == "autotl-two-stage" else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -190,7 +205,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--weights-dir", default=os.environ.get("AUTOTL_WEIGHTS_DIR"))
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--only", choices=["phase1", "phase2"], help="run one setting only")
+    parser.add_argument("--only", choices=["phase1", "phase2", "two-stage"], help="run one setting only")
+    parser.add_argument("--finalists", type=int, default=3, help="two-stage: fine-tuning trials after screening --trials settings")
+    parser.add_argument("--two-stage", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backbones", default=BACKBONE, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=list(ENGINES), help=argparse.SUPPRESS)
     parser.add_argument("--phase2", action="store_true", help=argparse.SUPPRESS)
@@ -213,6 +231,15 @@ def main() -> None:
         print(f"best val acc difference (autotl - keras-tuner): {100 * (at_res['best'] - kt_res['best']):+.1f} points")
         print(f"autotl time above the forward-pass floor: {at_res['wall'] - floor['wall']:.1f} s "
               f"({100 * (at_res['wall'] - floor['wall']) / at_res['wall']:.0f}% of its time)")
+    if args.only in (None, "two-stage"):
+        # both of the shared weight files' backbones, so screening also chooses the backbone
+        full = spawn(args, "autotl", True, TWO_STAGE_BACKBONES)
+        two = spawn(args, "autotl-two-stage", True, TWO_STAGE_BACKBONES)
+        print(f"\n== two-stage search (autotl, backbones {TWO_STAGE_BACKBONES}): fine-tune in every trial, "
+              f"or screen {args.trials} settings on cached features and fine-tune the best {args.finalists}")
+        for name, r in ((f"{args.trials} trials, all fine-tuned", full), (f"{args.trials} screened + {args.finalists} finalists", two)):
+            print(f"{name:32s} wall {r['wall']:6.1f} s   best val acc {r['best']:.4f}   best first reached after {r['to_best']:5.1f} s   "
+                  f"fine-tuned trials {r['phase2_trials']}")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,31 @@ def test_a_resumed_study_draws_new_points(registry, tiny_dataset, tiny_space_fil
     study = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
     first, second = (t.params for t in study.trials)
     assert first != second  # the sampler's seed moves on with the study, so resuming does not repeat trial 0
+
+
+def test_two_stage_search_screens_then_fine_tunes_the_best_settings_in_turn(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path) -> None:
+    import optuna
+    import yaml
+
+    raw = yaml.safe_load(tiny_space_file.read_text())
+    raw["screening"] = {"trials": 4, "finalists": 2}
+    tiny_space_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    study = run_search(config(out, tiny_space_file, 5), registry, tiny_dataset)
+    stages = [t.user_attrs["stage"] for t in study.trials]
+    assert stages[:4] == ["screen"] * 4
+    for t in study.trials[:4]:  # phase 1 only: no fine-tuning settings drawn, none run
+        assert "unfreeze_blocks" not in t.params and not t.user_attrs["history"]["phase2"]
+    # resumed with a bigger budget: the finalists, best screened first, each in turn
+    study = run_search(config(out, tiny_space_file, 7), registry, tiny_dataset)
+    screened = [t for t in study.trials[:4] if t.state == optuna.trial.TrialState.COMPLETE]
+    best_two = sorted(screened, key=lambda t: (-t.value, t.user_attrs["val_loss"], t.number))[:2]
+    finals = study.trials[4:]
+    assert [t.user_attrs["stage"] for t in finals] == ["finalist"] * 3
+    assert [t.user_attrs["finalist_of"] for t in finals] == [best_two[0].number, best_two[1].number, best_two[0].number]
+    for t in finals:
+        source = study.trials[t.user_attrs["finalist_of"]]
+        assert {k: t.params[k] for k in ("backbone", "head_width", "dropout")} == {k: source.params[k] for k in ("backbone", "head_width", "dropout")}
+        assert "unfreeze_blocks" in t.params and "finetune_lr" in t.params  # drawn by the sampler
+        assert t.user_attrs["gate"] != "not asked: unfreeze_blocks is 0"
+    assert len([t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]) == 7

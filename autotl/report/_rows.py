@@ -27,6 +27,10 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
     note = a.get("fail_reason") or ""
     if not note and a.get("pruned_at"):
         note = f"pruned in phase {a['pruned_at'].get('phase')} at step {a['pruned_at'].get('step')}"
+    if not note and a.get("stage") == "screen":
+        note = "screening: phase 1 only"
+    if not note and a.get("stage") == "finalist" and a.get("finalist_of") is not None:
+        note = f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}"
     if not note and a.get("gate") and a.get("gate") != "passed":
         note = f"no fine-tuning: {a['gate']}"
     if not note and a.get("gate") == "passed" and a.get("phase2_kept") is False:
@@ -35,6 +39,7 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
         "number": t.number,
         "params": dict(p),
         "state": STATES.get(t.state.name, t.state.name.lower()),
+        "stage": a.get("stage"),
         "backbone": p.get("backbone"),
         "head_width": p.get("head_width"),
         "dropout": p.get("dropout"),

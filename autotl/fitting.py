@@ -1,13 +1,19 @@
-"""Keras fits for the two-phase trainer: early stopping, one step axis, compiled models reused.
+"""Training on cached activations: the phase-1 head trainer, and Keras fits for phase 2.
 
+Phase 1 trains only the head (Dropout, Dense, Dense) on pooled features, so
+its cost is fixed overhead unless that overhead is removed: :func:`fit_head`
+runs each epoch as one call of a function traced once per process, whatever
+the head width, feature size or class count.
+
+Phase 2 trains the unfrozen top blocks plus the head with ``model.fit``.
 Tracing a new Keras model's training and evaluation functions costs more than
-training a head on cached features for a dozen epochs, and TensorFlow keeps
-some memory for every model it has traced.  Trials differ in initial
-weights, dropout rate and learning rate, not in shape; so each shape gets one
-compiled training model per process, whose dropout rate is a variable and
-whose weights and optimizer are reset for every trial.  These models only
-train: their head weights are copied into the trial's own head (built-in
-Dropout and Dense layers), which is what gets saved.
+a few epochs on cached activations, and TensorFlow keeps some memory for
+every model it has traced.  Trials differ in initial weights, dropout rate
+and learning rate, not in shape; so each shape gets one compiled training
+model per process, whose dropout rate is a variable and whose weights and
+optimizer are reset for every trial.  These models only train: their head
+weights are copied into the trial's own head (built-in Dropout and Dense
+layers), which is what gets saved.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 
 from autotl.errors import TrialFailed
 
-__all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "trainer", "train_head_through", "copy_head"]
+__all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "prepare_head_trainer", "trainer", "train_head_through", "copy_head"]
 
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
@@ -164,7 +170,9 @@ class _HeadTrainer:
         self.w, self.m, self.v = slot("w"), slot("m"), slot("v")
         self.step = tf.Variable(0.0)
         f32, i32 = tf.float32, tf.int32
-        self.epoch = tf.function(self._epoch, input_signature=[
+        # no autograph: the loop is written out, and autograph's conversion is not safe while
+        # another thread converts (prepare_head_trainer traces while the cache is built)
+        self.epoch = tf.function(self._epoch, autograph=False, input_signature=[
             tf.TensorSpec([], f32), tf.TensorSpec([], f32), tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32),
             tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32), tf.TensorSpec([2], i32), tf.TensorSpec([], i32)])
 
@@ -196,8 +204,8 @@ class _HeadTrainer:
 
         n = tf.shape(x)[0]
         order = tf.argsort(tf.random.stateless_uniform([n], seed))
-        loss_sum, hit_sum = tf.constant(0.0), tf.constant(0.0)
-        for start in tf.range(0, n, batch_size):
+
+        def batch(start: Any, loss_sum: Any, hit_sum: Any) -> tuple[Any, Any, Any]:
             idx = order[start : start + batch_size]
             xb, yb = tf.gather(x, idx), tf.gather(y, idx)
             keep = tf.random.stateless_uniform(tf.shape(xb), seed + tf.stack([0, 1 + start])) >= rate
@@ -210,7 +218,9 @@ class _HeadTrainer:
             for var, m, v, g in zip(self.w, self.m, self.v, grads):
                 tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=self.BETA1**t, beta2_power=self.BETA2**t,
                                              lr=lr, beta1=self.BETA1, beta2=self.BETA2, epsilon=self.EPSILON, grad=g)
-            loss_sum, hit_sum = loss_sum + loss, hit_sum + hits
+            return start + batch_size, loss_sum + loss, hit_sum + hits
+
+        _, loss_sum, hit_sum = tf.while_loop(lambda start, *_: start < n, batch, (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
         val_loss, val_hits = self._scores(xv, yv)
         nf, nv = tf.cast(n, tf.float32), tf.cast(tf.shape(xv)[0], tf.float32)
         return tf.stack([loss_sum / nf, hit_sum / nf, val_loss / nv, val_hits / nv])

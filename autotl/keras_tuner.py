@@ -383,12 +383,15 @@ def _save_best(tuner: Any, folder: Path, records: list[dict[str, Any]], class_na
     done = [r for r in records if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
     if not done:
         return None
-    best = tuner.oracle.get_best_trials(1)[0]
+    # autotl's order for "best" (accuracy, then lower validation loss, then earlier), as for the
+    # Optuna engine and in reports; keras-tuner's own breaks ties between equal scores its own way
+    top = min(done, key=lambda r: (-r["val_accuracy"], r["val_loss"] if r["val_loss"] is not None else math.inf, r["number"]))
+    best = tuner.oracle.get_trial(top["trial_id"])
     marker, path = folder / BEST_MARKER, folder / BEST_MODEL
     if path.is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial_id") == best.trial_id:
         return path
     tmp = folder / f".{BEST_MODEL}.tmp{os.getpid()}.keras"
-    tuner.get_best_models(1)[0].save(tmp)
+    tuner.load_model(best).save(tmp)
     os.replace(tmp, path)
     (folder / CLASSES_FILE).write_text(json.dumps(list(class_names)))
     marker.write_text(json.dumps({"trial_id": best.trial_id, "value": best.score, "params": dict(best.hyperparameters.values)}))

@@ -2,7 +2,7 @@
 
 autotl runs every trial in one process (no process per trial): caches live
 on disk and are memory-mapped, a trial's models are dropped when it ends, and
-the compiled phase-1 head is reused rather than rebuilt.  This script runs a
+the phase-1 head trainer is traced once and compiled phase-2 models are reused rather than rebuilt.  This script runs a
 50-trial search with fine-tuning in every trial and prints the process's RSS
 after trials 1, 10, 25 and 50, and the growth per trial over the last 40.
 

@@ -240,6 +240,8 @@ def _search_keras_tuner(args: argparse.Namespace, space: Any, registry: Any, wei
 
     folder = out / KERAS_TUNER_DIR
     console, err = _console(), _console(stderr=True)
+    if space.screening is not None:
+        err.print("[yellow]warning:[/] the space's screening (two-stage search) is the Optuna engine's; keras-tuner runs every trial in full")
     console.print(f"autotl: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train)} train / {len(dataset.val)} val images ({dataset.split}); "
                   f"backbones {', '.join(space.backbones)}; keras-tuner {args.tuner} in {folder}")
     try:

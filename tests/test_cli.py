@@ -104,9 +104,11 @@ def test_third_party_plugin_from_an_entry_point_is_listed_and_searched(tmp_path:
 
 def test_keras_tuner_engine_runs_the_same_space(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
     out = tmp_path / "run"
+    tiny_space_file.write_text(tiny_space_file.read_text() + "screening: {trials: 1}\n")
     proc = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "2", "--engine", "keras-tuner", "--tuner", "random")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "leaderboard: keras-tuner random" in proc.stdout and (out / "keras_tuner" / "best_model.keras").is_file()
+    assert "screening (two-stage search) is the Optuna engine's" in proc.stderr
     refused = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--engine", "keras-tuner", "--workers", "2")
     assert_one_line_error(refused, "Optuna engine's")
 

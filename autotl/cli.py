@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data name>)")
     s.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold in total (default: the space's)")
     s.add_argument("--space", default="default", metavar="NAME_OR_FILE", help="search space: 'default', 'fast' or a YAML file")
+    s.add_argument("--screen", type=int, metavar="N", help="two-stage search: the first N trials screen settings with phase 1 only, "
+                   "later trials fine-tune the best (overrides the space's screening; 0 turns it off)")
+    s.add_argument("--finalists", type=int, metavar="K", help="with --screen: how many screened settings are fine-tuned, in turn (default 3)")
     s.add_argument("--backbone", action="append", default=[], metavar="NAME", help="search only these backbones (repeatable)")
     s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)")
     s.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
@@ -157,6 +160,24 @@ def _spawn_workers(args: argparse.Namespace, out: Path) -> list[Any]:
     return procs
 
 
+def _screening(space: Any, screen: Optional[int], finalists: Optional[int]) -> Any:
+    """The space with ``--screen``/``--finalists`` applied."""
+    from autotl.space import Screening
+
+    if screen is None:
+        if finalists is None:
+            return space
+        if space.screening is None:
+            raise UsageError("--finalists needs a two-stage search: add --screen N (or screening in the space file)")
+        screen = space.screening.trials
+    if screen < 0 or (finalists is not None and finalists < 1):
+        raise UsageError(f"--screen must be 0 (off) or more and --finalists at least 1, got --screen {screen} --finalists {finalists}")
+    if screen == 0:
+        return space.model_copy(update={"screening": None})
+    kept = space.screening.finalists if space.screening is not None else 3
+    return space.model_copy(update={"screening": Screening(trials=screen, finalists=finalists or kept)})
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from autotl.registry import get_registry
     from autotl.space import load_space
@@ -165,6 +186,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     err = _console(stderr=True)
     warn = lambda msg: err.print(f"[yellow]warning:[/] {msg}")  # noqa: E731
     space, _ = load_space(args.space)
+    space = _screening(space, args.screen, args.finalists)
     weights = WeightsSource.parse(args.weights_dir, args.weights)
     registry = get_registry(args.plugin)
     space = _available(space, registry, weights, args.backbone, warn)

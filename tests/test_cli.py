@@ -129,3 +129,16 @@ def test_plugins_check_passes_a_good_plugin_and_names_a_bad_one(tmp_path: Path) 
     )
     proc = run_cli("plugins", "check", "bad_plugin", env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).parent / 'plugins'}"})
     assert proc.returncode == 1 and "tiny_bad: FAILED" in proc.stdout and "0 passed, 1 failed" in proc.stdout
+
+
+def test_screen_flag_runs_a_two_stage_search_and_the_report_says_each_stage(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    proc = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "3", "--screen", "2", "--finalists", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = {row["number"]: row["note"] for row in json.loads((out / "report.json").read_text())["leaderboard"]}
+    assert notes[0] == notes[1] == "screening: phase 1 only"
+    assert notes[2].startswith("finalist: fine-tunes the setting of screening trial ")
+    assert_one_line_error(search(str(image_folder), "--out", str(out), "--finalists", "2"), "--finalists needs a two-stage search")
+    assert_one_line_error(search(str(image_folder), "--out", str(out), "--screen", "-1"), "--screen must be 0 (off) or more")

@@ -29,12 +29,12 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
         note = f"pruned in phase {a['pruned_at'].get('phase')} at step {a['pruned_at'].get('step')}"
     if not note and a.get("stage") == "screen":
         note = "screening: phase 1 only"
-    if not note and a.get("stage") == "finalist" and a.get("finalist_of") is not None:
-        note = f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}"
     if not note and a.get("gate") and a.get("gate") != "passed":
         note = f"no fine-tuning: {a['gate']}"
     if not note and a.get("gate") == "passed" and a.get("phase2_kept") is False:
         note = "fine-tuning did not improve on phase 1: phase-1 model kept"
+    if a.get("stage") == "finalist" and a.get("finalist_of") is not None:
+        note = "; ".join(filter(None, [f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}", note]))
     return {
         "number": t.number,
         "params": dict(p),

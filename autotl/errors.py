@@ -9,7 +9,7 @@ keras-tuner's ``FailedTrialError`` does.
 
 from __future__ import annotations
 
-__all__ = ["AutotlError", "UsageError", "TrialFailed", "PluginError"]
+__all__ = ["AutotlError", "UsageError", "TrialFailed", "PluginError", "first_line"]
 
 
 class AutotlError(Exception):
@@ -26,3 +26,9 @@ class PluginError(UsageError):
 
 class TrialFailed(AutotlError):
     """One trial cannot go on; the search records the reason and continues."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

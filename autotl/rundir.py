@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 from autotl.errors import UsageError
 
 __all__ = [
-    "STUDY_DB", "RUN_FILE", "KERAS_TUNER_SUFFIX", "ENGINES", "storage_url_of", "open_run_study", "read_run_json",
+    "STUDY_DB", "RUN_FILE", "default_storage_url", "KERAS_TUNER_SUFFIX", "ENGINES", "storage_url_of", "open_run_study", "read_run_json",
     "split_settings", "reload_dataset", "engine_studies", "base_study_name",
 ]
 
@@ -27,6 +27,11 @@ RUN_FILE = "run.json"
 KERAS_TUNER_SUFFIX = "-keras-tuner"
 #: Engine of a study, by the suffix of its name (the Optuna engine's study has none).
 ENGINES = {"": "optuna", KERAS_TUNER_SUFFIX: "keras-tuner"}
+
+
+def default_storage_url(run_dir: Path) -> str:
+    """The SQLite study of a run folder (an absolute path, so workers started elsewhere find the same file)."""
+    return f"sqlite:///{(Path(run_dir) / STUDY_DB).resolve()}"
 
 
 def storage_url_of(run_dir: Path, storage_url: Optional[str] = None) -> str:
@@ -40,7 +45,7 @@ def storage_url_of(run_dir: Path, storage_url: Optional[str] = None) -> str:
     if not db.is_file():
         raise UsageError(f"no study in {run_dir}: it has no {STUDY_DB}; run `autotl search --out {run_dir}` first, "
                          "or pass --storage URL if its search used another storage")
-    return f"sqlite:///{db.resolve()}"
+    return default_storage_url(run_dir)
 
 
 def open_run_study(run_dir: Path, storage_url: Optional[str], study_name: str, *, any_engine: bool = False) -> tuple[Any, str]:

@@ -10,6 +10,7 @@ in the study, not trials of this process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -18,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from autotl.errors import TrialFailed, UsageError
+from autotl.errors import TrialFailed, UsageError, first_line
 from autotl.registry import Registry
-from autotl.rundir import STUDY_DB
+from autotl.rundir import default_storage_url
 from autotl.space import SearchSpace
 from autotl.storage import engine_kwargs, use_wal
 from autotl.train import TrialParams, train_trial
 from autotl.weights import WeightsSource, resolve_weights
 
-__all__ = ["SearchConfig", "open_study", "run_search", "trial_params", "BEST_MODEL", "CLASSES_FILE"]
+__all__ = ["SearchConfig", "open_study", "run_search", "trial_params", "ranked_trials", "best_trial", "rank_key", "BEST_MODEL", "CLASSES_FILE"]
 
 BEST_MODEL = "best_model.keras"
 BEST_MARKER = "best_model.json"
@@ -55,7 +56,7 @@ class SearchConfig:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.out / STUDY_DB).resolve()}"
+        return self.storage or default_storage_url(self.out)
 
 
 def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warmup_steps: int = 0, create: bool = True, heartbeat: int = 30) -> Any:
@@ -104,7 +105,7 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     except ModuleNotFoundError as exc:
         raise UsageError(f"storage {storage_url} needs the Python package {exc.name!r}; install it (for PostgreSQL: pip install 'autotl[postgres]')") from None
     except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         raise UsageError(f"cannot open storage {storage_url!r} ({text}); pass a working Optuna storage URL such as sqlite:///study.db or postgresql://user:pass@host/db") from None
 
 
@@ -230,7 +231,7 @@ class _Objective:
         if len(ranked) < self.cfg.keep_models:
             return True
         kth = ranked[self.cfg.keep_models - 1]
-        return (-value, val_loss, trial.number) < (-kth.value, kth.user_attrs.get("val_loss", float("inf")), kth.number)
+        return rank_key(value, val_loss, trial.number) < rank_key(kth.value, kth.user_attrs.get("val_loss"), kth.number)
 
 
 def _record(storage_url: str, study_name: str, trial: Any, path: Path, kind: str, data: Optional[dict] = None) -> None:
@@ -254,7 +255,12 @@ def ranked_trials(study: Any) -> list[Any]:
     import optuna
 
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
-    return sorted(done, key=lambda t: (-t.value, t.user_attrs.get("val_loss", float("inf")), t.number))
+    return sorted(done, key=lambda t: rank_key(t.value, t.user_attrs.get("val_loss"), t.number))
+
+
+def rank_key(val_accuracy: float, val_loss: Optional[float], number: int) -> tuple[float, float, int]:
+    """The sort key of "best first": higher accuracy, then lower validation loss, then the earlier trial."""
+    return (-val_accuracy, math.inf if val_loss is None else val_loss, number)
 
 
 def best_trial(study: Any) -> Any:
@@ -311,7 +317,7 @@ def update_best_model(out: Path, study: Any, registry: Registry, weights: Weight
         return out / BEST_MODEL
     _atomic_copy(trial_model(out, study, best.number, registry, weights, make_base), out / BEST_MODEL)
     marker.write_text(json.dumps({"trial": best.number, "value": best.value, "params": best.params}))
-    _record(storage_url or f"sqlite:///{(out / STUDY_DB).resolve()}", study.study_name, best, out / BEST_MODEL, "best_model")
+    _record(storage_url or default_storage_url(out), study.study_name, best, out / BEST_MODEL, "best_model")
     return out / BEST_MODEL
 
 

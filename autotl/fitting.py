@@ -19,7 +19,6 @@ layers), which is what gets saved.
 from __future__ import annotations
 
 import math
-import threading
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from autotl.errors import TrialFailed
 
-__all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "prepare_head_trainer", "trainer", "train_head_through", "copy_head"]
+__all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "trainer", "train_head_through", "copy_head"]
 
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
@@ -114,10 +113,7 @@ def copy_head(src: Any, dst: Any, head: Sequence[Any]) -> None:
 def train_head_through(model: Any, head: Sequence[Any], dropout: float, lr: float, train: tuple[np.ndarray, np.ndarray],
                        val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int,
                        report: Optional[Report], offset: int, seed: int) -> dict[str, list[float]]:
-    """Train ``model`` from ``head``'s current weights, a fresh Adam at ``lr`` and dropout ``dropout``."""
-    for layer in head[1:]:
-        if not layer.built:
-            layer.build((None, model.get_layer(layer.name).input.shape[-1]))
+    """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at ``lr`` and dropout ``dropout``."""
     copy_head(None, model, head)
     model.get_layer("head_dropout").rate.assign(dropout)
     for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
@@ -127,25 +123,13 @@ def train_head_through(model: Any, head: Sequence[Any], dropout: float, lr: floa
 
 
 _HEAD_TRAINER: Any = None  # fit_head's variables and traced epoch, one per process
-_HEAD_TRAINER_THREAD: Any = None
-_HEAD_TRAINER_LOCK = threading.Lock()
-
-
-def prepare_head_trainer() -> None:
-    """Trace :func:`fit_head`'s epoch in a thread, so it overlaps whatever runs next (the cache's forward pass)."""
-    global _HEAD_TRAINER_THREAD
-    if _HEAD_TRAINER is None and _HEAD_TRAINER_THREAD is None:
-        _HEAD_TRAINER_THREAD = threading.Thread(target=_head_trainer, name="autotl-trace-head", daemon=True)
-        _HEAD_TRAINER_THREAD.start()
 
 
 def _head_trainer() -> "_HeadTrainer":
     global _HEAD_TRAINER
-    with _HEAD_TRAINER_LOCK:
-        if _HEAD_TRAINER is None:
-            trainer = _HeadTrainer()
-            trainer.epoch.get_concrete_function()
-            _HEAD_TRAINER = trainer
+    if _HEAD_TRAINER is None:
+        _HEAD_TRAINER = _HeadTrainer()
+        _HEAD_TRAINER.epoch.get_concrete_function()  # the one trace, for every shape
     return _HEAD_TRAINER
 
 
@@ -170,8 +154,8 @@ class _HeadTrainer:
         self.w, self.m, self.v = slot("w"), slot("m"), slot("v")
         self.step = tf.Variable(0.0)
         f32, i32 = tf.float32, tf.int32
-        # no autograph: the loop is written out, and autograph's conversion is not safe while
-        # another thread converts (prepare_head_trainer traces while the cache is built)
+        # Traced in the thread that trains: TensorFlow's graph building is not safe to run in two
+        # threads at once (tracing this while the cache's forward pass was traced crashed the process).
         self.epoch = tf.function(self._epoch, autograph=False, input_signature=[
             tf.TensorSpec([], f32), tf.TensorSpec([], f32), tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32),
             tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32), tf.TensorSpec([2], i32), tf.TensorSpec([], i32)])

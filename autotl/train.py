@@ -22,8 +22,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from autotl.errors import TrialFailed
-from autotl.fitting import MIN_DELTA, Report, copy_head, fit_head, prepare_head_trainer, train_head_through, trainer
+from autotl.fitting import MIN_DELTA, Report, copy_head, fit_head, train_head_through, trainer
 from autotl.seeding import set_random_seed
 from autotl.space import LR_RATIO
 
@@ -111,7 +110,7 @@ def train_trial(
     import keras
 
     from autotl.model import assemble, block_boundaries, build_head, freeze_below, submodel, top_layer_weights
-    from autotl.preprocess import preprocessing_layer
+    from autotl.preprocess import apply_preprocessing
 
     say = progress or (lambda _msg: None)
     set_random_seed(params.seed)
@@ -122,13 +121,10 @@ def train_trial(
     base = functools.cache(make_base)
     # Phase 1: the frozen base's pooled features, cached; only the head trains.  The same
     # forward pass stores the boundaries that fine-tuning trials may later start from.
-    prepare_head_trainer()  # traced while the cache is read or built
     say("phase 1: features")
     prefetch = (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :]) if params.prefetch_blocks else (lambda b: ())
     feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed, prefetch=prefetch)
     cache_info["phase1"] = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3)}
-    if not (np.isfinite(feats.train).all() and np.isfinite(feats.val).all()):
-        raise TrialFailed(f"backbone {spec.name} gives non-finite features; check its weights file and preprocessing")
     start = time.perf_counter()
     head = build_head(n_classes, params.head_width, params.dropout)
     say("phase 1: head")
@@ -165,26 +161,22 @@ def train_trial(
         if acts is not None:
             cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
         start = time.perf_counter()
-        snapshot = base().get_weights()
+        snapshot = top_layer_weights(base(), cut)  # what fine-tuning may change, to undo it
         unfrozen = freeze_below(base(), cut)
         if acts is not None:
             shape = acts.train.shape[1:]
-
-            def body() -> tuple[Any, Any]:
-                x_in = keras.Input(shape)
-                return x_in, keras.layers.GlobalAveragePooling2D()(submodel(base(), cut, None)(x_in, training=False))
-
+            features = lambda x: submodel(base(), cut, None)(x, training=False)  # noqa: E731
             train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
         else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
             shape = (*spec.input_size, 3)
-
-            def body() -> tuple[Any, Any]:
-                x_in = keras.Input(shape)
-                pre = preprocessing_layer(spec.preprocessing)
-                return x_in, keras.layers.GlobalAveragePooling2D()(base()(pre(x_in) if pre is not None else x_in, training=False))
-
+            features = lambda x: base()(apply_preprocessing(spec.preprocessing, x), training=False)  # noqa: E731
             pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
             train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
+
+        def body() -> tuple[Any, Any]:
+            x_in = keras.Input(shape)
+            return x_in, keras.layers.GlobalAveragePooling2D()(features(x_in))
+
         # the base object is one per backbone and process, so its id names the layers this model trains
         model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes, owner=base())
         say("phase 2: fine-tuning")
@@ -198,7 +190,8 @@ def train_trial(
             best_loss, best_acc = loss2, acc2
             copy_head(model, None, head)
         else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
-            base().set_weights(snapshot)
+            for name, ws in snapshot.items():
+                base().get_layer(name).set_weights(ws)
         base().trainable = False
 
     def trained_weights() -> dict[str, list[np.ndarray]]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from autotl.errors import UsageError
 
-__all__ = ["BadImage", "ImageSet", "Dataset", "decode_image", "load_folder", "from_arrays"]
+__all__ = ["BadImage", "ImageSet", "Dataset", "decode_image", "resize_images", "load_folder", "from_arrays"]
 
 LAYOUT = "DATA_DIR/CLASS/IMAGE"
 _JUNK = {"thumbs.db", "desktop.ini"}  # OS litter, ignored like hidden files
@@ -32,6 +32,19 @@ _FINGERPRINT_VERSION = b"autotl-data-1\n"
 
 class BadImage(Exception):
     """One file cannot be used; ``str()`` is the short reason."""
+
+
+def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """float32 ``(n, h, w, 3)``, values 0..255: a batch of same-size images ``(n, H, W, 3)`` resized as
+    ``keras.layers.Resizing(h, w)`` does (TensorFlow's bilinear resize, no antialiasing, half-pixel centres).
+
+    Called on uint8 pixels it gives the same floats as on float pixels, without
+    converting the full-size images first.
+    """
+    import tensorflow as tf
+
+    h, w = (int(s) for s in size)
+    return tf.image.resize(images, (h, w), method="bilinear").numpy().astype(np.float32, copy=False)
 
 
 def decode_image(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
@@ -178,10 +191,9 @@ class ImageSet:
         That layer's default is TensorFlow's bilinear resize without
         antialiasing; it is called here on the uint8 pixels, which gives the
         same floats as on float pixels without converting the full-size image
-        first, so a model that resizes inside itself sees exactly these values.
+        first, so a model that resizes inside itself sees exactly these values
+        (:func:`resize_images`).
         """
-        import tensorflow as tf
-
         h, w = (int(s) for s in size)
         if h < 1 or w < 1 or batch_size < 1:
             raise ValueError(f"size and batch_size must be positive, got {size}, {batch_size}")
@@ -189,7 +201,7 @@ class ImageSet:
             images = [self.load(i) for i in range(start, min(start + batch_size, len(self)))]
             same = len({im.shape for im in images}) == 1  # one op for the batch (samples)
             groups = [np.stack(images)] if same else [im[None] for im in images]
-            yield np.concatenate([tf.image.resize(g, (h, w), method="bilinear").numpy() for g in groups]).astype(np.float32, copy=False)
+            yield np.concatenate([resize_images(g, (h, w)) for g in groups])
 
     def counts(self, n_classes: int) -> list[int]:
         """Images per class, in class order."""

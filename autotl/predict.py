@@ -10,6 +10,8 @@ from autotl.errors import UsageError
 
 __all__ = ["load_run_model", "predict_files", "predict_any"]
 
+PREDICT_CHUNK = 64  # images decoded and predicted together (bounded memory: at most 1024 px a side each)
+
 
 def load_run_model(path: str | Path) -> tuple[object, list[str]]:
     """The model and class names of a run folder, or of a ``.keras`` file with ``classes.json`` beside it."""
@@ -26,29 +28,34 @@ def load_run_model(path: str | Path) -> tuple[object, list[str]]:
     return model, json.loads(classes_file.read_text())
 
 
-def predict_files(model: Any, class_names: Sequence[str], files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
-    """``(file, class, probability)`` per file; an unreadable file gives ``(file, reason, None)``.
+def predict_files(predict: Any, class_names: Sequence[str], files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
+    """``(file, class, probability)`` per file, in order; an unreadable file gives ``(file, reason, None)``.
 
-    ``model`` is a Keras model, or the ``predict(list of uint8 HxWx3 arrays) -> probabilities``
-    callable of :func:`autotl.export.load_predictor` (any exported format).
+    ``predict`` is the ``predict(list of uint8 HxWx3 arrays) -> probabilities`` callable of
+    :func:`autotl.export.load_predictor` (any exported format); the readable files go to it
+    in one call per ``PREDICT_CHUNK`` files (decoded images held in memory at once).
     """
     import numpy as np
 
     from autotl.data import BadImage, decode_image
 
-    out: list = []
-    for f in files:
-        try:
-            pixels = decode_image(f)
-        except BadImage as exc:
-            out.append((str(f), str(exc), None))
+    out: list = [None] * len(files)
+    for start in range(0, len(files), PREDICT_CHUNK):
+        readable: list[int] = []
+        pixels = []
+        for i in range(start, min(start + PREDICT_CHUNK, len(files))):
+            try:
+                pixels.append(decode_image(files[i]))
+            except BadImage as exc:
+                out[i] = (str(files[i]), str(exc), None)
+                continue
+            readable.append(i)
+        if not readable:
             continue
-        if hasattr(model, "predict"):
-            probs = np.asarray(model.predict(pixels[None].astype("float32"), verbose=0))[0]
-        else:
-            probs = np.asarray(model([pixels]))[0]
-        i = int(np.argmax(probs))
-        out.append((str(f), class_names[i], float(probs[i])))
+        probs = np.asarray(predict(pixels))
+        for i, p in zip(readable, probs):
+            k = int(np.argmax(p))
+            out[i] = (str(files[i]), class_names[k], float(p[k]))
     return out
 
 

@@ -31,6 +31,7 @@ import re
 from dataclasses import replace
 from typing import Any, Callable, NoReturn, Optional
 
+from autotl.errors import first_line
 from autotl.spec import BackboneSpec
 
 __all__ = ["PREPROCESSING_RANGES", "backbone_params", "check_backbone", "check_preprocessing", "specs_of"]
@@ -53,8 +54,8 @@ def _fail(spec: BackboneSpec, check: str, detail: str) -> NoReturn:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """``Type: first line`` (just ``Type`` when the message is empty)."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _max_diff(a: Any, b: Any) -> float:

@@ -38,13 +38,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], size: tuple[int, int],
+def _write_card(folder: Path, run: _Run, dataset: Any, same_data: bool, parity: dict[str, Any], size: tuple[int, int],
                 formats: Sequence[str], quantize: Optional[str], notes: list[str]) -> None:
+    """``same_data``: the data re-read now is known to be the search's (``_run._dataset``)."""
     t, a = run.trial, run.trial.user_attrs
     names = run.class_names
     summary = run.data_summary
     expected = run.record.get("data_fingerprint") or summary.get("fingerprint")
-    same_data = expected is None or expected == dataset.fingerprint
     if isinstance(summary.get("counts"), dict) and summary["counts"].get("val"):  # what the search itself recorded
         counts = {part: [int(summary["counts"][part].get(c, 0)) for c in names] for part in ("train", "val")}
         split, fingerprint, source = summary.get("split", "?"), summary.get("fingerprint", "?"), summary.get("source", dataset.source)
@@ -52,7 +52,7 @@ def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], s
         counts = {"train": dataset.train.counts(len(names)), "val": dataset.val.counts(len(names))}
         split, fingerprint, source = dataset.split, dataset.fingerprint, dataset.source
     else:
-        counts, split, fingerprint, source = {}, "not recorded", expected, run.record.get("source", "?")
+        counts, split, fingerprint, source = {}, "not recorded", expected or "not recorded", run.record.get("source", "?")
     n_train = sum(counts.get("train", [])) if counts else None
     n_val = sum(counts.get("val", [])) if counts else None
     val_acc = float(t.value)
@@ -80,7 +80,7 @@ def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], s
         f"- Source: `{source}`; split: {split}; fingerprint `{fingerprint}`.",
         *([f"- {n_train} training and {n_val} validation images.", "", "| class | train | val |", "|---|---:|---:|",
            *[f"| {c} | {counts['train'][i]} | {counts['val'][i]} |" for i, c in enumerate(names)]] if counts
-          else ["- The search's split is not recorded and the data re-read now does not match it; image counts unknown."]),
+          else ["- The search's split is not recorded and the data re-read now is not known to match it; image counts unknown."]),
         "",
         f"Classes, in output order (also `labels.txt`): {', '.join(f'`{c}`' for c in names)}.",
         "",
@@ -151,19 +151,18 @@ def _write_card(folder: Path, run: _Run, dataset: Any, parity: dict[str, Any], s
         path = folder / name
         if path.exists() and name not in (CARD_FILE,):
             lines.append(f"- `{name}{'/' if path.is_dir() else ''}`: `{_sha256(path)}` ({_size(path)} bytes)")
-    lines += [
-        "",
-        "## How to call it",
-        "",
-        "- `model.keras`: `keras.saving.load_model(path, safe_mode=True)`; input float32 or uint8 RGB pixels 0..255, "
-        "`[batch, height, width, 3]`, any size (one size per batch); output softmax probabilities.",
-        "- `savedmodel/`: signature `serving_default` takes `images` uint8 `[batch, height, width, 3]`; signature `serving_bytes` "
-        "takes `image_bytes` string `[batch]` (encoded JPEG/PNG/GIF/BMP). Both return `probabilities` float32 `[batch, classes]` "
-        "and `classes` string `[batch]`. Class names are also in `savedmodel/assets/labels.txt`.",
-        f"- `model.tflite`: one float32 image `[1, {size[0]}, {size[1]}, 3]`, pixels 0..255 already resized to {size[0]}x{size[1]} "
-        "with bilinear interpolation (no antialiasing, half-pixel centres: `tf.image.resize`).",
-    ]
-    if quantize == "int8":
+    lines += ["", "## How to call it", ""]
+    if "keras" in formats:
+        lines.append("- `model.keras`: `keras.saving.load_model(path, safe_mode=True)`; input float32 or uint8 RGB pixels 0..255, "
+                     "`[batch, height, width, 3]`, any size (one size per batch); output softmax probabilities.")
+    if "savedmodel" in formats:
+        lines.append("- `savedmodel/`: signature `serving_default` takes `images` uint8 `[batch, height, width, 3]`; signature `serving_bytes` "
+                     "takes `image_bytes` string `[batch]` (encoded JPEG/PNG/GIF/BMP). Both return `probabilities` float32 `[batch, classes]` "
+                     "and `classes` string `[batch]`. Class names are also in `savedmodel/assets/labels.txt`.")
+    if "tflite" in formats:
+        lines.append(f"- `model.tflite`: one float32 image `[1, {size[0]}, {size[1]}, 3]`, pixels 0..255 already resized to {size[0]}x{size[1]} "
+                     "with bilinear interpolation (no antialiasing, half-pixel centres: `tf.image.resize`).")
+    if quantize == "int8" and "tflite" in formats:
         info = parity.get("formats", {}).get("tflite_int8", {})
         scale, zero = info.get("input_quantization", [1.0, 0])
         lines.append(f"- `model_int8.tflite`: one uint8 image `[1, {size[0]}, {size[1]}, 3]` resized the same way "

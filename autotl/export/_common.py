@@ -6,7 +6,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +34,14 @@ Predict = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
 class ExportParityError(AutotlError):
-    """An exported format does not predict what the Keras model predicts; the message names it and the numbers."""
+    """An exported format does not predict what the Keras model predicts; the message names it and the numbers.
+
+    ``parity`` is the parity record so far, with the failure (what ``parity.json`` holds), or None.
+    """
+
+    def __init__(self, message: str, parity: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(message)
+        self.parity = parity
 
 
 @dataclass
@@ -48,11 +55,6 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _quiet() -> None:
     import logging
     import warnings
@@ -62,17 +64,6 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
-
-
-def _resize(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """float32 ``(n, h, w, 3)``: each image resized as ``keras.layers.Resizing(h, w)`` does (and ``ImageSet.batches``)."""
-    import keras
-
-    out = []
-    for im in images:
-        x = keras.ops.image.resize(np.asarray(im, dtype=np.float32)[None], size, interpolation="bilinear", data_format="channels_last")
-        out.append(keras.ops.convert_to_numpy(x))
-    return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, *size, 3), np.float32)
 
 
 def _by_shape(images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], n_out: int) -> np.ndarray:

@@ -11,14 +11,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from autotl.errors import UsageError
+from autotl.data import resize_images
+from autotl.errors import UsageError, first_line
 from autotl.export import _savedmodel, _tflite
 from autotl.export._card import _write_card
 from autotl.export._common import (
     FORMATS, KERAS_FILE, LABELS_FILE, OWNED, PARITY_FILE, PARITY_IMAGES, QUANTIZATIONS, REPRESENTATIVE_IMAGES, SAVEDMODEL_DIR,
-    TFLITE_FILE, TFLITE_INT8_FILE, CARD_FILE, ExportParityError, ExportResult, _first_line, _input_size, _quiet, _resize,
+    TFLITE_FILE, TFLITE_INT8_FILE, CARD_FILE, ExportParityError, ExportResult, _input_size, _quiet,
 )
-from autotl.export._parity import _check_reproduces, _parity_error, verify_export
+from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
 
 
@@ -76,9 +77,7 @@ def export(
         raise UsageError(f"--out {out_dir} is a file; pass a folder")
     run = _open_run(run_dir, trial, storage_url, study_name, plugins, registry, weights, say)
     notes: list[str] = []
-    dataset = _dataset(run, data, plugins, notes)
-    expected = run.record.get("data_fingerprint") or run.data_summary.get("fingerprint")
-    same_data = bool(expected) and expected == dataset.fingerprint
+    dataset, same_data = _dataset(run, data, plugins, notes)
 
     import keras
 
@@ -116,21 +115,22 @@ def export(
                 chosen = _evenly(len(dataset.train), REPRESENTATIVE_IMAGES)
                 say(f"quantizing to int8 on {len(chosen)} training images")
                 start = time.perf_counter()
-                representative = _resize([dataset.train.load(i) for i in chosen], size)  # what the model's Resizing feeds on
+                # what the model's Resizing feeds on
+                representative = np.concatenate([resize_images(dataset.train.load(i)[None], size) for i in chosen])
                 (staging / TFLITE_INT8_FILE).write_bytes(_tflite.convert(model, size, representative))
                 seconds["tflite_int8"] = time.perf_counter() - start
         say(f"checking parity on {len(images)} validation images")
         try:
             parity = verify_export(staging, model, images, labels)
         except ExportParityError as exc:
-            parity = {**getattr(exc, "parity", {}), "search_score": reproduced, "seconds": seconds, "error": str(exc)}
-            _write_parity(staging, parity, run, dataset, len(dataset.val))
+            parity = {**(exc.parity or {}), "search_score": reproduced, "seconds": seconds, "error": str(exc)}
+            _write_parity(staging, parity, run, dataset)
             failed = out_dir.parent / f"{out_dir.name}.unverified"
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(staging, failed)
-            raise _parity_error(f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity) from None
-        parity = _write_parity(staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset, len(dataset.val))
-        _write_card(staging, run, dataset, parity, size, formats, quantize, notes)
+            raise ExportParityError(f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity) from None
+        parity = _write_parity(staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset)
+        _write_card(staging, run, dataset, same_data, parity, size, formats, quantize, notes)
         _install(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -152,10 +152,10 @@ def _record_lineage(run: _Run, out_dir: Path, dataset: Any, notes: list[str]) ->
             if (out_dir / name).is_file():
                 record_model(run.storage_url, run.study.study_name, run.trial, out_dir / name, "export", data=summary)
     except Exception as exc:  # noqa: BLE001 -- the verified files are in place; say why lineage is missing
-        notes.append(f"lineage not recorded ({_first_line(exc)})")
+        notes.append(f"lineage not recorded ({first_line(exc)[:200]})")
 
 
-def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any, n_val: int) -> dict[str, Any]:
+def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -163,7 +163,7 @@ def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any,
 
     parity = {**parity, "trial": run.trial.number, "model": str(run.model_file.relative_to(run.run_dir)),
               "versions": {"autotl": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
-              "data": {"source": dataset.source, "split": dataset.split, "validation_images": n_val, "compared": parity.get("images")}}
+              "data": {"source": dataset.source, "split": dataset.split, "validation_images": len(dataset.val), "compared": parity.get("images")}}
     (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2))
     return parity
 

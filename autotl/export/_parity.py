@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from autotl.errors import first_line
 from autotl.export._common import (
     FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, KERAS_FILE, REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, SAVEDMODEL_DIR, TFLITE_FILE,
-    TFLITE_INT8_FILE, ExportParityError, _first_line,
+    TFLITE_INT8_FILE, ExportParityError,
 )
 from autotl.export._predictor import keras_predictor
 from autotl.export._savedmodel import savedmodel_predictor
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 def check_parity(fmt: str, reference: np.ndarray, candidate: np.ndarray, quantized: bool = False,
                  labels: Optional[np.ndarray] = None) -> dict[str, Any]:
-    """Compare one format's probabilities with the Keras model's; raise ExportParityError outside the tolerance.
+    """Compare one format's probabilities with the Keras model's; raise ExportParityError outside the tolerance
+    (with this format's record as ``.parity``, except when the shapes differ).
 
     Float formats must agree within ``FLOAT_TOLERANCE`` in every probability; a
     quantized format must give the same top-1 class on ``INT8_MIN_AGREEMENT`` of
@@ -50,15 +52,9 @@ def check_parity(fmt: str, reference: np.ndarray, candidate: np.ndarray, quantiz
     record["passed"] = bool(ok)
     if not ok:
         shown = f"{diff:.2e}" if finite else "NaN/inf in the output"
-        raise _Failed(record, f"{fmt} parity failed on {n} validation images: top-1 agreement {agree}/{n} ({agree / n:.1%}), "
-                              f"max |dp| {shown} ({need})")
+        raise ExportParityError(f"{fmt} parity failed on {n} validation images: top-1 agreement {agree}/{n} ({agree / n:.1%}), "
+                                f"max |dp| {shown} ({need})", record)
     return record
-
-
-class _Failed(ExportParityError):
-    def __init__(self, record: dict[str, Any], message: str) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[np.ndarray],
@@ -82,13 +78,14 @@ def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[n
         try:
             got, extra = run()
         except Exception as exc:  # a format that cannot even load or run is a parity failure too
-            record["formats"][fmt] = {"passed": False, "error": _first_line(exc)}
-            raise _parity_error(f"{fmt} parity failed: running it raised {type(exc).__name__}: {_first_line(exc)}", record) from None
+            reason = first_line(exc)[:200]
+            record["formats"][fmt] = {"passed": False, "error": reason}
+            raise ExportParityError(f"{fmt} parity failed: running it raised {type(exc).__name__}: {reason}", record) from None
         try:
             record["formats"][fmt] = {**check_parity(fmt, ref, got, quantized, labels), **extra}
-        except _Failed as exc:
-            record["formats"][fmt] = {**exc.record, **extra}
-            raise _parity_error(str(exc), record) from None
+        except ExportParityError as exc:
+            record["formats"][fmt] = {**(exc.parity or {"passed": False, "error": str(exc)}), **extra}
+            raise ExportParityError(str(exc), record) from None
 
     def tflite(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         predict, info = tflite_predictor(path)
@@ -113,12 +110,6 @@ def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[n
     return record
 
 
-def _parity_error(message: str, record: dict[str, Any]) -> ExportParityError:
-    err = ExportParityError(message)
-    err.parity = record  # type: ignore[attr-defined]
-    return err
-
-
 def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool) -> dict[str, Any]:
     """The model's accuracy and loss on the whole validation split must be the ones the search recorded for the trial.
 
@@ -128,7 +119,7 @@ def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int]
     """
     recorded_acc, recorded_loss = float(run.trial.value), run.trial.user_attrs.get("val_loss")
     if not same_data:
-        return {"skipped": "the data re-read now is not the search's validation split (fingerprint differs)"}
+        return {"skipped": "the data re-read now is not known to be the search's validation split (fingerprint differs or was not recorded)"}
     probs = np.concatenate([np.asarray(model.predict_on_batch(b), dtype=np.float64) for b in dataset.val.batches(size, 32)])
     y = np.asarray(dataset.val.labels)
     n = len(y)
@@ -139,7 +130,7 @@ def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int]
     loss_ok = recorded_loss is None or abs(loss - float(recorded_loss)) <= REPRODUCE_LOSS_ATOL + REPRODUCE_LOSS_RTOL * abs(float(recorded_loss))
     record["passed"] = bool(off_by <= 1 and loss_ok)  # one borderline image may flip between the cached-feature and full paths
     if not record["passed"]:
-        raise _parity_error(
+        raise ExportParityError(
             f"trial {run.trial.number}'s model ({run.model_file.name}) scores accuracy {acc:.4f}, loss {loss:.4f} on the {n} validation images, "
             f"but the search recorded {recorded_acc:.4f}, {float(recorded_loss or float('nan')):.4f}: it is not the model the search scored "
             "(other backbone weights or plugin version?); nothing was exported", {"search_score": record, "passed": False})

@@ -9,8 +9,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autotl.errors import UsageError
-from autotl.export._common import KERAS_FILE, LABELS_FILE, Predict, _by_shape, _first_line, _quiet, _read_labels
+from autotl.errors import UsageError, first_line
+from autotl.export._common import KERAS_FILE, LABELS_FILE, Predict, _by_shape, _quiet, _read_labels
 from autotl.export._savedmodel import savedmodel_predictor
 from autotl.export._tflite import tflite_predictor
 
@@ -40,7 +40,7 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predict, list[str]]:
             try:
                 predict, _ = savedmodel_predictor(p)
             except Exception as exc:
-                raise UsageError(f"cannot load SavedModel {p} ({_first_line(exc)}); it needs the serving_default and serving_bytes signatures `autotl export` writes") from None
+                raise UsageError(f"cannot load SavedModel {p} ({first_line(exc)[:200]}); it needs the serving_default and serving_bytes signatures `autotl export` writes") from None
             names = _read_labels(labels)
             return _checked(predict, names, p), names
         for name in ("best_model.keras", KERAS_FILE):
@@ -60,14 +60,13 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predict, list[str]]:
         try:
             model = keras.saving.load_model(p, safe_mode=True)
         except Exception as exc:
-            raise UsageError(f"cannot load {p} ({_first_line(exc)}); pass a .keras file written by autotl") from None
+            raise UsageError(f"cannot load {p} ({first_line(exc)[:200]}); pass a .keras file written by autotl") from None
         predict = keras_predictor(model)
-        predict.model = model  # type: ignore[attr-defined]
     else:
         try:
             predict, _ = tflite_predictor(p)
         except Exception as exc:
-            raise UsageError(f"cannot load {p} ({_first_line(exc)}); pass a .tflite file written by `autotl export`") from None
+            raise UsageError(f"cannot load {p} ({first_line(exc)[:200]}); pass a .tflite file written by `autotl export`") from None
     return _checked(predict, names, p), names
 
 
@@ -80,8 +79,7 @@ def _checked(predict: Predict, names: list[str], where: Path) -> Predict:
                              "keep the model with the labels.txt/classes.json it was exported with")
         return probs
 
-    run.__dict__.update(predict.__dict__)  # .model, .loaded: keep what the predictor holds on to
-    return run
+    return run  # holds ``predict``, so whatever ``predict`` keeps alive (a SavedModel's ``.loaded``) stays alive
 
 
 def _names_beside(model_file: Path) -> list[str]:

@@ -107,8 +107,10 @@ def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], s
                 study.user_attrs.get("space") or record.get("space") or {}, study.user_attrs.get("data") or {})
 
 
-def _dataset(run: _Run, data: Optional[str], plugins: Sequence[str], notes: list[str]) -> Any:
-    """The search's data set again (its validation split checks parity, its training split calibrates int8)."""
+def _dataset(run: _Run, data: Optional[str], plugins: Sequence[str], notes: list[str]) -> tuple[Any, bool]:
+    """``(dataset, same_data)``: the search's data set again (its validation split checks parity, its training split
+    calibrates int8), and whether it is known to be the search's (its fingerprint is the recorded one; no recorded
+    fingerprint means not known)."""
     val_fraction, seed = split_settings(run.data_summary, run.space)
     source = data or run.record.get("source") or run.data_summary.get("source")
     if not source:
@@ -119,8 +121,13 @@ def _dataset(run: _Run, data: Optional[str], plugins: Sequence[str], notes: list
     if list(ds.class_names) != run.class_names:
         raise UsageError(f"data at {source} has classes {list(ds.class_names)} but the model predicts {run.class_names}; pass the search's data with --data")
     expected = run.record.get("data_fingerprint") or run.data_summary.get("fingerprint")
-    if expected and ds.fingerprint != expected:
+    same_data = bool(expected) and ds.fingerprint == expected
+    if expected and not same_data:
         notes.append(f"data at {source} does not match the search's (fingerprint differs: files changed, or the search split them "
                      f"otherwise than val_fraction={val_fraction:g}, seed={seed}); parity holds regardless, but the accuracy "
                      "re-measured here is not on the search's validation split")
-    return ds
+    elif not expected:
+        notes.append(f"the run records no fingerprint of its data, so the data at {source} is not known to be the search's; "
+                     "parity holds regardless, but the search's score was not re-checked and the accuracy re-measured here "
+                     "may not be on the search's validation split")
+    return ds, same_data

@@ -8,7 +8,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from autotl.export._common import Predict, _quiet, _resize, _stderr_silenced, _tf_variables
+from autotl.data import resize_images
+from autotl.export._common import Predict, _quiet, _stderr_silenced, _tf_variables
 
 
 def _interpreter(model_path: Path) -> Any:
@@ -35,16 +36,19 @@ def tflite_predictor(path: Path) -> tuple[Predict, dict[str, Any]]:
     info = {"input_dtype": np.dtype(inp["dtype"]).name, "input_shape": [1, h, w, 3], "input_quantization": [float(in_scale), int(in_zero)],
             "output_dtype": np.dtype(outp["dtype"]).name, "output_quantization": [float(out_scale), int(out_zero)]}
 
+    int_in, int_out = np.issubdtype(inp["dtype"], np.integer), np.issubdtype(outp["dtype"], np.integer)
+    lo, hi = (np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max) if int_in else (None, None)
+
     def predict(images: Sequence[np.ndarray]) -> np.ndarray:
         out = []
-        for x in _resize(images, (h, w)):
-            if np.issubdtype(inp["dtype"], np.integer):
-                lo, hi = np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max
+        for im in images:
+            x = resize_images(np.asarray(im)[None], (h, w))  # [1, h, w, 3], as the model's Resizing does
+            if int_in:
                 x = np.clip(np.round(x / (in_scale or 1.0) + in_zero), lo, hi)
-            it.set_tensor(inp["index"], x[None].astype(inp["dtype"]))
+            it.set_tensor(inp["index"], x.astype(inp["dtype"]))
             it.invoke()
             y = it.get_tensor(outp["index"])[0]
-            out.append((y.astype(np.float32) - out_zero) * out_scale if np.issubdtype(outp["dtype"], np.integer) else y.astype(np.float32))
+            out.append((y.astype(np.float32) - out_zero) * out_scale if int_out else y.astype(np.float32))
         return np.stack(out) if out else np.zeros((0, int(outp["shape"][-1])), np.float32)
 
     return predict, info

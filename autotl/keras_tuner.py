@@ -43,9 +43,10 @@ import keras_tuner
 from autotl.errors import AutotlError, TrialFailed, UsageError
 from autotl.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
 from autotl.registry import Registry
-from autotl.rundir import KERAS_TUNER_SUFFIX, STUDY_DB
+from autotl.rundir import KERAS_TUNER_SUFFIX, RUN_FILE, default_storage_url
+from autotl.search import BEST_MARKER, BEST_MODEL, CLASSES_FILE, rank_key
 from autotl.space import SearchSpace
-from autotl.train import TrialParams, TrialResult, train_trial
+from autotl.train import TrialParams, train_trial
 from autotl.weights import WeightsSource, resolve_weights
 
 __all__ = ["TransferHyperModel", "run_keras_tuner_search", "leaderboard", "TUNERS", "OBJECTIVE", "KERAS_TUNER_DIR", "TRIAL_ID_ATTR"]
@@ -58,13 +59,16 @@ TUNERS = ("random", "bayesian", "hyperband")
 KERAS_TUNER_DIR = "keras_tuner"
 PROJECT = "autotl"
 RECORD_FILE = "autotl.json"  # per trial, in keras-tuner's trial folder: what the trainer did
-BEST_MODEL = "best_model.keras"
-BEST_MARKER = "best_model.json"
-CLASSES_FILE = "classes.json"
-RUN_FILE = "run.json"
 # keras-tuner's TrialStatus to the Optuna state names the Optuna leaderboard shows.
 _STATES = {"COMPLETED": "COMPLETE", "FAILED": "FAIL", "INVALID": "FAIL", "RUNNING": "RUNNING", "IDLE": "WAITING", "STOPPED": "PRUNED"}
 _HEAD = ("head_dropout", "head_dense", "predictions")
+#: Per process, a base's pretrained weights by (backbone, plugin, weights argument, weights sha256, seed):
+#: what a resumed Hyperband trial puts back into the base keras-tuner loaded a checkpoint into.
+_PRISTINE: dict[tuple[Any, ...], list[Any]] = {}
+
+
+def _pristine_key(spec: Any, resolved: Any, seed: int) -> tuple[Any, ...]:
+    return (spec.name, spec.plugin, resolved.argument, resolved.sha256, seed)
 
 
 class _Suggest:
@@ -200,8 +204,6 @@ class TransferHyperModel(keras_tuner.HyperModel):
         self.max_epochs = max_epochs
         #: trial id (or ``None`` outside a tuner) to the record written for it; see :meth:`fit`.
         self.records: dict[Optional[str], dict[str, Any]] = {}
-        #: the last trial's :class:`autotl.train.TrialResult`.
-        self.last_result: Optional[TrialResult] = None
         self._warned = False
 
     # -- hyperparameters ------------------------------------------------------------------------
@@ -224,11 +226,15 @@ class TransferHyperModel(keras_tuner.HyperModel):
         params = self.params(hp)
         spec = self._spec(params.backbone)
         try:
-            base = build_base(spec, resolve_weights(spec, self.weights), seed=params.seed)
+            resolved = resolve_weights(spec, self.weights)
+            base = build_base(spec, resolved, seed=params.seed)
         except UsageError as exc:
             raise keras_tuner.errors.FatalValueError(str(exc)) from exc
         except TrialFailed as exc:
             raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
+        key = _pristine_key(spec, resolved, params.seed)
+        if "tuner/trial_id" in hp.values and key not in _PRISTINE:  # Hyperband loads a checkpoint over them next: see fit
+            _PRISTINE[key] = base.get_weights()
         return assemble(spec, base, build_head(len(self.dataset.class_names), params.head_width, params.dropout))
 
     def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
@@ -253,7 +259,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
         if "tuner/trial_id" in hp.values:
             # Hyperband loaded an earlier trial's checkpoint into the model: the trainer needs the
             # pretrained base (the cache is keyed by it, and its top is fine-tuned from it).
-            base.set_weights(build_base(spec, resolved, seed=params.seed).get_weights())
+            key = _pristine_key(spec, resolved, params.seed)
+            if key not in _PRISTINE:
+                _PRISTINE[key] = build_base(spec, resolved, seed=params.seed).get_weights()
+            base.set_weights(_PRISTINE[key])
         start, started = time.perf_counter(), time.time()
         try:
             result = train_trial(spec, params, lambda: base, self.dataset, self.cache, resolved, augmentation=self.space.augmentation)
@@ -272,7 +281,6 @@ class TransferHyperModel(keras_tuner.HyperModel):
                            "weights_origin": resolved.origin, "weights_sha256": resolved.sha256, "plugin": spec.plugin, "started": started},
         }
         self.records[record["trial_id"]] = record
-        self.last_result = result
         if tuner is not None:
             path = Path(tuner.get_trial_dir(trial.trial_id)) / RECORD_FILE
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -385,7 +393,7 @@ def _save_best(tuner: Any, folder: Path, records: list[dict[str, Any]], class_na
         return None
     # autotl's order for "best" (accuracy, then lower validation loss, then earlier), as for the
     # Optuna engine and in reports; keras-tuner's own breaks ties between equal scores its own way
-    top = min(done, key=lambda r: (-r["val_accuracy"], r["val_loss"] if r["val_loss"] is not None else math.inf, r["number"]))
+    top = min(done, key=lambda r: rank_key(r["val_accuracy"], r["val_loss"], r["number"]))
     best = tuner.oracle.get_trial(top["trial_id"])
     marker, path = folder / BEST_MARKER, folder / BEST_MODEL
     if path.is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial_id") == best.trial_id:
@@ -461,7 +469,7 @@ def run_keras_tuner_search(
     folder = out / KERAS_TUNER_DIR
     hypermodel = TransferHyperModel(space, dataset, registry, weights, out / "cache", max_epochs=max_epochs if tuner == "hyperband" else None)
     _check_folder(folder, hypermodel.space, dataset, tuner)
-    copy = KerasTunerStudy(storage_url or f"sqlite:///{(out / STUDY_DB).resolve()}", study_name + KERAS_TUNER_SUFFIX,
+    copy = KerasTunerStudy(storage_url or default_storage_url(out), study_name + KERAS_TUNER_SUFFIX,
                            hypermodel.space, dataset, tuner, f"{KERAS_TUNER_DIR}/{BEST_MODEL}")
     kt = None
     try:
@@ -484,21 +492,6 @@ def run_keras_tuner_search(
 
 def leaderboard(records: Sequence[dict[str, Any]], top: int = 10, title: str = "leaderboard: keras-tuner") -> Any:
     """The best rows of :func:`run_keras_tuner_search` as the rich table ``autotl.ui.leaderboard`` prints for a study."""
-    from rich.table import Table
+    from autotl.ui import records_table
 
-    table = Table(title=title)
-    for col in ("trial", "state", "backbone", "head", "dropout", "unfreeze", "finetune lr", "head stable", "val acc", "val loss", "time s"):
-        table.add_column(col)
-    rows = sorted(records, key=lambda r: (r["val_accuracy"] is None, -(r["val_accuracy"] or 0.0), r["number"]))
-    for r in rows[:top]:
-        p, a = r["params"], r.get("user_attrs", {})
-        table.add_row(
-            str(r["number"]), r["state"].lower(), str(p.get("backbone", "")), str(p.get("head_width", "")),
-            f"{p['dropout']:.2f}" if "dropout" in p else "", str(p.get("unfreeze_blocks", "")),
-            f"{p['finetune_lr']:.1e}" if "finetune_lr" in p else "",
-            str(a["head_stable_epoch"]) if a.get("head_stable_epoch") is not None else "-",
-            f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
-            f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
-            f"{a['seconds_total']:.0f}" if "seconds_total" in a else "-",
-        )
-    return table
+    return records_table(records, top, title)

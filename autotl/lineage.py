@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from autotl.errors import UsageError
-from autotl.rundir import STUDY_DB
-from autotl.storage import engine_kwargs
+from autotl.errors import UsageError, first_line
+from autotl.rundir import STUDY_DB, default_storage_url
+from autotl.storage import engine_kwargs, sqlite_path
 from autotl.weights import sha256_file
 
 __all__ = [
@@ -99,7 +99,7 @@ def _engine(storage_url: str) -> Any:
             except ModuleNotFoundError as exc:
                 raise UsageError(f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it") from None
             except Exception as exc:
-                raise UsageError(f"cannot open storage {safe_url(storage_url)!r} ({_first_line(exc)})") from None
+                raise UsageError(f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})") from None
         return _engines[storage_url]
 
 
@@ -111,10 +111,6 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _ensure_tables(storage_url: str) -> Any:
@@ -138,14 +134,8 @@ def _ensure_tables(storage_url: str) -> Any:
 
 
 def _missing_sqlite(storage_url: str) -> bool:
-    try:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(storage_url)
-    except Exception:
-        return False
-    db = url.database
-    return url.get_backend_name() == "sqlite" and bool(db) and db != ":memory:" and not db.startswith("file:") and not Path(db).exists()
+    path = sqlite_path(storage_url)
+    return path is not None and not Path(path).exists()
 
 
 def _has_tables(engine: Any) -> bool:
@@ -174,14 +164,22 @@ def _jsonable(value: Any) -> Any:
 
 
 def _study_data(storage_url: str, study_name: str) -> dict[str, Any]:
-    """The study's "data" user attribute (Dataset.summary()), or {} if it cannot be read."""
-    try:
-        import optuna
+    """The study's "data" user attribute (Dataset.summary()), or {} if it cannot be read.
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return dict(optuna.load_study(study_name=study_name, storage=storage_url).user_attrs.get("data") or {})
+    Only for callers that do not pass ``data`` to :func:`record_model`; autotl's own pass it.
+    """
+    storage = None
+    try:
+        from optuna.storages import RDBStorage
+
+        storage = RDBStorage(storage_url, engine_kwargs=engine_kwargs(storage_url))
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
+        return dict(attrs.get("data") or {})
     except Exception:
         return {}
+    finally:
+        if storage is not None:
+            storage.engine.dispose()
 
 
 def record_model(
@@ -250,20 +248,12 @@ def record_model(
 
 
 def _row(r: Any) -> dict[str, Any]:
-    """One joined artifact + lineage row as a plain dict."""
-    a = lin = r
-    created = a.created
+    """One joined artifact + lineage row as a plain dict (the artifact's ``id`` as ``artifact_id``)."""
+    row = r._asdict()
+    created = row["created"]
     if created is not None and created.tzinfo is None:  # SQLite returns naive datetimes
         created = created.replace(tzinfo=_dt.timezone.utc)
-    return {
-        "artifact_id": a.id, "kind": a.kind, "path": a.path, "sha256": a.sha256, "size": a.size,
-        "trial_number": a.trial_number, "study_name": a.study_name,
-        "created": created.isoformat() if created else None,
-        "backbone": lin.backbone, "plugin": lin.plugin, "weights_origin": lin.weights_origin,
-        "weights_sha256": lin.weights_sha256, "data_fingerprint": lin.data_fingerprint, "data_source": lin.data_source,
-        "params": lin.params, "metrics": lin.metrics, "seconds": lin.seconds,
-        "autotl_version": lin.autotl_version, "versions": lin.versions,
-    }
+    return {"artifact_id": row.pop("id"), **row, "created": created.isoformat() if created else None}
 
 
 def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
@@ -286,7 +276,7 @@ def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"cannot read lineage from {safe_url(storage_url)} ({_first_line(exc)})") from None
+        raise UsageError(f"cannot read lineage from {safe_url(storage_url)} ({first_line(exc)})") from None
 
 
 def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
@@ -318,7 +308,7 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
     path = Path(model_path).resolve()
     for folder in list(path.parents)[:3]:
         if (folder / STUDY_DB).is_file():
-            return f"sqlite:///{folder / STUDY_DB}"
+            return default_storage_url(folder)
     raise UsageError(f"no {STUDY_DB} beside {path} or in the folders above it; pass --storage URL")
 
 

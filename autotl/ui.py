@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
-__all__ = ["SearchProgress", "leaderboard"]
+__all__ = ["SearchProgress", "leaderboard", "records_table"]
 
 
 class SearchProgress:
@@ -14,7 +14,6 @@ class SearchProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
-        self.total = total
         self.best: float | None = None
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
         self.task = self.progress.add_task("starting", total=total)
@@ -48,23 +47,39 @@ class SearchProgress:
         self.progress.update(self.task, description=f"trial {e['trial']} | {e['backbone']} | {where} | best {best}")
 
 
+COLUMNS = ("trial", "state", "backbone", "head", "dropout", "unfreeze", "finetune lr", "head stable", "val acc", "val loss", "time s")
+
+
 def leaderboard(study: Any, top: int = 10) -> Any:
     """The best trials as a rich table."""
+    records = ({"number": t.number, "state": t.state.name, "params": t.params, "user_attrs": t.user_attrs,
+                "val_accuracy": t.value, "val_loss": t.user_attrs.get("val_loss")} for t in study.get_trials(deepcopy=False))
+    return records_table(records, top, f"leaderboard: study {study.study_name}")
+
+
+def records_table(records: Iterable[dict[str, Any]], top: int, title: str) -> Any:
+    """The ``top`` best of ``records`` as a rich table, best first (:func:`autotl.search.rank_key`; unscored last).
+
+    A record has ``number``, ``state`` (an Optuna state name), ``params``, ``user_attrs``,
+    ``val_accuracy`` and ``val_loss``, as :func:`autotl.keras_tuner.run_keras_tuner_search` returns them.
+    """
     from rich.table import Table
 
-    table = Table(title=f"leaderboard: study {study.study_name}")
-    for col in ("trial", "state", "backbone", "head", "dropout", "unfreeze", "finetune lr", "head stable", "val acc", "val loss", "time s"):
+    from autotl.search import rank_key
+
+    table = Table(title=title)
+    for col in COLUMNS:
         table.add_column(col)
-    trials = sorted(study.trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))
-    for t in trials[:top]:
-        p, a = t.params, t.user_attrs
+    rows = sorted(records, key=lambda r: (r["val_accuracy"] is None, *rank_key(r["val_accuracy"] or 0.0, r["val_loss"], r["number"])))
+    for r in rows[:top]:
+        p, a = r["params"], r.get("user_attrs") or {}
         table.add_row(
-            str(t.number), t.state.name.lower(), str(p.get("backbone", "")), str(p.get("head_width", "")),
+            str(r["number"]), r["state"].lower(), str(p.get("backbone", "")), str(p.get("head_width", "")),
             f"{p['dropout']:.2f}" if "dropout" in p else "", str(p.get("unfreeze_blocks", "")),
             f"{p['finetune_lr']:.1e}" if "finetune_lr" in p else "",
-            str(a.get("head_stable_epoch", "")) if a.get("head_stable_epoch") is not None else "-",
-            f"{t.value:.4f}" if t.value is not None else "-",
-            f"{a['val_loss']:.4f}" if "val_loss" in a else "-",
+            str(a["head_stable_epoch"]) if a.get("head_stable_epoch") is not None else "-",
+            f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
+            f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
             f"{a['seconds_total']:.0f}" if "seconds_total" in a else "-",
         )
     return table

@@ -19,12 +19,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    try:
-        from autotl.cli import _quiet_tensorflow
+    from autotl.cli import _quiet_tensorflow  # autotl.cli imports this module: import it when called
 
-        _quiet_tensorflow()
-    except ImportError:
-        pass
+    _quiet_tensorflow()
     paths = write_report(Path(args.run), args.storage, args.study_name)
     for key in ("html", "md", "json"):
         print(paths[key])

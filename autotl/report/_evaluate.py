@@ -6,7 +6,8 @@ import io
 from pathlib import Path
 from typing import Any, Optional
 
-from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB, _first_line
+from autotl.errors import first_line
+from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB
 from autotl.rundir import reload_dataset, split_settings
 from autotl.stats import wilson_interval
 
@@ -79,7 +80,7 @@ def _evaluate(run_dir: Path, study: Any, summary: dict[str, Any], space: dict[st
     try:
         dataset = reload_dataset(source, val_fraction, seed)
     except Exception as exc:
-        return {"skipped": f"cannot reload the data from {source} ({_first_line(exc)})"}
+        return {"skipped": f"cannot reload the data from {source} ({first_line(exc)})"}
     if fingerprint and dataset.fingerprint != fingerprint:
         return {"skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, the study used {fingerprint[:12]}); the validation split cannot be re-created"}
     import keras

@@ -1,4 +1,4 @@
-"""The report's plots, drawn from the record (Figure + FigureCanvasAgg: no pyplot, no GUI backend)."""
+"""The report's plots, drawn from the record (a bare Figure, saved through Agg: no pyplot, no GUI backend)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ def _figure(w: float, h: float) -> Any:
 
 
 def _png(fig: Any) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()

@@ -10,12 +10,19 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from autotl.report._common import SCHEMA, TOP_CURVES, _clean, _first_line
+from autotl.errors import first_line
+from autotl.report._common import SCHEMA, TOP_CURVES, _clean
 from autotl.report._engines import engines_compared
 from autotl.report._evaluate import _evaluate
 from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
 from autotl.rundir import read_run_json, split_settings
 from autotl.stats import wilson_interval
+
+
+def _described(exc: BaseException) -> str:
+    """``Type: first line of its message`` (the type alone when it has none), for the report's notes."""
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name
 
 
 def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: dict[str, Any], trials: list[Any]) -> dict[str, Any]:
@@ -81,13 +88,12 @@ def _curves(trials: list[Any], rows: list[dict[str, Any]], top: int) -> list[dic
     return out
 
 
-def _importances(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    complete = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+def _importances(study: Any, trials: list[Any]) -> dict[str, Any]:
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]  # the leaderboard's complete rows
     names = sorted({k for t in done for k in t.params})
     varying = [k for k in names if len({json.dumps(t.params.get(k)) for t in done}) > 1]
-    if len(complete) < 2 or not varying:
-        return {"values": None, "note": f"not enough trials: importances need at least 2 complete trials whose parameters vary ({len(complete)} complete)"}
+    if len(done) < 2 or not varying:
+        return {"values": None, "note": f"not enough trials: importances need at least 2 complete trials whose parameters vary ({len(done)} complete)"}
     if len({t.value for t in done}) < 2:
         return {"values": None, "note": f"not enough trials: all {len(done)} complete trials scored the same, so no parameter explains a difference"}
     try:
@@ -95,12 +101,12 @@ def _importances(study: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying)
-        return {"values": {k: float(v) for k, v in values.items()}, "note": f"fANOVA over {len(complete)} complete trials"}
+        return {"values": {k: float(v) for k, v in values.items()}, "note": f"fANOVA over {len(done)} complete trials"}
     except Exception as exc:
-        return {"values": None, "note": f"not enough trials for importances ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"}
+        return {"values": None, "note": f"not enough trials for importances ({_described(exc)})"}
 
 
-def _search(study: Any, rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any]:
+def _search(study: Any, trials: list[Any], rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any]:
     complete = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
     by_backbone: dict[str, dict[str, Any]] = {}
     for r in complete:
@@ -114,7 +120,7 @@ def _search(study: Any, rows: list[dict[str, Any]], space: dict[str, Any]) -> di
     p2 = space.get("phase2") or {}
     ranges = {"unfreeze_blocks": [(p2.get("unfreeze_blocks") or {}).get("low"), (p2.get("unfreeze_blocks") or {}).get("high")],
               "finetune_lr": [(p2.get("learning_rate") or {}).get("low"), (p2.get("learning_rate") or {}).get("high")]}
-    return {"history": history(rows), "importances": _importances(study, rows), "by_backbone": by_backbone, "points": points, "ranges": ranges}
+    return {"history": history(rows), "importances": _importances(study, trials), "by_backbone": by_backbone, "points": points, "ranges": ranges}
 
 
 
@@ -137,7 +143,7 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
         registry = get_registry([n for n in sorted(used) if n not in DEFAULT_PLUGINS and importable(n)])
         out.update(registry.plugin_versions())
     except Exception as exc:
-        out["(registry)"] = f"cannot load plugins: {_first_line(exc)}"
+        out["(registry)"] = f"cannot load plugins: {first_line(exc)}"
     for name in sorted(used):
         if name in out:
             continue
@@ -203,14 +209,14 @@ def build_record(run_dir: Path, study: Any, storage_url: str, images: Optional[d
         "summary": summary,
         "leaderboard": rows,
         "curves": _curves(trials, rows, top_curves),
-        "search": _search(study, rows, space),
+        "search": _search(study, trials, rows, space),
         "engines": engines_compared(storage_url, study, rows, val_images(data)),
     }
     if evaluate:
         try:
             record["evaluation"] = _evaluate(run_dir, study, summary, space, storage_url, data, images)
         except Exception as exc:  # a model that cannot load must not cost the rest of the report
-            record["evaluation"] = {"skipped": f"evaluating the best model failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"}
+            record["evaluation"] = {"skipped": f"evaluating the best model failed ({_described(exc)})"}
     else:
         record["evaluation"] = {"skipped": "not asked"}
     record["lineage"] = _lineage(study, rows, run, summary, space, data, storage_url)

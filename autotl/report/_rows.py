@@ -6,6 +6,7 @@ import datetime as _dt
 from typing import Any, Optional
 
 from autotl.report._common import STATES, _epochs
+from autotl.search import rank_key
 
 
 def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
@@ -68,10 +69,13 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
     }
 
 
+_STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
+
+
 def _rank_key(row: dict[str, Any]) -> tuple:
-    order = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
+    """Leaderboard order: by state (complete first), then autotl.search.rank_key (unscored rows last within a state)."""
     acc = row["val_accuracy"]
-    return (order.get(row["state"], 5), acc is None, -(acc or 0.0), row["number"])
+    return (_STATE_ORDER.get(row["state"], 5), acc is None, *rank_key(acc or 0.0, row["val_loss"], row["number"]))
 
 
 def best_row(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
@@ -79,7 +83,7 @@ def best_row(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     complete = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
     if not complete:
         return None
-    return min(complete, key=lambda r: (-r["val_accuracy"], r["val_loss"] if r["val_loss"] is not None else float("inf"), r["number"]))
+    return min(complete, key=lambda r: rank_key(r["val_accuracy"], r["val_loss"], r["number"]))
 
 
 def state_counts(rows: list[dict[str, Any]]) -> dict[str, int]:

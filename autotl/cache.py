@@ -27,12 +27,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from autotl.errors import TrialFailed
 from autotl.spec import BackboneSpec
 from autotl.weights import ResolvedWeights
 
 __all__ = ["FeatureCache", "CachedFeatures"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the seed is part of the key only where it changes the activations
 
 
 @dataclass
@@ -152,11 +153,14 @@ class FeatureCache:
         self.root = Path(root)
 
     @staticmethod
-    def key(spec: BackboneSpec, weights_id: str, input_size: tuple[int, int], data_fingerprint: str, cut: Optional[str], augmentation: Any = None) -> str:
+    def key(spec: BackboneSpec, weights_id: str, input_size: tuple[int, int], data_fingerprint: str, cut: Optional[str],
+            augmentation: Any = None, seed: Optional[int] = None) -> str:
+        """The entry's name: a hash of everything that determines its activations (``seed``: random weights or augmented views)."""
         parts = {
             "format": CACHE_FORMAT,
             "backbone": spec.name,
             "weights": weights_id,
+            "seed": seed,
             "input_size": list(input_size),
             "preprocessing": [spec.preprocessing.mode, list(spec.preprocessing.scale), list(spec.preprocessing.offset), spec.preprocessing.channel_order],
             "data": data_fingerprint,
@@ -186,15 +190,17 @@ class FeatureCache:
         """
         start = time.perf_counter()
         size = input_size or spec.input_size
-        weights_id = weights.sha256 or f"{weights.origin}:seed{seed}"
-        folder_of = lambda c: self.root / self.key(spec, weights_id, size, dataset.fingerprint, c, augmentation)  # noqa: E731
+        weights_id = weights.sha256 or weights.origin
+        views = augmentation.views if augmentation is not None and augmentation.enabled else 0
+        # the seed draws random weights and augmented views; pretrained features do not depend on it
+        seeded = seed if weights.argument is None or views else None
+        folder_of = lambda c: self.root / self.key(spec, weights_id, size, dataset.fingerprint, c, augmentation, seeded)  # noqa: E731
         folder = folder_of(cut)
         built = False
         if not (folder / "meta.json").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             with _locked(self.root / f"{folder.name}.lock"):
                 if not (folder / "meta.json").is_file():
-                    views = augmentation.views if augmentation is not None and augmentation.enabled else 0
                     # decoding starts now, while the base is built; up to 256 MB of batches ahead
                     depth = int(np.clip(2**28 // (batch_size * size[0] * size[1] * 3 * 4), 2, 16))
                     stream = _Prefetch(_batches(dataset, size, batch_size, views), depth)
@@ -214,23 +220,19 @@ class FeatureCache:
         import keras
         import tensorflow as tf
 
-        from autotl.preprocess import preprocessing_layer
+        from autotl.preprocess import apply_preprocessing
 
         image = keras.Input((*size, 3))
-        x = image
-        pre = preprocessing_layer(spec.preprocessing)
-        if pre is not None:
-            x = pre(x)
         cuts = list(folders)
         bottom = keras.Model(base.input, [base.get_layer(c).output if c else base.output for c in cuts])
-        outs = bottom(x, training=False)
+        outs = bottom(apply_preprocessing(spec.preprocessing, image), training=False)
         outs = [keras.layers.GlobalAveragePooling2D()(o) if c is None else o for c, o in zip(cuts, outs)]
         extractor = keras.Model(image, outs)
         # traced once for every batch size (predict_on_batch traces again for the last, smaller batch)
         forward = tf.function(lambda z: extractor(z, training=False), input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)])
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
         try:
-            self._fill(tmps, cuts, forward, dataset, stream, views, augmentation, seed)
+            self._fill(tmps, cuts, forward, dataset, stream, views, augmentation, seed, spec.name)
         except BaseException:  # a failed or interrupted build leaves nothing behind
             for tmp in tmps.values():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -245,8 +247,8 @@ class FeatureCache:
 
     @staticmethod
     def _fill(tmps: dict[Optional[str], Path], cuts: list[Optional[str]], forward: Any, dataset: Any, stream: Iterator[np.ndarray],
-              views: int, augmentation: Any, seed: int) -> None:
-        """Write every split's activations at every cut into the temporary folders ``tmps``."""
+              views: int, augmentation: Any, seed: int, backbone: str) -> None:
+        """Write every split's activations at every cut into the temporary folders ``tmps``; non-finite ones fail the trial."""
         for tmp in tmps.values():
             tmp.mkdir(parents=True, exist_ok=True)
         augment = _augmenter(augmentation, seed) if views else None
@@ -264,6 +266,8 @@ class FeatureCache:
                     result = forward(np.asarray(batch))
                     for c, feats in zip(cuts, result if isinstance(result, (list, tuple)) else [result]):
                         feats = np.asarray(feats)
+                        if not np.isfinite(feats).all():
+                            raise TrialFailed(f"backbone {backbone} gives non-finite features; check its weights file and preprocessing")
                         if c not in outputs:
                             outputs[c] = _open_array(tmps[c] / f"{split}.npy", (n * copies, *feats.shape[1:]))
                         outputs[c][row : row + len(feats)] = feats

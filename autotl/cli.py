@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from autotl.errors import AutotlError, UsageError
+from autotl.errors import AutotlError, UsageError, first_line
 from autotl.export import add_export_parser, cmd_export
 from autotl.lineage import add_lineage_parser, cmd_lineage
 from autotl.report import add_report_parser, cmd_report
@@ -162,7 +162,9 @@ def _spawn_workers(args: argparse.Namespace, out: Path) -> list[Any]:
 
 def _screening(space: Any, screen: Optional[int], finalists: Optional[int]) -> Any:
     """The space with ``--screen``/``--finalists`` applied."""
-    from autotl.space import Screening
+    from pydantic import ValidationError
+
+    from autotl.space import Screening, _errors
 
     if screen is None:
         if finalists is None:
@@ -170,12 +172,17 @@ def _screening(space: Any, screen: Optional[int], finalists: Optional[int]) -> A
         if space.screening is None:
             raise UsageError("--finalists needs a two-stage search: add --screen N (or screening in the space file)")
         screen = space.screening.trials
-    if screen < 0 or (finalists is not None and finalists < 1):
-        raise UsageError(f"--screen must be 0 (off) or more and --finalists at least 1, got --screen {screen} --finalists {finalists}")
+    if screen < 0:
+        raise UsageError(f"--screen must be 0 (off) or more, got {screen}")
     if screen == 0:
         return space.model_copy(update={"screening": None})
-    kept = space.screening.finalists if space.screening is not None else 3
-    return space.model_copy(update={"screening": Screening(trials=screen, finalists=finalists or kept)})
+    current = space.screening.model_dump() if space.screening is not None else {}
+    changes = {"trials": screen, **({"finalists": finalists} if finalists is not None else {})}
+    try:  # the space's own validation, so limits are stated once
+        screening = Screening(**{**current, **changes})
+    except ValidationError as exc:
+        raise UsageError(f"--screen/--finalists: {_errors(exc)}") from None
+    return space.model_copy(update={"screening": screening})
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -236,22 +243,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         err.print(f"stopped after the current trial; {resume}")
         return EXIT_INTERRUPTED
     console.print(leaderboard(study))
-    _write_report(out, args, console, err)
-    if (out / BEST_MODEL).is_file():
-        console.print(f"best model: {out / BEST_MODEL}  (classes in {out / 'classes.json'})")
-    else:
-        console.print("no trial finished, so there is no best model yet; rerun the same command to resume")
-    return 0
+    return _finish(out, args, console, err, out / BEST_MODEL, "")
 
 
-def _write_report(out: Path, args: argparse.Namespace, console: Any, err: Any) -> None:
-    """The report, written when a search ends; the search's results are safe whatever happens here."""
+def _finish(out: Path, args: argparse.Namespace, console: Any, err: Any, best: Path, how: str) -> int:
+    """A finished search's last words: the report (the results are safe whatever happens to it), then where the best model is."""
     try:
         from autotl.report import write_report
 
         console.print(f"report: {write_report(out, args.storage, args.study_name)['html']}")
     except Exception as exc:  # noqa: BLE001
         err.print(f"[yellow]warning:[/] report not written ({exc}); run `autotl report {out}` to retry")
+    if best.is_file():
+        console.print(f"best model: {best}  (classes in {best.parent / 'classes.json'}{how})")
+    else:
+        console.print("no trial finished, so there is no best model yet; rerun the same command to resume")
+    return 0
 
 
 def _search_keras_tuner(args: argparse.Namespace, space: Any, registry: Any, weights: Any, dataset: Any, out: Path) -> int:
@@ -273,12 +280,7 @@ def _search_keras_tuner(args: argparse.Namespace, space: Any, registry: Any, wei
         err.print(f"interrupted: finished trials are saved in {folder}; rerun the same command to resume")
         return EXIT_INTERRUPTED
     console.print(leaderboard(records, title=f"leaderboard: keras-tuner {args.tuner}"))
-    _write_report(out, args, console, err)
-    if (folder / BEST_MODEL).is_file():
-        console.print(f"best model: {folder / BEST_MODEL}  (classes in {folder / 'classes.json'}; autotl predict {folder} IMAGE)")
-    else:
-        console.print("no trial finished, so there is no best model yet; rerun the same command to resume")
-    return 0
+    return _finish(out, args, console, err, folder / BEST_MODEL, f"; autotl predict {folder} IMAGE")
 
 
 class _CtrlC:
@@ -404,7 +406,7 @@ def _environment_error(exc: BaseException) -> Optional[str]:
     import errno
 
     resume = "finished trials are saved; rerun the same command to resume"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc)
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

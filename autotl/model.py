@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from autotl.errors import TrialFailed, UsageError
-from autotl.preprocess import preprocessing_layer
+from autotl.errors import TrialFailed, UsageError, first_line
+from autotl.preprocess import apply_preprocessing
 from autotl.seeding import set_random_seed
 from autotl.spec import BackboneSpec
 from autotl.weights import ResolvedWeights
@@ -37,7 +37,7 @@ def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[i
     try:
         base = spec.build((h, w, 3), weights.argument)
     except Exception as exc:  # Keras raises plain Exception/OSError/ValueError here
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         if weights.argument == "imagenet" and any(s in text for s in ("URL fetch failure", "download", "resolve", "Connection")):
             raise UsageError(f"cannot download ImageNet weights for {spec.name!r} ({text}); offline, point --weights-dir or AUTOTL_WEIGHTS_DIR at a folder holding {spec.weights_file}") from None
         raise TrialFailed(f"building {spec.name!r} at {h}x{w} failed: {text}") from None
@@ -117,10 +117,7 @@ def assemble(spec: BackboneSpec, base: Any, head: Sequence[Any], input_size: tup
     h, w = input_size or spec.input_size
     image = keras.Input((None, None, 3), name="image")
     x = keras.layers.Resizing(h, w, name="resize")(image)
-    pre = preprocessing_layer(spec.preprocessing)
-    if pre is not None:
-        x = pre(x)
-    x = base(x, training=False)
+    x = base(apply_preprocessing(spec.preprocessing, x), training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(image, apply_head(head, x), name=f"autotl_{spec.name.replace('.', '_')}")
 

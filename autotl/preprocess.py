@@ -11,7 +11,7 @@ from typing import Any
 
 from autotl.spec import Preprocessing
 
-__all__ = ["preprocessing_layer"]
+__all__ = ["preprocessing_layer", "apply_preprocessing"]
 
 
 def preprocessing_layer(p: Preprocessing, name: str = "preprocess") -> Any | None:
@@ -30,3 +30,9 @@ def preprocessing_layer(p: Preprocessing, name: str = "preprocess") -> Any | Non
     layer.build((None, None, None, 3))
     layer.set_weights([kernel, np.asarray(p.offset, dtype="float32")])
     return layer
+
+
+def apply_preprocessing(p: Preprocessing, x: Any) -> Any:
+    """``x`` through :func:`preprocessing_layer` (unchanged for the identity)."""
+    layer = preprocessing_layer(p)
+    return x if layer is None else layer(x)

@@ -23,7 +23,7 @@ from autotl.errors import TrialFailed, UsageError, first_line
 from autotl.registry import Registry
 from autotl.rundir import default_storage_url
 from autotl.space import SearchSpace
-from autotl.storage import engine_kwargs, use_wal
+from autotl.storage import engine_kwargs
 from autotl.train import TrialParams, train_trial
 from autotl.weights import WeightsSource, resolve_weights
 
@@ -76,7 +76,6 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
     try:
         if "://" not in storage_url:
             raise ValueError("not a URL")
-        use_wal(storage_url)
         for attempt in range(5):  # workers starting together race to create the tables: the loser retries
             try:
                 storage = RDBStorage(
@@ -88,18 +87,15 @@ def open_study(storage_url: str, study_name: str = "autotl", seed: int = 0, warm
                 if "already exists" not in str(exc) or attempt == 4:
                     raise
                 time.sleep(0.5 + attempt)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps)
+        if not create:  # read it (reports, exports): no sampling
+            return optuna.load_study(storage=storage, study_name=study_name, pruner=pruner)
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", pruner=pruner, load_if_exists=True)
         # A resumed study, or another worker, must not draw the same points again: offset the
         # seed by the trials already there and by the worker's index (set by --workers).
-        try:
-            existing = len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
-        except KeyError:
-            existing = 0
-        offset = existing + 1000 * int(os.environ.get("AUTOTL_WORKER_INDEX", "0"))
-        sampler = optuna.samplers.TPESampler(seed=seed + offset, n_startup_trials=5)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_steps)
-        if create:
-            return optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True)
-        return optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
+        offset = len(study.get_trials(deepcopy=False)) + 1000 * int(os.environ.get("AUTOTL_WORKER_INDEX", "0"))
+        study.sampler = optuna.samplers.TPESampler(seed=seed + offset, n_startup_trials=5)
+        return study
     except KeyError:
         raise UsageError(f"no study {study_name!r} in {storage_url}; check --study-name or run `autotl search` first") from None
     except ModuleNotFoundError as exc:
@@ -172,11 +168,15 @@ class _Objective:
 
         from autotl.model import save_layer_weights
 
-        if _budget_taken(trial.study, trial.number, self.cfg.trials):
+        from optuna.trial import TrialState
+
+        live = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        earlier = [t for t in live if t.number < trial.number]
+        if len(earlier) >= self.cfg.trials:  # another worker got there first
             trial.set_user_attr("fail_reason", "surplus: other workers had already taken the whole trial budget")
             raise TrialFailed("surplus trial: the budget was already taken by other workers")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        stage = trial.user_attrs.get("stage") or self._stage(trial)
+        stage = trial.user_attrs.get("stage") or self._stage(earlier)
         trial.set_user_attr("stage", stage)
         params = trial_params(trial, self.cfg.space, stage)
         spec = self.registry.backbone(params.backbone)
@@ -205,7 +205,6 @@ class _Objective:
         for key, value in result.attrs().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
-        trial.set_user_attr("val_loss", result.val_loss)
         if self._worth_keeping(trial, result.val_accuracy, result.val_loss):
             # Only what the trial trained is stored (milliseconds); the full model is assembled on demand.
             folder = self.cfg.out / "trials" / f"{trial.number:04d}"
@@ -214,16 +213,11 @@ class _Objective:
             trial.set_user_attr("weights_path", str((folder / WEIGHTS_FILE).relative_to(self.cfg.out)))
         return result.val_accuracy
 
-    def _stage(self, trial: Any) -> str:
-        """Screening while the screening trials before this one leave room (finalists come enqueued)."""
+    def _stage(self, earlier: list[Any]) -> str:
+        """Screening while the screening trials among ``earlier`` (live trials before this one) leave room; finalists come enqueued."""
         screening = self.cfg.space.screening
-        if screening is None:
-            return FULL
-        from optuna.trial import TrialState
-
-        live = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        screened = sum(1 for t in live if t.number < trial.number and t.user_attrs.get("stage") == SCREEN)
-        return SCREEN if screened < screening.trials else FULL
+        screened = sum(1 for t in earlier if t.user_attrs.get("stage") == SCREEN)
+        return SCREEN if screening is not None and screened < screening.trials else FULL
 
     def _worth_keeping(self, trial: Any, value: float, val_loss: float) -> bool:
         """Whether this trial would rank among the ``keep_models`` best so far (same order as :func:`ranked_trials`)."""
@@ -317,7 +311,7 @@ def update_best_model(out: Path, study: Any, registry: Registry, weights: Weight
         return out / BEST_MODEL
     _atomic_copy(trial_model(out, study, best.number, registry, weights, make_base), out / BEST_MODEL)
     marker.write_text(json.dumps({"trial": best.number, "value": best.value, "params": best.params}))
-    _record(storage_url or default_storage_url(out), study.study_name, best, out / BEST_MODEL, "best_model")
+    _record(storage_url or default_storage_url(out), study.study_name, best, out / BEST_MODEL, "best_model", study.user_attrs.get("data"))
     return out / BEST_MODEL
 
 
@@ -341,14 +335,6 @@ def _enqueue_finalist(study: Any, space: SearchSpace, trials: list[Any]) -> bool
     fixed = {k: pick.params[k] for k in ("backbone", "head_width", "dropout")}
     study.enqueue_trial(fixed, user_attrs={"stage": FINALIST, "finalist_of": pick.number}, skip_if_exists=False)
     return True
-
-
-def _budget_taken(study: Any, trial_number: int, budget: int) -> bool:
-    """Whether trials before ``trial_number`` already fill the budget (another worker got there first)."""
-    from optuna.trial import TrialState
-
-    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-    return sum(1 for t in live if t.number < trial_number) >= budget
 
 
 def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Optional[Event] = None,
@@ -387,7 +373,6 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
         while not should_stop():
             if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
                 break
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
             trials = study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING, TrialState.WAITING))
             done = sum(t.state in counted for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -400,6 +385,8 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
             else:  # the others' running trials may fill the budget; wait in case one of them dies
                 time.sleep(min(5.0, cfg.heartbeat))
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+                # (optimize() does this itself before each trial it runs)
     finally:
         update_best_model(cfg.out, study, registry, cfg.weights, cfg.storage_url, objective.base)
     return study

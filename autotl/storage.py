@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["engine_kwargs", "sqlite_path", "use_wal"]
+__all__ = ["engine_kwargs", "sqlite_path"]
 
 
 def sqlite_wait() -> float:
@@ -25,23 +24,15 @@ def sqlite_wait() -> float:
 
 
 def sqlite_path(url: str) -> Optional[str]:
-    """The file of a ``sqlite:///`` URL, or ``None`` (another database, or SQLite in memory)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    return None if not path or path == ":memory:" or path.startswith("file:") else path
+    """The file of a SQLite URL (any driver), or ``None`` (another database, SQLite in memory, or not a URL)."""
+    from sqlalchemy.engine import make_url
 
-
-def use_wal(url: str) -> None:
-    """Put a SQLite file in write-ahead-log mode (the mode persists in the file)."""
-    path = sqlite_path(url)
-    if path is None or not Path(path).parent.is_dir():
-        return
-    con = sqlite3.connect(path, timeout=sqlite_wait())
     try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 -- not a URL: the caller reports it
+        return None
+    db = parsed.database
+    return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:") else None
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -54,6 +45,7 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 
     def connect() -> sqlite3.Connection:
         con = sqlite3.connect(path, timeout=wait, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")  # persists in the file; a no-op once set
         con.execute("PRAGMA synchronous=NORMAL")
         return con
 

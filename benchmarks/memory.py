@@ -47,7 +47,9 @@ def main() -> None:
     from autotl.data import load_folder
     from autotl.registry import get_registry
     from autotl.search import SearchConfig, run_search
-    from autotl.space import load_space
+    import yaml
+
+    from autotl.space import SearchSpace
     from autotl.weights import WeightsSource
 
     dataset = load_folder(args.data)
@@ -57,9 +59,8 @@ def main() -> None:
         if "finished" in event:
             samples.append((len(samples) + 1, rss_mb()))
 
+    space = SearchSpace.model_validate(yaml.safe_load(SPACE))
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "space.yaml").write_text(SPACE)
-        space, _ = load_space(Path(tmp) / "space.yaml")
         cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=args.trials, weights=WeightsSource.parse(args.weights_dir))
         start = time.perf_counter()
         study = run_search(cfg, get_registry(autoload=False), dataset, on_event)

@@ -62,11 +62,10 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
     import datetime
 
     import keras  # noqa: F401 -- imported before the clock starts, as keras-tuner's run imports it
-    import yaml
 
     from autotl.registry import get_registry
     from autotl.search import SearchConfig, run_search
-    from autotl.space import load_space
+    from autotl.space import SearchSpace
     from autotl.weights import WeightsSource
 
     dataset = _load(args.data)
@@ -75,10 +74,8 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
     if args.two_stage:  # screen `trials` settings on cached features, then fine-tune the best `finalists`
         raw["screening"] = {"trials": args.trials, "finalists": args.finalists}
         trials += args.finalists
+    space = SearchSpace.model_validate(raw)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "space.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        space, _ = load_space(path)
         started = datetime.datetime.now()
         start = time.perf_counter()
         cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=trials, weights=WeightsSource.parse(args.weights_dir))
@@ -161,8 +158,7 @@ def run_keras_tuner(args: argparse.Namespace, phase2: bool) -> dict:
 
 def run_floor(args: argparse.Namespace, _phase2: bool) -> dict:
     """One forward pass of the frozen base over train and val: what no engine can avoid."""
-    import keras
-
+    from autotl.preprocess import apply_preprocessing
     from autotl.registry import get_registry
     from autotl.weights import WeightsSource, resolve_weights
 
@@ -170,11 +166,11 @@ def run_floor(args: argparse.Namespace, _phase2: bool) -> dict:
     spec = get_registry(autoload=False).backbone(BACKBONE)
     base = spec.build((*spec.input_size, 3), resolve_weights(spec, WeightsSource.parse(args.weights_dir)).argument)
     (x, _), (xv, _) = _arrays(dataset, spec.input_size)
-    pre = keras.layers.Rescaling(1 / 127.5, offset=-1)
-    base.predict(pre(x[:32]), verbose=0)  # warm-up
+    x, xv = (apply_preprocessing(spec.preprocessing, a) for a in (x, xv))
+    base.predict(x[:32], verbose=0)  # warm-up
     start = time.perf_counter()
-    base.predict(pre(x), batch_size=32, verbose=0)
-    base.predict(pre(xv), batch_size=32, verbose=0)
+    base.predict(x, batch_size=32, verbose=0)
+    base.predict(xv, batch_size=32, verbose=0)
     return {"wall": time.perf_counter() - start}
 
 

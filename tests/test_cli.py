@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from conftest import COLOURS, TINY_PLUGIN, run_cli, write_images
 

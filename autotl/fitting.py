@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from autotl.errors import TrialFailed
+from autotl.model import HEAD_LAYERS, apply_head, build_head
 
 __all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "trainer", "train_head_through", "copy_head"]
 
@@ -91,9 +92,8 @@ def trainer(key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_class
             return x * keep / (1.0 - self.rate)
 
     inp, x = body()
-    x = RateDropout(name="head_dropout")(x)
-    x = keras.layers.Dense(width, activation="relu", name="head_dense")(x)
-    model = keras.Model(inp, keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x))
+    head = build_head(n_classes, width, 0.0, dropout_layer=RateDropout(name=HEAD_LAYERS[0]))
+    model = keras.Model(inp, apply_head(head, x))
     # no XLA: on cached features a trial is seconds long and compiling would dominate it
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
     _TRAINERS[key] = (model, owner)
@@ -115,7 +115,7 @@ def train_head_through(model: Any, head: Sequence[Any], dropout: float, lr: floa
                        report: Optional[Report], offset: int, seed: int) -> dict[str, list[float]]:
     """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at ``lr`` and dropout ``dropout``."""
     copy_head(None, model, head)
-    model.get_layer("head_dropout").rate.assign(dropout)
+    model.get_layer(HEAD_LAYERS[0]).rate.assign(dropout)
     for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
         var.assign(np.zeros(var.shape, dtype=var.dtype))
     model.optimizer.learning_rate = lr
@@ -134,7 +134,7 @@ def _head_trainer() -> "_HeadTrainer":
 
 
 class _HeadTrainer:
-    """One epoch of the head (Dropout, Dense relu, Dense softmax) on features, traced once per process.
+    """One epoch of :func:`autotl.model.build_head`'s head on features, as plain TensorFlow, traced once per process.
 
     The weights and Adam slots are variables of open shape, so one trace serves
     every head width, feature size, class count and dataset; Keras' ``fit``

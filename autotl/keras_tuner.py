@@ -42,26 +42,22 @@ import keras_tuner
 
 from autotl.errors import AutotlError, TrialFailed, UsageError
 from autotl.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
+from autotl.model import HEAD_LAYERS
+from autotl.objective import Objectives
 from autotl.registry import Registry
-from autotl.rundir import KERAS_TUNER_SUFFIX, RUN_FILE, default_storage_url
-from autotl.search import BEST_MARKER, BEST_MODEL, CLASSES_FILE, rank_key
-from autotl.space import SearchSpace
+from autotl.runfolder import KERAS_TUNER, RunFolder
+from autotl.space import SearchSpace, errors_line, trial_params
 from autotl.train import TrialParams, train_trial
 from autotl.weights import WeightsSource, resolve_weights
 
-__all__ = ["TransferHyperModel", "run_keras_tuner_search", "leaderboard", "TUNERS", "OBJECTIVE", "KERAS_TUNER_DIR", "TRIAL_ID_ATTR"]
+__all__ = ["TransferHyperModel", "run_keras_tuner_search", "TUNERS", "TRIAL_ID_ATTR"]
 
-#: What the hypermodel's ``fit`` returns and a tuner should maximise.
-OBJECTIVE = "val_accuracy"
 #: The tuners :func:`run_keras_tuner_search` knows.
 TUNERS = ("random", "bayesian", "hyperband")
-#: keras-tuner's folder inside a run folder.
-KERAS_TUNER_DIR = "keras_tuner"
 PROJECT = "autotl"
 RECORD_FILE = "autotl.json"  # per trial, in keras-tuner's trial folder: what the trainer did
 # keras-tuner's TrialStatus to the Optuna state names the Optuna leaderboard shows.
 _STATES = {"COMPLETED": "COMPLETE", "FAILED": "FAIL", "INVALID": "FAIL", "RUNNING": "RUNNING", "IDLE": "WAITING", "STOPPED": "PRUNED"}
-_HEAD = ("head_dropout", "head_dense", "predictions")
 #: Per process, a base's pretrained weights by (backbone, plugin, weights argument, weights sha256, seed):
 #: what a resumed Hyperband trial puts back into the base keras-tuner loaded a checkpoint into.
 _PRISTINE: dict[tuple[Any, ...], list[Any]] = {}
@@ -72,7 +68,7 @@ def _pristine_key(spec: Any, resolved: Any, seed: int) -> tuple[Any, ...]:
 
 
 class _Suggest:
-    """``autotl.search.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
+    """``autotl.space.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
 
     One mapping from a space to ``TrialParams`` for both engines.  A degenerate
     range (low == high) becomes ``hp.Fixed``: keras-tuner's Bayesian oracle
@@ -121,8 +117,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
     trained head (and, when fine-tuning was kept, the trained top blocks) into
     ``model`` itself, so the checkpoint keras-tuner writes from it, and the
     model ``tuner.get_best_models()`` reloads, is the model that scored.
-    It returns ``{"val_accuracy": ..., "val_loss": ...}``: pass
-    ``objective=hypermodel.objective`` (or ``"val_accuracy"``) to the tuner.
+    It returns the metrics the trainer recorded (``val_accuracy``,
+    ``val_loss``): pass ``objective=hypermodel.objective`` to the tuner (the
+    space's first objective, e.g. ``val_accuracy`` to maximise).
 
     The rules hold whatever the tuner samples: the space is validated again
     here (a space changed with ``model_copy(update=...)`` skips pydantic's
@@ -169,7 +166,11 @@ class TransferHyperModel(keras_tuner.HyperModel):
         max_epochs: Hyperband's ``max_epochs``, see above (default: read from the tuner).
     """
 
-    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    @property
+    def objective(self) -> Any:
+        """The keras-tuner ``Objective`` of the space's first objective (``val_accuracy``, maximised, by default)."""
+        primary = Objectives.of(self.space.objectives).primary
+        return keras_tuner.Objective(primary.metric, direction="max" if primary.direction == "maximize" else "min")
 
     def __init__(
         self,
@@ -186,13 +187,12 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
         from autotl.cache import FeatureCache
         from autotl.registry import get_registry
-        from autotl.space import _errors
 
         super().__init__(name=name, tunable=True)
         try:  # again: model_copy(update=...) and model_construct skip validation
             self.space = SearchSpace.model_validate(space.model_dump() if isinstance(space, SearchSpace) else space)
         except ValidationError as exc:
-            raise UsageError(f"search space: {_errors(exc)}") from None
+            raise UsageError(f"search space: {errors_line(exc)}") from None
         self.dataset = dataset
         self.registry = registry if registry is not None else get_registry()
         self.weights = weights if weights is not None else WeightsSource.parse()
@@ -210,8 +210,6 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
     def params(self, hp: Any) -> TrialParams:
         """Declare (or read) the space's hyperparameters in ``hp`` and map them to ``TrialParams``."""
-        from autotl.search import trial_params
-
         try:
             return trial_params(_Suggest(hp), self.space)
         except ValueError as exc:  # TrialParams: the learning-rate rule
@@ -271,13 +269,13 @@ class TransferHyperModel(keras_tuner.HyperModel):
         except AutotlError as exc:
             raise keras_tuner.errors.FatalValueError(str(exc)) from exc
         self._load_trained(model, base, result.trained_weights())
-        metrics = {"val_accuracy": float(result.val_accuracy), "val_loss": float(result.val_loss)}
+        metrics = {k: float(v) for k, v in result.attrs()["metrics"].items()}
         record = {
             "trial_id": trial.trial_id if trial is not None else None,
             "params": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
             "trial_params": asdict(params),
             "budget": {"epochs": epochs, "max_epochs": self._max_epochs(tuner), "phase1_epochs": params.phase1_epochs, "phase2_epochs": params.phase2_epochs},
-            "user_attrs": {**result.attrs(), "val_loss": result.val_loss, "seconds_total": time.perf_counter() - start,
+            "user_attrs": {**result.attrs(), "seconds_total": time.perf_counter() - start,
                            "weights_origin": resolved.origin, "weights_sha256": resolved.sha256, "plugin": spec.plugin, "started": started},
         }
         self.records[record["trial_id"]] = record
@@ -330,14 +328,14 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def _load_trained(model: Any, base: Any, weights: dict[str, list[Any]]) -> None:
         """Put the layers the trial trained into ``model``: the head by its names, the rest inside the base."""
         for name, values in weights.items():
-            (model if name in _HEAD else base).get_layer(name).set_weights(values)
+            (model if name in HEAD_LAYERS else base).get_layer(name).set_weights(values)
 
 
 # -- the search, as `autotl search --engine keras-tuner` runs it ----------------------------------
 
 
 def _make_tuner(kind: str, hypermodel: TransferHyperModel, folder: Path, trials: int, seed: int, max_epochs: int, factor: int) -> Any:
-    common = {"objective": TransferHyperModel.objective, "directory": str(folder), "project_name": PROJECT, "overwrite": False, "seed": seed}
+    common = {"objective": hypermodel.objective, "directory": str(folder), "project_name": PROJECT, "overwrite": False, "seed": seed}
     if kind == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=trials, **common)
     if kind == "bayesian":
@@ -356,6 +354,9 @@ def _records(tuner: Any) -> list[dict[str, Any]]:
         extra = json.loads(extra_file.read_text()) if extra_file.is_file() else {}
         metric = lambda name: float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None  # noqa: E731
         state = _STATES.get(str(trial.status), str(trial.status))
+        user_attrs = extra.get("user_attrs", {})
+        if state == "COMPLETE" and "metrics" not in user_attrs:  # a trial that wrote no record: keras-tuner's own metrics
+            user_attrs["metrics"] = {k: metric(k) for k in ("val_accuracy", "val_loss") if metric(k) is not None}
         rows.append({
             "number": int(trial_id),
             "params": {k: v for k, v in values.items() if not k.startswith("tuner/")},
@@ -366,44 +367,26 @@ def _records(tuner: Any) -> list[dict[str, Any]]:
             "hyperband": {k.removeprefix("tuner/"): v for k, v in values.items() if k.startswith("tuner/")},
             "trial_params": extra.get("trial_params", {}),
             "budget": extra.get("budget", {}),
-            "user_attrs": extra.get("user_attrs", {}),
+            "user_attrs": user_attrs,
             "message": ((trial.message or "").strip().splitlines() or [None])[-1] if state == "FAIL" else None,
         })
     return rows
 
 
-def _check_folder(folder: Path, space: SearchSpace, dataset: Any, kind: str) -> None:
-    """A keras-tuner project belongs to one data set, one space and one tuner: refuse to mix."""
-    marker = folder / RUN_FILE
-    record = {"data_fingerprint": dataset.fingerprint, "source": dataset.source, "tuner": kind,
-              "space": {k: v for k, v in space.model_dump().items() if k != "trials"}}
-    if marker.is_file():
-        old = json.loads(marker.read_text())
-        for key, what in (("data_fingerprint", f"other data ({old.get('source')})"), ("tuner", f"the {old.get('tuner')} tuner"), ("space", "another search space")):
-            if old.get(key) != record[key]:
-                raise UsageError(f"{folder} holds a keras-tuner search with {what}; pass another --out for this one")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({**record, "created": time.time()}, indent=2))
-
-
-def _save_best(tuner: Any, folder: Path, records: list[dict[str, Any]], class_names: Sequence[str]) -> Optional[Path]:
-    done = [r for r in records if r["state"] == "COMPLETE" and r["val_accuracy"] is not None]
-    if not done:
+def _save_best(tuner: Any, run: RunFolder, records: list[dict[str, Any]], objectives: Objectives) -> Optional[Path]:
+    """The engine's ``best_model.keras``: the best trial by autotl's order (keras-tuner breaks ties its own way)."""
+    top = objectives.best([r for r in records if r["state"] == "COMPLETE"])
+    if top is None:
         return None
-    # autotl's order for "best" (accuracy, then lower validation loss, then earlier), as for the
-    # Optuna engine and in reports; keras-tuner's own breaks ties between equal scores its own way
-    top = min(done, key=lambda r: rank_key(r["val_accuracy"], r["val_loss"], r["number"]))
+    if run.best_trial_number(KERAS_TUNER) == top["number"]:
+        return run.best_model(KERAS_TUNER)
     best = tuner.oracle.get_trial(top["trial_id"])
-    marker, path = folder / BEST_MARKER, folder / BEST_MODEL
-    if path.is_file() and marker.is_file() and json.loads(marker.read_text()).get("trial_id") == best.trial_id:
-        return path
-    tmp = folder / f".{BEST_MODEL}.tmp{os.getpid()}.keras"
+    tmp = run.engine_dir(KERAS_TUNER) / f".best.tmp{os.getpid()}.keras"
     tuner.load_model(best).save(tmp)
-    os.replace(tmp, path)
-    (folder / CLASSES_FILE).write_text(json.dumps(list(class_names)))
-    marker.write_text(json.dumps({"trial_id": best.trial_id, "value": best.score, "params": dict(best.hyperparameters.values)}))
-    return path
+    try:
+        return run.install_best(tmp, top["number"], top["params"], KERAS_TUNER, trial_id=best.trial_id, value=best.score)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _search_error(exc: BaseException, folder: Path) -> BaseException:
@@ -465,12 +448,14 @@ def run_keras_tuner_search(
         raise UsageError(f"unknown keras-tuner tuner {tuner!r}; use one of: {', '.join(TUNERS)}")
     if trials < 1:
         raise UsageError(f"trials must be at least 1, got {trials}")
-    out = Path(out)
-    folder = out / KERAS_TUNER_DIR
-    hypermodel = TransferHyperModel(space, dataset, registry, weights, out / "cache", max_epochs=max_epochs if tuner == "hyperband" else None)
-    _check_folder(folder, hypermodel.space, dataset, tuner)
-    copy = KerasTunerStudy(storage_url or default_storage_url(out), study_name + KERAS_TUNER_SUFFIX,
-                           hypermodel.space, dataset, tuner, f"{KERAS_TUNER_DIR}/{BEST_MODEL}")
+    run = RunFolder(out)
+    folder = run.engine_dir(KERAS_TUNER)
+    hypermodel = TransferHyperModel(space, dataset, registry, weights, run.cache_dir, max_epochs=max_epochs if tuner == "hyperband" else None)
+    record = {"space": hypermodel.space.model_dump(), "weights": hypermodel.weights.describe()}
+    run.claim(dataset, record, engine=KERAS_TUNER,
+              must_match={"tuner": tuner, "space": {k: v for k, v in hypermodel.space.model_dump().items() if k != "trials"}})
+    copy = KerasTunerStudy(run.storage_url(storage_url), RunFolder.study_name(study_name, KERAS_TUNER),
+                           hypermodel.space, dataset, tuner, run.relative(run.best_model(KERAS_TUNER)))
     kt = None
     try:
         kt = _make_tuner(tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor)
@@ -485,13 +470,6 @@ def run_keras_tuner_search(
         raise error from None
     records = _records(kt)
     copy.add(records)
-    best = _save_best(kt, folder, records, dataset.class_names)
-    copy.record_best(best, folder / BEST_MARKER)
+    best = _save_best(kt, run, records, Objectives.of(hypermodel.space.objectives))
+    copy.record_best(best, run.best_trial_number(KERAS_TUNER))
     return records
-
-
-def leaderboard(records: Sequence[dict[str, Any]], top: int = 10, title: str = "leaderboard: keras-tuner") -> Any:
-    """The best rows of :func:`run_keras_tuner_search` as the rich table ``autotl.ui.leaderboard`` prints for a study."""
-    from autotl.ui import records_table
-
-    return records_table(records, top, title)

@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from autotl.space import SearchSpace
+from autotl.objective import Objectives
+from autotl.space import SearchSpace, trial_params
 
 __all__ = ["KerasTunerStudy", "TRIAL_ID_ATTR"]
 
@@ -24,7 +25,7 @@ TRIAL_ID_ATTR = "keras_tuner_trial_id"
 
 
 class _Distributions:
-    """Asked as :func:`autotl.search.trial_params` asks an Optuna trial: records each parameter's distribution.
+    """Asked as :func:`autotl.space.trial_params` asks an Optuna trial: records each parameter's distribution.
 
     The same mapping from a space as the Optuna engine's (and ``autotl.keras_tuner._Suggest``'s), so the
     keras-tuner trials' Optuna copy has exactly the distributions an Optuna search of the space has.
@@ -64,17 +65,20 @@ class KerasTunerStudy:
 
     def __init__(self, storage_url: str, study_name: str, space: SearchSpace, dataset: Any, tuner: str, best_model: str) -> None:
         from autotl.lineage import library_versions
-        from autotl.search import open_study, trial_params
+        from autotl.storage import open_study
 
         self.url = storage_url
-        self.study = open_study(storage_url, study_name, space.seed, create=True)  # a bad --storage fails before any trial
+        self.objectives = Objectives.of(space.objectives)
+        # a bad --storage fails before any trial
+        self.study = open_study(storage_url, study_name, directions=self.objectives.directions)
         asked = _Distributions()
         trial_params(asked, space)
         self.distributions = asked.found
         self.phase1_epochs = space.phase1.epochs
         self.data = dataset.summary()
         attrs = {"engine": "keras-tuner", "tuner": tuner, "data": self.data, "class_names": list(dataset.class_names),
-                 "space": space.model_dump(), "best_model": best_model, "versions": library_versions()}
+                 "space": space.model_dump(), "best_model": best_model, "versions": library_versions(),
+                 "objectives": self.objectives.names, "sampler": f"keras-tuner {tuner}"}
         for key, value in attrs.items():
             if self.study.user_attrs.get(key) != json.loads(json.dumps(value)):
                 self.study.set_user_attr(key, value)
@@ -93,16 +97,22 @@ class KerasTunerStudy:
     def _frozen(self, r: dict[str, Any]) -> Any:
         import optuna
 
+        from autotl.objective import trial_metrics
+
         state = optuna.trial.TrialState[r["state"]]
-        value = r["val_accuracy"] if state != optuna.trial.TrialState.FAIL else None
-        if state == optuna.trial.TrialState.COMPLETE and value is None:
+        try:
+            values = self.objectives.values(trial_metrics(r)) if state != optuna.trial.TrialState.FAIL else None
+        except KeyError:
+            values = None
+        if state == optuna.trial.TrialState.COMPLETE and values is None:
             state = optuna.trial.TrialState.FAIL
         params = {k: self._inside(k, v) for k, v in r["params"].items() if k in self.distributions}
         attrs = {**r.get("user_attrs", {}), TRIAL_ID_ATTR: r["trial_id"], "engine": "keras-tuner"}
         attrs.update({k: r[k] for k in ("hyperband", "budget") if r.get(k)})
         if state == optuna.trial.TrialState.FAIL:
             attrs.setdefault("fail_reason", r.get("message") or "failed in keras-tuner")
-        trial = optuna.trial.create_trial(state=state, value=value, params=params, distributions={k: self.distributions[k] for k in params},
+        trial = optuna.trial.create_trial(state=state, values=values,
+                                          params=params, distributions={k: self.distributions[k] for k in params},
                                           user_attrs=json.loads(json.dumps(attrs, default=str)), intermediate_values=self._steps(r))
         started, seconds = attrs.get("started"), attrs.get("seconds_total")
         if isinstance(started, (int, float)) and isinstance(seconds, (int, float)):  # when it ran, not when it was copied
@@ -128,15 +138,14 @@ class KerasTunerStudy:
                     steps[start + i] = float(v)
         return steps
 
-    def record_best(self, model_file: Optional[Path], marker: Path) -> None:
+    def record_best(self, model_file: Optional[Path], number: Optional[int]) -> None:
         """Lineage of the best model file (``autotl lineage keras_tuner/best_model.keras``); never fails the search."""
-        if model_file is None or not marker.is_file():
+        if model_file is None or number is None:
             return
         try:
             from autotl.lineage import record_model
 
-            trial_id = json.loads(marker.read_text()).get("trial_id")
-            trial = next(t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(TRIAL_ID_ATTR) == trial_id)
+            trial = next(t for t in self.study.get_trials(deepcopy=False) if str(t.user_attrs.get(TRIAL_ID_ATTR)) == str(number))
             record_model(self.url, self.study.study_name, trial, model_file, "best_model", data=self.data)
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"lineage not recorded for {model_file}: {exc}", stacklevel=2)

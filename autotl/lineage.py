@@ -17,7 +17,6 @@ with another one simply checks again.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -28,13 +27,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import UsageError, first_line
-from autotl.rundir import STUDY_DB, default_storage_url
-from autotl.storage import engine_kwargs, sqlite_path
+from autotl.objective import trial_metrics
+from autotl.runfolder import RunFolder
+from autotl.storage import engine_kwargs, safe_url, sqlite_path
 from autotl.weights import sha256_file
 
 __all__ = [
     "ARTIFACTS_TABLE", "LINEAGE_TABLE", "KINDS", "record_model", "find_model", "list_models",
-    "default_storage_for", "cmd_lineage", "add_lineage_parser", "library_versions", "safe_url",
+    "default_storage_for", "describe", "library_versions", "lineage_of",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"
@@ -101,16 +101,6 @@ def _engine(storage_url: str) -> Any:
             except Exception as exc:
                 raise UsageError(f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})") from None
         return _engines[storage_url]
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages and reports."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def _ensure_tables(storage_url: str) -> Any:
@@ -194,7 +184,7 @@ def record_model(
     """
     from sqlalchemy import select
 
-    import autotl
+    from autotl._version import __version__
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -210,14 +200,9 @@ def record_model(
     number = getattr(trial, "number", None)
     if data is None:
         data = _study_data(storage_url, study_name)
-    try:
-        value = getattr(trial, "value", None)
-    except Exception:  # a multi-objective FrozenTrial raises
-        value = None
     history = attrs.get("history") or {}
     metrics = {
-        "val_accuracy": value,
-        "val_loss": attrs.get("val_loss"),
+        **trial_metrics(trial),
         "head_stable_epoch": attrs.get("head_stable_epoch"),
         "gate": attrs.get("gate"),
         "phase2_kept": attrs.get("phase2_kept"),
@@ -242,7 +227,7 @@ def record_model(
             weights_origin=attrs.get("weights_origin"), weights_sha256=attrs.get("weights_sha256"),
             data_fingerprint=(data or {}).get("fingerprint"), data_source=(data or {}).get("source"),
             params=_jsonable(params), metrics=_jsonable(metrics), seconds=_jsonable(seconds),
-            autotl_version=autotl.__version__, versions=library_versions(),
+            autotl_version=__version__, versions=library_versions(),
         ))
     return int(artifact_id)
 
@@ -307,9 +292,22 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
     """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
     path = Path(model_path).resolve()
     for folder in list(path.parents)[:3]:
-        if (folder / STUDY_DB).is_file():
-            return default_storage_url(folder)
-    raise UsageError(f"no {STUDY_DB} beside {path} or in the folders above it; pass --storage URL")
+        if RunFolder(folder).study_db.is_file():
+            return RunFolder(folder).default_storage_url()
+    raise UsageError(f"no {RunFolder.STUDY_DB} beside {path} or in the folders above it; pass --storage URL")
+
+
+def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None) -> dict[str, Any]:
+    """The lineage record of a model file (see :func:`find_model`); a one-line UsageError when there is none."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    storage = storage_url or default_storage_for(path)
+    record = find_model(storage, path)
+    if record is None:
+        raise UsageError(f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; "
+                         "was it made by another study?")
+    return record
 
 
 def describe(record: dict[str, Any], shown_path: str) -> str:
@@ -330,27 +328,3 @@ def describe(record: dict[str, Any], shown_path: str) -> str:
         f"recorded {record.get('created')}",
     ]
     return "; ".join(parts)
-
-
-def add_lineage_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("lineage", help="say which trial, backbone, weights and data made a model file",
-                              description="Look a model file up by the SHA-256 of its bytes in the study database (a copied or renamed file is found too).")
-    p.add_argument("model", metavar="MODEL_FILE")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: study.db beside the file or in its run folder)")
-    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    return p
-
-
-def cmd_lineage(args: argparse.Namespace) -> int:
-    path = Path(args.model)
-    if not path.is_file():
-        raise UsageError(f"model file {path} does not exist")
-    storage = args.storage or default_storage_for(path)
-    record = find_model(storage, path)
-    if record is None:
-        raise UsageError(f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; was it made by another study?")
-    if getattr(args, "json", False):
-        print(json.dumps(record, indent=2, sort_keys=True))
-    else:
-        print(describe(record, str(path)))
-    return 0

@@ -21,7 +21,7 @@ from autotl.seeding import set_random_seed
 from autotl.spec import BackboneSpec
 from autotl.weights import ResolvedWeights
 
-__all__ = ["build_base", "block_boundaries", "build_head", "apply_head", "assemble", "freeze_below", "submodel", "top_layer_weights", "save_layer_weights", "restore_model"]
+__all__ = ["HEAD_LAYERS", "build_base", "block_boundaries", "build_head", "apply_head", "assemble", "freeze_below", "submodel", "top_layer_weights", "save_layer_weights", "restore_model"]
 
 
 def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[int, int] | None = None, seed: int = 0) -> Any:
@@ -84,14 +84,25 @@ def block_boundaries(base: Any, pattern: str) -> list[str]:
     return out
 
 
-def build_head(n_classes: int, width: int, dropout: float) -> list[Any]:
-    """The new head's layers, shared by the cached-feature model and the full model."""
+#: The head's layers, by name, bottom to top: the only definition of the head (see :func:`build_head`).
+HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
+HEAD_ACTIVATION = "relu"
+
+
+def build_head(n_classes: int, width: int, dropout: float, dropout_layer: Any = None) -> list[Any]:
+    """The new head on the pooled features: Dropout, Dense(width, relu), Dense(classes, softmax).
+
+    The same layers serve the cached-feature trainers and the full model.
+    ``dropout_layer`` replaces Keras' Dropout where a trainer needs one whose
+    rate can change without a new model (it must keep the name ``head_dropout``).
+    """
     import keras
 
+    drop, dense, out = HEAD_LAYERS
     return [
-        keras.layers.Dropout(dropout, name="head_dropout"),
-        keras.layers.Dense(width, activation="relu", name="head_dense"),
-        keras.layers.Dense(n_classes, activation="softmax", name="predictions"),
+        dropout_layer if dropout_layer is not None else keras.layers.Dropout(dropout, name=drop),
+        keras.layers.Dense(width, activation=HEAD_ACTIVATION, name=dense),
+        keras.layers.Dense(n_classes, activation="softmax", name=out),
     ]
 
 

@@ -1,34 +1,18 @@
-"""Classifying images with a run's best model (or any saved autotl model)."""
+"""Classifying image files with any model autotl writes (a run's best model or any exported format)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from autotl.errors import UsageError
-
-__all__ = ["load_run_model", "predict_files", "predict_any"]
+__all__ = ["predict_files", "predict_any", "Prediction", "PREDICT_CHUNK"]
 
 PREDICT_CHUNK = 64  # images decoded and predicted together (bounded memory: at most 1024 px a side each)
+#: ``(file, class, probability)``; an unreadable file gives ``(file, reason, None)``.
+Prediction = tuple[str, str, float] | tuple[str, str, None]
 
 
-def load_run_model(path: str | Path) -> tuple[object, list[str]]:
-    """The model and class names of a run folder, or of a ``.keras`` file with ``classes.json`` beside it."""
-    import keras
-
-    path = Path(path)
-    model_file = path / "best_model.keras" if path.is_dir() else path
-    if not model_file.is_file():
-        raise UsageError(f"no model at {model_file}; pass a run folder whose search finished a trial, or a .keras file")
-    classes_file = (path if path.is_dir() else path.parent) / "classes.json"
-    if not classes_file.is_file():
-        raise UsageError(f"no classes.json beside {model_file}; it names the classes the model predicts")
-    model = keras.saving.load_model(model_file, safe_mode=True)
-    return model, json.loads(classes_file.read_text())
-
-
-def predict_files(predict: Any, class_names: Sequence[str], files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
+def predict_files(predict: Any, class_names: Sequence[str], files: Sequence[str | Path]) -> list[Prediction]:
     """``(file, class, probability)`` per file, in order; an unreadable file gives ``(file, reason, None)``.
 
     ``predict`` is the ``predict(list of uint8 HxWx3 arrays) -> probabilities`` callable of
@@ -59,7 +43,7 @@ def predict_files(predict: Any, class_names: Sequence[str], files: Sequence[str 
     return out
 
 
-def predict_any(path: str | Path, files: Sequence[str | Path]) -> list[tuple[str, str, float] | tuple[str, str, None]]:
+def predict_any(path: str | Path, files: Sequence[str | Path]) -> list[Prediction]:
     """:func:`predict_files` with whatever ``path`` holds: a run folder, an export folder, a ``.keras``
     file, a SavedModel folder or a ``.tflite`` file (class names from beside it)."""
     from autotl.export import load_predictor

@@ -15,11 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autotl.errors import UsageError
+from autotl.objective import DEFAULT_OBJECTIVES, OBJECTIVES
+from autotl.samplers import DEFAULT_SAMPLER, SAMPLERS
+from autotl.train import LR_RATIO, TrialParams
 
-__all__ = ["SearchSpace", "load_space", "builtin_spaces", "LR_RATIO"]
+__all__ = ["SearchSpace", "load_space", "builtin_spaces", "trial_params", "apply_screening", "errors_line", "LR_RATIO"]
 
-#: The fine-tuning learning rate must be at least this many times below phase 1's.
-LR_RATIO = 10.0
 
 
 class _Strict(BaseModel):
@@ -128,6 +129,8 @@ class SearchSpace(_Strict):
     phase2: Phase2 = Phase2()
     augmentation: Augmentation = Augmentation()
     screening: Optional[Screening] = None  # off: every trial may fine-tune
+    sampler: str = DEFAULT_SAMPLER  # one of autotl.samplers.SAMPLERS
+    objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
     batch_size: int = Field(32, ge=1)
     seed: int = 0
     trials: int = Field(20, ge=1)
@@ -143,6 +146,13 @@ class SearchSpace(_Strict):
             )
         if len(set(self.backbones)) != len(self.backbones):
             raise ValueError(f"backbones: names must be unique, got {self.backbones}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown:
+            raise ValueError(f"objectives: unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives: names must be unique, got {self.objectives}")
         return self
 
 
@@ -152,7 +162,7 @@ def builtin_spaces() -> dict[str, Path]:
     return {p.name[: -len(".yaml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
-def _errors(exc: ValidationError) -> str:
+def errors_line(exc: ValidationError) -> str:
     """All problems on one line, each as ``field.path: what is wrong``."""
     out = []
     for err in exc.errors():
@@ -180,4 +190,57 @@ def load_space(name_or_path: Union[str, Path], overrides: Optional[dict[str, Any
     try:
         return SearchSpace.model_validate(raw), path
     except ValidationError as exc:
-        raise UsageError(f"search space {path}: {_errors(exc)}") from None
+        raise UsageError(f"search space {path}: {errors_line(exc)}") from None
+
+
+def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialParams:
+    """Ask ``trial`` for one point of ``space``: an Optuna trial (or ``optuna.trial.FixedTrial``), or anything
+    with ``suggest_categorical``, ``suggest_float`` and ``suggest_int`` (the keras-tuner engine's adapter).
+
+    One mapping from a space to the trainer's parameters, for every engine.  A
+    screening trial (``screen``) asks only for the backbone and head: it runs
+    phase 1 alone, so it draws no fine-tuning settings.
+    """
+    p2 = space.phase2
+    return TrialParams(
+        backbone=trial.suggest_categorical("backbone", list(space.backbones)),
+        head_width=trial.suggest_categorical("head_width", list(space.head.width)),
+        dropout=trial.suggest_float("dropout", space.head.dropout.low, space.head.dropout.high),
+        unfreeze_blocks=0 if screen else trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
+        unfreeze_all=p2.unfreeze_all and not screen,
+        finetune_lr=p2.learning_rate.low if screen else trial.suggest_float(
+            "finetune_lr", p2.learning_rate.low, p2.learning_rate.high, log=p2.learning_rate.log),
+        phase1_lr=space.phase1.learning_rate,
+        phase1_epochs=space.phase1.epochs,
+        phase1_patience=space.phase1.patience,
+        phase2_epochs=p2.epochs,
+        phase2_patience=p2.patience,
+        head_loss_threshold=space.phase1.head_loss_threshold,
+        batch_size=space.batch_size,
+        seed=space.seed,
+        prefetch_blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+    )
+
+
+def apply_screening(space: SearchSpace, screen: Optional[int], finalists: Optional[int]) -> SearchSpace:
+    """``space`` with a two-stage search of ``screen`` screening trials and ``finalists`` (``screen=0``: off).
+
+    ``None`` keeps the space's own setting; the space's validation states the limits.
+    """
+    if screen is None:
+        if finalists is None:
+            return space
+        if space.screening is None:
+            raise UsageError("--finalists needs a two-stage search: add --screen N (or screening in the space file)")
+        screen = space.screening.trials
+    if screen < 0:
+        raise UsageError(f"--screen must be 0 (off) or more, got {screen}")
+    if screen == 0:
+        return space.model_copy(update={"screening": None})
+    current = space.screening.model_dump() if space.screening is not None else {}
+    changes = {"trials": screen, **({"finalists": finalists} if finalists is not None else {})}
+    try:
+        screening = Screening(**{**current, **changes})
+    except ValidationError as exc:
+        raise UsageError(f"--screen/--finalists: {errors_line(exc)}") from None
+    return space.model_copy(update={"screening": screening})

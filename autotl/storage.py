@@ -1,4 +1,4 @@
-"""How autotl opens a study's database: SQLite in the run folder by default, any SQLAlchemy URL otherwise.
+"""How autotl opens a study and its database: SQLite in the run folder by default, any SQLAlchemy URL otherwise.
 
 Optuna's ``RDBStorage`` and autotl's lineage tables share one database, opened
 with the same settings.  A SQLite file is put in write-ahead-log mode, so
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-__all__ = ["engine_kwargs", "sqlite_path"]
+from autotl.errors import AutotlError, UsageError, first_line
+
+__all__ = ["engine_kwargs", "sqlite_path", "open_study", "load_study", "study_names", "safe_url"]
 
 
 def sqlite_wait() -> float:
@@ -50,3 +52,129 @@ def engine_kwargs(url: str) -> dict[str, Any]:
         return con
 
     return {"creator": connect}
+
+
+#: What losing the race to create a new storage's tables looks like (SQLite, PostgreSQL): try again.
+_CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key", "database is locked")
+
+
+def _storage(storage_url: str, heartbeat: Optional[int]) -> Any:
+    """Optuna's ``RDBStorage`` for ``storage_url``, with heartbeats (and retries of a dead worker's trial) if asked."""
+    import time
+
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if "://" not in storage_url:
+        raise ValueError("not a URL")
+    beats: dict[str, Any] = {}
+    if heartbeat:
+        beats = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": 4 * heartbeat,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3),
+        }
+    for attempt in range(5):  # processes starting together race to create the tables: the loser retries
+        try:
+            return RDBStorage(storage_url, engine_kwargs=engine_kwargs(storage_url), **beats)
+        except Exception as exc:
+            if not any(s in str(exc) for s in _CREATION_RACE) or attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # autotl says what failed, once, in its own words
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_study(
+    storage_url: str,
+    study_name: str,
+    *,
+    directions: Sequence[str] = ("maximize",),
+    sampler: Any = None,
+    pruner: Any = None,
+    heartbeat: Optional[int] = None,
+) -> Any:
+    """Create or resume the study ``study_name``; a storage that cannot be opened is a one-line UsageError.
+
+    With ``heartbeat`` (seconds), a worker's running trial sends heartbeats;
+    one silent for four of them is failed and queued again (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``), so a killed worker loses nothing.
+    A study created with other directions is refused.
+    """
+    import optuna
+
+    _quiet_optuna()
+    with _one_line(storage_url, study_name):
+        study = optuna.create_study(
+            storage=_storage(storage_url, heartbeat), study_name=study_name, directions=list(directions),
+            sampler=sampler, pruner=pruner, load_if_exists=True,
+        )
+    have = [d.name.lower() for d in study.directions]
+    if have != list(directions):
+        raise UsageError(
+            f"study {study_name!r} in {safe_url(storage_url)} optimises {have}, not {list(directions)}; "
+            "pass another --out (or --study-name) for other objectives"
+        )
+    return study
+
+
+def load_study(storage_url: str, study_name: str) -> Any:
+    """An existing study, read-only in spirit (reports, exports): nothing is created, nothing sampled."""
+    import optuna
+
+    _quiet_optuna()
+    with _one_line(storage_url, study_name):
+        return optuna.load_study(storage=_storage(storage_url, None), study_name=study_name)
+
+
+def study_names(storage_url: str) -> list[str]:
+    """Every study's name in the storage ([] when it cannot be read)."""
+    import optuna
+
+    try:
+        return list(optuna.study.get_all_study_names(storage_url))
+    except Exception:
+        return []
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+class _one_line:
+    """Turn whatever opening a storage raises into one UsageError that says what to do."""
+
+    def __init__(self, storage_url: str, study_name: str) -> None:
+        self.url, self.name = storage_url, study_name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or isinstance(exc, (AutotlError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+            return False
+        url = safe_url(self.url)
+        if isinstance(exc, KeyError):
+            raise UsageError(f"no study {self.name!r} in {url}; check --study-name or run `autotl search` first") from None
+        if isinstance(exc, ModuleNotFoundError):
+            raise UsageError(
+                f"storage {url} needs the Python package {exc.name!r}; install it "
+                "(for PostgreSQL: pip install 'autotl[postgres]')"
+            ) from None
+        raise UsageError(
+            f"cannot open storage {url!r} ({first_line(exc)}); pass a working Optuna storage URL "
+            "such as sqlite:///study.db or postgresql://user:pass@host/db"
+        ) from None

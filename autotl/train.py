@@ -18,15 +18,28 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from autotl.fitting import MIN_DELTA, Report, copy_head, fit_head, train_head_through, trainer
 from autotl.seeding import set_random_seed
-from autotl.space import LR_RATIO
 
-__all__ = ["TrialParams", "TrialResult", "train_trial"]
+__all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
+
+#: The fine-tuning learning rate must be at least this many times below phase 1's.
+LR_RATIO = 10.0
+
+
+class Gate(str, Enum):
+    """The gate's verdict: whether phase 2 ran, and if not, which rule kept it shut (the reason says more)."""
+
+    PASSED = "passed"
+    NOT_ASKED = "not_asked"  # the trial asked for no fine-tuning (unfreeze_blocks 0, or a screening trial)
+    STILL_IMPROVING = "still_improving"  # the head's validation loss had not stopped improving
+    HEAD_LOSS_HIGH = "head_loss_high"  # the head's training loss was not under the threshold
+    NO_BOUNDARIES = "no_boundaries"  # the backbone declares no block boundary to unfreeze from
 
 
 
@@ -61,7 +74,8 @@ class TrialResult:
     val_loss: float
     history: dict[str, dict[str, list[float]]]
     head_stable_epoch: Optional[int]  # 0-based epoch of the head's best validation loss, if it stabilised
-    gate: str  # "passed", or why phase 2 did not run
+    gate: Gate  # passed, or the rule that kept phase 2 from running
+    gate_reason: str  # the verdict in words, with the numbers
     phase2_kept: bool  # phase 2 ran and improved on phase 1
     cut: Optional[str]
     unfrozen_layers: int
@@ -75,6 +89,8 @@ class TrialResult:
         out = asdict(self)
         out.pop("build_model")
         out.pop("trained_weights")
+        out["gate"] = self.gate.value
+        out["metrics"] = {"val_accuracy": self.val_accuracy, "val_loss": self.val_loss}
         return out
 
 
@@ -86,6 +102,18 @@ def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
         if loss < losses[i] - MIN_DELTA:
             i = j
     return i, losses[i], history["val_accuracy"][i]
+
+
+@dataclass
+class _Phase1:
+    """What phase 1 leaves behind: the head (trained, best epoch restored) and where it stopped."""
+
+    head: list[Any]
+    history: dict[str, list[float]]
+    best_epoch: int
+    best_loss: float
+    best_acc: float
+    plateaued: bool
 
 
 def train_trial(
@@ -107,26 +135,54 @@ def train_trial(
     """
     import functools
 
-    import keras
-
-    from autotl.model import assemble, block_boundaries, build_head, freeze_below, submodel, top_layer_weights
-    from autotl.preprocess import apply_preprocessing
+    from autotl.model import assemble, top_layer_weights
 
     say = progress or (lambda _msg: None)
     set_random_seed(params.seed)
-    n_classes = len(dataset.class_names)
+    base = functools.cache(make_base)
     seconds: dict[str, float] = {}
     cache_info: dict[str, Any] = {}
+    p1 = _phase1(spec, params, base, dataset, cache, weights, report, say, augmentation, seconds, cache_info)
+    gate, reason, boundaries = _gate(spec, params, p1, base)
+    history = {"phase1": p1.history, "phase2": {}}
+    best_loss, best_acc = p1.best_loss, p1.best_acc
+    cut: Optional[str] = None
+    unfrozen, kept = 0, False
+    if gate is Gate.PASSED:
+        cut = None if params.unfreeze_all else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
+        h2, unfrozen, kept, best_loss, best_acc = _phase2(
+            spec, params, base, dataset, cache, weights, report, say, augmentation, p1, cut, seconds, cache_info)
+        history["phase2"] = h2
 
-    base = functools.cache(make_base)
-    # Phase 1: the frozen base's pooled features, cached; only the head trains.  The same
-    # forward pass stores the boundaries that fine-tuning trials may later start from.
+    def trained_weights() -> dict[str, list[np.ndarray]]:
+        """Layer name to weights, for every layer this trial changed: the head, and the top if phase 2 was kept."""
+        out = {layer.name: layer.get_weights() for layer in p1.head}
+        if kept:
+            out.update(top_layer_weights(base(), cut))
+        return out
+
+    stable_epoch = p1.best_epoch if p1.plateaued else None
+    return TrialResult(best_acc, best_loss, history, stable_epoch, gate, reason, kept, cut, unfrozen, seconds, cache_info,
+                       lambda: assemble(spec, base(), p1.head), trained_weights)
+
+
+def _phase1(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: Any, cache: Any, weights: Any,
+            report: Optional[Report], say: Callable[[str], None], augmentation: Any, seconds: dict[str, float],
+            cache_info: dict[str, Any]) -> _Phase1:
+    """Feature extraction: the head trains on the frozen base's cached pooled features.
+
+    The same forward pass stores the block boundaries that fine-tuning trials
+    may later start from (``params.prefetch_blocks``), so the data crosses the base once.
+    """
+    from autotl.model import block_boundaries, build_head
+
     say("phase 1: features")
     prefetch = (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :]) if params.prefetch_blocks else (lambda b: ())
-    feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed, prefetch=prefetch)
+    feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation,
+                      seed=params.seed, prefetch=prefetch)
     cache_info["phase1"] = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3)}
     start = time.perf_counter()
-    head = build_head(n_classes, params.head_width, params.dropout)
+    head = build_head(len(dataset.class_names), params.head_width, params.dropout)
     say("phase 1: head")
     for layer in head[1:]:  # glorot-initialised from the trial's seed
         layer.build((None, feats.train.shape[1] if layer is head[1] else params.head_width))
@@ -134,72 +190,83 @@ def train_trial(
                   params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed)
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
-    history = {"phase1": h1, "phase2": {}}
-
     plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
-    head_loss = h1["loss"][best_epoch]
-    stable_epoch = best_epoch if plateaued else None
+    return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued)
+
+
+def _gate(spec: Any, params: TrialParams, p1: _Phase1, base: Callable[[], Any]) -> tuple[Gate, str, list[str]]:
+    """Whether phase 2 may run: the head stabilised (plateau, and training loss under the threshold).
+
+    Returns the verdict, its reason in words, and the base's block boundaries
+    (only looked up, which builds the base, when everything else passed).
+    """
+    from autotl.model import block_boundaries
+
+    head_loss = p1.history["loss"][p1.best_epoch]
     if params.unfreeze_blocks <= 0 and not params.unfreeze_all:
-        gate = "not asked: unfreeze_blocks is 0"
-    elif not plateaued:
-        gate = f"head still improving after {len(h1['val_loss'])} epochs (phase1.epochs); raise it to let the head stabilise"
-    elif head_loss >= params.head_loss_threshold:
-        gate = f"head training loss {head_loss:.3f} is not under the threshold {params.head_loss_threshold:g}"
-    else:
-        gate = "passed"
+        return Gate.NOT_ASKED, "not asked: unfreeze_blocks is 0", []
+    if not p1.plateaued:
+        return (Gate.STILL_IMPROVING, f"head still improving after {len(p1.history['val_loss'])} epochs (phase1.epochs); "
+                "raise it to let the head stabilise", [])
+    if head_loss >= params.head_loss_threshold:
+        return Gate.HEAD_LOSS_HIGH, f"head training loss {head_loss:.3f} is not under the threshold {params.head_loss_threshold:g}", []
+    boundaries = block_boundaries(base(), spec.block_pattern)
+    if not boundaries and not params.unfreeze_all:
+        return Gate.NO_BOUNDARIES, f"backbone {spec.name} declares no block boundaries to unfreeze from", []
+    return Gate.PASSED, "passed", boundaries
 
-    boundaries = block_boundaries(base(), spec.block_pattern) if gate == "passed" else []
-    if gate == "passed" and not boundaries and not params.unfreeze_all:
-        gate = f"backbone {spec.name} declares no block boundaries to unfreeze from"
-    cut: Optional[str] = None
-    unfrozen = 0
-    kept = False
-    if gate == "passed":
-        cut = None if params.unfreeze_all else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
-        say(f"phase 2: features at {cut or 'input'}")
-        acts = cache.get(spec, base, weights, dataset, cut, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed) if cut else None
-        if acts is not None:
-            cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
-        start = time.perf_counter()
-        snapshot = top_layer_weights(base(), cut)  # what fine-tuning may change, to undo it
-        unfrozen = freeze_below(base(), cut)
-        if acts is not None:
-            shape = acts.train.shape[1:]
-            features = lambda x: submodel(base(), cut, None)(x, training=False)  # noqa: E731
-            train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
-        else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
-            shape = (*spec.input_size, 3)
-            features = lambda x: base()(apply_preprocessing(spec.preprocessing, x), training=False)  # noqa: E731
-            pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
-            train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
 
-        def body() -> tuple[Any, Any]:
-            x_in = keras.Input(shape)
-            return x_in, keras.layers.GlobalAveragePooling2D()(features(x_in))
+def _phase2(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: Any, cache: Any, weights: Any,
+            report: Optional[Report], say: Callable[[str], None], augmentation: Any, p1: _Phase1, cut: Optional[str],
+            seconds: dict[str, float], cache_info: dict[str, Any]) -> tuple[dict[str, list[float]], int, bool, float, float]:
+    """Fine-tuning: the top blocks above ``cut`` (the whole base for ``None``) train with the head at the low rate.
 
-        # the base object is one per backbone and process, so its id names the layers this model trains
-        model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes, owner=base())
-        say("phase 2: fine-tuning")
-        h2 = train_head_through(model, head, params.dropout, params.finetune_lr, train_xy, val_xy, params.phase2_epochs,
-                                params.phase2_patience, params.batch_size, report, params.phase1_epochs, params.seed)
-        history["phase2"] = h2
-        seconds["phase2"] = time.perf_counter() - start
-        _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
-        kept = loss2 < best_loss
-        if kept:
-            best_loss, best_acc = loss2, acc2
-            copy_head(model, None, head)
-        else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
-            for name, ws in snapshot.items():
-                base().get_layer(name).set_weights(ws)
-        base().trainable = False
+    BatchNormalization stays frozen.  If fine-tuning does not beat the phase-1
+    head, the head and the pretrained top are put back.  Returns the history,
+    how many weight layers trained, whether phase 2 was kept, and the best
+    validation loss and accuracy of the trial.
+    """
+    import keras
 
-    def trained_weights() -> dict[str, list[np.ndarray]]:
-        """Layer name to weights, for every layer this trial changed: the head, and the top if phase 2 was kept."""
-        out = {layer.name: layer.get_weights() for layer in head}
-        if kept:
-            out.update(top_layer_weights(base(), cut))
-        return out
+    from autotl.model import freeze_below, submodel, top_layer_weights
+    from autotl.preprocess import apply_preprocessing
 
-    return TrialResult(best_acc, best_loss, history, stable_epoch, gate, kept, cut, unfrozen, seconds, cache_info,
-                       lambda: assemble(spec, base(), head), trained_weights)
+    say(f"phase 2: features at {cut or 'input'}")
+    acts = cache.get(spec, base, weights, dataset, cut, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed) if cut else None
+    if acts is not None:
+        cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
+    start = time.perf_counter()
+    snapshot = top_layer_weights(base(), cut)  # what fine-tuning may change, to undo it
+    unfrozen = freeze_below(base(), cut)
+    if acts is not None:
+        shape = acts.train.shape[1:]
+        features = lambda x: submodel(base(), cut, None)(x, training=False)  # noqa: E731
+        train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
+    else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
+        shape = (*spec.input_size, 3)
+        features = lambda x: base()(apply_preprocessing(spec.preprocessing, x), training=False)  # noqa: E731
+        pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
+        train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
+
+    def body() -> tuple[Any, Any]:
+        x_in = keras.Input(shape)
+        return x_in, keras.layers.GlobalAveragePooling2D()(features(x_in))
+
+    n_classes = len(dataset.class_names)
+    # the base object is one per backbone and process, so its id names the layers this model trains
+    model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes, owner=base())
+    say("phase 2: fine-tuning")
+    h2 = train_head_through(model, p1.head, params.dropout, params.finetune_lr, train_xy, val_xy, params.phase2_epochs,
+                            params.phase2_patience, params.batch_size, report, params.phase1_epochs, params.seed)
+    seconds["phase2"] = time.perf_counter() - start
+    _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
+    kept = loss2 < p1.best_loss
+    if kept:
+        copy_head(model, None, p1.head)
+    else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
+        for name, ws in snapshot.items():
+            base().get_layer(name).set_weights(ws)
+    base().trainable = False
+    if not kept:
+        loss2, acc2 = p1.best_loss, p1.best_acc
+    return h2, unfrozen, kept, loss2, acc2

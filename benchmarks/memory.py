@@ -46,7 +46,7 @@ def main() -> None:
 
     from autotl.data import load_folder
     from autotl.registry import get_registry
-    from autotl.search import SearchConfig, run_search
+    from autotl.optuna_engine import SearchConfig, run_search
     import yaml
 
     from autotl.space import SearchSpace

@@ -64,7 +64,7 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
     import keras  # noqa: F401 -- imported before the clock starts, as keras-tuner's run imports it
 
     from autotl.registry import get_registry
-    from autotl.search import SearchConfig, run_search
+    from autotl.optuna_engine import SearchConfig, run_search
     from autotl.space import SearchSpace
     from autotl.weights import WeightsSource
 

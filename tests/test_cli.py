@@ -5,16 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from conftest import COLOURS, TINY_PLUGIN, run_cli, write_images
-
-
-def assert_one_line_error(proc, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("autotl: error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from helpers import COLOURS, TINY_PLUGIN, assert_one_line_error, run_cli, write_images
 
 
 def search(*args: str):

@@ -256,7 +256,7 @@ def test_messy_folder(messy):
 
 def test_search_over_the_messy_folder_completes(messy, tmp_path):
     """Every kind of bad file at once: the search skips, converts and warns, and finishes."""
-    from conftest import TINY_PLUGIN, run_cli
+    from helpers import TINY_PLUGIN, run_cli
 
     space = tmp_path / "space.yaml"
     space.write_text("backbones: [tiny]\nhead: {width: [8], dropout: 0.0}\nphase1: {learning_rate: 1.0e-2, epochs: 5, patience: 2}\n"

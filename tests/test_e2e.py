@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from conftest import HYMENOPTERA, SHARED_WEIGHTS, needs_shared, run_cli
+from helpers import HYMENOPTERA, SHARED_WEIGHTS, needs_shared, run_cli
 
 
 @needs_shared

@@ -7,7 +7,6 @@ autotl cannot be imported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,13 +19,13 @@ import pytest
 
 from autotl.errors import UsageError
 from autotl.export import (
-    FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, ExportParityError, add_export_parser, check_parity, cmd_export, export,
+    FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, ExportParityError, check_parity, export,
     load_predictor, verify_export, wilson_interval,
 )
-from autotl.search import SearchConfig, run_search
+from autotl.optuna_engine import SearchConfig, run_search
 from autotl.space import load_space
 from autotl.weights import WeightsSource
-from conftest import TINY_SPACE
+from helpers import TINY_SPACE, call_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
@@ -40,7 +39,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, registry, tiny_dataset) ->
     (root / "space.yaml").write_text(SPACE)
     space, _ = load_space(root / "space.yaml")
     out = root / "run"
-    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=WeightsSource("none"), data_summary=tiny_dataset.summary()),
+    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=WeightsSource("none")),
                        registry, tiny_dataset)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     return out
@@ -75,10 +74,11 @@ def other_trial_model(run_dir: Path, trial: int, registry) -> Path:
     """The .keras file of the trial that is not ``trial``, assembled from its stored layers."""
     import optuna
 
-    from autotl.search import trial_model
+    from autotl.runfolder import RunFolder
+    from autotl.trial_models import trial_model
 
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
-    return trial_model(run_dir, study, other_trial(run_dir, trial), registry, WeightsSource("none"))
+    return trial_model(RunFolder(run_dir), study, study.trials[other_trial(run_dir, trial)], registry, WeightsSource("none"))
 
 
 def assert_one_line(exc: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -319,11 +319,11 @@ def test_export_compared_with_another_trials_model_fails(exported, run_dir: Path
 def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path, tmp_path: Path, monkeypatch, exported, registry) -> None:
     import keras
 
-    from autotl.export import _tflite
+    from autotl.export import _export
 
     other = keras.saving.load_model(other_trial_model(run_dir, exported.trial, registry), safe_mode=True)
-    real = _tflite.convert
-    monkeypatch.setattr(_tflite, "convert", lambda model, size, representative=None: real(other, size, representative))
+    real = _export.tflite_convert
+    monkeypatch.setattr(_export, "tflite_convert", lambda model, size, representative=None: real(other, size, representative))
     out = tmp_path / "out"
     with pytest.raises(ExportParityError) as exc:
         export(run_dir, out, formats="tflite")
@@ -358,14 +358,12 @@ def test_a_model_that_is_not_the_trials_fails_before_anything_is_written(exporte
 # --------------------------------------------------------------------------- the command line and bad input
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="autotl")
-    add_export_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["export", *argv])
+def cmd_export(*argv: str) -> int:
+    return call_cli("export", *argv)
 
 
 def test_cmd_export_keras_only_to_the_default_folder(run_dir: Path, capsys) -> None:
-    assert cmd_export(parse(str(run_dir), "--format", "keras")) == 0
+    assert cmd_export(str(run_dir), "--format", "keras") == 0
     printed = capsys.readouterr().out
     assert "exported trial" in printed and "keras\ttop-1 agreement 100.0%" in printed
     out = run_dir / "export"
@@ -386,7 +384,7 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
     ]
     for argv, fragments in cases:
         with pytest.raises(UsageError) as exc:
-            cmd_export(parse(*argv, "--out", str(tmp_path / "x")))
+            cmd_export(*argv, "--out", str(tmp_path / "x"))
         assert_one_line(exc, *fragments)
     # a trial whose model file was not kept (only the best K trials keep theirs)
     copy = tmp_path / "run"

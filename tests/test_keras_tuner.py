@@ -12,7 +12,7 @@ import pytest
 kt = pytest.importorskip("keras_tuner")
 
 from autotl.errors import UsageError  # noqa: E402
-from autotl.keras_tuner import KERAS_TUNER_DIR, TransferHyperModel, leaderboard, run_keras_tuner_search  # noqa: E402
+from autotl.keras_tuner import TransferHyperModel, run_keras_tuner_search  # noqa: E402
 from autotl.space import FloatRange, SearchSpace, load_space  # noqa: E402
 from autotl.weights import WeightsSource  # noqa: E402
 
@@ -135,14 +135,17 @@ def test_run_keras_tuner_search_resumes_and_runs_only_the_missing_trial(registry
     for r in again:
         assert_phase2_only_after_the_gate(r)
 
-    folder = out / KERAS_TUNER_DIR
-    from autotl.predict import load_run_model
+    from autotl.export import load_predictor
 
-    model, names = load_run_model(folder)
+    folder = out / "keras_tuner"
+    predict, names = load_predictor(folder)
     best = max(again, key=lambda r: (r["val_accuracy"], -r["number"]))
     assert names == list(tiny_dataset.class_names)
-    assert abs(evaluate(model, tiny_dataset)[0] - best["val_accuracy"]) <= 1e-6
-    assert "leaderboard" in str(leaderboard(again).title)
+    probs = predict([tiny_dataset.val.load(i) for i in range(len(tiny_dataset.val))])
+    assert abs(float(np.mean(probs.argmax(1) == tiny_dataset.val.labels)) - best["val_accuracy"]) <= 1e-6
+    from autotl.ui import records_table
+
+    assert "leaderboard" in str(records_table(again, 10, "leaderboard: keras-tuner").title)
 
     with pytest.raises(UsageError, match="with the bayesian tuner"):
         run_keras_tuner_search(space, tiny_dataset, registry, NONE, out, trials=2, tuner="random")
@@ -164,11 +167,11 @@ def test_engines_compared_in_one_report(registry, tiny_dataset, space: SearchSpa
     import optuna
 
     from autotl.report import write_report
-    from autotl.search import SearchConfig, run_search
+    from autotl.optuna_engine import SearchConfig, run_search
 
     out = tmp_path / "run"
     rows = run_keras_tuner_search(space, tiny_dataset, registry, NONE, out, trials=2, tuner="random")
-    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=NONE, data_summary=tiny_dataset.summary()), registry, tiny_dataset)
+    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=NONE), registry, tiny_dataset)
     storage = f"sqlite:///{out / 'study.db'}"
     copy = optuna.load_study(study_name="autotl-keras-tuner", storage=storage)
     assert [t.user_attrs["keras_tuner_trial_id"] for t in copy.trials] == [r["trial_id"] for r in rows]
@@ -213,7 +216,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(registry, tiny_datase
     rows = run_keras_tuner_search(space, tiny_dataset, registry, NONE, tmp_path / "run", trials=2, tuner="random")
     assert [r["state"] for r in rows] == ["FAIL", "FAIL"]
     assert all("non-finite features" in r["message"] and r["val_accuracy"] is None for r in rows), rows[0]["message"]
-    assert not (tmp_path / "run" / KERAS_TUNER_DIR / "best_model.keras").exists()
+    assert not (tmp_path / "run" / "keras_tuner" / "best_model.keras").exists()
     import optuna
 
     copy = optuna.load_study(study_name="autotl-keras-tuner", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")

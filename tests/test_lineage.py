@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import threading
 from pathlib import Path
@@ -11,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from autotl.errors import UsageError
-from autotl.lineage import ARTIFACTS_TABLE, LINEAGE_TABLE, add_lineage_parser, find_model, list_models, record_model
+from autotl.lineage import ARTIFACTS_TABLE, LINEAGE_TABLE, find_model, list_models, record_model
+from helpers import call_cli
 
 DATA = {"source": "/data/colours", "fingerprint": "f" * 64, "class_names": ["a", "b"]}
 
@@ -128,11 +128,7 @@ def test_concurrent_workers_create_the_tables_once(run, tmp_path: Path) -> None:
 
 
 def cli(*argv: str) -> int:
-    from autotl.lineage import cmd_lineage
-
-    parser = argparse.ArgumentParser()
-    add_lineage_parser(parser.add_subparsers())
-    return cmd_lineage(parser.parse_args(["lineage", *argv]))
+    return call_cli("lineage", *argv)
 
 
 def test_cli_answers_in_one_line(run, tmp_path: Path, capsys) -> None:

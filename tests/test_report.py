@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPACE, COLOURS, write_images
+from helpers import TINY_SPACE, COLOURS, write_images
 
 from autotl.errors import UsageError
-from autotl.search import best_trial  # ties broken as autotl breaks them: accuracy, then val loss, then earlier
+from autotl.objective import best_trial  # ties broken as autotl breaks them: accuracy, then val loss, then earlier
 
 SPACE = TINY_SPACE
 COMMAND = "autotl search colours --out run --trials 2"
@@ -38,7 +38,7 @@ def noisy_labels(folder: Path) -> Path:
 def searched(tmp_path_factory: pytest.TempPathFactory, registry):
     """ONE real tiny search (2 trials); the search itself records each trial's layers and the best model."""
     from autotl.data import load_folder
-    from autotl.search import SearchConfig, run_search
+    from autotl.optuna_engine import SearchConfig, run_search
     from autotl.space import load_space
     from autotl.weights import WeightsSource
 
@@ -46,8 +46,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory, registry):
     dataset = load_folder(noisy_labels(root / "colours"), val_fraction=0.25, seed=0)
     (root / "space.yaml").write_text(SPACE)
     space, _ = load_space(root / "space.yaml")
-    cfg = SearchConfig(out=root / "run", space=space, trials=2, weights=WeightsSource("none"),
-                       data_summary=dataset.summary(), command=COMMAND)
+    cfg = SearchConfig(out=root / "run", space=space, trials=2, weights=WeightsSource("none"), record={"command": COMMAND})
     study = run_search(cfg, registry, dataset)
     return cfg, study
 
@@ -166,8 +165,8 @@ def test_html_renders_in_headless_chromium_offline(report, tmp_path: Path) -> No
 def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> None:
     import optuna
 
-    from autotl.report import add_report_parser, cmd_report
-    from autotl.search import trial_params
+    from autotl.cli import main
+    from autotl.space import trial_params
 
     cfg, study = searched
     run = tmp_path / "run"
@@ -182,9 +181,7 @@ def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> No
     running.set_user_attr("plugin", "autotl_tiny")
     running.report(0.5, 0)
 
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers())
-    assert cmd_report(parser.parse_args(["report", str(run)])) == 0
+    assert main(["report", str(run)]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(run / "report.html"), str(run / "report.md"), str(run / "report.json")]
     rec = json.loads((run / "report.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 
 from autotl.cache import FeatureCache
 from autotl.model import build_base, submodel
-from autotl.train import TrialParams, train_trial
+from autotl.train import Gate, TrialParams, train_trial
 from autotl.weights import ResolvedWeights
 
 RANDOM = ResolvedWeights(None, None, "random")
@@ -36,7 +36,7 @@ def test_phase2_starts_only_after_the_head_stabilised(registry, tiny_dataset, tm
     reports: list = []
     _, _, _, result = run(registry, tiny_dataset, tmp_path, reports)
     h1, h2 = result.history["phase1"], result.history["phase2"]
-    assert result.gate == "passed" and h2, result.gate
+    assert result.gate is Gate.PASSED and h2, result.gate_reason
     stable = result.head_stable_epoch
     # the head's validation loss stopped improving: its best epoch is followed by `patience` worse ones
     assert len(h1["val_loss"]) - 1 - stable >= 3
@@ -51,13 +51,15 @@ def test_phase2_starts_only_after_the_head_stabilised(registry, tiny_dataset, tm
 
 def test_gate_closed_when_head_loss_above_threshold(registry, tiny_dataset, tmp_path: Path) -> None:
     _, _, _, result = run(registry, tiny_dataset, tmp_path, head_loss_threshold=1e-6)
-    assert result.gate.startswith("head training loss") and result.history["phase2"] == {}
+    assert result.gate is Gate.HEAD_LOSS_HIGH and result.gate_reason.startswith("head training loss")
+    assert result.history["phase2"] == {}
     assert result.cut is None and result.unfrozen_layers == 0
 
 
 def test_gate_closed_when_head_still_improving(registry, tiny_dataset, tmp_path: Path) -> None:
     _, _, _, result = run(registry, tiny_dataset, tmp_path, phase1_epochs=2, phase1_patience=5)
-    assert result.gate.startswith("head still improving") and result.head_stable_epoch is None
+    assert result.gate is Gate.STILL_IMPROVING and result.gate_reason.startswith("head still improving")
+    assert result.head_stable_epoch is None
     assert result.history["phase2"] == {}
 
 
@@ -108,7 +110,7 @@ def test_unfreeze_all_trains_the_whole_base_from_pixels_when_the_space_asks(regi
     import keras
 
     spec, base, _, result = run(registry, tiny_dataset, tmp_path, unfreeze_all=True)
-    assert result.gate == "passed" and result.cut is None and result.history["phase2"]
+    assert result.gate is Gate.PASSED and result.cut is None and result.history["phase2"]
     assert result.unfrozen_layers == sum(1 for layer in base.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization))
     if result.phase2_kept:
         assert "stem_conv" in result.trained_weights()

@@ -7,7 +7,7 @@ import pytest
 
 from autotl.errors import UsageError
 from autotl.weights import WeightsSource, resolve_weights
-from conftest import SHARED_WEIGHTS, needs_shared
+from helpers import SHARED_WEIGHTS, needs_shared
 
 
 def test_missing_file_names_file_and_folder(registry, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, TINY_PLUGIN, run_cli
+from helpers import TESTS, TINY_PLUGIN, run_cli
 
 
 def _free_port() -> int:
@@ -56,9 +56,9 @@ def _worker(data: Path, space: Path, out: Path, trials: int, storage: str | None
 
 
 def _study(url: str):
-    from autotl.search import open_study
+    from autotl.storage import load_study
 
-    return open_study(url, create=False)
+    return load_study(url, "autotl")
 
 
 def _wait_for(predicate, timeout: float = 240.0, every: float = 0.2, proc: subprocess.Popen | None = None):

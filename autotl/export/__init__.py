@@ -31,10 +31,9 @@ The modules: ``_common`` (file names, tolerances, the result and error types),
 ``_run`` (the run folder and the chosen trial's model), ``_savedmodel`` and
 ``_tflite`` (each format written and read back), ``_predictor``
 (``load_predictor``), ``_parity`` (the checks), ``_card`` (``MODEL_CARD.md``),
-``_export`` (staging, verifying, installing) and ``_cli`` (``autotl export``).
+and ``_export`` (staging, verifying, installing).
 """
 
-from autotl.export._cli import add_export_parser, cmd_export
 from autotl.export._common import (
     CARD_FILE, FLOAT_TOLERANCE, FORMATS, INT8_MIN_AGREEMENT, KERAS_FILE, LABELS_FILE, PARITY_FILE, QUANTIZATIONS, SAVEDMODEL_DIR,
     TFLITE_FILE, TFLITE_INT8_FILE, ExportParityError, ExportResult, Predict,
@@ -47,6 +46,6 @@ from autotl.stats import wilson_interval
 __all__ = [
     "FORMATS", "QUANTIZATIONS", "FLOAT_TOLERANCE", "INT8_MIN_AGREEMENT",
     "ExportParityError", "ExportResult", "export", "check_parity", "verify_export",
-    "load_predictor", "wilson_interval", "add_export_parser", "cmd_export", "parse_formats", "Predict",
+    "load_predictor", "wilson_interval", "parse_formats", "Predict",
     "KERAS_FILE", "SAVEDMODEL_DIR", "TFLITE_FILE", "TFLITE_INT8_FILE", "LABELS_FILE", "CARD_FILE", "PARITY_FILE",
 ]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from autotl.export._common import (
     CARD_FILE, FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, KERAS_FILE, OWNED, SAVEDMODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE,
 )
+from autotl.objective import trial_metrics
 from autotl.stats import wilson_interval
 from autotl.weights import sha256_file
 
@@ -55,7 +56,8 @@ def _write_card(folder: Path, run: _Run, dataset: Any, same_data: bool, parity: 
         counts, split, fingerprint, source = {}, "not recorded", expected or "not recorded", run.record.get("source", "?")
     n_train = sum(counts.get("train", [])) if counts else None
     n_val = sum(counts.get("val", [])) if counts else None
-    val_acc = float(t.value)
+    metrics = trial_metrics(t)
+    val_acc = float(metrics["val_accuracy"])
     if n_val:
         k = round(val_acc * n_val)
         lo, hi = wilson_interval(k, n_val)
@@ -87,7 +89,7 @@ def _write_card(folder: Path, run: _Run, dataset: Any, same_data: bool, parity: 
         "## Metrics",
         "",
         f"- Validation accuracy recorded by the search: {recorded}.",
-        f"- Validation loss: {a.get('val_loss', float('nan')):.4f}.",
+        f"- Validation loss: {metrics.get('val_loss', float('nan')):.4f}.",
     ]
     if measured is not None:
         mk = round(measured * n_cmp)
@@ -128,7 +130,7 @@ def _write_card(folder: Path, run: _Run, dataset: Any, same_data: bool, parity: 
         "",
         f"- Phase 1 (frozen base, head only): {p1} epochs; head stable at epoch "
         f"{stable + 1 if stable is not None else '- (did not stabilise)'}.",
-        f"- Gate to fine-tuning: {a.get('gate', '?')}.",
+        f"- Gate to fine-tuning: {a.get('gate_reason') or a.get('gate', '?')}.",
         f"- Phase 2 (fine-tuning): {p2} epochs" + (f", unfrozen above `{a.get('cut')}` ({a.get('unfrozen_layers')} weight layers)" if p2 else "")
         + (f"; kept: {'yes' if a.get('phase2_kept') else 'no, the phase-1 model was better'}" if p2 else "") + ".",
         "",

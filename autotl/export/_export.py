@@ -13,7 +13,8 @@ import numpy as np
 
 from autotl.data import resize_images
 from autotl.errors import UsageError, first_line
-from autotl.export import _savedmodel, _tflite
+from autotl.export._savedmodel import write_savedmodel
+from autotl.export._tflite import convert as tflite_convert
 from autotl.export._card import _write_card
 from autotl.export._common import (
     FORMATS, KERAS_FILE, LABELS_FILE, OWNED, PARITY_FILE, PARITY_IMAGES, QUANTIZATIONS, REPRESENTATIVE_IMAGES, SAVEDMODEL_DIR,
@@ -104,12 +105,12 @@ def export(
         if "savedmodel" in formats:
             say("writing the SavedModel")
             start = time.perf_counter()
-            _savedmodel.write_savedmodel(model, run.class_names, size, staging / SAVEDMODEL_DIR, staging / LABELS_FILE)
+            write_savedmodel(model, run.class_names, size, staging / SAVEDMODEL_DIR, staging / LABELS_FILE)
             seconds["savedmodel"] = time.perf_counter() - start
         if "tflite" in formats:
             say("converting to TFLite")
             start = time.perf_counter()
-            (staging / TFLITE_FILE).write_bytes(_tflite.convert(model, size))
+            (staging / TFLITE_FILE).write_bytes(tflite_convert(model, size))
             seconds["tflite"] = time.perf_counter() - start
             if quantize == "int8":
                 chosen = _evenly(len(dataset.train), REPRESENTATIVE_IMAGES)
@@ -117,7 +118,7 @@ def export(
                 start = time.perf_counter()
                 # what the model's Resizing feeds on
                 representative = np.concatenate([resize_images(dataset.train.load(i)[None], size) for i in chosen])
-                (staging / TFLITE_INT8_FILE).write_bytes(_tflite.convert(model, size, representative))
+                (staging / TFLITE_INT8_FILE).write_bytes(tflite_convert(model, size, representative))
                 seconds["tflite_int8"] = time.perf_counter() - start
         say(f"checking parity on {len(images)} validation images")
         try:
@@ -159,7 +160,7 @@ def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any)
     import keras
     import tensorflow as tf
 
-    from autotl import __version__
+    from autotl._version import __version__
 
     parity = {**parity, "trial": run.trial.number, "model": str(run.model_file.relative_to(run.run_dir)),
               "versions": {"autotl": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},

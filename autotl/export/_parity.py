@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 from autotl.errors import first_line
+from autotl.objective import trial_metrics
 from autotl.export._common import (
     FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, KERAS_FILE, REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, SAVEDMODEL_DIR, TFLITE_FILE,
     TFLITE_INT8_FILE, ExportParityError,
@@ -117,7 +118,8 @@ def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int]
     model is the one the search scored (a model assembled from stored layers on
     the wrong backbone weights would pass parity and still be wrong).
     """
-    recorded_acc, recorded_loss = float(run.trial.value), run.trial.user_attrs.get("val_loss")
+    recorded = trial_metrics(run.trial)
+    recorded_acc, recorded_loss = float(recorded["val_accuracy"]), recorded.get("val_loss")
     if not same_data:
         return {"skipped": "the data re-read now is not known to be the search's validation split (fingerprint differs or was not recorded)"}
     probs = np.concatenate([np.asarray(model.predict_on_batch(b), dtype=np.float64) for b in dataset.val.batches(size, 32)])

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from autotl.errors import UsageError, first_line
+from autotl.runfolder import RunFolder
 from autotl.export._common import KERAS_FILE, LABELS_FILE, Predict, _by_shape, _quiet, _read_labels
 from autotl.export._savedmodel import savedmodel_predictor
 from autotl.export._tflite import tflite_predictor
@@ -22,13 +23,13 @@ def keras_predictor(model: Any) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
     return lambda images: _by_shape(images, lambda x: keras.ops.convert_to_numpy(model(x.astype(np.float32), training=False)), n)
 
 
-def load_predictor(path: str | os.PathLike) -> tuple[Predict, list[str]]:
+def load_predictor(path: str | os.PathLike, class_names: Sequence[str] | None = None) -> tuple[Predict, list[str]]:
     """``(predict, class_names)`` for any model autotl writes; ``predict(list of uint8 HxWx3 arrays)`` gives float32 ``[n, classes]``.
 
     ``path`` may be a run folder (its ``best_model.keras``), an export folder (its
     ``model.keras``), a ``.keras`` file, a SavedModel folder or a ``.tflite`` file.
     Class names come from ``classes.json`` or ``labels.txt`` beside the model (for a
-    SavedModel also its ``assets/labels.txt``).
+    SavedModel also its ``assets/labels.txt``), unless ``class_names`` gives them.
     """
     _quiet()
     p = Path(path)
@@ -43,17 +44,18 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predict, list[str]]:
                 raise UsageError(f"cannot load SavedModel {p} ({first_line(exc)[:200]}); it needs the serving_default and serving_bytes signatures `autotl export` writes") from None
             names = _read_labels(labels)
             return _checked(predict, names, p), names
-        for name in ("best_model.keras", KERAS_FILE):
-            if (p / name).is_file():
-                return load_predictor(p / name)
-        if (p / "run.json").is_file() or (p / "study.db").is_file():
-            raise UsageError(f"no model at {p / 'best_model.keras'}; pass a run folder whose search finished a trial, or a .keras file")
+        run = RunFolder(p)
+        for model in (run.best_model(), p / KERAS_FILE):
+            if model.is_file():
+                return load_predictor(model)
+        if run.run_file.is_file() or run.study_db.is_file():
+            raise UsageError(f"no model at {run.best_model()}; pass a run folder whose search finished a trial, or a .keras file")
         raise UsageError(f"{p} holds no model: pass a run folder, an export folder, a .keras file, a SavedModel folder or a .tflite file")
     if not p.is_file():
         raise UsageError(f"no model at {p}; pass a run folder, an export folder, a .keras file, a SavedModel folder or a .tflite file")
     if p.suffix not in (".keras", ".tflite"):
         raise UsageError(f"{p} is not a model autotl can load; pass a run folder, an export folder, a .keras file, a SavedModel folder or a .tflite file")
-    names = _names_beside(p)
+    names = list(class_names) if class_names is not None else _names_beside(p)
     if p.suffix == ".keras":
         import keras
 
@@ -84,8 +86,9 @@ def _checked(predict: Predict, names: list[str], where: Path) -> Predict:
 
 def _names_beside(model_file: Path) -> list[str]:
     folder = model_file.parent
-    if (folder / "classes.json").is_file():
-        return [str(c) for c in json.loads((folder / "classes.json").read_text())]
+    classes = RunFolder(folder).classes_file()  # a run's best model, or the keras-tuner engine's
+    if classes.is_file():
+        return [str(c) for c in json.loads(classes.read_text())]
     if (folder / LABELS_FILE).is_file():
         return _read_labels(folder / LABELS_FILE)
     raise UsageError(f"no classes.json or {LABELS_FILE} beside {model_file}; it names the classes the model predicts")

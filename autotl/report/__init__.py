@@ -16,19 +16,14 @@ the record) and then draw it, so every number in a picture is in the JSON too.
 The modules: ``_rows`` (trials as leaderboard rows), ``_record`` (the data
 record), ``_evaluate`` (the best model on the validation split), ``_engines``
 (the Optuna and keras-tuner studies of one run compared), ``_figures``
-(matplotlib), ``_render`` (HTML and Markdown), ``_write`` (the files) and
-``_cli`` (``autotl report``).
+(matplotlib), ``_render`` (HTML and Markdown) and ``_write`` (the files).
 """
 
-from autotl.report._cli import add_report_parser, cmd_report
-from autotl.report._common import REPORT_FILES, REPORT_HTML, REPORT_JSON, REPORT_MD, SCHEMA
+from autotl.report._common import SCHEMA
 from autotl.report._figures import render_figures
 from autotl.report._record import build_record
 from autotl.report._render import render_html, render_markdown
 from autotl.report._write import write_report
 from autotl.stats import wilson_interval
 
-__all__ = [
-    "write_report", "build_record", "wilson_interval", "cmd_report", "add_report_parser", "REPORT_FILES",
-    "REPORT_HTML", "REPORT_MD", "REPORT_JSON", "SCHEMA", "render_figures", "render_html", "render_markdown",
-]
+__all__ = ["write_report", "build_record", "wilson_interval", "SCHEMA", "render_figures", "render_html", "render_markdown"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
-REPORT_HTML, REPORT_MD, REPORT_JSON = "report.html", "report.md", "report.json"
-REPORT_FILES = "report_files"
+from autotl.runfolder import RunFolder
+
+REPORT_FILES = RunFolder.REPORT_FILES  # the plots' folder, as report.md and report.json name it
 SCHEMA = "autotl-report-1"
 TOP_CURVES = 6
 MAX_MISCLASSIFIED = 24
@@ -67,10 +67,3 @@ def _epochs(history: dict[str, Any], phase: str) -> Optional[int]:
 def _epoch1(epoch: Optional[int]) -> Optional[int]:
     """A 0-based epoch index (as stored) as the 1-based epoch number people and the plots use."""
     return None if epoch is None else int(epoch) + 1
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-

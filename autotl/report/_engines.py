@@ -11,8 +11,9 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
+from autotl.objective import Objectives
 from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
-from autotl.rundir import engine_studies
+from autotl.runfolder import RunFolder
 from autotl.stats import wilson_interval
 
 NOTE = ("Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
@@ -20,14 +21,16 @@ NOTE = ("Each engine searched the same space on the same data and validation spl
 
 
 def _engine_summary(study: Any, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool) -> dict[str, Any]:
+    objectives = Objectives.of_study(study)
     values = [r["val_accuracy"] for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
-    best = best_row(rows)
+    best = best_row(rows, objectives)
     states = state_counts(rows)
     ci = wilson_interval(best["val_accuracy"] * n_val, n_val) if best and n_val else None
     return {
         "study_name": study.study_name,
         "engine": engine,
-        "tuner": study.user_attrs.get("tuner") or ("TPE" if engine == "optuna" else None),
+        "tuner": study.user_attrs.get("tuner") or study.user_attrs.get("sampler") or (study.sampler.__class__.__name__
+                                                                                         if engine == "optuna" else None),
         "reported": reported,  # the study the rest of the report is about
         "trials": len(rows),
         "complete": states.get("complete", 0),
@@ -39,16 +42,17 @@ def _engine_summary(study: Any, engine: str, rows: list[dict[str, Any]], n_val: 
         "median_val_accuracy": statistics.median(values) if values else None,
         "seconds_in_trials": sum(r["seconds"] or 0.0 for r in rows),
         "val_images": n_val,
-        "history": history(rows),
+        "history": history(rows, objectives),
     }
 
 
-def engines_compared(storage_url: str, study: Any, rows: list[dict[str, Any]], n_val: Optional[int]) -> Optional[dict[str, Any]]:
+def engines_compared(run: RunFolder, storage_url: str, study: Any, rows: list[dict[str, Any]],
+                     n_val: Optional[int]) -> Optional[dict[str, Any]]:
     """Per engine's study of this run: trials complete and failed, best (with its Wilson interval), mean, median, time,
     history; ``None`` when the storage holds only one engine's study."""
-    from autotl.search import open_study
+    from autotl.storage import load_study
 
-    studies = engine_studies(storage_url, study.study_name)
+    studies = run.engine_studies(storage_url, study.study_name)
     if len(studies) < 2:
         return None
     out = []
@@ -56,7 +60,7 @@ def engines_compared(storage_url: str, study: Any, rows: list[dict[str, Any]], n
         if name == study.study_name:
             other, other_rows = study, rows
         else:
-            other = open_study(storage_url, name, create=False)
+            other = load_study(storage_url, name)
             _, other_rows = trial_rows(other, dict(other.user_attrs.get("space") or {}))
         n = val_images(dict(other.user_attrs.get("data") or {})) or n_val
         out.append(_engine_summary(other, engine, other_rows, n, name == study.study_name))

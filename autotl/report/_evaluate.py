@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from autotl.errors import first_line
 from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB
-from autotl.rundir import reload_dataset, split_settings
+from autotl.runfolder import ENGINES, OPTUNA, RunFolder
 from autotl.stats import wilson_interval
 
 
@@ -25,22 +25,17 @@ def _thumbnail(pixels: Any) -> bytes:
     return buf.getvalue()
 
 
-def _model_trial(run_dir: Path, study: Any, model_file: Path, storage_url: str) -> Optional[int]:
-    """Which trial's model the best-model file is: by its marker, by lineage record, else by equal bytes in trials/."""
-    import json
-
-    from autotl.search import BEST_MARKER
-
-    marker = model_file.parent / BEST_MARKER
-    if model_file.name == "best_model.keras" and marker.is_file():
-        chosen = json.loads(marker.read_text())
-        if "trial" in chosen:
-            return int(chosen["trial"])
+def _model_trial(run: RunFolder, study: Any, engine: str, model_file: Path, storage_url: str) -> Optional[int]:
+    """Which trial of ``study`` the best-model file is: by its marker, else by its lineage record."""
+    number = run.best_trial_number(engine)
+    if number is not None:
+        if engine == OPTUNA:
+            return number
         from autotl.keras_tuner_study import TRIAL_ID_ATTR
 
-        # the keras-tuner engine's marker names keras-tuner's trial id; its study copy keeps that id
+        # the keras-tuner engine's marker names keras-tuner's trial; its study copy keeps that id
         for t in study.get_trials(deepcopy=False):
-            if chosen.get("trial_id") is not None and t.user_attrs.get(TRIAL_ID_ATTR) == chosen["trial_id"]:
+            if str(t.user_attrs.get(TRIAL_ID_ATTR)) == str(number):
                 return t.number
     try:
         from autotl.lineage import find_model
@@ -50,39 +45,29 @@ def _model_trial(run_dir: Path, study: Any, model_file: Path, storage_url: str) 
             return int(found["trial_number"])
     except Exception:
         pass
-    try:
-        from autotl.weights import sha256_file
-
-        want = sha256_file(model_file)
-        for f in sorted((run_dir / "trials").glob("*/model.keras")):
-            if sha256_file(f) == want:
-                return int(f.parent.name)
-    except (OSError, ValueError):
-        pass
     return None
 
 
-def _evaluate(run_dir: Path, study: Any, summary: dict[str, Any], space: dict[str, Any], storage_url: str, data: dict[str, Any],
+def _evaluate(run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str,
               images: dict[str, bytes]) -> dict[str, Any]:
     """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model file."""
     import numpy as np
 
-    from autotl.search import BEST_MODEL
-
-    best_model = str(study.user_attrs.get("best_model") or BEST_MODEL)  # the keras-tuner engine's is in keras_tuner/
-    model_file = run_dir / best_model
+    engine = str(study.user_attrs.get("engine") or OPTUNA)
+    model_file = run.best_model(engine if engine in ENGINES else OPTUNA)
     source, fingerprint = summary["data"]["source"], summary["data"]["fingerprint"]
     if not model_file.is_file():
-        return {"skipped": f"no {best_model} in {run_dir} yet: no trial has finished"}
+        return {"skipped": f"no {run.relative(model_file)} in {run.path} yet: no trial has finished"}
     if not source:
         return {"skipped": "the study does not say where its data came from (no data summary, no run.json)"}
-    val_fraction, seed = split_settings(data, space)
     try:
-        dataset = reload_dataset(source, val_fraction, seed)
+        dataset, same = run.reload_dataset(source, study=study)
     except Exception as exc:
         return {"skipped": f"cannot reload the data from {source} ({first_line(exc)})"}
-    if fingerprint and dataset.fingerprint != fingerprint:
-        return {"skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, the study used {fingerprint[:12]}); the validation split cannot be re-created"}
+    if fingerprint and not same:
+        return {"skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, "
+                           f"the study used {fingerprint[:12]}); the validation split cannot be re-created"}
+    val_fraction, seed = run.split_settings(study.user_attrs.get("data") or {}, study.user_attrs.get("space") or {})
     import keras
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -115,7 +100,7 @@ def _evaluate(run_dir: Path, study: Any, summary: dict[str, Any], space: dict[st
         missed.append({"index": int(i), "file": where, "true": names[y_true[i]], "predicted": names[y_pred[i]],
                        "confidence": float(probs[i, y_pred[i]]), "thumbnail": f"{REPORT_FILES}/{name}"})
     return {
-        "model": str(model_file), "model_trial": _model_trial(run_dir, study, model_file, storage_url),
+        "model": str(model_file), "model_trial": _model_trial(run, study, engine, model_file, storage_url),
         "images": int(len(y_true)), "accuracy": accuracy, "ci95": list(ci) if ci else None,
         "class_names": names, "confusion_matrix": cm.tolist(),
         "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import first_line
+from autotl.objective import Objectives
 from autotl.report._common import SCHEMA, TOP_CURVES, _clean
 from autotl.report._engines import engines_compared
 from autotl.report._evaluate import _evaluate
 from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
-from autotl.rundir import read_run_json, split_settings
+from autotl.runfolder import RunFolder
 from autotl.stats import wilson_interval
 
 
@@ -29,7 +30,7 @@ def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: 
     counts = data.get("counts") or {}
     n_val = val_images(data)
     n_train = sum((counts.get("train") or {}).values()) or None
-    best = best_row(rows)
+    best = best_row(rows, Objectives.of_study(study))
     by_state = state_counts(rows)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete or _dt.datetime.now() for t in trials if t.datetime_start]
@@ -62,7 +63,7 @@ def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: 
             "correct": round(best["val_accuracy"] * n_val) if n_val else None,
             "params": dict(best["params"]),
             "head_stable_epoch": best["head_stable_epoch"],
-            "gate": best["gate"],
+            "gate": best["gate_reason"],
             "epochs_phase1": best["epochs_phase1"],
             "epochs_phase2": best["epochs_phase2"],
             "seconds": best["seconds"],
@@ -89,18 +90,19 @@ def _curves(trials: list[Any], rows: list[dict[str, Any]], top: int) -> list[dic
 
 
 def _importances(study: Any, trials: list[Any]) -> dict[str, Any]:
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]  # the leaderboard's complete rows
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.values]  # the leaderboard's complete rows
     names = sorted({k for t in done for k in t.params})
     varying = [k for k in names if len({json.dumps(t.params.get(k)) for t in done}) > 1]
     if len(done) < 2 or not varying:
         return {"values": None, "note": f"not enough trials: importances need at least 2 complete trials whose parameters vary ({len(done)} complete)"}
-    if len({t.value for t in done}) < 2:
+    if len({tuple(t.values) for t in done}) < 2:
         return {"values": None, "note": f"not enough trials: all {len(done)} complete trials scored the same, so no parameter explains a difference"}
     try:
         import optuna
 
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying)
+        values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying,
+                                                         target=(lambda t: t.values[0]) if len(study.directions) > 1 else None)
         return {"values": {k: float(v) for k, v in values.items()}, "note": f"fANOVA over {len(done)} complete trials"}
     except Exception as exc:
         return {"values": None, "note": f"not enough trials for importances ({_described(exc)})"}
@@ -116,11 +118,12 @@ def _search(study: Any, trials: list[Any], rows: list[dict[str, Any]], space: di
     for b in by_backbone.values():
         b.update(n=len(b["values"]), mean=sum(b["values"]) / len(b["values"]), max=max(b["values"]))
     points = [{"number": r["number"], "backbone": r["backbone"], "unfreeze_blocks": r["unfreeze_blocks"],
-               "finetune_lr": r["finetune_lr"], "phase2_ran": r["gate"] == "passed", "val_accuracy": r["val_accuracy"]} for r in complete]
+               "finetune_lr": r["finetune_lr"], "phase2_ran": r["gate"] == "passed", "val_accuracy": r["val_accuracy"]}
+              for r in complete]
     p2 = space.get("phase2") or {}
     ranges = {"unfreeze_blocks": [(p2.get("unfreeze_blocks") or {}).get("low"), (p2.get("unfreeze_blocks") or {}).get("high")],
               "finetune_lr": [(p2.get("learning_rate") or {}).get("low"), (p2.get("learning_rate") or {}).get("high")]}
-    return {"history": history(rows), "importances": _importances(study, trials), "by_backbone": by_backbone, "points": points, "ranges": ranges}
+    return {"history": history(rows, Objectives.of_study(study)), "importances": _importances(study, trials), "by_backbone": by_backbone, "points": points, "ranges": ranges}
 
 
 
@@ -129,7 +132,7 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
     import importlib
     import importlib.util
 
-    import autotl
+    from autotl._version import __version__
     from autotl.registry import DEFAULT_PLUGINS, get_registry
 
     def importable(name: str) -> bool:
@@ -148,7 +151,7 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
         if name in out:
             continue
         if name in DEFAULT_PLUGINS:
-            out[name] = f"built into autotl {autotl.__version__}"
+            out[name] = f"built into autotl {__version__}"
             continue
         version = None
         if importable(name):
@@ -160,8 +163,9 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
     return out
 
 
-def _lineage(study: Any, rows: list[dict[str, Any]], run: dict[str, Any], summary: dict[str, Any], space: dict[str, Any], data: dict[str, Any], storage_url: str) -> dict[str, Any]:
-    import autotl
+def _lineage(study: Any, rows: list[dict[str, Any]], run: dict[str, Any], summary: dict[str, Any], space: dict[str, Any],
+             data: dict[str, Any], storage_url: str) -> dict[str, Any]:
+    from autotl._version import __version__
     from autotl.lineage import library_versions, list_models
 
     used = {r["plugin"] for r in rows if r.get("plugin")}
@@ -169,16 +173,19 @@ def _lineage(study: Any, rows: list[dict[str, Any]], run: dict[str, Any], summar
         recorded = [{k: m[k] for k in ("artifact_id", "kind", "path", "sha256", "trial_number", "created")} for m in list_models(storage_url, study.study_name)]
     except Exception:
         recorded = []
-    val_fraction, seed = split_settings(data, space)
+    val_fraction, seed = RunFolder.split_settings(data, space)
+    sampler = study.user_attrs.get("sampler") or space.get("sampler") or "tpe"
     searched = study.user_attrs.get("versions") or run.get("versions")
     return {
-        "autotl_version": autotl.__version__,
+        "autotl_version": __version__,
         "plugins": _plugin_versions(used),
         "trials": [{"number": r["number"], "backbone": r["backbone"], "plugin": r["plugin"], "weights_origin": r["weights_origin"],
                     "weights_sha256": r["weights_sha256"]} for r in sorted(rows, key=lambda r: r["number"])],
         "data_fingerprint": summary["data"]["fingerprint"],
         "data_source": summary["data"]["source"],
-        "seeds": {"space": space.get("seed"), "sampler (TPE)": space.get("seed"), "split": seed, "val_fraction": val_fraction},
+        "seeds": {"space": space.get("seed"), f"sampler ({sampler})": space.get("seed"), "split": seed, "val_fraction": val_fraction},
+        "sampler": sampler,
+        "objectives": Objectives.of_study(study).names,
         "library_versions": library_versions(),
         "library_versions_at_search": searched,
         "command": run.get("command") or None,
@@ -193,9 +200,10 @@ def build_record(run_dir: Path, study: Any, storage_url: str, images: Optional[d
                  top_curves: int = TOP_CURVES, evaluate: bool = True) -> dict[str, Any]:
     """The whole report as one JSON-able dict; thumbnails go into ``images`` (name -> PNG bytes)."""
     images = {} if images is None else images
-    from autotl.lineage import safe_url
+    from autotl.storage import safe_url
 
-    run = read_run_json(run_dir)
+    folder = RunFolder(run_dir)
+    run = folder.record()
     data = dict(study.user_attrs.get("data") or {})
     space = dict(study.user_attrs.get("space") or run.get("space") or {})
     trials, rows = trial_rows(study, space)
@@ -210,11 +218,11 @@ def build_record(run_dir: Path, study: Any, storage_url: str, images: Optional[d
         "leaderboard": rows,
         "curves": _curves(trials, rows, top_curves),
         "search": _search(study, trials, rows, space),
-        "engines": engines_compared(storage_url, study, rows, val_images(data)),
+        "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
     }
     if evaluate:
         try:
-            record["evaluation"] = _evaluate(run_dir, study, summary, space, storage_url, data, images)
+            record["evaluation"] = _evaluate(folder, study, summary, storage_url, images)
         except Exception as exc:  # a model that cannot load must not cost the rest of the report
             record["evaluation"] = {"skipped": f"evaluating the best model failed ({_described(exc)})"}
     else:

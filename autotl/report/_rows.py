@@ -5,13 +5,18 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Optional
 
+from autotl.objective import Objectives, trial_metrics
 from autotl.report._common import STATES, _epochs
-from autotl.search import rank_key
+from autotl.train import Gate
+
+PASSED = Gate.PASSED.value
 
 
-def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
+def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> dict[str, Any]:
     """One leaderboard row; every field is optional, since a RUNNING trial has only some."""
     p, a = t.params, t.user_attrs
+    scored = t.state.name in ("COMPLETE", "PRUNED")
+    metrics = trial_metrics(t) if scored else {}
     history = a.get("history") or {}
     e1, e2 = _epochs(history, "phase1"), _epochs(history, "phase2")
     if not history and t.intermediate_values:  # pruned or running: count the reported steps
@@ -30,9 +35,9 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
         note = f"pruned in phase {a['pruned_at'].get('phase')} at step {a['pruned_at'].get('step')}"
     if not note and a.get("stage") == "screen":
         note = "screening: phase 1 only"
-    if not note and a.get("gate") and a.get("gate") != "passed":
-        note = f"no fine-tuning: {a['gate']}"
-    if not note and a.get("gate") == "passed" and a.get("phase2_kept") is False:
+    if not note and a.get("gate") and a.get("gate") != PASSED:
+        note = f"no fine-tuning: {a.get('gate_reason') or a['gate']}"
+    if not note and a.get("gate") == PASSED and a.get("phase2_kept") is False:
         note = "fine-tuning did not improve on phase 1: phase-1 model kept"
     if a.get("stage") == "finalist" and a.get("finalist_of") is not None:
         note = "; ".join(filter(None, [f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}", note]))
@@ -49,11 +54,14 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
         "head_stable_epoch": a.get("head_stable_epoch"),
         "epochs_phase1": e1,
         "epochs_phase2": e2,
-        "val_accuracy": t.value if t.state.name in ("COMPLETE", "PRUNED") else None,
-        "val_loss": a.get("val_loss"),
+        "metrics": metrics,
+        "values": {o.name: metrics.get(o.metric) for o in objectives},
+        "val_accuracy": metrics.get("val_accuracy"),
+        "val_loss": metrics.get("val_loss"),
         "seconds": seconds,
         "seconds_by_phase": a.get("seconds") or {},
         "gate": a.get("gate"),
+        "gate_reason": a.get("gate_reason") or a.get("gate"),
         "phase2_kept": a.get("phase2_kept"),
         "cut": a.get("cut"),
         "unfrozen_layers": a.get("unfrozen_layers"),
@@ -72,18 +80,17 @@ def _trial_row(t: Any, phase1_epochs: Optional[int]) -> dict[str, Any]:
 _STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
 
 
-def _rank_key(row: dict[str, Any]) -> tuple:
-    """Leaderboard order: by state (complete first), then autotl.search.rank_key (unscored rows last within a state)."""
-    acc = row["val_accuracy"]
-    return (_STATE_ORDER.get(row["state"], 5), acc is None, *rank_key(acc or 0.0, row["val_loss"], row["number"]))
+def _rank_key(row: dict[str, Any], objectives: Objectives) -> tuple:
+    """Leaderboard order: by state (complete first), then the objectives' order (unscored rows last within a state)."""
+    return (_STATE_ORDER.get(row["state"], 5), *objectives.key(row["metrics"], row["number"]))
 
 
-def best_row(rows: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """The best complete row, in the order of autotl.search.ranked_trials: accuracy, then lower val loss, then earlier."""
-    complete = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
+def best_row(rows: list[dict[str, Any]], objectives: Objectives) -> Optional[dict[str, Any]]:
+    """The best complete row, in the order of :func:`autotl.objective.ranked_trials`."""
+    complete = [r for r in rows if r["state"] == "complete" and r["metrics"].get(objectives.primary.metric) is not None]
     if not complete:
         return None
-    return min(complete, key=lambda r: rank_key(r["val_accuracy"], r["val_loss"], r["number"]))
+    return min(complete, key=lambda r: objectives.key(r["metrics"], r["number"]))
 
 
 def state_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -98,22 +105,26 @@ def val_images(data: dict[str, Any]) -> Optional[int]:
     return sum(((data.get("counts") or {}).get("val") or {}).values()) or None
 
 
-def history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scored trials in trial order, with the best complete value so far (the optimisation history)."""
-    ordered = sorted((r for r in rows if r["state"] in ("complete", "pruned") and r["val_accuracy"] is not None), key=lambda r: r["number"])
+def history(rows: list[dict[str, Any]], objectives: Objectives) -> list[dict[str, Any]]:
+    """Scored trials in trial order, with the best complete value of the primary objective so far."""
+    primary = objectives.primary
+    ordered = sorted((r for r in rows if r["state"] in ("complete", "pruned") and r["values"].get(primary.name) is not None),
+                     key=lambda r: r["number"])
     out, best = [], None
     for r in ordered:
-        if r["state"] == "complete":
-            best = r["val_accuracy"] if best is None else max(best, r["val_accuracy"])
-        out.append({"number": r["number"], "state": r["state"], "value": r["val_accuracy"], "best_so_far": best})
+        value = r["values"][primary.name]
+        if r["state"] == "complete" and primary.better(value, best):
+            best = value
+        out.append({"number": r["number"], "state": r["state"], "value": value, "best_so_far": best})
     return out
 
 
 def trial_rows(study: Any, space: dict[str, Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """The study's trials, and their leaderboard rows ranked best first (each with its ``rank``)."""
+    objectives = Objectives.of_study(study)
     trials = list(study.get_trials(deepcopy=False))
     p1 = (space.get("phase1") or {}).get("epochs")
-    rows = sorted((_trial_row(t, p1) for t in trials), key=_rank_key)
+    rows = sorted((_trial_row(t, p1, objectives) for t in trials), key=lambda r: _rank_key(r, objectives))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return trials, rows

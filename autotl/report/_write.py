@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from autotl.report._common import REPORT_FILES, REPORT_HTML, REPORT_JSON, REPORT_MD, TOP_CURVES, _atomic_write
+from autotl.report._common import TOP_CURVES
 from autotl.report._figures import render_figures
 from autotl.report._record import build_record
 from autotl.report._render import render_html, render_markdown
-from autotl.rundir import open_run_study
+from autotl.runfolder import RunFolder, atomic_write
 
 
 def write_report(run_dir: Path | str, storage_url: Optional[str] = None, study_name: str = "autotl", *,
@@ -23,23 +23,22 @@ def write_report(run_dir: Path | str, storage_url: Optional[str] = None, study_n
     (``<study_name>-keras-tuner``) is reported on instead.  When the storage
     holds both engines' studies, section 7 compares them.
     """
-    run_dir = Path(run_dir)
-    study, url = open_run_study(run_dir, storage_url, study_name, any_engine=True)
+    run = RunFolder(run_dir)
+    study, url = run.open_study(storage_url, study_name, any_engine=True)
     thumbs: dict[str, bytes] = {}
-    record = build_record(run_dir, study, url, thumbs, top_curves, evaluate)
+    record = build_record(run.path, study, url, thumbs, top_curves, evaluate)
     figs = render_figures(record)
-    record["figures"] = {name: f"{REPORT_FILES}/{name}" for name in figs}
-
-    files = run_dir / REPORT_FILES
+    files = run.report_files
+    record["figures"] = {name: f"{files.name}/{name}" for name in figs}
     files.mkdir(exist_ok=True)
     written = {**figs, **thumbs}
     for name, data in written.items():
-        _atomic_write(files / name, data)
+        atomic_write(files / name, data)
     for old in files.glob("*.png"):  # plots of an earlier report that this one no longer has
         if old.name not in written:
             old.unlink(missing_ok=True)
-    paths = {"html": run_dir / REPORT_HTML, "md": run_dir / REPORT_MD, "json": run_dir / REPORT_JSON}
-    _atomic_write(paths["html"], render_html(record, figs, thumbs).encode("utf-8"))
-    _atomic_write(paths["md"], render_markdown(record, figs).encode("utf-8"))
-    _atomic_write(paths["json"], (json.dumps(record, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    paths = {kind: run.report(kind) for kind in ("html", "md", "json")}
+    atomic_write(paths["html"], render_html(record, figs, thumbs).encode("utf-8"))
+    atomic_write(paths["md"], render_markdown(record, figs).encode("utf-8"))
+    atomic_write(paths["json"], (json.dumps(record, indent=2, allow_nan=False) + "\n").encode("utf-8"))
     return paths

@@ -5,9 +5,13 @@ from pathlib import Path
 import pytest
 
 from autotl.errors import UsageError
-from autotl.search import BEST_MODEL, SearchConfig, open_study, run_search, trial_params
-from autotl.space import load_space
+from autotl.optuna_engine import SearchConfig, run_search
+from autotl.runfolder import RunFolder
+from autotl.space import load_space, trial_params
+from autotl.storage import load_study, open_study
 from autotl.weights import WeightsSource
+
+BEST_MODEL = RunFolder.BEST_MODEL
 
 
 def config(out: Path, space_file: Path, trials: int) -> SearchConfig:
@@ -57,7 +61,7 @@ def test_interrupted_trial_is_marked_failed_and_the_rerun_completes(registry, ti
 
     with pytest.raises(KeyboardInterrupt):
         run_search(config(out, tiny_space_file, 2), registry, tiny_dataset, ctrl_c)
-    study = open_study(f"sqlite:///{out / 'study.db'}", create=False)
+    study = load_study(f"sqlite:///{out / 'study.db'}", "autotl")
     assert seen and states(study) == ["COMPLETE", "FAIL"]
     first = study.trials[0]
     resumed = run_search(config(out, tiny_space_file, 2), registry, tiny_dataset)
@@ -67,11 +71,11 @@ def test_interrupted_trial_is_marked_failed_and_the_rerun_completes(registry, ti
 
 def test_bad_storage_url_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot open storage 'nosuchdb://x'"):
-        open_study("nosuchdb://x")
+        open_study("nosuchdb://x", "autotl")
     with pytest.raises(UsageError, match="cannot open storage"):
-        open_study(f"sqlite:///{tmp_path}/missing/dir/study.db")
+        open_study(f"sqlite:///{tmp_path}/missing/dir/study.db", "autotl")
     with pytest.raises(UsageError, match="cannot open storage 'runs/study.db'"):
-        open_study("runs/study.db")
+        open_study("runs/study.db", "autotl")
 
 
 def test_other_data_in_the_same_run_folder_is_refused(registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path, image_folder: Path) -> None:

@@ -1,0 +1,432 @@
+"""The Python API: run a search, open a run folder.  The command line is a thin layer over these.
+
+::
+
+    import autotl
+
+    run = autotl.search("images/", out="runs/flowers", space="fast", trials=8)
+    print(run.best_trial.params, run.best_value)
+    run.trials_dataframe()                       # Optuna's DataFrame of every trial
+    run.predict(["a.jpg", "b.png"])              # [("a.jpg", "daisy", 0.97), ...]
+    run.export(["keras", "savedmodel"], "deploy/")
+    autotl.Run("runs/flowers").report()          # any run folder, from any process
+
+Errors a user can fix raise :class:`autotl.UsageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from autotl.errors import UsageError, first_line
+from autotl.runfolder import KERAS_TUNER, OPTUNA, RunFolder
+
+__all__ = ["search", "Run", "ENGINES", "TUNERS"]
+
+Event = Callable[[dict[str, Any]], None]
+ENGINES = (OPTUNA, KERAS_TUNER)
+TUNERS = ("bayesian", "random", "hyperband")
+WORKER_CONFIG = "worker-config.json"
+
+
+@dataclass
+class _Plan:
+    """A search's inputs, resolved and checked (what every worker of the search runs)."""
+
+    data: Optional[str]
+    sample: Optional[str]
+    out: Path
+    space_file: Optional[str]
+    space: Any  # SearchSpace
+    trials: int
+    storage: Optional[str]
+    study_name: str
+    keep_models: int
+    timeout: Optional[float]
+    heartbeat: int
+    weights: Any  # WeightsSource
+    plugins: list[str]
+    registry: Any
+    dataset: Any
+    command: str
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the JSON-able arguments, for extra workers
+
+
+def search(
+    data: str | os.PathLike | None = None,
+    *,
+    sample: Optional[str] = None,
+    out: str | os.PathLike | None = None,
+    space: Any = "default",
+    trials: Optional[int] = None,
+    storage: Optional[str] = None,
+    study_name: str = "autotl",
+    backbones: Sequence[str] = (),
+    screen: Optional[int] = None,
+    finalists: Optional[int] = None,
+    workers: int = 1,
+    gpus: Optional[Sequence[str] | str] = None,
+    heartbeat: int = 30,
+    timeout: Optional[float] = None,
+    keep_models: int = 3,
+    engine: str = OPTUNA,
+    tuner: str = "bayesian",
+    weights_dir: str | os.PathLike | None = None,
+    weights: Optional[str] = None,
+    plugins: Sequence[str] = (),
+    report: bool = True,
+    on_event: Optional[Event] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    command: Optional[str] = None,
+) -> "Run":
+    """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
+
+    The study lives in ``out`` (default ``runs/<data name>``); rerunning the same
+    call resumes it, and ``trials`` counts the finished trials the study should
+    hold in total.  ``space`` is ``"default"``, ``"fast"``, a YAML file or a
+    ``SearchSpace``.  ``workers`` processes on this machine share the study
+    (``gpus`` are given out in turn); ``storage`` (an Optuna URL) lets workers on
+    other machines join.  ``screen``/``finalists`` turn on the two-stage search;
+    ``engine="keras-tuner"`` runs the space through keras-tuner's ``tuner``.
+    ``on_event(dict)`` sees progress (the CLI draws it); ``should_stop()`` is
+    asked between trials (Ctrl-C once).  When the search ends the best model is
+    ``best_model.keras`` in ``out`` and, with ``report``, the report is written.
+    """
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    kwargs = {"data": os.fspath(data) if data is not None else None, "sample": sample,
+              "out": os.fspath(out) if out is not None else None, "trials": trials, "storage": storage,
+              "study_name": study_name, "backbones": list(backbones), "screen": screen, "finalists": finalists,
+              "heartbeat": heartbeat, "timeout": timeout, "keep_models": keep_models,
+              "weights_dir": os.fspath(weights_dir) if weights_dir is not None else None, "weights": weights,
+              "plugins": list(plugins)}
+    emit = on_event or (lambda _e: None)
+    plan = _plan(space, kwargs, command, emit)
+    if engine == KERAS_TUNER:
+        if timeout is not None or workers > 1 or gpus:
+            raise UsageError("timeout, workers and gpus are the Optuna engine's; with engine keras-tuner the search "
+                             "runs in one process and lives in RUN_DIR/keras_tuner")
+        _run_keras_tuner(plan, tuner, emit)
+    else:
+        if workers < 1:
+            raise UsageError(f"workers must be at least 1, got {workers}")
+        _run_optuna(plan, emit, should_stop or (lambda: False), workers, _gpu_list(gpus))
+    run = Run(plan.out, storage=storage, study_name=study_name, plugins=plugins, registry=plan.registry,
+              weights=plan.weights, engine=engine)
+    if report and not (should_stop and should_stop()):
+        run.report_paths = run._try_report(emit)
+    return run
+
+
+def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
+    if not gpus:
+        return []
+    items = gpus.split(",") if isinstance(gpus, str) else list(gpus)
+    return [str(g).strip() for g in items if str(g).strip()]
+
+
+def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Event) -> _Plan:
+    """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
+    from autotl.registry import get_registry
+    from autotl.space import SearchSpace, apply_screening, load_space
+    from autotl.weights import WeightsSource
+
+    if isinstance(space, SearchSpace):
+        space_obj, space_file = space, None
+    else:
+        space_obj, path = load_space(space)
+        space_file = str(path)
+    space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
+    weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
+    registry = get_registry(kwargs["plugins"])
+    space_obj = _available(space_obj, registry, weights, kwargs["backbones"], emit)
+    trials = kwargs["trials"]
+    if trials is not None and trials < 1:
+        raise UsageError(f"trials must be at least 1, got {trials}")
+    if kwargs["heartbeat"] < 1:
+        raise UsageError(f"heartbeat must be at least 1 second, got {kwargs['heartbeat']}")
+    if kwargs["keep_models"] < 1:
+        raise UsageError(f"keep_models must be at least 1, got {kwargs['keep_models']}")
+    dataset = _load_data(kwargs["data"], kwargs["sample"], space_obj, registry)
+    for path, reason in dataset.skipped:
+        emit({"warning": f"skipped {path}: {reason}"})
+    for message in dataset.warnings:
+        emit({"warning": message})
+    name = kwargs["sample"] or Path(kwargs["data"]).resolve().name
+    out = Path(kwargs["out"] or Path("runs") / name)
+    return _Plan(kwargs["data"], kwargs["sample"], out, space_file, space_obj, trials or space_obj.trials, kwargs["storage"],
+                 kwargs["study_name"], kwargs["keep_models"], kwargs["timeout"], kwargs["heartbeat"], weights,
+                 kwargs["plugins"], registry, dataset, command or _default_command(), kwargs)
+
+
+def _default_command() -> str:
+    import shlex
+
+    return shlex.join([Path(sys.argv[0]).name or "python", *sys.argv[1:]])
+
+
+def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry: Any) -> Any:
+    from autotl import data as data_mod
+
+    if (data is None) == (sample is None):
+        raise UsageError("give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)")
+    if sample:
+        images, labels, names = registry.sample(sample).load()
+        return data_mod.from_arrays(images, labels, names, f"sample:{sample}", space.val_fraction, space.seed)
+    return data_mod.load_folder(data, space.val_fraction, space.seed)
+
+
+def _available(space: Any, registry: Any, weights: Any, explicit: Sequence[str], emit: Event) -> Any:
+    """Drop space backbones whose weights are absent (warned); explicit ones must be present."""
+    from autotl.weights import resolve_weights
+
+    names = list(explicit) or list(space.backbones)
+    keep = []
+    for name in names:
+        spec = registry.backbone(name)
+        try:
+            resolve_weights(spec, weights)
+            keep.append(name)
+        except UsageError as exc:
+            if explicit or "SHA-256" in str(exc):
+                raise
+            emit({"warning": f"skipping {exc}"})
+    if not keep:
+        raise UsageError(f"none of the space's backbones has its weights in {weights.describe()}; "
+                         "add weight files there or pass --weights none")
+    return space.model_copy(update={"backbones": keep})
+
+
+def _config(plan: _Plan, worker_index: int = 0) -> Any:
+    from autotl.optuna_engine import SearchConfig
+
+    return SearchConfig(
+        out=plan.out, space=plan.space, trials=plan.trials, weights=plan.weights, storage=plan.storage,
+        study_name=plan.study_name, keep_models=plan.keep_models, timeout=plan.timeout,
+        record={"command": plan.command}, heartbeat=plan.heartbeat, worker_index=worker_index,
+    )
+
+
+def _run_optuna(plan: _Plan, emit: Event, should_stop: Callable[[], bool], workers: int, gpus: list[str],
+                worker_index: int = 0) -> Any:
+    """This process is worker ``worker_index``; with ``workers`` > 1 it starts the others and waits for them."""
+    from autotl.optuna_engine import run_search
+
+    cfg = _config(plan, worker_index)
+    emit({"info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
+                  f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
+                  f"study in {cfg.storage_url}"})
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[worker_index % len(gpus)]
+    procs = _spawn_workers(plan, workers, gpus) if workers > 1 else []
+    if procs:
+        emit({"info": f"started {len(procs)} more worker(s); their logs are in {cfg.run.logs_dir}"})
+    try:
+        return run_search(cfg, plan.registry, plan.dataset, emit, should_stop)
+    finally:
+        for proc, log in procs:
+            proc.wait()
+            log.close()
+            if proc.returncode not in (0, 130):
+                emit({"warning": f"a worker exited with code {proc.returncode}; see {log.name}"})
+
+
+def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
+    """Start workers 1..N-1 (``python -m autotl.worker``) with this search's arguments; this process is worker 0."""
+    import subprocess
+
+    run = RunFolder(plan.out)
+    run.prepare()
+    run.logs_dir.mkdir(parents=True, exist_ok=True)
+    config = {**plan.kwargs, "space": plan.space.model_dump(), "trials": plan.trials, "command": plan.command}
+    path = run.logs_dir / WORKER_CONFIG
+    run.write_json(path, config)
+    procs = []
+    for i in range(1, workers):
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
+        log = open(run.logs_dir / f"worker-{i}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "autotl.worker", str(path), str(i)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.append((proc, log))
+    return procs
+
+
+def run_worker(config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False) -> Any:
+    """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
+    from autotl.space import SearchSpace
+
+    kwargs = json.loads(Path(config_file).read_text())
+    space = SearchSpace.model_validate(kwargs.pop("space"))
+    command = kwargs.pop("command", None)
+    kwargs.update(screen=None, finalists=None)  # already applied to the space
+    emit = _print_event
+    plan = _plan(space, kwargs, command, emit)
+    return _run_optuna(plan, emit, should_stop, 1, [], worker_index=index)
+
+
+def _print_event(e: dict[str, Any]) -> None:
+    """A worker's log: warnings, notes and finished trials, one line each."""
+    if "warning" in e:
+        print(f"warning: {e['warning']}", flush=True)
+    elif "info" in e:
+        print(e["info"], flush=True)
+    elif "finished" in e:
+        print(f"trial {e['finished']}: {e['state'].lower()}", flush=True)
+
+
+def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any]]:
+    from autotl.keras_tuner import run_keras_tuner_search
+
+    run = RunFolder(plan.out)
+    if plan.space.screening is not None:
+        emit({"warning": "the space's screening (two-stage search) is the Optuna engine's; keras-tuner runs every trial in full"})
+    emit({"info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
+                  f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
+                  f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"})
+    records = run_keras_tuner_search(plan.space, plan.dataset, plan.registry, plan.weights, plan.out, plan.trials, tuner,
+                                     verbose=1, storage_url=plan.storage, study_name=plan.study_name)
+    emit({"records": records, "title": f"leaderboard: keras-tuner {tuner}"})
+    return records
+
+
+class Run:
+    """A run folder, opened: its study, its trials, its best model, and what can be done with them.
+
+    ``Run(path)`` opens any run folder (``autotl search``'s ``--out``), also while
+    a search is still running in it.  ``storage`` names the study's storage when
+    the search used ``--storage``; ``plugins`` and ``weights_dir``/``weights`` are
+    needed only to assemble a trial's model where the search's are not at hand.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, storage: Optional[str] = None, study_name: str = "autotl",
+                 plugins: Sequence[str] = (), weights_dir: str | os.PathLike | None = None, weights: Any = None,
+                 registry: Any = None, engine: str = OPTUNA) -> None:
+        from autotl.weights import WeightsSource
+
+        self.folder = RunFolder(path)
+        self.storage_url = self.folder.require(storage)
+        self.study_name = RunFolder.study_name(study_name, engine)
+        self._base_name = study_name
+        self.plugins = list(plugins)
+        self.engine = engine
+        self._registry = registry
+        if isinstance(weights, WeightsSource):
+            self._weights = weights
+        else:
+            self._weights = WeightsSource.parse(weights_dir, weights) if (weights_dir or weights) else None
+        self.report_paths: Optional[dict[str, Path]] = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @cached_property
+    def study(self) -> Any:
+        """The run's Optuna study (loaded; nothing is created or sampled)."""
+        study, _ = self.folder.open_study(self.storage_url, self.study_name, any_engine=True)
+        return study
+
+    @property
+    def objectives(self) -> Any:
+        from autotl.objective import Objectives
+
+        return Objectives.of_study(self.study)
+
+    @property
+    def best_trial(self) -> Any:
+        """The best complete trial (Optuna's ``FrozenTrial``) by the run's objectives, or None."""
+        from autotl.objective import best_trial
+
+        return best_trial(self.study)
+
+    @property
+    def best_value(self) -> Optional[float]:
+        best = self.best_trial
+        return None if best is None else self.objectives.value(best)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.folder.class_names(self.study)
+
+    def trials_dataframe(self, **kwargs: Any) -> Any:
+        """Optuna's ``study.trials_dataframe()`` (needs pandas)."""
+        return self.study.trials_dataframe(**kwargs)
+
+    def best_model_file(self) -> Path:
+        """The best trial's ``.keras`` file, assembled from its stored layers if needed."""
+        engine = str(self.study.user_attrs.get("engine") or OPTUNA)
+        if engine == KERAS_TUNER:
+            path = self.folder.best_model(KERAS_TUNER)
+            if not path.is_file():
+                raise UsageError(f"no {self.folder.relative(path)} in {self.path}: no keras-tuner trial has finished")
+            return path
+        best = self.best_trial
+        if best is None:
+            raise UsageError(f"the study in {self.path} has no complete trial yet; finish a search first")
+        if self.folder.best_trial_number() == best.number:
+            return self.folder.best_model()
+        from autotl.trial_models import trial_model
+
+        return trial_model(self.folder, self.study, best, self._registry, self._weights, plugins=tuple(self.plugins))
+
+    def best_model(self) -> Any:
+        """The best trial's Keras model: raw pixels of any size in, class probabilities out."""
+        import keras
+
+        return keras.saving.load_model(self.best_model_file(), safe_mode=True)
+
+    def predict(self, images: Iterable[str | os.PathLike]) -> list[tuple[str, str, Optional[float]]]:
+        """``(file, class, probability)`` per image file with the best model; ``(file, reason, None)`` if unreadable."""
+        from autotl.export import load_predictor
+        from autotl.predict import predict_files
+
+        predict, names = load_predictor(self.best_model_file(), self.class_names)
+        return predict_files(predict, names, [os.fspath(p) for p in images])
+
+    def report(self, evaluate: bool = True) -> dict[str, Path]:
+        """Write report.html, report.md and report.json into the run folder; return their paths."""
+        from autotl.report import write_report
+
+        self.report_paths = write_report(self.path, self.storage_url, self._base_name, evaluate=evaluate)
+        return self.report_paths
+
+    def _try_report(self, emit: Event) -> Optional[dict[str, Path]]:
+        """The report at the end of a search: the results are safe whatever happens to it."""
+        try:
+            return self.report()
+        except Exception as exc:  # noqa: BLE001
+            emit({"warning": f"report not written ({first_line(exc)}); run `autotl report {self.path}` to retry"})
+            return None
+
+    def export(self, formats: str | Sequence[str] = ("keras", "savedmodel", "tflite"), out: str | os.PathLike | None = None,
+               *, trial: Optional[int] = None, quantize: Optional[str] = None, data: Optional[str] = None,
+               on_event: Optional[Callable[[str], None]] = None) -> Any:
+        """Export the best trial's model (or ``trial``'s) in ``formats`` into ``out`` (default RUN_DIR/export),
+        each format checked against the Keras model; returns ``autotl.export.ExportResult``."""
+        from autotl.export import export
+
+        target = Path(out) if out is not None else self.path / "export"
+        return export(self.path, target, formats, trial=trial, quantize=quantize, storage_url=self.storage_url,
+                      study_name=self._base_name, data=data, plugins=self.plugins, weights=self._weights,
+                      registry=self._registry, on_event=on_event)
+
+    def lineage(self, model_file: str | os.PathLike | None = None) -> Any:
+        """The lineage record of ``model_file`` (default: the best model), or, with ``model_file=None`` and no best
+        model yet, every model the run recorded."""
+        from autotl.lineage import lineage_of, list_models
+
+        if model_file is None:
+            best = self.folder.best_model()
+            if not best.is_file():
+                return list_models(self.storage_url, self.study_name)
+            model_file = best
+        return lineage_of(model_file, self.storage_url)

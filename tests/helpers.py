@@ -1,0 +1,78 @@
+"""What tests share: paths to the real assets, tiny generated image folders, a tiny search space, the CLI in a subprocess.
+
+Imported by tests as ``from helpers import ...``; fixtures live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+SHARED = Path(os.environ.get("AUTOTL_SHARED", ROOT.parent / "shared"))
+SHARED_WEIGHTS = SHARED / "weights"
+HYMENOPTERA = SHARED / "data" / "hymenoptera"
+
+TINY_PLUGIN = "autotl_tiny"
+
+
+def write_images(folder: Path, classes: dict[str, tuple[int, int, int]], per_class: int, seed: int = 0, size: int = 40) -> Path:
+    """Noisy pictures whose dominant colour is the class: learnable even by a random base."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(size - 8, size + 8, 2)
+            noise = rng.normal(0, 40, (h, w, 3))
+            pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / name / f"{name}_{i:03d}.png")
+    return folder
+
+
+COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 200, 40)}
+
+#: A search space for the tiny backbone: trials of a few seconds, both phases.
+TINY_SPACE = """
+backbones: [tiny]
+head: {width: [8, 16], dropout: {low: 0.0, high: 0.2}}
+phase1: {learning_rate: 1.0e-2, epochs: 60, patience: 3, head_loss_threshold: 5.0}
+phase2: {unfreeze_blocks: {low: 1, high: 2}, learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}, epochs: 3, patience: 2}
+batch_size: 8
+trials: 2
+"""
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
+    """Run ``python -m autotl ARGS`` in a fresh process, as a user would."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS / "plugins"), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autotl", *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
+    """Exit code 2, no traceback, exactly one line on stderr that starts ``autotl: error:`` and holds ``fragments``."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("autotl: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+needs_shared = pytest.mark.skipif(not (SHARED_WEIGHTS.is_dir() and HYMENOPTERA.is_dir()), reason="../shared weights and data not present")
+
+
+def call_cli(*argv: str) -> int:
+    """Run one ``autotl`` command in this process, with its exceptions (``main`` would turn them into exit codes)."""
+    from autotl.cli import COMMANDS, build_parser
+
+    args = build_parser().parse_args(list(argv))
+    return COMMANDS[args.command](args)

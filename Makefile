@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> a virtualenv with autotl, then a search on the bundled digits sample
-#   make test   -> the same virtualenv with the test extras, then the whole test suite
+#   make test   -> the same virtualenv with the test extras, then lint, import layers and the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +12,7 @@ ifneq ($(SHARED_WEIGHTS),)
 export AUTOTL_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
 endif
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/autotl search --sample digits --space fast --out runs/digits
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest --durations=15
+
+# the inner loop: the same checks, and every test not marked slow (under two minutes)
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search_speed.py

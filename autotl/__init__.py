@@ -15,7 +15,6 @@ from autotl.errors import AutotlError, PluginError, TrialFailed, UsageError
 from autotl.hookspec import hookimpl
 from autotl.spec import BackboneSpec, Preprocessing, SampleSpec
 
-
 __all__ = [
     "AutotlError",
     "BackboneSpec",

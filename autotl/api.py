@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from autotl.errors import UsageError, first_line
 from autotl.runfolder import KERAS_TUNER, OPTUNA, RunFolder
@@ -55,7 +56,9 @@ class _Plan:
     registry: Any
     dataset: Any
     command: str
-    kwargs: dict[str, Any] = field(default_factory=dict)  # the JSON-able arguments, for extra workers
+    kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # the JSON-able arguments, for extra workers
 
 
 def search(
@@ -84,7 +87,7 @@ def search(
     on_event: Optional[Event] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     command: Optional[str] = None,
-) -> "Run":
+) -> Run:
     """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
 
     The study lives in ``out`` (default ``runs/<data name>``); rerunning the same
@@ -100,25 +103,45 @@ def search(
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    kwargs = {"data": os.fspath(data) if data is not None else None, "sample": sample,
-              "out": os.fspath(out) if out is not None else None, "trials": trials, "storage": storage,
-              "study_name": study_name, "backbones": list(backbones), "screen": screen, "finalists": finalists,
-              "heartbeat": heartbeat, "timeout": timeout, "keep_models": keep_models,
-              "weights_dir": os.fspath(weights_dir) if weights_dir is not None else None, "weights": weights,
-              "plugins": list(plugins)}
+    kwargs = {
+        "data": os.fspath(data) if data is not None else None,
+        "sample": sample,
+        "out": os.fspath(out) if out is not None else None,
+        "trials": trials,
+        "storage": storage,
+        "study_name": study_name,
+        "backbones": list(backbones),
+        "screen": screen,
+        "finalists": finalists,
+        "heartbeat": heartbeat,
+        "timeout": timeout,
+        "keep_models": keep_models,
+        "weights_dir": os.fspath(weights_dir) if weights_dir is not None else None,
+        "weights": weights,
+        "plugins": list(plugins),
+    }
     emit = on_event or (lambda _e: None)
     plan = _plan(space, kwargs, command, emit)
     if engine == KERAS_TUNER:
         if timeout is not None or workers > 1 or gpus:
-            raise UsageError("timeout, workers and gpus are the Optuna engine's; with engine keras-tuner the search "
-                             "runs in one process and lives in RUN_DIR/keras_tuner")
+            raise UsageError(
+                "timeout, workers and gpus are the Optuna engine's; with engine keras-tuner the search "
+                "runs in one process and lives in RUN_DIR/keras_tuner"
+            )
         _run_keras_tuner(plan, tuner, emit)
     else:
         if workers < 1:
             raise UsageError(f"workers must be at least 1, got {workers}")
         _run_optuna(plan, emit, should_stop or (lambda: False), workers, _gpu_list(gpus))
-    run = Run(plan.out, storage=storage, study_name=study_name, plugins=plugins, registry=plan.registry,
-              weights=plan.weights, engine=engine)
+    run = Run(
+        plan.out,
+        storage=storage,
+        study_name=study_name,
+        plugins=plugins,
+        registry=plan.registry,
+        weights=plan.weights,
+        engine=engine,
+    )
     if report and not (should_stop and should_stop()):
         run.report_paths = run._try_report(emit)
     return run
@@ -160,9 +183,25 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         emit({"warning": message})
     name = kwargs["sample"] or Path(kwargs["data"]).resolve().name
     out = Path(kwargs["out"] or Path("runs") / name)
-    return _Plan(kwargs["data"], kwargs["sample"], out, space_file, space_obj, trials or space_obj.trials, kwargs["storage"],
-                 kwargs["study_name"], kwargs["keep_models"], kwargs["timeout"], kwargs["heartbeat"], weights,
-                 kwargs["plugins"], registry, dataset, command or _default_command(), kwargs)
+    return _Plan(
+        kwargs["data"],
+        kwargs["sample"],
+        out,
+        space_file,
+        space_obj,
+        trials or space_obj.trials,
+        kwargs["storage"],
+        kwargs["study_name"],
+        kwargs["keep_models"],
+        kwargs["timeout"],
+        kwargs["heartbeat"],
+        weights,
+        kwargs["plugins"],
+        registry,
+        dataset,
+        command or _default_command(),
+        kwargs,
+    )
 
 
 def _default_command() -> str:
@@ -175,14 +214,20 @@ def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry:
     from autotl import data as data_mod
 
     if (data is None) == (sample is None):
-        raise UsageError("give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)")
+        raise UsageError(
+            "give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)"
+        )
     if sample:
         images, labels, names = registry.sample(sample).load()
-        return data_mod.from_arrays(images, labels, names, f"sample:{sample}", space.val_fraction, space.seed)
+        return data_mod.from_arrays(
+            images, labels, names, f"sample:{sample}", space.val_fraction, space.seed
+        )
     return data_mod.load_folder(data, space.val_fraction, space.seed)
 
 
-def _available(space: Any, registry: Any, weights: Any, explicit: Sequence[str], emit: Event) -> Any:
+def _available(
+    space: Any, registry: Any, weights: Any, explicit: Sequence[str], emit: Event
+) -> Any:
     """Drop space backbones whose weights are absent (warned); explicit ones must be present."""
     from autotl.weights import resolve_weights
 
@@ -198,8 +243,10 @@ def _available(space: Any, registry: Any, weights: Any, explicit: Sequence[str],
                 raise
             emit({"warning": f"skipping {exc}"})
     if not keep:
-        raise UsageError(f"none of the space's backbones has its weights in {weights.describe()}; "
-                         "add weight files there or pass --weights none")
+        raise UsageError(
+            f"none of the space's backbones has its weights in {weights.describe()}; "
+            "add weight files there or pass --weights none"
+        )
     return space.model_copy(update={"backbones": keep})
 
 
@@ -207,21 +254,39 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
     from autotl.optuna_engine import SearchConfig
 
     return SearchConfig(
-        out=plan.out, space=plan.space, trials=plan.trials, weights=plan.weights, storage=plan.storage,
-        study_name=plan.study_name, keep_models=plan.keep_models, timeout=plan.timeout,
-        record={"command": plan.command}, heartbeat=plan.heartbeat, worker_index=worker_index,
+        out=plan.out,
+        space=plan.space,
+        trials=plan.trials,
+        weights=plan.weights,
+        storage=plan.storage,
+        study_name=plan.study_name,
+        keep_models=plan.keep_models,
+        timeout=plan.timeout,
+        record={"command": plan.command},
+        heartbeat=plan.heartbeat,
+        worker_index=worker_index,
     )
 
 
-def _run_optuna(plan: _Plan, emit: Event, should_stop: Callable[[], bool], workers: int, gpus: list[str],
-                worker_index: int = 0) -> Any:
+def _run_optuna(
+    plan: _Plan,
+    emit: Event,
+    should_stop: Callable[[], bool],
+    workers: int,
+    gpus: list[str],
+    worker_index: int = 0,
+) -> Any:
     """This process is worker ``worker_index``; with ``workers`` > 1 it starts the others and waits for them."""
     from autotl.optuna_engine import run_search
 
     cfg = _config(plan, worker_index)
-    emit({"info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-                  f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
-                  f"study in {cfg.storage_url}"})
+    emit(
+        {
+            "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
+            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
+            f"study in {cfg.storage_url}"
+        }
+    )
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[worker_index % len(gpus)]
     procs = _spawn_workers(plan, workers, gpus) if workers > 1 else []
@@ -244,20 +309,31 @@ def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
     run = RunFolder(plan.out)
     run.prepare()
     run.logs_dir.mkdir(parents=True, exist_ok=True)
-    config = {**plan.kwargs, "space": plan.space.model_dump(), "trials": plan.trials, "command": plan.command}
+    config = {
+        **plan.kwargs,
+        "space": plan.space.model_dump(),
+        "trials": plan.trials,
+        "command": plan.command,
+    }
     path = run.logs_dir / WORKER_CONFIG
     run.write_json(path, config)
     procs = []
     for i in range(1, workers):
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
         log = open(run.logs_dir / f"worker-{i}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "autotl.worker", str(path), str(i)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autotl.worker", str(path), str(i)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         procs.append((proc, log))
     return procs
 
 
-def run_worker(config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False) -> Any:
+def run_worker(
+    config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
+) -> Any:
     """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
     from autotl.space import SearchSpace
 
@@ -285,12 +361,30 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
 
     run = RunFolder(plan.out)
     if plan.space.screening is not None:
-        emit({"warning": "the space's screening (two-stage search) is the Optuna engine's; keras-tuner runs every trial in full"})
-    emit({"info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-                  f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
-                  f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"})
-    records = run_keras_tuner_search(plan.space, plan.dataset, plan.registry, plan.weights, plan.out, plan.trials, tuner,
-                                     verbose=1, storage_url=plan.storage, study_name=plan.study_name)
+        emit(
+            {
+                "warning": "the space's screening (two-stage search) is the Optuna engine's; keras-tuner runs every trial in full"
+            }
+        )
+    emit(
+        {
+            "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
+            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
+            f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"
+        }
+    )
+    records = run_keras_tuner_search(
+        plan.space,
+        plan.dataset,
+        plan.registry,
+        plan.weights,
+        plan.out,
+        plan.trials,
+        tuner,
+        verbose=1,
+        storage_url=plan.storage,
+        study_name=plan.study_name,
+    )
     emit({"records": records, "title": f"leaderboard: keras-tuner {tuner}"})
     return records
 
@@ -304,9 +398,18 @@ class Run:
     needed only to assemble a trial's model where the search's are not at hand.
     """
 
-    def __init__(self, path: str | os.PathLike, *, storage: Optional[str] = None, study_name: str = "autotl",
-                 plugins: Sequence[str] = (), weights_dir: str | os.PathLike | None = None, weights: Any = None,
-                 registry: Any = None, engine: str = OPTUNA) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        storage: Optional[str] = None,
+        study_name: str = "autotl",
+        plugins: Sequence[str] = (),
+        weights_dir: str | os.PathLike | None = None,
+        weights: Any = None,
+        registry: Any = None,
+        engine: str = OPTUNA,
+    ) -> None:
         from autotl.weights import WeightsSource
 
         self.folder = RunFolder(path)
@@ -319,7 +422,9 @@ class Run:
         if isinstance(weights, WeightsSource):
             self._weights = weights
         else:
-            self._weights = WeightsSource.parse(weights_dir, weights) if (weights_dir or weights) else None
+            self._weights = (
+                WeightsSource.parse(weights_dir, weights) if (weights_dir or weights) else None
+            )
         self.report_paths: Optional[dict[str, Path]] = None
 
     def __repr__(self) -> str:
@@ -367,16 +472,27 @@ class Run:
         if engine == KERAS_TUNER:
             path = self.folder.best_model(KERAS_TUNER)
             if not path.is_file():
-                raise UsageError(f"no {self.folder.relative(path)} in {self.path}: no keras-tuner trial has finished")
+                raise UsageError(
+                    f"no {self.folder.relative(path)} in {self.path}: no keras-tuner trial has finished"
+                )
             return path
         best = self.best_trial
         if best is None:
-            raise UsageError(f"the study in {self.path} has no complete trial yet; finish a search first")
+            raise UsageError(
+                f"the study in {self.path} has no complete trial yet; finish a search first"
+            )
         if self.folder.best_trial_number() == best.number:
             return self.folder.best_model()
         from autotl.trial_models import trial_model
 
-        return trial_model(self.folder, self.study, best, self._registry, self._weights, plugins=tuple(self.plugins))
+        return trial_model(
+            self.folder,
+            self.study,
+            best,
+            self._registry,
+            self._weights,
+            plugins=tuple(self.plugins),
+        )
 
     def best_model(self) -> Any:
         """The best trial's Keras model: raw pixels of any size in, class probabilities out."""
@@ -384,7 +500,9 @@ class Run:
 
         return keras.saving.load_model(self.best_model_file(), safe_mode=True)
 
-    def predict(self, images: Iterable[str | os.PathLike]) -> list[tuple[str, str, Optional[float]]]:
+    def predict(
+        self, images: Iterable[str | os.PathLike]
+    ) -> list[tuple[str, str, Optional[float]]]:
         """``(file, class, probability)`` per image file with the best model; ``(file, reason, None)`` if unreadable."""
         from autotl.export import load_predictor
         from autotl.predict import predict_files
@@ -396,28 +514,52 @@ class Run:
         """Write report.html, report.md and report.json into the run folder; return their paths."""
         from autotl.report import write_report
 
-        self.report_paths = write_report(self.path, self.storage_url, self._base_name, evaluate=evaluate)
+        self.report_paths = write_report(
+            self.path, self.storage_url, self._base_name, evaluate=evaluate
+        )
         return self.report_paths
 
     def _try_report(self, emit: Event) -> Optional[dict[str, Path]]:
         """The report at the end of a search: the results are safe whatever happens to it."""
         try:
             return self.report()
-        except Exception as exc:  # noqa: BLE001
-            emit({"warning": f"report not written ({first_line(exc)}); run `autotl report {self.path}` to retry"})
+        except Exception as exc:
+            emit(
+                {
+                    "warning": f"report not written ({first_line(exc)}); run `autotl report {self.path}` to retry"
+                }
+            )
             return None
 
-    def export(self, formats: str | Sequence[str] = ("keras", "savedmodel", "tflite"), out: str | os.PathLike | None = None,
-               *, trial: Optional[int] = None, quantize: Optional[str] = None, data: Optional[str] = None,
-               on_event: Optional[Callable[[str], None]] = None) -> Any:
+    def export(
+        self,
+        formats: str | Sequence[str] = ("keras", "savedmodel", "tflite"),
+        out: str | os.PathLike | None = None,
+        *,
+        trial: Optional[int] = None,
+        quantize: Optional[str] = None,
+        data: Optional[str] = None,
+        on_event: Optional[Callable[[str], None]] = None,
+    ) -> Any:
         """Export the best trial's model (or ``trial``'s) in ``formats`` into ``out`` (default RUN_DIR/export),
         each format checked against the Keras model; returns ``autotl.export.ExportResult``."""
         from autotl.export import export
 
         target = Path(out) if out is not None else self.path / "export"
-        return export(self.path, target, formats, trial=trial, quantize=quantize, storage_url=self.storage_url,
-                      study_name=self._base_name, data=data, plugins=self.plugins, weights=self._weights,
-                      registry=self._registry, on_event=on_event)
+        return export(
+            self.path,
+            target,
+            formats,
+            trial=trial,
+            quantize=quantize,
+            storage_url=self.storage_url,
+            study_name=self._base_name,
+            data=data,
+            plugins=self.plugins,
+            weights=self._weights,
+            registry=self._registry,
+            on_event=on_event,
+        )
 
     def lineage(self, model_file: str | os.PathLike | None = None) -> Any:
         """The lineage record of ``model_file`` (default: the best model), or, with ``model_file=None`` and no best

@@ -21,9 +21,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -71,9 +72,11 @@ class _Prefetch:
         import queue
         import threading
 
-        self._queue: "queue.Queue[Any]" = queue.Queue(depth)
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(batches,), name="autotl-decode", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(batches,), name="autotl-decode", daemon=True
+        )
         self._thread.start()
 
     def _run(self, batches: Iterator[np.ndarray]) -> None:
@@ -91,7 +94,7 @@ class _Prefetch:
                 if self._stop.is_set():
                     return
             self._queue.put(StopIteration())
-        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer
+        except BaseException as exc:  # handed to the consumer
             self._queue.put(exc)
 
     def __next__(self) -> np.ndarray:
@@ -101,7 +104,7 @@ class _Prefetch:
             raise item
         return item
 
-    def __iter__(self) -> "_Prefetch":
+    def __iter__(self) -> _Prefetch:
         return self
 
     def close(self) -> None:
@@ -109,7 +112,7 @@ class _Prefetch:
         while self._thread.is_alive():
             try:
                 self._queue.get(timeout=0.1)
-            except Exception:  # noqa: BLE001 -- empty: the thread is finishing
+            except Exception:  # empty: the thread is finishing
                 pass
         self._thread.join()
 
@@ -139,7 +142,9 @@ def _augmenter(aug: Any, seed: int) -> Any:
     return keras.Sequential(layers, name="augment")
 
 
-def _batches(dataset: Any, size: tuple[int, int], batch_size: int, views: int) -> Iterator[np.ndarray]:
+def _batches(
+    dataset: Any, size: tuple[int, int], batch_size: int, views: int
+) -> Iterator[np.ndarray]:
     """Every batch a build runs through the base, in order: train (once, then once per augmented view), then val."""
     for split, copies in (("train", 1 + views), ("val", 1)):
         for _copy in range(copies):
@@ -153,8 +158,15 @@ class FeatureCache:
         self.root = Path(root)
 
     @staticmethod
-    def key(spec: BackboneSpec, weights_id: str, input_size: tuple[int, int], data_fingerprint: str, cut: Optional[str],
-            augmentation: Any = None, seed: Optional[int] = None) -> str:
+    def key(
+        spec: BackboneSpec,
+        weights_id: str,
+        input_size: tuple[int, int],
+        data_fingerprint: str,
+        cut: Optional[str],
+        augmentation: Any = None,
+        seed: Optional[int] = None,
+    ) -> str:
         """The entry's name: a hash of everything that determines its activations (``seed``: random weights or augmented views)."""
         parts = {
             "format": CACHE_FORMAT,
@@ -162,10 +174,17 @@ class FeatureCache:
             "weights": weights_id,
             "seed": seed,
             "input_size": list(input_size),
-            "preprocessing": [spec.preprocessing.mode, list(spec.preprocessing.scale), list(spec.preprocessing.offset), spec.preprocessing.channel_order],
+            "preprocessing": [
+                spec.preprocessing.mode,
+                list(spec.preprocessing.scale),
+                list(spec.preprocessing.offset),
+                spec.preprocessing.channel_order,
+            ],
             "data": data_fingerprint,
             "cut": cut or "pooled",
-            "augmentation": augmentation.model_dump() if augmentation is not None and augmentation.enabled else None,
+            "augmentation": augmentation.model_dump()
+            if augmentation is not None and augmentation.enabled
+            else None,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -194,7 +213,12 @@ class FeatureCache:
         views = augmentation.views if augmentation is not None and augmentation.enabled else 0
         # the seed draws random weights and augmented views; pretrained features do not depend on it
         seeded = seed if weights.argument is None or views else None
-        folder_of = lambda c: self.root / self.key(spec, weights_id, size, dataset.fingerprint, c, augmentation, seeded)  # noqa: E731
+
+        def folder_of(c: Optional[str]) -> Path:
+            return self.root / self.key(
+                spec, weights_id, size, dataset.fingerprint, c, augmentation, seeded
+            )
+
         folder = folder_of(cut)
         built = False
         if not (folder / "meta.json").is_file():
@@ -206,16 +230,53 @@ class FeatureCache:
                     stream = _Prefetch(_batches(dataset, size, batch_size, views), depth)
                     try:
                         model = base()
-                        cuts = [cut] + [c for c in prefetch(model) if c != cut and not (folder_of(c) / "meta.json").is_file()]
-                        self._build({c: folder_of(c) for c in cuts}, spec, model, dataset, size, stream, views, augmentation, seed, weights_id)
+                        cuts = [cut] + [
+                            c
+                            for c in prefetch(model)
+                            if c != cut and not (folder_of(c) / "meta.json").is_file()
+                        ]
+                        self._build(
+                            {c: folder_of(c) for c in cuts},
+                            spec,
+                            model,
+                            dataset,
+                            size,
+                            stream,
+                            views,
+                            augmentation,
+                            seed,
+                            weights_id,
+                        )
                     finally:
                         stream.close()
                     built = True
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("train", "train_labels", "val", "val_labels")}
-        return CachedFeatures(folder.name, arrays["train"], np.asarray(arrays["train_labels"]), arrays["val"], np.asarray(arrays["val_labels"]), built, time.perf_counter() - start)
+        arrays = {
+            name: np.load(folder / f"{name}.npy", mmap_mode="r")
+            for name in ("train", "train_labels", "val", "val_labels")
+        }
+        return CachedFeatures(
+            folder.name,
+            arrays["train"],
+            np.asarray(arrays["train_labels"]),
+            arrays["val"],
+            np.asarray(arrays["val_labels"]),
+            built,
+            time.perf_counter() - start,
+        )
 
-    def _build(self, folders: dict[Optional[str], Path], spec: BackboneSpec, base: Any, dataset: Any, size: tuple[int, int],
-               stream: Iterator[np.ndarray], views: int, augmentation: Any, seed: int, weights_id: str) -> None:
+    def _build(
+        self,
+        folders: dict[Optional[str], Path],
+        spec: BackboneSpec,
+        base: Any,
+        dataset: Any,
+        size: tuple[int, int],
+        stream: Iterator[np.ndarray],
+        views: int,
+        augmentation: Any,
+        seed: int,
+        weights_id: str,
+    ) -> None:
         """Run ``stream`` (the batches :func:`_batches` makes) through ``base`` and store the activations at every cut."""
         import keras
         import tensorflow as tf
@@ -224,12 +285,19 @@ class FeatureCache:
 
         image = keras.Input((*size, 3))
         cuts = list(folders)
-        bottom = keras.Model(base.input, [base.get_layer(c).output if c else base.output for c in cuts])
+        bottom = keras.Model(
+            base.input, [base.get_layer(c).output if c else base.output for c in cuts]
+        )
         outs = bottom(apply_preprocessing(spec.preprocessing, image), training=False)
-        outs = [keras.layers.GlobalAveragePooling2D()(o) if c is None else o for c, o in zip(cuts, outs)]
+        outs = [
+            keras.layers.GlobalAveragePooling2D()(o) if c is None else o for c, o in zip(cuts, outs)
+        ]
         extractor = keras.Model(image, outs)
         # traced once for every batch size (predict_on_batch traces again for the last, smaller batch)
-        forward = tf.function(lambda z: extractor(z, training=False), input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)])
+        forward = tf.function(
+            lambda z: extractor(z, training=False),
+            input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)],
+        )
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
         try:
             self._fill(tmps, cuts, forward, dataset, stream, views, augmentation, seed, spec.name)
@@ -238,7 +306,15 @@ class FeatureCache:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         for c, tmp in tmps.items():
-            meta = {"backbone": spec.name, "weights": weights_id, "input_size": list(size), "cut": c, "data": dataset.fingerprint, "views": views, "created": time.time()}
+            meta = {
+                "backbone": spec.name,
+                "weights": weights_id,
+                "input_size": list(size),
+                "cut": c,
+                "data": dataset.fingerprint,
+                "views": views,
+                "created": time.time(),
+            }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             try:
                 os.replace(tmp, folders[c])
@@ -246,8 +322,17 @@ class FeatureCache:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
-    def _fill(tmps: dict[Optional[str], Path], cuts: list[Optional[str]], forward: Any, dataset: Any, stream: Iterator[np.ndarray],
-              views: int, augmentation: Any, seed: int, backbone: str) -> None:
+    def _fill(
+        tmps: dict[Optional[str], Path],
+        cuts: list[Optional[str]],
+        forward: Any,
+        dataset: Any,
+        stream: Iterator[np.ndarray],
+        views: int,
+        augmentation: Any,
+        seed: int,
+        backbone: str,
+    ) -> None:
         """Write every split's activations at every cut into the temporary folders ``tmps``; non-finite ones fail the trial."""
         for tmp in tmps.values():
             tmp.mkdir(parents=True, exist_ok=True)
@@ -264,15 +349,24 @@ class FeatureCache:
                     if copy:
                         batch = augment(batch, training=True)
                     result = forward(np.asarray(batch))
-                    for c, feats in zip(cuts, result if isinstance(result, (list, tuple)) else [result]):
+                    for c, feats in zip(
+                        cuts, result if isinstance(result, (list, tuple)) else [result]
+                    ):
                         feats = np.asarray(feats)
                         if not np.isfinite(feats).all():
-                            raise TrialFailed(f"backbone {backbone} gives non-finite features; check its weights file and preprocessing")
+                            raise TrialFailed(
+                                f"backbone {backbone} gives non-finite features; check its weights file and preprocessing"
+                            )
                         if c not in outputs:
-                            outputs[c] = _open_array(tmps[c] / f"{split}.npy", (n * copies, *feats.shape[1:]))
+                            outputs[c] = _open_array(
+                                tmps[c] / f"{split}.npy", (n * copies, *feats.shape[1:])
+                            )
                         outputs[c][row : row + len(feats)] = feats
                     row += len(batch)
             for c, out in outputs.items():
                 out.flush()
-                np.save(tmps[c] / f"{split}_labels.npy", np.tile(np.asarray(images.labels, dtype="int64"), copies))
+                np.save(
+                    tmps[c] / f"{split}_labels.npy",
+                    np.tile(np.asarray(images.labels, dtype="int64"), copies),
+                )
             del outputs

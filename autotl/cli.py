@@ -11,94 +11,231 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 from autotl._version import __version__
 from autotl.errors import AutotlError, UsageError, first_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-FORMATS = ("keras", "savedmodel", "tflite")  # the default of --format; autotl.export.FORMATS is the full list
+FORMATS = (
+    "keras",
+    "savedmodel",
+    "tflite",
+)  # the default of --format; autotl.export.FORMATS is the full list
 
 
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE as an autotl plugin (repeatable)")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE as an autotl plugin (repeatable)",
+    )
 
 
 def _add_weights_args(p: argparse.ArgumentParser, what: str = "") -> None:
-    p.add_argument("--weights-dir", metavar="DIR", help="folder of Keras weight files (default: $AUTOTL_WEIGHTS_DIR, "
-                   f"else Keras downloads ImageNet weights{what})")
-    p.add_argument("--weights", choices=["imagenet", "none"], help="'none' starts from random weights (for tests)")
+    p.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        help="folder of Keras weight files (default: $AUTOTL_WEIGHTS_DIR, "
+        f"else Keras downloads ImageNet weights{what})",
+    )
+    p.add_argument(
+        "--weights",
+        choices=["imagenet", "none"],
+        help="'none' starts from random weights (for tests)",
+    )
 
 
 def _add_study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)")
-    p.add_argument("--study-name", default="autotl", help="study name in the storage (default: autotl)")
+    p.add_argument(
+        "--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)"
+    )
+    p.add_argument(
+        "--study-name", default="autotl", help="study name in the storage (default: autotl)"
+    )
 
 
 def _search_parser(sub: Any) -> None:
-    s = sub.add_parser("search", help="run or resume a search",
-                       description="Create the study in --out, or resume it, and run trials until it holds --trials finished ones.")
-    s.add_argument("data", nargs="?", metavar="DATA_DIR", help="folder of class subfolders (with train/ and val/ inside, they are used as they are)")
-    s.add_argument("--sample", metavar="NAME", help="use a built-in sample data set instead of DATA_DIR (e.g. digits)")
+    s = sub.add_parser(
+        "search",
+        help="run or resume a search",
+        description="Create the study in --out, or resume it, and run trials until it holds --trials finished ones.",
+    )
+    s.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA_DIR",
+        help="folder of class subfolders (with train/ and val/ inside, they are used as they are)",
+    )
+    s.add_argument(
+        "--sample",
+        metavar="NAME",
+        help="use a built-in sample data set instead of DATA_DIR (e.g. digits)",
+    )
     s.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data name>)")
-    s.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold in total (default: the space's)")
-    s.add_argument("--space", default="default", metavar="NAME_OR_FILE", help="search space: 'default', 'fast' or a YAML file")
-    s.add_argument("--screen", type=int, metavar="N", help="two-stage search: the first N trials screen settings with phase 1 only, "
-                   "later trials fine-tune the best (overrides the space's screening; 0 turns it off)")
-    s.add_argument("--finalists", type=int, metavar="K", help="with --screen: how many screened settings are fine-tuned, in turn (default 3)")
-    s.add_argument("--backbone", action="append", default=[], metavar="NAME", help="search only these backbones (repeatable)")
+    s.add_argument(
+        "--trials",
+        type=int,
+        metavar="N",
+        help="finished trials the study should hold in total (default: the space's)",
+    )
+    s.add_argument(
+        "--space",
+        default="default",
+        metavar="NAME_OR_FILE",
+        help="search space: 'default', 'fast' or a YAML file",
+    )
+    s.add_argument(
+        "--screen",
+        type=int,
+        metavar="N",
+        help="two-stage search: the first N trials screen settings with phase 1 only, "
+        "later trials fine-tune the best (overrides the space's screening; 0 turns it off)",
+    )
+    s.add_argument(
+        "--finalists",
+        type=int,
+        metavar="K",
+        help="with --screen: how many screened settings are fine-tuned, in turn (default 3)",
+    )
+    s.add_argument(
+        "--backbone",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="search only these backbones (repeatable)",
+    )
     _add_study_args(s)
-    s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
-    s.add_argument("--keep-models", type=int, default=3, metavar="K", help="keep the saved models of the K best trials (default 3)")
-    s.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna", help="search engine (default optuna); keras-tuner keeps its project in RUN_DIR/keras_tuner")
-    s.add_argument("--tuner", choices=["bayesian", "random", "hyperband"], default="bayesian", help="keras-tuner's tuner, with --engine keras-tuner (default bayesian)")
-    s.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine, sharing the study (default 1)")
-    s.add_argument("--gpus", metavar="0,1,...", help="give worker i the GPU gpus[i %% len(gpus)] (CUDA_VISIBLE_DEVICES)")
-    s.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)")
+    s.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long"
+    )
+    s.add_argument(
+        "--keep-models",
+        type=int,
+        default=3,
+        metavar="K",
+        help="keep the saved models of the K best trials (default 3)",
+    )
+    s.add_argument(
+        "--engine",
+        choices=["optuna", "keras-tuner"],
+        default="optuna",
+        help="search engine (default optuna); keras-tuner keeps its project in RUN_DIR/keras_tuner",
+    )
+    s.add_argument(
+        "--tuner",
+        choices=["bayesian", "random", "hyperband"],
+        default="bayesian",
+        help="keras-tuner's tuner, with --engine keras-tuner (default bayesian)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine, sharing the study (default 1)",
+    )
+    s.add_argument(
+        "--gpus",
+        metavar="0,1,...",
+        help="give worker i the GPU gpus[i %% len(gpus)] (CUDA_VISIBLE_DEVICES)",
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)",
+    )
     _add_weights_args(s)
     _add_plugin_args(s)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autotl", description="Search pretrained image backbones for the best transfer-learned classifier.")
+    parser = argparse.ArgumentParser(
+        prog="autotl",
+        description="Search pretrained image backbones for the best transfer-learned classifier.",
+    )
     parser.add_argument("--version", action="version", version=f"autotl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
 
-    p = sub.add_parser("predict", help="classify images with a run's best model or any exported model")
-    p.add_argument("run", metavar="MODEL", help="run folder, export folder, .keras file, SavedModel folder or .tflite file")
+    p = sub.add_parser(
+        "predict", help="classify images with a run's best model or any exported model"
+    )
+    p.add_argument(
+        "run",
+        metavar="MODEL",
+        help="run folder, export folder, .keras file, SavedModel folder or .tflite file",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
-    pl = sub.add_parser("plugins", help="list the backbones and samples that plugins provide, or check one",
-                        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin contract checks.")
+    pl = sub.add_parser(
+        "plugins",
+        help="list the backbones and samples that plugins provide, or check one",
+        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin contract checks.",
+    )
     pl.add_argument("action", nargs="?", choices=["list", "check"], default="list")
-    pl.add_argument("target", nargs="?", metavar="NAME_OR_MODULE", help="with check: a backbone name, or a plugin module (all its backbones)")
+    pl.add_argument(
+        "target",
+        nargs="?",
+        metavar="NAME_OR_MODULE",
+        help="with check: a backbone name, or a plugin module (all its backbones)",
+    )
     _add_plugin_args(pl)
     _add_weights_args(pl)
 
-    r = sub.add_parser("report", help="write report.html, report.md and report.json for a run",
-                       description="Summarise a run folder's study: leaderboard, learning curves, the search, the best model "
-                                   "on the validation set, lineage. Safe while the search is still running.")
+    r = sub.add_parser(
+        "report",
+        help="write report.html, report.md and report.json for a run",
+        description="Summarise a run folder's study: leaderboard, learning curves, the search, the best model "
+        "on the validation set, lineage. Safe while the search is still running.",
+    )
     r.add_argument("run", metavar="RUN_DIR")
     _add_study_args(r)
 
-    ln = sub.add_parser("lineage", help="say which trial, backbone, weights and data made a model file",
-                        description="Look a model file up by the SHA-256 of its bytes in the study database (a copied or renamed file is found too).")
+    ln = sub.add_parser(
+        "lineage",
+        help="say which trial, backbone, weights and data made a model file",
+        description="Look a model file up by the SHA-256 of its bytes in the study database (a copied or renamed file is found too).",
+    )
     ln.add_argument("model", metavar="MODEL_FILE")
-    ln.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: study.db beside the file or in its run folder)")
+    ln.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (default: study.db beside the file or in its run folder)",
+    )
     ln.add_argument("--json", action="store_true", help="print the whole record as JSON")
 
-    e = sub.add_parser("export", help="export a run's model for production, with parity checked",
-                       description="Export the best trial's model (or --trial N) as .keras, a SavedModel and TFLite, check each "
-                                   "predicts as the Keras model does on the validation images, and write a model card.")
+    e = sub.add_parser(
+        "export",
+        help="export a run's model for production, with parity checked",
+        description="Export the best trial's model (or --trial N) as .keras, a SavedModel and TFLite, check each "
+        "predicts as the Keras model does on the validation images, and write a model card.",
+    )
     e.add_argument("run", metavar="RUN_DIR")
-    e.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best complete trial)")
-    e.add_argument("--format", default=",".join(FORMATS), metavar="LIST", help=f"comma-separated formats (default: {','.join(FORMATS)})")
-    e.add_argument("--quantize", metavar="int8", help="also write a fully integer-quantized model_int8.tflite")
+    e.add_argument(
+        "--trial", type=int, metavar="N", help="trial number (default: the best complete trial)"
+    )
+    e.add_argument(
+        "--format",
+        default=",".join(FORMATS),
+        metavar="LIST",
+        help=f"comma-separated formats (default: {','.join(FORMATS)})",
+    )
+    e.add_argument(
+        "--quantize", metavar="int8", help="also write a fully integer-quantized model_int8.tflite"
+    )
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
-    e.add_argument("--data", metavar="DATA_DIR", help="the search's data folder, if it moved (parity runs on its validation images)")
+    e.add_argument(
+        "--data",
+        metavar="DATA_DIR",
+        help="the search's data folder, if it moved (parity runs on its validation images)",
+    )
     _add_study_args(e)
     _add_plugin_args(e)
     _add_weights_args(e, " -- default: what the search used")
@@ -107,17 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from autotl.api import search
-    from autotl.ui import CtrlC, SearchProgress, console, leaderboard, quiet_tensorflow, records_table
+    from autotl.ui import (
+        CtrlC,
+        SearchProgress,
+        console,
+        leaderboard,
+        quiet_tensorflow,
+        records_table,
+    )
 
     out, err = console(), console(stderr=True)
-    quiet_tensorflow()
     presses = CtrlC(err.print)
     progress: list[SearchProgress] = []
 
     def on_event(e: dict[str, Any]) -> None:
         if "warning" in e:
             err.print(f"[yellow]warning:[/] {e['warning']}")
-        elif "info" in e:
+        elif (
+            "info" in e
+        ):  # the inputs are checked: TensorFlow comes next (imported quietly, and only now)
+            quiet_tensorflow()
             out.print(e["info"])
         elif "records" in e:
             out.print(records_table(e["records"], 10, e["title"]))
@@ -130,12 +276,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     resume = "finished trials are saved; rerun the same command to resume"
     try:
         with presses:
-            run = search(args.data, sample=args.sample, out=args.out, space=args.space, trials=args.trials, storage=args.storage,
-                         study_name=args.study_name, backbones=args.backbone, screen=args.screen, finalists=args.finalists,
-                         workers=args.workers, gpus=args.gpus, heartbeat=args.heartbeat, timeout=args.timeout,
-                         keep_models=args.keep_models, engine=args.engine, tuner=args.tuner, weights_dir=args.weights_dir,
-                         weights=args.weights, plugins=args.plugin, on_event=on_event, should_stop=presses.pressed,
-                         command=shlex.join(["autotl", *sys.argv[1:]]))
+            run = search(
+                args.data,
+                sample=args.sample,
+                out=args.out,
+                space=args.space,
+                trials=args.trials,
+                storage=args.storage,
+                study_name=args.study_name,
+                backbones=args.backbone,
+                screen=args.screen,
+                finalists=args.finalists,
+                workers=args.workers,
+                gpus=args.gpus,
+                heartbeat=args.heartbeat,
+                timeout=args.timeout,
+                keep_models=args.keep_models,
+                engine=args.engine,
+                tuner=args.tuner,
+                weights_dir=args.weights_dir,
+                weights=args.weights,
+                plugins=args.plugin,
+                on_event=on_event,
+                should_stop=presses.pressed,
+                command=shlex.join(["autotl", *sys.argv[1:]]),
+            )
     except KeyboardInterrupt:
         err.print(f"stopped now: the running trial is marked failed; {resume}")
         return EXIT_INTERRUPTED
@@ -154,7 +319,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         how = "" if run.engine == "optuna" else f"; autotl predict {best.parent} IMAGE"
         out.print(f"best model: {best}  (classes in {run.folder.classes_file(run.engine)}{how})")
     else:
-        out.print("no trial finished, so there is no best model yet; rerun the same command to resume")
+        out.print(
+            "no trial finished, so there is no best model yet; rerun the same command to resume"
+        )
     return 0
 
 
@@ -180,7 +347,9 @@ def _check_plugins(args: argparse.Namespace) -> int:
     from autotl.ui import quiet_tensorflow
 
     if not args.target:
-        raise UsageError("give a backbone name or a plugin module: autotl plugins check NAME_OR_MODULE")
+        raise UsageError(
+            "give a backbone name or a plugin module: autotl plugins check NAME_OR_MODULE"
+        )
     registry = get_registry(args.plugin)
     if args.target in registry.backbones:
         specs = [registry.backbones[args.target]]
@@ -188,14 +357,18 @@ def _check_plugins(args: argparse.Namespace) -> int:
         registry = get_registry([*args.plugin, args.target])
         specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
         if not specs:
-            raise UsageError(f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them")
+            raise UsageError(
+                f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them"
+            )
     quiet_tensorflow()
     failed = 0
     for spec in specs:
         try:
             for line in check_backbone(spec):
                 print(f"{spec.name}: {line}")
-            print(f"{spec.name}: skipped: classifying a known picture needs ImageNet weights with the top, which autotl does not load (include_top=False)")
+            print(
+                f"{spec.name}: skipped: classifying a known picture needs ImageNet weights with the top, which autotl does not load (include_top=False)"
+            )
         except AssertionError as exc:
             failed += 1
             print(f"{spec.name}: FAILED: {exc}")
@@ -223,8 +396,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             ok = "random" if arg is None else "downloads" if arg == "imagenet" else "yes"
         except UsageError as exc:
             ok = "hash mismatch" if "SHA-256" in str(exc) else "missing"
-        others = ", ".join(str(h) if h == w else f"{h}x{w}" for h, w in spec.accepted_sizes if (h, w) != spec.input_size)
-        table.add_row(name, f"{spec.input_size[0]}x{spec.input_size[1]}", others or "-", spec.preprocessing.describe(), ok, spec.plugin)
+        others = ", ".join(
+            str(h) if h == w else f"{h}x{w}"
+            for h, w in spec.accepted_sizes
+            if (h, w) != spec.input_size
+        )
+        table.add_row(
+            name,
+            f"{spec.input_size[0]}x{spec.input_size[1]}",
+            others or "-",
+            spec.preprocessing.describe(),
+            ok,
+            spec.plugin,
+        )
     out = console()
     out.print(table)
     for name, sample in sorted(registry.samples.items()):
@@ -247,7 +431,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from autotl.lineage import describe, lineage_of
 
     record = lineage_of(args.model, args.storage)
-    print(json.dumps(record, indent=2, sort_keys=True) if args.json else describe(record, str(args.model)))
+    print(
+        json.dumps(record, indent=2, sort_keys=True)
+        if args.json
+        else describe(record, str(args.model))
+    )
     return 0
 
 
@@ -257,21 +445,39 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()
     err = console(stderr=True)
-    run = Run(args.run, storage=args.storage, study_name=args.study_name, plugins=args.plugin,
-              weights_dir=args.weights_dir, weights=args.weights)
-    result = run.export(args.format, args.out, trial=args.trial, quantize=args.quantize, data=args.data,
-                        on_event=lambda m: err.print(f"[dim]{m}[/]"))
+    run = Run(
+        args.run,
+        storage=args.storage,
+        study_name=args.study_name,
+        plugins=args.plugin,
+        weights_dir=args.weights_dir,
+        weights=args.weights,
+    )
+    result = run.export(
+        args.format,
+        args.out,
+        trial=args.trial,
+        quantize=args.quantize,
+        data=args.data,
+        on_event=lambda m: err.print(f"[dim]{m}[/]"),
+    )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
-    print(f"exported trial {result.trial} to {result.out_dir} (parity on {result.parity['images']} validation images)")
+    print(
+        f"exported trial {result.trial} to {result.out_dir} (parity on {result.parity['images']} validation images)"
+    )
     for fmt, r in result.parity["formats"].items():
         print(f"{fmt}\ttop-1 agreement {r['top1_agreement']:.1%}\tmax |dp| {r['max_abs_diff']:.2e}")
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "search": cmd_search, "predict": cmd_predict, "plugins": cmd_plugins, "report": cmd_report,
-    "lineage": cmd_lineage, "export": cmd_export,
+    "search": cmd_search,
+    "predict": cmd_predict,
+    "plugins": cmd_plugins,
+    "report": cmd_report,
+    "lineage": cmd_lineage,
+    "export": cmd_export,
 }
 
 

@@ -15,15 +15,24 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from autotl.errors import UsageError
 
-__all__ = ["BadImage", "ImageSet", "Dataset", "decode_image", "resize_images", "load_folder", "from_arrays"]
+__all__ = [
+    "BadImage",
+    "ImageSet",
+    "Dataset",
+    "decode_image",
+    "resize_images",
+    "load_folder",
+    "from_arrays",
+]
 
 LAYOUT = "DATA_DIR/CLASS/IMAGE"
 _JUNK = {"thumbs.db", "desktop.ini"}  # OS litter, ignored like hidden files
@@ -86,7 +95,9 @@ def _decode_bytes(data: bytes, max_side: int) -> np.ndarray:
             im.draft("RGB", (max_side, max_side))
             limit = Image.MAX_IMAGE_PIXELS
             if limit and im.width * im.height > limit:
-                raise BadImage(f"too large: {im.width}x{im.height} pixels (limit {limit}); downscale it")
+                raise BadImage(
+                    f"too large: {im.width}x{im.height} pixels (limit {limit}); downscale it"
+                )
             im.load()  # the full decode: this is where truncated files fail
             stage = f"cannot convert colour mode {im.mode}"
             return _to_rgb(im, max_side, orientation)
@@ -97,7 +108,9 @@ def _decode_bytes(data: bytes, max_side: int) -> np.ndarray:
     except (BadImage, MemoryError):
         raise
     except Exception as exc:  # Pillow raises many types on bad data
-        raise BadImage(f"{stage}: {' '.join(str(exc).split())[:100] or type(exc).__name__}") from None
+        raise BadImage(
+            f"{stage}: {' '.join(str(exc).split())[:100] or type(exc).__name__}"
+        ) from None
 
 
 def _orientation(im: Any) -> int:
@@ -123,7 +136,9 @@ def _to_rgb(im: Any, max_side: int, orientation: int) -> np.ndarray:
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # reduce() + Lanczos
     if orientation > 1:  # the table ImageOps.exif_transpose uses, applied after the downscale
-        names = "FLIP_LEFT_RIGHT ROTATE_180 FLIP_TOP_BOTTOM TRANSPOSE ROTATE_270 TRANSVERSE ROTATE_90"
+        names = (
+            "FLIP_LEFT_RIGHT ROTATE_180 FLIP_TOP_BOTTOM TRANSPOSE ROTATE_270 TRANSVERSE ROTATE_90"
+        )
         im = im.transpose(getattr(Image.Transpose, names.split()[orientation - 2]))
     if im.mode == "RGBA":
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -227,10 +242,18 @@ class Dataset:
 
     def summary(self) -> dict:
         """JSON-able record of the data a search used."""
-        counts = {name: dict(zip(self.class_names, part.counts(self.n_classes)))
-                  for name, part in (("train", self.train), ("val", self.val))}
-        return {"source": self.source, "split": self.split, "class_names": list(self.class_names),
-                "counts": counts, "skipped": len(self.skipped), "fingerprint": self.fingerprint}
+        counts = {
+            name: dict(zip(self.class_names, part.counts(self.n_classes)))
+            for name, part in (("train", self.train), ("val", self.val))
+        }
+        return {
+            "source": self.source,
+            "split": self.split,
+            "class_names": list(self.class_names),
+            "counts": counts,
+            "skipped": len(self.skipped),
+            "fingerprint": self.fingerprint,
+        }
 
 
 @dataclass
@@ -243,8 +266,11 @@ class _Item:
 
 
 def load_folder(
-    path: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
-    min_per_class: int = 1, max_side: int = 1024,
+    path: str | os.PathLike,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_per_class: int = 1,
+    max_side: int = 1024,
 ) -> Dataset:
     """Scan DATA_DIR (see module doc), drop unusable files, split, fingerprint."""
     _check_fraction(val_fraction)
@@ -258,14 +284,20 @@ def load_folder(
         classes[part], loose = _listdir(folder)
         where = f"{folder}" if part else f"data folder {root}"
         if loose:
-            notes.append(f"ignored {len(loose)} file(s) directly in {folder}: images belong in class subfolders")
+            notes.append(
+                f"ignored {len(loose)} file(s) directly in {folder}: images belong in class subfolders"
+            )
         if not classes[part]:
             what = f"holds {len(loose)} file(s) but no class subfolders" if loose else "is empty"
-            raise UsageError(f"{where} {what}; put the images in one subfolder per class ({LAYOUT})")
+            raise UsageError(
+                f"{where} {what}; put the images in one subfolder per class ({LAYOUT})"
+            )
     class_names = sorted(set().union(*classes.values()))
     if len(class_names) < 2:
-        raise UsageError(f"{root} has one class folder ({class_names[0]}); classification needs at least two "
-                         f"classes: add another class subfolder of images ({LAYOUT})")
+        raise UsageError(
+            f"{root} has one class folder ({class_names[0]}); classification needs at least two "
+            f"classes: add another class subfolder of images ({LAYOUT})"
+        )
 
     jobs: list[tuple[str, int, str, str]] = []
     skipped: list[tuple[str, str]] = []
@@ -277,7 +309,9 @@ def load_folder(
     with warnings.catch_warnings(), ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
         warnings.simplefilter("ignore")  # set here, in the one thread that touches the filters
         results = list(pool.map(lambda job: _check_file(job[3], max_side), jobs))
-    found: dict[tuple[str, int], list[_Item]] = {(p, k): [] for p in parts for k in range(len(class_names))}
+    found: dict[tuple[str, int], list[_Item]] = {
+        (p, k): [] for p in parts for k in range(len(class_names))
+    }
     tried = dict.fromkeys(found, 0)
     for (part, label, rel, full), (digest, reason) in zip(jobs, results):
         tried[(part, label)] += 1
@@ -293,20 +327,30 @@ def load_folder(
         if class_names[label] not in classes[part]:
             problems.append(f"class {class_names[label]!r} has no folder {shown}")
         elif not items:
-            problems.append(f"class folder {shown} has no usable images ({tried[(part, label)]} file(s) skipped)")
+            problems.append(
+                f"class folder {shown} has no usable images ({tried[(part, label)]} file(s) skipped)"
+            )
     if problems:
-        need = "every class needs images in train/ and in val/" if split == "folders" else "every class needs images"
+        need = (
+            "every class needs images in train/ and in val/"
+            if split == "folders"
+            else "every class needs images"
+        )
         raise UsageError("; ".join(problems) + f"; {need}: add some, or remove the class folder")
     totals = [sum(len(found[(p, k)]) for p in parts) for k in range(len(class_names))]
     low = [f"{c} ({n})" for c, n in zip(class_names, totals) if n < min_per_class]
     if low:
-        raise UsageError(f"class(es) with fewer than {min_per_class} usable images: {', '.join(low)}; "
-                         "add images or lower the minimum per class")
+        raise UsageError(
+            f"class(es) with fewer than {min_per_class} usable images: {', '.join(low)}; "
+            "add images or lower the minimum per class"
+        )
     if split == "folders":
         train = [i for (p, _), items in found.items() if p == "train" for i in items]
         val = [i for (p, _), items in found.items() if p == "val" for i in items]
     else:
-        train, val = _stratify([i for items in found.values() for i in items], class_names, val_fraction, seed, notes)
+        train, val = _stratify(
+            [i for items in found.values() for i in items], class_names, val_fraction, seed, notes
+        )
     return _finish(class_names, train, val, root, split, skipped, notes, max_side)
 
 
@@ -316,14 +360,25 @@ def _layout(root: str, val_fraction: float, seed: int) -> tuple[dict[str, str], 
     val_dirs = [d for d in ("val", "validation") if d in dirs]
     if "train" not in dirs or not val_dirs:
         if "train" in dirs and set(dirs) <= {"train", "test", "valid", "eval"}:
-            raise UsageError(f"{root} has train/ but no val/ or validation/; add DATA_DIR/val/CLASS/IMAGE, "
-                             f"or pass {os.path.join(root, 'train')} to split it automatically")
+            raise UsageError(
+                f"{root} has train/ but no val/ or validation/; add DATA_DIR/val/CLASS/IMAGE, "
+                f"or pass {os.path.join(root, 'train')} to split it automatically"
+            )
         return {"": root}, f"stratified, val_fraction={val_fraction:g}, seed={seed}", []
     if len(val_dirs) == 2:
-        raise UsageError(f"{root} has both val/ and validation/; keep one of them (DATA_DIR/val/CLASS/IMAGE)")
-    notes = [f"ignored folder {d}/ (only train/ and {val_dirs[0]}/ are used)" for d in dirs
-             if d not in ("train", val_dirs[0])]
-    return {"train": os.path.join(root, "train"), "val": os.path.join(root, val_dirs[0])}, "folders", notes
+        raise UsageError(
+            f"{root} has both val/ and validation/; keep one of them (DATA_DIR/val/CLASS/IMAGE)"
+        )
+    notes = [
+        f"ignored folder {d}/ (only train/ and {val_dirs[0]}/ are used)"
+        for d in dirs
+        if d not in ("train", val_dirs[0])
+    ]
+    return (
+        {"train": os.path.join(root, "train"), "val": os.path.join(root, val_dirs[0])},
+        "folders",
+        notes,
+    )
 
 
 def _listdir(folder: str) -> tuple[list[str], list[str]]:
@@ -331,7 +386,9 @@ def _listdir(folder: str) -> tuple[list[str], list[str]]:
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
-        raise UsageError(f"cannot list {folder} ({exc.strerror or exc}); check its permissions") from None
+        raise UsageError(
+            f"cannot list {folder} ({exc.strerror or exc}); check its permissions"
+        ) from None
     names = [n for n in names if not n.startswith(".") and n.lower() not in _JUNK]
     dirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
     return dirs, [n for n in names if n not in dirs]
@@ -352,8 +409,14 @@ def _walk(root: str, folder: str) -> tuple[list[tuple[str, str]], list[tuple[str
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        passed += [(_rel(root, os.path.join(dirpath, d)), "symlinked folder not followed; link its files instead")
-                   for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        passed += [
+            (
+                _rel(root, os.path.join(dirpath, d)),
+                "symlinked folder not followed; link its files instead",
+            )
+            for d in dirnames
+            if os.path.islink(os.path.join(dirpath, d))
+        ]
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower() not in _JUNK:
                 files.append((_rel(root, os.path.join(dirpath, name)), os.path.join(dirpath, name)))
@@ -371,8 +434,12 @@ def _check_file(path: str, max_side: int) -> tuple[str, str | None]:
 
 
 def from_arrays(
-    images: Sequence[Any], labels: Any, class_names: Sequence[str], source: str,
-    val_fraction: float = 0.2, seed: int = 0,
+    images: Sequence[Any],
+    labels: Any,
+    class_names: Sequence[str],
+    source: str,
+    val_fraction: float = 0.2,
+    seed: int = 0,
 ) -> Dataset:
     """In-memory images (built-in samples) -> the same split and fingerprint as a folder."""
     _check_fraction(val_fraction)
@@ -381,9 +448,13 @@ def from_arrays(
         raise UsageError(f"{source}: needs at least two distinct class names, got {names}")
     y = np.asarray(labels).reshape(-1)
     if len(y) != len(images) or not len(y) or not np.issubdtype(y.dtype, np.integer):
-        raise UsageError(f"{source}: needs one integer label per image, got {len(y)} labels for {len(images)} images")
+        raise UsageError(
+            f"{source}: needs one integer label per image, got {len(y)} labels for {len(images)} images"
+        )
     if y.min() < 0 or y.max() >= len(names):
-        raise UsageError(f"{source}: labels must be in 0..{len(names) - 1}, got {y.min()}..{y.max()}")
+        raise UsageError(
+            f"{source}: labels must be in 0..{len(names) - 1}, got {y.min()}..{y.max()}"
+        )
     items = []
     for i, (image, label) in enumerate(zip(images, y.tolist())):
         a = _as_rgb_uint8(np.asarray(image), f"{source}: image {i}")
@@ -403,19 +474,29 @@ def _as_rgb_uint8(a: np.ndarray, what: str) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3 or 0 in a.shape:
         raise UsageError(f"{what} has shape {a.shape}; images must be HxWx3 RGB (or HxW grayscale)")
     if a.dtype != np.uint8:
-        if not (np.issubdtype(a.dtype, np.number) and a.min() >= 0 and a.max() <= 255 and np.all(a == np.round(a))):
-            raise UsageError(f"{what} is {a.dtype} outside whole numbers 0..255; convert it to uint8 pixels")
+        if not (
+            np.issubdtype(a.dtype, np.number)
+            and a.min() >= 0
+            and a.max() <= 255
+            and np.all(a == np.round(a))
+        ):
+            raise UsageError(
+                f"{what} is {a.dtype} outside whole numbers 0..255; convert it to uint8 pixels"
+            )
         a = a.astype(np.uint8)
     return np.ascontiguousarray(a)
 
 
 def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < float(val_fraction) < 1.0:
-        raise UsageError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}; e.g. 0.2")
+        raise UsageError(
+            f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}; e.g. 0.2"
+        )
 
 
-def _stratify(items: list[_Item], class_names: list[str], val_fraction: float, seed: int,
-              notes: list[str]) -> tuple[list[_Item], list[_Item]]:
+def _stratify(
+    items: list[_Item], class_names: list[str], val_fraction: float, seed: int, notes: list[str]
+) -> tuple[list[_Item], list[_Item]]:
     """Per class, the items with the smallest sha256(seed, content, name) go to val: unlike an
     RNG shuffle, the same on every machine and numpy version, whatever the listing order."""
     by_class: dict[int, list[_Item]] = {k: [] for k in range(len(class_names))}
@@ -426,40 +507,64 @@ def _stratify(items: list[_Item], class_names: list[str], val_fraction: float, s
     for label, mine in by_class.items():
         c, n = class_names[label], len(mine)
         if n < 2:  # still learnable, but not measurable: say so rather than refuse the whole folder
-            notes.append(f"class {c!r} has only {n} usable image: it is used to train, and validation cannot measure it; add images")
+            notes.append(
+                f"class {c!r} has only {n} usable image: it is used to train, and validation cannot measure it; add images"
+            )
             train += mine
             continue
         wanted = math.floor(n * val_fraction + 0.5)
         n_val = min(max(wanted, 1), n - 1)
         if n_val != wanted:
-            notes.append(f"class {c!r} has only {n} images: {n_val} used to validate, {n - n_val} to train")
+            notes.append(
+                f"class {c!r} has only {n} images: {n_val} used to validate, {n - n_val} to train"
+            )
         mine.sort(key=lambda i: hashlib.sha256(f"{seed}\0{i.digest}\0{i.rel}".encode()).digest())
         val += mine[:n_val]
         train += mine[n_val:]
     return train, val
 
 
-def _finish(class_names: list[str], train: list[_Item], val: list[_Item], source: str, split: str,
-            skipped: list[tuple[str, str]], notes: list[str], max_side: int) -> Dataset:
+def _finish(
+    class_names: list[str],
+    train: list[_Item],
+    val: list[_Item],
+    source: str,
+    split: str,
+    skipped: list[tuple[str, str]],
+    notes: list[str],
+    max_side: int,
+) -> Dataset:
     """Order, duplicate check, fingerprint, and the two ImageSets."""
-    parts = {"train": sorted(train, key=lambda i: (i.label, i.rel)),
-             "val": sorted(val, key=lambda i: (i.label, i.rel))}
+    parts = {
+        "train": sorted(train, key=lambda i: (i.label, i.rel)),
+        "val": sorted(val, key=lambda i: (i.label, i.rel)),
+    }
     first: dict[str, tuple[str, _Item]] = {}
     h = hashlib.sha256(_FINGERPRINT_VERSION)
     h.update(json.dumps({"classes": class_names, "split": split}).encode())
-    for part, item in sorted(((p, i) for p, items in parts.items() for i in items),
-                             key=lambda pi: (pi[0], pi[1].label, pi[1].digest)):
+    for part, item in sorted(
+        ((p, i) for p, items in parts.items() for i in items),
+        key=lambda pi: (pi[0], pi[1].label, pi[1].digest),
+    ):
         h.update(f"\n{part}\0{item.label}\0{item.digest}".encode())
     for part, items in parts.items():
         for item in items:
             seen = first.setdefault(item.digest, (part, item))
             if seen[1] is item:
                 continue
-            why = [w for w, differs in (("different classes", seen[1].label != item.label),
-                                        ("train and val", seen[0] != part)) if differs]
+            why = [
+                w
+                for w, differs in (
+                    ("different classes", seen[1].label != item.label),
+                    ("train and val", seen[0] != part),
+                )
+                if differs
+            ]
             if why:
-                notes.append(f"duplicate image: {seen[1].rel} ({seen[0]}) and {item.rel} ({part}) "
-                             f"have the same bytes ({', '.join(why)})")
+                notes.append(
+                    f"duplicate image: {seen[1].rel} ({seen[0]}) and {item.rel} ({part}) "
+                    f"have the same bytes ({', '.join(why)})"
+                )
 
     def image_set(items: list[_Item]) -> ImageSet:
         labels = np.array([i.label for i in items], dtype=np.int64)
@@ -467,5 +572,13 @@ def _finish(class_names: list[str], train: list[_Item], val: list[_Item], source
             return ImageSet(labels, arrays=[i.array for i in items], max_side=max_side)  # type: ignore[misc]
         return ImageSet(labels, paths=[i.path for i in items], max_side=max_side)  # type: ignore[misc]
 
-    return Dataset(class_names, image_set(parts["train"]), image_set(parts["val"]), source, split,
-                   h.hexdigest(), skipped, notes)
+    return Dataset(
+        class_names,
+        image_set(parts["train"]),
+        image_set(parts["val"]),
+        source,
+        split,
+        h.hexdigest(),
+        skipped,
+        notes,
+    )

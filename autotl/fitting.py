@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -32,7 +33,7 @@ __all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "trainer", "train_head_thro
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
 MAX_TRAINERS = 16  # compiled models kept per process (least recently used dropped)
-_TRAINERS: "OrderedDict[tuple, Any]" = OrderedDict()
+_TRAINERS: OrderedDict[tuple, Any] = OrderedDict()
 
 
 def _reporter(report: Optional[Report], offset: int) -> Any:
@@ -43,29 +44,56 @@ def _reporter(report: Optional[Report], offset: int) -> Any:
         def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
             logs = logs or {}
             if not all(math.isfinite(float(v)) for v in logs.values()):
-                raise TrialFailed(f"training diverged at epoch {epoch + 1} (loss {logs.get('loss')}); lower the learning rate")
+                raise TrialFailed(
+                    f"training diverged at epoch {epoch + 1} (loss {logs.get('loss')}); lower the learning rate"
+                )
             if report is not None:
                 report(offset + epoch, float(logs["val_accuracy"]))
 
     return Forward()
 
 
-def fit(model: Any, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int,
-        batch_size: int, report: Optional[Report], offset: int, seed: int = 0) -> dict[str, list[float]]:
+def fit(
+    model: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    report: Optional[Report],
+    offset: int,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """``model.fit`` with early stopping on validation loss, best weights restored."""
     import keras
     import tensorflow as tf
 
     # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True
+    )
     # tf.data once, rather than numpy arrays re-wrapped every epoch: per-epoch overhead is most of a cached trial.
-    train_ds = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train[1]), seed=seed, reshuffle_each_iteration=True).batch(batch_size).prefetch(2)
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices(train)
+        .shuffle(len(train[1]), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(2)
+    )
     val_ds = tf.data.Dataset.from_tensor_slices(val).batch(max(batch_size, 256)).cache()
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[stop, _reporter(report, offset)])
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[stop, _reporter(report, offset)],
+    )
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
-def trainer(key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_classes: int, owner: Any = None) -> Any:
+def trainer(
+    key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_classes: int, owner: Any = None
+) -> Any:
     """The compiled training model for ``key``: ``body()`` gives (input, features), a head goes on top.
 
     ``owner`` (the base whose layers the model trains, named in ``key`` by its
@@ -88,14 +116,21 @@ def trainer(key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_class
         def call(self, x: Any, training: bool = False) -> Any:
             if not training:
                 return x
-            keep = keras.ops.cast(keras.random.uniform(keras.ops.shape(x), seed=self.seed) >= self.rate, x.dtype)
+            keep = keras.ops.cast(
+                keras.random.uniform(keras.ops.shape(x), seed=self.seed) >= self.rate, x.dtype
+            )
             return x * keep / (1.0 - self.rate)
 
     inp, x = body()
     head = build_head(n_classes, width, 0.0, dropout_layer=RateDropout(name=HEAD_LAYERS[0]))
     model = keras.Model(inp, apply_head(head, x))
     # no XLA: on cached features a trial is seconds long and compiling would dominate it
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
     _TRAINERS[key] = (model, owner)
     while len(_TRAINERS) > MAX_TRAINERS:
         _TRAINERS.popitem(last=False)
@@ -110,9 +145,20 @@ def copy_head(src: Any, dst: Any, head: Sequence[Any]) -> None:
         d.set_weights(s.get_weights())
 
 
-def train_head_through(model: Any, head: Sequence[Any], dropout: float, lr: float, train: tuple[np.ndarray, np.ndarray],
-                       val: tuple[np.ndarray, np.ndarray], epochs: int, patience: int, batch_size: int,
-                       report: Optional[Report], offset: int, seed: int) -> dict[str, list[float]]:
+def train_head_through(
+    model: Any,
+    head: Sequence[Any],
+    dropout: float,
+    lr: float,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    report: Optional[Report],
+    offset: int,
+    seed: int,
+) -> dict[str, list[float]]:
     """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at ``lr`` and dropout ``dropout``."""
     copy_head(None, model, head)
     model.get_layer(HEAD_LAYERS[0]).rate.assign(dropout)
@@ -125,7 +171,7 @@ def train_head_through(model: Any, head: Sequence[Any], dropout: float, lr: floa
 _HEAD_TRAINER: Any = None  # fit_head's variables and traced epoch, one per process
 
 
-def _head_trainer() -> "_HeadTrainer":
+def _head_trainer() -> _HeadTrainer:
     global _HEAD_TRAINER
     if _HEAD_TRAINER is None:
         _HEAD_TRAINER = _HeadTrainer()
@@ -149,16 +195,30 @@ class _HeadTrainer:
         import tensorflow as tf
 
         def slot(name: str) -> list[Any]:
-            return [tf.Variable(tf.zeros([0]), shape=tf.TensorShape(None), name=f"{name}{i}") for i in range(4)]
+            return [
+                tf.Variable(tf.zeros([0]), shape=tf.TensorShape(None), name=f"{name}{i}")
+                for i in range(4)
+            ]
 
         self.w, self.m, self.v = slot("w"), slot("m"), slot("v")
         self.step = tf.Variable(0.0)
         f32, i32 = tf.float32, tf.int32
         # Traced in the thread that trains: TensorFlow's graph building is not safe to run in two
         # threads at once (tracing this while the cache's forward pass was traced crashed the process).
-        self.epoch = tf.function(self._epoch, autograph=False, input_signature=[
-            tf.TensorSpec([], f32), tf.TensorSpec([], f32), tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32),
-            tf.TensorSpec([None, None], f32), tf.TensorSpec([None], i32), tf.TensorSpec([2], i32), tf.TensorSpec([], i32)])
+        self.epoch = tf.function(
+            self._epoch,
+            autograph=False,
+            input_signature=[
+                tf.TensorSpec([], f32),
+                tf.TensorSpec([], f32),
+                tf.TensorSpec([None, None], f32),
+                tf.TensorSpec([None], i32),
+                tf.TensorSpec([None, None], f32),
+                tf.TensorSpec([None], i32),
+                tf.TensorSpec([2], i32),
+                tf.TensorSpec([], i32),
+            ],
+        )
 
     def start(self, weights: Sequence[np.ndarray]) -> None:
         """Load a head's weights; a fresh Adam (no moments, step 0)."""
@@ -182,7 +242,9 @@ class _HeadTrainer:
         hits = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32)
         return tf.reduce_sum(loss), tf.reduce_sum(hits)
 
-    def _epoch(self, lr: Any, rate: Any, x: Any, y: Any, xv: Any, yv: Any, seed: Any, batch_size: Any) -> Any:
+    def _epoch(
+        self, lr: Any, rate: Any, x: Any, y: Any, xv: Any, yv: Any, seed: Any, batch_size: Any
+    ) -> Any:
         """Shuffled mini-batches with dropout and Adam; returns [loss, accuracy, val_loss, val_accuracy]."""
         import tensorflow as tf
 
@@ -192,7 +254,9 @@ class _HeadTrainer:
         def batch(start: Any, loss_sum: Any, hit_sum: Any) -> tuple[Any, Any, Any]:
             idx = order[start : start + batch_size]
             xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-            keep = tf.random.stateless_uniform(tf.shape(xb), seed + tf.stack([0, 1 + start])) >= rate
+            keep = (
+                tf.random.stateless_uniform(tf.shape(xb), seed + tf.stack([0, 1 + start])) >= rate
+            )
             xb = tf.where(keep, xb / (1.0 - rate), 0.0)
             with tf.GradientTape() as tape:
                 loss, hits = self._scores(xb, yb)
@@ -200,18 +264,41 @@ class _HeadTrainer:
             grads = tape.gradient(mean, self.w)
             t = self.step.assign_add(1.0)
             for var, m, v, g in zip(self.w, self.m, self.v, grads):
-                tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=self.BETA1**t, beta2_power=self.BETA2**t,
-                                             lr=lr, beta1=self.BETA1, beta2=self.BETA2, epsilon=self.EPSILON, grad=g)
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.handle,
+                    m=m.handle,
+                    v=v.handle,
+                    beta1_power=self.BETA1**t,
+                    beta2_power=self.BETA2**t,
+                    lr=lr,
+                    beta1=self.BETA1,
+                    beta2=self.BETA2,
+                    epsilon=self.EPSILON,
+                    grad=g,
+                )
             return start + batch_size, loss_sum + loss, hit_sum + hits
 
-        _, loss_sum, hit_sum = tf.while_loop(lambda start, *_: start < n, batch, (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
+        _, loss_sum, hit_sum = tf.while_loop(
+            lambda start, *_: start < n, batch, (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
+        )
         val_loss, val_hits = self._scores(xv, yv)
         nf, nv = tf.cast(n, tf.float32), tf.cast(tf.shape(xv)[0], tf.float32)
         return tf.stack([loss_sum / nf, hit_sum / nf, val_loss / nv, val_hits / nv])
 
 
-def fit_head(head: Sequence[Any], dropout: float, lr: float, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-             epochs: int, patience: int, batch_size: int, report: Optional[Report], offset: int, seed: int) -> dict[str, list[float]]:
+def fit_head(
+    head: Sequence[Any],
+    dropout: float,
+    lr: float,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    report: Optional[Report],
+    offset: int,
+    seed: int,
+) -> dict[str, list[float]]:
     """Train ``head`` (built: Dropout, Dense relu, Dense softmax) on cached features from its current weights.
 
     The same contract as :func:`fit`: a fresh Adam at ``lr``, shuffled
@@ -223,18 +310,36 @@ def fit_head(head: Sequence[Any], dropout: float, lr: float, train: tuple[np.nda
 
     trainer = _head_trainer()
     trainer.start([a for layer in head[1:] for a in layer.get_weights()])
-    x, y = tf.constant(np.asarray(train[0], np.float32)), tf.constant(np.asarray(train[1], np.int32))
+    x, y = (
+        tf.constant(np.asarray(train[0], np.float32)),
+        tf.constant(np.asarray(train[1], np.int32)),
+    )
     xv, yv = tf.constant(np.asarray(val[0], np.float32)), tf.constant(np.asarray(val[1], np.int32))
     consts = [tf.constant(lr, tf.float32), tf.constant(dropout, tf.float32)]
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    history: dict[str, list[float]] = {
+        "loss": [],
+        "accuracy": [],
+        "val_loss": [],
+        "val_accuracy": [],
+    }
     best, best_w, wait = math.inf, trainer.weights(), 0
     for e in range(epochs):
-        logs = trainer.epoch(*consts, x, y, xv, yv, tf.constant([seed % 2**31, e], tf.int32), tf.constant(batch_size, tf.int32))
+        logs = trainer.epoch(
+            *consts,
+            x,
+            y,
+            xv,
+            yv,
+            tf.constant([seed % 2**31, e], tf.int32),
+            tf.constant(batch_size, tf.int32),
+        )
         values = [float(t) for t in logs.numpy()]
         for key, value in zip(history, values):
             history[key].append(value)
         if not all(math.isfinite(t) for t in values):
-            raise TrialFailed(f"training diverged at epoch {e + 1} (loss {values[0]}); lower the learning rate")
+            raise TrialFailed(
+                f"training diverged at epoch {e + 1} (loss {values[0]}); lower the learning rate"
+            )
         if report is not None:
             report(offset + e, values[3])
         if values[2] < best - MIN_DELTA:

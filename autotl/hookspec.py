@@ -23,7 +23,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def autotl_backbones() -> "list[BackboneSpec]":
+def autotl_backbones() -> list[BackboneSpec]:
     """Return the backbones this plugin provides.
 
     Called once, when the plugin manager is built.  Each
@@ -37,7 +37,7 @@ def autotl_backbones() -> "list[BackboneSpec]":
 
 
 @hookspec
-def autotl_samples() -> "list[SampleSpec]":
+def autotl_samples() -> list[SampleSpec]:
     """Return built-in image sets that ``autotl search --sample NAME`` can use.
 
     Called once, when the plugin manager is built.  ``SampleSpec.load`` is

@@ -34,9 +34,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import keras_tuner
 
@@ -57,7 +58,14 @@ TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "autotl"
 RECORD_FILE = "autotl.json"  # per trial, in keras-tuner's trial folder: what the trainer did
 # keras-tuner's TrialStatus to the Optuna state names the Optuna leaderboard shows.
-_STATES = {"COMPLETED": "COMPLETE", "FAILED": "FAIL", "INVALID": "FAIL", "RUNNING": "RUNNING", "IDLE": "WAITING", "STOPPED": "PRUNED"}
+_STATES = {
+    "COMPLETED": "COMPLETE",
+    "FAILED": "FAIL",
+    "INVALID": "FAIL",
+    "RUNNING": "RUNNING",
+    "IDLE": "WAITING",
+    "STOPPED": "PRUNED",
+}
 #: Per process, a base's pretrained weights by (backbone, plugin, weights argument, weights sha256, seed):
 #: what a resumed Hyperband trial puts back into the base keras-tuner loaded a checkpoint into.
 _PRISTINE: dict[tuple[Any, ...], list[Any]] = {}
@@ -170,7 +178,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def objective(self) -> Any:
         """The keras-tuner ``Objective`` of the space's first objective (``val_accuracy``, maximised, by default)."""
         primary = Objectives.of(self.space.objectives).primary
-        return keras_tuner.Objective(primary.metric, direction="max" if primary.direction == "maximize" else "min")
+        return keras_tuner.Objective(
+            primary.metric, direction="max" if primary.direction == "maximize" else "min"
+        )
 
     def __init__(
         self,
@@ -190,7 +200,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
         super().__init__(name=name, tunable=True)
         try:  # again: model_copy(update=...) and model_construct skip validation
-            self.space = SearchSpace.model_validate(space.model_dump() if isinstance(space, SearchSpace) else space)
+            self.space = SearchSpace.model_validate(
+                space.model_dump() if isinstance(space, SearchSpace) else space
+            )
         except ValidationError as exc:
             raise UsageError(f"search space: {errors_line(exc)}") from None
         self.dataset = dataset
@@ -199,7 +211,11 @@ class TransferHyperModel(keras_tuner.HyperModel):
         for backbone in self.space.backbones:  # fail now, not in trial 17
             resolve_weights(self.registry.backbone(backbone), self.weights)
         if cache_dir is None:
-            cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotl" / "features"
+            cache_dir = (
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "autotl"
+                / "features"
+            )
         self.cache = FeatureCache(cache_dir)
         self.max_epochs = max_epochs
         #: trial id (or ``None`` outside a tuner) to the record written for it; see :meth:`fit`.
@@ -213,7 +229,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
         try:
             return trial_params(_Suggest(hp), self.space)
         except ValueError as exc:  # TrialParams: the learning-rate rule
-            raise keras_tuner.errors.FatalValueError(f"hyperparameters {dict(hp.values)} break a rule: {exc}") from None
+            raise keras_tuner.errors.FatalValueError(
+                f"hyperparameters {dict(hp.values)} break a rule: {exc}"
+            ) from None
 
     # -- keras-tuner's two calls ----------------------------------------------------------------
 
@@ -231,9 +249,13 @@ class TransferHyperModel(keras_tuner.HyperModel):
         except TrialFailed as exc:
             raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
         key = _pristine_key(spec, resolved, params.seed)
-        if "tuner/trial_id" in hp.values and key not in _PRISTINE:  # Hyperband loads a checkpoint over them next: see fit
+        if (
+            "tuner/trial_id" in hp.values and key not in _PRISTINE
+        ):  # Hyperband loads a checkpoint over them next: see fit
             _PRISTINE[key] = base.get_weights()
-        return assemble(spec, base, build_head(len(self.dataset.class_names), params.head_width, params.dropout))
+        return assemble(
+            spec, base, build_head(len(self.dataset.class_names), params.head_width, params.dropout)
+        )
 
     def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Train ``model`` (from :meth:`build`) in two phases; return its validation accuracy and loss."""
@@ -246,9 +268,16 @@ class TransferHyperModel(keras_tuner.HyperModel):
         ignored = [cb for cb in callbacks if not _is_keras_tuner_callback(cb)]
         if (args or kwargs or ignored) and not self._warned:
             self._warned = True
-            what = [f"{len(args)} positional argument(s)"] * bool(args) + sorted(kwargs) + [type(cb).__name__ for cb in ignored]
-            warnings.warn(f"TransferHyperModel.fit ignores {', '.join(what)}: it trains on its own data set with autotl's "
-                          f"two-phase trainer; call tuner.search() without data arguments", stacklevel=2)
+            what = (
+                [f"{len(args)} positional argument(s)"] * bool(args)
+                + sorted(kwargs)
+                + [type(cb).__name__ for cb in ignored]
+            )
+            warnings.warn(
+                f"TransferHyperModel.fit ignores {', '.join(what)}: it trains on its own data set with autotl's "
+                f"two-phase trainer; call tuner.search() without data arguments",
+                stacklevel=2,
+            )
         tuner, trial = _tuner_of(callbacks)
         params = self._budget(self.params(hp), epochs, tuner)
         spec = self._spec(params.backbone)
@@ -263,7 +292,15 @@ class TransferHyperModel(keras_tuner.HyperModel):
             base.set_weights(_PRISTINE[key])
         start, started = time.perf_counter(), time.time()
         try:
-            result = train_trial(spec, params, lambda: base, self.dataset, self.cache, resolved, augmentation=self.space.augmentation)
+            result = train_trial(
+                spec,
+                params,
+                lambda: base,
+                self.dataset,
+                self.cache,
+                resolved,
+                augmentation=self.space.augmentation,
+            )
         except TrialFailed as exc:
             raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
         except AutotlError as exc:
@@ -274,9 +311,20 @@ class TransferHyperModel(keras_tuner.HyperModel):
             "trial_id": trial.trial_id if trial is not None else None,
             "params": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
             "trial_params": asdict(params),
-            "budget": {"epochs": epochs, "max_epochs": self._max_epochs(tuner), "phase1_epochs": params.phase1_epochs, "phase2_epochs": params.phase2_epochs},
-            "user_attrs": {**result.attrs(), "seconds_total": time.perf_counter() - start,
-                           "weights_origin": resolved.origin, "weights_sha256": resolved.sha256, "plugin": spec.plugin, "started": started},
+            "budget": {
+                "epochs": epochs,
+                "max_epochs": self._max_epochs(tuner),
+                "phase1_epochs": params.phase1_epochs,
+                "phase2_epochs": params.phase2_epochs,
+            },
+            "user_attrs": {
+                **result.attrs(),
+                "seconds_total": time.perf_counter() - start,
+                "weights_origin": resolved.origin,
+                "weights_sha256": resolved.sha256,
+                "plugin": spec.plugin,
+                "started": started,
+            },
         }
         self.records[record["trial_id"]] = record
         if tuner is not None:
@@ -285,7 +333,11 @@ class TransferHyperModel(keras_tuner.HyperModel):
             tmp.write_text(json.dumps(record, indent=1, default=str))
             os.replace(tmp, path)
         # keras-tuner checkpoints the trial's model from its own callbacks' on_epoch_end: one "epoch", the result.
-        last = len(result.history["phase1"].get("loss", ())) + len(result.history["phase2"].get("loss", ())) - 1
+        last = (
+            len(result.history["phase1"].get("loss", ()))
+            + len(result.history["phase2"].get("loss", ()))
+            - 1
+        )
         for cb in callbacks:
             if _is_keras_tuner_callback(cb):
                 cb.set_model(model)
@@ -312,7 +364,11 @@ class TransferHyperModel(keras_tuner.HyperModel):
         p1, p2 = self.space.phase1.epochs, self.space.phase2.epochs
         if max_epochs:
             share = min(1.0, epochs / max_epochs)
-            return replace(params, phase1_epochs=max(1, math.ceil(p1 * share - 1e-9)), phase2_epochs=math.ceil(p2 * share - 1e-9))
+            return replace(
+                params,
+                phase1_epochs=max(1, math.ceil(p1 * share - 1e-9)),
+                phase2_epochs=math.ceil(p2 * share - 1e-9),
+            )
         return replace(params, phase1_epochs=max(1, min(p1, epochs)), phase2_epochs=min(p2, epochs))
 
     @staticmethod
@@ -321,7 +377,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
         bases = [layer for layer in model.layers if isinstance(layer, keras.Model)]
         if len(bases) != 1:
-            raise keras_tuner.errors.FatalTypeError(f"TransferHyperModel.fit needs the model TransferHyperModel.build returned (one nested base), got {model.name!r}")
+            raise keras_tuner.errors.FatalTypeError(
+                f"TransferHyperModel.fit needs the model TransferHyperModel.build returned (one nested base), got {model.name!r}"
+            )
         return bases[0]
 
     @staticmethod
@@ -334,14 +392,30 @@ class TransferHyperModel(keras_tuner.HyperModel):
 # -- the search, as `autotl search --engine keras-tuner` runs it ----------------------------------
 
 
-def _make_tuner(kind: str, hypermodel: TransferHyperModel, folder: Path, trials: int, seed: int, max_epochs: int, factor: int) -> Any:
-    common = {"objective": hypermodel.objective, "directory": str(folder), "project_name": PROJECT, "overwrite": False, "seed": seed}
+def _make_tuner(
+    kind: str,
+    hypermodel: TransferHyperModel,
+    folder: Path,
+    trials: int,
+    seed: int,
+    max_epochs: int,
+    factor: int,
+) -> Any:
+    common = {
+        "objective": hypermodel.objective,
+        "directory": str(folder),
+        "project_name": PROJECT,
+        "overwrite": False,
+        "seed": seed,
+    }
     if kind == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=trials, **common)
     if kind == "bayesian":
         return keras_tuner.BayesianOptimization(hypermodel, max_trials=trials, **common)
     # Hyperband counts no trials by itself: as many iterations as needed, stopped at `trials` (promotions count).
-    tuner = keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, factor=factor, hyperband_iterations=None, **common)
+    tuner = keras_tuner.Hyperband(
+        hypermodel, max_epochs=max_epochs, factor=factor, hyperband_iterations=None, **common
+    )
     tuner.oracle.max_trials = trials
     return tuner
 
@@ -352,28 +426,43 @@ def _records(tuner: Any) -> list[dict[str, Any]]:
         values = dict(trial.hyperparameters.values)
         extra_file = Path(tuner.get_trial_dir(trial_id)) / RECORD_FILE
         extra = json.loads(extra_file.read_text()) if extra_file.is_file() else {}
-        metric = lambda name: float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None  # noqa: E731
+
+        def metric(name: str, trial: Any = trial) -> Optional[float]:
+            return float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None
+
         state = _STATES.get(str(trial.status), str(trial.status))
         user_attrs = extra.get("user_attrs", {})
-        if state == "COMPLETE" and "metrics" not in user_attrs:  # a trial that wrote no record: keras-tuner's own metrics
-            user_attrs["metrics"] = {k: metric(k) for k in ("val_accuracy", "val_loss") if metric(k) is not None}
-        rows.append({
-            "number": int(trial_id),
-            "params": {k: v for k, v in values.items() if not k.startswith("tuner/")},
-            "val_accuracy": metric("val_accuracy") if state == "COMPLETE" else None,
-            "val_loss": metric("val_loss") if state == "COMPLETE" else None,
-            "state": state,
-            "trial_id": trial_id,
-            "hyperband": {k.removeprefix("tuner/"): v for k, v in values.items() if k.startswith("tuner/")},
-            "trial_params": extra.get("trial_params", {}),
-            "budget": extra.get("budget", {}),
-            "user_attrs": user_attrs,
-            "message": ((trial.message or "").strip().splitlines() or [None])[-1] if state == "FAIL" else None,
-        })
+        if (
+            state == "COMPLETE" and "metrics" not in user_attrs
+        ):  # a trial that wrote no record: keras-tuner's own metrics
+            user_attrs["metrics"] = {
+                k: metric(k) for k in ("val_accuracy", "val_loss") if metric(k) is not None
+            }
+        rows.append(
+            {
+                "number": int(trial_id),
+                "params": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+                "val_accuracy": metric("val_accuracy") if state == "COMPLETE" else None,
+                "val_loss": metric("val_loss") if state == "COMPLETE" else None,
+                "state": state,
+                "trial_id": trial_id,
+                "hyperband": {
+                    k.removeprefix("tuner/"): v for k, v in values.items() if k.startswith("tuner/")
+                },
+                "trial_params": extra.get("trial_params", {}),
+                "budget": extra.get("budget", {}),
+                "user_attrs": user_attrs,
+                "message": ((trial.message or "").strip().splitlines() or [None])[-1]
+                if state == "FAIL"
+                else None,
+            }
+        )
     return rows
 
 
-def _save_best(tuner: Any, run: RunFolder, records: list[dict[str, Any]], objectives: Objectives) -> Optional[Path]:
+def _save_best(
+    tuner: Any, run: RunFolder, records: list[dict[str, Any]], objectives: Objectives
+) -> Optional[Path]:
     """The engine's ``best_model.keras``: the best trial by autotl's order (keras-tuner breaks ties its own way)."""
     top = objectives.best([r for r in records if r["state"] == "COMPLETE"])
     if top is None:
@@ -384,7 +473,9 @@ def _save_best(tuner: Any, run: RunFolder, records: list[dict[str, Any]], object
     tmp = run.engine_dir(KERAS_TUNER) / f".best.tmp{os.getpid()}.keras"
     tuner.load_model(best).save(tmp)
     try:
-        return run.install_best(tmp, top["number"], top["params"], KERAS_TUNER, trial_id=best.trial_id, value=best.score)
+        return run.install_best(
+            tmp, top["number"], top["params"], KERAS_TUNER, trial_id=best.trial_id, value=best.score
+        )
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -397,7 +488,9 @@ def _search_error(exc: BaseException, folder: Path) -> BaseException:
         return UsageError(f"keras-tuner stopped the search: {exc}")
     if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):
         last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
-        return UsageError(f"keras-tuner stopped the search after {str(exc).splitlines()[0].lower()} (last: {last}); see the trials in {folder}")
+        return UsageError(
+            f"keras-tuner stopped the search after {str(exc).splitlines()[0].lower()} (last: {last}); see the trials in {folder}"
+        )
     return exc
 
 
@@ -450,18 +543,42 @@ def run_keras_tuner_search(
         raise UsageError(f"trials must be at least 1, got {trials}")
     run = RunFolder(out)
     folder = run.engine_dir(KERAS_TUNER)
-    hypermodel = TransferHyperModel(space, dataset, registry, weights, run.cache_dir, max_epochs=max_epochs if tuner == "hyperband" else None)
+    hypermodel = TransferHyperModel(
+        space,
+        dataset,
+        registry,
+        weights,
+        run.cache_dir,
+        max_epochs=max_epochs if tuner == "hyperband" else None,
+    )
     record = {"space": hypermodel.space.model_dump(), "weights": hypermodel.weights.describe()}
-    run.claim(dataset, record, engine=KERAS_TUNER,
-              must_match={"tuner": tuner, "space": {k: v for k, v in hypermodel.space.model_dump().items() if k != "trials"}})
-    copy = KerasTunerStudy(run.storage_url(storage_url), RunFolder.study_name(study_name, KERAS_TUNER),
-                           hypermodel.space, dataset, tuner, run.relative(run.best_model(KERAS_TUNER)))
+    run.claim(
+        dataset,
+        record,
+        engine=KERAS_TUNER,
+        must_match={
+            "tuner": tuner,
+            "space": {k: v for k, v in hypermodel.space.model_dump().items() if k != "trials"},
+        },
+    )
+    copy = KerasTunerStudy(
+        run.storage_url(storage_url),
+        RunFolder.study_name(study_name, KERAS_TUNER),
+        hypermodel.space,
+        dataset,
+        tuner,
+        run.relative(run.best_model(KERAS_TUNER)),
+    )
     kt = None
     try:
-        kt = _make_tuner(tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor)
+        kt = _make_tuner(
+            tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor
+        )
         kt.search(verbose=verbose)
     except BaseException as exc:
-        if kt is not None:  # keep the trials that finished; the search's own error is the one to tell
+        if (
+            kt is not None
+        ):  # keep the trials that finished; the search's own error is the one to tell
             with contextlib.suppress(Exception):
                 copy.add(_records(kt))
         error = _search_error(exc, folder)

@@ -12,8 +12,9 @@ import datetime as _dt
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from autotl.objective import Objectives
 from autotl.space import SearchSpace, trial_params
@@ -63,7 +64,15 @@ class KerasTunerStudy:
 
     STATES = ("COMPLETE", "FAIL", "PRUNED")  # finished; a RUNNING trial is added once it ends
 
-    def __init__(self, storage_url: str, study_name: str, space: SearchSpace, dataset: Any, tuner: str, best_model: str) -> None:
+    def __init__(
+        self,
+        storage_url: str,
+        study_name: str,
+        space: SearchSpace,
+        dataset: Any,
+        tuner: str,
+        best_model: str,
+    ) -> None:
         from autotl.lineage import library_versions
         from autotl.storage import open_study
 
@@ -76,9 +85,17 @@ class KerasTunerStudy:
         self.distributions = asked.found
         self.phase1_epochs = space.phase1.epochs
         self.data = dataset.summary()
-        attrs = {"engine": "keras-tuner", "tuner": tuner, "data": self.data, "class_names": list(dataset.class_names),
-                 "space": space.model_dump(), "best_model": best_model, "versions": library_versions(),
-                 "objectives": self.objectives.names, "sampler": f"keras-tuner {tuner}"}
+        attrs = {
+            "engine": "keras-tuner",
+            "tuner": tuner,
+            "data": self.data,
+            "class_names": list(dataset.class_names),
+            "space": space.model_dump(),
+            "best_model": best_model,
+            "versions": library_versions(),
+            "objectives": self.objectives.names,
+            "sampler": f"keras-tuner {tuner}",
+        }
         for key, value in attrs.items():
             if self.study.user_attrs.get(key) != json.loads(json.dumps(value)):
                 self.study.set_user_attr(key, value)
@@ -101,7 +118,11 @@ class KerasTunerStudy:
 
         state = optuna.trial.TrialState[r["state"]]
         try:
-            values = self.objectives.values(trial_metrics(r)) if state != optuna.trial.TrialState.FAIL else None
+            values = (
+                self.objectives.values(trial_metrics(r))
+                if state != optuna.trial.TrialState.FAIL
+                else None
+            )
         except KeyError:
             values = None
         if state == optuna.trial.TrialState.COMPLETE and values is None:
@@ -111,11 +132,18 @@ class KerasTunerStudy:
         attrs.update({k: r[k] for k in ("hyperband", "budget") if r.get(k)})
         if state == optuna.trial.TrialState.FAIL:
             attrs.setdefault("fail_reason", r.get("message") or "failed in keras-tuner")
-        trial = optuna.trial.create_trial(state=state, values=values,
-                                          params=params, distributions={k: self.distributions[k] for k in params},
-                                          user_attrs=json.loads(json.dumps(attrs, default=str)), intermediate_values=self._steps(r))
+        trial = optuna.trial.create_trial(
+            state=state,
+            values=values,
+            params=params,
+            distributions={k: self.distributions[k] for k in params},
+            user_attrs=json.loads(json.dumps(attrs, default=str)),
+            intermediate_values=self._steps(r),
+        )
         started, seconds = attrs.get("started"), attrs.get("seconds_total")
-        if isinstance(started, (int, float)) and isinstance(seconds, (int, float)):  # when it ran, not when it was copied
+        if isinstance(started, (int, float)) and isinstance(
+            seconds, (int, float)
+        ):  # when it ran, not when it was copied
             trial.datetime_start = _dt.datetime.fromtimestamp(started)
             trial.datetime_complete = trial.datetime_start + _dt.timedelta(seconds=seconds)
         return trial
@@ -145,7 +173,13 @@ class KerasTunerStudy:
         try:
             from autotl.lineage import record_model
 
-            trial = next(t for t in self.study.get_trials(deepcopy=False) if str(t.user_attrs.get(TRIAL_ID_ATTR)) == str(number))
-            record_model(self.url, self.study.study_name, trial, model_file, "best_model", data=self.data)
-        except Exception as exc:  # noqa: BLE001
+            trial = next(
+                t
+                for t in self.study.get_trials(deepcopy=False)
+                if str(t.user_attrs.get(TRIAL_ID_ATTR)) == str(number)
+            )
+            record_model(
+                self.url, self.study.study_name, trial, model_file, "best_model", data=self.data
+            )
+        except Exception as exc:
             warnings.warn(f"lineage not recorded for {model_file}: {exc}", stacklevel=2)

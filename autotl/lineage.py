@@ -33,14 +33,31 @@ from autotl.storage import engine_kwargs, safe_url, sqlite_path
 from autotl.weights import sha256_file
 
 __all__ = [
-    "ARTIFACTS_TABLE", "LINEAGE_TABLE", "KINDS", "record_model", "find_model", "list_models",
-    "default_storage_for", "describe", "library_versions", "lineage_of",
+    "ARTIFACTS_TABLE",
+    "LINEAGE_TABLE",
+    "KINDS",
+    "record_model",
+    "find_model",
+    "list_models",
+    "default_storage_for",
+    "describe",
+    "library_versions",
+    "lineage_of",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
 KINDS = ("trial_weights", "trial_model", "best_model", "export")
-LIBRARIES = ("tensorflow", "keras", "optuna", "numpy", "pluggy", "scikit-learn", "sqlalchemy", "pillow")
+LIBRARIES = (
+    "tensorflow",
+    "keras",
+    "optuna",
+    "numpy",
+    "pluggy",
+    "scikit-learn",
+    "sqlalchemy",
+    "pillow",
+)
 
 _lock = threading.Lock()
 _engines: dict[str, Any] = {}
@@ -52,11 +69,23 @@ def _tables() -> Any:
     """The MetaData with both tables, built once (SQLAlchemy is imported lazily)."""
     global _schema
     if _schema is None:
-        from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text
+        from sqlalchemy import (
+            JSON,
+            BigInteger,
+            Column,
+            DateTime,
+            ForeignKey,
+            Integer,
+            MetaData,
+            String,
+            Table,
+            Text,
+        )
 
         md = MetaData()
         Table(
-            ARTIFACTS_TABLE, md,
+            ARTIFACTS_TABLE,
+            md,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("kind", String(32), nullable=False),
             Column("path", Text, nullable=False),
@@ -67,9 +96,16 @@ def _tables() -> Any:
             Column("created", DateTime(timezone=True), nullable=False),
         )
         Table(
-            LINEAGE_TABLE, md,
+            LINEAGE_TABLE,
+            md,
             Column("id", Integer, primary_key=True, autoincrement=True),
-            Column("artifact_id", Integer, ForeignKey(f"{ARTIFACTS_TABLE}.id", ondelete="CASCADE"), nullable=False, unique=True),
+            Column(
+                "artifact_id",
+                Integer,
+                ForeignKey(f"{ARTIFACTS_TABLE}.id", ondelete="CASCADE"),
+                nullable=False,
+                unique=True,
+            ),
             Column("backbone", String(255)),
             Column("plugin", String(255)),
             Column("weights_origin", Text),
@@ -91,15 +127,21 @@ def _engine(storage_url: str) -> Any:
     from sqlalchemy import create_engine
 
     if "://" not in str(storage_url):
-        raise UsageError(f"storage {storage_url!r} is not a URL; pass e.g. sqlite:///runs/x/study.db or postgresql://user:pass@host/db")
+        raise UsageError(
+            f"storage {storage_url!r} is not a URL; pass e.g. sqlite:///runs/x/study.db or postgresql://user:pass@host/db"
+        )
     with _lock:
         if storage_url not in _engines:
             try:
                 _engines[storage_url] = create_engine(storage_url, **engine_kwargs(storage_url))
             except ModuleNotFoundError as exc:
-                raise UsageError(f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it") from None
+                raise UsageError(
+                    f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it"
+                ) from None
             except Exception as exc:
-                raise UsageError(f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})") from None
+                raise UsageError(
+                    f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})"
+                ) from None
         return _engines[storage_url]
 
 
@@ -150,7 +192,9 @@ def library_versions() -> dict[str, str]:
 
 def _jsonable(value: Any) -> Any:
     """Round-trip through JSON so numpy scalars and tuples become plain values."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    return json.loads(
+        json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    )
 
 
 def _study_data(storage_url: str, study_name: str) -> dict[str, Any]:
@@ -173,7 +217,11 @@ def _study_data(storage_url: str, study_name: str) -> dict[str, Any]:
 
 
 def record_model(
-    storage_url: str, study_name: str, trial: Any, model_path: str | os.PathLike, kind: str = "trial_model",
+    storage_url: str,
+    study_name: str,
+    trial: Any,
+    model_path: str | os.PathLike,
+    kind: str = "trial_model",
     data: Optional[dict[str, Any]] = None,
 ) -> int:
     """Record a model file written by ``trial`` (an Optuna FrozenTrial or Trial, or anything with
@@ -213,22 +261,44 @@ def record_model(
     seconds = {**(attrs.get("seconds") or {}), "total": attrs.get("seconds_total")}
     with engine.begin() as conn:
         existing = conn.execute(
-            select(art.c.id).where(art.c.sha256 == sha, art.c.path == str(path), art.c.kind == kind,
-                                   art.c.study_name == study_name).order_by(art.c.id)
+            select(art.c.id)
+            .where(
+                art.c.sha256 == sha,
+                art.c.path == str(path),
+                art.c.kind == kind,
+                art.c.study_name == study_name,
+            )
+            .order_by(art.c.id)
         ).first()
         if existing is not None:
             return int(existing[0])
-        artifact_id = conn.execute(art.insert().values(
-            kind=kind, path=str(path), sha256=sha, size=path.stat().st_size,
-            trial_number=number, study_name=study_name, created=_dt.datetime.now(_dt.timezone.utc),
-        )).inserted_primary_key[0]
-        conn.execute(lin.insert().values(
-            artifact_id=artifact_id, backbone=params.get("backbone"), plugin=attrs.get("plugin"),
-            weights_origin=attrs.get("weights_origin"), weights_sha256=attrs.get("weights_sha256"),
-            data_fingerprint=(data or {}).get("fingerprint"), data_source=(data or {}).get("source"),
-            params=_jsonable(params), metrics=_jsonable(metrics), seconds=_jsonable(seconds),
-            autotl_version=__version__, versions=library_versions(),
-        ))
+        artifact_id = conn.execute(
+            art.insert().values(
+                kind=kind,
+                path=str(path),
+                sha256=sha,
+                size=path.stat().st_size,
+                trial_number=number,
+                study_name=study_name,
+                created=_dt.datetime.now(_dt.timezone.utc),
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            lin.insert().values(
+                artifact_id=artifact_id,
+                backbone=params.get("backbone"),
+                plugin=attrs.get("plugin"),
+                weights_origin=attrs.get("weights_origin"),
+                weights_sha256=attrs.get("weights_sha256"),
+                data_fingerprint=(data or {}).get("fingerprint"),
+                data_source=(data or {}).get("source"),
+                params=_jsonable(params),
+                metrics=_jsonable(metrics),
+                seconds=_jsonable(seconds),
+                autotl_version=__version__,
+                versions=library_versions(),
+            )
+        )
     return int(artifact_id)
 
 
@@ -238,7 +308,11 @@ def _row(r: Any) -> dict[str, Any]:
     created = row["created"]
     if created is not None and created.tzinfo is None:  # SQLite returns naive datetimes
         created = created.replace(tzinfo=_dt.timezone.utc)
-    return {"artifact_id": row.pop("id"), **row, "created": created.isoformat() if created else None}
+    return {
+        "artifact_id": row.pop("id"),
+        **row,
+        "created": created.isoformat() if created else None,
+    }
 
 
 def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
@@ -252,16 +326,33 @@ def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
             return []
         md = _tables()
         art, lin = md.tables[ARTIFACTS_TABLE], md.tables[LINEAGE_TABLE]
-        stmt = (select(art, lin.c.backbone, lin.c.plugin, lin.c.weights_origin, lin.c.weights_sha256,
-                       lin.c.data_fingerprint, lin.c.data_source, lin.c.params, lin.c.metrics, lin.c.seconds,
-                       lin.c.autotl_version, lin.c.versions)
-                .join(lin, lin.c.artifact_id == art.c.id).where(where(art)).order_by(art.c.id.desc()))
+        stmt = (
+            select(
+                art,
+                lin.c.backbone,
+                lin.c.plugin,
+                lin.c.weights_origin,
+                lin.c.weights_sha256,
+                lin.c.data_fingerprint,
+                lin.c.data_source,
+                lin.c.params,
+                lin.c.metrics,
+                lin.c.seconds,
+                lin.c.autotl_version,
+                lin.c.versions,
+            )
+            .join(lin, lin.c.artifact_id == art.c.id)
+            .where(where(art))
+            .order_by(art.c.id.desc())
+        )
         with engine.connect() as conn:
             return [_row(r) for r in conn.execute(stmt)]
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"cannot read lineage from {safe_url(storage_url)} ({first_line(exc)})") from None
+        raise UsageError(
+            f"cannot read lineage from {safe_url(storage_url)} ({first_line(exc)})"
+        ) from None
 
 
 def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
@@ -279,13 +370,29 @@ def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict
         return None
     here = str(path.resolve())
     best = next((r for r in rows if r["path"] == here), rows[0])
-    return {**best, "same_bytes": [{"artifact_id": r["artifact_id"], "kind": r["kind"], "path": r["path"],
-                                    "trial_number": r["trial_number"], "study_name": r["study_name"]} for r in rows]}
+    return {
+        **best,
+        "same_bytes": [
+            {
+                "artifact_id": r["artifact_id"],
+                "kind": r["kind"],
+                "path": r["path"],
+                "trial_number": r["trial_number"],
+                "study_name": r["study_name"],
+            }
+            for r in rows
+        ],
+    }
 
 
 def list_models(storage_url: str, study_name: Optional[str] = None) -> list[dict[str, Any]]:
     """Every recorded artifact (of one study, if named), newest first; [] when nothing was recorded."""
-    return _query(storage_url, lambda art: art.c.study_name == study_name if study_name is not None else art.c.id.isnot(None))
+    return _query(
+        storage_url,
+        lambda art: (
+            art.c.study_name == study_name if study_name is not None else art.c.id.isnot(None)
+        ),
+    )
 
 
 def default_storage_for(model_path: str | os.PathLike) -> str:
@@ -294,7 +401,9 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
     for folder in list(path.parents)[:3]:
         if RunFolder(folder).study_db.is_file():
             return RunFolder(folder).default_storage_url()
-    raise UsageError(f"no {RunFolder.STUDY_DB} beside {path} or in the folders above it; pass --storage URL")
+    raise UsageError(
+        f"no {RunFolder.STUDY_DB} beside {path} or in the folders above it; pass --storage URL"
+    )
 
 
 def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None) -> dict[str, Any]:
@@ -305,8 +414,10 @@ def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None)
     storage = storage_url or default_storage_for(path)
     record = find_model(storage, path)
     if record is None:
-        raise UsageError(f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; "
-                         "was it made by another study?")
+        raise UsageError(
+            f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; "
+            "was it made by another study?"
+        )
     return record
 
 

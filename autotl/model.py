@@ -13,7 +13,8 @@ that tensor alone.  They make unfreeze depths legal and frozen parts cacheable.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from autotl.errors import TrialFailed, UsageError, first_line
 from autotl.preprocess import apply_preprocessing
@@ -21,10 +22,27 @@ from autotl.seeding import set_random_seed
 from autotl.spec import BackboneSpec
 from autotl.weights import ResolvedWeights
 
-__all__ = ["HEAD_LAYERS", "build_base", "block_boundaries", "build_head", "apply_head", "assemble", "freeze_below", "submodel", "top_layer_weights", "save_layer_weights", "restore_model"]
+__all__ = [
+    "HEAD_LAYERS",
+    "build_base",
+    "block_boundaries",
+    "build_head",
+    "apply_head",
+    "assemble",
+    "freeze_below",
+    "submodel",
+    "top_layer_weights",
+    "save_layer_weights",
+    "restore_model",
+]
 
 
-def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[int, int] | None = None, seed: int = 0) -> Any:
+def build_base(
+    spec: BackboneSpec,
+    weights: ResolvedWeights,
+    input_size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> Any:
     """The frozen base with ``include_top=False`` and the resolved weights loaded.
 
     Random weights are drawn from ``seed`` right before the build, so the same
@@ -38,8 +56,12 @@ def build_base(spec: BackboneSpec, weights: ResolvedWeights, input_size: tuple[i
         base = spec.build((h, w, 3), weights.argument)
     except Exception as exc:  # Keras raises plain Exception/OSError/ValueError here
         text = first_line(exc)
-        if weights.argument == "imagenet" and any(s in text for s in ("URL fetch failure", "download", "resolve", "Connection")):
-            raise UsageError(f"cannot download ImageNet weights for {spec.name!r} ({text}); offline, point --weights-dir or AUTOTL_WEIGHTS_DIR at a folder holding {spec.weights_file}") from None
+        if weights.argument == "imagenet" and any(
+            s in text for s in ("URL fetch failure", "download", "resolve", "Connection")
+        ):
+            raise UsageError(
+                f"cannot download ImageNet weights for {spec.name!r} ({text}); offline, point --weights-dir or AUTOTL_WEIGHTS_DIR at a folder holding {spec.weights_file}"
+            ) from None
         raise TrialFailed(f"building {spec.name!r} at {h}x{w} failed: {text}") from None
     base.trainable = False
     return base
@@ -78,7 +100,12 @@ def block_boundaries(base: Any, pattern: str) -> list[str]:
     regex = re.compile(pattern)
     out, furthest = [], 0
     for k, layer in enumerate(layers[:-1]):
-        if furthest <= k and regex.search(layer.name) and reach[k] > k and hasattr(layer, "get_weights"):
+        if (
+            furthest <= k
+            and regex.search(layer.name)
+            and reach[k] > k
+            and hasattr(layer, "get_weights")
+        ):
             out.append(layer.name)
         furthest = max(furthest, reach[k])
     return out
@@ -121,7 +148,9 @@ def submodel(base: Any, start: str | None, end: str | None) -> Any:
     return keras.Model(inputs, outputs, name=f"{base.name}_{start or 'input'}_to_{end or 'output'}")
 
 
-def assemble(spec: BackboneSpec, base: Any, head: Sequence[Any], input_size: tuple[int, int] | None = None) -> Any:
+def assemble(
+    spec: BackboneSpec, base: Any, head: Sequence[Any], input_size: tuple[int, int] | None = None
+) -> Any:
     """The deployable model: raw pixels of any size in, class probabilities out."""
     import keras
 
@@ -169,13 +198,24 @@ def save_layer_weights(path: Any, weights: dict[str, list[Any]]) -> None:
 
     import numpy as np
 
-    arrays = {f"{name}::{i}": np.asarray(w) for name, ws in weights.items() for i, w in enumerate(ws)}
+    arrays = {
+        f"{name}::{i}": np.asarray(w) for name, ws in weights.items() for i, w in enumerate(ws)
+    }
     tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
-def restore_model(spec: BackboneSpec, weights: ResolvedWeights, n_classes: int, head_width: int, dropout: float, layer_weights_file: Any, seed: int = 0, base: Any = None) -> Any:
+def restore_model(
+    spec: BackboneSpec,
+    weights: ResolvedWeights,
+    n_classes: int,
+    head_width: int,
+    dropout: float,
+    layer_weights_file: Any,
+    seed: int = 0,
+    base: Any = None,
+) -> Any:
     """Rebuild a trial's full model from its backbone weights and the layers it trained.
 
     A search stores only what a trial changed (a few kilobytes for a head), so
@@ -196,6 +236,8 @@ def restore_model(spec: BackboneSpec, weights: ResolvedWeights, n_classes: int, 
     by_name = {layer.name: layer for layer in [*base.layers, *head]}
     for name, ws in stored.items():
         if name not in by_name:
-            raise TrialFailed(f"stored weights name layer {name!r}, which {spec.name} does not have")
+            raise TrialFailed(
+                f"stored weights name layer {name!r}, which {spec.name} does not have"
+            )
         by_name[name].set_weights([ws[i] for i in range(len(ws))])
     return model

@@ -16,8 +16,9 @@ nothing heavy: Optuna's trials are read by duck typing.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from autotl.errors import UsageError
 
@@ -100,9 +101,15 @@ def trial_metrics(trial: Any) -> dict[str, float]:
     ``val_loss`` attribute; those are read as ``val_accuracy`` and ``val_loss``.
     ``trial`` is an Optuna ``FrozenTrial`` or a dict with ``user_attrs``.
     """
-    attrs = trial.get("user_attrs", {}) if isinstance(trial, Mapping) else getattr(trial, "user_attrs", {})
+    attrs = (
+        trial.get("user_attrs", {})
+        if isinstance(trial, Mapping)
+        else getattr(trial, "user_attrs", {})
+    )
     attrs = attrs or {}
-    out = {k: float(v) for k, v in (attrs.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    out = {
+        k: float(v) for k, v in (attrs.get("metrics") or {}).items() if isinstance(v, (int, float))
+    }
     if TIE_BREAK not in out and isinstance(attrs.get("val_loss"), (int, float)):
         out[TIE_BREAK] = float(attrs["val_loss"])
     values = trial.get("values") if isinstance(trial, Mapping) else _value(trial)
@@ -118,7 +125,7 @@ class Objectives:
     items: tuple[Objective, ...]
 
     @classmethod
-    def of(cls, names: Iterable[str] | None = None) -> "Objectives":
+    def of(cls, names: Iterable[str] | None = None) -> Objectives:
         """From names (default: accuracy); unknown or repeated names are a UsageError."""
         names = list(names or DEFAULT_OBJECTIVES)
         if len(set(names)) != len(names):
@@ -126,7 +133,7 @@ class Objectives:
         return cls(tuple(get_objective(n) for n in names))
 
     @classmethod
-    def of_study(cls, study: Any) -> "Objectives":
+    def of_study(cls, study: Any) -> Objectives:
         """The objectives a study was created with (its ``objectives`` attribute; accuracy for older studies)."""
         return cls.of((getattr(study, "user_attrs", None) or {}).get("objectives"))
 

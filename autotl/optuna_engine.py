@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from autotl.errors import TrialFailed
 from autotl.objective import Objectives, ranked_trials
@@ -44,7 +45,9 @@ class SearchConfig:
     study_name: str = "autotl"
     keep_models: int = 3
     timeout: Optional[float] = None
-    record: dict[str, Any] = field(default_factory=dict)  # what run.json keeps: command, weights, ...
+    record: dict[str, Any] = field(
+        default_factory=dict
+    )  # what run.json keeps: command, weights, ...
     heartbeat: int = 30  # seconds; a worker silent for 4 heartbeats is declared dead
     worker_index: int = 0  # offsets the sampler's seed, so workers draw different points
 
@@ -76,10 +79,18 @@ def open_search_study(cfg: SearchConfig) -> Any:
     from autotl.storage import open_study
 
     objectives = cfg.objectives
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.space.phase1.epochs)
-              if len(objectives) == 1 else optuna.pruners.NopPruner())
-    study = open_study(cfg.storage_url, cfg.study_name, directions=objectives.directions, pruner=pruner,
-                       heartbeat=cfg.heartbeat)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.space.phase1.epochs)
+        if len(objectives) == 1
+        else optuna.pruners.NopPruner()
+    )
+    study = open_study(
+        cfg.storage_url,
+        cfg.study_name,
+        directions=objectives.directions,
+        pruner=pruner,
+        heartbeat=cfg.heartbeat,
+    )
     offset = len(study.get_trials(deepcopy=False)) + 1000 * cfg.worker_index
     study.sampler = make_sampler(cfg.space.sampler, cfg.space.seed + offset, len(objectives))
     return study
@@ -88,7 +99,9 @@ def open_search_study(cfg: SearchConfig) -> Any:
 class _TrialRunner:
     """The function Optuna calls for each trial: ask for a point, train it, record what happened."""
 
-    def __init__(self, cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Event) -> None:
+    def __init__(
+        self, cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Event
+    ) -> None:
         from autotl.cache import FeatureCache
 
         self.cfg, self.registry, self.dataset, self.on_event = cfg, registry, dataset, on_event
@@ -109,16 +122,22 @@ class _TrialRunner:
             self._bases[key] = (base, base.get_weights())
         base, pristine = self._bases[key]
         base.trainable = False
-        base.set_weights(pristine)  # undo the last trial's fine-tuning (or the best model's assembly)
+        base.set_weights(
+            pristine
+        )  # undo the last trial's fine-tuning (or the best model's assembly)
         return base
 
     def __call__(self, trial: Any) -> Any:
         from optuna.trial import TrialState
 
-        live = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        live = trial.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
         earlier = [t for t in live if t.number < trial.number]
         if len(earlier) >= self.cfg.trials:  # another worker got there first
-            trial.set_user_attr("fail_reason", "surplus: other workers had already taken the whole trial budget")
+            trial.set_user_attr(
+                "fail_reason", "surplus: other workers had already taken the whole trial budget"
+            )
             raise TrialFailed("surplus trial: the budget was already taken by other workers")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         stage = trial.user_attrs.get("stage") or self._stage(earlier)
@@ -126,16 +145,28 @@ class _TrialRunner:
         params = trial_params(trial, self.cfg.space, screen=stage == SCREEN)
         spec = self.registry.backbone(params.backbone)
         weights = resolve_weights(spec, self.cfg.weights)
-        for key, value in (("weights_sha256", weights.sha256), ("weights_origin", weights.origin), ("plugin", spec.plugin)):
+        for key, value in (
+            ("weights_sha256", weights.sha256),
+            ("weights_origin", weights.origin),
+            ("plugin", spec.plugin),
+        ):
             trial.set_user_attr(key, value)
         event = {"trial": trial.number, "backbone": spec.name}
         start = time.perf_counter()
         try:
             from autotl.train import train_trial
 
-            result = train_trial(spec, params, lambda: self.base(spec, weights, params.seed), self.dataset, self.cache,
-                                 weights, self._reporter(trial, params, event),
-                                 lambda msg: self.on_event({**event, "status": msg}), self.cfg.space.augmentation)
+            result = train_trial(
+                spec,
+                params,
+                lambda: self.base(spec, weights, params.seed),
+                self.dataset,
+                self.cache,
+                weights,
+                self._reporter(trial, params, event),
+                lambda msg: self.on_event({**event, "status": msg}),
+                self.cfg.space.augmentation,
+            )
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
             self.on_event({**event, "failed": str(exc)})
@@ -146,18 +177,29 @@ class _TrialRunner:
         metrics = result.attrs()["metrics"]
         if self._worth_keeping(trial, metrics):
             # Only what the trial trained is stored (milliseconds); the full model is assembled on demand.
-            trial.set_user_attr("weights_path", self.cfg.run.save_trial_layers(trial.number, result.trained_weights()))
+            trial.set_user_attr(
+                "weights_path",
+                self.cfg.run.save_trial_layers(trial.number, result.trained_weights()),
+            )
         values = self.cfg.objectives.values(metrics)
         return values[0] if len(values) == 1 else values
 
-    def _reporter(self, trial: Any, params: Any, event: dict[str, Any]) -> Callable[[int, float], None]:
+    def _reporter(
+        self, trial: Any, params: Any, event: dict[str, Any]
+    ) -> Callable[[int, float], None]:
         """``report(step, value)`` for the trainer: Optuna's intermediate value, a progress event, and pruning."""
         import optuna
 
         def report(step: int, value: float) -> None:
             phase = 1 if step < params.phase1_epochs else 2
-            self.on_event({**event, "phase": phase, "epoch": step + 1 - (0 if phase == 1 else params.phase1_epochs),
-                           "val_accuracy": value})
+            self.on_event(
+                {
+                    **event,
+                    "phase": phase,
+                    "epoch": step + 1 - (0 if phase == 1 else params.phase1_epochs),
+                    "val_accuracy": value,
+                }
+            )
             if len(self.cfg.objectives) > 1:  # Optuna prunes single-objective studies only
                 return
             trial.report(value, step)
@@ -179,7 +221,9 @@ class _TrialRunner:
         if len(ranked) < self.cfg.keep_models:
             return True
         objectives = self.cfg.objectives
-        return objectives.key(metrics, trial.number) < objectives.trial_key(ranked[self.cfg.keep_models - 1])
+        return objectives.key(metrics, trial.number) < objectives.trial_key(
+            ranked[self.cfg.keep_models - 1]
+        )
 
 
 def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
@@ -213,7 +257,9 @@ def _enqueue_finalist(study: Any, space: SearchSpace, trials: list[Any]) -> bool
     queued = sum(1 for t in trials if t.user_attrs.get("stage") == FINALIST)
     pick = finalists[queued % len(finalists)]
     fixed = {k: pick.params[k] for k in ("backbone", "head_width", "dropout")}
-    study.enqueue_trial(fixed, user_attrs={"stage": FINALIST, "finalist_of": pick.number}, skip_if_exists=False)
+    study.enqueue_trial(
+        fixed, user_attrs={"stage": FINALIST, "finalist_of": pick.number}, skip_if_exists=False
+    )
     return True
 
 
@@ -221,15 +267,26 @@ def _describe_study(study: Any, cfg: SearchConfig, dataset: Any) -> None:
     """What reports and exports read from the study itself (any worker may write it; the values are the same)."""
     from autotl.lineage import library_versions
 
-    attrs = {"data": dataset.summary(), "class_names": list(dataset.class_names), "space": cfg.space.model_dump(),
-             "objectives": cfg.objectives.names, "sampler": cfg.space.sampler, "engine": "optuna",
-             "versions": library_versions()}
+    attrs = {
+        "data": dataset.summary(),
+        "class_names": list(dataset.class_names),
+        "space": cfg.space.model_dump(),
+        "objectives": cfg.objectives.names,
+        "sampler": cfg.space.sampler,
+        "engine": "optuna",
+        "versions": library_versions(),
+    }
     for key, value in attrs.items():
         study.set_user_attr(key, value)
 
 
-def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Optional[Event] = None,
-               should_stop: Callable[[], bool] = lambda: False) -> Any:
+def run_search(
+    cfg: SearchConfig,
+    registry: Registry,
+    dataset: Any,
+    on_event: Optional[Event] = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Any:
     """Run (or resume, or join) the study until it holds ``cfg.trials`` complete or pruned trials.
 
     Every worker runs this same loop against the shared storage: it takes a
@@ -245,21 +302,39 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
 
     for name in cfg.space.backbones:  # fail at start-up, not in trial 17
         resolve_weights(registry.backbone(name), cfg.weights)
-    cfg.run.claim(dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()})
+    cfg.run.claim(
+        dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()}
+    )
     study = open_search_study(cfg)
     _describe_study(study, cfg, dataset)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     emit = on_event or (lambda _e: None)
-    emit({"start": True, "done": len(study.get_trials(deepcopy=False, states=counted)), "total": cfg.trials})
+    emit(
+        {
+            "start": True,
+            "done": len(study.get_trials(deepcopy=False, states=counted)),
+            "total": cfg.trials,
+        }
+    )
     runner = _TrialRunner(cfg, registry, dataset, emit)
-    callbacks = [_after_trial(cfg), lambda s, t: emit({"finished": t.number, "state": t.state.name, "value": t.value
-                                                       if t.values and len(t.values) == 1 else None})]
+    callbacks = [
+        _after_trial(cfg),
+        lambda s, t: emit(
+            {
+                "finished": t.number,
+                "state": t.state.name,
+                "value": t.value if t.values and len(t.values) == 1 else None,
+            }
+        ),
+    ]
     started = time.monotonic()
     try:
         while not should_stop():
             if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
                 break
-            trials = study.get_trials(deepcopy=False, states=(*counted, TrialState.RUNNING, TrialState.WAITING))
+            trials = study.get_trials(
+                deepcopy=False, states=(*counted, TrialState.RUNNING, TrialState.WAITING)
+            )
             done = sum(t.state in counted for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
@@ -267,11 +342,15 @@ def run_search(cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Op
                 break
             if waiting or done + running < cfg.trials:
                 if not waiting:
-                    _enqueue_finalist(study, cfg.space, trials)  # a two-stage search past its screening
+                    _enqueue_finalist(
+                        study, cfg.space, trials
+                    )  # a two-stage search past its screening
                 study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
             else:  # the others' running trials may fill the budget; wait in case one of them dies
                 time.sleep(min(5.0, cfg.heartbeat))
-                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+                optuna.storages.fail_stale_trials(
+                    study
+                )  # a dead worker's trial: failed, and queued again
                 # (optimize() does this itself before each trial it runs)
     finally:
         update_best_model(cfg.run, study, registry, cfg.weights, cfg.storage_url, runner.base)

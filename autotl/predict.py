@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["predict_files", "predict_any", "Prediction", "PREDICT_CHUNK"]
 
-PREDICT_CHUNK = 64  # images decoded and predicted together (bounded memory: at most 1024 px a side each)
+PREDICT_CHUNK = (
+    64  # images decoded and predicted together (bounded memory: at most 1024 px a side each)
+)
 #: ``(file, class, probability)``; an unreadable file gives ``(file, reason, None)``.
 Prediction = tuple[str, str, float] | tuple[str, str, None]
 
 
-def predict_files(predict: Any, class_names: Sequence[str], files: Sequence[str | Path]) -> list[Prediction]:
+def predict_files(
+    predict: Any, class_names: Sequence[str], files: Sequence[str | Path]
+) -> list[Prediction]:
     """``(file, class, probability)`` per file, in order; an unreadable file gives ``(file, reason, None)``.
 
     ``predict`` is the ``predict(list of uint8 HxWx3 arrays) -> probabilities`` callable of

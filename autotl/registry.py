@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Iterable
 
 import pluggy
 
@@ -42,10 +42,14 @@ def _import(module: str) -> object:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise UsageError(f"cannot import plugin module {module!r} ({exc}); check the name and that its package is installed") from None
+        raise UsageError(
+            f"cannot import plugin module {module!r} ({exc}); check the name and that its package is installed"
+        ) from None
 
 
-def get_plugin_manager(plugins: Iterable[str] = (), autoload: bool | None = None) -> pluggy.PluginManager:
+def get_plugin_manager(
+    plugins: Iterable[str] = (), autoload: bool | None = None
+) -> pluggy.PluginManager:
     """A plugin manager with the built-ins, the entry points and ``plugins`` registered."""
     pm = pluggy.PluginManager(hookspec.PROJECT)
     pm.add_hookspecs(hookspec)
@@ -77,19 +81,25 @@ class Registry:
         try:
             return self.backbones[name]
         except KeyError:
-            raise UsageError(f"unknown backbone {name!r}; `autotl plugins` lists the {len(self.backbones)} known ones: {', '.join(sorted(self.backbones))}") from None
+            raise UsageError(
+                f"unknown backbone {name!r}; `autotl plugins` lists the {len(self.backbones)} known ones: {', '.join(sorted(self.backbones))}"
+            ) from None
 
     def sample(self, name: str) -> SampleSpec:
         try:
             return self.samples[name]
         except KeyError:
-            raise UsageError(f"unknown sample {name!r}; known samples: {', '.join(sorted(self.samples))}") from None
+            raise UsageError(
+                f"unknown sample {name!r}; known samples: {', '.join(sorted(self.samples))}"
+            ) from None
 
     def plugin_versions(self) -> dict[str, str]:
         """Plugin name to distribution version, for lineage records."""
         out = {}
         for name, dist in self.plugin_manager.list_plugin_distinfo():
-            out[self.plugin_manager.get_name(name) or str(name)] = f"{dist.project_name} {dist.version}"
+            out[self.plugin_manager.get_name(name) or str(name)] = (
+                f"{dist.project_name} {dist.version}"
+            )
         return out
 
 
@@ -101,18 +111,26 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, kind: type) -> dict:
         try:
             items = impl.function()
         except Exception as exc:  # a plugin's own bug: name it
-            raise PluginError(f"plugin {plugin!r}: {hook_name}() raised {type(exc).__name__}: {exc}") from None
+            raise PluginError(
+                f"plugin {plugin!r}: {hook_name}() raised {type(exc).__name__}: {exc}"
+            ) from None
         if items is None:
             continue
         for item in items:
             if not isinstance(item, kind):
-                raise PluginError(f"plugin {plugin!r}: {hook_name}() must return {kind.__name__} objects, got {type(item).__name__}")
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook_name}() must return {kind.__name__} objects, got {type(item).__name__}"
+                )
             item = replace(item, plugin=plugin)
             problems = item.validate() if isinstance(item, BackboneSpec) else []
             if problems:
-                raise PluginError(f"plugin {plugin!r}: backbone {item.name!r}: {'; '.join(problems)}")
+                raise PluginError(
+                    f"plugin {plugin!r}: backbone {item.name!r}: {'; '.join(problems)}"
+                )
             if item.name in found:
-                raise PluginError(f"{kind.__name__} {item.name!r} is registered twice, by plugin {found[item.name].plugin!r} and by plugin {plugin!r}; uninstall or rename one")
+                raise PluginError(
+                    f"{kind.__name__} {item.name!r} is registered twice, by plugin {found[item.name].plugin!r} and by plugin {plugin!r}; uninstall or rename one"
+                )
             found[item.name] = item
     return found
 
@@ -120,4 +138,8 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, kind: type) -> dict:
 def get_registry(plugins: Iterable[str] = (), autoload: bool | None = None) -> Registry:
     """Build the plugin manager and collect, check and index what it provides."""
     pm = get_plugin_manager(plugins, autoload)
-    return Registry(_collect(pm, "autotl_backbones", BackboneSpec), _collect(pm, "autotl_samples", SampleSpec), pm)
+    return Registry(
+        _collect(pm, "autotl_backbones", BackboneSpec),
+        _collect(pm, "autotl_samples", SampleSpec),
+        pm,
+    )

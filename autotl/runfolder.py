@@ -28,8 +28,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 from autotl.errors import UsageError
 
@@ -38,7 +39,10 @@ __all__ = ["RunFolder", "ENGINES", "OPTUNA", "KERAS_TUNER", "atomic_write"]
 OPTUNA, KERAS_TUNER = "optuna", "keras-tuner"
 #: Engine to (study-name suffix, subfolder of its own files).  The Optuna engine's study is ``<study_name>``,
 #: the keras-tuner engine's copy of its trials ``<study_name>-keras-tuner``.
-ENGINES: dict[str, tuple[str, str]] = {OPTUNA: ("", ""), KERAS_TUNER: ("-keras-tuner", "keras_tuner")}
+ENGINES: dict[str, tuple[str, str]] = {
+    OPTUNA: ("", ""),
+    KERAS_TUNER: ("-keras-tuner", "keras_tuner"),
+}
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
@@ -66,7 +70,12 @@ class RunFolder:
     TRIAL_MODEL = "model.keras"
     CACHE = "cache"
     LOGS = "logs"
-    REPORT_HTML, REPORT_MD, REPORT_JSON, REPORT_FILES = "report.html", "report.md", "report.json", "report_files"
+    REPORT_HTML, REPORT_MD, REPORT_JSON, REPORT_FILES = (
+        "report.html",
+        "report.md",
+        "report.json",
+        "report_files",
+    )
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -111,7 +120,10 @@ class RunFolder:
 
     def report(self, kind: str) -> Path:
         """``report.html``, ``report.md`` or ``report.json`` by ``kind`` (html, md, json)."""
-        return self.path / {"html": self.REPORT_HTML, "md": self.REPORT_MD, "json": self.REPORT_JSON}[kind]
+        return (
+            self.path
+            / {"html": self.REPORT_HTML, "md": self.REPORT_MD, "json": self.REPORT_JSON}[kind]
+        )
 
     def trial_dir(self, number: int) -> Path:
         return self.path / self.TRIALS / f"{number:04d}"
@@ -152,7 +164,9 @@ class RunFolder:
         """The storage URL of an existing run; a one-line UsageError when this is not a run folder."""
         if not self.path.is_dir():
             what = "is a file, not a folder" if self.path.exists() else "does not exist"
-            raise UsageError(f"run folder {self.path} {what}; pass the --out folder of an `autotl search`")
+            raise UsageError(
+                f"run folder {self.path} {what}; pass the --out folder of an `autotl search`"
+            )
         if storage_url is not None:
             return storage_url
         if not self.study_db.is_file():
@@ -162,8 +176,13 @@ class RunFolder:
             )
         return self.default_storage_url()
 
-    def open_study(self, storage_url: Optional[str] = None, study_name: str = "autotl", *,
-                   any_engine: bool = False) -> tuple[Any, str]:
+    def open_study(
+        self,
+        storage_url: Optional[str] = None,
+        study_name: str = "autotl",
+        *,
+        any_engine: bool = False,
+    ) -> tuple[Any, str]:
         """``(study, storage URL)`` of the run, loaded (nothing is created or sampled).
 
         With ``any_engine``, a run searched only with ``--engine keras-tuner`` has
@@ -198,12 +217,16 @@ class RunFolder:
 
     def class_names(self, study: Any = None, engine: str = OPTUNA) -> list[str]:
         """The classes the run's models predict, in output order: from the study, run.json or classes.json."""
-        names = (getattr(study, "user_attrs", None) or {}).get("class_names") or self.record().get("class_names")
+        names = (getattr(study, "user_attrs", None) or {}).get("class_names") or self.record().get(
+            "class_names"
+        )
         if not names:
             found = self._read_json(self.classes_file(engine))
             names = found if isinstance(found, list) else None
         if not names:
-            raise UsageError(f"cannot find the class names of {self.path} (no classes.json, run.json or study attribute)")
+            raise UsageError(
+                f"cannot find the class names of {self.path} (no classes.json, run.json or study attribute)"
+            )
         return [str(c) for c in names]
 
     def best_trial_number(self, engine: str = OPTUNA) -> Optional[int]:
@@ -217,7 +240,10 @@ class RunFolder:
         """The stored layers of ``trial`` (a FrozenTrial or its number), or None when they were not kept."""
         number = trial if isinstance(trial, int) else trial.number
         recorded = None if isinstance(trial, int) else (trial.user_attrs or {}).get("weights_path")
-        for path in (self.path / recorded if recorded else None, self.trial_dir(number) / self.TRIAL_LAYERS):
+        for path in (
+            self.path / recorded if recorded else None,
+            self.trial_dir(number) / self.TRIAL_LAYERS,
+        ):
             if path is not None and path.is_file():
                 return path
         return None
@@ -225,10 +251,19 @@ class RunFolder:
     def kept_trials(self) -> list[int]:
         """Trials whose layers are stored in the run folder."""
         folder = self.path / self.TRIALS
-        return sorted(int(p.parent.name) for p in folder.glob(f"*/{self.TRIAL_LAYERS}") if p.parent.name.isdigit())
+        return sorted(
+            int(p.parent.name)
+            for p in folder.glob(f"*/{self.TRIAL_LAYERS}")
+            if p.parent.name.isdigit()
+        )
 
-    def reload_dataset(self, source: Optional[str] = None, plugins: Iterable[str] = (), registry: Any = None,
-                       study: Any = None) -> tuple[Any, bool]:
+    def reload_dataset(
+        self,
+        source: Optional[str] = None,
+        plugins: Iterable[str] = (),
+        registry: Any = None,
+        study: Any = None,
+    ) -> tuple[Any, bool]:
         """``(dataset, same)``: the search's data set again, split the same way, and whether it is exactly the
         search's (its fingerprint is the recorded one).  ``source`` replaces a data folder that moved."""
         from autotl import data as data_mod
@@ -238,7 +273,9 @@ class RunFolder:
         space = (getattr(study, "user_attrs", None) or {}).get("space") or record.get("space") or {}
         source = source or record.get("source") or summary.get("source")
         if not source:
-            raise UsageError(f"{self.path} does not record where its data came from; pass --data DATA_DIR")
+            raise UsageError(
+                f"{self.path} does not record where its data came from; pass --data DATA_DIR"
+            )
         val_fraction, seed = self.split_settings(summary or record, space)
         if source.startswith("sample:"):
             if registry is None:
@@ -257,7 +294,9 @@ class RunFolder:
     @staticmethod
     def split_settings(summary: Mapping[str, Any], space: Mapping[str, Any]) -> tuple[float, int]:
         """The val_fraction and seed the search split its data with: from the summary's split text, else the space."""
-        m = re.search(r"val_fraction=([0-9.eE+-]+), seed=(-?\d+)", str((summary or {}).get("split", "")))
+        m = re.search(
+            r"val_fraction=([0-9.eE+-]+), seed=(-?\d+)", str((summary or {}).get("split", ""))
+        )
         if m:
             return float(m.group(1)), int(m.group(2))
         return float(space.get("val_fraction", 0.2)), int(space.get("seed", 0))
@@ -272,10 +311,18 @@ class RunFolder:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise UsageError(f"cannot write to run folder {self.path} ({exc.strerror}); pass a writable --out") from None
+            raise UsageError(
+                f"cannot write to run folder {self.path} ({exc.strerror}); pass a writable --out"
+            ) from None
 
-    def claim(self, dataset: Any, record: Mapping[str, Any], *, engine: str = OPTUNA,
-              must_match: Mapping[str, Any] | None = None) -> None:
+    def claim(
+        self,
+        dataset: Any,
+        record: Mapping[str, Any],
+        *,
+        engine: str = OPTUNA,
+        must_match: Mapping[str, Any] | None = None,
+    ) -> None:
         """Tie the folder to ``dataset`` (and an engine's settings in ``must_match``), or refuse in one line.
 
         The first search writes ``run.json`` with ``record``; later ones (resumes,
@@ -286,19 +333,36 @@ class RunFolder:
         old = self.record()
         if old:
             if old.get("data_fingerprint") != dataset.fingerprint:
-                raise UsageError(f"run folder {self.path} holds a search on other data ({old.get('source')}); "
-                                 f"pass another --out for {dataset.source}")
+                raise UsageError(
+                    f"run folder {self.path} holds a search on other data ({old.get('source')}); "
+                    f"pass another --out for {dataset.source}"
+                )
             before = (old.get("engines") or {}).get(engine)
             if before is not None and must_match:
                 for key, value in must_match.items():
                     if key in before and before[key] != _plain(value):
-                        what = f"the {before[key]} {key}" if isinstance(before[key], (str, int, float)) else f"another {key}"
-                        raise UsageError(f"{self.path} holds a {engine} search with {what}; pass another --out for this one")
+                        what = (
+                            f"the {before[key]} {key}"
+                            if isinstance(before[key], (str, int, float))
+                            else f"another {key}"
+                        )
+                        raise UsageError(
+                            f"{self.path} holds a {engine} search with {what}; pass another --out for this one"
+                        )
             if must_match and before is None:
-                self.write_json(self.run_file, {**old, "engines": {**(old.get("engines") or {}), engine: _plain(must_match)}})
+                self.write_json(
+                    self.run_file,
+                    {**old, "engines": {**(old.get("engines") or {}), engine: _plain(must_match)}},
+                )
         else:
-            base = {"data_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names),
-                    "source": dataset.source, "split": dataset.split, "created": time.time(), **record}
+            base = {
+                "data_fingerprint": dataset.fingerprint,
+                "class_names": list(dataset.class_names),
+                "source": dataset.source,
+                "split": dataset.split,
+                "created": time.time(),
+                **record,
+            }
             if must_match:
                 base["engines"] = {engine: _plain(must_match)}
             self.write_json(self.run_file, base)
@@ -315,14 +379,22 @@ class RunFolder:
         os.replace(tmp, dst)
         return dst
 
-    def install_best(self, model_file: Path, number: int, params: Mapping[str, Any], engine: str = OPTUNA,
-                     **marker: Any) -> Path:
+    def install_best(
+        self,
+        model_file: Path,
+        number: int,
+        params: Mapping[str, Any],
+        engine: str = OPTUNA,
+        **marker: Any,
+    ) -> Path:
         """Make ``model_file`` the engine's ``best_model.keras`` and mark which trial (``number``) it is."""
         target = self.best_model(engine)
         target.parent.mkdir(parents=True, exist_ok=True)
         if Path(model_file).resolve() != target.resolve():
             self.copy(Path(model_file), target)
-        self.write_json(self.best_marker(engine), {"trial": number, "params": dict(params), **marker})
+        self.write_json(
+            self.best_marker(engine), {"trial": number, "params": dict(params), **marker}
+        )
         return target
 
     def save_trial_layers(self, number: int, weights: dict[str, list[Any]]) -> str:

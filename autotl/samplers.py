@@ -6,7 +6,8 @@ Optuna is imported when a sampler is made, not when this module is.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autotl.errors import UsageError
 

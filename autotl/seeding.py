@@ -6,7 +6,7 @@ import random
 
 __all__ = ["set_random_seed"]
 
-_tf_seed: "int | None" = None
+_tf_seed: int | None = None
 
 
 def set_random_seed(seed: int) -> None:

@@ -19,8 +19,15 @@ from autotl.objective import DEFAULT_OBJECTIVES, OBJECTIVES
 from autotl.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autotl.train import LR_RATIO, TrialParams
 
-__all__ = ["SearchSpace", "load_space", "builtin_spaces", "trial_params", "apply_screening", "errors_line", "LR_RATIO"]
-
+__all__ = [
+    "SearchSpace",
+    "load_space",
+    "builtin_spaces",
+    "trial_params",
+    "apply_screening",
+    "errors_line",
+    "LR_RATIO",
+]
 
 
 class _Strict(BaseModel):
@@ -37,10 +44,14 @@ class FloatRange(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _scalar(cls, value: Any) -> Any:
-        return {"low": value, "high": value} if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        return (
+            {"low": value, "high": value}
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else value
+        )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
+    def _ordered(self) -> FloatRange:
         if self.low > self.high:
             raise ValueError(f"low <= high must hold, but got (low={self.low}, high={self.high})")
         if self.log and self.low <= 0:
@@ -55,10 +66,14 @@ class IntRange(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _scalar(cls, value: Any) -> Any:
-        return {"low": value, "high": value} if isinstance(value, int) and not isinstance(value, bool) else value
+        return (
+            {"low": value, "high": value}
+            if isinstance(value, int) and not isinstance(value, bool)
+            else value
+        )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if self.low > self.high:
             raise ValueError(f"low <= high must hold, but got (low={self.low}, high={self.high})")
         return self
@@ -69,11 +84,13 @@ class Head(_Strict):
     dropout: FloatRange
 
     @model_validator(mode="after")
-    def _check(self) -> "Head":
+    def _check(self) -> Head:
         if any(w < 1 for w in self.width):
             raise ValueError(f"width: every width must be >= 1, got {self.width}")
         if not (0.0 <= self.dropout.low and self.dropout.high < 1.0):
-            raise ValueError(f"dropout: must lie in [0, 1), got low={self.dropout.low}, high={self.dropout.high}")
+            raise ValueError(
+                f"dropout: must lie in [0, 1), got low={self.dropout.low}, high={self.dropout.high}"
+            )
         return self
 
 
@@ -92,7 +109,7 @@ class Phase2(_Strict):
     patience: int = Field(3, ge=1)
 
     @model_validator(mode="after")
-    def _positive(self) -> "Phase2":
+    def _positive(self) -> Phase2:
         if self.learning_rate.low <= 0:
             raise ValueError(f"learning_rate: must be > 0, got low={self.learning_rate.low}")
         return self
@@ -137,7 +154,7 @@ class SearchSpace(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _lr_rule(self) -> "SearchSpace":
+    def _lr_rule(self) -> SearchSpace:
         ceiling = self.phase1.learning_rate / LR_RATIO
         if self.phase2.learning_rate.high > ceiling * (1 + 1e-9):
             raise ValueError(
@@ -147,10 +164,14 @@ class SearchSpace(_Strict):
         if len(set(self.backbones)) != len(self.backbones):
             raise ValueError(f"backbones: names must be unique, got {self.backbones}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+            raise ValueError(
+                f"sampler: unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
+            )
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if unknown:
-            raise ValueError(f"objectives: unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+            raise ValueError(
+                f"objectives: unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}"
+            )
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives: names must be unique, got {self.objectives}")
         return self
@@ -159,7 +180,9 @@ class SearchSpace(_Strict):
 def builtin_spaces() -> dict[str, Path]:
     """Name to file of the spaces shipped in ``search_spaces/``."""
     folder = resources.files("autotl.search_spaces")
-    return {p.name[: -len(".yaml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return {
+        p.name[: -len(".yaml")]: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")
+    }
 
 
 def errors_line(exc: ValidationError) -> str:
@@ -167,17 +190,25 @@ def errors_line(exc: ValidationError) -> str:
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown field (a typo?)" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        msg = (
+            "unknown field (a typo?)"
+            if err["type"] == "extra_forbidden"
+            else err["msg"].removeprefix("Value error, ")
+        )
         out.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(out)
 
 
-def load_space(name_or_path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> tuple[SearchSpace, Path]:
+def load_space(
+    name_or_path: Union[str, Path], overrides: Optional[dict[str, Any]] = None
+) -> tuple[SearchSpace, Path]:
     """Load a built-in space by name (``default``, ``fast``) or any YAML file, and validate it."""
     spaces = builtin_spaces()
     path = spaces.get(str(name_or_path)) or Path(name_or_path)
     if not path.is_file():
-        raise UsageError(f"search space {name_or_path} not found; pass a YAML file or one of: {', '.join(sorted(spaces))}")
+        raise UsageError(
+            f"search space {name_or_path} not found; pass a YAML file or one of: {', '.join(sorted(spaces))}"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -185,7 +216,9 @@ def load_space(name_or_path: Union[str, Path], overrides: Optional[dict[str, Any
         where = f" at line {mark.line + 1}" if mark else ""
         raise UsageError(f"search space {path}: not valid YAML{where}; fix the syntax") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"search space {path}: must be a mapping of fields (backbones, head, phase1, ...), got {type(raw).__name__}")
+        raise UsageError(
+            f"search space {path}: must be a mapping of fields (backbones, head, phase1, ...), got {type(raw).__name__}"
+        )
     raw.update(overrides or {})
     try:
         return SearchSpace.model_validate(raw), path
@@ -206,10 +239,15 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
         backbone=trial.suggest_categorical("backbone", list(space.backbones)),
         head_width=trial.suggest_categorical("head_width", list(space.head.width)),
         dropout=trial.suggest_float("dropout", space.head.dropout.low, space.head.dropout.high),
-        unfreeze_blocks=0 if screen else trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
+        unfreeze_blocks=0
+        if screen
+        else trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
         unfreeze_all=p2.unfreeze_all and not screen,
-        finetune_lr=p2.learning_rate.low if screen else trial.suggest_float(
-            "finetune_lr", p2.learning_rate.low, p2.learning_rate.high, log=p2.learning_rate.log),
+        finetune_lr=p2.learning_rate.low
+        if screen
+        else trial.suggest_float(
+            "finetune_lr", p2.learning_rate.low, p2.learning_rate.high, log=p2.learning_rate.log
+        ),
         phase1_lr=space.phase1.learning_rate,
         phase1_epochs=space.phase1.epochs,
         phase1_patience=space.phase1.patience,
@@ -222,7 +260,9 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
     )
 
 
-def apply_screening(space: SearchSpace, screen: Optional[int], finalists: Optional[int]) -> SearchSpace:
+def apply_screening(
+    space: SearchSpace, screen: Optional[int], finalists: Optional[int]
+) -> SearchSpace:
     """``space`` with a two-stage search of ``screen`` screening trials and ``finalists`` (``screen=0``: off).
 
     ``None`` keeps the space's own setting; the space's validation states the limits.
@@ -231,7 +271,9 @@ def apply_screening(space: SearchSpace, screen: Optional[int], finalists: Option
         if finalists is None:
             return space
         if space.screening is None:
-            raise UsageError("--finalists needs a two-stage search: add --screen N (or screening in the space file)")
+            raise UsageError(
+                "--finalists needs a two-stage search: add --screen N (or screening in the space file)"
+            )
         screen = space.screening.trials
     if screen < 0:
         raise UsageError(f"--screen must be 0 (off) or more, got {screen}")

@@ -8,8 +8,9 @@ plugin is registered, so a mistake fails at start-up, not in trial 17.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 __all__ = ["Preprocessing", "BackboneSpec", "SampleSpec", "WEIGHTS_IMAGENET"]
 
@@ -37,17 +38,17 @@ class Preprocessing:
     channel_order: str = "RGB"
 
     @classmethod
-    def tf(cls) -> "Preprocessing":
+    def tf(cls) -> Preprocessing:
         """Keras ``mode="tf"``: scale to [-1, 1] (MobileNet, Inception, Xception)."""
         return cls("tf", (1 / 127.5,) * 3, (-1.0,) * 3)
 
     @classmethod
-    def caffe(cls) -> "Preprocessing":
+    def caffe(cls) -> Preprocessing:
         """Keras ``mode="caffe"``: RGB to BGR, then subtract the ImageNet BGR mean (ResNet50)."""
         return cls("caffe", (1.0,) * 3, (-103.939, -116.779, -123.68), "BGR")
 
     @classmethod
-    def torch(cls) -> "Preprocessing":
+    def torch(cls) -> Preprocessing:
         """Keras ``mode="torch"``: scale to [0, 1], then normalise per channel (DenseNet)."""
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         scale = tuple(1 / (255.0 * s) for s in std)
@@ -55,7 +56,7 @@ class Preprocessing:
         return cls("torch", scale, offset)  # type: ignore[arg-type]
 
     @classmethod
-    def none(cls) -> "Preprocessing":
+    def none(cls) -> Preprocessing:
         """Pixels pass as they are: the backbone preprocesses inside itself (EfficientNet)."""
         return cls("none")
 
@@ -65,7 +66,9 @@ class Preprocessing:
 
     @property
     def is_identity(self) -> bool:
-        return self.channel_order == "RGB" and self.scale == (1.0,) * 3 and self.offset == (0.0,) * 3
+        return (
+            self.channel_order == "RGB" and self.scale == (1.0,) * 3 and self.offset == (0.0,) * 3
+        )
 
     def apply(self, pixels: Any) -> Any:
         """The map on a numpy array, for tests and for ``plugins check``."""
@@ -118,19 +121,29 @@ class BackboneSpec:
         if not callable(self.build):
             problems.append(f"build: must be callable, got {type(self.build).__name__}")
         size = self.input_size
-        if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) and v >= 32 for v in size)):
+        if not (
+            isinstance(size, tuple)
+            and len(size) == 2
+            and all(isinstance(v, int) and v >= 32 for v in size)
+        ):
             problems.append(f"input_size: must be (height, width) of ints >= 32, got {size!r}")
         elif self.input_sizes and size not in self.input_sizes:
-            problems.append(f"input_sizes: must contain input_size {size}, got {self.input_sizes!r}")
+            problems.append(
+                f"input_sizes: must contain input_size {size}, got {self.input_sizes!r}"
+            )
         if not isinstance(self.preprocessing, Preprocessing):
             problems.append("preprocessing: must be an autotl.Preprocessing")
         elif self.preprocessing.channel_order not in ("RGB", "BGR"):
-            problems.append(f"preprocessing.channel_order: must be 'RGB' or 'BGR', got {self.preprocessing.channel_order!r}")
+            problems.append(
+                f"preprocessing.channel_order: must be 'RGB' or 'BGR', got {self.preprocessing.channel_order!r}"
+            )
         try:
             re.compile(self.block_pattern)
         except (re.error, TypeError) as exc:
             problems.append(f"block_pattern: not a regular expression ({exc})")
-        if self.weights_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.weights_sha256):
+        if self.weights_sha256 is not None and not re.fullmatch(
+            r"[0-9a-f]{64}", self.weights_sha256
+        ):
             problems.append("weights_sha256: must be 64 lowercase hex digits")
         return problems
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from autotl.errors import AutotlError, UsageError, first_line
 
@@ -31,10 +32,17 @@ def sqlite_path(url: str) -> Optional[str]:
 
     try:
         parsed = make_url(url)
-    except Exception:  # noqa: BLE001 -- not a URL: the caller reports it
+    except Exception:  # not a URL: the caller reports it
         return None
     db = parsed.database
-    return db if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" and not db.startswith("file:") else None
+    return (
+        db
+        if parsed.get_backend_name() == "sqlite"
+        and db
+        and db != ":memory:"
+        and not db.startswith("file:")
+        else None
+    )
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -55,7 +63,12 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 
 
 #: What losing the race to create a new storage's tables looks like (SQLite, PostgreSQL): try again.
-_CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key", "database is locked")
+_CREATION_RACE = (
+    "already exists",
+    "UNIQUE constraint failed",
+    "duplicate key",
+    "database is locked",
+)
 
 
 def _storage(storage_url: str, heartbeat: Optional[int]) -> Any:
@@ -73,7 +86,9 @@ def _storage(storage_url: str, heartbeat: Optional[int]) -> Any:
             "grace_period": 4 * heartbeat,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3),
         }
-    for attempt in range(5):  # processes starting together race to create the tables: the loser retries
+    for attempt in range(
+        5
+    ):  # processes starting together race to create the tables: the loser retries
         try:
             return RDBStorage(storage_url, engine_kwargs=engine_kwargs(storage_url), **beats)
         except Exception as exc:
@@ -88,7 +103,9 @@ def _quiet_optuna() -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # autotl says what failed, once, in its own words
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR
+    )  # autotl says what failed, once, in its own words
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -113,8 +130,12 @@ def open_study(
     _quiet_optuna()
     with _one_line(storage_url, study_name):
         study = optuna.create_study(
-            storage=_storage(storage_url, heartbeat), study_name=study_name, directions=list(directions),
-            sampler=sampler, pruner=pruner, load_if_exists=True,
+            storage=_storage(storage_url, heartbeat),
+            study_name=study_name,
+            directions=list(directions),
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
         )
     have = [d.name.lower() for d in study.directions]
     if have != list(directions):
@@ -164,11 +185,17 @@ class _one_line:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        if exc is None or isinstance(exc, (AutotlError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+        if (
+            exc is None
+            or isinstance(exc, (AutotlError, KeyboardInterrupt))
+            or not isinstance(exc, Exception)
+        ):
             return False
         url = safe_url(self.url)
         if isinstance(exc, KeyError):
-            raise UsageError(f"no study {self.name!r} in {url}; check --study-name or run `autotl search` first") from None
+            raise UsageError(
+                f"no study {self.name!r} in {url}; check --study-name or run `autotl search` first"
+            ) from None
         if isinstance(exc, ModuleNotFoundError):
             raise UsageError(
                 f"storage {url} needs the Python package {exc.name!r}; install it "

@@ -28,13 +28,20 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 from autotl.errors import first_line
 from autotl.spec import BackboneSpec
 
-__all__ = ["PREPROCESSING_RANGES", "backbone_params", "check_backbone", "check_preprocessing", "specs_of"]
+__all__ = [
+    "PREPROCESSING_RANGES",
+    "backbone_params",
+    "check_backbone",
+    "check_preprocessing",
+    "specs_of",
+]
 
 #: Where each ``keras.applications`` mode sends 0..255 pixels (each channel's image lies inside).
 PREPROCESSING_RANGES: dict[str, tuple[float, float]] = {
@@ -90,12 +97,16 @@ def specs_of(*plugins: Any) -> list[BackboneSpec]:
     pm.add_hookspecs(hookspec)
     for plugin in plugins:
         module = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
-        pm.register(module, name=plugin if isinstance(plugin, str) else getattr(module, "__name__", None))
+        pm.register(
+            module, name=plugin if isinstance(plugin, str) else getattr(module, "__name__", None)
+        )
     pm.check_pending()
     specs = []
     for impl in pm.hook.autotl_backbones.get_hookimpls():
         for spec in impl.function() or ():
-            specs.append(replace(spec, plugin=impl.plugin_name) if isinstance(spec, BackboneSpec) else spec)
+            specs.append(
+                replace(spec, plugin=impl.plugin_name) if isinstance(spec, BackboneSpec) else spec
+            )
     return specs
 
 
@@ -106,7 +117,9 @@ def backbone_params(*plugins: Any) -> list[Any]:
     return [pytest.param(spec, id=spec.name) for spec in specs_of(*plugins)]
 
 
-def check_preprocessing(spec: BackboneSpec, reference: Optional[Callable[[Any], Any]] = None) -> list[str]:
+def check_preprocessing(
+    spec: BackboneSpec, reference: Optional[Callable[[Any], Any]] = None
+) -> list[str]:
     """Check the preprocessing autotl bakes into the model; no backbone is built.
 
     The layer from :func:`autotl.preprocess.preprocessing_layer` must compute
@@ -136,24 +149,42 @@ def check_preprocessing(spec: BackboneSpec, reference: Optional[Callable[[Any], 
         _fail(spec, check, f"the baked-in layer maps pixels of shape {x.shape} to {baked.shape}")
     diff = _max_diff(baked, p.apply(x))
     if not diff <= TOLERANCE:
-        _fail(spec, check, f"the baked-in layer differs from Preprocessing.apply by {diff:.3g} (> {TOLERANCE:g})")
+        _fail(
+            spec,
+            check,
+            f"the baked-in layer differs from Preprocessing.apply by {diff:.3g} (> {TOLERANCE:g})",
+        )
     kind = "identity" if layer is None else type(layer).__name__
-    passed.append(f"ok: preprocessing {p.describe()} bakes into {kind}, equal to Preprocessing.apply")
+    passed.append(
+        f"ok: preprocessing {p.describe()} bakes into {kind}, equal to Preprocessing.apply"
+    )
 
     reference = reference if reference is not None else spec.preprocess_input
     if reference is not None:
         try:
             expected = np.asarray(reference(x.copy()))
         except Exception as exc:
-            _fail(spec, check, f"preprocess_input does not run on 0..255 float pixels: {_first_line(exc)}")
+            _fail(
+                spec,
+                check,
+                f"preprocess_input does not run on 0..255 float pixels: {_first_line(exc)}",
+            )
         if expected.shape != x.shape:
-            _fail(spec, check, f"preprocess_input maps pixels of shape {x.shape} to {expected.shape}")
+            _fail(
+                spec, check, f"preprocess_input maps pixels of shape {x.shape} to {expected.shape}"
+            )
         diff = _max_diff(baked, expected)
         if not diff <= TOLERANCE:
-            _fail(spec, check, f"the baked-in {p.describe()} differs from preprocess_input by {diff:.3g} (> {TOLERANCE:g}) "
-                               f"on the same pixels; preprocessing does not describe what preprocess_input does")
+            _fail(
+                spec,
+                check,
+                f"the baked-in {p.describe()} differs from preprocess_input by {diff:.3g} (> {TOLERANCE:g}) "
+                f"on the same pixels; preprocessing does not describe what preprocess_input does",
+            )
         name = getattr(reference, "__qualname__", None) or type(reference).__name__
-        passed.append(f"ok: baked-in preprocessing equals {getattr(reference, '__module__', '')}.{name} (max diff {diff:.1g})")
+        passed.append(
+            f"ok: baked-in preprocessing equals {getattr(reference, '__module__', '')}.{name} (max diff {diff:.1g})"
+        )
 
     bounds = PREPROCESSING_RANGES.get(p.mode)
     if bounds is None:
@@ -161,8 +192,14 @@ def check_preprocessing(spec: BackboneSpec, reference: Optional[Callable[[Any], 
     else:
         low, high = float(baked.min()), float(baked.max())
         if low < bounds[0] - 1e-3 or high > bounds[1] + 1e-3:
-            _fail(spec, check, f"mode {p.mode!r} must send 0..255 into [{bounds[0]:g}, {bounds[1]:g}], but it gives [{low:.4g}, {high:.4g}]")
-        passed.append(f"ok: 0..255 maps into [{low:.4g}, {high:.4g}], inside [{bounds[0]:g}, {bounds[1]:g}] for mode {p.mode!r}")
+            _fail(
+                spec,
+                check,
+                f"mode {p.mode!r} must send 0..255 into [{bounds[0]:g}, {bounds[1]:g}], but it gives [{low:.4g}, {high:.4g}]",
+            )
+        passed.append(
+            f"ok: 0..255 maps into [{low:.4g}, {high:.4g}], inside [{bounds[0]:g}, {bounds[1]:g}] for mode {p.mode!r}"
+        )
     return passed
 
 
@@ -189,12 +226,20 @@ def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[A
         _fail(spec, check, f"build must return a keras.Model, got {type(base).__name__}")
     shape = tuple(base.input.shape) if not isinstance(base.input, (list, tuple)) else None
     if shape is None or len(shape) != 4 or tuple(shape[1:]) != (*size, 3):
-        _fail(spec, check, f"the base must take one input of shape (batch, {size[0]}, {size[1]}, 3) when built at "
-                           f"input_shape={(*size, 3)}, got {shape if shape is not None else base.input}")
+        _fail(
+            spec,
+            check,
+            f"the base must take one input of shape (batch, {size[0]}, {size[1]}, 3) when built at "
+            f"input_shape={(*size, 3)}, got {shape if shape is not None else base.input}",
+        )
     out = base.output
     if isinstance(out, (list, tuple, dict)) or len(out.shape) != 4 or not out.shape[-1]:
-        _fail(spec, check, f"the base must output one feature map (batch, h, w, channels>0), got {getattr(out, 'shape', out)}: "
-                           f"build with include_top=False and no pooling")
+        _fail(
+            spec,
+            check,
+            f"the base must output one feature map (batch, h, w, channels>0), got {getattr(out, 'shape', out)}: "
+            f"build with include_top=False and no pooling",
+        )
     layer = preprocessing_layer(spec.preprocessing)
     x = _pixels((2, *size, 3), seed=1)
     x = x if layer is None else np.asarray(layer(x))
@@ -203,7 +248,11 @@ def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[A
         _fail(spec, check, f"the base maps a batch of 2 images to shape {y.shape}")
     if not np.all(np.isfinite(y)):
         _fail(spec, check, "the base outputs non-finite values on preprocessed random pixels")
-    return x, y, f"ok: builds with weights=None at {size[0]}x{size[1]}: {len(base.layers)} layers, features {tuple(y.shape[1:])}"
+    return (
+        x,
+        y,
+        f"ok: builds with weights=None at {size[0]}x{size[1]}: {len(base.layers)} layers, features {tuple(y.shape[1:])}",
+    )
 
 
 def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[str], list[str]]:
@@ -217,12 +266,18 @@ def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[s
     names = [layer.name for layer in base.layers]
     matched = [n for n in names if regex.search(n)]
     if not matched:
-        sample = ", ".join(names[1:6] + ["..."] + names[-3:])
-        _fail(spec, check, f"{spec.block_pattern!r} matches no layer of the base, whose layers are named like {sample}")
+        sample = ", ".join([*names[1:6], "...", *names[-3:]])
+        _fail(
+            spec,
+            check,
+            f"{spec.block_pattern!r} matches no layer of the base, whose layers are named like {sample}",
+        )
     boundaries = block_boundaries(base, spec.block_pattern)
     if not boundaries:
-        return [f"ok: block_pattern matches {len(matched)} layers but none is a single-tensor cut: "
-                f"no block boundaries, so autotl trains only the head (phase 2 skipped)"], []
+        return [
+            f"ok: block_pattern matches {len(matched)} layers but none is a single-tensor cut: "
+            f"no block boundaries, so autotl trains only the head (phase 2 skipped)"
+        ], []
 
     # Checked segment by segment, in one forward pass: if each segment from a
     # boundary to the next (and from the last to the output) is a model of its
@@ -239,17 +294,36 @@ def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[s
         try:
             segment = keras.Model(tensors[i], ends[i])
         except Exception as exc:
-            _fail(spec, check, f"{b!r} is not a single-tensor cut: the part above it needs more than its output ({_first_line(exc)})")
+            _fail(
+                spec,
+                check,
+                f"{b!r} is not a single-tensor cut: the part above it needs more than its output ({_first_line(exc)})",
+            )
         diff = _max_diff(segment(feats[i], training=False), expected[i])
         if not diff <= TOLERANCE:
-            _fail(spec, check, f"{b!r} is not a single-tensor cut: top(bottom(x)) differs from base(x) by {diff:.3g} (> {TOLERANCE:g})")
-    if not any(layer.weights and not isinstance(layer, keras.layers.BatchNormalization) for layer in segment.layers):
-        _fail(spec, check, f"no layer with weights (BatchNormalization aside) lies above {boundaries[-1]!r}: unfreezing from it would train nothing")
-    return [f"ok: {len(boundaries)} block boundaries ({boundaries[0]} ... {boundaries[-1]}), each a single-tensor cut: "
-            f"top(bottom(x)) == base(x), with weights above the top one"], boundaries
+            _fail(
+                spec,
+                check,
+                f"{b!r} is not a single-tensor cut: top(bottom(x)) differs from base(x) by {diff:.3g} (> {TOLERANCE:g})",
+            )
+    if not any(
+        layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        for layer in segment.layers
+    ):
+        _fail(
+            spec,
+            check,
+            f"no layer with weights (BatchNormalization aside) lies above {boundaries[-1]!r}: unfreezing from it would train nothing",
+        )
+    return [
+        f"ok: {len(boundaries)} block boundaries ({boundaries[0]} ... {boundaries[-1]}), each a single-tensor cut: "
+        f"top(bottom(x)) == base(x), with weights above the top one"
+    ], boundaries
 
 
-def _check_stable_names(spec: BackboneSpec, base: Any, size: tuple[int, int], boundaries: list[str]) -> str:
+def _check_stable_names(
+    spec: BackboneSpec, base: Any, size: tuple[int, int], boundaries: list[str]
+) -> str:
     """A second build must name the boundaries and the layers with weights as the first did.
 
     autotl keys cached features by boundary name and stores the layers a trial
@@ -262,15 +336,25 @@ def _check_stable_names(spec: BackboneSpec, base: Any, size: tuple[int, int], bo
     check = "layer names"
     first = [layer.name for layer in base.layers if layer.weights]
     second = [layer.name for layer in again.layers if layer.weights]
-    changed = [(a, b) for a, b in zip(first, second) if a != b] or ([] if len(first) == len(second) else [(len(first), len(second))])
+    changed = [(a, b) for a, b in zip(first, second) if a != b] or (
+        [] if len(first) == len(second) else [(len(first), len(second))]
+    )
     if changed:
-        _fail(spec, check, f"layers with weights are named differently in a second build ({', '.join(f'{a} -> {b}' for a, b in changed[:3])}"
-                           f"{', ...' if len(changed) > 3 else ''}): Keras names unnamed layers by a process-wide counter, and "
-                           f"autotl stores trained layers by name; name them in build")
+        _fail(
+            spec,
+            check,
+            f"layers with weights are named differently in a second build ({', '.join(f'{a} -> {b}' for a, b in changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): Keras names unnamed layers by a process-wide counter, and "
+            f"autotl stores trained layers by name; name them in build",
+        )
     if block_boundaries(again, spec.block_pattern) != boundaries:
-        _fail(spec, check, f"the block boundaries are named differently in a second build ({boundaries[:3]} ... then "
-                           f"{block_boundaries(again, spec.block_pattern)[:3]} ...): Keras names unnamed layers by a "
-                           f"process-wide counter, and autotl keys cached features by boundary name; match named layers, or name them in build")
+        _fail(
+            spec,
+            check,
+            f"the block boundaries are named differently in a second build ({boundaries[:3]} ... then "
+            f"{block_boundaries(again, spec.block_pattern)[:3]} ...): Keras names unnamed layers by a "
+            f"process-wide counter, and autotl keys cached features by boundary name; match named layers, or name them in build",
+        )
     return f"ok: a second build names the {len(first)} layers with weights and the {len(boundaries)} boundaries the same"
 
 
@@ -293,7 +377,11 @@ def check_backbone(spec: BackboneSpec, size: Optional[tuple[int, int]] = None) -
        trained layers by name, and Keras names unnamed layers by a
        process-wide counter (``conv2d_93``).
     """
-    problems = spec.validate() if isinstance(spec, BackboneSpec) else [f"not a BackboneSpec: {type(spec).__name__}"]
+    problems = (
+        spec.validate()
+        if isinstance(spec, BackboneSpec)
+        else [f"not a BackboneSpec: {type(spec).__name__}"]
+    )
     if problems:
         _fail(spec, "fields", "; ".join(problems))
     passed = ["ok: spec.validate() finds no problem"]

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,11 +37,12 @@ class Gate(str, Enum):
     """The gate's verdict: whether phase 2 ran, and if not, which rule kept it shut (the reason says more)."""
 
     PASSED = "passed"
-    NOT_ASKED = "not_asked"  # the trial asked for no fine-tuning (unfreeze_blocks 0, or a screening trial)
+    NOT_ASKED = (
+        "not_asked"  # the trial asked for no fine-tuning (unfreeze_blocks 0, or a screening trial)
+    )
     STILL_IMPROVING = "still_improving"  # the head's validation loss had not stopped improving
     HEAD_LOSS_HIGH = "head_loss_high"  # the head's training loss was not under the threshold
     NO_BOUNDARIES = "no_boundaries"  # the backbone declares no block boundary to unfreeze from
-
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ class TrialParams:
 
     def __post_init__(self) -> None:
         if self.finetune_lr * LR_RATIO > self.phase1_lr * (1 + 1e-9):
-            raise ValueError(f"finetune_lr must be at least {LR_RATIO:g} times below phase1_lr, but got (finetune_lr={self.finetune_lr:g}, phase1_lr={self.phase1_lr:g})")
+            raise ValueError(
+                f"finetune_lr must be at least {LR_RATIO:g} times below phase1_lr, but got (finetune_lr={self.finetune_lr:g}, phase1_lr={self.phase1_lr:g})"
+            )
 
 
 @dataclass
@@ -73,7 +77,9 @@ class TrialResult:
     val_accuracy: float
     val_loss: float
     history: dict[str, dict[str, list[float]]]
-    head_stable_epoch: Optional[int]  # 0-based epoch of the head's best validation loss, if it stabilised
+    head_stable_epoch: Optional[
+        int
+    ]  # 0-based epoch of the head's best validation loss, if it stabilised
     gate: Gate  # passed, or the rule that kept phase 2 from running
     gate_reason: str  # the verdict in words, with the numbers
     phase2_kept: bool  # phase 2 ran and improved on phase 1
@@ -142,16 +148,35 @@ def train_trial(
     base = functools.cache(make_base)
     seconds: dict[str, float] = {}
     cache_info: dict[str, Any] = {}
-    p1 = _phase1(spec, params, base, dataset, cache, weights, report, say, augmentation, seconds, cache_info)
+    p1 = _phase1(
+        spec, params, base, dataset, cache, weights, report, say, augmentation, seconds, cache_info
+    )
     gate, reason, boundaries = _gate(spec, params, p1, base)
     history = {"phase1": p1.history, "phase2": {}}
     best_loss, best_acc = p1.best_loss, p1.best_acc
     cut: Optional[str] = None
     unfrozen, kept = 0, False
     if gate is Gate.PASSED:
-        cut = None if params.unfreeze_all else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
+        cut = (
+            None
+            if params.unfreeze_all
+            else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
+        )
         h2, unfrozen, kept, best_loss, best_acc = _phase2(
-            spec, params, base, dataset, cache, weights, report, say, augmentation, p1, cut, seconds, cache_info)
+            spec,
+            params,
+            base,
+            dataset,
+            cache,
+            weights,
+            report,
+            say,
+            augmentation,
+            p1,
+            cut,
+            seconds,
+            cache_info,
+        )
         history["phase2"] = h2
 
     def trained_weights() -> dict[str, list[np.ndarray]]:
@@ -162,13 +187,36 @@ def train_trial(
         return out
 
     stable_epoch = p1.best_epoch if p1.plateaued else None
-    return TrialResult(best_acc, best_loss, history, stable_epoch, gate, reason, kept, cut, unfrozen, seconds, cache_info,
-                       lambda: assemble(spec, base(), p1.head), trained_weights)
+    return TrialResult(
+        best_acc,
+        best_loss,
+        history,
+        stable_epoch,
+        gate,
+        reason,
+        kept,
+        cut,
+        unfrozen,
+        seconds,
+        cache_info,
+        lambda: assemble(spec, base(), p1.head),
+        trained_weights,
+    )
 
 
-def _phase1(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: Any, cache: Any, weights: Any,
-            report: Optional[Report], say: Callable[[str], None], augmentation: Any, seconds: dict[str, float],
-            cache_info: dict[str, Any]) -> _Phase1:
+def _phase1(
+    spec: Any,
+    params: TrialParams,
+    base: Callable[[], Any],
+    dataset: Any,
+    cache: Any,
+    weights: Any,
+    report: Optional[Report],
+    say: Callable[[str], None],
+    augmentation: Any,
+    seconds: dict[str, float],
+    cache_info: dict[str, Any],
+) -> _Phase1:
     """Feature extraction: the head trains on the frozen base's cached pooled features.
 
     The same forward pass stores the block boundaries that fine-tuning trials
@@ -177,24 +225,54 @@ def _phase1(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: An
     from autotl.model import block_boundaries, build_head
 
     say("phase 1: features")
-    prefetch = (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :]) if params.prefetch_blocks else (lambda b: ())
-    feats = cache.get(spec, base, weights, dataset, None, batch_size=params.batch_size, augmentation=augmentation,
-                      seed=params.seed, prefetch=prefetch)
-    cache_info["phase1"] = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3)}
+    prefetch = (
+        (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :])
+        if params.prefetch_blocks
+        else (lambda b: ())
+    )
+    feats = cache.get(
+        spec,
+        base,
+        weights,
+        dataset,
+        None,
+        batch_size=params.batch_size,
+        augmentation=augmentation,
+        seed=params.seed,
+        prefetch=prefetch,
+    )
+    cache_info["phase1"] = {
+        "key": feats.key,
+        "built": feats.built,
+        "seconds": round(feats.seconds, 3),
+    }
     start = time.perf_counter()
     head = build_head(len(dataset.class_names), params.head_width, params.dropout)
     say("phase 1: head")
     for layer in head[1:]:  # glorot-initialised from the trial's seed
         layer.build((None, feats.train.shape[1] if layer is head[1] else params.head_width))
-    h1 = fit_head(head, params.dropout, params.phase1_lr, (feats.train, feats.train_labels), (feats.val, feats.val_labels),
-                  params.phase1_epochs, params.phase1_patience, params.batch_size, report, 0, params.seed)
+    h1 = fit_head(
+        head,
+        params.dropout,
+        params.phase1_lr,
+        (feats.train, feats.train_labels),
+        (feats.val, feats.val_labels),
+        params.phase1_epochs,
+        params.phase1_patience,
+        params.batch_size,
+        report,
+        0,
+        params.seed,
+    )
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
     return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued)
 
 
-def _gate(spec: Any, params: TrialParams, p1: _Phase1, base: Callable[[], Any]) -> tuple[Gate, str, list[str]]:
+def _gate(
+    spec: Any, params: TrialParams, p1: _Phase1, base: Callable[[], Any]
+) -> tuple[Gate, str, list[str]]:
     """Whether phase 2 may run: the head stabilised (plateau, and training loss under the threshold).
 
     Returns the verdict, its reason in words, and the base's block boundaries
@@ -206,19 +284,43 @@ def _gate(spec: Any, params: TrialParams, p1: _Phase1, base: Callable[[], Any]) 
     if params.unfreeze_blocks <= 0 and not params.unfreeze_all:
         return Gate.NOT_ASKED, "not asked: unfreeze_blocks is 0", []
     if not p1.plateaued:
-        return (Gate.STILL_IMPROVING, f"head still improving after {len(p1.history['val_loss'])} epochs (phase1.epochs); "
-                "raise it to let the head stabilise", [])
+        return (
+            Gate.STILL_IMPROVING,
+            f"head still improving after {len(p1.history['val_loss'])} epochs (phase1.epochs); "
+            "raise it to let the head stabilise",
+            [],
+        )
     if head_loss >= params.head_loss_threshold:
-        return Gate.HEAD_LOSS_HIGH, f"head training loss {head_loss:.3f} is not under the threshold {params.head_loss_threshold:g}", []
+        return (
+            Gate.HEAD_LOSS_HIGH,
+            f"head training loss {head_loss:.3f} is not under the threshold {params.head_loss_threshold:g}",
+            [],
+        )
     boundaries = block_boundaries(base(), spec.block_pattern)
     if not boundaries and not params.unfreeze_all:
-        return Gate.NO_BOUNDARIES, f"backbone {spec.name} declares no block boundaries to unfreeze from", []
+        return (
+            Gate.NO_BOUNDARIES,
+            f"backbone {spec.name} declares no block boundaries to unfreeze from",
+            [],
+        )
     return Gate.PASSED, "passed", boundaries
 
 
-def _phase2(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: Any, cache: Any, weights: Any,
-            report: Optional[Report], say: Callable[[str], None], augmentation: Any, p1: _Phase1, cut: Optional[str],
-            seconds: dict[str, float], cache_info: dict[str, Any]) -> tuple[dict[str, list[float]], int, bool, float, float]:
+def _phase2(
+    spec: Any,
+    params: TrialParams,
+    base: Callable[[], Any],
+    dataset: Any,
+    cache: Any,
+    weights: Any,
+    report: Optional[Report],
+    say: Callable[[str], None],
+    augmentation: Any,
+    p1: _Phase1,
+    cut: Optional[str],
+    seconds: dict[str, float],
+    cache_info: dict[str, Any],
+) -> tuple[dict[str, list[float]], int, bool, float, float]:
     """Fine-tuning: the top blocks above ``cut`` (the whole base for ``None``) train with the head at the low rate.
 
     BatchNormalization stays frozen.  If fine-tuning does not beat the phase-1
@@ -232,20 +334,51 @@ def _phase2(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: An
     from autotl.preprocess import apply_preprocessing
 
     say(f"phase 2: features at {cut or 'input'}")
-    acts = cache.get(spec, base, weights, dataset, cut, batch_size=params.batch_size, augmentation=augmentation, seed=params.seed) if cut else None
+    acts = (
+        cache.get(
+            spec,
+            base,
+            weights,
+            dataset,
+            cut,
+            batch_size=params.batch_size,
+            augmentation=augmentation,
+            seed=params.seed,
+        )
+        if cut
+        else None
+    )
     if acts is not None:
-        cache_info["phase2"] = {"key": acts.key, "built": acts.built, "seconds": round(acts.seconds, 3), "cut": cut}
+        cache_info["phase2"] = {
+            "key": acts.key,
+            "built": acts.built,
+            "seconds": round(acts.seconds, 3),
+            "cut": cut,
+        }
     start = time.perf_counter()
     snapshot = top_layer_weights(base(), cut)  # what fine-tuning may change, to undo it
     unfrozen = freeze_below(base(), cut)
     if acts is not None:
         shape = acts.train.shape[1:]
-        features = lambda x: submodel(base(), cut, None)(x, training=False)  # noqa: E731
-        train_xy, val_xy = (np.asarray(acts.train), acts.train_labels), (np.asarray(acts.val), acts.val_labels)
+
+        def features(x: Any) -> Any:
+            return submodel(base(), cut, None)(x, training=False)
+
+        train_xy, val_xy = (
+            (np.asarray(acts.train), acts.train_labels),
+            (np.asarray(acts.val), acts.val_labels),
+        )
     else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
         shape = (*spec.input_size, 3)
-        features = lambda x: base()(apply_preprocessing(spec.preprocessing, x), training=False)  # noqa: E731
-        pixels = lambda split: (np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(split.labels))  # noqa: E731
+
+        def features(x: Any) -> Any:
+            return base()(apply_preprocessing(spec.preprocessing, x), training=False)
+
+        def pixels(split: Any) -> tuple[np.ndarray, np.ndarray]:
+            return np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(
+                split.labels
+            )
+
         train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
 
     def body() -> tuple[Any, Any]:
@@ -254,10 +387,28 @@ def _phase2(spec: Any, params: TrialParams, base: Callable[[], Any], dataset: An
 
     n_classes = len(dataset.class_names)
     # the base object is one per backbone and process, so its id names the layers this model trains
-    model = trainer(("top", id(base()), cut, shape, params.head_width, n_classes), body, params.head_width, n_classes, owner=base())
+    model = trainer(
+        ("top", id(base()), cut, shape, params.head_width, n_classes),
+        body,
+        params.head_width,
+        n_classes,
+        owner=base(),
+    )
     say("phase 2: fine-tuning")
-    h2 = train_head_through(model, p1.head, params.dropout, params.finetune_lr, train_xy, val_xy, params.phase2_epochs,
-                            params.phase2_patience, params.batch_size, report, params.phase1_epochs, params.seed)
+    h2 = train_head_through(
+        model,
+        p1.head,
+        params.dropout,
+        params.finetune_lr,
+        train_xy,
+        val_xy,
+        params.phase2_epochs,
+        params.phase2_patience,
+        params.batch_size,
+        report,
+        params.phase1_epochs,
+        params.seed,
+    )
     seconds["phase2"] = time.perf_counter() - start
     _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
     kept = loss2 < p1.best_loss

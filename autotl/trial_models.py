@@ -12,8 +12,9 @@ the very weights it was trained on, which are checked by SHA-256.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from autotl.errors import UsageError, first_line
 from autotl.objective import best_trial
@@ -34,18 +35,32 @@ def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
     if recorded in ("none", "imagenet"):
         return WeightsSource(recorded)
     if recorded:
-        return WeightsSource.parse(weights_dir=recorded)  # a folder that is gone is a one-line UsageError
-    raise UsageError("the run folder does not record where the backbone weights came from; "
-                     "pass --weights-dir DIR or --weights none|imagenet")
+        return WeightsSource.parse(
+            weights_dir=recorded
+        )  # a folder that is gone is a one-line UsageError
+    raise UsageError(
+        "the run folder does not record where the backbone weights came from; "
+        "pass --weights-dir DIR or --weights none|imagenet"
+    )
 
 
-def trial_model(run: RunFolder, study: Any, trial: Any, registry: Any = None, weights: Any = None,
-                make_base: Optional[MakeBase] = None, plugins: tuple[str, ...] = (),
-                say: Callable[[str], None] = lambda _m: None) -> Path:
+def trial_model(
+    run: RunFolder,
+    study: Any,
+    trial: Any,
+    registry: Any = None,
+    weights: Any = None,
+    make_base: Optional[MakeBase] = None,
+    plugins: tuple[str, ...] = (),
+    say: Callable[[str], None] = lambda _m: None,
+) -> Path:
     """The ``.keras`` file of ``trial`` (a FrozenTrial of ``study``): already there, the best model's copy,
     or assembled from its stored layers now.  ``make_base(spec, weights, seed)``, if given, returns a
     pristine base to build on (the search passes its own, to save building one)."""
-    for path in (run.path / str(trial.user_attrs.get("model_path", "-")), run.trial_model(trial.number)):
+    for path in (
+        run.path / str(trial.user_attrs.get("model_path", "-")),
+        run.trial_model(trial.number),
+    ):
         if path.is_file():
             return path
     for engine in (OPTUNA,):
@@ -54,16 +69,20 @@ def trial_model(run: RunFolder, study: Any, trial: Any, registry: Any = None, we
     stored = run.trial_layers(trial)
     if stored is None:
         kept = run.kept_trials()
-        raise UsageError(f"trial {trial.number} has no saved model (only the --keep-models best trials keep theirs); "
-                         f"trials with a model: {', '.join(map(str, kept)) or 'none'}")
+        raise UsageError(
+            f"trial {trial.number} has no saved model (only the --keep-models best trials keep theirs); "
+            f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
+        )
     if registry is None:
         from autotl.registry import get_registry
 
         registry = get_registry(list(plugins))
     name = trial.params["backbone"]
     if name not in registry.backbones:
-        raise UsageError(f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
-                         "which is not installed here; install it or pass --plugin MODULE")
+        raise UsageError(
+            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
+            "which is not installed here; install it or pass --plugin MODULE"
+        )
     from autotl.model import restore_model
     from autotl.weights import resolve_weights
 
@@ -71,12 +90,22 @@ def trial_model(run: RunFolder, study: Any, trial: Any, registry: Any = None, we
     resolved = resolve_weights(spec, weights_of_run(run, weights))
     trained_on = trial.user_attrs.get("weights_sha256")
     if trained_on and resolved.sha256 and trained_on != resolved.sha256:
-        raise UsageError(f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
-                         f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used")
+        raise UsageError(
+            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
+            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
+        )
     say(f"assembling trial {trial.number}'s model from its stored layers")
     seed = int((study.user_attrs.get("space") or {}).get("seed", 0))
-    model = restore_model(spec, resolved, len(run.class_names(study)), trial.params["head_width"], trial.params["dropout"],
-                          stored, seed=seed, base=make_base(spec, resolved, seed) if make_base else None)
+    model = restore_model(
+        spec,
+        resolved,
+        len(run.class_names(study)),
+        trial.params["head_width"],
+        trial.params["dropout"],
+        stored,
+        seed=seed,
+        base=make_base(spec, resolved, seed) if make_base else None,
+    )
     path = run.trial_model(trial.number)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.keras")
@@ -85,16 +114,26 @@ def trial_model(run: RunFolder, study: Any, trial: Any, registry: Any = None, we
     return path
 
 
-def update_best_model(run: RunFolder, study: Any, registry: Any, weights: Any, storage_url: Optional[str] = None,
-                      make_base: Optional[MakeBase] = None) -> Optional[Path]:
+def update_best_model(
+    run: RunFolder,
+    study: Any,
+    registry: Any,
+    weights: Any,
+    storage_url: Optional[str] = None,
+    make_base: Optional[MakeBase] = None,
+) -> Optional[Path]:
     """Make ``best_model.keras`` the study's best trial's model (a no-op when it already is); record its lineage."""
     best = best_trial(study)
     if best is None:
         return None
     if run.best_trial_number() == best.number:
         return run.best_model()
-    path = run.install_best(trial_model(run, study, best, registry, weights, make_base), best.number, best.params,
-                           values=best.values)
+    path = run.install_best(
+        trial_model(run, study, best, registry, weights, make_base),
+        best.number,
+        best.params,
+        values=best.values,
+    )
     record_artifact(run.storage_url(storage_url), study, best, path, "best_model")
     return path
 
@@ -104,8 +143,10 @@ def record_artifact(storage_url: str, study: Any, trial: Any, path: Path, kind: 
     from autotl.lineage import record_model
 
     try:
-        record_model(storage_url, study.study_name, trial, path, kind, data=study.user_attrs.get("data"))
-    except Exception as exc:  # noqa: BLE001 -- the file is in place; say why its lineage is missing
+        record_model(
+            storage_url, study.study_name, trial, path, kind, data=study.user_attrs.get("data")
+        )
+    except Exception as exc:  # the file is in place; say why its lineage is missing
         import warnings
 
         warnings.warn(f"lineage not recorded for {path}: {first_line(exc)}", stacklevel=2)

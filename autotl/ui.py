@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from autotl.objective import Objectives, trial_metrics
 
@@ -54,7 +55,7 @@ class CtrlC:
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say, self.count, self.previous = say, 0, None
 
-    def __enter__(self) -> "CtrlC":
+    def __enter__(self) -> CtrlC:
         import signal
 
         self.previous = signal.signal(signal.SIGINT, self._handle)
@@ -69,7 +70,9 @@ class CtrlC:
         self.count += 1
         if self.count > 1:
             raise KeyboardInterrupt
-        self.say("Ctrl-C: finishing the running trial, then stopping (press Ctrl-C again to stop now)")
+        self.say(
+            "Ctrl-C: finishing the running trial, then stopping (press Ctrl-C again to stop now)"
+        )
 
     def pressed(self) -> bool:
         return self.count > 0
@@ -79,15 +82,27 @@ class SearchProgress:
     """A progress bar over trials whose description says where the current trial is."""
 
     def __init__(self, out: Any, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = out
         self.best: float | None = None
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=out, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+            transient=False,
+        )
         self.task = self.progress.add_task("starting", total=total)
 
-    def __enter__(self) -> "SearchProgress":
+    def __enter__(self) -> SearchProgress:
         self.progress.__enter__()
         return self
 
@@ -118,20 +133,44 @@ class SearchProgress:
             where = e["status"]
         else:
             where = f"phase {e.get('phase', '?')} epoch {e.get('epoch', '?')} val acc {e.get('val_accuracy', float('nan')):.3f}"
-        self.progress.update(self.task, description=f"trial {e['trial']} | {e.get('backbone', '?')} | {where} | best {best}")
+        self.progress.update(
+            self.task,
+            description=f"trial {e['trial']} | {e.get('backbone', '?')} | {where} | best {best}",
+        )
 
 
-COLUMNS = ("trial", "state", "backbone", "head", "dropout", "unfreeze", "finetune lr", "head stable")
+COLUMNS = (
+    "trial",
+    "state",
+    "backbone",
+    "head",
+    "dropout",
+    "unfreeze",
+    "finetune lr",
+    "head stable",
+)
 
 
 def leaderboard(study: Any, top: int = 10) -> Any:
     """The best trials of a study as a rich table."""
-    records = ({"number": t.number, "state": t.state.name, "params": t.params, "user_attrs": t.user_attrs,
-                "values": t.values} for t in study.get_trials(deepcopy=False))
-    return records_table(records, top, f"leaderboard: study {study.study_name}", Objectives.of_study(study))
+    records = (
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.params,
+            "user_attrs": t.user_attrs,
+            "values": t.values,
+        }
+        for t in study.get_trials(deepcopy=False)
+    )
+    return records_table(
+        records, top, f"leaderboard: study {study.study_name}", Objectives.of_study(study)
+    )
 
 
-def records_table(records: Iterable[dict[str, Any]], top: int, title: str, objectives: Objectives | None = None) -> Any:
+def records_table(
+    records: Iterable[dict[str, Any]], top: int, title: str, objectives: Objectives | None = None
+) -> Any:
     """The ``top`` best of ``records`` as a rich table, best first by ``objectives`` (unscored last).
 
     A record has ``number``, ``state`` (an Optuna state name), ``params`` and
@@ -149,8 +188,12 @@ def records_table(records: Iterable[dict[str, Any]], top: int, title: str, objec
     for r, metrics in rows[:top]:
         p, a = r["params"], r.get("user_attrs") or {}
         table.add_row(
-            str(r["number"]), r["state"].lower(), str(p.get("backbone", "")), str(p.get("head_width", "")),
-            f"{p['dropout']:.2f}" if "dropout" in p else "", str(p.get("unfreeze_blocks", "")),
+            str(r["number"]),
+            r["state"].lower(),
+            str(p.get("backbone", "")),
+            str(p.get("head_width", "")),
+            f"{p['dropout']:.2f}" if "dropout" in p else "",
+            str(p.get("unfreeze_blocks", "")),
             f"{p['finetune_lr']:.1e}" if "finetune_lr" in p else "",
             str(a["head_stable_epoch"]) if a.get("head_stable_epoch") is not None else "-",
             *(o.format(metrics.get(o.metric)) for o in objectives),

@@ -45,18 +45,22 @@ class WeightsSource:
     directory: Optional[Path] = None
 
     @classmethod
-    def parse(cls, weights_dir: str | None = None, weights: str | None = None) -> "WeightsSource":
+    def parse(cls, weights_dir: str | None = None, weights: str | None = None) -> WeightsSource:
         """``--weights none|imagenet`` wins; then ``--weights-dir``; then the environment; then imagenet."""
         if weights in ("none", "random"):
             return cls("none")
         if weights not in (None, WEIGHTS_IMAGENET):
-            raise UsageError(f"--weights must be 'imagenet' or 'none', got {weights!r}; use --weights-dir for a folder of weight files")
+            raise UsageError(
+                f"--weights must be 'imagenet' or 'none', got {weights!r}; use --weights-dir for a folder of weight files"
+            )
         directory = weights_dir or (None if weights else os.environ.get(WEIGHTS_DIR_ENV))
         if not directory:
             return cls("imagenet")
         path = Path(directory).expanduser()
         if not path.is_dir():
-            raise UsageError(f"weights folder {path} does not exist; point --weights-dir or {WEIGHTS_DIR_ENV} at a folder of Keras weight files")
+            raise UsageError(
+                f"weights folder {path} does not exist; point --weights-dir or {WEIGHTS_DIR_ENV} at a folder of Keras weight files"
+            )
         return cls("dir", path.resolve())
 
     def describe(self) -> str:
@@ -92,13 +96,23 @@ def resolve_weights(spec: BackboneSpec, source: WeightsSource) -> ResolvedWeight
         return ResolvedWeights(WEIGHTS_IMAGENET, spec.weights_sha256, "imagenet (Keras download)")
     assert source.directory is not None
     if not spec.weights_file:
-        raise UsageError(f"backbone {spec.name!r} declares no weights file name, so it cannot load from {source.directory}; use --weights imagenet or --weights none")
+        raise UsageError(
+            f"backbone {spec.name!r} declares no weights file name, so it cannot load from {source.directory}; use --weights imagenet or --weights none"
+        )
     path = source.directory / spec.weights_file
     if not path.is_file():
-        raise UsageError(f"backbone {spec.name!r} needs weights file {spec.weights_file} but it is not in {source.directory}; add the file there or leave {spec.name!r} out of the search space")
+        raise UsageError(
+            f"backbone {spec.name!r} needs weights file {spec.weights_file} but it is not in {source.directory}; add the file there or leave {spec.name!r} out of the search space"
+        )
     actual = sha256_file(path)
     listed = _listed_sums(source.directory).get(spec.weights_file)
-    expected, where = (listed, f"{source.directory / SUMS_FILE}") if listed else (spec.weights_sha256, f"plugin {spec.plugin or spec.name!r}")
+    expected, where = (
+        (listed, f"{source.directory / SUMS_FILE}")
+        if listed
+        else (spec.weights_sha256, f"plugin {spec.plugin or spec.name!r}")
+    )
     if expected and actual != expected:
-        raise UsageError(f"weights file {path} has SHA-256 {actual} but {where} expects {expected}; replace the file or fix the hash list")
+        raise UsageError(
+            f"weights file {path} has SHA-256 {actual} but {where} expects {expected}; replace the file or fix the hash list"
+        )
     return ResolvedWeights(str(path), actual, str(path))

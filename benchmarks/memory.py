@@ -37,18 +37,19 @@ def rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "hymenoptera"))
+    parser.add_argument(
+        "--data", default=str(HERE.parent.parent / "shared" / "data" / "hymenoptera")
+    )
     parser.add_argument("--weights-dir", default=os.environ.get("AUTOTL_WEIGHTS_DIR"))
     parser.add_argument("--trials", type=int, default=50)
     args = parser.parse_args()
 
     import numpy as np
-
-    from autotl.data import load_folder
-    from autotl.registry import get_registry
-    from autotl.optuna_engine import SearchConfig, run_search
     import yaml
 
+    from autotl.data import load_folder
+    from autotl.optuna_engine import SearchConfig, run_search
+    from autotl.registry import get_registry
     from autotl.space import SearchSpace
     from autotl.weights import WeightsSource
 
@@ -61,7 +62,12 @@ def main() -> None:
 
     space = SearchSpace.model_validate(yaml.safe_load(SPACE))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=args.trials, weights=WeightsSource.parse(args.weights_dir))
+        cfg = SearchConfig(
+            out=Path(tmp) / "run",
+            space=space,
+            trials=args.trials,
+            weights=WeightsSource.parse(args.weights_dir),
+        )
         start = time.perf_counter()
         study = run_search(cfg, get_registry(autoload=False), dataset, on_event)
         wall = time.perf_counter() - start
@@ -74,8 +80,10 @@ def main() -> None:
         tail = [s for s in samples if s[0] >= first]
         if len(tail) > 2:
             slope = np.polyfit([s[0] for s in tail], [s[1] for s in tail], 1)[0]
-            print(f"growth over trials {first}..{tail[-1][0]}: {slope:+.2f} MB per trial "
-                  f"(RSS ratio last/trial {first}: {tail[-1][1] / tail[0][1]:.3f})")
+            print(
+                f"growth over trials {first}..{tail[-1][0]}: {slope:+.2f} MB per trial "
+                f"(RSS ratio last/trial {first}: {tail[-1][1] / tail[0][1]:.3f})"
+            )
 
 
 if __name__ == "__main__":

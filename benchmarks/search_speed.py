@@ -39,7 +39,12 @@ SPACE = {
     "backbones": [BACKBONE],
     "head": {"width": [64, 128, 256], "dropout": {"low": 0.0, "high": 0.5}},
     "phase1": {"learning_rate": 1e-3, "epochs": 20, "patience": 3, "head_loss_threshold": 0.5},
-    "phase2": {"unfreeze_blocks": {"low": 1, "high": 2}, "learning_rate": {"low": 1e-5, "high": 1e-4, "log": True}, "epochs": 5, "patience": 2},
+    "phase2": {
+        "unfreeze_blocks": {"low": 1, "high": 2},
+        "learning_rate": {"low": 1e-5, "high": 1e-4, "log": True},
+        "epochs": 5,
+        "patience": 2,
+    },
     "batch_size": 32,
     "seed": 0,
 }
@@ -63,28 +68,45 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
 
     import keras  # noqa: F401 -- imported before the clock starts, as keras-tuner's run imports it
 
-    from autotl.registry import get_registry
     from autotl.optuna_engine import SearchConfig, run_search
+    from autotl.registry import get_registry
     from autotl.space import SearchSpace
     from autotl.weights import WeightsSource
 
     dataset = _load(args.data)
     raw, trials = _space(phase2), args.trials
     raw["backbones"] = args.backbones.split(",")
-    if args.two_stage:  # screen `trials` settings on cached features, then fine-tune the best `finalists`
+    if (
+        args.two_stage
+    ):  # screen `trials` settings on cached features, then fine-tune the best `finalists`
         raw["screening"] = {"trials": args.trials, "finalists": args.finalists}
         trials += args.finalists
     space = SearchSpace.model_validate(raw)
     with tempfile.TemporaryDirectory() as tmp:
         started = datetime.datetime.now()
         start = time.perf_counter()
-        cfg = SearchConfig(out=Path(tmp) / "run", space=space, trials=trials, weights=WeightsSource.parse(args.weights_dir))
+        cfg = SearchConfig(
+            out=Path(tmp) / "run",
+            space=space,
+            trials=trials,
+            weights=WeightsSource.parse(args.weights_dir),
+        )
         study = run_search(cfg, get_registry(autoload=False), dataset)
         wall = time.perf_counter() - start
-        phase2_trials = sum(1 for t in study.trials if t.user_attrs.get("history", {}).get("phase2"))
+        phase2_trials = sum(
+            1 for t in study.trials if t.user_attrs.get("history", {}).get("phase2")
+        )
         best = study.best_value
-        first_best = min(t.datetime_complete for t in study.trials if t.value is not None and t.value >= best)
-    return {"wall": wall, "best": best, "phase2_trials": phase2_trials, "trials": trials, "to_best": (first_best - started).total_seconds()}
+        first_best = min(
+            t.datetime_complete for t in study.trials if t.value is not None and t.value >= best
+        )
+    return {
+        "wall": wall,
+        "best": best,
+        "phase2_trials": phase2_trials,
+        "trials": trials,
+        "to_best": (first_best - started).total_seconds(),
+    }
 
 
 def _arrays(dataset, size):
@@ -114,41 +136,82 @@ def run_keras_tuner(args: argparse.Namespace, phase2: bool) -> dict:
         """Straight from the Keras transfer-learning guide, with the guide's two phases in fit()."""
 
         def build(self, hp):
-            base = keras.applications.MobileNetV2(input_shape=(*spec.input_size, 3), alpha=0.35, include_top=False, weights=weights)
+            base = keras.applications.MobileNetV2(
+                input_shape=(*spec.input_size, 3), alpha=0.35, include_top=False, weights=weights
+            )
             base.trainable = False
             inputs = keras.Input((*spec.input_size, 3))
             z = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
             z = base(z, training=False)
             z = keras.layers.GlobalAveragePooling2D()(z)
-            z = keras.layers.Dropout(hp.Float("dropout", space["head"]["dropout"]["low"], space["head"]["dropout"]["high"]))(z)
-            z = keras.layers.Dense(hp.Choice("head_width", space["head"]["width"]), activation="relu")(z)
+            z = keras.layers.Dropout(
+                hp.Float(
+                    "dropout", space["head"]["dropout"]["low"], space["head"]["dropout"]["high"]
+                )
+            )(z)
+            z = keras.layers.Dense(
+                hp.Choice("head_width", space["head"]["width"]), activation="relu"
+            )(z)
             outputs = keras.layers.Dense(n_classes, activation="softmax")(z)
             model = keras.Model(inputs, outputs)
-            model.compile(keras.optimizers.Adam(space["phase1"]["learning_rate"]), "sparse_categorical_crossentropy", metrics=["accuracy"])
+            model.compile(
+                keras.optimizers.Adam(space["phase1"]["learning_rate"]),
+                "sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
             return model
 
         def fit(self, hp, model, *fit_args, **kw):
             p1, p2 = space["phase1"], space["phase2"]
-            stop = lambda patience: keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)  # noqa: E731
+
+            def stop(patience):
+                return keras.callbacks.EarlyStopping(
+                    "val_loss", patience=patience, restore_best_weights=True
+                )
+
             cbs = kw.pop("callbacks", [])
-            h = model.fit(*fit_args, epochs=p1["epochs"], callbacks=cbs + [stop(p1["patience"])], **kw)
-            blocks = hp.Int("unfreeze_blocks", p2["unfreeze_blocks"]["low"], p2["unfreeze_blocks"]["high"])
-            lr = hp.Float("finetune_lr", p2["learning_rate"]["low"], p2["learning_rate"]["high"], sampling="log")
+            h = model.fit(
+                *fit_args, epochs=p1["epochs"], callbacks=[*cbs, stop(p1["patience"])], **kw
+            )
+            blocks = hp.Int(
+                "unfreeze_blocks", p2["unfreeze_blocks"]["low"], p2["unfreeze_blocks"]["high"]
+            )
+            lr = hp.Float(
+                "finetune_lr",
+                p2["learning_rate"]["low"],
+                p2["learning_rate"]["high"],
+                sampling="log",
+            )
             if blocks:
                 base = model.layers[2]
                 cut = block_boundaries(base, spec.block_pattern)[-blocks]
                 base.trainable = True
                 above = False
                 for layer in base.layers:
-                    layer.trainable = above and not isinstance(layer, keras.layers.BatchNormalization)
+                    layer.trainable = above and not isinstance(
+                        layer, keras.layers.BatchNormalization
+                    )
                     above = above or layer.name == cut
-                model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
-                h = model.fit(*fit_args, epochs=p2["epochs"], callbacks=cbs + [stop(p2["patience"])], **kw)
+                model.compile(
+                    keras.optimizers.Adam(lr),
+                    "sparse_categorical_crossentropy",
+                    metrics=["accuracy"],
+                )
+                h = model.fit(
+                    *fit_args, epochs=p2["epochs"], callbacks=[*cbs, stop(p2["patience"])], **kw
+                )
             return h
 
     with tempfile.TemporaryDirectory() as tmp:
-        tuner = kt.RandomSearch(TransferHyperModel(), objective=kt.Objective("val_accuracy", "max"), max_trials=args.trials,
-                                seed=space["seed"], directory=tmp, project_name="kt", overwrite=True)
+        tuner = kt.RandomSearch(
+            TransferHyperModel(),
+            objective=kt.Objective("val_accuracy", "max"),
+            max_trials=args.trials,
+            seed=space["seed"],
+            directory=tmp,
+            project_name="kt",
+            overwrite=True,
+        )
         start = time.perf_counter()
         tuner.search(x, y, validation_data=(xv, yv), batch_size=space["batch_size"], verbose=0)
         wall = time.perf_counter() - start
@@ -164,7 +227,9 @@ def run_floor(args: argparse.Namespace, _phase2: bool) -> dict:
 
     dataset = _load(args.data)
     spec = get_registry(autoload=False).backbone(BACKBONE)
-    base = spec.build((*spec.input_size, 3), resolve_weights(spec, WeightsSource.parse(args.weights_dir)).argument)
+    base = spec.build(
+        (*spec.input_size, 3), resolve_weights(spec, WeightsSource.parse(args.weights_dir)).argument
+    )
     (x, _), (xv, _) = _arrays(dataset, spec.input_size)
     x, xv = (apply_preprocessing(spec.preprocessing, a) for a in (x, xv))
     base.predict(x[:32], verbose=0)  # warm-up
@@ -184,16 +249,29 @@ def child(args: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, engine: str, phase2: bool, backbones: str = BACKBONE) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--engine", engine.removesuffix("-two-stage"), "--data", args.data, "--trials", str(args.trials),
-           "--backbones", backbones]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--engine",
+        engine.removesuffix("-two-stage"),
+        "--data",
+        args.data,
+        "--trials",
+        str(args.trials),
+        "--backbones",
+        backbones,
+    ]
     cmd += ["--weights-dir", args.weights_dir] if args.weights_dir else []
     cmd += ["--phase2"] if phase2 else []
-    cmd += ["--two-stage", "--finalists", str(args.finalists)] if engine == "autotl-two-stage" else []
+    cmd += (
+        ["--two-stage", "--finalists", str(args.finalists)] if engine == "autotl-two-stage" else []
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
@@ -201,8 +279,15 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--weights-dir", default=os.environ.get("AUTOTL_WEIGHTS_DIR"))
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--only", choices=["phase1", "phase2", "two-stage"], help="run one setting only")
-    parser.add_argument("--finalists", type=int, default=3, help="two-stage: fine-tuning trials after screening --trials settings")
+    parser.add_argument(
+        "--only", choices=["phase1", "phase2", "two-stage"], help="run one setting only"
+    )
+    parser.add_argument(
+        "--finalists",
+        type=int,
+        default=3,
+        help="two-stage: fine-tuning trials after screening --trials settings",
+    )
     parser.add_argument("--two-stage", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbones", default=BACKBONE, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -212,7 +297,9 @@ def main() -> None:
     if args.child:
         return child(args)
     floor = spawn(args, "floor", False)
-    print(f"data {args.data}, backbone {BACKBONE}, {args.trials} trials, CPU cores {os.cpu_count()}")
+    print(
+        f"data {args.data}, backbone {BACKBONE}, {args.trials} trials, CPU cores {os.cpu_count()}"
+    )
     print(f"floor: one forward pass over train+val = {floor['wall']:.1f} s")
     settings = [s for s in ("phase1", "phase2") if args.only in (None, s)]
     for setting in settings:
@@ -222,20 +309,33 @@ def main() -> None:
         label = "phase 2 in every trial" if phase2 else "phase 2 skipped"
         print(f"\n== {label}")
         for name, r in (("keras-tuner", kt_res), ("autotl", at_res)):
-            print(f"{name:12s} wall {r['wall']:8.1f} s   best val acc {r['best']:.4f}   peak RSS {r['peak_rss_mb']:7.0f} MB")
+            print(
+                f"{name:12s} wall {r['wall']:8.1f} s   best val acc {r['best']:.4f}   peak RSS {r['peak_rss_mb']:7.0f} MB"
+            )
         print(f"speed ratio keras-tuner / autotl: {kt_res['wall'] / at_res['wall']:.1f}x")
-        print(f"best val acc difference (autotl - keras-tuner): {100 * (at_res['best'] - kt_res['best']):+.1f} points")
-        print(f"autotl time above the forward-pass floor: {at_res['wall'] - floor['wall']:.1f} s "
-              f"({100 * (at_res['wall'] - floor['wall']) / at_res['wall']:.0f}% of its time)")
+        print(
+            f"best val acc difference (autotl - keras-tuner): {100 * (at_res['best'] - kt_res['best']):+.1f} points"
+        )
+        print(
+            f"autotl time above the forward-pass floor: {at_res['wall'] - floor['wall']:.1f} s "
+            f"({100 * (at_res['wall'] - floor['wall']) / at_res['wall']:.0f}% of its time)"
+        )
     if args.only in (None, "two-stage"):
         # both of the shared weight files' backbones, so screening also chooses the backbone
         full = spawn(args, "autotl", True, TWO_STAGE_BACKBONES)
         two = spawn(args, "autotl-two-stage", True, TWO_STAGE_BACKBONES)
-        print(f"\n== two-stage search (autotl, backbones {TWO_STAGE_BACKBONES}): fine-tune in every trial, "
-              f"or screen {args.trials} settings on cached features and fine-tune the best {args.finalists}")
-        for name, r in ((f"{args.trials} trials, all fine-tuned", full), (f"{args.trials} screened + {args.finalists} finalists", two)):
-            print(f"{name:32s} wall {r['wall']:6.1f} s   best val acc {r['best']:.4f}   best first reached after {r['to_best']:5.1f} s   "
-                  f"fine-tuned trials {r['phase2_trials']}")
+        print(
+            f"\n== two-stage search (autotl, backbones {TWO_STAGE_BACKBONES}): fine-tune in every trial, "
+            f"or screen {args.trials} settings on cached features and fine-tune the best {args.finalists}"
+        )
+        for name, r in (
+            (f"{args.trials} trials, all fine-tuned", full),
+            (f"{args.trials} screened + {args.finalists} finalists", two),
+        ):
+            print(
+                f"{name:32s} wall {r['wall']:6.1f} s   best val acc {r['best']:.4f}   best first reached after {r['to_best']:5.1f} s   "
+                f"fine-tuned trials {r['phase2_trials']}"
+            )
 
 
 if __name__ == "__main__":

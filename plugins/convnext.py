@@ -20,9 +20,13 @@ SHA256_TINY = "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1"
 def _build(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    base = keras.applications.ConvNeXtTiny(input_shape=input_shape, include_top=False, weights=weights)
+    base = keras.applications.ConvNeXtTiny(
+        input_shape=input_shape, include_top=False, weights=weights
+    )
     norm = base.layers[-1]
-    if isinstance(norm, keras.layers.LayerNormalization) and norm.name.startswith("layer_normalization"):
+    if isinstance(norm, keras.layers.LayerNormalization) and norm.name.startswith(
+        "layer_normalization"
+    ):
         norm.name = f"{base.name}_layernorm"
     return base
 

@@ -8,7 +8,9 @@ from autotl import BackboneSpec, Preprocessing, hookimpl
 def _build(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.DenseNet121(input_shape=input_shape, include_top=False, weights=weights)
+    return keras.applications.DenseNet121(
+        input_shape=input_shape, include_top=False, weights=weights
+    )
 
 
 def _preprocess_input(x):

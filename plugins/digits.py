@@ -23,4 +23,10 @@ def load_digits():
 
 @hookimpl
 def autotl_samples() -> list[SampleSpec]:
-    return [SampleSpec("digits", load_digits, "scikit-learn digits: 1,797 scanned 8x8 images, 10 classes, bundled, offline")]
+    return [
+        SampleSpec(
+            "digits",
+            load_digits,
+            "scikit-learn digits: 1,797 scanned 8x8 images, 10 classes, bundled, offline",
+        )
+    ]

@@ -34,11 +34,15 @@ def _fold_imagenet_scale(base) -> None:
     import numpy as np
 
     layers = list(base.layers)
-    index = next(i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Normalization))
+    index = next(
+        i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Normalization)
+    )
     if isinstance(layers[index + 1], keras.layers.Rescaling):  # a Keras that adds it for paths too
         return
     norm = layers[index]
-    norm.adapt_variance.assign(np.asarray(norm.adapt_variance) * np.asarray(IMAGENET_STDDEV_RGB, "float32"))
+    norm.adapt_variance.assign(
+        np.asarray(norm.adapt_variance) * np.asarray(IMAGENET_STDDEV_RGB, "float32")
+    )
     norm.finalize_state()
 
 

@@ -22,7 +22,9 @@ def _name_residual_adds(base) -> None:
 
     for layer in base.layers:
         if isinstance(layer, keras.layers.Add) and re.fullmatch(r"add(_\d+)?", layer.name):
-            producers = [t._keras_history.operation.name for t in layer._inbound_nodes[0].input_tensors]
+            producers = [
+                t._keras_history.operation.name for t in layer._inbound_nodes[0].input_tensors
+            ]
             blocks = [m.group(1) for name in producers if (m := re.match(r"(block\d+)_", name))]
             if blocks:
                 layer.name = f"{blocks[0]}_add"
@@ -56,7 +58,9 @@ def _build_xception(input_shape: tuple[int, int, int], weights: str | None):
 def _build_inception_v3(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    base = keras.applications.InceptionV3(input_shape=input_shape, include_top=False, weights=weights)
+    base = keras.applications.InceptionV3(
+        input_shape=input_shape, include_top=False, weights=weights
+    )
     _name_counted_layers(base)
     return base
 

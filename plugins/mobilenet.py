@@ -17,7 +17,9 @@ SHA256 = {0.25: "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0b
 def _build(alpha: float, input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.MobileNet(input_shape=input_shape, alpha=alpha, include_top=False, weights=weights)
+    return keras.applications.MobileNet(
+        input_shape=input_shape, alpha=alpha, include_top=False, weights=weights
+    )
 
 
 def _preprocess_input(x):

@@ -13,7 +13,9 @@ SIZES = ((96, 96), (128, 128), (160, 160), (192, 192), (224, 224))
 def _build(alpha: float, input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.MobileNetV2(input_shape=input_shape, alpha=alpha, include_top=False, weights=weights)
+    return keras.applications.MobileNetV2(
+        input_shape=input_shape, alpha=alpha, include_top=False, weights=weights
+    )
 
 
 def _preprocess_input(x):

@@ -23,13 +23,29 @@ VARIANTS = (
 )
 
 
-def _build(model_type: str, alpha: float, minimalistic: bool, include_preprocessing: bool,
-           input_shape: tuple[int, int, int], weights: str | None):
+def _build(
+    model_type: str,
+    alpha: float,
+    minimalistic: bool,
+    include_preprocessing: bool,
+    input_shape: tuple[int, int, int],
+    weights: str | None,
+):
     import keras
 
-    builder = keras.applications.MobileNetV3Small if model_type == "small" else keras.applications.MobileNetV3Large
-    return builder(input_shape=input_shape, alpha=alpha, minimalistic=minimalistic, include_top=False,
-                   weights=weights, include_preprocessing=include_preprocessing)
+    builder = (
+        keras.applications.MobileNetV3Small
+        if model_type == "small"
+        else keras.applications.MobileNetV3Large
+    )
+    return builder(
+        input_shape=input_shape,
+        alpha=alpha,
+        minimalistic=minimalistic,
+        include_top=False,
+        weights=weights,
+        include_preprocessing=include_preprocessing,
+    )
 
 
 def _preprocess_input(x):
@@ -46,10 +62,16 @@ def _preprocess_input_nopre(x):
     return keras.applications.imagenet_utils.preprocess_input(x, mode="tf")
 
 
-def _spec(model_type: str, alpha: float, minimalistic: bool, include_preprocessing: bool) -> BackboneSpec:
+def _spec(
+    model_type: str, alpha: float, minimalistic: bool, include_preprocessing: bool
+) -> BackboneSpec:
     kind = "minimalistic_" if minimalistic else ""
     suffix = ("-minimalistic" if minimalistic else "") + ("" if include_preprocessing else "-nopre")
-    inside = "preprocessing inside the model" if include_preprocessing else "preprocessing baked in by autotl"
+    inside = (
+        "preprocessing inside the model"
+        if include_preprocessing
+        else "preprocessing baked in by autotl"
+    )
     return BackboneSpec(
         name=f"mobilenet_v3_{model_type}-{alpha}{suffix}",
         family="MobileNetV3",
@@ -59,11 +81,17 @@ def _spec(model_type: str, alpha: float, minimalistic: bool, include_preprocessi
         preprocess_input=_preprocess_input if include_preprocessing else _preprocess_input_nopre,
         block_pattern=r"^expanded_conv(_\d+)?_(add|project_bn)$",
         weights_file=f"weights_mobilenet_v3_{model_type}_{kind}224_{alpha}_float_no_top_v2.h5",
-        description=(f"MobileNetV3{model_type.capitalize()}, alpha {alpha}{', minimalistic (no squeeze-excite, ReLU)' if minimalistic else ''}: "
-                     f"fast on CPU; {inside}"),
+        description=(
+            f"MobileNetV3{model_type.capitalize()}, alpha {alpha}{', minimalistic (no squeeze-excite, ReLU)' if minimalistic else ''}: "
+            f"fast on CPU; {inside}"
+        ),
     )
 
 
 @hookimpl
 def autotl_backbones() -> list[BackboneSpec]:
-    return [_spec(*variant, include_preprocessing) for variant in VARIANTS for include_preprocessing in (True, False)]
+    return [
+        _spec(*variant, include_preprocessing)
+        for variant in VARIANTS
+        for include_preprocessing in (True, False)
+    ]

@@ -13,7 +13,9 @@ from autotl import BackboneSpec, Preprocessing, hookimpl
 def _build(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.NASNetMobile(input_shape=input_shape, include_top=False, weights=weights)
+    return keras.applications.NASNetMobile(
+        input_shape=input_shape, include_top=False, weights=weights
+    )
 
 
 def _preprocess_input(x):

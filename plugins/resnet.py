@@ -14,7 +14,9 @@ def _build(input_shape: tuple[int, int, int], weights: str | None):
 def _build_v2(input_shape: tuple[int, int, int], weights: str | None):
     import keras
 
-    return keras.applications.ResNet50V2(input_shape=input_shape, include_top=False, weights=weights)
+    return keras.applications.ResNet50V2(
+        input_shape=input_shape, include_top=False, weights=weights
+    )
 
 
 def _preprocess_input(x):

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["AUTOTL_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # tests choose their plugins
 sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 
-from helpers import COLOURS, TINY_PLUGIN, TINY_SPACE, write_images  # noqa: E402 -- after the path is set
+from helpers import COLOURS, TINY_PLUGIN, TINY_SPACE, write_images
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,13 @@ HYMENOPTERA = SHARED / "data" / "hymenoptera"
 TINY_PLUGIN = "autotl_tiny"
 
 
-def write_images(folder: Path, classes: dict[str, tuple[int, int, int]], per_class: int, seed: int = 0, size: int = 40) -> Path:
+def write_images(
+    folder: Path,
+    classes: dict[str, tuple[int, int, int]],
+    per_class: int,
+    seed: int = 0,
+    size: int = 40,
+) -> Path:
     """Noisy pictures whose dominant colour is the class: learnable even by a random base."""
     from PIL import Image
 
@@ -53,8 +59,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
     """Run ``python -m autotl ARGS`` in a fresh process, as a user would."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS / "plugins"), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "autotl", *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS / "plugins"), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "autotl", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(proc, *fragments: str) -> None:
@@ -67,7 +83,10 @@ def assert_one_line_error(proc, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-needs_shared = pytest.mark.skipif(not (SHARED_WEIGHTS.is_dir() and HYMENOPTERA.is_dir()), reason="../shared weights and data not present")
+needs_shared = pytest.mark.skipif(
+    not (SHARED_WEIGHTS.is_dir() and HYMENOPTERA.is_dir()),
+    reason="../shared weights and data not present",
+)
 
 
 def call_cli(*argv: str) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import TINY_PLUGIN
 
 import autotl
-from helpers import TINY_PLUGIN
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,15 @@ def api_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("api")
     (root / "space.yaml").write_text(TINY_SPACE)
     events: list[dict] = []
-    run = autotl.search(image_folder, out=root / "run", space=root / "space.yaml", trials=2, plugins=[TINY_PLUGIN],
-                        weights="none", on_event=events.append)
+    run = autotl.search(
+        image_folder,
+        out=root / "run",
+        space=root / "space.yaml",
+        trials=2,
+        plugins=[TINY_PLUGIN],
+        weights="none",
+        on_event=events.append,
+    )
     return run, events
 
 
@@ -45,14 +52,16 @@ def test_best_model_predict_and_a_reopened_run_agree(api_run, image_folder: Path
     run, _ = api_run
     model = run.best_model()
     assert model.output_shape[-1] == 3
-    files = sorted((image_folder / "red").glob("*.png"))[:3] + [image_folder / "missing.png"]
+    files = [*sorted((image_folder / "red").glob("*.png"))[:3], image_folder / "missing.png"]
     preds = run.predict(files)
     assert [p[0] for p in preds] == [str(f) for f in files]
     assert preds[-1][2] is None and "missing" in preds[-1][1]
     again = autotl.Run(run.path)  # another process would do the same
     assert again.best_trial.number == run.best_trial.number
     assert again.predict(files[:3]) == preds[:3]
-    assert all(0.0 <= p[2] <= 1.0 for p in preds[:3]) and np.isfinite([p[2] for p in preds[:3]]).all()
+    assert (
+        all(0.0 <= p[2] <= 1.0 for p in preds[:3]) and np.isfinite([p[2] for p in preds[:3]]).all()
+    )
 
 
 def test_export_and_lineage_through_the_run(api_run, tmp_path: Path) -> None:
@@ -66,9 +75,19 @@ def test_export_and_lineage_through_the_run(api_run, tmp_path: Path) -> None:
 
 def test_resume_through_the_api_adds_only_the_missing_trial(api_run, image_folder: Path) -> None:
     run, _ = api_run
-    more = autotl.search(image_folder, out=run.path, space=run.path / ".." / "space.yaml", trials=3,
-                         plugins=[TINY_PLUGIN], weights="none", report=False)
-    assert len(more.study.trials) == 3 and more.study.trials[0].datetime_start == run.study.trials[0].datetime_start
+    more = autotl.search(
+        image_folder,
+        out=run.path,
+        space=run.path / ".." / "space.yaml",
+        trials=3,
+        plugins=[TINY_PLUGIN],
+        weights="none",
+        report=False,
+    )
+    assert (
+        len(more.study.trials) == 3
+        and more.study.trials[0].datetime_start == run.study.trials[0].datetime_start
+    )
 
 
 def test_bad_arguments_are_usage_errors(image_folder: Path, tmp_path: Path) -> None:

@@ -46,19 +46,25 @@ def test_prefetch_close_stops_an_endless_producer() -> None:
     assert next(made) < 10  # it stopped near the queue's depth, not at the end of time
 
 
-def test_a_file_broken_after_the_scan_fails_the_build_and_leaves_nothing(registry, image_folder: Path, tmp_path: Path) -> None:
+def test_a_file_broken_after_the_scan_fails_the_build_and_leaves_nothing(
+    registry, image_folder: Path, tmp_path: Path
+) -> None:
     from autotl.data import load_folder
 
     data = tmp_path / "data"
     shutil.copytree(image_folder, data)
     dataset = load_folder(data)
-    Path(dataset.val.paths[-1]).write_bytes(b"")  # the last batch: the build is well under way when it fails
+    Path(dataset.val.paths[-1]).write_bytes(
+        b""
+    )  # the last batch: the build is well under way when it fails
     spec = registry.backbone("tiny")
     base = build_base(spec, RANDOM)
     cache = FeatureCache(tmp_path / "cache")
     with pytest.raises(UsageError, match="can no longer be decoded"):
         cache.get(spec, lambda: base, RANDOM, dataset, None, batch_size=4)
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]  # no entry, no temporary folder
+    assert not [
+        p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"
+    ]  # no entry, no temporary folder
     for path in dataset.val.paths:  # the same scan, the file restored: the build now completes
         shutil.copyfile(image_folder / Path(path).relative_to(data), path)
     assert cache.get(spec, lambda: base, RANDOM, dataset, None, batch_size=4).built

@@ -15,10 +15,12 @@ import pytest
 
 from autotl.cache import FeatureCache
 from autotl.data import from_arrays
-from autotl.registry import DEFAULT_PLUGINS
 from autotl.model import assemble, block_boundaries, build_base, build_head, freeze_below, submodel
+from autotl.registry import DEFAULT_PLUGINS
 from autotl.testing import specs_of
 from autotl.weights import ResolvedWeights
+
+pytestmark = pytest.mark.slow  # `make test-fast` skips this module
 
 RANDOM = ResolvedWeights(None, None, "random")
 FAMILIES: dict = {}
@@ -31,7 +33,9 @@ SIZE = {"Xception": (96, 96), "InceptionV3": (96, 96)}
 def pictures():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (50, 60, 3), dtype=np.uint8) for _ in range(8)]
-    return from_arrays(images, np.array([0, 1] * 4), ["a", "b"], "sample:exactness", val_fraction=0.5, seed=0)
+    return from_arrays(
+        images, np.array([0, 1] * 4), ["a", "b"], "sample:exactness", val_fraction=0.5, seed=0
+    )
 
 
 def _head_on(x, head):
@@ -53,7 +57,9 @@ def test_cached_path_equals_the_full_model(spec, pictures, tmp_path: Path) -> No
     pooled = cache.get(spec, lambda: base, RANDOM, pictures, None, input_size=size)
     head[1].build((None, pooled.val.shape[1]))
     model = assemble(spec, base, head, input_size=size)
-    np.testing.assert_allclose(_head_on(np.asarray(pooled.val), head), model.predict(raw, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(
+        _head_on(np.asarray(pooled.val), head), model.predict(raw, verbose=0), atol=1e-4
+    )
 
     boundaries = block_boundaries(base, spec.block_pattern)
     if not boundaries:
@@ -62,24 +68,43 @@ def test_cached_path_equals_the_full_model(spec, pictures, tmp_path: Path) -> No
     acts = cache.get(spec, lambda: base, RANDOM, pictures, cut, input_size=size)
     freeze_below(base, cut)  # "fine-tune": change every weight above the boundary
     rng = np.random.default_rng(1)
-    for layer in base.layers[[l.name for l in base.layers].index(cut) + 1:]:
+    for layer in base.layers[[layer.name for layer in base.layers].index(cut) + 1 :]:
         if layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([w * (1 + 0.05 * rng.standard_normal(w.shape)).astype(w.dtype) for w in layer.get_weights()])
+            layer.set_weights(
+                [
+                    w * (1 + 0.05 * rng.standard_normal(w.shape)).astype(w.dtype)
+                    for w in layer.get_weights()
+                ]
+            )
     top = submodel(base, cut, None)
-    cached = _head_on(keras.layers.GlobalAveragePooling2D()(top(np.asarray(acts.val), training=False)), head)
+    cached = _head_on(
+        keras.layers.GlobalAveragePooling2D()(top(np.asarray(acts.val), training=False)), head
+    )
     np.testing.assert_allclose(cached, model.predict(raw, verbose=0), atol=1e-4)
 
 
-def test_augmented_views_are_cached_beside_the_originals(registry, tiny_dataset, tmp_path: Path) -> None:
+def test_augmented_views_are_cached_beside_the_originals(
+    registry, tiny_dataset, tmp_path: Path
+) -> None:
     from autotl.space import Augmentation
 
     spec = registry.backbone("tiny")
     base = build_base(spec, RANDOM)
     aug = Augmentation(enabled=True, views=2)
     plain = FeatureCache(tmp_path).get(spec, lambda: base, RANDOM, tiny_dataset, None)
-    views = FeatureCache(tmp_path).get(spec, lambda: base, RANDOM, tiny_dataset, None, augmentation=aug)
+    views = FeatureCache(tmp_path).get(
+        spec, lambda: base, RANDOM, tiny_dataset, None, augmentation=aug
+    )
     n = len(tiny_dataset.train)
-    assert views.key != plain.key and views.train.shape[0] == 3 * n and views.val.shape[0] == len(tiny_dataset.val)
-    np.testing.assert_allclose(np.asarray(views.train[:n]), np.asarray(plain.train), atol=1e-5)  # view 0: the originals
-    assert not np.allclose(np.asarray(views.train[n : 2 * n]), np.asarray(plain.train))  # the others differ
+    assert (
+        views.key != plain.key
+        and views.train.shape[0] == 3 * n
+        and views.val.shape[0] == len(tiny_dataset.val)
+    )
+    np.testing.assert_allclose(
+        np.asarray(views.train[:n]), np.asarray(plain.train), atol=1e-5
+    )  # view 0: the originals
+    assert not np.allclose(
+        np.asarray(views.train[n : 2 * n]), np.asarray(plain.train)
+    )  # the others differ
     np.testing.assert_array_equal(views.train_labels, np.tile(tiny_dataset.train.labels, 3))

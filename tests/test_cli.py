@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
+import pytest
 from helpers import COLOURS, TINY_PLUGIN, assert_one_line_error, run_cli, write_images
 
 
 def search(*args: str):
-    return run_cli("search", *args, "--plugin", TINY_PLUGIN, "--weights", "none", "--backbone", "tiny")
+    return run_cli(
+        "search", *args, "--plugin", TINY_PLUGIN, "--weights", "none", "--backbone", "tiny"
+    )
 
 
 def test_help_answers() -> None:
@@ -18,7 +20,9 @@ def test_help_answers() -> None:
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:
-    assert_one_line_error(search(str(tmp_path / "nope"), "--out", str(tmp_path / "run")), "does not exist")
+    assert_one_line_error(
+        search(str(tmp_path / "nope"), "--out", str(tmp_path / "run")), "does not exist"
+    )
 
 
 def test_empty_data_folder(tmp_path: Path) -> None:
@@ -39,19 +43,38 @@ def test_class_folder_without_images(tmp_path: Path) -> None:
 
 
 def test_unknown_backbone(tmp_path: Path, image_folder: Path) -> None:
-    proc = run_cli("search", str(image_folder), "--plugin", TINY_PLUGIN, "--weights", "none", "--backbone", "resnet9000")
+    proc = run_cli(
+        "search",
+        str(image_folder),
+        "--plugin",
+        TINY_PLUGIN,
+        "--weights",
+        "none",
+        "--backbone",
+        "resnet9000",
+    )
     assert_one_line_error(proc, "unknown backbone 'resnet9000'", "tiny")
 
 
 def test_bad_space_file(tmp_path: Path, image_folder: Path) -> None:
     bad = tmp_path / "space.yaml"
-    bad.write_text("backbones: [tiny]\nhead: {width: [8], dropout: 0.1}\nphase1: {learning_rate: 1.0e-3}\nphase2: {learning_rate: 1.0e-3}\n")
+    bad.write_text(
+        "backbones: [tiny]\nhead: {width: [8], dropout: 0.1}\nphase1: {learning_rate: 1.0e-3}\nphase2: {learning_rate: 1.0e-3}\n"
+    )
     proc = run_cli("search", str(image_folder), "--space", str(bad), "--weights", "none")
     assert_one_line_error(proc, "phase2.learning_rate.high must be at least 10 times below")
 
 
 def test_bad_storage_url(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
-    proc = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(tmp_path / "run"), "--storage", "nosuchdb://x")
+    proc = search(
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(tmp_path / "run"),
+        "--storage",
+        "nosuchdb://x",
+    )
     assert_one_line_error(proc, "cannot open storage 'nosuchdb://x'")
 
 
@@ -60,6 +83,7 @@ def test_unknown_plugin_module(image_folder: Path) -> None:
     assert_one_line_error(proc, "cannot import plugin module 'no_such_plugin_module'")
 
 
+@pytest.mark.slow
 def test_search_skips_bad_files_then_predicts(tmp_path: Path, tiny_space_file: Path) -> None:
     data = write_images(tmp_path / "data", {k: COLOURS[k] for k in ("red", "blue")}, 10)
     (data / "red" / "broken.jpg").write_text("this is not a jpeg")
@@ -67,42 +91,97 @@ def test_search_skips_bad_files_then_predicts(tmp_path: Path, tiny_space_file: P
     out = tmp_path / "run"
     proc = search(str(data), "--space", str(tiny_space_file), "--out", str(out), "--trials", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "skipped red/broken.jpg: not an image" in proc.stderr and "skipped blue/empty.png: zero bytes" in proc.stderr
+    assert (
+        "skipped red/broken.jpg: not an image" in proc.stderr
+        and "skipped blue/empty.png: zero bytes" in proc.stderr
+    )
     assert "leaderboard" in proc.stdout and (out / "best_model.keras").is_file()
-    pred = run_cli("predict", str(out), str(data / "red" / "red_000.png"), str(data / "blue" / "blue_000.png"))
+    pred = run_cli(
+        "predict", str(out), str(data / "red" / "red_000.png"), str(data / "blue" / "blue_000.png")
+    )
     assert pred.returncode == 0, pred.stderr
     rows = [line.split("\t") for line in pred.stdout.splitlines()]
     assert [r[1] for r in rows] == ["red", "blue"] and all(0.5 < float(r[2]) <= 1 for r in rows)
 
 
-def test_third_party_plugin_from_an_entry_point_is_listed_and_searched(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
+@pytest.mark.slow
+def test_third_party_plugin_from_an_entry_point_is_listed_and_searched(
+    tmp_path: Path, image_folder: Path, tiny_space_file: Path
+) -> None:
     """A package installed with an ``autotl`` entry point: found without --plugin."""
     site = tmp_path / "site"
     dist = site / "autotl_tiny-0.1.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: autotl-tiny\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[autotl]\ntiny = autotl_tiny\n")
-    env = {"AUTOTL_DISABLE_PLUGIN_AUTOLOAD": "", "PYTHONPATH": f"{site}:{Path(__file__).parent / 'plugins'}"}
+    env = {
+        "AUTOTL_DISABLE_PLUGIN_AUTOLOAD": "",
+        "PYTHONPATH": f"{site}:{Path(__file__).parent / 'plugins'}",
+    }
     listed = run_cli("plugins", env=env)
     assert listed.returncode == 0, listed.stderr
-    assert any(line.split("│")[1].strip() == "tiny" for line in listed.stdout.splitlines() if line.count("│") > 2)
-    proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(tmp_path / "run"),
-                   "--weights", "none", "--trials", "1", env=env)
+    assert any(
+        line.split("│")[1].strip() == "tiny"
+        for line in listed.stdout.splitlines()
+        if line.count("│") > 2
+    )
+    proc = run_cli(
+        "search",
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(tmp_path / "run"),
+        "--weights",
+        "none",
+        "--trials",
+        "1",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "backbones tiny" in proc.stdout.replace("\n", " ")
 
 
-def test_keras_tuner_engine_runs_the_same_space(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
+@pytest.mark.slow
+def test_keras_tuner_engine_runs_the_same_space(
+    tmp_path: Path, image_folder: Path, tiny_space_file: Path
+) -> None:
     out = tmp_path / "run"
     tiny_space_file.write_text(tiny_space_file.read_text() + "screening: {trials: 1}\n")
-    proc = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "2", "--engine", "keras-tuner", "--tuner", "random")
+    proc = search(
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(out),
+        "--trials",
+        "2",
+        "--engine",
+        "keras-tuner",
+        "--tuner",
+        "random",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "leaderboard: keras-tuner random" in proc.stdout and (out / "keras_tuner" / "best_model.keras").is_file()
+    assert (
+        "leaderboard: keras-tuner random" in proc.stdout
+        and (out / "keras_tuner" / "best_model.keras").is_file()
+    )
     assert "screening (two-stage search) is the Optuna engine's" in proc.stderr
-    refused = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--engine", "keras-tuner", "--workers", "2")
+    refused = search(
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(out),
+        "--engine",
+        "keras-tuner",
+        "--workers",
+        "2",
+    )
     assert_one_line_error(refused, "Optuna engine's")
 
 
+@pytest.mark.slow
 def test_plugins_check_passes_a_good_plugin_and_names_a_bad_one(tmp_path: Path) -> None:
     good = run_cli("plugins", "check", TINY_PLUGIN)
     assert good.returncode == 0, good.stdout + good.stderr
@@ -117,18 +196,51 @@ def test_plugins_check_passes_a_good_plugin_and_names_a_bad_one(tmp_path: Path) 
         "    return [BackboneSpec(name='tiny_bad', build=build_tiny, input_size=(32, 32), preprocessing=Preprocessing.caffe(),\n"
         "                         preprocess_input=lambda x: x / 127.5 - 1.0, block_pattern=r'^block\\d_out$')]\n"
     )
-    proc = run_cli("plugins", "check", "bad_plugin", env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).parent / 'plugins'}"})
-    assert proc.returncode == 1 and "tiny_bad: FAILED" in proc.stdout and "0 passed, 1 failed" in proc.stdout
+    proc = run_cli(
+        "plugins",
+        "check",
+        "bad_plugin",
+        env={"PYTHONPATH": f"{tmp_path}:{Path(__file__).parent / 'plugins'}"},
+    )
+    assert (
+        proc.returncode == 1
+        and "tiny_bad: FAILED" in proc.stdout
+        and "0 passed, 1 failed" in proc.stdout
+    )
 
 
-def test_screen_flag_runs_a_two_stage_search_and_the_report_says_each_stage(tmp_path: Path, image_folder: Path, tiny_space_file: Path) -> None:
+@pytest.mark.slow
+def test_screen_flag_runs_a_two_stage_search_and_the_report_says_each_stage(
+    tmp_path: Path, image_folder: Path, tiny_space_file: Path
+) -> None:
     import json
 
     out = tmp_path / "run"
-    proc = search(str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "3", "--screen", "2", "--finalists", "1")
+    proc = search(
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(out),
+        "--trials",
+        "3",
+        "--screen",
+        "2",
+        "--finalists",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    notes = {row["number"]: row["note"] for row in json.loads((out / "report.json").read_text())["leaderboard"]}
+    notes = {
+        row["number"]: row["note"]
+        for row in json.loads((out / "report.json").read_text())["leaderboard"]
+    }
     assert notes[0] == notes[1] == "screening: phase 1 only"
     assert notes[2].startswith("finalist: fine-tunes the setting of screening trial ")
-    assert_one_line_error(search(str(image_folder), "--out", str(out), "--finalists", "2"), "--finalists needs a two-stage search")
-    assert_one_line_error(search(str(image_folder), "--out", str(out), "--screen", "-1"), "--screen must be 0 (off) or more")
+    assert_one_line_error(
+        search(str(image_folder), "--out", str(out), "--finalists", "2"),
+        "--finalists needs a two-stage search",
+    )
+    assert_one_line_error(
+        search(str(image_folder), "--out", str(out), "--screen", "-1"),
+        "--screen must be 0 (off) or more",
+    )

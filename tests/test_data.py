@@ -34,10 +34,19 @@ def save(im: Image.Image, path: Path, **kw) -> Path:
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that claims a huge size: header only, so the test costs nothing."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
 
 
 def flat_folder(root: Path, per_class: int = 10, classes=("cats", "dogs")) -> Path:
@@ -60,8 +69,14 @@ def one_line_usage_error(match: str, fn, *args, **kw) -> str:
 
 def test_decode_plain_formats(tmp_path):
     red = Image.new("RGB", (9, 7), (255, 0, 0))
-    for name, kw in [("a.png", {}), ("a.bmp", {}), ("a.tif", {}), ("a.webp", {"lossless": True}),
-                     ("a.gif", {}), ("a.jpg", {"quality": 95})]:
+    for name, kw in [
+        ("a.png", {}),
+        ("a.bmp", {}),
+        ("a.tif", {}),
+        ("a.webp", {"lossless": True}),
+        ("a.gif", {}),
+        ("a.jpg", {"quality": 95}),
+    ]:
         out = decode_image(save(red, tmp_path / name, **kw))
         assert out.dtype == np.uint8 and out.shape == (7, 9, 3), name
         assert np.abs(out.astype(int) - [255, 0, 0]).max() <= 3, name
@@ -73,15 +88,18 @@ def test_decode_by_content_not_extension(tmp_path):
     assert decode_image(path)[0, 0].tolist() == [0, 0, 255]
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: p.write_bytes(b""), "zero bytes"),
-    (lambda p: p.write_text("hello, I am not a picture\n"), "not an image"),
-    (lambda p: p.write_bytes(noise_bytes("JPEG")[:400]), "truncated or corrupt"),
-    (lambda p: p.write_bytes(noise_bytes("PNG")[:300]), "truncated or corrupt"),
-    (lambda p: p.write_bytes(png_header(12000, 12000)), "too large"),
-    (lambda p: p.write_bytes(png_header(20000, 20000)), "too large"),
-    (lambda p: Image.new("RGB", (4, 4)).save(p, format="EPS"), "EPS is not decoded"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b""), "zero bytes"),
+        (lambda p: p.write_text("hello, I am not a picture\n"), "not an image"),
+        (lambda p: p.write_bytes(noise_bytes("JPEG")[:400]), "truncated or corrupt"),
+        (lambda p: p.write_bytes(noise_bytes("PNG")[:300]), "truncated or corrupt"),
+        (lambda p: p.write_bytes(png_header(12000, 12000)), "too large"),
+        (lambda p: p.write_bytes(png_header(20000, 20000)), "too large"),
+        (lambda p: Image.new("RGB", (4, 4)).save(p, format="EPS"), "EPS is not decoded"),
+    ],
+)
 def test_decode_bad_files(tmp_path, make, reason):
     path = tmp_path / "x.jpg"
     make(path)
@@ -91,6 +109,7 @@ def test_decode_bad_files(tmp_path, make, reason):
 
 def noise_bytes(fmt: str) -> bytes:
     import io
+
     buf = io.BytesIO()
     noise(1, (64, 64)).save(buf, format=fmt)
     return buf.getvalue()
@@ -104,7 +123,9 @@ def test_decode_missing_and_folder(tmp_path):
 
 
 def test_decode_cmyk_jpeg(tmp_path):
-    out = decode_image(save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "c.jpg", quality=95))
+    out = decode_image(
+        save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "c.jpg", quality=95)
+    )
     assert out.shape == (8, 8, 3)
     assert np.abs(out.astype(int) - [255, 0, 0]).max() <= 8
 
@@ -154,13 +175,22 @@ def test_decode_transparency_becomes_white(tmp_path):
 
 def test_decode_animated_gif_uses_first_frame(tmp_path):
     frames = [Image.new("RGB", (6, 5), c) for c in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
-    path = save(frames[0], tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    path = save(
+        frames[0],
+        tmp_path / "anim.gif",
+        save_all=True,
+        append_images=frames[1:],
+        duration=50,
+        loop=0,
+    )
     assert Image.open(path).n_frames == 3
     out = decode_image(path)
     assert out.shape == (5, 6, 3) and (out == [255, 0, 0]).all()
 
 
-@pytest.mark.parametrize("orientation, corner", [(6, (0, -1)), (8, (-1, 0)), (3, (-1, -1)), (1, (0, 0))])
+@pytest.mark.parametrize(
+    "orientation, corner", [(6, (0, -1)), (8, (-1, 0)), (3, (-1, -1)), (1, (0, 0))]
+)
 def test_decode_exif_orientation(tmp_path, orientation, corner):
     im = Image.new("RGB", (40, 20), (0, 0, 0))
     im.paste((255, 255, 255), (0, 0, 6, 6))  # white marker, stored at the top-left
@@ -173,13 +203,17 @@ def test_decode_exif_orientation(tmp_path, orientation, corner):
 
 
 def test_decode_tiny_and_large(tmp_path):
-    assert decode_image(save(Image.new("RGB", (1, 1), (1, 2, 3)), tmp_path / "1.png")).tolist() == [[[1, 2, 3]]]
+    assert decode_image(save(Image.new("RGB", (1, 1), (1, 2, 3)), tmp_path / "1.png")).tolist() == [
+        [[1, 2, 3]]
+    ]
     big = Image.linear_gradient("L").resize((6000, 4000)).convert("RGB")
     path = save(big, tmp_path / "big.jpg", quality=70)
     out = decode_image(path, max_side=512)
     assert out.shape == (341, 512, 3)  # aspect 3:2 kept
     assert out[0].mean() < 30 and out[-1].mean() > 225  # the content survived the downscale
-    wide = decode_image(save(Image.new("RGB", (900, 3), (5, 5, 5)), tmp_path / "w.png"), max_side=300)
+    wide = decode_image(
+        save(Image.new("RGB", (900, 3), (5, 5, 5)), tmp_path / "w.png"), max_side=300
+    )
     assert wide.shape == (1, 300, 3)
 
 
@@ -235,7 +269,9 @@ def test_messy_folder(messy):
     assert reasons["dogs/cut.png"].startswith("truncated or corrupt")
     assert "cats/loop" in reasons and "symlink" in reasons["cats/loop"]
     assert len(ds.skipped) == 5  # hidden files/folders are ignored, not skipped
-    used = sorted(Path(p).relative_to(messy).as_posix() for s in (ds.train, ds.val) for p in s.paths)
+    used = sorted(
+        Path(p).relative_to(messy).as_posix() for s in (ds.train, ds.val) for p in s.paths
+    )
     assert "cats/Ünïcödé name (1).webp" in used and "cats/nested/deeper/deep.bmp" in used
     assert "dogs/one pixel.png" in used and "dogs/link to cat.png" in used
     assert not any(".hidden" in p or "DS_Store" in p for p in used)
@@ -244,7 +280,11 @@ def test_messy_folder(messy):
     assert counts["train"]["cats"] + counts["val"]["cats"] == 8
     assert all(counts[s][c] >= 1 for s in ("train", "val") for c in ds.class_names)
     text = " ".join(ds.warnings)
-    assert "cats/plain.jpg" in text and "dogs/same as cats plain.jpg" in text and "different classes" in text
+    assert (
+        "cats/plain.jpg" in text
+        and "dogs/same as cats plain.jpg" in text
+        and "different classes" in text
+    )
     assert "cats/plain.png" in text and "dogs/link to cat.png" in text
     assert "README.txt" not in text and "1 file(s) directly in" in text
     for part in (ds.train, ds.val):
@@ -254,15 +294,30 @@ def test_messy_folder(messy):
     assert json.loads(json.dumps(ds.summary()))["skipped"] == 5
 
 
+@pytest.mark.slow
 def test_search_over_the_messy_folder_completes(messy, tmp_path):
     """Every kind of bad file at once: the search skips, converts and warns, and finishes."""
     from helpers import TINY_PLUGIN, run_cli
 
     space = tmp_path / "space.yaml"
-    space.write_text("backbones: [tiny]\nhead: {width: [8], dropout: 0.0}\nphase1: {learning_rate: 1.0e-2, epochs: 5, patience: 2}\n"
-                     "phase2: {unfreeze_blocks: 0}\nbatch_size: 4\n")
-    proc = run_cli("search", str(messy), "--space", str(space), "--out", str(tmp_path / "run"), "--trials", "1",
-                   "--plugin", TINY_PLUGIN, "--weights", "none")
+    space.write_text(
+        "backbones: [tiny]\nhead: {width: [8], dropout: 0.0}\nphase1: {learning_rate: 1.0e-2, epochs: 5, patience: 2}\n"
+        "phase2: {unfreeze_blocks: 0}\nbatch_size: 4\n"
+    )
+    proc = run_cli(
+        "search",
+        str(messy),
+        "--space",
+        str(space),
+        "--out",
+        str(tmp_path / "run"),
+        "--trials",
+        "1",
+        "--plugin",
+        TINY_PLUGIN,
+        "--weights",
+        "none",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "skipped dogs/notes.jpg: not an image" in proc.stderr
     assert "different classes" in proc.stderr and (tmp_path / "run" / "best_model.keras").is_file()
@@ -289,16 +344,22 @@ def test_train_val_folders(tmp_path):
         for k, c in enumerate(("b", "a")):
             for i in range(n):
                 save(noise(1000 * (part == "train") + 10 * k + i), tmp_path / part / c / f"{i}.png")
-    save(noise(1000), tmp_path / "validation" / "a" / "copy of train b 0.png")  # same bytes as train/b/0.png
+    save(
+        noise(1000), tmp_path / "validation" / "a" / "copy of train b 0.png"
+    )  # same bytes as train/b/0.png
     save(noise(5000), tmp_path / "test" / "a" / "t.png")
     ds = load_folder(tmp_path)
     assert ds.split == "folders" and ds.class_names == ["a", "b"]
     assert ds.train.counts(2) == [4, 4] and ds.val.counts(2) == [3, 2]
-    assert any("train/b/0.png" in w and "validation/a/copy of train b 0.png" in w and "train and val" in w
-               for w in ds.warnings)
+    assert any(
+        "train/b/0.png" in w and "validation/a/copy of train b 0.png" in w and "train and val" in w
+        for w in ds.warnings
+    )
     assert any("test/" in w for w in ds.warnings)
     assert ds.train.labels.dtype == np.int64
-    assert all("/train/" in p for p in ds.train.paths) and all("/validation/" in p for p in ds.val.paths)
+    assert all("/train/" in p for p in ds.train.paths) and all(
+        "/validation/" in p for p in ds.val.paths
+    )
 
 
 def test_class_missing_or_empty_in_val(tmp_path):
@@ -308,7 +369,9 @@ def test_class_missing_or_empty_in_val(tmp_path):
     one_line_usage_error(r"class 'b' has no folder val/b/", load_folder, tmp_path)
     (tmp_path / "val" / "b").mkdir()
     (tmp_path / "val" / "b" / "bad.jpg").write_text("nope")
-    msg = one_line_usage_error(r"val/b/ has no usable images \(1 file\(s\) skipped\)", load_folder, tmp_path)
+    msg = one_line_usage_error(
+        r"val/b/ has no usable images \(1 file\(s\) skipped\)", load_folder, tmp_path
+    )
     assert "train/ and in val/" in msg
 
 
@@ -322,7 +385,9 @@ def test_usage_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_usage_error(r"is empty; .*DATA_DIR/CLASS/IMAGE", load_folder, tmp_path / "empty")
     save(noise(1), tmp_path / "flat" / "a.png")
-    one_line_usage_error(r"holds 1 file\(s\) but no class subfolders", load_folder, tmp_path / "flat")
+    one_line_usage_error(
+        r"holds 1 file\(s\) but no class subfolders", load_folder, tmp_path / "flat"
+    )
     save(noise(1), tmp_path / "one" / "cats" / "a.png")
     one_line_usage_error(r"needs at least two classes", load_folder, tmp_path / "one")
     save(noise(1), tmp_path / "onlytrain" / "train" / "cats" / "a.png")
@@ -339,21 +404,32 @@ def test_class_with_no_usable_images(tmp_path):
     (tmp_path / "dogs" / "a.jpg").write_bytes(b"")
     (tmp_path / "dogs" / "b.jpg").write_text("x")
     (tmp_path / "dogs" / ".DS_Store").write_text("x")
-    one_line_usage_error(r"dogs/ has no usable images \(2 file\(s\) skipped\)", load_folder, tmp_path)
+    one_line_usage_error(
+        r"dogs/ has no usable images \(2 file\(s\) skipped\)", load_folder, tmp_path
+    )
     (tmp_path / "dogs" / "a.jpg").unlink()
     (tmp_path / "dogs" / "b.jpg").unlink()
-    one_line_usage_error(r"dogs/ has no usable images \(0 file\(s\) skipped\)", load_folder, tmp_path)
+    one_line_usage_error(
+        r"dogs/ has no usable images \(0 file\(s\) skipped\)", load_folder, tmp_path
+    )
 
 
 def test_too_few_images(tmp_path):
     flat_folder(tmp_path, per_class=3)
-    one_line_usage_error(r"fewer than 5 usable images: cats \(3\), dogs \(3\)", load_folder, tmp_path, min_per_class=5)
+    one_line_usage_error(
+        r"fewer than 5 usable images: cats \(3\), dogs \(3\)",
+        load_folder,
+        tmp_path,
+        min_per_class=5,
+    )
     for p in list((tmp_path / "dogs").iterdir())[1:]:
         p.unlink()
     single = load_folder(tmp_path)  # a class of one image trains, unmeasured, with a warning
     assert single.train.counts(2) == [2, 1] and single.val.counts(2) == [1, 0]
     assert any("class 'dogs' has only 1 usable image" in w for w in single.warnings)
-    one_line_usage_error(r"val_fraction must be between 0 and 1", load_folder, tmp_path, val_fraction=1.0)
+    one_line_usage_error(
+        r"val_fraction must be between 0 and 1", load_folder, tmp_path, val_fraction=1.0
+    )
 
 
 # --------------------------------------------------------------------------- split and fingerprint
@@ -421,27 +497,53 @@ def test_from_arrays_like_digits():
     assert again.fingerprint == ds.fingerprint
     images[0] = images[0].copy()
     images[0][0, 0, 0] ^= 1
-    assert from_arrays(images, labels, ["zero", "one", "two"], source="x").fingerprint != ds.fingerprint
+    assert (
+        from_arrays(images, labels, ["zero", "one", "two"], source="x").fingerprint
+        != ds.fingerprint
+    )
     batch = next(ds.val.batches((32, 32), batch_size=6))
-    want = keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32)(np.stack(
-        [ds.val.load(i) for i in range(6)]).astype("float32")))
+    want = keras.ops.convert_to_numpy(
+        keras.layers.Resizing(32, 32)(
+            np.stack([ds.val.load(i) for i in range(6)]).astype("float32")
+        )
+    )
     assert batch.shape == (6, 32, 32, 3) and np.abs(batch - want).max() < 1e-4
-    gray = from_arrays([np.full((8, 8), 3, dtype=np.uint8)] * 4, [0, 0, 1, 1], ["a", "b"], source="g")
+    gray = from_arrays(
+        [np.full((8, 8), 3, dtype=np.uint8)] * 4, [0, 0, 1, 1], ["a", "b"], source="g"
+    )
     assert gray.train.load(0).shape == (8, 8, 3)
     assert any("different classes" in w for w in gray.warnings)
 
 
 def test_from_arrays_rejects_bad_input():
     ok = [np.zeros((4, 4, 3), dtype=np.uint8)] * 4
-    one_line_usage_error("at least two distinct class names", from_arrays, ok, [0, 0, 0, 0], ["a"], "s")
+    one_line_usage_error(
+        "at least two distinct class names", from_arrays, ok, [0, 0, 0, 0], ["a"], "s"
+    )
     one_line_usage_error("labels must be in 0..1", from_arrays, ok, [0, 1, 2, 0], ["a", "b"], "s")
     one_line_usage_error("one integer label per image", from_arrays, ok, [0, 1], ["a", "b"], "s")
-    one_line_usage_error(r"has shape \(4, 4, 4\)", from_arrays, [np.zeros((4, 4, 4), np.uint8)] * 4,
-                         [0, 0, 1, 1], ["a", "b"], "s")
-    one_line_usage_error("outside whole numbers 0..255", from_arrays, [np.full((4, 4, 3), 0.5)] * 4,
-                         [0, 0, 1, 1], ["a", "b"], "s")
-    single = from_arrays(ok, [0, 0, 0, 1], ["a", "b"], "s")  # a class of one image: trained on, unmeasured, warned
-    assert single.val.counts(2)[1] == 0 and any("'b' has only 1 usable image" in w for w in single.warnings)
+    one_line_usage_error(
+        r"has shape \(4, 4, 4\)",
+        from_arrays,
+        [np.zeros((4, 4, 4), np.uint8)] * 4,
+        [0, 0, 1, 1],
+        ["a", "b"],
+        "s",
+    )
+    one_line_usage_error(
+        "outside whole numbers 0..255",
+        from_arrays,
+        [np.full((4, 4, 3), 0.5)] * 4,
+        [0, 0, 1, 1],
+        ["a", "b"],
+        "s",
+    )
+    single = from_arrays(
+        ok, [0, 0, 0, 1], ["a", "b"], "s"
+    )  # a class of one image: trained on, unmeasured, warned
+    assert single.val.counts(2)[1] == 0 and any(
+        "'b' has only 1 usable image" in w for w in single.warnings
+    )
 
 
 def test_imageset_contract():

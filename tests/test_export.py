@@ -16,16 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_SPACE, call_cli
 
 from autotl.errors import UsageError
 from autotl.export import (
-    FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, ExportParityError, check_parity, export,
-    load_predictor, verify_export, wilson_interval,
+    FLOAT_TOLERANCE,
+    INT8_MIN_AGREEMENT,
+    ExportParityError,
+    check_parity,
+    export,
+    load_predictor,
+    verify_export,
+    wilson_interval,
 )
 from autotl.optuna_engine import SearchConfig, run_search
 from autotl.space import load_space
 from autotl.weights import WeightsSource
-from helpers import TINY_SPACE, call_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
@@ -39,8 +45,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, registry, tiny_dataset) ->
     (root / "space.yaml").write_text(SPACE)
     space, _ = load_space(root / "space.yaml")
     out = root / "run"
-    study = run_search(SearchConfig(out=out, space=space, trials=2, weights=WeightsSource("none")),
-                       registry, tiny_dataset)
+    study = run_search(
+        SearchConfig(out=out, space=space, trials=2, weights=WeightsSource("none")),
+        registry,
+        tiny_dataset,
+    )
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     return out
 
@@ -60,14 +69,19 @@ def keras_probs(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
     import keras
 
     model = keras.saving.load_model(model_path, safe_mode=True)
-    return np.concatenate([keras.ops.convert_to_numpy(model(im[None].astype("float32"), training=False)) for im in images])
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(model(im[None].astype("float32"), training=False))
+            for im in images
+        ]
+    )
 
 
 def other_trial(run_dir: Path, trial: int) -> int:
     import optuna
 
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
-    return [t.number for t in study.trials if t.number != trial][0]
+    return next(t.number for t in study.trials if t.number != trial)
 
 
 def other_trial_model(run_dir: Path, trial: int, registry) -> Path:
@@ -78,7 +92,13 @@ def other_trial_model(run_dir: Path, trial: int, registry) -> Path:
     from autotl.trial_models import trial_model
 
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
-    return trial_model(RunFolder(run_dir), study, study.trials[other_trial(run_dir, trial)], registry, WeightsSource("none"))
+    return trial_model(
+        RunFolder(run_dir),
+        study,
+        study.trials[other_trial(run_dir, trial)],
+        registry,
+        WeightsSource("none"),
+    )
 
 
 def assert_one_line(exc: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -91,18 +111,38 @@ def assert_one_line(exc: pytest.ExceptionInfo, *fragments: str) -> None:
 # --------------------------------------------------------------------------- the export itself
 
 
-def test_export_writes_every_format_with_parity_in_tolerance(exported, run_dir: Path, tiny_dataset) -> None:
+def test_export_writes_every_format_with_parity_in_tolerance(
+    exported, run_dir: Path, tiny_dataset
+) -> None:
     import optuna
 
     out = exported.out_dir
-    for name in ("model.keras", "savedmodel/saved_model.pb", "savedmodel/assets/labels.txt", "model.tflite", "model_int8.tflite",
-                 "labels.txt", "MODEL_CARD.md", "parity.json"):
+    for name in (
+        "model.keras",
+        "savedmodel/saved_model.pb",
+        "savedmodel/assets/labels.txt",
+        "model.tflite",
+        "model_int8.tflite",
+        "labels.txt",
+        "MODEL_CARD.md",
+        "parity.json",
+    ):
         assert (out / name).is_file(), name
-    assert not list(out.parent.glob(".out.partial-*")) and not (out.parent / "out.unverified").exists()
+    assert (
+        not list(out.parent.glob(".out.partial-*")) and not (out.parent / "out.unverified").exists()
+    )
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
-    assert exported.trial == study.best_trial.number == json.loads((run_dir / "best_model.json").read_text())["trial"]
+    assert (
+        exported.trial
+        == study.best_trial.number
+        == json.loads((run_dir / "best_model.json").read_text())["trial"]
+    )
     assert (out / "model.keras").read_bytes() == (run_dir / "best_model.keras").read_bytes()
-    assert (out / "labels.txt").read_text().splitlines() == list(tiny_dataset.class_names) == exported.class_names
+    assert (
+        (out / "labels.txt").read_text().splitlines()
+        == list(tiny_dataset.class_names)
+        == exported.class_names
+    )
     assert exported.input_size == (32, 32)
     assert exported.warnings == []  # the same data, split as the search split it
 
@@ -110,17 +150,30 @@ def test_export_writes_every_format_with_parity_in_tolerance(exported, run_dir: 
     assert parity == json.loads(json.dumps(exported.parity)) and parity["passed"] is True
     assert parity["images"] == len(tiny_dataset.val) == parity["data"]["validation_images"]
     formats = parity["formats"]
-    assert set(formats) == {"keras", "savedmodel:serving_default", "savedmodel:serving_bytes", "tflite", "tflite_int8"}
+    assert set(formats) == {
+        "keras",
+        "savedmodel:serving_default",
+        "savedmodel:serving_bytes",
+        "tflite",
+        "tflite_int8",
+    }
     for fmt in ("keras", "savedmodel:serving_default", "savedmodel:serving_bytes", "tflite"):
-        assert formats[fmt]["max_abs_diff"] <= FLOAT_TOLERANCE and formats[fmt]["top1_agreement"] == 1.0, (fmt, formats[fmt])
+        assert (
+            formats[fmt]["max_abs_diff"] <= FLOAT_TOLERANCE
+            and formats[fmt]["top1_agreement"] == 1.0
+        ), (fmt, formats[fmt])
     int8 = formats["tflite_int8"]
     assert int8["top1_agreement"] >= INT8_MIN_AGREEMENT and int8["max_abs_diff"] is not None, int8
     assert int8["input_dtype"] == "uint8" and int8["output_dtype"] == "uint8"
     assert int8["input_quantization"] == [1.0, 0]  # uint8 input is the raw pixel value
 
-    score = parity["search_score"]  # the Keras model is the one the search scored, on the whole validation split
+    score = parity[
+        "search_score"
+    ]  # the Keras model is the one the search scored, on the whole validation split
     assert score["passed"] and score["images"] == len(tiny_dataset.val)
-    assert score["accuracy"] == pytest.approx(score["recorded_accuracy"], abs=1.01 / score["images"])
+    assert score["accuracy"] == pytest.approx(
+        score["recorded_accuracy"], abs=1.01 / score["images"]
+    )
 
     from autotl.lineage import find_model
 
@@ -131,9 +184,23 @@ def test_export_writes_every_format_with_parity_in_tolerance(exported, run_dir: 
 
     card = (out / "MODEL_CARD.md").read_text()
     n_val = len(tiny_dataset.val)
-    for fragment in ("## Data", "## Metrics", "Wilson interval", f"/{n_val})", "Backbone: `tiny`", "SHA-256", "### Hyperparameters",
-                     "head_width", "Phase 1 (frozen base, head only)", "reproduces the search's score", "head stable at epoch", "Gate to fine-tuning: passed",
-                     "## Intended use and limits", "tflite_int8", "| blue |"):
+    for fragment in (
+        "## Data",
+        "## Metrics",
+        "Wilson interval",
+        f"/{n_val})",
+        "Backbone: `tiny`",
+        "SHA-256",
+        "### Hyperparameters",
+        "head_width",
+        "Phase 1 (frozen base, head only)",
+        "reproduces the search's score",
+        "head stable at epoch",
+        "Gate to fine-tuning: passed",
+        "## Intended use and limits",
+        "tflite_int8",
+        "| blue |",
+    ):
         assert fragment in card, fragment
 
 
@@ -194,16 +261,42 @@ def fresh(exported, val_images, tmp_path_factory: pytest.TempPathFactory) -> dic
         np.save(inputs / name, batch)
     Image.fromarray(val_images[0]).save(inputs / "plain.png")
     Image.fromarray(val_images[1]).save(inputs / "photo.jpg", quality=90)
-    rgba = np.dstack([val_images[2], np.linspace(0, 255, val_images[2].shape[1]).astype("uint8")[None].repeat(val_images[2].shape[0], 0)])
+    rgba = np.dstack(
+        [
+            val_images[2],
+            np.linspace(0, 255, val_images[2].shape[1])
+            .astype("uint8")[None]
+            .repeat(val_images[2].shape[0], 0),
+        ]
+    )
     Image.fromarray(rgba, "RGBA").save(inputs / "alpha.png")
     files = ["plain.png", "photo.jpg", "alpha.png"]
     (inputs / "spec.json").write_text(json.dumps({"arrays": list(arrays), "files": files}))
     cwd = tmp_path_factory.mktemp("fresh_cwd")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CHILD, sysconfig.get_paths()["purelib"], str(exported.out_dir), str(inputs)],
-                          cwd=cwd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            CHILD,
+            sysconfig.get_paths()["purelib"],
+            str(exported.out_dir),
+            str(inputs),
+        ],
+        cwd=cwd,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"result": json.loads(proc.stdout.strip().splitlines()[-1]), "arrays": arrays, "files": [inputs / f for f in files]}
+    return {
+        "result": json.loads(proc.stdout.strip().splitlines()[-1]),
+        "arrays": arrays,
+        "files": [inputs / f for f in files],
+    }
 
 
 def test_keras_file_loads_where_autotl_is_not_importable(fresh, exported) -> None:
@@ -229,7 +322,9 @@ def test_savedmodel_signatures_in_a_fresh_process(fresh, exported) -> None:
         assert got["classes"] == [names[i] for i in want.argmax(1)]
     # encoded files: PNG, JPEG and a PNG with transparency, decoded as autotl decodes them for training
     want = keras_probs(exported.out_dir / "model.keras", [decode_image(f) for f in fresh["files"]])
-    np.testing.assert_allclose(np.asarray(res["bytes"]["probabilities"]), want, atol=FLOAT_TOLERANCE)
+    np.testing.assert_allclose(
+        np.asarray(res["bytes"]["probabilities"]), want, atol=FLOAT_TOLERANCE
+    )
     assert res["bytes"]["classes"] == [names[i] for i in want.argmax(1)]
 
 
@@ -241,14 +336,21 @@ def test_tflite_float_and_int8_through_the_interpreter(exported, val_images) -> 
     import tensorflow as tf
 
     want = keras_probs(exported.out_dir / "model.keras", val_images)
-    resized = [keras.ops.convert_to_numpy(keras.ops.image.resize(im[None].astype("float32"), (32, 32), interpolation="bilinear")) for im in val_images]
+    resized = [
+        keras.ops.convert_to_numpy(
+            keras.ops.image.resize(im[None].astype("float32"), (32, 32), interpolation="bilinear")
+        )
+        for im in val_images
+    ]
     for name in ("model.tflite", "model_int8.tflite"):
         it = tf.lite.Interpreter(model_path=str(exported.out_dir / name))
         it.allocate_tensors()
         inp, outp = it.get_input_details()[0], it.get_output_details()[0]
         assert list(inp["shape"]) == [1, 32, 32, 3]
         ops = {d["op_name"] for d in it._get_ops_details()}
-        assert "VAR_HANDLE" not in ops and "READ_VARIABLE" not in ops, ops  # weights frozen, not uninitialised variables (NaN)
+        assert "VAR_HANDLE" not in ops and "READ_VARIABLE" not in ops, (
+            ops
+        )  # weights frozen, not uninitialised variables (NaN)
         got = []
         for x in resized:
             if inp["dtype"] == np.uint8:  # scale 1, zero point 0: the pixels themselves
@@ -271,8 +373,14 @@ def test_tflite_float_and_int8_through_the_interpreter(exported, val_images) -> 
 def test_load_predictor_reads_every_format(exported, run_dir: Path, val_images) -> None:
     out = exported.out_dir
     want = keras_probs(out / "model.keras", val_images)
-    for path, exact in ((out / "model.keras", True), (out / "savedmodel", True), (out / "model.tflite", True),
-                        (out / "model_int8.tflite", False), (out, True), (run_dir, True)):
+    for path, exact in (
+        (out / "model.keras", True),
+        (out / "savedmodel", True),
+        (out / "model.tflite", True),
+        (out / "model_int8.tflite", False),
+        (out, True),
+        (run_dir, True),
+    ):
         predict, names = load_predictor(path)
         assert names == exported.class_names, path
         got = predict(val_images)
@@ -296,7 +404,9 @@ def test_check_parity_rejects_perturbed_predictions() -> None:
         check_parity("tflite", ref, ref + 1e-3)
     assert_one_line(exc, "tflite parity failed", "1.00e-03", "50/50")
     flipped = ref.copy()
-    flipped[0] = flipped[0][::-1] if flipped[0].argmax() != 1 else np.roll(flipped[0], 1)  # top-1 changes on 1 of 50
+    flipped[0] = (
+        flipped[0][::-1] if flipped[0].argmax() != 1 else np.roll(flipped[0], 1)
+    )  # top-1 changes on 1 of 50
     assert check_parity("tflite_int8", ref, flipped, quantized=True)["top1_agreement"] == 0.98
     flipped[1] = flipped[1][::-1] if flipped[1].argmax() != 1 else np.roll(flipped[1], 1)
     with pytest.raises(ExportParityError) as exc:
@@ -306,24 +416,36 @@ def test_check_parity_rejects_perturbed_predictions() -> None:
         check_parity("savedmodel", ref, np.full_like(ref, np.nan))
 
 
-def test_export_compared_with_another_trials_model_fails(exported, run_dir: Path, val_images, registry) -> None:
+def test_export_compared_with_another_trials_model_fails(
+    exported, run_dir: Path, val_images, registry
+) -> None:
     import keras
 
-    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial, registry), safe_mode=True)
+    other = keras.saving.load_model(
+        other_trial_model(run_dir, exported.trial, registry), safe_mode=True
+    )
     with pytest.raises(ExportParityError) as exc:
         verify_export(exported.out_dir, other, val_images)
     assert_one_line(exc, "keras parity failed", "max |dp|")
     assert exc.value.parity["formats"]["keras"]["passed"] is False
 
 
-def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path, tmp_path: Path, monkeypatch, exported, registry) -> None:
+def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(
+    run_dir: Path, tmp_path: Path, monkeypatch, exported, registry
+) -> None:
     import keras
 
     from autotl.export import _export
 
-    other = keras.saving.load_model(other_trial_model(run_dir, exported.trial, registry), safe_mode=True)
+    other = keras.saving.load_model(
+        other_trial_model(run_dir, exported.trial, registry), safe_mode=True
+    )
     real = _export.tflite_convert
-    monkeypatch.setattr(_export, "tflite_convert", lambda model, size, representative=None: real(other, size, representative))
+    monkeypatch.setattr(
+        _export,
+        "tflite_convert",
+        lambda model, size, representative=None: real(other, size, representative),
+    )
     out = tmp_path / "out"
     with pytest.raises(ExportParityError) as exc:
         export(run_dir, out, formats="tflite")
@@ -334,20 +456,27 @@ def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(run_dir: Path
     assert not list(tmp_path.glob(".out.partial-*"))
 
 
-def test_another_trial_is_assembled_from_its_stored_layers_and_reproduces_its_score(exported, run_dir: Path, tmp_path: Path, registry) -> None:
+def test_another_trial_is_assembled_from_its_stored_layers_and_reproduces_its_score(
+    exported, run_dir: Path, tmp_path: Path, registry
+) -> None:
     other = other_trial(run_dir, exported.trial)
     result = export(run_dir, tmp_path / "other", formats="keras", trial=other, registry=registry)
     assert result.trial == other and result.parity["model"] == f"trials/{other:04d}/model.keras"
     assert result.parity["search_score"]["passed"] is True
 
 
-def test_a_model_that_is_not_the_trials_fails_before_anything_is_written(exported, run_dir: Path, tmp_path: Path, registry) -> None:
+def test_a_model_that_is_not_the_trials_fails_before_anything_is_written(
+    exported, run_dir: Path, tmp_path: Path, registry
+) -> None:
     import shutil
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", "export"))
     wrong = other_trial_model(run_dir, exported.trial, registry)
-    for target in (copy / "best_model.keras", copy / "trials" / f"{exported.trial:04d}" / "model.keras"):  # the markers still name the best
+    for target in (
+        copy / "best_model.keras",
+        copy / "trials" / f"{exported.trial:04d}" / "model.keras",
+    ):  # the markers still name the best
         shutil.copyfile(wrong, target)
     with pytest.raises(ExportParityError) as exc:
         export(copy, tmp_path / "out", formats="keras")
@@ -367,7 +496,11 @@ def test_cmd_export_keras_only_to_the_default_folder(run_dir: Path, capsys) -> N
     printed = capsys.readouterr().out
     assert "exported trial" in printed and "keras\ttop-1 agreement 100.0%" in printed
     out = run_dir / "export"
-    assert (out / "model.keras").is_file() and (out / "MODEL_CARD.md").is_file() and not (out / "savedmodel").exists()
+    assert (
+        (out / "model.keras").is_file()
+        and (out / "MODEL_CARD.md").is_file()
+        and not (out / "savedmodel").exists()
+    )
 
 
 def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exported) -> None:
@@ -375,7 +508,10 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
 
     cases = [
         ((str(tmp_path / "nope"),), ("run folder", "does not exist")),
-        ((str(run_dir), "--format", "keras,onnx"), ("unknown export format 'onnx'", "keras, savedmodel, tflite")),
+        (
+            (str(run_dir), "--format", "keras,onnx"),
+            ("unknown export format 'onnx'", "keras, savedmodel, tflite"),
+        ),
         ((str(run_dir), "--quantize", "fp16"), ("unknown quantization 'fp16'",)),
         ((str(run_dir), "--format", "keras", "--quantize", "int8"), ("add tflite to --format",)),
         ((str(run_dir), "--trial", "7"), ("no trial 7", "0..1")),
@@ -393,11 +529,15 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
     shutil.rmtree(copy / "trials" / f"{other:04d}")
     with pytest.raises(UsageError) as exc:
         export(copy, tmp_path / "x", trial=other)
-    assert_one_line(exc, f"trial {other} has no saved model", f"trials with a model: {exported.trial}")
+    assert_one_line(
+        exc, f"trial {other} has no saved model", f"trials with a model: {exported.trial}"
+    )
     assert not (tmp_path / "x").exists()
 
 
-def test_a_corrupt_file_is_a_parity_failure_not_a_traceback(exported, tmp_path: Path, val_images) -> None:
+def test_a_corrupt_file_is_a_parity_failure_not_a_traceback(
+    exported, tmp_path: Path, val_images
+) -> None:
     import shutil
 
     import keras

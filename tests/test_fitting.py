@@ -45,7 +45,9 @@ def test_restores_the_best_epoch_and_reports_every_epoch() -> None:
     train, val = task(96, 48, 24, 3, 0)
     head = head_for(24, 16, 3, dropout=0.2)
     reports: list[tuple[int, float]] = []
-    hist = fit_head(head, 0.2, 1e-2, train, val, 60, 3, 16, lambda s, v: reports.append((s, v)), 5, seed=0)
+    hist = fit_head(
+        head, 0.2, 1e-2, train, val, 60, 3, 16, lambda s, v: reports.append((s, v)), 5, seed=0
+    )
     assert set(hist) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     n = len(hist["val_loss"])
     assert [s for s, _ in reports] == list(range(5, 5 + n))  # on the caller's step axis
@@ -72,7 +74,9 @@ def test_update_is_keras_adam() -> None:
     model = keras.Sequential(ref)
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     model.train_on_batch(x, y)
-    for a, b in zip(ours[1].get_weights() + ours[2].get_weights(), ref[1].get_weights() + ref[2].get_weights()):
+    for a, b in zip(
+        ours[1].get_weights() + ours[2].get_weights(), ref[1].get_weights() + ref[2].get_weights()
+    ):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -90,7 +94,12 @@ def test_same_seed_same_head_different_seed_different_shuffle() -> None:
     runs = []
     for seed in (0, 0, 1):
         head = head_for(16, 8, 2, dropout=0.3)
-        runs.append((fit_head(head, 0.3, 1e-2, train, val, 5, 5, 8, None, 0, seed=seed), head[1].get_weights()[0]))
+        runs.append(
+            (
+                fit_head(head, 0.3, 1e-2, train, val, 5, 5, 8, None, 0, seed=seed),
+                head[1].get_weights()[0],
+            )
+        )
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     assert runs[0][0]["loss"] != runs[2][0]["loss"]
@@ -99,5 +108,5 @@ def test_same_seed_same_head_different_seed_different_shuffle() -> None:
 def test_divergence_fails_the_trial_in_one_line() -> None:
     train, val = task(32, 16, 8, 2, 6)
     train = (train[0] * 1e30, train[1])  # float32 overflows in the first matmul
-    with pytest.raises(TrialFailed, match="diverged at epoch 1.*lower the learning rate"):
+    with pytest.raises(TrialFailed, match=r"diverged at epoch 1.*lower the learning rate"):
         fit_head(head_for(8, 4, 2), 0.0, 1e-3, train, val, 5, 2, 8, None, 0, seed=0)

@@ -8,10 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import call_cli
 
 from autotl.errors import UsageError
 from autotl.lineage import ARTIFACTS_TABLE, LINEAGE_TABLE, find_model, list_models, record_model
-from helpers import call_cli
 
 DATA = {"source": "/data/colours", "fingerprint": "f" * 64, "class_names": ["a", "b"]}
 
@@ -19,12 +19,27 @@ DATA = {"source": "/data/colours", "fingerprint": "f" * 64, "class_names": ["a",
 def trial(number: int = 3, value: float = 0.875) -> SimpleNamespace:
     """What an Optuna FrozenTrial offers: number, params, user_attrs, value."""
     return SimpleNamespace(
-        number=number, value=value,
-        params={"backbone": "tiny", "head_width": 16, "dropout": 0.1, "unfreeze_blocks": 2, "finetune_lr": 2e-4},
-        user_attrs={"plugin": "autotl_tiny", "weights_origin": "/w/tiny.weights.h5", "weights_sha256": "a" * 64,
-                    "val_loss": 0.31, "head_stable_epoch": 7, "gate": "passed", "phase2_kept": True,
-                    "history": {"phase1": {"val_loss": [1.0] * 12}, "phase2": {"val_loss": [0.5] * 3}},
-                    "seconds": {"phase1": 1.5, "phase2": 2.0}, "seconds_total": 4.0},
+        number=number,
+        value=value,
+        params={
+            "backbone": "tiny",
+            "head_width": 16,
+            "dropout": 0.1,
+            "unfreeze_blocks": 2,
+            "finetune_lr": 2e-4,
+        },
+        user_attrs={
+            "plugin": "autotl_tiny",
+            "weights_origin": "/w/tiny.weights.h5",
+            "weights_sha256": "a" * 64,
+            "val_loss": 0.31,
+            "head_stable_epoch": 7,
+            "gate": "passed",
+            "phase2_kept": True,
+            "history": {"phase1": {"val_loss": [1.0] * 12}, "phase2": {"val_loss": [0.5] * 3}},
+            "seconds": {"phase1": 1.5, "phase2": 2.0},
+            "seconds_total": 4.0,
+        },
     )
 
 
@@ -43,12 +58,31 @@ def test_record_then_find_by_path_and_by_a_copy(run, tmp_path: Path) -> None:
     artifact = record_model(url, "autotl", trial(), model, "trial_model", data=DATA)
     found = find_model(url, model)
     assert found is not None and found["artifact_id"] == artifact
-    assert (found["kind"], found["trial_number"], found["study_name"], found["path"]) == ("trial_model", 3, "autotl", str(model.resolve()))
-    assert (found["backbone"], found["plugin"], found["weights_sha256"]) == ("tiny", "autotl_tiny", "a" * 64)
-    assert (found["data_fingerprint"], found["data_source"]) == (DATA["fingerprint"], DATA["source"])
+    assert (found["kind"], found["trial_number"], found["study_name"], found["path"]) == (
+        "trial_model",
+        3,
+        "autotl",
+        str(model.resolve()),
+    )
+    assert (found["backbone"], found["plugin"], found["weights_sha256"]) == (
+        "tiny",
+        "autotl_tiny",
+        "a" * 64,
+    )
+    assert (found["data_fingerprint"], found["data_source"]) == (
+        DATA["fingerprint"],
+        DATA["source"],
+    )
     assert found["params"]["finetune_lr"] == 2e-4 and found["metrics"]["val_accuracy"] == 0.875
-    assert found["metrics"]["epochs"] == {"phase1": 12, "phase2": 3} and found["seconds"]["total"] == 4.0
-    assert found["autotl_version"] and "optuna" in found["versions"] and found["created"].endswith("+00:00")
+    assert (
+        found["metrics"]["epochs"] == {"phase1": 12, "phase2": 3}
+        and found["seconds"]["total"] == 4.0
+    )
+    assert (
+        found["autotl_version"]
+        and "optuna" in found["versions"]
+        and found["created"].endswith("+00:00")
+    )
     copy = tmp_path / "elsewhere" / "renamed.keras"
     copy.parent.mkdir()
     shutil.copyfile(model, copy)
@@ -75,14 +109,22 @@ def test_unknown_file_is_none_and_reading_creates_no_table(run, tmp_path: Path) 
 def test_best_model_copy_and_repeats(run) -> None:
     url, model = run
     first = record_model(url, "autotl", trial(), model, "trial_model", data=DATA)
-    assert record_model(url, "autotl", trial(), model, "trial_model", data=DATA) == first  # idempotent
+    assert (
+        record_model(url, "autotl", trial(), model, "trial_model", data=DATA) == first
+    )  # idempotent
     best = model.parents[2] / "best_model.keras"
     shutil.copyfile(model, best)
     second = record_model(url, "autotl", trial(), best, "best_model", data=DATA)
     assert second != first
-    assert find_model(url, best)["kind"] == "best_model" and find_model(url, model)["kind"] == "trial_model"
+    assert (
+        find_model(url, best)["kind"] == "best_model"
+        and find_model(url, model)["kind"] == "trial_model"
+    )
     assert {s["kind"] for s in find_model(url, best)["same_bytes"]} == {"trial_model", "best_model"}
-    assert [m["artifact_id"] for m in list_models(url, "autotl")] == [second, first] and list_models(url, "other") == []
+    assert [m["artifact_id"] for m in list_models(url, "autotl")] == [
+        second,
+        first,
+    ] and list_models(url, "other") == []
     with pytest.raises(ValueError, match="kind must be one of"):
         record_model(url, "autotl", trial(), model, "checkpoint")
 
@@ -112,7 +154,7 @@ def test_concurrent_workers_create_the_tables_once(run, tmp_path: Path) -> None:
     def work(i: int) -> None:
         try:
             record_model(url, "autotl", trial(number=i), files[i], data=DATA)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
@@ -138,13 +180,19 @@ def test_cli_answers_in_one_line(run, tmp_path: Path, capsys) -> None:
     assert cli(str(model)) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
-    for fragment in ("trial_model of trial 3 in study 'autotl'", "backbone tiny (plugin autotl_tiny)", "weights /w/tiny.weights.h5 sha256 aaaaaaaaaaaa",
-                     "data ffffffffffff from /data/colours", "val_accuracy 0.8750", "autotl "):
+    for fragment in (
+        "trial_model of trial 3 in study 'autotl'",
+        "backbone tiny (plugin autotl_tiny)",
+        "weights /w/tiny.weights.h5 sha256 aaaaaaaaaaaa",
+        "data ffffffffffff from /data/colours",
+        "val_accuracy 0.8750",
+        "autotl ",
+    ):
         assert fragment in out, out
     copy = tmp_path / "copied.keras"  # outside the run folder: --storage says where to look
     shutil.copyfile(model, copy)
     assert cli(str(copy), "--storage", url) == 0 and "trial 3" in capsys.readouterr().out
-    with pytest.raises(UsageError, match="no study.db beside"):
+    with pytest.raises(UsageError, match=r"no study\.db beside"):
         cli(str(copy))
     other = model.parent / "other.keras"
     other.write_bytes(b"not recorded")

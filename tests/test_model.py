@@ -18,8 +18,13 @@ def tiny(registry):
 def test_base_is_frozen_and_boundaries_are_single_tensor_cuts(tiny) -> None:
     spec, base = tiny
     assert not base.trainable
-    assert block_boundaries(base, spec.block_pattern) == ["block1_out", "block2_out"]  # block3_out is the output
-    assert block_boundaries(base, r"^block\d_bn$") == []  # inside residual blocks: a skip edge crosses each
+    assert block_boundaries(base, spec.block_pattern) == [
+        "block1_out",
+        "block2_out",
+    ]  # block3_out is the output
+    assert (
+        block_boundaries(base, r"^block\d_bn$") == []
+    )  # inside residual blocks: a skip edge crosses each
     assert block_boundaries(base, r"_bn$") == ["stem_bn"]
 
 
@@ -31,7 +36,11 @@ def test_freeze_below_unfreezes_exactly_the_top_and_keeps_batchnorm_frozen(tiny)
     names = [layer.name for layer in base.layers]
     above = names[names.index("block2_out") + 1 :]
     trainable = {layer.name for layer in base.layers if layer.trainable}
-    assert trainable == {name for name in above if not isinstance(base.get_layer(name), keras.layers.BatchNormalization)}
+    assert trainable == {
+        name
+        for name in above
+        if not isinstance(base.get_layer(name), keras.layers.BatchNormalization)
+    }
     assert "block3_bn" not in trainable and "block3_conv" in trainable
     assert n == 1  # block3_conv is the only weighted, non-BN layer above
     trainable_vars = {v.path for v in base.trainable_weights}
@@ -43,7 +52,9 @@ def test_full_model_takes_any_size_and_loads_in_safe_mode(tiny, tmp_path) -> Non
 
     spec, base = tiny
     model = assemble(spec, base, build_head(3, 8, 0.1))
-    a = model.predict(np.random.default_rng(0).integers(0, 255, (2, 50, 70, 3)).astype("uint8"), verbose=0)
+    a = model.predict(
+        np.random.default_rng(0).integers(0, 255, (2, 50, 70, 3)).astype("uint8"), verbose=0
+    )
     b = model.predict(np.full((1, 17, 23, 3), 128.0, "float32"), verbose=0)
     assert a.shape == (2, 3) and b.shape == (1, 3)
     np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-5)
@@ -61,4 +72,6 @@ def test_base_is_called_in_inference_mode(tiny) -> None:
     freeze_below(base, None)
     model = assemble(spec, base, build_head(3, 8, 0.0))
     x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(model(x, training=True).numpy(), model(x, training=False).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        model(x, training=True).numpy(), model(x, training=False).numpy(), atol=1e-6
+    )

@@ -7,11 +7,23 @@ from types import SimpleNamespace
 import pytest
 
 from autotl.errors import UsageError
-from autotl.objective import OBJECTIVES, Objectives, best_trial, get_objective, ranked_trials, trial_metrics
+from autotl.objective import (
+    OBJECTIVES,
+    Objectives,
+    best_trial,
+    get_objective,
+    ranked_trials,
+    trial_metrics,
+)
 
 
 def frozen(number: int, metrics: dict, state: str = "COMPLETE", values=None) -> SimpleNamespace:
-    return SimpleNamespace(number=number, user_attrs={"metrics": metrics}, state=SimpleNamespace(name=state), values=values)
+    return SimpleNamespace(
+        number=number,
+        user_attrs={"metrics": metrics},
+        state=SimpleNamespace(name=state),
+        values=values,
+    )
 
 
 def test_accuracy_is_the_default_and_maximised() -> None:
@@ -53,7 +65,9 @@ def test_a_minimised_objective_sorts_the_other_way() -> None:
 def test_metrics_of_older_trials_come_from_their_value_and_val_loss() -> None:
     old = SimpleNamespace(number=0, values=[0.75], user_attrs={"val_loss": 0.4})
     assert trial_metrics(old) == {"val_accuracy": 0.75, "val_loss": 0.4}
-    assert trial_metrics({"number": 1, "user_attrs": {"metrics": {"val_accuracy": 0.5}}}) == {"val_accuracy": 0.5}
+    assert trial_metrics({"number": 1, "user_attrs": {"metrics": {"val_accuracy": 0.5}}}) == {
+        "val_accuracy": 0.5
+    }
 
 
 def test_study_helpers_read_the_objectives_from_the_study(tmp_path) -> None:

@@ -33,11 +33,21 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 EXPECTED_NAMES = {
     *(f"mobilenet-{a}" for a in ("0.25", "0.5", "0.75", "1.0")),
     *(f"mobilenet_v2-{a}" for a in ("0.35", "0.5", "0.75", "1.0", "1.3", "1.4")),
-    *(f"mobilenet_v3_{kind}-{variant}{pre}" for kind in ("small", "large")
-      for variant in ("0.75", "1.0", "1.0-minimalistic") for pre in ("", "-nopre")),
+    *(
+        f"mobilenet_v3_{kind}-{variant}{pre}"
+        for kind in ("small", "large")
+        for variant in ("0.75", "1.0", "1.0-minimalistic")
+        for pre in ("", "-nopre")
+    ),
     *(f"efficientnet_{b}" for b in ("b0", "b1", "b2", "b3")),
     *(f"efficientnet_v2_{b}" for b in ("b0", "b1", "b2", "b3")),
-    "resnet50", "resnet50_v2", "densenet121", "nasnet_mobile", "xception", "inception_v3", "convnext_tiny",
+    "resnet50",
+    "resnet50_v2",
+    "densenet121",
+    "nasnet_mobile",
+    "xception",
+    "inception_v3",
+    "convnext_tiny",
 }
 
 
@@ -51,10 +61,18 @@ def keras_preprocess_input(spec: BackboneSpec):
         # Rescaling(1/127.5, -1) the pixels need what it did: mode "tf".
         return lambda x: apps.imagenet_utils.preprocess_input(x, mode="tf")
     module = {
-        "MobileNet": apps.mobilenet, "MobileNetV2": apps.mobilenet_v2, "MobileNetV3": apps.mobilenet_v3,
-        "EfficientNet": apps.efficientnet, "EfficientNetV2": apps.efficientnet_v2,
-        "ResNet": apps.resnet50, "ResNetV2": apps.resnet_v2, "DenseNet": apps.densenet, "NASNet": apps.nasnet,
-        "Xception": apps.xception, "InceptionV3": apps.inception_v3, "ConvNeXt": apps.convnext,
+        "MobileNet": apps.mobilenet,
+        "MobileNetV2": apps.mobilenet_v2,
+        "MobileNetV3": apps.mobilenet_v3,
+        "EfficientNet": apps.efficientnet,
+        "EfficientNetV2": apps.efficientnet_v2,
+        "ResNet": apps.resnet50,
+        "ResNetV2": apps.resnet_v2,
+        "DenseNet": apps.densenet,
+        "NASNet": apps.nasnet,
+        "Xception": apps.xception,
+        "InceptionV3": apps.inception_v3,
+        "ConvNeXt": apps.convnext,
     }[spec.family]
     return module.preprocess_input
 
@@ -63,16 +81,22 @@ def keras_preprocess_input(spec: BackboneSpec):
 
 
 def test_registry_collects_every_builtin_backbone(monkeypatch):
-    monkeypatch.setattr(autotl.registry, "DEFAULT_PLUGINS", (*BACKBONE_MODULES, "autotl_plugins.digits"))
+    monkeypatch.setattr(
+        autotl.registry, "DEFAULT_PLUGINS", (*BACKBONE_MODULES, "autotl_plugins.digits")
+    )
     registry = autotl.registry.get_registry(autoload=False)
     assert set(registry.backbones) == EXPECTED_NAMES
     for spec in registry.backbones.values():
-        assert spec.plugin == getattr(spec.build, "func", spec.build).__module__  # each plugin registers its own
+        assert (
+            spec.plugin == getattr(spec.build, "func", spec.build).__module__
+        )  # each plugin registers its own
 
 
 def test_plugin_modules_do_not_import_keras():
-    code = ("import sys; import " + ", ".join(BACKBONE_MODULES) + "; import autotl.testing; "
-            "loaded = [m for m in ('keras', 'tensorflow') if m in sys.modules]; assert not loaded, loaded")
+    code = (
+        "import sys; import " + ", ".join(BACKBONE_MODULES) + "; import autotl.testing; "
+        "loaded = [m for m in ('keras', 'tensorflow') if m in sys.modules]; assert not loaded, loaded"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -123,8 +147,12 @@ def test_weights_file_is_what_keras_downloads(spec, monkeypatch):
 # --- the full contract, one variant per family -----------------------------
 
 
-@pytest.mark.parametrize("spec", [*FAMILIES.values(), BY_NAME["mobilenet_v3_large-1.0-minimalistic-nopre"]],
-                         ids=lambda s: s.name)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec",
+    [*FAMILIES.values(), BY_NAME["mobilenet_v3_large-1.0-minimalistic-nopre"]],
+    ids=lambda s: s.name,
+)
 def test_backbone_contract(spec):
     passed = check_backbone(spec)
     assert "second build names" in passed[-1]
@@ -142,9 +170,15 @@ def test_mobilenet_v3_nopre_bakes_in_what_the_model_does_inside():
     inside, outside = with_pre.build((32, 32, 3), None), without.build((32, 32, 3), None)
     outside.set_weights(inside.get_weights())
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(np.asarray(outside(without.preprocessing.apply(x))), np.asarray(inside(x)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(outside(without.preprocessing.apply(x))),
+        np.asarray(inside(x)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
+@pytest.mark.slow
 def test_efficientnet_weights_from_a_path_give_keras_imagenet_model(tmp_path, monkeypatch):
     """Keras adds Rescaling(1/sqrt(std)) only for weights="imagenet"; a path must give the same function."""
     import h5py
@@ -153,27 +187,39 @@ def test_efficientnet_weights_from_a_path_give_keras_imagenet_model(tmp_path, mo
     from keras.src.utils import file_utils
 
     spec = BY_NAME["efficientnet_b0"]
-    donor = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=None)
+    donor = keras.applications.EfficientNetB0(
+        input_shape=(32, 32, 3), include_top=False, weights=None
+    )
     norm = next(layer for layer in donor.layers if isinstance(layer, keras.layers.Normalization))
-    norm.adapt_mean.assign([0.485, 0.456, 0.406])  # what the official file holds: the std as "variance"
+    norm.adapt_mean.assign(
+        [0.485, 0.456, 0.406]
+    )  # what the official file holds: the std as "variance"
     norm.adapt_variance.assign([0.229, 0.224, 0.225])
     path = tmp_path / spec.weights_file
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, donor)
 
     monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: str(path))
-    reference = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights="imagenet")
+    reference = keras.applications.EfficientNetB0(
+        input_shape=(32, 32, 3), include_top=False, weights="imagenet"
+    )
     from_path = spec.build((32, 32, 3), str(path))
-    plain = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=str(path))
+    plain = keras.applications.EfficientNetB0(
+        input_shape=(32, 32, 3), include_top=False, weights=str(path)
+    )
 
-    def stem(model):  # the first convolution sees the preprocessed pixels; random-init outputs are ~1e-7
+    def stem(
+        model,
+    ):  # the first convolution sees the preprocessed pixels; random-init outputs are ~1e-7
         return np.asarray(keras.Model(model.input, model.get_layer("stem_conv").output)(x))
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     want = stem(reference)
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(stem(from_path), want, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(from_path(x)), np.asarray(reference(x)), rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(from_path(x)), np.asarray(reference(x)), rtol=1e-3, atol=1e-9
+    )
     assert not np.allclose(stem(plain), want, rtol=1e-2, atol=1e-3)  # the quirk is real
 
 
@@ -184,13 +230,22 @@ def test_xception_boundaries_keep_their_names_across_builds():
 
     spec = BY_NAME["xception"]
     first = spec.build((71, 71, 3), None)
-    keras.applications.Xception(input_shape=(71, 71, 3), include_top=False, weights=None)  # moves Keras' name counters
+    keras.applications.Xception(
+        input_shape=(71, 71, 3), include_top=False, weights=None
+    )  # moves Keras' name counters
     second = spec.build((71, 71, 3), None)
-    assert block_boundaries(first, spec.block_pattern) == block_boundaries(second, spec.block_pattern) == [f"block{i}_add" for i in range(2, 14)]
+    assert (
+        block_boundaries(first, spec.block_pattern)
+        == block_boundaries(second, spec.block_pattern)
+        == [f"block{i}_add" for i in range(2, 14)]
+    )
     assert [layer.name for layer in first.layers] == [layer.name for layer in second.layers]
 
 
-@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").is_file(), reason="needs ../shared/weights")
+@pytest.mark.skipif(
+    not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").is_file(),
+    reason="needs ../shared/weights",
+)
 def test_mobilenet_025_hash_is_the_keras_release_file():
     from autotl.weights import WeightsSource, resolve_weights
 
@@ -219,8 +274,15 @@ def _toy_build(input_shape, weights):
     return keras.Model(x, keras.layers.Conv2D(8, 1, name="head_conv")(a2), name="toy")
 
 
-TOY = BackboneSpec(name="toy-1.0", build=_toy_build, input_size=(32, 32), preprocessing=Preprocessing.tf(),
-                   block_pattern=r"_add$", family="Toy", description="a tiny residual net for the checker's own tests")
+TOY = BackboneSpec(
+    name="toy-1.0",
+    build=_toy_build,
+    input_size=(32, 32),
+    preprocessing=Preprocessing.tf(),
+    block_pattern=r"_add$",
+    family="Toy",
+    description="a tiny residual net for the checker's own tests",
+)
 
 
 def test_toy_passes():
@@ -230,13 +292,21 @@ def test_toy_passes():
 
 
 def test_layers_named_by_keras_counter_fail():
-    def build(input_shape, weights):  # Xception as Keras builds it: shortcut convs conv2d, conv2d_1, ...
+    def build(
+        input_shape, weights
+    ):  # Xception as Keras builds it: shortcut convs conv2d, conv2d_1, ...
         import keras
 
         return keras.applications.Xception(input_shape=input_shape, include_top=False, weights=None)
 
-    with pytest.raises(AssertionError, match=r"'toy-1.0': layer names: layers with weights are named differently in a second build \(conv2d"):
-        check_backbone(replace(TOY, build=build, input_size=(71, 71), block_pattern=r"^add(_\d+)?$"), size=(71, 71))
+    with pytest.raises(
+        AssertionError,
+        match=r"'toy-1.0': layer names: layers with weights are named differently in a second build \(conv2d",
+    ):
+        check_backbone(
+            replace(TOY, build=build, input_size=(71, 71), block_pattern=r"^add(_\d+)?$"),
+            size=(71, 71),
+        )
 
 
 def test_boundaries_named_by_keras_counter_fail():
@@ -245,22 +315,30 @@ def test_boundaries_named_by_keras_counter_fail():
 
         x = keras.Input(input_shape)
         stem = keras.layers.Conv2D(4, 3, name="stem")(x)
-        a = keras.layers.Add()([stem, keras.layers.Conv2D(4, 3, padding="same", name="block1_conv")(stem)])
+        a = keras.layers.Add()(
+            [stem, keras.layers.Conv2D(4, 3, padding="same", name="block1_conv")(stem)]
+        )
         return keras.Model(x, keras.layers.Conv2D(8, 1, name="head_conv")(a))
 
-    with pytest.raises(AssertionError, match=r"layer names: the block boundaries are named differently in a second build"):
+    with pytest.raises(
+        AssertionError,
+        match=r"layer names: the block boundaries are named differently in a second build",
+    ):
         check_backbone(replace(TOY, build=build, block_pattern=r"^add"))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("name", "Toy Net!"),
-    ("input_size", (16, 16)),
-    ("input_sizes", ((64, 64),)),
-    ("block_pattern", "block(_add"),
-    ("weights_sha256", "ABC123"),
-    ("build", "not callable"),
-    ("preprocessing", Preprocessing("tf", channel_order="GBR")),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("name", "Toy Net!"),
+        ("input_size", (16, 16)),
+        ("input_sizes", ((64, 64),)),
+        ("block_pattern", "block(_add"),
+        ("weights_sha256", "ABC123"),
+        ("build", "not callable"),
+        ("preprocessing", Preprocessing("tf", channel_order="GBR")),
+    ],
+)
 def test_a_bad_field_fails_naming_the_field(field, value):
     spec = replace(TOY, **{field: value})
     with pytest.raises(AssertionError, match=rf"backbone '.*': fields: .*{field.split('.')[0]}"):
@@ -269,14 +347,22 @@ def test_a_bad_field_fails_naming_the_field(field, value):
 
 def test_preprocessing_that_differs_from_preprocess_input_fails():
     spec = replace(BY_NAME["resnet50"], preprocessing=Preprocessing.tf())  # ResNet50 is caffe
-    with pytest.raises(AssertionError, match=r"'resnet50': preprocessing: .*differs from preprocess_input"):
+    with pytest.raises(
+        AssertionError, match=r"'resnet50': preprocessing: .*differs from preprocess_input"
+    ):
         check_preprocessing(spec)
 
 
 def test_preprocessing_outside_its_mode_range_fails():
-    spec = replace(TOY, preprocessing=Preprocessing("tf", (2 / 255,) * 3, (0.0,) * 3))  # [0, 2] is not inside tf's [-1, 1]
-    check_preprocessing(replace(spec, preprocessing=replace(spec.preprocessing, mode="custom")))  # unknown mode: no range
-    with pytest.raises(AssertionError, match=r"preprocessing: mode 'tf' must send 0..255 into \[-1, 1\]"):
+    spec = replace(
+        TOY, preprocessing=Preprocessing("tf", (2 / 255,) * 3, (0.0,) * 3)
+    )  # [0, 2] is not inside tf's [-1, 1]
+    check_preprocessing(
+        replace(spec, preprocessing=replace(spec.preprocessing, mode="custom"))
+    )  # unknown mode: no range
+    with pytest.raises(
+        AssertionError, match=r"preprocessing: mode 'tf' must send 0..255 into \[-1, 1\]"
+    ):
         check_preprocessing(spec)
 
 
@@ -285,11 +371,16 @@ def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries():
 
     spec = replace(TOY, block_pattern=r"_conv$")  # block convs sit inside their residual blocks
     base = spec.build((32, 32, 3), None)
-    assert [layer.name for layer in base.layers if layer.name.endswith("_conv")] == ["block1_conv", "block2_conv", "head_conv"]
+    assert [layer.name for layer in base.layers if layer.name.endswith("_conv")] == [
+        "block1_conv",
+        "block2_conv",
+        "head_conv",
+    ]
     assert block_boundaries(base, spec.block_pattern) == []
     assert "no block boundaries" in check_backbone(spec)[-2]
 
 
+@pytest.mark.slow
 def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries_on_resnet50():
     from autotl.model import block_boundaries
 
@@ -300,15 +391,21 @@ def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries_on_resnet50():
 
 
 def test_pattern_matching_no_layer_fails():
-    with pytest.raises(AssertionError, match=r"'toy-1.0': block_pattern: '\^nothing\$' matches no layer"):
+    with pytest.raises(
+        AssertionError, match=r"'toy-1.0': block_pattern: '\^nothing\$' matches no layer"
+    ):
         check_backbone(replace(TOY, block_pattern=r"^nothing$"))
 
 
 def test_a_boundary_that_is_not_a_cut_fails(monkeypatch):
     import autotl.model
 
-    monkeypatch.setattr(autotl.model, "block_boundaries", lambda base, pattern: ["block1_conv", "block2_add"])
-    with pytest.raises(AssertionError, match=r"block boundaries: 'block1_conv' is not a single-tensor cut"):
+    monkeypatch.setattr(
+        autotl.model, "block_boundaries", lambda base, pattern: ["block1_conv", "block2_add"]
+    )
+    with pytest.raises(
+        AssertionError, match=r"block boundaries: 'block1_conv' is not a single-tensor cut"
+    ):
         check_backbone(TOY)
 
 
@@ -331,7 +428,9 @@ def test_a_base_with_a_top_fails():
         base = _toy_build(input_shape, weights)
         return keras.Model(base.input, keras.layers.GlobalAveragePooling2D()(base.output))
 
-    with pytest.raises(AssertionError, match=r"'toy-1.0': build: the base must output one feature map"):
+    with pytest.raises(
+        AssertionError, match=r"'toy-1.0': build: the base must output one feature map"
+    ):
         check_backbone(replace(TOY, build=build))
 
 
@@ -339,7 +438,10 @@ def test_a_build_that_fails_everywhere_names_each_size():
     def build(input_shape, weights):
         raise ValueError(f"no {input_shape[0]}")
 
-    with pytest.raises(AssertionError, match=r"build: .*at 64x64: ValueError: no 64; at 96x96: .*; at 32x32: ValueError: no 32"):
+    with pytest.raises(
+        AssertionError,
+        match=r"build: .*at 64x64: ValueError: no 64; at 96x96: .*; at 32x32: ValueError: no 32",
+    ):
         check_backbone(replace(TOY, build=build))
 
 
@@ -352,6 +454,8 @@ def test_specs_of_and_backbone_params_register_like_autotl():
     assert [p.id for p in backbone_params(module)] == ["resnet50", "resnet50_v2"]
 
 
-@pytest.mark.parametrize("spec", backbone_params("autotl_tiny"))  # the pattern of autotl.testing's docstring
+@pytest.mark.parametrize(
+    "spec", backbone_params("autotl_tiny")
+)  # the pattern of autotl.testing's docstring
 def test_third_party_plugin_passes_the_contract(spec):
     check_backbone(spec)

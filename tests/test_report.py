@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -10,11 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from helpers import TINY_SPACE, COLOURS, write_images
+from helpers import COLOURS, TINY_SPACE, write_images
 
 from autotl.errors import UsageError
-from autotl.objective import best_trial  # ties broken as autotl breaks them: accuracy, then val loss, then earlier
+from autotl.objective import (
+    best_trial,
+)  # ties broken as autotl breaks them: accuracy, then val loss, then earlier
 
 SPACE = TINY_SPACE
 COMMAND = "autotl search colours --out run --trials 2"
@@ -46,7 +46,13 @@ def searched(tmp_path_factory: pytest.TempPathFactory, registry):
     dataset = load_folder(noisy_labels(root / "colours"), val_fraction=0.25, seed=0)
     (root / "space.yaml").write_text(SPACE)
     space, _ = load_space(root / "space.yaml")
-    cfg = SearchConfig(out=root / "run", space=space, trials=2, weights=WeightsSource("none"), record={"command": COMMAND})
+    cfg = SearchConfig(
+        out=root / "run",
+        space=space,
+        trials=2,
+        weights=WeightsSource("none"),
+        record={"command": COMMAND},
+    )
     study = run_search(cfg, registry, dataset)
     return cfg, study
 
@@ -61,7 +67,9 @@ def report(searched):
 
 
 def test_wilson_interval() -> None:
-    from autotl.report import wilson_interval  # autotl.stats.wilson_interval(successes, n), as the model card uses it
+    from autotl.report import (
+        wilson_interval,
+    )  # autotl.stats.wilson_interval(successes, n), as the model card uses it
 
     lo, hi = wilson_interval(0.5 * 10, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
@@ -73,21 +81,40 @@ def test_wilson_interval() -> None:
 def test_three_files_and_the_record_matches_the_study(report, searched) -> None:
     paths, rec = report
     cfg, study = searched
-    assert {k: p.name for k, p in paths.items()} == {"html": "report.html", "md": "report.md", "json": "report.json"}
+    assert {k: p.name for k, p in paths.items()} == {
+        "html": "report.html",
+        "md": "report.md",
+        "json": "report.json",
+    }
     assert all(p.is_file() and p.parent == cfg.out for p in paths.values())
     assert sorted(r["number"] for r in rec["leaderboard"]) == [t.number for t in study.trials]
     best = rec["summary"]["best"]
     assert best["number"] == best_trial(study).number and best["val_accuracy"] == study.best_value
     lo, hi = best["ci95"]
-    assert 0.0 <= lo <= best["val_accuracy"] <= hi <= 1.0 and hi - lo > 0.05  # 12 val images: a wide interval
+    assert (
+        0.0 <= lo <= best["val_accuracy"] <= hi <= 1.0 and hi - lo > 0.05
+    )  # 12 val images: a wide interval
     data = rec["summary"]["data"]
-    assert data["val_images"] == 12 and data["class_names"] == sorted(COLOURS) and data["counts"]["val"]["red"] == 4
+    assert (
+        data["val_images"] == 12
+        and data["class_names"] == sorted(COLOURS)
+        and data["counts"]["val"]["red"] == 4
+    )
     for row in rec["leaderboard"]:
-        assert row["state"] == "complete" and row["backbone"] == "tiny" and row["epochs_phase1"] >= 1
+        assert (
+            row["state"] == "complete" and row["backbone"] == "tiny" and row["epochs_phase1"] >= 1
+        )
     curve = rec["curves"][0]
-    assert curve["boundary"] == len(curve["phase1"]["val_loss"]) and set(curve["phase1"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert curve["boundary"] == len(curve["phase1"]["val_loss"]) and set(curve["phase1"]) >= {
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+    }
     imp = rec["search"]["importances"]
-    assert rec["search"]["history"] and (imp["values"] or imp["note"].startswith("not enough trials"))
+    assert rec["search"]["history"] and (
+        imp["values"] or imp["note"].startswith("not enough trials")
+    )
     # section 5 re-created the same validation split and scored the best model on it
     ev = rec["evaluation"]
     assert "skipped" not in ev, ev
@@ -95,31 +122,43 @@ def test_three_files_and_the_record_matches_the_study(report, searched) -> None:
     assert abs(ev["accuracy"] - study.best_value) <= 1 / 12 + 1e-9
     assert ev["model_trial"] == best_trial(study).number  # found through the lineage tables
     assert sum(map(sum, ev["confusion_matrix"])) == 12 and len(ev["per_class"]) == 3
-    assert 1 <= ev["misclassified_total"] and len(ev["misclassified"]) == min(24, ev["misclassified_total"])
+    assert 1 <= ev["misclassified_total"] and len(ev["misclassified"]) == min(
+        24, ev["misclassified_total"]
+    )
     for m in ev["misclassified"]:
         assert m["true"] != m["predicted"] and (cfg.out / m["thumbnail"]).is_file()
     lin = rec["lineage"]
     assert lin["command"] == COMMAND and lin["data_fingerprint"] == data["fingerprint"]
     assert {"tensorflow", "keras", "optuna", "numpy", "pluggy"} <= set(lin["library_versions"])
-    assert "autotl_tiny" in lin["plugins"] and [t["plugin"] for t in lin["trials"]] == ["autotl_tiny"] * 2
+    assert (
+        "autotl_tiny" in lin["plugins"]
+        and [t["plugin"] for t in lin["trials"]] == ["autotl_tiny"] * 2
+    )
     assert {m["kind"] for m in lin["recorded_models"]} == {"trial_weights", "best_model"}
     for name, rel in rec["figures"].items():
         assert (cfg.out / rel).is_file(), name
 
 
 def test_markdown_has_the_leaderboard_and_local_images(report, searched) -> None:
-    paths, rec = report
+    paths, _rec = report
     md = paths["md"].read_text()
     for t in searched[1].trials:
-        assert re.search(rf"^\| {t.number} \| complete \| tiny \| ", md, re.M), f"no leaderboard row for trial {t.number}"
+        assert re.search(rf"^\| {t.number} \| complete \| tiny \| ", md, re.M), (
+            f"no leaderboard row for trial {t.number}"
+        )
     assert "95% CI" in md and "## 6. Lineage" in md and COMMAND in md
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert images and all(not i.startswith(("http:", "https:", "/")) and (paths["md"].parent / i).is_file() for i in images)
+    assert images and all(
+        not i.startswith(("http:", "https:", "/")) and (paths["md"].parent / i).is_file()
+        for i in images
+    )
 
 
 def test_html_references_nothing_outside_itself(report) -> None:
     page = report[0]["html"].read_text()
-    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", page, re.I) + re.findall(r"url\(\s*['\"]?([^'\")]+)", page, re.I)
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", page, re.I) + re.findall(
+        r"url\(\s*['\"]?([^'\")]+)", page, re.I
+    )
     assert refs, "expected inline images"
     assert not [r for r in refs if re.match(r"(https?:)?//", r, re.I)], "external reference"
     assert all(r.startswith("data:image/png;base64,") for r in refs)
@@ -127,31 +166,58 @@ def test_html_references_nothing_outside_itself(report) -> None:
     assert "Content-Security-Policy" in page
 
 
-def _chromium(page: Path, shot: Path, tmp: Path, size: str = "1280,2000") -> tuple[list[str], list[str]]:
+def _chromium(
+    page: Path, shot: Path, tmp: Path, size: str = "1280,2000"
+) -> tuple[list[str], list[str]]:
     """Open ``page`` headless; return (console lines, URLs the page itself requested)."""
     netlog = tmp / f"{shot.stem}.netlog.json"
     proc = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
-         f"--screenshot={shot}", f"--window-size={size}", "--enable-logging=stderr", "--v=0",
-         f"--log-net-log={netlog}", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'profile'}",
+            f"--screenshot={shot}",
+            f"--window-size={size}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--log-net-log={netlog}",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
     )
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     log = json.loads(netlog.read_text())
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     # the page's own requests carry its file:// site; Chromium's own (updates, time) do not
-    requested = [e["params"]["url"] for e in log["events"] if e["type"] == start and "file://" in str(e["params"].get("network_isolation_key", ""))
-                 and not e["params"]["url"].startswith(("file:", "data:"))]
+    requested = [
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start
+        and "file://" in str(e["params"].get("network_isolation_key", ""))
+        and not e["params"]["url"].startswith(("file:", "data:"))
+    ]
     return console, requested
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install -y chromium)"
+)
 def test_html_renders_in_headless_chromium_offline(report, tmp_path: Path) -> None:
     # the detector first: a page with a script error and two remote loads must be caught
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><img src="http://img.example.invalid/x.png"><link rel="stylesheet" href="https://css.example.invalid/a.css">'
-                   "<script>undefined_fn()</script>")
+    bad.write_text(
+        '<!DOCTYPE html><img src="http://img.example.invalid/x.png"><link rel="stylesheet" href="https://css.example.invalid/a.css">'
+        "<script>undefined_fn()</script>"
+    )
     console, requested = _chromium(bad, tmp_path / "bad.png", tmp_path)
     assert any("Uncaught" in line for line in console) and len(requested) == 2, (console, requested)
 
@@ -174,7 +240,9 @@ def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> No
     live = optuna.load_study(study_name=cfg.study_name, storage=f"sqlite:///{run / 'study.db'}")
     failed = live.ask()
     trial_params(failed, cfg.space)
-    failed.set_user_attr("fail_reason", "training diverged at epoch 2 (loss nan); lower the learning rate")
+    failed.set_user_attr(
+        "fail_reason", "training diverged at epoch 2 (loss nan); lower the learning rate"
+    )
     live.tell(failed, state=optuna.trial.TrialState.FAIL)
     running = live.ask()  # a worker in the middle of phase 1: params and one epoch, nothing else
     trial_params(running, cfg.space)
@@ -186,7 +254,9 @@ def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> No
     assert printed == [str(run / "report.html"), str(run / "report.md"), str(run / "report.json")]
     rec = json.loads((run / "report.json").read_text())
     rows = {r["number"]: r for r in rec["leaderboard"]}
-    assert rows[running.number]["state"] == "running" and rows[running.number]["val_accuracy"] is None
+    assert (
+        rows[running.number]["state"] == "running" and rows[running.number]["val_accuracy"] is None
+    )
     assert rows[running.number]["epochs_phase1"] == 1 and rows[running.number]["backbone"] == "tiny"
     assert rows[failed.number]["state"] == "failed" and "diverged" in rows[failed.number]["note"]
     assert rec["summary"]["best"]["number"] == best_trial(study).number
@@ -219,28 +289,100 @@ def synthetic_study(run: Path, n: int = 9):
 
     run.mkdir()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{run / 'study.db'}", study_name="autotl", direction="maximize")
-    study.set_user_attr("space", {"seed": 0, "val_fraction": 0.2, "phase1": {"epochs": 10},
-                                  "phase2": {"unfreeze_blocks": {"low": 0, "high": 3}, "learning_rate": {"low": 1e-6, "high": 1e-4, "log": True}}})
-    study.set_user_attr("data", {"source": "sample:digits", "split": "stratified, val_fraction=0.2, seed=0", "class_names": ["0", "1"],
-                                 "counts": {"train": {"0": 80, "1": 80}, "val": {"0": 20, "1": 20}}, "skipped": 0, "fingerprint": "0" * 64})
-    dists = {"backbone": CategoricalDistribution(["mobilenet_v2", "resnet50"]), "head_width": CategoricalDistribution([64, 128]),
-             "dropout": FloatDistribution(0.0, 0.5), "unfreeze_blocks": IntDistribution(0, 3), "finetune_lr": FloatDistribution(1e-6, 1e-4, log=True)}
+    study = optuna.create_study(
+        storage=f"sqlite:///{run / 'study.db'}", study_name="autotl", direction="maximize"
+    )
+    study.set_user_attr(
+        "space",
+        {
+            "seed": 0,
+            "val_fraction": 0.2,
+            "phase1": {"epochs": 10},
+            "phase2": {
+                "unfreeze_blocks": {"low": 0, "high": 3},
+                "learning_rate": {"low": 1e-6, "high": 1e-4, "log": True},
+            },
+        },
+    )
+    study.set_user_attr(
+        "data",
+        {
+            "source": "sample:digits",
+            "split": "stratified, val_fraction=0.2, seed=0",
+            "class_names": ["0", "1"],
+            "counts": {"train": {"0": 80, "1": 80}, "val": {"0": 20, "1": 20}},
+            "skipped": 0,
+            "fingerprint": "0" * 64,
+        },
+    )
+    dists = {
+        "backbone": CategoricalDistribution(["mobilenet_v2", "resnet50"]),
+        "head_width": CategoricalDistribution([64, 128]),
+        "dropout": FloatDistribution(0.0, 0.5),
+        "unfreeze_blocks": IntDistribution(0, 3),
+        "finetune_lr": FloatDistribution(1e-6, 1e-4, log=True),
+    }
     for i in range(n):
-        params = {"backbone": ["mobilenet_v2", "resnet50"][i % 2], "head_width": [64, 128][i // 2 % 2], "dropout": 0.05 * i,
-                  "unfreeze_blocks": i % 4, "finetune_lr": 10 ** (-6 + 2 * i / n)}
+        params = {
+            "backbone": ["mobilenet_v2", "resnet50"][i % 2],
+            "head_width": [64, 128][i // 2 % 2],
+            "dropout": 0.05 * i,
+            "unfreeze_blocks": i % 4,
+            "finetune_lr": 10 ** (-6 + 2 * i / n),
+        }
         acc = 0.6 + 0.03 * i + 0.1 * (i % 2)
         e1, e2 = 6 + i % 3, 3 if i % 4 else 0
-        curve = lambda k, a, b: [a + (b - a) * (1 - math.exp(-j / 2)) for j in range(k)]  # noqa: E731
-        history = {"phase1": {"loss": curve(e1, 1.2, 0.4), "accuracy": curve(e1, 0.5, acc), "val_loss": curve(e1, 1.3, 0.5), "val_accuracy": curve(e1, 0.5, acc - 0.02)},
-                   "phase2": {"loss": curve(e2, 0.4, 0.3), "accuracy": curve(e2, acc, acc + 0.02), "val_loss": curve(e2, 0.5, 0.45), "val_accuracy": curve(e2, acc - 0.02, acc)} if e2 else {}}
-        attrs = {"history": history, "head_stable_epoch": e1 - 4, "gate": "passed" if e2 else "not asked: unfreeze_blocks is 0", "phase2_kept": bool(e2),
-                 "val_loss": 0.45, "seconds": {"phase1": 3.0, "phase2": 2.0}, "seconds_total": 5.5, "plugin": "autotl_plugins.mobilenet_v2",
-                 "weights_origin": "random", "weights_sha256": None}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=acc, user_attrs=attrs,
-                                                  intermediate_values={s: acc for s in range(e1 + e2)}))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=params, distributions=dists, value=0.4,
-                                              user_attrs={"pruned_at": {"phase": 1, "step": 3}}, intermediate_values={0: 0.3, 1: 0.35, 2: 0.38, 3: 0.4}))
+
+        def curve(k, a, b):
+            return [a + (b - a) * (1 - math.exp(-j / 2)) for j in range(k)]
+
+        history = {
+            "phase1": {
+                "loss": curve(e1, 1.2, 0.4),
+                "accuracy": curve(e1, 0.5, acc),
+                "val_loss": curve(e1, 1.3, 0.5),
+                "val_accuracy": curve(e1, 0.5, acc - 0.02),
+            },
+            "phase2": {
+                "loss": curve(e2, 0.4, 0.3),
+                "accuracy": curve(e2, acc, acc + 0.02),
+                "val_loss": curve(e2, 0.5, 0.45),
+                "val_accuracy": curve(e2, acc - 0.02, acc),
+            }
+            if e2
+            else {},
+        }
+        attrs = {
+            "history": history,
+            "head_stable_epoch": e1 - 4,
+            "gate": "passed" if e2 else "not asked: unfreeze_blocks is 0",
+            "phase2_kept": bool(e2),
+            "val_loss": 0.45,
+            "seconds": {"phase1": 3.0, "phase2": 2.0},
+            "seconds_total": 5.5,
+            "plugin": "autotl_plugins.mobilenet_v2",
+            "weights_origin": "random",
+            "weights_sha256": None,
+        }
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dists,
+                value=acc,
+                user_attrs=attrs,
+                intermediate_values={s: acc for s in range(e1 + e2)},
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            params=params,
+            distributions=dists,
+            value=0.4,
+            user_attrs={"pruned_at": {"phase": 1, "step": 3}},
+            intermediate_values={0: 0.3, 1: 0.35, 2: 0.38, 3: 0.4},
+        )
+    )
     return study
 
 
@@ -251,18 +393,33 @@ def test_a_bigger_study_without_models_or_run_json(tmp_path: Path) -> None:
     study = synthetic_study(tmp_path / "run")
     paths = write_report(tmp_path / "run")
     rec = json.loads(paths["json"].read_text())
-    assert rec["summary"]["best"]["number"] == best_trial(study).number and rec["summary"]["best"]["val_accuracy"] == study.best_value
+    assert (
+        rec["summary"]["best"]["number"] == best_trial(study).number
+        and rec["summary"]["best"]["val_accuracy"] == study.best_value
+    )
     assert rec["summary"]["data"]["val_images"] == 40
     imp = rec["search"]["importances"]["values"]
     assert imp and abs(sum(imp.values()) - 1) < 1e-6 and "backbone" in imp
     assert [c["number"] for c in rec["curves"]] == [r["number"] for r in rec["leaderboard"][:6]]
     assert rec["search"]["by_backbone"]["resnet50"]["max"] == study.best_value
     pruned = next(r for r in rec["leaderboard"] if r["state"] == "pruned")
-    assert (pruned["epochs_phase1"], pruned["epochs_phase2"], pruned["val_accuracy"]) == (4, 0, 0.4) and "pruned in phase 1" in pruned["note"]
+    assert (pruned["epochs_phase1"], pruned["epochs_phase2"], pruned["val_accuracy"]) == (
+        4,
+        0,
+        0.4,
+    ) and "pruned in phase 1" in pruned["note"]
     assert rec["evaluation"]["skipped"].startswith("no best_model.keras")
-    assert rec["lineage"]["command"] is None and "autotl_plugins.mobilenet_v2" in rec["lineage"]["plugins"]
-    assert {"importances.png", "params.png", "history.png", "curves_best.png"} <= set(rec["figures"])
+    assert (
+        rec["lineage"]["command"] is None
+        and "autotl_plugins.mobilenet_v2" in rec["lineage"]["plugins"]
+    )
+    assert {"importances.png", "params.png", "history.png", "curves_best.png"} <= set(
+        rec["figures"]
+    )
     md = paths["md"].read_text()
-    assert "| backbone |" in md.replace("parameter", "backbone") and "_skipped: no best_model.keras" in md
+    assert (
+        "| backbone |" in md.replace("parameter", "backbone")
+        and "_skipped: no best_model.keras" in md
+    )
     page = paths["html"].read_text()
     assert not re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page, re.I)

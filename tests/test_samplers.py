@@ -26,7 +26,9 @@ def draws(name: str, seed: int, n: int = 8) -> list[tuple]:
     return [(round(t.params["x"], 12), t.params["w"]) for t in study.trials]
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLERS if n != "gp" or importlib.util.find_spec("torch")])
+@pytest.mark.parametrize(
+    "name", [n for n in SAMPLERS if n != "gp" or importlib.util.find_spec("torch")]
+)
 def test_every_sampler_runs_and_is_reproducible_from_its_seed(name: str) -> None:
     import warnings
 
@@ -40,18 +42,27 @@ def test_every_sampler_runs_and_is_reproducible_from_its_seed(name: str) -> None
 def test_gp_without_torch_says_what_to_install() -> None:
     if importlib.util.find_spec("torch"):
         pytest.skip("torch is installed: the gp sampler runs (tested above)")
-    with pytest.raises(UsageError, match="sampler gp needs the Python package 'torch': pip install torch"):
+    with pytest.raises(
+        UsageError, match="sampler gp needs the Python package 'torch': pip install torch"
+    ):
         make_sampler("gp", 0)
 
 
 def test_unknown_sampler_is_refused_by_the_space_and_by_name() -> None:
     with pytest.raises(UsageError, match="unknown sampler 'grid'"):
         make_sampler("grid", 0)
-    with pytest.raises(ValueError, match="sampler: unknown sampler 'grid'; choose from tpe, random, cmaes, gp, nsga2"):
-        SearchSpace.model_validate({"backbones": ["tiny"], "head": {"width": [8], "dropout": 0.1}, "sampler": "grid"})
+    with pytest.raises(
+        ValueError,
+        match="sampler: unknown sampler 'grid'; choose from tpe, random, cmaes, gp, nsga2",
+    ):
+        SearchSpace.model_validate(
+            {"backbones": ["tiny"], "head": {"width": [8], "dropout": 0.1}, "sampler": "grid"}
+        )
 
 
-def test_the_space_sampler_drives_the_study(registry, tiny_dataset, tiny_space_file, tmp_path) -> None:
+def test_the_space_sampler_drives_the_study(
+    registry, tiny_dataset, tiny_space_file, tmp_path
+) -> None:
     import optuna
 
     from autotl.optuna_engine import SearchConfig, run_search
@@ -59,6 +70,10 @@ def test_the_space_sampler_drives_the_study(registry, tiny_dataset, tiny_space_f
     from autotl.weights import WeightsSource
 
     space, _ = load_space(tiny_space_file, {"sampler": "random"})
-    study = run_search(SearchConfig(out=tmp_path / "run", space=space, trials=1, weights=WeightsSource("none")), registry, tiny_dataset)
+    study = run_search(
+        SearchConfig(out=tmp_path / "run", space=space, trials=1, weights=WeightsSource("none")),
+        registry,
+        tiny_dataset,
+    )
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
     assert study.user_attrs["sampler"] == "random"

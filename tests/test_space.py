@@ -36,7 +36,10 @@ def test_scalar_means_fixed_value(tmp_path: Path) -> None:
 
 def test_finetune_rate_not_10x_lower_is_refused(tmp_path: Path) -> None:
     text = BASE + "phase2: {learning_rate: {low: 1.0e-5, high: 5.0e-4, log: true}}\n"
-    with pytest.raises(UsageError, match=r"phase2.learning_rate.high must be at least 10 times below phase1.learning_rate.*5e-04|0.0005"):
+    with pytest.raises(
+        UsageError,
+        match=r"phase2.learning_rate.high must be at least 10 times below phase1.learning_rate.*5e-04|0.0005",
+    ):
         load_space(write(tmp_path, text))
 
 

@@ -19,12 +19,31 @@ def run(registry, dataset, tmp_path: Path, reports=None, **overrides):
     spec = registry.backbone("tiny")
     keras.utils.set_random_seed(0)
     base = build_base(spec, RANDOM)
-    params = TrialParams(**{"backbone": "tiny", "head_width": 16, "dropout": 0.0, "unfreeze_blocks": 1, "phase1_lr": 1e-2,
-                            "finetune_lr": 1e-3, "phase1_epochs": 80, "phase1_patience": 3, "phase2_epochs": 4, "phase2_patience": 2,
-                            "head_loss_threshold": 5.0, "batch_size": 8, **overrides})
+    params = TrialParams(
+        **{
+            "backbone": "tiny",
+            "head_width": 16,
+            "dropout": 0.0,
+            "unfreeze_blocks": 1,
+            "phase1_lr": 1e-2,
+            "finetune_lr": 1e-3,
+            "phase1_epochs": 80,
+            "phase1_patience": 3,
+            "phase2_epochs": 4,
+            "phase2_patience": 2,
+            "head_loss_threshold": 5.0,
+            "batch_size": 8,
+            **overrides,
+        }
+    )
     report = (lambda step, value: reports.append((step, value))) if reports is not None else None
     cache = FeatureCache(tmp_path / "cache")
-    return spec, base, cache, train_trial(spec, params, lambda: base, dataset, cache, RANDOM, report)
+    return (
+        spec,
+        base,
+        cache,
+        train_trial(spec, params, lambda: base, dataset, cache, RANDOM, report),
+    )
 
 
 def test_learning_rate_rule_is_enforced_in_code() -> None:
@@ -32,7 +51,9 @@ def test_learning_rate_rule_is_enforced_in_code() -> None:
         TrialParams(backbone="x", phase1_lr=1e-3, finetune_lr=5e-4)
 
 
-def test_phase2_starts_only_after_the_head_stabilised(registry, tiny_dataset, tmp_path: Path) -> None:
+def test_phase2_starts_only_after_the_head_stabilised(
+    registry, tiny_dataset, tmp_path: Path
+) -> None:
     reports: list = []
     _, _, _, result = run(registry, tiny_dataset, tmp_path, reports)
     h1, h2 = result.history["phase1"], result.history["phase2"]
@@ -51,19 +72,25 @@ def test_phase2_starts_only_after_the_head_stabilised(registry, tiny_dataset, tm
 
 def test_gate_closed_when_head_loss_above_threshold(registry, tiny_dataset, tmp_path: Path) -> None:
     _, _, _, result = run(registry, tiny_dataset, tmp_path, head_loss_threshold=1e-6)
-    assert result.gate is Gate.HEAD_LOSS_HIGH and result.gate_reason.startswith("head training loss")
+    assert result.gate is Gate.HEAD_LOSS_HIGH and result.gate_reason.startswith(
+        "head training loss"
+    )
     assert result.history["phase2"] == {}
     assert result.cut is None and result.unfrozen_layers == 0
 
 
 def test_gate_closed_when_head_still_improving(registry, tiny_dataset, tmp_path: Path) -> None:
     _, _, _, result = run(registry, tiny_dataset, tmp_path, phase1_epochs=2, phase1_patience=5)
-    assert result.gate is Gate.STILL_IMPROVING and result.gate_reason.startswith("head still improving")
+    assert result.gate is Gate.STILL_IMPROVING and result.gate_reason.startswith(
+        "head still improving"
+    )
     assert result.head_stable_epoch is None
     assert result.history["phase2"] == {}
 
 
-def test_cached_path_equals_full_model_in_both_phases(registry, tiny_dataset, tmp_path: Path) -> None:
+def test_cached_path_equals_full_model_in_both_phases(
+    registry, tiny_dataset, tmp_path: Path
+) -> None:
     import keras
 
     spec, base, cache, result = run(registry, tiny_dataset, tmp_path)
@@ -93,7 +120,9 @@ def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> No
         calls.append(1)
         return base
 
-    first = cache.get(spec, make_base, RANDOM, tiny_dataset, None, prefetch=lambda b: ["block2_out"])
+    first = cache.get(
+        spec, make_base, RANDOM, tiny_dataset, None, prefetch=lambda b: ["block2_out"]
+    )
     again = cache.get(spec, make_base, RANDOM, tiny_dataset, None)
     prefetched = cache.get(spec, make_base, RANDOM, tiny_dataset, "block2_out")
     other = cache.get(spec, make_base, RANDOM, tiny_dataset, "block1_out")
@@ -106,11 +135,17 @@ def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> No
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def test_unfreeze_all_trains_the_whole_base_from_pixels_when_the_space_asks(registry, tiny_dataset, tmp_path: Path) -> None:
+def test_unfreeze_all_trains_the_whole_base_from_pixels_when_the_space_asks(
+    registry, tiny_dataset, tmp_path: Path
+) -> None:
     import keras
 
-    spec, base, _, result = run(registry, tiny_dataset, tmp_path, unfreeze_all=True)
+    _spec, base, _, result = run(registry, tiny_dataset, tmp_path, unfreeze_all=True)
     assert result.gate is Gate.PASSED and result.cut is None and result.history["phase2"]
-    assert result.unfrozen_layers == sum(1 for layer in base.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization))
+    assert result.unfrozen_layers == sum(
+        1
+        for layer in base.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    )
     if result.phase2_kept:
         assert "stem_conv" in result.trained_weights()

@@ -4,15 +4,17 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from helpers import SHARED_WEIGHTS, needs_shared
 
 from autotl.errors import UsageError
 from autotl.weights import WeightsSource, resolve_weights
-from helpers import SHARED_WEIGHTS, needs_shared
 
 
 def test_missing_file_names_file_and_folder(registry, tmp_path: Path) -> None:
     spec = registry.backbone("tiny")
-    with pytest.raises(UsageError, match=rf"needs weights file tiny.weights.h5 but it is not in {tmp_path}"):
+    with pytest.raises(
+        UsageError, match=rf"needs weights file tiny.weights.h5 but it is not in {tmp_path}"
+    ):
         resolve_weights(spec, WeightsSource.parse(str(tmp_path)))
 
 
@@ -35,7 +37,7 @@ def test_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert WeightsSource.parse() == WeightsSource("dir", tmp_path.resolve())
     assert WeightsSource.parse(weights="none").kind == "none"
     assert WeightsSource.parse(weights="imagenet").kind == "imagenet"
-    with pytest.raises(UsageError, match="weights folder .*nowhere does not exist"):
+    with pytest.raises(UsageError, match=r"weights folder .*nowhere does not exist"):
         WeightsSource.parse(str(tmp_path / "nowhere"))
 
 
@@ -48,4 +50,6 @@ def test_shared_weights_verify_against_their_hash_list() -> None:
     for name in ("mobilenet_v2-0.35", "mobilenet-0.25"):
         resolved = resolve_weights(reg.backbone(name), source)
         listed = (SHARED_WEIGHTS / "SHA256SUMS").read_text()
-        assert resolved.sha256 in listed and resolved.argument.startswith(str(SHARED_WEIGHTS.resolve()))
+        assert resolved.sha256 in listed and resolved.argument.startswith(
+            str(SHARED_WEIGHTS.resolve())
+        )

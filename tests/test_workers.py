@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import TESTS, TINY_PLUGIN, run_cli
+
+pytestmark = pytest.mark.slow  # `make test-fast` skips this module
 
 
 def _free_port() -> int:
@@ -36,23 +37,80 @@ def postgres_url():
     if as_postgres:
         shutil.chown(root, "postgres")
     data, port = root / "data", _free_port()
-    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_postgres,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(root / "log"),
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([*as_postgres, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "autotl"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_postgres,
+                str(bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "autotl",
+            ],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/autotl"
     finally:
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _worker(data: Path, space: Path, out: Path, trials: int, storage: str | None, *extra: str) -> subprocess.Popen:
+def _worker(
+    data: Path, space: Path, out: Path, trials: int, storage: str | None, *extra: str
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(TESTS / "plugins")}
-    cmd = [sys.executable, "-m", "autotl", "search", str(data), "--space", str(space), "--out", str(out), "--trials", str(trials),
-           "--plugin", TINY_PLUGIN, "--weights", "none", "--heartbeat", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autotl",
+        "search",
+        str(data),
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--trials",
+        str(trials),
+        "--plugin",
+        TINY_PLUGIN,
+        "--weights",
+        "none",
+        "--heartbeat",
+        "1",
+        *extra,
+    ]
     cmd += ["--storage", storage] if storage else []
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
 
 
 def _study(url: str):
@@ -61,7 +119,9 @@ def _study(url: str):
     return load_study(url, "autotl")
 
 
-def _wait_for(predicate, timeout: float = 240.0, every: float = 0.2, proc: subprocess.Popen | None = None):
+def _wait_for(
+    predicate, timeout: float = 240.0, every: float = 0.2, proc: subprocess.Popen | None = None
+):
     end = time.monotonic() + timeout
     from autotl.errors import UsageError
 
@@ -73,7 +133,9 @@ def _wait_for(predicate, timeout: float = 240.0, every: float = 0.2, proc: subpr
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the worker exited ({proc.returncode}) first:\n{proc.stdout.read()[-3000:]}")
+            raise AssertionError(
+                f"the worker exited ({proc.returncode}) first:\n{proc.stdout.read()[-3000:]}"
+            )
         time.sleep(every)
     raise AssertionError("timed out waiting")
 
@@ -92,7 +154,9 @@ def slow_space(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(backend: str, request, image_folder: Path, slow_space: Path, tmp_path: Path) -> None:
+def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(
+    backend: str, request, image_folder: Path, slow_space: Path, tmp_path: Path
+) -> None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
@@ -106,9 +170,23 @@ def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(backend: 
     storage = url or f"sqlite:///{(out / 'study.db').resolve()}"
     first = _worker(image_folder, slow_space, out, trials, url)
     _wait_for(lambda: _study(storage), proc=first)  # the first worker has created the study
-    workers = {p.pid: p for p in (first, _worker(image_folder, slow_space, out, trials, url), _worker(image_folder, slow_space, out, trials, url))}
+    workers = {
+        p.pid: p
+        for p in (
+            first,
+            _worker(image_folder, slow_space, out, trials, url),
+            _worker(image_folder, slow_space, out, trials, url),
+        )
+    }
+
     # kill whichever worker is in the middle of a trial, once all three have joined
-    running = lambda: [t for t in _study(storage).get_trials(states=(TrialState.RUNNING,)) if int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1]) in workers]  # noqa: E731
+    def running():
+        return [
+            t
+            for t in _study(storage).get_trials(states=(TrialState.RUNNING,))
+            if int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1]) in workers
+        ]
+
     time.sleep(3)
     killed = _wait_for(running)[0]
     victim = workers.pop(int(killed.user_attrs["worker"].rsplit(":", 1)[1]))
@@ -121,17 +199,39 @@ def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(backend: 
     states = [t.state for t in study.trials]
     assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == trials, states
     assert study.trials[killed.number].state == TrialState.FAIL
-    retried = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    retried = [
+        t
+        for t in study.trials
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number
+    ]
     assert retried and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert TrialState.RUNNING not in states
 
 
-def test_workers_flag_shares_one_budget(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+def test_workers_flag_shares_one_budget(
+    image_folder: Path, tiny_space_file: Path, tmp_path: Path
+) -> None:
     from optuna.trial import TrialState
 
     out = tmp_path / "run"
-    proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "5",
-                   "--plugin", TINY_PLUGIN, "--weights", "none", "--workers", "2", "--heartbeat", "1")
+    proc = run_cli(
+        "search",
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(out),
+        "--trials",
+        "5",
+        "--plugin",
+        TINY_PLUGIN,
+        "--weights",
+        "none",
+        "--workers",
+        "2",
+        "--heartbeat",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = _study(f"sqlite:///{out / 'study.db'}")
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -141,65 +241,133 @@ def test_workers_flag_shares_one_budget(image_folder: Path, tiny_space_file: Pat
 
 
 @pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_once_finishes_the_trial_twice_stops_now(presses: int, image_folder: Path, slow_space: Path, tmp_path: Path) -> None:
+def test_ctrl_c_once_finishes_the_trial_twice_stops_now(
+    presses: int, image_folder: Path, slow_space: Path, tmp_path: Path
+) -> None:
     from optuna.trial import TrialState
 
     out = tmp_path / "run"
     proc = _worker(image_folder, slow_space, out, 3, None)
     url = f"sqlite:///{(out / 'study.db').resolve()}"
-    _wait_for(lambda: (out / "study.db").exists() and _study(url).get_trials(states=(TrialState.RUNNING,)), proc=proc)
+    _wait_for(
+        lambda: (
+            (out / "study.db").exists() and _study(url).get_trials(states=(TrialState.RUNNING,))
+        ),
+        proc=proc,
+    )
     for _ in range(presses):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, output
-    assert "rerun the same command to resume" in " ".join(output.split()) and "Traceback" not in output
+    assert (
+        "rerun the same command to resume" in " ".join(output.split()) and "Traceback" not in output
+    )
     states = [t.state for t in _study(url).trials]
     assert states == ([TrialState.COMPLETE] if presses == 1 else [TrialState.FAIL]), states
     again = _worker(image_folder, slow_space, out, 3, None)
     output, _ = again.communicate(timeout=400)
     assert again.returncode == 0, output[-3000:]
     final = _study(url).trials
-    assert sum(t.state == TrialState.COMPLETE for t in final) + sum(t.state == TrialState.PRUNED for t in final) == 3
+    assert (
+        sum(t.state == TrialState.COMPLETE for t in final)
+        + sum(t.state == TrialState.PRUNED for t in final)
+        == 3
+    )
 
 
-def test_unwritable_run_folder_is_one_line(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+def test_unwritable_run_folder_is_one_line(
+    image_folder: Path, tiny_space_file: Path, tmp_path: Path
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(blocker / "run"),
-                   "--plugin", TINY_PLUGIN, "--weights", "none")
+    proc = run_cli(
+        "search",
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(blocker / "run"),
+        "--plugin",
+        TINY_PLUGIN,
+        "--weights",
+        "none",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "cannot write to run folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        "cannot write to run folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_full_disk_is_one_line(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
     disk = tmp_path / "small-disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(disk / "run"),
-                       "--plugin", TINY_PLUGIN, "--weights", "none")
+        proc = run_cli(
+            "search",
+            str(image_folder),
+            "--space",
+            str(tiny_space_file),
+            "--out",
+            str(disk / "run"),
+            "--plugin",
+            TINY_PLUGIN,
+            "--weights",
+            "none",
+        )
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("autotl: error:") and ("no space left" in last or "disk is full" in last), proc.stderr[-2000:]
+        assert last.startswith("autotl: error:") and (
+            "no space left" in last or "disk is full" in last
+        ), proc.stderr[-2000:]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def test_locked_database_is_one_line(image_folder: Path, tiny_space_file: Path, tmp_path: Path) -> None:
+def test_locked_database_is_one_line(
+    image_folder: Path, tiny_space_file: Path, tmp_path: Path
+) -> None:
     import sqlite3
 
     out = tmp_path / "run"
-    first = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "1",
-                    "--plugin", TINY_PLUGIN, "--weights", "none")
+    first = run_cli(
+        "search",
+        str(image_folder),
+        "--space",
+        str(tiny_space_file),
+        "--out",
+        str(out),
+        "--trials",
+        "1",
+        "--plugin",
+        TINY_PLUGIN,
+        "--weights",
+        "none",
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     con = sqlite3.connect(out / "study.db", timeout=0)
     con.execute("BEGIN EXCLUSIVE")  # another program holds the database
     try:
-        proc = run_cli("search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out), "--trials", "2",
-                       "--plugin", TINY_PLUGIN, "--weights", "none", env={"AUTOTL_SQLITE_TIMEOUT": "1"})
+        proc = run_cli(
+            "search",
+            str(image_folder),
+            "--space",
+            str(tiny_space_file),
+            "--out",
+            str(out),
+            "--trials",
+            "2",
+            "--plugin",
+            TINY_PLUGIN,
+            "--weights",
+            "none",
+            env={"AUTOTL_SQLITE_TIMEOUT": "1"},
+        )
     finally:
         con.rollback()
         con.close()

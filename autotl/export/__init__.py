@@ -35,8 +35,20 @@ and ``_export`` (staging, verifying, installing).
 """
 
 from autotl.export._common import (
-    CARD_FILE, FLOAT_TOLERANCE, FORMATS, INT8_MIN_AGREEMENT, KERAS_FILE, LABELS_FILE, PARITY_FILE, QUANTIZATIONS, SAVEDMODEL_DIR,
-    TFLITE_FILE, TFLITE_INT8_FILE, ExportParityError, ExportResult, Predict,
+    CARD_FILE,
+    FLOAT_TOLERANCE,
+    FORMATS,
+    INT8_MIN_AGREEMENT,
+    KERAS_FILE,
+    LABELS_FILE,
+    PARITY_FILE,
+    QUANTIZATIONS,
+    SAVEDMODEL_DIR,
+    TFLITE_FILE,
+    TFLITE_INT8_FILE,
+    ExportParityError,
+    ExportResult,
+    Predict,
 )
 from autotl.export._export import export, parse_formats
 from autotl.export._parity import check_parity, verify_export
@@ -44,8 +56,24 @@ from autotl.export._predictor import load_predictor
 from autotl.stats import wilson_interval
 
 __all__ = [
-    "FORMATS", "QUANTIZATIONS", "FLOAT_TOLERANCE", "INT8_MIN_AGREEMENT",
-    "ExportParityError", "ExportResult", "export", "check_parity", "verify_export",
-    "load_predictor", "wilson_interval", "parse_formats", "Predict",
-    "KERAS_FILE", "SAVEDMODEL_DIR", "TFLITE_FILE", "TFLITE_INT8_FILE", "LABELS_FILE", "CARD_FILE", "PARITY_FILE",
+    "FORMATS",
+    "QUANTIZATIONS",
+    "FLOAT_TOLERANCE",
+    "INT8_MIN_AGREEMENT",
+    "ExportParityError",
+    "ExportResult",
+    "export",
+    "check_parity",
+    "verify_export",
+    "load_predictor",
+    "wilson_interval",
+    "parse_formats",
+    "Predict",
+    "KERAS_FILE",
+    "SAVEDMODEL_DIR",
+    "TFLITE_FILE",
+    "TFLITE_INT8_FILE",
+    "LABELS_FILE",
+    "CARD_FILE",
+    "PARITY_FILE",
 ]

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from autotl.errors import AutotlError, UsageError
 
-
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZATIONS = ("int8",)
 FLOAT_TOLERANCE = 1e-4  # max |probability difference| allowed for float formats
-INT8_MIN_AGREEMENT = 0.98  # min share of images on which the int8 model's top-1 class is the Keras model's
+INT8_MIN_AGREEMENT = (
+    0.98  # min share of images on which the int8 model's top-1 class is the Keras model's
+)
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8 model
 PARITY_IMAGES = 256  # at most this many validation images are compared (evenly spaced)
-REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL = 1e-4, 1e-3  # the model's val loss vs the search's record (float32 noise is ~1e-7)
+REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL = (
+    1e-4,
+    1e-3,
+)  # the model's val loss vs the search's record (float32 noise is ~1e-7)
 
 KERAS_FILE = "model.keras"
 SAVEDMODEL_DIR = "savedmodel"
@@ -28,7 +33,15 @@ TFLITE_INT8_FILE = "model_int8.tflite"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "MODEL_CARD.md"
 PARITY_FILE = "parity.json"
-OWNED = (KERAS_FILE, SAVEDMODEL_DIR, TFLITE_FILE, TFLITE_INT8_FILE, LABELS_FILE, CARD_FILE, PARITY_FILE)
+OWNED = (
+    KERAS_FILE,
+    SAVEDMODEL_DIR,
+    TFLITE_FILE,
+    TFLITE_INT8_FILE,
+    LABELS_FILE,
+    CARD_FILE,
+    PARITY_FILE,
+)
 
 Predict = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -49,7 +62,9 @@ class ExportResult:
     out_dir: Path
     trial: int
     class_names: list[str]
-    files: dict[str, Path]  # "keras", "savedmodel", "tflite", "tflite_int8", "labels", "model_card", "parity"
+    files: dict[
+        str, Path
+    ]  # "keras", "savedmodel", "tflite", "tflite_int8", "labels", "model_card", "parity"
     parity: dict[str, Any]
     input_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
@@ -66,7 +81,9 @@ def _quiet() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _by_shape(images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], n_out: int) -> np.ndarray:
+def _by_shape(
+    images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], n_out: int
+) -> np.ndarray:
     """``run`` on batches of equal-size images (the model's Resizing needs one size per batch), in input order."""
     out = np.zeros((len(images), n_out), dtype=np.float32)
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -85,7 +102,9 @@ def _input_size(model: Any) -> tuple[int, int]:
         cfg = model.get_layer("resize").get_config()
         return int(cfg["height"]), int(cfg["width"])
     except Exception:
-        raise UsageError(f"model {getattr(model, 'name', '?')} has no 'resize' layer; only models built by autotl (autotl.model.assemble) can be exported") from None
+        raise UsageError(
+            f"model {getattr(model, 'name', '?')} has no 'resize' layer; only models built by autotl (autotl.model.assemble) can be exported"
+        ) from None
 
 
 def _read_labels(path: Path) -> list[str]:

@@ -6,22 +6,37 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from autotl.data import resize_images
 from autotl.errors import UsageError, first_line
-from autotl.export._savedmodel import write_savedmodel
-from autotl.export._tflite import convert as tflite_convert
 from autotl.export._card import _write_card
 from autotl.export._common import (
-    FORMATS, KERAS_FILE, LABELS_FILE, OWNED, PARITY_FILE, PARITY_IMAGES, QUANTIZATIONS, REPRESENTATIVE_IMAGES, SAVEDMODEL_DIR,
-    TFLITE_FILE, TFLITE_INT8_FILE, CARD_FILE, ExportParityError, ExportResult, _input_size, _quiet,
+    CARD_FILE,
+    FORMATS,
+    KERAS_FILE,
+    LABELS_FILE,
+    OWNED,
+    PARITY_FILE,
+    PARITY_IMAGES,
+    QUANTIZATIONS,
+    REPRESENTATIVE_IMAGES,
+    SAVEDMODEL_DIR,
+    TFLITE_FILE,
+    TFLITE_INT8_FILE,
+    ExportParityError,
+    ExportResult,
+    _input_size,
+    _quiet,
 )
 from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
+from autotl.export._savedmodel import write_savedmodel
+from autotl.export._tflite import convert as tflite_convert
 
 
 def _evenly(n: int, k: int) -> list[int]:
@@ -29,12 +44,17 @@ def _evenly(n: int, k: int) -> list[int]:
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
-    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    items = [
+        f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)
+    ]
     items = [f for f in items if f]
     unknown = [f for f in items if f not in FORMATS]
     if unknown or not items:
-        raise UsageError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)} (comma-separated)" if unknown
-                         else f"no export format given; choose from {', '.join(FORMATS)} (comma-separated)")
+        raise UsageError(
+            f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)} (comma-separated)"
+            if unknown
+            else f"no export format given; choose from {', '.join(FORMATS)} (comma-separated)"
+        )
     return tuple(dict.fromkeys(items))
 
 
@@ -86,7 +106,9 @@ def export(
     model = keras.saving.load_model(run.model_file, safe_mode=True)
     size = _input_size(model)
     if int(model.output_shape[-1]) != len(run.class_names):
-        raise UsageError(f"{run.model_file} predicts {model.output_shape[-1]} classes but the run names {len(run.class_names)}; the run folder is inconsistent")
+        raise UsageError(
+            f"{run.model_file} predicts {model.output_shape[-1]} classes but the run names {len(run.class_names)}; the run folder is inconsistent"
+        )
     say(f"checking the model reproduces trial {run.trial.number}'s validation score")
     reproduced = _check_reproduces(model, run, dataset, size, same_data)
     picked = _evenly(len(dataset.val), PARITY_IMAGES)
@@ -99,13 +121,17 @@ def export(
     staging.mkdir()
     seconds: dict[str, float] = {}
     try:
-        (staging / LABELS_FILE).write_text("".join(f"{c}\n" for c in run.class_names), encoding="utf-8")
+        (staging / LABELS_FILE).write_text(
+            "".join(f"{c}\n" for c in run.class_names), encoding="utf-8"
+        )
         if "keras" in formats:
             shutil.copyfile(run.model_file, staging / KERAS_FILE)
         if "savedmodel" in formats:
             say("writing the SavedModel")
             start = time.perf_counter()
-            write_savedmodel(model, run.class_names, size, staging / SAVEDMODEL_DIR, staging / LABELS_FILE)
+            write_savedmodel(
+                model, run.class_names, size, staging / SAVEDMODEL_DIR, staging / LABELS_FILE
+            )
             seconds["savedmodel"] = time.perf_counter() - start
         if "tflite" in formats:
             say("converting to TFLite")
@@ -117,29 +143,52 @@ def export(
                 say(f"quantizing to int8 on {len(chosen)} training images")
                 start = time.perf_counter()
                 # what the model's Resizing feeds on
-                representative = np.concatenate([resize_images(dataset.train.load(i)[None], size) for i in chosen])
-                (staging / TFLITE_INT8_FILE).write_bytes(tflite_convert(model, size, representative))
+                representative = np.concatenate(
+                    [resize_images(dataset.train.load(i)[None], size) for i in chosen]
+                )
+                (staging / TFLITE_INT8_FILE).write_bytes(
+                    tflite_convert(model, size, representative)
+                )
                 seconds["tflite_int8"] = time.perf_counter() - start
         say(f"checking parity on {len(images)} validation images")
         try:
             parity = verify_export(staging, model, images, labels)
         except ExportParityError as exc:
-            parity = {**(exc.parity or {}), "search_score": reproduced, "seconds": seconds, "error": str(exc)}
+            parity = {
+                **(exc.parity or {}),
+                "search_score": reproduced,
+                "seconds": seconds,
+                "error": str(exc),
+            }
             _write_parity(staging, parity, run, dataset)
             failed = out_dir.parent / f"{out_dir.name}.unverified"
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(staging, failed)
-            raise ExportParityError(f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity) from None
-        parity = _write_parity(staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset)
+            raise ExportParityError(
+                f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity
+            ) from None
+        parity = _write_parity(
+            staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset
+        )
         _write_card(staging, run, dataset, same_data, parity, size, formats, quantize, notes)
         _install(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _record_lineage(run, out_dir, dataset, notes)
-    files = {key: out_dir / name for key, name in (("keras", KERAS_FILE), ("savedmodel", SAVEDMODEL_DIR), ("tflite", TFLITE_FILE),
-             ("tflite_int8", TFLITE_INT8_FILE), ("labels", LABELS_FILE), ("model_card", CARD_FILE), ("parity", PARITY_FILE))
-             if (out_dir / name).exists()}
+    files = {
+        key: out_dir / name
+        for key, name in (
+            ("keras", KERAS_FILE),
+            ("savedmodel", SAVEDMODEL_DIR),
+            ("tflite", TFLITE_FILE),
+            ("tflite_int8", TFLITE_INT8_FILE),
+            ("labels", LABELS_FILE),
+            ("model_card", CARD_FILE),
+            ("parity", PARITY_FILE),
+        )
+        if (out_dir / name).exists()
+    }
     return ExportResult(out_dir, run.trial.number, run.class_names, files, parity, size, notes)
 
 
@@ -151,8 +200,15 @@ def _record_lineage(run: _Run, out_dir: Path, dataset: Any, notes: list[str]) ->
         summary = run.data_summary or {"source": dataset.source, "fingerprint": dataset.fingerprint}
         for name in (KERAS_FILE, f"{SAVEDMODEL_DIR}/saved_model.pb", TFLITE_FILE, TFLITE_INT8_FILE):
             if (out_dir / name).is_file():
-                record_model(run.storage_url, run.study.study_name, run.trial, out_dir / name, "export", data=summary)
-    except Exception as exc:  # noqa: BLE001 -- the verified files are in place; say why lineage is missing
+                record_model(
+                    run.storage_url,
+                    run.study.study_name,
+                    run.trial,
+                    out_dir / name,
+                    "export",
+                    data=summary,
+                )
+    except Exception as exc:  # the verified files are in place; say why lineage is missing
         notes.append(f"lineage not recorded ({first_line(exc)[:200]})")
 
 
@@ -162,9 +218,22 @@ def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any)
 
     from autotl._version import __version__
 
-    parity = {**parity, "trial": run.trial.number, "model": str(run.model_file.relative_to(run.run_dir)),
-              "versions": {"autotl": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
-              "data": {"source": dataset.source, "split": dataset.split, "validation_images": len(dataset.val), "compared": parity.get("images")}}
+    parity = {
+        **parity,
+        "trial": run.trial.number,
+        "model": str(run.model_file.relative_to(run.run_dir)),
+        "versions": {
+            "autotl": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "data": {
+            "source": dataset.source,
+            "split": dataset.split,
+            "validation_images": len(dataset.val),
+            "compared": parity.get("images"),
+        },
+    }
     (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2))
     return parity
 

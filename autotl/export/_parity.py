@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from autotl.errors import first_line
-from autotl.objective import trial_metrics
 from autotl.export._common import (
-    FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, KERAS_FILE, REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, SAVEDMODEL_DIR, TFLITE_FILE,
-    TFLITE_INT8_FILE, ExportParityError,
+    FLOAT_TOLERANCE,
+    INT8_MIN_AGREEMENT,
+    KERAS_FILE,
+    REPRODUCE_LOSS_ATOL,
+    REPRODUCE_LOSS_RTOL,
+    SAVEDMODEL_DIR,
+    TFLITE_FILE,
+    TFLITE_INT8_FILE,
+    ExportParityError,
 )
 from autotl.export._predictor import keras_predictor
 from autotl.export._savedmodel import savedmodel_predictor
 from autotl.export._tflite import tflite_predictor
+from autotl.objective import trial_metrics
 
 if TYPE_CHECKING:
     from autotl.export._run import _Run
 
 
-def check_parity(fmt: str, reference: np.ndarray, candidate: np.ndarray, quantized: bool = False,
-                 labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+def check_parity(
+    fmt: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    quantized: bool = False,
+    labels: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
     """Compare one format's probabilities with the Keras model's; raise ExportParityError outside the tolerance
     (with this format's record as ``.parity``, except when the shapes differ).
 
@@ -34,12 +47,19 @@ def check_parity(fmt: str, reference: np.ndarray, candidate: np.ndarray, quantiz
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     n = len(reference)
     if candidate.shape != reference.shape or n == 0:
-        raise ExportParityError(f"{fmt} parity failed: output shape {candidate.shape} vs the Keras model's {reference.shape}")
+        raise ExportParityError(
+            f"{fmt} parity failed: output shape {candidate.shape} vs the Keras model's {reference.shape}"
+        )
     finite = bool(np.isfinite(candidate).all())
     diff = float(np.abs(candidate - reference).max()) if finite else float("nan")
     agree = int((candidate.argmax(1) == reference.argmax(1)).sum()) if finite else 0
-    record: dict[str, Any] = {"images": n, "top1_agreement": agree / n, "top1_agreeing": agree, "max_abs_diff": diff if finite else None,
-                              "quantized": quantized}
+    record: dict[str, Any] = {
+        "images": n,
+        "top1_agreement": agree / n,
+        "top1_agreeing": agree,
+        "max_abs_diff": diff if finite else None,
+        "quantized": quantized,
+    }
     if labels is not None and finite:
         record["accuracy"] = float((candidate.argmax(1) == np.asarray(labels)).mean())
     if quantized:
@@ -53,13 +73,20 @@ def check_parity(fmt: str, reference: np.ndarray, candidate: np.ndarray, quantiz
     record["passed"] = bool(ok)
     if not ok:
         shown = f"{diff:.2e}" if finite else "NaN/inf in the output"
-        raise ExportParityError(f"{fmt} parity failed on {n} validation images: top-1 agreement {agree}/{n} ({agree / n:.1%}), "
-                                f"max |dp| {shown} ({need})", record)
+        raise ExportParityError(
+            f"{fmt} parity failed on {n} validation images: top-1 agreement {agree}/{n} ({agree / n:.1%}), "
+            f"max |dp| {shown} ({need})",
+            record,
+        )
     return record
 
 
-def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[np.ndarray],
-                  labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+def verify_export(
+    out_dir: str | os.PathLike,
+    reference: Any,
+    images: Sequence[np.ndarray],
+    labels: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
     """Load every exported file in ``out_dir`` back from disk and compare it with ``reference`` (a Keras model) on ``images``.
 
     Returns the parity record (what ``parity.json`` holds).  The first format
@@ -70,22 +97,36 @@ def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[n
 
     out = Path(out_dir)
     ref = keras_predictor(reference)(images)
-    record: dict[str, Any] = {"images": len(images), "tolerances": {"float_max_abs_diff": FLOAT_TOLERANCE, "int8_min_top1_agreement": INT8_MIN_AGREEMENT},
-                              "formats": {}, "passed": False}
+    record: dict[str, Any] = {
+        "images": len(images),
+        "tolerances": {
+            "float_max_abs_diff": FLOAT_TOLERANCE,
+            "int8_min_top1_agreement": INT8_MIN_AGREEMENT,
+        },
+        "formats": {},
+        "passed": False,
+    }
     if labels is not None:
         record["reference_accuracy"] = float((ref.argmax(1) == np.asarray(labels)).mean())
 
-    def check(fmt: str, run: Callable[[], tuple[np.ndarray, dict[str, Any]]], quantized: bool = False) -> None:
+    def check(
+        fmt: str, run: Callable[[], tuple[np.ndarray, dict[str, Any]]], quantized: bool = False
+    ) -> None:
         try:
             got, extra = run()
         except Exception as exc:  # a format that cannot even load or run is a parity failure too
             reason = first_line(exc)[:200]
             record["formats"][fmt] = {"passed": False, "error": reason}
-            raise ExportParityError(f"{fmt} parity failed: running it raised {type(exc).__name__}: {reason}", record) from None
+            raise ExportParityError(
+                f"{fmt} parity failed: running it raised {type(exc).__name__}: {reason}", record
+            ) from None
         try:
             record["formats"][fmt] = {**check_parity(fmt, ref, got, quantized, labels), **extra}
         except ExportParityError as exc:
-            record["formats"][fmt] = {**(exc.parity or {"passed": False, "error": str(exc)}), **extra}
+            record["formats"][fmt] = {
+                **(exc.parity or {"passed": False, "error": str(exc)}),
+                **extra,
+            }
             raise ExportParityError(str(exc), record) from None
 
     def tflite(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -93,25 +134,38 @@ def verify_export(out_dir: str | os.PathLike, reference: Any, images: Sequence[n
         return predict(images), info
 
     if (out / KERAS_FILE).is_file():
-        check("keras", lambda: (keras_predictor(keras.saving.load_model(out / KERAS_FILE, safe_mode=True))(images), {}))
+        check(
+            "keras",
+            lambda: (
+                keras_predictor(keras.saving.load_model(out / KERAS_FILE, safe_mode=True))(images),
+                {},
+            ),
+        )
     if (out / SAVEDMODEL_DIR).is_dir():
         loaded: list[Any] = []
 
-        def signatures() -> list[Any]:  # loaded once, inside the first check (a load error is a parity failure)
+        def signatures() -> list[
+            Any
+        ]:  # loaded once, inside the first check (a load error is a parity failure)
             if not loaded:
                 loaded.extend(savedmodel_predictor(out / SAVEDMODEL_DIR))
             return loaded
 
         check("savedmodel:serving_default", lambda: (signatures()[0](images), {}))
         check("savedmodel:serving_bytes", lambda: (signatures()[1](images), {}))
-    for fmt, name, quantized in (("tflite", TFLITE_FILE, False), ("tflite_int8", TFLITE_INT8_FILE, True)):
+    for fmt, name, quantized in (
+        ("tflite", TFLITE_FILE, False),
+        ("tflite_int8", TFLITE_INT8_FILE, True),
+    ):
         if (out / name).is_file():
             check(fmt, lambda path=out / name: tflite(path), quantized)
     record["passed"] = True
     return record
 
 
-def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool) -> dict[str, Any]:
+def _check_reproduces(
+    model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool
+) -> dict[str, Any]:
     """The model's accuracy and loss on the whole validation split must be the ones the search recorded for the trial.
 
     Parity only shows the formats agree with the Keras model; this shows the Keras
@@ -121,19 +175,38 @@ def _check_reproduces(model: Any, run: _Run, dataset: Any, size: tuple[int, int]
     recorded = trial_metrics(run.trial)
     recorded_acc, recorded_loss = float(recorded["val_accuracy"]), recorded.get("val_loss")
     if not same_data:
-        return {"skipped": "the data re-read now is not known to be the search's validation split (fingerprint differs or was not recorded)"}
-    probs = np.concatenate([np.asarray(model.predict_on_batch(b), dtype=np.float64) for b in dataset.val.batches(size, 32)])
+        return {
+            "skipped": "the data re-read now is not known to be the search's validation split (fingerprint differs or was not recorded)"
+        }
+    probs = np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(b), dtype=np.float64)
+            for b in dataset.val.batches(size, 32)
+        ]
+    )
     y = np.asarray(dataset.val.labels)
     n = len(y)
     acc = float((probs.argmax(1) == y).mean())
     loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
-    record = {"images": n, "accuracy": acc, "recorded_accuracy": recorded_acc, "val_loss": loss, "recorded_val_loss": recorded_loss}
+    record = {
+        "images": n,
+        "accuracy": acc,
+        "recorded_accuracy": recorded_acc,
+        "val_loss": loss,
+        "recorded_val_loss": recorded_loss,
+    }
     off_by = abs(round(acc * n) - round(recorded_acc * n))
-    loss_ok = recorded_loss is None or abs(loss - float(recorded_loss)) <= REPRODUCE_LOSS_ATOL + REPRODUCE_LOSS_RTOL * abs(float(recorded_loss))
-    record["passed"] = bool(off_by <= 1 and loss_ok)  # one borderline image may flip between the cached-feature and full paths
+    loss_ok = recorded_loss is None or abs(
+        loss - float(recorded_loss)
+    ) <= REPRODUCE_LOSS_ATOL + REPRODUCE_LOSS_RTOL * abs(float(recorded_loss))
+    record["passed"] = bool(
+        off_by <= 1 and loss_ok
+    )  # one borderline image may flip between the cached-feature and full paths
     if not record["passed"]:
         raise ExportParityError(
             f"trial {run.trial.number}'s model ({run.model_file.name}) scores accuracy {acc:.4f}, loss {loss:.4f} on the {n} validation images, "
             f"but the search recorded {recorded_acc:.4f}, {float(recorded_loss or float('nan')):.4f}: it is not the model the search scored "
-            "(other backbone weights or plugin version?); nothing was exported", {"search_score": record, "passed": False})
+            "(other backbone weights or plugin version?); nothing was exported",
+            {"search_score": record, "passed": False},
+        )
     return record

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from autotl.errors import UsageError
 from autotl.objective import best_trial, complete_trials
@@ -29,8 +30,16 @@ class _Run:
         return self.folder.path
 
 
-def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], study_name: str, plugins: Sequence[str] = (),
-              registry: Any = None, weights: Any = None, say: Callable[[str], None] = lambda _m: None) -> _Run:
+def _open_run(
+    run_dir: Path,
+    trial: Optional[int],
+    storage_url: Optional[str],
+    study_name: str,
+    plugins: Sequence[str] = (),
+    registry: Any = None,
+    weights: Any = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> _Run:
     folder = RunFolder(run_dir)
     study, url = folder.open_study(storage_url, study_name)
     trials = study.get_trials(deepcopy=False)
@@ -38,38 +47,63 @@ def _open_run(run_dir: Path, trial: Optional[int], storage_url: Optional[str], s
     if trial is None:
         chosen = best_trial(study)  # the trial best_model.keras holds
         if chosen is None:
-            raise UsageError(f"the study in {run_dir} has no complete trial yet; finish a search first")
+            raise UsageError(
+                f"the study in {run_dir} has no complete trial yet; finish a search first"
+            )
     else:
         found = [t for t in trials if t.number == trial]
         if not found:
-            raise UsageError(f"no trial {trial} in the study ({len(trials)} trials, numbered 0..{len(trials) - 1}); "
-                             "pass one of them to --trial")
+            raise UsageError(
+                f"no trial {trial} in the study ({len(trials)} trials, numbered 0..{len(trials) - 1}); "
+                "pass one of them to --trial"
+            )
         chosen = found[0]
         if chosen.number not in {t.number for t in complete}:
-            raise UsageError(f"trial {trial} is {chosen.state.name.lower()}, not complete; complete trials: "
-                             f"{', '.join(str(t.number) for t in complete) or 'none'}")
-    model_file = trial_model(folder, study, chosen, registry, weights, plugins=tuple(plugins), say=say)
+            raise UsageError(
+                f"trial {trial} is {chosen.state.name.lower()}, not complete; complete trials: "
+                f"{', '.join(str(t.number) for t in complete) or 'none'}"
+            )
+    model_file = trial_model(
+        folder, study, chosen, registry, weights, plugins=tuple(plugins), say=say
+    )
     record = folder.record()
-    return _Run(folder, url, study, chosen, model_file, folder.class_names(study), record,
-                study.user_attrs.get("space") or record.get("space") or {}, study.user_attrs.get("data") or {})
+    return _Run(
+        folder,
+        url,
+        study,
+        chosen,
+        model_file,
+        folder.class_names(study),
+        record,
+        study.user_attrs.get("space") or record.get("space") or {},
+        study.user_attrs.get("data") or {},
+    )
 
 
-def _dataset(run: _Run, data: Optional[str], plugins: Sequence[str], notes: list[str]) -> tuple[Any, bool]:
+def _dataset(
+    run: _Run, data: Optional[str], plugins: Sequence[str], notes: list[str]
+) -> tuple[Any, bool]:
     """``(dataset, same_data)``: the search's data set again (its validation split checks parity, its training split
     calibrates int8), and whether it is known to be the search's (its fingerprint is the recorded one; no recorded
     fingerprint means not known)."""
     ds, same_data = run.folder.reload_dataset(data, plugins, study=run.study)
     if list(ds.class_names) != run.class_names:
-        raise UsageError(f"data at {ds.source} has classes {list(ds.class_names)} but the model predicts {run.class_names}; "
-                         "pass the search's data with --data")
+        raise UsageError(
+            f"data at {ds.source} has classes {list(ds.class_names)} but the model predicts {run.class_names}; "
+            "pass the search's data with --data"
+        )
     val_fraction, seed = run.folder.split_settings(run.data_summary, run.space)
     expected = run.record.get("data_fingerprint") or run.data_summary.get("fingerprint")
     if expected and not same_data:
-        notes.append(f"data at {ds.source} does not match the search's (fingerprint differs: files changed, or the search split them "
-                     f"otherwise than val_fraction={val_fraction:g}, seed={seed}); parity holds regardless, but the accuracy "
-                     "re-measured here is not on the search's validation split")
+        notes.append(
+            f"data at {ds.source} does not match the search's (fingerprint differs: files changed, or the search split them "
+            f"otherwise than val_fraction={val_fraction:g}, seed={seed}); parity holds regardless, but the accuracy "
+            "re-measured here is not on the search's validation split"
+        )
     elif not expected:
-        notes.append(f"the run records no fingerprint of its data, so the data at {ds.source} is not known to be the search's; "
-                     "parity holds regardless, but the search's score was not re-checked and the accuracy re-measured here "
-                     "may not be on the search's validation split")
+        notes.append(
+            f"the run records no fingerprint of its data, so the data at {ds.source} is not known to be the search's; "
+            "parity holds regardless, but the search's score was not re-checked and the accuracy re-measured here "
+            "may not be on the search's validation split"
+        )
     return ds, same_data

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,10 +20,19 @@ def savedmodel_predictor(path: Path) -> tuple[Predict, Predict]:
     n = int(default.structured_outputs["probabilities"].shape[-1])
 
     def by_pixels(images: Sequence[np.ndarray]) -> np.ndarray:
-        return _by_shape(images, lambda x: default(images=tf.constant(x.astype(np.uint8)))["probabilities"].numpy(), n)
+        return _by_shape(
+            images,
+            lambda x: default(images=tf.constant(x.astype(np.uint8)))["probabilities"].numpy(),
+            n,
+        )
 
     def by_bytes(images: Sequence[np.ndarray]) -> np.ndarray:
-        out = [raw(image_bytes=tf.constant([_png(im) for im in images[s : s + 32]]))["probabilities"].numpy() for s in range(0, len(images), 32)]
+        out = [
+            raw(image_bytes=tf.constant([_png(im) for im in images[s : s + 32]]))[
+                "probabilities"
+            ].numpy()
+            for s in range(0, len(images), 32)
+        ]
         return np.concatenate(out) if out else np.zeros((0, n), np.float32)
 
     by_pixels.loaded = loaded  # type: ignore[attr-defined]  # keep the SavedModel alive
@@ -39,7 +49,9 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_savedmodel(model: Any, class_names: list[str], size: tuple[int, int], folder: Path, labels_file: Path) -> None:
+def write_savedmodel(
+    model: Any, class_names: list[str], size: tuple[int, int], folder: Path, labels_file: Path
+) -> None:
     """``model`` as a SavedModel in ``folder``: ``serving_default`` (uint8 pixels) and ``serving_bytes`` (encoded files)."""
     import tensorflow as tf
 
@@ -58,7 +70,9 @@ def write_savedmodel(model: Any, class_names: list[str], size: tuple[int, int], 
             names = tf.constant(class_names)
             return {"probabilities": probs, "classes": tf.gather(names, tf.argmax(probs, axis=-1))}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+        )
         def serve(self, images: Any) -> dict[str, Any]:
             return self._outputs(tf.cast(images, tf.float32))
 
@@ -68,9 +82,14 @@ def write_savedmodel(model: Any, class_names: list[str], size: tuple[int, int], 
                 def png() -> Any:  # transparency on white, as autotl.data.decode_image does
                     rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
                     alpha = rgba[..., 3:]
-                    return tf.cast(tf.round((rgba[..., :3] * alpha + 255.0 * (255.0 - alpha)) / 255.0), tf.uint8)
+                    return tf.cast(
+                        tf.round((rgba[..., :3] * alpha + 255.0 * (255.0 - alpha)) / 255.0),
+                        tf.uint8,
+                    )
 
-                def jpeg() -> Any:  # TF's default DCT (INTEGER_FAST) differs from Pillow's by up to ~7 levels
+                def jpeg() -> (
+                    Any
+                ):  # TF's default DCT (INTEGER_FAST) differs from Pillow's by up to ~7 levels
                     return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
                 def other() -> Any:  # GIF (first frame), BMP
@@ -83,11 +102,17 @@ def write_savedmodel(model: Any, class_names: list[str], size: tuple[int, int], 
                 # the bilinear resize the model's Resizing layer applies; resizing again to the same size is the identity
                 return tf.image.resize(tf.cast(pixels, tf.float32), (h, w), method="bilinear")
 
-            pixels = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([h, w, 3], tf.float32))
+            pixels = tf.map_fn(
+                decode, image_bytes, fn_output_signature=tf.TensorSpec([h, w, 3], tf.float32)
+            )
             return self._outputs(pixels)
 
     module = Serving()
-    tf.saved_model.save(module, str(folder), signatures={
-        "serving_default": module.serve.get_concrete_function(),
-        "serving_bytes": module.serve_bytes.get_concrete_function(),
-    })
+    tf.saved_model.save(
+        module,
+        str(folder),
+        signatures={
+            "serving_default": module.serve.get_concrete_function(),
+            "serving_bytes": module.serve_bytes.get_concrete_function(),
+        },
+    )

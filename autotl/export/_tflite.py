@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -33,28 +34,42 @@ def tflite_predictor(path: Path) -> tuple[Predict, dict[str, Any]]:
     _, h, w, _ = (int(v) for v in inp["shape"])
     in_scale, in_zero = inp["quantization"]
     out_scale, out_zero = outp["quantization"]
-    info = {"input_dtype": np.dtype(inp["dtype"]).name, "input_shape": [1, h, w, 3], "input_quantization": [float(in_scale), int(in_zero)],
-            "output_dtype": np.dtype(outp["dtype"]).name, "output_quantization": [float(out_scale), int(out_zero)]}
+    info = {
+        "input_dtype": np.dtype(inp["dtype"]).name,
+        "input_shape": [1, h, w, 3],
+        "input_quantization": [float(in_scale), int(in_zero)],
+        "output_dtype": np.dtype(outp["dtype"]).name,
+        "output_quantization": [float(out_scale), int(out_zero)],
+    }
 
-    int_in, int_out = np.issubdtype(inp["dtype"], np.integer), np.issubdtype(outp["dtype"], np.integer)
+    int_in, int_out = (
+        np.issubdtype(inp["dtype"], np.integer),
+        np.issubdtype(outp["dtype"], np.integer),
+    )
     lo, hi = (np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max) if int_in else (None, None)
 
     def predict(images: Sequence[np.ndarray]) -> np.ndarray:
         out = []
         for im in images:
-            x = resize_images(np.asarray(im)[None], (h, w))  # [1, h, w, 3], as the model's Resizing does
+            x = resize_images(
+                np.asarray(im)[None], (h, w)
+            )  # [1, h, w, 3], as the model's Resizing does
             if int_in:
                 x = np.clip(np.round(x / (in_scale or 1.0) + in_zero), lo, hi)
             it.set_tensor(inp["index"], x.astype(inp["dtype"]))
             it.invoke()
             y = it.get_tensor(outp["index"])[0]
-            out.append((y.astype(np.float32) - out_zero) * out_scale if int_out else y.astype(np.float32))
+            out.append(
+                (y.astype(np.float32) - out_zero) * out_scale if int_out else y.astype(np.float32)
+            )
         return np.stack(out) if out else np.zeros((0, int(outp["shape"][-1])), np.float32)
 
     return predict, info
 
 
-def convert(model: Any, size: tuple[int, int], representative: Optional[np.ndarray] = None) -> bytes:
+def convert(
+    model: Any, size: tuple[int, int], representative: Optional[np.ndarray] = None
+) -> bytes:
     """Float TFLite (or full-integer with uint8 in/out when ``representative`` images are given), input ``[1, h, w, 3]``."""
     import tensorflow as tf
 
@@ -71,8 +86,11 @@ def convert(model: Any, size: tuple[int, int], representative: Optional[np.ndarr
             return self.model(image, training=False)
 
     module = Fixed()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
     if representative is not None:
+
         def calibration() -> Any:
             for x in representative:
                 yield [x[None].astype(np.float32)]
@@ -82,6 +100,9 @@ def convert(model: Any, size: tuple[int, int], representative: Optional[np.ndarr
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    with warnings.catch_warnings(), _stderr_silenced():  # the converter's C++ notes ("fully_quantize: 0, ...")
+    with (
+        warnings.catch_warnings(),
+        _stderr_silenced(),
+    ):  # the converter's C++ notes ("fully_quantize: 0, ...")
         warnings.simplefilter("ignore")
         return converter.convert()

@@ -26,4 +26,12 @@ from autotl.report._render import render_html, render_markdown
 from autotl.report._write import write_report
 from autotl.stats import wilson_interval
 
-__all__ = ["write_report", "build_record", "wilson_interval", "SCHEMA", "render_figures", "render_html", "render_markdown"]
+__all__ = [
+    "write_report",
+    "build_record",
+    "wilson_interval",
+    "SCHEMA",
+    "render_figures",
+    "render_html",
+    "render_markdown",
+]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 from autotl.runfolder import RunFolder
@@ -14,7 +13,13 @@ SCHEMA = "autotl-report-1"
 TOP_CURVES = 6
 MAX_MISCLASSIFIED = 24
 THUMB = 64
-STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+STATES = {
+    "COMPLETE": "complete",
+    "PRUNED": "pruned",
+    "FAIL": "failed",
+    "RUNNING": "running",
+    "WAITING": "waiting",
+}
 
 
 def _clean(value: Any) -> Any:

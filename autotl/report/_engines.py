@@ -16,28 +16,44 @@ from autotl.report._rows import best_row, history, state_counts, trial_rows, val
 from autotl.runfolder import RunFolder
 from autotl.stats import wilson_interval
 
-NOTE = ("Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
-        "only the choice of the trials differs. Times are the trials' own training times.")
+NOTE = (
+    "Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
+    "only the choice of the trials differs. Times are the trials' own training times."
+)
 
 
-def _engine_summary(study: Any, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool) -> dict[str, Any]:
+def _engine_summary(
+    study: Any, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool
+) -> dict[str, Any]:
     objectives = Objectives.of_study(study)
-    values = [r["val_accuracy"] for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
+    values = [
+        r["val_accuracy"]
+        for r in rows
+        if r["state"] == "complete" and r["val_accuracy"] is not None
+    ]
     best = best_row(rows, objectives)
     states = state_counts(rows)
     ci = wilson_interval(best["val_accuracy"] * n_val, n_val) if best and n_val else None
     return {
         "study_name": study.study_name,
         "engine": engine,
-        "tuner": study.user_attrs.get("tuner") or study.user_attrs.get("sampler") or (study.sampler.__class__.__name__
-                                                                                         if engine == "optuna" else None),
+        "tuner": study.user_attrs.get("tuner")
+        or study.user_attrs.get("sampler")
+        or (study.sampler.__class__.__name__ if engine == "optuna" else None),
         "reported": reported,  # the study the rest of the report is about
         "trials": len(rows),
         "complete": states.get("complete", 0),
         "failed": states.get("failed", 0),
         "states": states,
-        "best": {"number": best["number"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
-                 "ci95": list(ci) if ci else None, "params": dict(best["params"])} if best else None,
+        "best": {
+            "number": best["number"],
+            "val_accuracy": best["val_accuracy"],
+            "val_loss": best["val_loss"],
+            "ci95": list(ci) if ci else None,
+            "params": dict(best["params"]),
+        }
+        if best
+        else None,
         "mean_val_accuracy": statistics.fmean(values) if values else None,
         "median_val_accuracy": statistics.median(values) if values else None,
         "seconds_in_trials": sum(r["seconds"] or 0.0 for r in rows),
@@ -46,8 +62,9 @@ def _engine_summary(study: Any, engine: str, rows: list[dict[str, Any]], n_val: 
     }
 
 
-def engines_compared(run: RunFolder, storage_url: str, study: Any, rows: list[dict[str, Any]],
-                     n_val: Optional[int]) -> Optional[dict[str, Any]]:
+def engines_compared(
+    run: RunFolder, storage_url: str, study: Any, rows: list[dict[str, Any]], n_val: Optional[int]
+) -> Optional[dict[str, Any]]:
     """Per engine's study of this run: trials complete and failed, best (with its Wilson interval), mean, median, time,
     history; ``None`` when the storage holds only one engine's study."""
     from autotl.storage import load_study

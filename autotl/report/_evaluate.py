@@ -25,7 +25,9 @@ def _thumbnail(pixels: Any) -> bytes:
     return buf.getvalue()
 
 
-def _model_trial(run: RunFolder, study: Any, engine: str, model_file: Path, storage_url: str) -> Optional[int]:
+def _model_trial(
+    run: RunFolder, study: Any, engine: str, model_file: Path, storage_url: str
+) -> Optional[int]:
     """Which trial of ``study`` the best-model file is: by its marker, else by its lineage record."""
     number = run.best_trial_number(engine)
     if number is not None:
@@ -48,8 +50,9 @@ def _model_trial(run: RunFolder, study: Any, engine: str, model_file: Path, stor
     return None
 
 
-def _evaluate(run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str,
-              images: dict[str, bytes]) -> dict[str, Any]:
+def _evaluate(
+    run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str, images: dict[str, bytes]
+) -> dict[str, Any]:
     """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model file."""
     import numpy as np
 
@@ -57,17 +60,25 @@ def _evaluate(run: RunFolder, study: Any, summary: dict[str, Any], storage_url: 
     model_file = run.best_model(engine if engine in ENGINES else OPTUNA)
     source, fingerprint = summary["data"]["source"], summary["data"]["fingerprint"]
     if not model_file.is_file():
-        return {"skipped": f"no {run.relative(model_file)} in {run.path} yet: no trial has finished"}
+        return {
+            "skipped": f"no {run.relative(model_file)} in {run.path} yet: no trial has finished"
+        }
     if not source:
-        return {"skipped": "the study does not say where its data came from (no data summary, no run.json)"}
+        return {
+            "skipped": "the study does not say where its data came from (no data summary, no run.json)"
+        }
     try:
         dataset, same = run.reload_dataset(source, study=study)
     except Exception as exc:
         return {"skipped": f"cannot reload the data from {source} ({first_line(exc)})"}
     if fingerprint and not same:
-        return {"skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, "
-                           f"the study used {fingerprint[:12]}); the validation split cannot be re-created"}
-    val_fraction, seed = run.split_settings(study.user_attrs.get("data") or {}, study.user_attrs.get("space") or {})
+        return {
+            "skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, "
+            f"the study used {fingerprint[:12]}); the validation split cannot be re-created"
+        }
+    val_fraction, seed = run.split_settings(
+        study.user_attrs.get("data") or {}, study.user_attrs.get("space") or {}
+    )
     import keras
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -80,16 +91,29 @@ def _evaluate(run: RunFolder, study: Any, summary: dict[str, Any], storage_url: 
         size = None
     val = dataset.val
     if size:
-        probs = np.concatenate([np.asarray(model.predict_on_batch(b)) for b in val.batches(size, 32)])
+        probs = np.concatenate(
+            [np.asarray(model.predict_on_batch(b)) for b in val.batches(size, 32)]
+        )
     else:
-        probs = np.concatenate([np.asarray(model.predict_on_batch(val.load(i)[None].astype("float32"))) for i in range(len(val))])
+        probs = np.concatenate(
+            [
+                np.asarray(model.predict_on_batch(val.load(i)[None].astype("float32")))
+                for i in range(len(val))
+            ]
+        )
     y_true = np.asarray(val.labels)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(names)))
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     accuracy = float((y_true == y_pred).mean()) if len(y_true) else None
-    ci = wilson_interval(int((y_true == y_pred).sum()), len(y_true)) if accuracy is not None else None
+    ci = (
+        wilson_interval(int((y_true == y_pred).sum()), len(y_true))
+        if accuracy is not None
+        else None
+    )
     wrong = np.flatnonzero(y_true != y_pred)
     wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")]
     missed = []
@@ -97,15 +121,35 @@ def _evaluate(run: RunFolder, study: Any, summary: dict[str, Any], storage_url: 
         name = f"misclassified_{k:02d}.png"
         images[name] = _thumbnail(val.load(int(i)))
         where = val.paths[int(i)] if val.paths is not None else f"{source} val image {int(i)}"
-        missed.append({"index": int(i), "file": where, "true": names[y_true[i]], "predicted": names[y_pred[i]],
-                       "confidence": float(probs[i, y_pred[i]]), "thumbnail": f"{REPORT_FILES}/{name}"})
+        missed.append(
+            {
+                "index": int(i),
+                "file": where,
+                "true": names[y_true[i]],
+                "predicted": names[y_pred[i]],
+                "confidence": float(probs[i, y_pred[i]]),
+                "thumbnail": f"{REPORT_FILES}/{name}",
+            }
+        )
     return {
-        "model": str(model_file), "model_trial": _model_trial(run, study, engine, model_file, storage_url),
-        "images": int(len(y_true)), "accuracy": accuracy, "ci95": list(ci) if ci else None,
-        "class_names": names, "confusion_matrix": cm.tolist(),
-        "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(names, precision, recall, f1, support)],
-        "misclassified_total": int(len(wrong)), "misclassified": missed,
+        "model": str(model_file),
+        "model_trial": _model_trial(run, study, engine, model_file, storage_url),
+        "images": len(y_true),
+        "accuracy": accuracy,
+        "ci95": list(ci) if ci else None,
+        "class_names": names,
+        "confusion_matrix": cm.tolist(),
+        "per_class": [
+            {
+                "class": c,
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(f),
+                "support": int(s),
+            }
+            for c, p, r, f, s in zip(names, precision, recall, f1, support)
+        ],
+        "misclassified_total": len(wrong),
+        "misclassified": missed,
         "split": {"val_fraction": val_fraction, "seed": seed, "fingerprint": dataset.fingerprint},
     }
-

@@ -8,7 +8,6 @@ from typing import Any
 
 from autotl.report._common import _fmt
 
-
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -34,7 +33,9 @@ def _mark_boundary(ax: Any, curve: dict[str, Any], label: bool) -> None:
     n1, n2 = curve["boundary"], len(curve["phase2"].get("val_loss", []))
     if n2:
         ax.axvspan(n1 + 0.5, n1 + n2 + 0.5, color="#f2e6c9", alpha=0.5, lw=0)
-        ax.axvline(n1 + 0.5, color="#7f6000", ls="--", lw=1, label="phase 2 starts" if label else None)
+        ax.axvline(
+            n1 + 0.5, color="#7f6000", ls="--", lw=1, label="phase 2 starts" if label else None
+        )
 
 
 def _fig_curve(curve: dict[str, Any]) -> bytes:
@@ -44,15 +45,32 @@ def _fig_curve(curve: dict[str, Any]) -> bytes:
         for key, style, name in ((metric, "-", "train"), (f"val_{metric}", "--", "val")):
             x, y = _series(curve, key)
             if y:
-                ax.plot(x, y, style, marker=".", ms=4, color=COLORS[0] if name == "train" else COLORS[1], label=f"{name} {metric}")
+                ax.plot(
+                    x,
+                    y,
+                    style,
+                    marker=".",
+                    ms=4,
+                    color=COLORS[0] if name == "train" else COLORS[1],
+                    label=f"{name} {metric}",
+                )
         _mark_boundary(ax, curve, metric == "loss")
         if curve.get("head_stable_epoch") is not None:
-            ax.axvline(curve["head_stable_epoch"] + 1, color="#888", ls=":", lw=1, label="head stable" if metric == "loss" else None)
+            ax.axvline(
+                curve["head_stable_epoch"] + 1,
+                color="#888",
+                ls=":",
+                lw=1,
+                label="head stable" if metric == "loss" else None,
+            )
         ax.set_xlabel("epoch (phase 1, then phase 2)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"trial {curve['number']} ({curve['backbone']}), val accuracy {_fmt(curve['val_accuracy'], '.4f')}", fontsize=10)
+    fig.suptitle(
+        f"trial {curve['number']} ({curve['backbone']}), val accuracy {_fmt(curve['val_accuracy'], '.4f')}",
+        fontsize=10,
+    )
     return _png(fig)
 
 
@@ -65,7 +83,15 @@ def _fig_overlay(curves: list[dict[str, Any]]) -> bytes:
             color = COLORS[i % len(COLORS)]
             ax.plot(x, y, "-", marker=".", ms=3, color=color, label=f"trial {c['number']}")
             if c["phase2"].get(key) and c["boundary"] < len(y):
-                ax.plot([c["boundary"] + 1], [y[c["boundary"]]], marker="D", ms=6, color=color, mec="black", mew=0.6)
+                ax.plot(
+                    [c["boundary"] + 1],
+                    [y[c["boundary"]]],
+                    marker="D",
+                    ms=6,
+                    color=color,
+                    mec="black",
+                    mew=0.6,
+                )
         ax.set_xlabel("epoch (diamond: first fine-tuning epoch)")
         ax.set_ylabel(key.replace("_", " "))
         ax.grid(alpha=0.3)
@@ -87,13 +113,31 @@ def _fig_history(histories: list[tuple[str, list[dict[str, Any]]]], title: str) 
         dots, line = (COLORS[i % len(COLORS)],) * 2 if several else (COLORS[0], COLORS[1])
         done = [h for h in history if h["state"] == "complete"]
         pruned = [h for h in history if h["state"] == "pruned"]
-        ax.plot([h["number"] for h in done], [h["value"] for h in done], "o", color=dots, alpha=0.5 if several else 1.0,
-                label=None if several else "complete")
+        ax.plot(
+            [h["number"] for h in done],
+            [h["value"] for h in done],
+            "o",
+            color=dots,
+            alpha=0.5 if several else 1.0,
+            label=None if several else "complete",
+        )
         if pruned:
-            ax.plot([h["number"] for h in pruned], [h["value"] for h in pruned], "x", color="#999", label=None if several else "pruned (last reported)")
+            ax.plot(
+                [h["number"] for h in pruned],
+                [h["value"] for h in pruned],
+                "x",
+                color="#999",
+                label=None if several else "pruned (last reported)",
+            )
         best = [(h["number"], h["best_so_far"]) for h in history if h["best_so_far"] is not None]
         if best:
-            ax.step([b[0] for b in best], [b[1] for b in best], where="post", color=line, label=f"{name}: best so far" if several else "best so far")
+            ax.step(
+                [b[0] for b in best],
+                [b[1] for b in best],
+                where="post",
+                color=line,
+                label=f"{name}: best so far" if several else "best so far",
+            )
         numbers += [h["number"] for h in history]
     ax.set_xlabel("trial")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -141,22 +185,42 @@ def _fig_params(search: dict[str, Any]) -> bytes:
         xs = [p["unfreeze_blocks"] for p in group if p["unfreeze_blocks"] is not None]
         ys = [p["val_accuracy"] for p in group if p["unfreeze_blocks"] is not None]
         if xs:
-            axes[1].plot(xs, ys, marker, ls="", color=COLORS[0] if marker == "o" else "#999", label=label, alpha=0.8)
+            axes[1].plot(
+                xs,
+                ys,
+                marker,
+                ls="",
+                color=COLORS[0] if marker == "o" else "#999",
+                label=label,
+                alpha=0.8,
+            )
         xs = [p["finetune_lr"] for p in group if p["finetune_lr"]]
         ys = [p["val_accuracy"] for p in group if p["finetune_lr"]]
         if xs:
-            axes[2].plot(xs, ys, marker, ls="", color=COLORS[0] if marker == "o" else "#999", label=label, alpha=0.8)
+            axes[2].plot(
+                xs,
+                ys,
+                marker,
+                ls="",
+                color=COLORS[0] if marker == "o" else "#999",
+                label=label,
+                alpha=0.8,
+            )
     from matplotlib.ticker import MaxNLocator, NullFormatter
 
     ranges = search.get("ranges") or {}
-    ub = [v for v in (ranges.get("unfreeze_blocks") or []) if v is not None] + [p["unfreeze_blocks"] for p in pts if p["unfreeze_blocks"] is not None]
+    ub = [v for v in (ranges.get("unfreeze_blocks") or []) if v is not None] + [
+        p["unfreeze_blocks"] for p in pts if p["unfreeze_blocks"] is not None
+    ]
     if ub:
         axes[1].set_xlim(min(ub) - 0.5, max(ub) + 0.5)
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_xlabel("unfreeze blocks")
     axes[1].set_title("by unfreeze depth", fontsize=9)
     axes[2].set_xscale("log")
-    lr = [v for v in (ranges.get("finetune_lr") or []) if v] + [p["finetune_lr"] for p in pts if p["finetune_lr"]]
+    lr = [v for v in (ranges.get("finetune_lr") or []) if v] + [
+        p["finetune_lr"] for p in pts if p["finetune_lr"]
+    ]
     if lr:
         lo, hi = min(lr), max(lr)
         if hi / lo < 10:  # always show at least a decade, so the log axis has labelled ticks
@@ -187,7 +251,15 @@ def _fig_confusion(ev: dict[str, Any]) -> bytes:
         top = cm.max() if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > top / 2 else "black",
+                )
     ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -217,7 +289,10 @@ def render_figures(record: dict[str, Any]) -> dict[str, bytes]:
         figs["confusion.png"] = _fig_confusion(ev)
     engines = record.get("engines") or {}
     if any(s["history"] for s in engines.get("studies", [])):
-        histories = [(f"{s['engine']} ({s['study_name']})", s["history"]) for s in engines["studies"]]
-        figs["engines.png"] = _fig_history(histories, "optimisation history by engine (dots: complete trials)")
+        histories = [
+            (f"{s['engine']} ({s['study_name']})", s["history"]) for s in engines["studies"]
+        ]
+        figs["engines.png"] = _fig_history(
+            histories, "optimisation history by engine (dots: complete trials)"
+        )
     return figs
-

@@ -26,7 +26,13 @@ def _described(exc: BaseException) -> str:
     return f"{name}: {first_line(exc)}" if str(exc).strip() else name
 
 
-def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: dict[str, Any], trials: list[Any]) -> dict[str, Any]:
+def _summary(
+    study: Any,
+    rows: list[dict[str, Any]],
+    data: dict[str, Any],
+    run: dict[str, Any],
+    trials: list[Any],
+) -> dict[str, Any]:
     counts = data.get("counts") or {}
     n_val = val_images(data)
     n_train = sum((counts.get("train") or {}).values()) or None
@@ -39,7 +45,10 @@ def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: 
         "data": {
             "source": data.get("source") or run.get("source"),
             "split": data.get("split"),
-            "class_names": data.get("class_names") or study.user_attrs.get("class_names") or run.get("class_names") or [],
+            "class_names": data.get("class_names")
+            or study.user_attrs.get("class_names")
+            or run.get("class_names")
+            or [],
             "counts": counts,
             "train_images": n_train,
             "val_images": n_val,
@@ -59,7 +68,9 @@ def _summary(study: Any, rows: list[dict[str, Any]], data: dict[str, Any], run: 
             "val_accuracy": best["val_accuracy"],
             "val_loss": best["val_loss"],
             "ci95": list(ci) if ci else None,
-            "ci_method": f"Wilson score interval, n = {n_val} validation images" if ci else "unknown validation-set size",
+            "ci_method": f"Wilson score interval, n = {n_val} validation images"
+            if ci
+            else "unknown validation-set size",
             "correct": round(best["val_accuracy"] * n_val) if n_val else None,
             "params": dict(best["params"]),
             "head_stable_epoch": best["head_stable_epoch"],
@@ -81,34 +92,57 @@ def _curves(trials: list[Any], rows: list[dict[str, Any]], top: int) -> list[dic
         if r["state"] != "complete" or not (history.get("phase1") or {}).get("val_loss"):
             continue
         h1, h2 = history.get("phase1") or {}, history.get("phase2") or {}
-        out.append({
-            "number": r["number"], "backbone": r["backbone"], "val_accuracy": r["val_accuracy"],
-            "boundary": len(h1.get("val_loss", [])), "head_stable_epoch": r["head_stable_epoch"],
-            "phase1": {k: list(v) for k, v in h1.items()}, "phase2": {k: list(v) for k, v in h2.items()},
-        })
+        out.append(
+            {
+                "number": r["number"],
+                "backbone": r["backbone"],
+                "val_accuracy": r["val_accuracy"],
+                "boundary": len(h1.get("val_loss", [])),
+                "head_stable_epoch": r["head_stable_epoch"],
+                "phase1": {k: list(v) for k, v in h1.items()},
+                "phase2": {k: list(v) for k, v in h2.items()},
+            }
+        )
     return out
 
 
 def _importances(study: Any, trials: list[Any]) -> dict[str, Any]:
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values]  # the leaderboard's complete rows
+    done = [
+        t for t in trials if t.state.name == "COMPLETE" and t.values
+    ]  # the leaderboard's complete rows
     names = sorted({k for t in done for k in t.params})
     varying = [k for k in names if len({json.dumps(t.params.get(k)) for t in done}) > 1]
     if len(done) < 2 or not varying:
-        return {"values": None, "note": f"not enough trials: importances need at least 2 complete trials whose parameters vary ({len(done)} complete)"}
+        return {
+            "values": None,
+            "note": f"not enough trials: importances need at least 2 complete trials whose parameters vary ({len(done)} complete)",
+        }
     if len({tuple(t.values) for t in done}) < 2:
-        return {"values": None, "note": f"not enough trials: all {len(done)} complete trials scored the same, so no parameter explains a difference"}
+        return {
+            "values": None,
+            "note": f"not enough trials: all {len(done)} complete trials scored the same, so no parameter explains a difference",
+        }
     try:
         import optuna
 
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=varying,
-                                                         target=(lambda t: t.values[0]) if len(study.directions) > 1 else None)
-        return {"values": {k: float(v) for k, v in values.items()}, "note": f"fANOVA over {len(done)} complete trials"}
+        values = optuna.importance.get_param_importances(
+            study,
+            evaluator=evaluator,
+            params=varying,
+            target=(lambda t: t.values[0]) if len(study.directions) > 1 else None,
+        )
+        return {
+            "values": {k: float(v) for k, v in values.items()},
+            "note": f"fANOVA over {len(done)} complete trials",
+        }
     except Exception as exc:
         return {"values": None, "note": f"not enough trials for importances ({_described(exc)})"}
 
 
-def _search(study: Any, trials: list[Any], rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any]:
+def _search(
+    study: Any, trials: list[Any], rows: list[dict[str, Any]], space: dict[str, Any]
+) -> dict[str, Any]:
     complete = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
     by_backbone: dict[str, dict[str, Any]] = {}
     for r in complete:
@@ -117,14 +151,35 @@ def _search(study: Any, trials: list[Any], rows: list[dict[str, Any]], space: di
         b["trials"].append(r["number"])
     for b in by_backbone.values():
         b.update(n=len(b["values"]), mean=sum(b["values"]) / len(b["values"]), max=max(b["values"]))
-    points = [{"number": r["number"], "backbone": r["backbone"], "unfreeze_blocks": r["unfreeze_blocks"],
-               "finetune_lr": r["finetune_lr"], "phase2_ran": r["gate"] == "passed", "val_accuracy": r["val_accuracy"]}
-              for r in complete]
+    points = [
+        {
+            "number": r["number"],
+            "backbone": r["backbone"],
+            "unfreeze_blocks": r["unfreeze_blocks"],
+            "finetune_lr": r["finetune_lr"],
+            "phase2_ran": r["gate"] == "passed",
+            "val_accuracy": r["val_accuracy"],
+        }
+        for r in complete
+    ]
     p2 = space.get("phase2") or {}
-    ranges = {"unfreeze_blocks": [(p2.get("unfreeze_blocks") or {}).get("low"), (p2.get("unfreeze_blocks") or {}).get("high")],
-              "finetune_lr": [(p2.get("learning_rate") or {}).get("low"), (p2.get("learning_rate") or {}).get("high")]}
-    return {"history": history(rows, Objectives.of_study(study)), "importances": _importances(study, trials), "by_backbone": by_backbone, "points": points, "ranges": ranges}
-
+    ranges = {
+        "unfreeze_blocks": [
+            (p2.get("unfreeze_blocks") or {}).get("low"),
+            (p2.get("unfreeze_blocks") or {}).get("high"),
+        ],
+        "finetune_lr": [
+            (p2.get("learning_rate") or {}).get("low"),
+            (p2.get("learning_rate") or {}).get("high"),
+        ],
+    }
+    return {
+        "history": history(rows, Objectives.of_study(study)),
+        "importances": _importances(study, trials),
+        "by_backbone": by_backbone,
+        "points": points,
+        "ranges": ranges,
+    }
 
 
 def _plugin_versions(used: set[str]) -> dict[str, str]:
@@ -143,7 +198,9 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
 
     out: dict[str, str] = {}
     try:
-        registry = get_registry([n for n in sorted(used) if n not in DEFAULT_PLUGINS and importable(n)])
+        registry = get_registry(
+            [n for n in sorted(used) if n not in DEFAULT_PLUGINS and importable(n)]
+        )
         out.update(registry.plugin_versions())
     except Exception as exc:
         out["(registry)"] = f"cannot load plugins: {first_line(exc)}"
@@ -163,14 +220,24 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
     return out
 
 
-def _lineage(study: Any, rows: list[dict[str, Any]], run: dict[str, Any], summary: dict[str, Any], space: dict[str, Any],
-             data: dict[str, Any], storage_url: str) -> dict[str, Any]:
+def _lineage(
+    study: Any,
+    rows: list[dict[str, Any]],
+    run: dict[str, Any],
+    summary: dict[str, Any],
+    space: dict[str, Any],
+    data: dict[str, Any],
+    storage_url: str,
+) -> dict[str, Any]:
     from autotl._version import __version__
     from autotl.lineage import library_versions, list_models
 
     used = {r["plugin"] for r in rows if r.get("plugin")}
     try:
-        recorded = [{k: m[k] for k in ("artifact_id", "kind", "path", "sha256", "trial_number", "created")} for m in list_models(storage_url, study.study_name)]
+        recorded = [
+            {k: m[k] for k in ("artifact_id", "kind", "path", "sha256", "trial_number", "created")}
+            for m in list_models(storage_url, study.study_name)
+        ]
     except Exception:
         recorded = []
     val_fraction, seed = RunFolder.split_settings(data, space)
@@ -179,25 +246,46 @@ def _lineage(study: Any, rows: list[dict[str, Any]], run: dict[str, Any], summar
     return {
         "autotl_version": __version__,
         "plugins": _plugin_versions(used),
-        "trials": [{"number": r["number"], "backbone": r["backbone"], "plugin": r["plugin"], "weights_origin": r["weights_origin"],
-                    "weights_sha256": r["weights_sha256"]} for r in sorted(rows, key=lambda r: r["number"])],
+        "trials": [
+            {
+                "number": r["number"],
+                "backbone": r["backbone"],
+                "plugin": r["plugin"],
+                "weights_origin": r["weights_origin"],
+                "weights_sha256": r["weights_sha256"],
+            }
+            for r in sorted(rows, key=lambda r: r["number"])
+        ],
         "data_fingerprint": summary["data"]["fingerprint"],
         "data_source": summary["data"]["source"],
-        "seeds": {"space": space.get("seed"), f"sampler ({sampler})": space.get("seed"), "split": seed, "val_fraction": val_fraction},
+        "seeds": {
+            "space": space.get("seed"),
+            f"sampler ({sampler})": space.get("seed"),
+            "split": seed,
+            "val_fraction": val_fraction,
+        },
         "sampler": sampler,
         "objectives": Objectives.of_study(study).names,
         "library_versions": library_versions(),
         "library_versions_at_search": searched,
         "command": run.get("command") or None,
-        "run_created": _dt.datetime.fromtimestamp(run["created"]).isoformat(timespec="seconds") if isinstance(run.get("created"), (int, float)) else None,
+        "run_created": _dt.datetime.fromtimestamp(run["created"]).isoformat(timespec="seconds")
+        if isinstance(run.get("created"), (int, float))
+        else None,
         "weights": run.get("weights"),
         "space": space,
         "recorded_models": recorded,
     }
 
 
-def build_record(run_dir: Path, study: Any, storage_url: str, images: Optional[dict[str, bytes]] = None,
-                 top_curves: int = TOP_CURVES, evaluate: bool = True) -> dict[str, Any]:
+def build_record(
+    run_dir: Path,
+    study: Any,
+    storage_url: str,
+    images: Optional[dict[str, bytes]] = None,
+    top_curves: int = TOP_CURVES,
+    evaluate: bool = True,
+) -> dict[str, Any]:
     """The whole report as one JSON-able dict; thumbnails go into ``images`` (name -> PNG bytes)."""
     images = {} if images is None else images
     from autotl.storage import safe_url
@@ -224,9 +312,10 @@ def build_record(run_dir: Path, study: Any, storage_url: str, images: Optional[d
         try:
             record["evaluation"] = _evaluate(folder, study, summary, storage_url, images)
         except Exception as exc:  # a model that cannot load must not cost the rest of the report
-            record["evaluation"] = {"skipped": f"evaluating the best model failed ({_described(exc)})"}
+            record["evaluation"] = {
+                "skipped": f"evaluating the best model failed ({_described(exc)})"
+            }
     else:
         record["evaluation"] = {"skipped": "not asked"}
     record["lineage"] = _lineage(study, rows, run, summary, space, data, storage_url)
     return _clean(record)
-

@@ -40,7 +40,12 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
     if not note and a.get("gate") == PASSED and a.get("phase2_kept") is False:
         note = "fine-tuning did not improve on phase 1: phase-1 model kept"
     if a.get("stage") == "finalist" and a.get("finalist_of") is not None:
-        note = "; ".join(filter(None, [f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}", note]))
+        note = "; ".join(
+            filter(
+                None,
+                [f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}", note],
+            )
+        )
     return {
         "number": t.number,
         "params": dict(p),
@@ -87,7 +92,11 @@ def _rank_key(row: dict[str, Any], objectives: Objectives) -> tuple:
 
 def best_row(rows: list[dict[str, Any]], objectives: Objectives) -> Optional[dict[str, Any]]:
     """The best complete row, in the order of :func:`autotl.objective.ranked_trials`."""
-    complete = [r for r in rows if r["state"] == "complete" and r["metrics"].get(objectives.primary.metric) is not None]
+    complete = [
+        r
+        for r in rows
+        if r["state"] == "complete" and r["metrics"].get(objectives.primary.metric) is not None
+    ]
     if not complete:
         return None
     return min(complete, key=lambda r: objectives.key(r["metrics"], r["number"]))
@@ -108,14 +117,22 @@ def val_images(data: dict[str, Any]) -> Optional[int]:
 def history(rows: list[dict[str, Any]], objectives: Objectives) -> list[dict[str, Any]]:
     """Scored trials in trial order, with the best complete value of the primary objective so far."""
     primary = objectives.primary
-    ordered = sorted((r for r in rows if r["state"] in ("complete", "pruned") and r["values"].get(primary.name) is not None),
-                     key=lambda r: r["number"])
+    ordered = sorted(
+        (
+            r
+            for r in rows
+            if r["state"] in ("complete", "pruned") and r["values"].get(primary.name) is not None
+        ),
+        key=lambda r: r["number"],
+    )
     out, best = [], None
     for r in ordered:
         value = r["values"][primary.name]
         if r["state"] == "complete" and primary.better(value, best):
             best = value
-        out.append({"number": r["number"], "state": r["state"], "value": value, "best_so_far": best})
+        out.append(
+            {"number": r["number"], "state": r["state"], "value": value, "best_so_far": best}
+        )
     return out
 
 
@@ -124,7 +141,9 @@ def trial_rows(study: Any, space: dict[str, Any]) -> tuple[list[Any], list[dict[
     objectives = Objectives.of_study(study)
     trials = list(study.get_trials(deepcopy=False))
     p1 = (space.get("phase1") or {}).get("epochs")
-    rows = sorted((_trial_row(t, p1, objectives) for t in trials), key=lambda r: _rank_key(r, objectives))
+    rows = sorted(
+        (_trial_row(t, p1, objectives) for t in trials), key=lambda r: _rank_key(r, objectives)
+    )
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return trials, rows

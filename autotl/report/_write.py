@@ -13,8 +13,14 @@ from autotl.report._render import render_html, render_markdown
 from autotl.runfolder import RunFolder, atomic_write
 
 
-def write_report(run_dir: Path | str, storage_url: Optional[str] = None, study_name: str = "autotl", *,
-                 top_curves: int = TOP_CURVES, evaluate: bool = True) -> dict[str, Path]:
+def write_report(
+    run_dir: Path | str,
+    storage_url: Optional[str] = None,
+    study_name: str = "autotl",
+    *,
+    top_curves: int = TOP_CURVES,
+    evaluate: bool = True,
+) -> dict[str, Path]:
     """Write report.html, report.md (+ report_files/) and report.json into ``run_dir``; return their paths.
 
     Reads the study only, so it may run while a search is going on: running
@@ -40,5 +46,7 @@ def write_report(run_dir: Path | str, storage_url: Optional[str] = None, study_n
     paths = {kind: run.report(kind) for kind in ("html", "md", "json")}
     atomic_write(paths["html"], render_html(record, figs, thumbs).encode("utf-8"))
     atomic_write(paths["md"], render_markdown(record, figs).encode("utf-8"))
-    atomic_write(paths["json"], (json.dumps(record, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    atomic_write(
+        paths["json"], (json.dumps(record, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    )
     return paths

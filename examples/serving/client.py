@@ -69,22 +69,36 @@ def encoded(path: str) -> bytes:
 
 
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:  # TF Serving answers {"error": "..."}
-        raise SystemExit(f"{url}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
+        raise SystemExit(
+            f"{url}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}"
+        ) from None
     except urllib.error.URLError as exc:
-        raise SystemExit(f"{url}: {exc.reason}; is the server running (docker run -p 8501:8501 ...)?") from None
+        raise SystemExit(
+            f"{url}: {exc.reason}; is the server running (docker run -p 8501:8501 ...)?"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+")
-    p.add_argument("--url", default="http://localhost:8501", help="TF Serving REST address (default %(default)s)")
+    p.add_argument(
+        "--url",
+        default="http://localhost:8501",
+        help="TF Serving REST address (default %(default)s)",
+    )
     p.add_argument("--model", default="autotl", help="model name (default %(default)s)")
-    p.add_argument("--pixels", action="store_true", help="send decoded uint8 pixels to serving_default instead of file bytes")
+    p.add_argument(
+        "--pixels",
+        action="store_true",
+        help="send decoded uint8 pixels to serving_default instead of file bytes",
+    )
     args = p.parse_args(argv)
     url = f"{args.url.rstrip('/')}/v1/models/{args.model}:predict"
 
@@ -94,12 +108,22 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.images:
             im = load_rgb(path)
             raw, row = im.tobytes(), 3 * im.width  # RGB bytes, row by row
-            pixels = [[list(raw[y * row + x : y * row + x + 3]) for x in range(0, row, 3)] for y in range(im.height)]  # [h][w][3]
-            predictions += post(url, {"signature_name": "serving_default", "instances": [{"images": pixels}]})["predictions"]
+            pixels = [
+                [list(raw[y * row + x : y * row + x + 3]) for x in range(0, row, 3)]
+                for y in range(im.height)
+            ]  # [h][w][3]
+            predictions += post(
+                url, {"signature_name": "serving_default", "instances": [{"images": pixels}]}
+            )["predictions"]
     else:
         # serving_bytes: image_bytes string [batch]; binary values travel as {"b64": ...}
-        instances = [{"image_bytes": {"b64": base64.b64encode(encoded(path)).decode("ascii")}} for path in args.images]
-        predictions = post(url, {"signature_name": "serving_bytes", "instances": instances})["predictions"]
+        instances = [
+            {"image_bytes": {"b64": base64.b64encode(encoded(path)).decode("ascii")}}
+            for path in args.images
+        ]
+        predictions = post(url, {"signature_name": "serving_bytes", "instances": instances})[
+            "predictions"
+        ]
 
     for path, pred in zip(args.images, predictions):
         top = max(pred["probabilities"])

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib.metadata
 
+import autotl_example_backbone
 import pytest
 
-import autotl_example_backbone
 from autotl.testing import backbone_params, check_backbone
 
 
@@ -24,7 +24,8 @@ def test_backbone_contract(spec) -> None:
 def test_the_entry_point_names_this_module() -> None:
     points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="autotl")}
     assert points.get("example_backbone") == "autotl_example_backbone", (
-        f"entry points of group 'autotl': {points}; install the package (pip install -e .) so autotl can find it")
+        f"entry points of group 'autotl': {points}; install the package (pip install -e .) so autotl can find it"
+    )
 
 
 def test_autotl_loads_it_with_its_plugin_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,8 +21,10 @@ record), ``_evaluate`` (the best model on the validation split), ``_engines``
 
 from autotl.report._common import SCHEMA
 from autotl.report._figures import render_figures
+from autotl.report._html import render_html
+from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
-from autotl.report._render import render_html, render_markdown
+from autotl.report._sections import SECTIONS
 from autotl.report._write import write_report
 from autotl.stats import wilson_interval
 
@@ -34,4 +36,5 @@ __all__ = [
     "render_figures",
     "render_html",
     "render_markdown",
+    "SECTIONS",
 ]

@@ -119,3 +119,13 @@ def accuracy_ci(metrics: dict[str, Any], n_val: Optional[int]) -> Optional[list[
     if not n_val or accuracy is None:
         return None
     return list(wilson_interval(accuracy * n_val, n_val))
+
+
+def _ci(ci: Optional[list[float]]) -> str:
+    """A 95% interval as ``low-high`` (``-`` when unknown)."""
+    return f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "-"
+
+
+def shown_metrics(record: dict[str, Any]) -> set[str]:
+    """The metrics the record's objectives already show (so no second column repeats one)."""
+    return {o["metric"] for o in objectives_of(record)}

@@ -423,3 +423,151 @@ def test_a_bigger_study_without_models_or_run_json(tmp_path: Path) -> None:
     )
     page = paths["html"].read_text()
     assert not re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page, re.I)
+
+
+# -- the report as an ordered list of sections, and the objective that drives it -----------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_record(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The record of the nine-trial synthetic study, built without evaluating a model."""
+    from autotl.report import build_record
+
+    run = tmp_path_factory.mktemp("sections") / "run"
+    study = synthetic_study(run)
+    study.set_user_attr("objectives", ["accuracy"])
+    study.set_user_attr("sampler", "random")
+    return build_record(run, study, f"sqlite:///{run / 'study.db'}", evaluate=False)
+
+
+def _headings(md: str) -> list[str]:
+    return re.findall(r"^## (.+)$", md, re.M)
+
+
+def test_a_section_added_to_the_list_appears_in_both_renderings(synthetic_record) -> None:
+    from autotl.report import SECTIONS, render_html, render_markdown
+    from autotl.report._document import Column, Facts, Section, table
+
+    def counts(record: dict) -> Section:
+        """A new section: one function of the record; its strings come from the data, so escaped."""
+        states = record["summary"]["states"]
+        return Section(
+            "counts",
+            "Trial <states> & counts",
+            (
+                Facts((("study", f"{record['summary']['study_name']} <b>bold?</b>"),)),
+                table(["state", Column("trials", True)], sorted(states.items())),
+            ),
+        )
+
+    sections = [*SECTIONS, counts]
+    md = render_markdown(synthetic_record, {}, sections)
+    page = render_html(synthetic_record, {}, {}, sections)
+    assert _headings(md)[-1] == "7. Trial \\<states> & counts"  # no engines: after lineage (6)
+    assert "- **study**: autotl \\<b>bold?\\</b>" in md
+    assert re.search(r"^\| complete \| 9 \|$", md, re.M) and "|---|---:|" in md
+    assert '<h2 id="counts">7. Trial &lt;states&gt; &amp; counts</h2>' in page
+    assert "<dd>autotl &lt;b&gt;bold?&lt;/b&gt;</dd>" in page and "<b>bold?" not in page
+    assert '<td>complete</td><td class="num">9</td>' in page
+    # first in the list, it is section 1 and every other section moves down one
+    first = render_markdown(synthetic_record, {}, [counts, *SECTIONS])
+    assert _headings(first)[:2] == ["1. Trial \\<states> & counts", "2. Summary"]
+
+
+def test_a_record_without_an_optional_part_renders_without_it(synthetic_record) -> None:
+    from autotl.report import render_html, render_markdown
+
+    full = render_markdown(synthetic_record, {})
+    assert _headings(full) == [
+        "1. Summary",
+        "2. Leaderboard",
+        "3. Learning curves",
+        "4. The search",
+        "5. Best model on the validation set",
+        "6. Lineage",
+    ]
+    assert "_skipped: not asked_" in full
+    partial = {k: v for k, v in synthetic_record.items() if k not in ("evaluation", "curves")}
+    md = render_markdown(partial, {})
+    page = render_html(partial, {}, {})
+    assert _headings(md) == ["1. Summary", "2. Leaderboard", "3. The search", "4. Lineage"]
+    assert 'id="evaluation"' not in page and 'id="curves"' not in page
+    assert '<h2 id="lineage">4. Lineage</h2>' in page
+    # no figure was drawn: neither rendering refers to one
+    assert "report_files/" not in md and "<img" not in page
+
+
+def test_the_study_objective_names_the_scores_in_both_renderings(synthetic_record) -> None:
+    from dataclasses import asdict
+
+    from autotl.objective import OBJECTIVES
+    from autotl.report import render_html, render_markdown
+
+    rec = synthetic_record
+    assert rec["objectives"] == [asdict(OBJECTIVES["accuracy"])] and rec["sampler"] == "random"
+    best = rec["summary"]["best"]
+    assert best["values"] == {"accuracy": best["val_accuracy"]}
+    md, page = render_markdown(rec, {}), render_html(rec, {}, {})
+    for text in (md, page):
+        assert (
+            f"trial {best['number']}: validation accuracy {best['val_accuracy']:.4f} (95% CI"
+            in text
+        )
+        assert "validation accuracy (maximize)" in text and "higher is better" in text
+    assert "| val acc | val loss |" in md and '<th class="num">val acc</th>' in page
+    assert re.search(r"^- \*\*sampler\*\*: random$", md, re.M)
+
+    # the labels come from the record's objectives, not from the renderers
+    relabelled = {
+        **rec,
+        "objectives": [{**rec["objectives"][0], "label": "top-1 accuracy", "short": "top-1"}],
+    }
+    md, page = render_markdown(relabelled, {}), render_html(relabelled, {}, {})
+    for text in (md, page):
+        assert f"top-1 accuracy {best['val_accuracy']:.4f}" in text and "val acc" not in text
+    assert "| top-1 | val loss |" in md and "| mean top-1 | best top-1 |" in md
+    assert '<th class="num">top-1</th>' in page
+
+
+def test_a_minimised_objective_ranks_and_labels_the_report(tmp_path: Path, monkeypatch) -> None:
+    """A study that minimises validation loss: best, leaderboard, history and by-backbone follow it."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from autotl.objective import MINIMIZE, OBJECTIVES, Objective
+    from autotl.report import build_record, render_html, render_markdown
+
+    # a new objective is one entry in OBJECTIVES (autotl.objective's extension point)
+    loss = Objective("loss", "val_loss", MINIMIZE, "validation loss", "val loss")
+    monkeypatch.setitem(OBJECTIVES, "loss", loss)
+    run = tmp_path / "run"
+    run.mkdir()
+    study = optuna.create_study(
+        storage=f"sqlite:///{run / 'study.db'}", study_name="autotl", direction="minimize"
+    )
+    study.set_user_attr("objectives", ["loss"])
+    study.set_user_attr("data", {"source": "x", "counts": {"val": {"a": 10, "b": 10}}})
+    scores = [(0.9, 0.50), (0.7, 0.20), (0.8, 0.35), (0.95, 0.60)]  # accuracy and loss disagree
+    for i, (acc, val_loss) in enumerate(scores):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"backbone": "ab"[i % 2]},
+                distributions={"backbone": CategoricalDistribution(["a", "b"])},
+                value=val_loss,
+                user_attrs={"metrics": {"val_accuracy": acc, "val_loss": val_loss}},
+            )
+        )
+    rec = build_record(run, study, f"sqlite:///{run / 'study.db'}", evaluate=False)
+    assert rec["objectives"][0]["direction"] == "minimize"
+    assert [r["number"] for r in rec["leaderboard"]] == [1, 2, 0, 3]
+    assert rec["summary"]["best"]["number"] == 1 and rec["summary"]["best"]["ci95"]
+    assert [h["best_so_far"] for h in rec["search"]["history"]] == [0.5, 0.2, 0.2, 0.2]
+    by = rec["search"]["by_backbone"]
+    assert (by["a"]["best"], by["b"]["best"]) == (0.35, 0.2)
+    md, page = render_markdown(rec, {}), render_html(rec, {}, {})
+    for text in (md, page):
+        assert "trial 1: validation loss 0.2000, val accuracy 0.7000 (95% CI" in text
+        assert "validation loss (lower is better)" in text
+    header = next(line for line in md.splitlines() if line.startswith("| trial | state |"))
+    assert header.count("val loss") == 1 and "val acc" not in header  # no second loss column
+    assert page.count('<th class="num">val loss</th>') == 1

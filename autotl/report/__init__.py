@@ -13,16 +13,24 @@ search is still running), computes one data record -- a plain, JSON-able dict
 As Optuna's visualisation module does, plots compute their data first (here:
 the record) and then draw it, so every number in a picture is in the JSON too.
 
-The modules: ``_rows`` (trials as leaderboard rows), ``_record`` (the data
-record), ``_evaluate`` (the best model on the validation split), ``_engines``
-(the Optuna and keras-tuner studies of one run compared), ``_figures``
-(matplotlib), ``_render`` (HTML and Markdown) and ``_write`` (the files).
+The record (``report.json``, schema ``autotl-report-2``) names the study's
+objectives and sampler; scores, their labels and which way is better come
+from them.  The modules, in the order data flows: ``_rows`` (trials as
+leaderboard rows), ``_search``, ``_lineage``, ``_evaluate`` (the best model on
+the validation split) and ``_engines`` (the Optuna and keras-tuner studies of
+one run compared) feed ``_record`` (the data record); ``_figures`` draws it
+(matplotlib).  ``_sections`` lists the report's sections in order (each a
+function from the record to a neutral ``_document``: ``_sections_found``,
+``_sections_search``, ``_sections_model``), which ``_html`` and ``_markdown``
+render; ``_write`` writes the files.
 """
 
 from autotl.report._common import SCHEMA
 from autotl.report._figures import render_figures
+from autotl.report._html import render_html
+from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
-from autotl.report._render import render_html, render_markdown
+from autotl.report._sections import SECTIONS
 from autotl.report._write import write_report
 from autotl.stats import wilson_interval
 
@@ -34,4 +42,5 @@ __all__ = [
     "render_figures",
     "render_html",
     "render_markdown",
+    "SECTIONS",
 ]

@@ -9,12 +9,13 @@ folder has both, the report compares them on the same data and space.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any, Optional
 
 from autotl.objective import Objectives
+from autotl.report._common import ACCURACY, accuracy_ci
 from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
 from autotl.runfolder import RunFolder
-from autotl.stats import wilson_interval
 
 NOTE = (
     "Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
@@ -22,18 +23,33 @@ NOTE = (
 )
 
 
+def _complete(rows: list[dict[str, Any]], pick: Callable[[dict[str, Any]], Any]) -> list[float]:
+    """``pick(row)`` of every complete row that has it."""
+    found = (pick(r) for r in rows if r["state"] == "complete")
+    return [v for v in found if v is not None]
+
+
+def _best(best: dict[str, Any], n_val: Optional[int]) -> dict[str, Any]:
+    return {
+        "number": best["number"],
+        "values": dict(best["values"]),
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"],
+        "ci95": accuracy_ci(best["metrics"], n_val),
+        "params": dict(best["params"]),
+    }
+
+
 def _engine_summary(
     study: Any, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool
 ) -> dict[str, Any]:
     objectives = Objectives.of_study(study)
-    values = [
-        r["val_accuracy"]
-        for r in rows
-        if r["state"] == "complete" and r["val_accuracy"] is not None
-    ]
+    by_objective = {
+        o.name: _complete(rows, lambda r, o=o: r["values"].get(o.name)) for o in objectives
+    }
+    accuracies = _complete(rows, lambda r: r["metrics"].get(ACCURACY))
     best = best_row(rows, objectives)
     states = state_counts(rows)
-    ci = wilson_interval(best["val_accuracy"] * n_val, n_val) if best and n_val else None
     return {
         "study_name": study.study_name,
         "engine": engine,
@@ -41,21 +57,16 @@ def _engine_summary(
         or study.user_attrs.get("sampler")
         or (study.sampler.__class__.__name__ if engine == "optuna" else None),
         "reported": reported,  # the study the rest of the report is about
+        "objectives": objectives.names,
         "trials": len(rows),
         "complete": states.get("complete", 0),
         "failed": states.get("failed", 0),
         "states": states,
-        "best": {
-            "number": best["number"],
-            "val_accuracy": best["val_accuracy"],
-            "val_loss": best["val_loss"],
-            "ci95": list(ci) if ci else None,
-            "params": dict(best["params"]),
-        }
-        if best
-        else None,
-        "mean_val_accuracy": statistics.fmean(values) if values else None,
-        "median_val_accuracy": statistics.median(values) if values else None,
+        "best": _best(best, n_val) if best else None,
+        "mean": {k: statistics.fmean(v) if v else None for k, v in by_objective.items()},
+        "median": {k: statistics.median(v) if v else None for k, v in by_objective.items()},
+        "mean_val_accuracy": statistics.fmean(accuracies) if accuracies else None,
+        "median_val_accuracy": statistics.median(accuracies) if accuracies else None,
         "seconds_in_trials": sum(r["seconds"] or 0.0 for r in rows),
         "val_images": n_val,
         "history": history(rows, objectives),

@@ -50,70 +50,70 @@ def _model_trial(
     return None
 
 
-def _evaluate(
-    run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str, images: dict[str, bytes]
-) -> dict[str, Any]:
-    """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model file."""
-    import numpy as np
-
-    engine = str(study.user_attrs.get("engine") or OPTUNA)
-    model_file = run.best_model(engine if engine in ENGINES else OPTUNA)
+def _reloaded(
+    run: RunFolder, study: Any, summary: dict[str, Any], model_file: Path
+) -> tuple[Any, Optional[str]]:
+    """The search's dataset, reloaded, or why the validation split cannot be re-created."""
     source, fingerprint = summary["data"]["source"], summary["data"]["fingerprint"]
     if not model_file.is_file():
-        return {
-            "skipped": f"no {run.relative(model_file)} in {run.path} yet: no trial has finished"
-        }
+        return None, f"no {run.relative(model_file)} in {run.path} yet: no trial has finished"
     if not source:
-        return {
-            "skipped": "the study does not say where its data came from (no data summary, no run.json)"
-        }
+        return (
+            None,
+            "the study does not say where its data came from (no data summary, no run.json)",
+        )
     try:
         dataset, same = run.reload_dataset(source, study=study)
     except Exception as exc:
-        return {"skipped": f"cannot reload the data from {source} ({first_line(exc)})"}
+        return None, f"cannot reload the data from {source} ({first_line(exc)})"
     if fingerprint and not same:
-        return {
-            "skipped": f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, "
+        return None, (
+            f"the data at {source} changed since the search (fingerprint {dataset.fingerprint[:12]}, "
             f"the study used {fingerprint[:12]}); the validation split cannot be re-created"
-        }
-    val_fraction, seed = run.split_settings(
-        study.user_attrs.get("data") or {}, study.user_attrs.get("space") or {}
-    )
-    import keras
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+        )
+    return dataset, None
 
-    model = keras.saving.load_model(model_file, safe_mode=True)
-    names = list(dataset.class_names)
+
+def _probabilities(model: Any, val: Any) -> Any:
+    """The model's class probabilities for every validation image, batched at its input size."""
+    import numpy as np
+
     try:
         resize = model.get_layer("resize")
         size = (int(resize.height), int(resize.width))
     except (ValueError, AttributeError):
         size = None
-    val = dataset.val
     if size:
-        probs = np.concatenate(
+        return np.concatenate(
             [np.asarray(model.predict_on_batch(b)) for b in val.batches(size, 32)]
         )
-    else:
-        probs = np.concatenate(
-            [
-                np.asarray(model.predict_on_batch(val.load(i)[None].astype("float32")))
-                for i in range(len(val))
-            ]
-        )
-    y_true = np.asarray(val.labels)
-    y_pred = probs.argmax(axis=1)
-    labels = list(range(len(names)))
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    return np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(val.load(i)[None].astype("float32")))
+            for i in range(len(val))
+        ]
+    )
+
+
+def _per_class(names: list[str], y_true: Any, y_pred: Any) -> list[dict[str, Any]]:
+    from sklearn.metrics import precision_recall_fscore_support
+
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
+        y_true, y_pred, labels=list(range(len(names))), zero_division=0
     )
-    accuracy = float((y_true == y_pred).mean()) if len(y_true) else None
-    ci = (
-        wilson_interval(int((y_true == y_pred).sum()), len(y_true))
-        if accuracy is not None
-        else None
-    )
+    return [
+        {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for c, p, r, f, s in zip(names, precision, recall, f1, support)
+    ]
+
+
+def _misclassified(
+    val: Any, names: list[str], y_true: Any, probs: Any, source: str, images: dict[str, bytes]
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many images the model got wrong, and the most confident mistakes with thumbnails."""
+    import numpy as np
+
+    y_pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(y_true != y_pred)
     wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")]
     missed = []
@@ -131,25 +131,48 @@ def _evaluate(
                 "thumbnail": f"{REPORT_FILES}/{name}",
             }
         )
+    return len(wrong), missed
+
+
+def evaluate_best_model(
+    run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str, images: dict[str, bytes]
+) -> dict[str, Any]:
+    """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model file."""
+    import numpy as np
+
+    engine = str(study.user_attrs.get("engine") or OPTUNA)
+    model_file = run.best_model(engine if engine in ENGINES else OPTUNA)
+    dataset, skipped = _reloaded(run, study, summary, model_file)
+    if skipped:
+        return {"skipped": skipped}
+    val_fraction, seed = run.split_settings(
+        study.user_attrs.get("data") or {}, study.user_attrs.get("space") or {}
+    )
+    import keras
+    from sklearn.metrics import confusion_matrix
+
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    names = list(dataset.class_names)
+    probs = _probabilities(model, dataset.val)
+    y_true = np.asarray(dataset.val.labels)
+    y_pred = probs.argmax(axis=1)
+    correct = int((y_true == y_pred).sum())
+    ci = wilson_interval(correct, len(y_true)) if len(y_true) else None
+    total, missed = _misclassified(
+        dataset.val, names, y_true, probs, summary["data"]["source"], images
+    )
     return {
         "model": str(model_file),
         "model_trial": _model_trial(run, study, engine, model_file, storage_url),
         "images": len(y_true),
-        "accuracy": accuracy,
+        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else None,
         "ci95": list(ci) if ci else None,
         "class_names": names,
-        "confusion_matrix": cm.tolist(),
-        "per_class": [
-            {
-                "class": c,
-                "precision": float(p),
-                "recall": float(r),
-                "f1": float(f),
-                "support": int(s),
-            }
-            for c, p, r, f, s in zip(names, precision, recall, f1, support)
-        ],
-        "misclassified_total": len(wrong),
+        "confusion_matrix": confusion_matrix(
+            y_true, y_pred, labels=list(range(len(names)))
+        ).tolist(),
+        "per_class": _per_class(names, y_true, y_pred),
+        "misclassified_total": total,
         "misclassified": missed,
         "split": {"val_fraction": val_fraction, "seed": seed, "fingerprint": dataset.fingerprint},
     }

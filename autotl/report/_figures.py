@@ -6,7 +6,7 @@ import io
 import math
 from typing import Any
 
-from autotl.report._common import _fmt
+from autotl.report._common import _score, objectives_of
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -38,7 +38,7 @@ def _mark_boundary(ax: Any, curve: dict[str, Any], label: bool) -> None:
         )
 
 
-def _fig_curve(curve: dict[str, Any]) -> bytes:
+def _fig_curve(curve: dict[str, Any], o: dict[str, Any]) -> bytes:
     fig = _figure(8.4, 2.9)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -68,7 +68,8 @@ def _fig_curve(curve: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(
-        f"trial {curve['number']} ({curve['backbone']}), val accuracy {_fmt(curve['val_accuracy'], '.4f')}",
+        f"trial {curve['number']} ({curve['backbone']}), "
+        f"{o['label']} {_score(o, (curve.get('values') or {}).get(o['name']))}",
         fontsize=10,
     )
     return _png(fig)
@@ -100,7 +101,9 @@ def _fig_overlay(curves: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def _fig_history(histories: list[tuple[str, list[dict[str, Any]]]], title: str) -> bytes:
+def _fig_history(
+    histories: list[tuple[str, list[dict[str, Any]]]], title: str, ylabel: str
+) -> bytes:
     """Optimisation histories: complete trials as dots, pruned ones as crosses, the best so far as a step line.
 
     One history keeps two colours (dots, line); several are overlaid, one colour each, labelled by name.
@@ -143,7 +146,7 @@ def _fig_history(histories: list[tuple[str, list[dict[str, Any]]]], title: str) 
     ax.xaxis.get_major_locator().set_params(integer=True)
     if numbers:
         ax.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
-    ax.set_ylabel("val accuracy")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     ax.set_title(title, fontsize=10)
@@ -163,49 +166,39 @@ def _fig_importances(values: dict[str, float]) -> bytes:
     return _png(fig)
 
 
-def _fig_params(search: dict[str, Any]) -> bytes:
+def _by_backbone_axis(ax: Any, search: dict[str, Any], o: dict[str, Any]) -> None:
+    """Each backbone's complete trials as jittered dots, its best as a bar."""
     import numpy as np
 
-    fig = _figure(9.6, 3.0)
-    axes = fig.subplots(1, 3, sharey=True)
     names = sorted(search["by_backbone"])
     for i, name in enumerate(names):
-        vals = search["by_backbone"][name]["values"]
+        b = search["by_backbone"][name]
+        vals = b["values"]
         jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else [0.0]
-        axes[0].plot(i + np.asarray(jitter), vals, "o", color=COLORS[i % len(COLORS)], alpha=0.8)
-        axes[0].plot([i - 0.25, i + 0.25], [max(vals)] * 2, "-", color="black", lw=1)
-    axes[0].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-    axes[0].set_xlim(-0.6, max(0.6, len(names) - 0.4))
-    axes[0].set_title("by backbone (bar: best)", fontsize=9)
-    axes[0].set_ylabel("val accuracy")
-    pts = search["points"]
+        ax.plot(i + np.asarray(jitter), vals, "o", color=COLORS[i % len(COLORS)], alpha=0.8)
+        ax.plot([i - 0.25, i + 0.25], [b.get("best", b["max"])] * 2, "-", color="black", lw=1)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_xlim(-0.6, max(0.6, len(names) - 0.4))
+    ax.set_title("by backbone (bar: best)", fontsize=9)
+    ax.set_ylabel(o["label"])
+
+
+def _scatter_phase2(axes: Any, pts: list[dict[str, Any]]) -> None:
+    """The score against unfreeze depth and fine-tune rate; grey squares where phase 2 did not run."""
     ran = [p for p in pts if p["phase2_ran"]]
     skipped = [p for p in pts if not p["phase2_ran"]]
     for group, marker, label in ((ran, "o", "phase 2 ran"), (skipped, "s", "phase 2 skipped")):
-        xs = [p["unfreeze_blocks"] for p in group if p["unfreeze_blocks"] is not None]
-        ys = [p["val_accuracy"] for p in group if p["unfreeze_blocks"] is not None]
-        if xs:
-            axes[1].plot(
-                xs,
-                ys,
-                marker,
-                ls="",
-                color=COLORS[0] if marker == "o" else "#999",
-                label=label,
-                alpha=0.8,
-            )
-        xs = [p["finetune_lr"] for p in group if p["finetune_lr"]]
-        ys = [p["val_accuracy"] for p in group if p["finetune_lr"]]
-        if xs:
-            axes[2].plot(
-                xs,
-                ys,
-                marker,
-                ls="",
-                color=COLORS[0] if marker == "o" else "#999",
-                label=label,
-                alpha=0.8,
-            )
+        color = COLORS[0] if marker == "o" else "#999"
+        for ax, key in zip(axes, ("unfreeze_blocks", "finetune_lr")):
+            shown = [p for p in group if p[key]] if key == "finetune_lr" else group
+            xs = [p[key] for p in shown if p[key] is not None]
+            ys = [p["value"] for p in shown if p[key] is not None]
+            if xs:
+                ax.plot(xs, ys, marker, ls="", color=color, label=label, alpha=0.8)
+
+
+def _phase2_limits(axes: Any, search: dict[str, Any], pts: list[dict[str, Any]]) -> None:
+    """The searched ranges on the x axes (at least a decade of fine-tune rate, so ticks are labelled)."""
     from matplotlib.ticker import MaxNLocator, NullFormatter
 
     ranges = search.get("ranges") or {}
@@ -213,24 +206,33 @@ def _fig_params(search: dict[str, Any]) -> bytes:
         p["unfreeze_blocks"] for p in pts if p["unfreeze_blocks"] is not None
     ]
     if ub:
-        axes[1].set_xlim(min(ub) - 0.5, max(ub) + 0.5)
-    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].set_xlabel("unfreeze blocks")
-    axes[1].set_title("by unfreeze depth", fontsize=9)
-    axes[2].set_xscale("log")
+        axes[0].set_xlim(min(ub) - 0.5, max(ub) + 0.5)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_xlabel("unfreeze blocks")
+    axes[0].set_title("by unfreeze depth", fontsize=9)
+    axes[1].set_xscale("log")
     lr = [v for v in (ranges.get("finetune_lr") or []) if v] + [
         p["finetune_lr"] for p in pts if p["finetune_lr"]
     ]
     if lr:
         lo, hi = min(lr), max(lr)
-        if hi / lo < 10:  # always show at least a decade, so the log axis has labelled ticks
+        if hi / lo < 10:
             mid = math.sqrt(lo * hi)
             lo, hi = mid / math.sqrt(10), mid * math.sqrt(10)
-        axes[2].set_xlim(lo / 1.3, hi * 1.3)
-    axes[2].xaxis.set_minor_formatter(NullFormatter())
-    axes[2].set_xlabel("fine-tune learning rate (log)")
-    axes[2].set_title("by fine-tune rate", fontsize=9)
-    if pts:
+        axes[1].set_xlim(lo / 1.3, hi * 1.3)
+    axes[1].xaxis.set_minor_formatter(NullFormatter())
+    axes[1].set_xlabel("fine-tune learning rate (log)")
+    axes[1].set_title("by fine-tune rate", fontsize=9)
+
+
+def _fig_params(search: dict[str, Any], o: dict[str, Any]) -> bytes:
+    fig = _figure(9.6, 3.0)
+    axes = fig.subplots(1, 3, sharey=True)
+    _by_backbone_axis(axes[0], search, o)
+    pts = search["points"]
+    _scatter_phase2(axes[1:], pts)
+    _phase2_limits(axes[1:], search, pts)
+    if axes[2].get_legend_handles_labels()[0]:  # no legend when no trial has a fine-tune rate
         axes[2].legend(fontsize=7, loc="best")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -270,20 +272,23 @@ def _fig_confusion(ev: dict[str, Any]) -> bytes:
 
 
 def render_figures(record: dict[str, Any]) -> dict[str, bytes]:
-    """PNG bytes by file name, all drawn from the record."""
+    """PNG bytes by file name, all drawn from the record; scores by the study's primary objective."""
+    o = objectives_of(record)[0]
     figs: dict[str, bytes] = {}
-    curves = record["curves"]
+    curves = record.get("curves") or []
     if curves:
         figs["curves_best.png"] = _fig_overlay(curves)
         for c in curves:
-            figs[f"curve_trial_{c['number']:04d}.png"] = _fig_curve(c)
-    search = record["search"]
-    if search["history"]:
-        figs["history.png"] = _fig_history([("", search["history"])], "optimisation history")
-    if search["importances"].get("values"):
+            figs[f"curve_trial_{c['number']:04d}.png"] = _fig_curve(c, o)
+    search = record.get("search") or {}
+    if search.get("history"):
+        figs["history.png"] = _fig_history(
+            [("", search["history"])], "optimisation history", o["label"]
+        )
+    if (search.get("importances") or {}).get("values"):
         figs["importances.png"] = _fig_importances(search["importances"]["values"])
-    if search["points"]:
-        figs["params.png"] = _fig_params(search)
+    if search.get("points"):
+        figs["params.png"] = _fig_params(search, o)
     ev = record.get("evaluation") or {}
     if ev.get("confusion_matrix"):
         figs["confusion.png"] = _fig_confusion(ev)
@@ -293,6 +298,6 @@ def render_figures(record: dict[str, Any]) -> dict[str, bytes]:
             (f"{s['engine']} ({s['study_name']})", s["history"]) for s in engines["studies"]
         ]
         figs["engines.png"] = _fig_history(
-            histories, "optimisation history by engine (dots: complete trials)"
+            histories, "optimisation history by engine (dots: complete trials)", o["label"]
         )
     return figs

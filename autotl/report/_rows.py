@@ -12,6 +12,23 @@ from autotl.train import Gate
 PASSED = Gate.PASSED.value
 
 
+def _note(a: dict[str, Any]) -> str:
+    """Why a trial ended as it did (failed, pruned, screened, gate closed, phase 2 not kept)."""
+    note = a.get("fail_reason") or ""
+    if not note and a.get("pruned_at"):
+        note = f"pruned in phase {a['pruned_at'].get('phase')} at step {a['pruned_at'].get('step')}"
+    if not note and a.get("stage") == "screen":
+        note = "screening: phase 1 only"
+    if not note and a.get("gate") and a.get("gate") != PASSED:
+        note = f"no fine-tuning: {a.get('gate_reason') or a['gate']}"
+    if not note and a.get("gate") == PASSED and a.get("phase2_kept") is False:
+        note = "fine-tuning did not improve on phase 1: phase-1 model kept"
+    if a.get("stage") == "finalist" and a.get("finalist_of") is not None:
+        finalist = f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}"
+        note = "; ".join(filter(None, [finalist, note]))
+    return note
+
+
 def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> dict[str, Any]:
     """One leaderboard row; every field is optional, since a RUNNING trial has only some."""
     p, a = t.params, t.user_attrs
@@ -30,22 +47,6 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
     if seconds is None and t.datetime_start is not None:
         end = t.datetime_complete or _dt.datetime.now()
         seconds = (end - t.datetime_start).total_seconds()
-    note = a.get("fail_reason") or ""
-    if not note and a.get("pruned_at"):
-        note = f"pruned in phase {a['pruned_at'].get('phase')} at step {a['pruned_at'].get('step')}"
-    if not note and a.get("stage") == "screen":
-        note = "screening: phase 1 only"
-    if not note and a.get("gate") and a.get("gate") != PASSED:
-        note = f"no fine-tuning: {a.get('gate_reason') or a['gate']}"
-    if not note and a.get("gate") == PASSED and a.get("phase2_kept") is False:
-        note = "fine-tuning did not improve on phase 1: phase-1 model kept"
-    if a.get("stage") == "finalist" and a.get("finalist_of") is not None:
-        note = "; ".join(
-            filter(
-                None,
-                [f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}", note],
-            )
-        )
     return {
         "number": t.number,
         "params": dict(p),
@@ -72,7 +73,7 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
         "unfrozen_layers": a.get("unfrozen_layers"),
         "fail_reason": a.get("fail_reason"),
         "pruned_at": a.get("pruned_at"),
-        "note": note,
+        "note": _note(a),
         "plugin": a.get("plugin"),
         "weights_origin": a.get("weights_origin"),
         "weights_sha256": a.get("weights_sha256"),

@@ -8,8 +8,9 @@ from typing import Optional
 
 from autotl.report._common import TOP_CURVES
 from autotl.report._figures import render_figures
+from autotl.report._html import render_html
+from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
-from autotl.report._render import render_html, render_markdown
 from autotl.runfolder import RunFolder, atomic_write
 
 

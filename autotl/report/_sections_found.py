@@ -1,0 +1,211 @@
+"""What a search found: the summary and the leaderboard sections.
+
+Scores are shown by the study's objectives (the record's ``objectives``: label,
+short label, direction, format), never by a hard-coded metric; the one
+exception is the Wilson interval, which is about accuracy (a proportion of
+images) whatever the objective is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+from autotl.objective import TIE_BREAK
+from autotl.report._common import (
+    ACCURACY,
+    _ci,
+    _epoch1,
+    _fmt,
+    _fmt_seconds,
+    _score,
+    objectives_of,
+    shown_metrics,
+)
+from autotl.report._document import (
+    Column,
+    Facts,
+    Fragment,
+    Inline,
+    Note,
+    Section,
+    table,
+)
+
+EPOCHS_NOTE = (
+    "Epochs are counted from 1; 'head stable' is the phase-1 epoch with the head's best validation "
+    "loss ('-' when it never plateaued, so phase 2 did not run); 'epochs p1/p2' are the epochs each "
+    "phase ran."
+)
+
+
+# -- summary
+
+
+def _best_scores(record: dict[str, Any], best: dict[str, Any]) -> str:
+    """Each objective's value (accuracy with its interval), then the validation loss that breaks ties."""
+    ci = best.get("ci95")
+    ci_text = f" (95% CI {_ci(ci)}; {best['ci_method']})" if ci else f" ({best['ci_method']})"
+    values = best.get("values") or {}
+    parts = [
+        f"{o['label']} {_score(o, values.get(o['name']))}"
+        + (ci_text if o["metric"] == ACCURACY else "")
+        for o in objectives_of(record)
+    ]
+    shown = shown_metrics(record)
+    if ACCURACY not in shown and best.get("val_accuracy") is not None:
+        parts.append(f"val accuracy {best['val_accuracy']:.4f}{ci_text}")
+    if TIE_BREAK not in shown:
+        parts.append(f"val loss {_fmt(best.get('val_loss'), '.4f')}")
+    return ", ".join(parts)
+
+
+def _best_facts(record: dict[str, Any], best: Optional[dict[str, Any]]) -> list[tuple[str, Inline]]:
+    if not best:
+        return [("best trial", "none: no trial has completed yet")]
+    settings = ", ".join(
+        f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
+        for k, v in sorted(best["params"].items())
+    )
+    return [
+        ("best trial", f"trial {best['number']}: {_best_scores(record, best)}"),
+        (
+            "best settings",
+            f"{settings}; head stable at epoch {_fmt(_epoch1(best['head_stable_epoch']))}, "
+            f"{_fmt(best['epochs_phase1'])} + {_fmt(best['epochs_phase2'])} epochs, "
+            f"fine-tuning: {best['gate'] or '-'}",
+        ),
+    ]
+
+
+def _run_facts(record: dict[str, Any], s: dict[str, Any]) -> list[tuple[str, Inline]]:
+    d = s["data"]
+    engine = record.get("engine", "optuna")
+    objectives = objectives_of(record)
+    facts: list[tuple[str, Inline]] = [
+        (
+            "study",
+            f"{s['study_name']}"
+            + (f" ({engine} engine)" if engine != "optuna" else "")
+            + f" in {record.get('storage', '-')}",
+        ),
+        ("objective", ", ".join(f"{o['label']} ({o['direction']})" for o in objectives)),
+        ("sampler", record.get("sampler") or "-"),
+        ("data", f"{d['source'] or 'unknown'}" + (f" ({d['split']})" if d.get("split") else "")),
+        (
+            "classes",
+            f"{len(d['class_names'])}: {', '.join(d['class_names'])}"
+            if d["class_names"]
+            else "unknown",
+        ),
+        (
+            "images",
+            f"{_fmt(d['train_images'])} train / {_fmt(d['val_images'])} val"
+            + (f", {d['skipped']} file(s) skipped" if d.get("skipped") else ""),
+        ),
+        ("trials", ", ".join(f"{n} {k}" for k, n in sorted(s["states"].items())) or "none yet"),
+        (
+            "time",
+            f"{_fmt_seconds(s['seconds_in_trials'])} in trials, "
+            f"{_fmt_seconds(s['seconds_wall'])} from first start to last finish",
+        ),
+    ]
+    if record.get("engines"):
+        o = objectives[0]
+        facts.append(
+            (
+                "engines",
+                "; ".join(
+                    f"{e['engine']}: best {_score(o, ((e['best'] or {}).get('values') or {}).get(o['name']))}"
+                    f" in {e['complete']} complete trials"
+                    for e in record["engines"]["studies"]
+                )
+                + " (compared below)",
+            )
+        )
+    return facts
+
+
+def summary(record: dict[str, Any]) -> Optional[Section]:
+    """The best trial, its settings, the study, the data and the time it took."""
+    s = record.get("summary")
+    if not s:
+        return None
+    facts = [*_best_facts(record, s.get("best")), *_run_facts(record, s)]
+    blocks: list[Fragment] = [Facts(tuple(facts))]
+    counts = s["data"].get("counts") or {}
+    if s["data"]["class_names"]:
+        blocks.append(
+            table(
+                ["class", Column("train", True), Column("val", True)],
+                [
+                    [
+                        c,
+                        _fmt((counts.get("train") or {}).get(c)),
+                        _fmt((counts.get("val") or {}).get(c)),
+                    ]
+                    for c in s["data"]["class_names"]
+                ],
+            )
+        )
+    return Section("summary", "Summary", tuple(blocks))
+
+
+# -- leaderboard
+
+Cell = Callable[[dict[str, Any]], str]
+
+
+def leaderboard_columns(record: dict[str, Any]) -> list[tuple[Column, Cell]]:
+    """The leaderboard's columns: the trial's settings, one score column per objective, then the rest."""
+    columns: list[tuple[Column, Cell]] = [
+        (Column("trial", True), lambda r: str(r["number"])),
+        (Column("state"), lambda r: r["state"]),
+        (Column("backbone"), lambda r: _fmt(r["backbone"])),
+        (Column("head", True), lambda r: _fmt(r["head_width"])),
+        (Column("dropout", True), lambda r: _fmt(r["dropout"], ".2f")),
+        (Column("unfreeze", True), lambda r: _fmt(r["unfreeze_blocks"])),
+        (Column("fine-tune lr", True), lambda r: _fmt(r["finetune_lr"], ".1e")),
+        (Column("head stable", True), lambda r: _fmt(_epoch1(r["head_stable_epoch"]))),
+        (Column("epochs p1", True), lambda r: _fmt(r["epochs_phase1"])),
+        (Column("epochs p2", True), lambda r: _fmt(r["epochs_phase2"])),
+    ]
+    for o in objectives_of(record):
+        columns.append(
+            (Column(o["short"], True), lambda r, o=o: _score(o, r["values"].get(o["name"])))
+        )
+    if TIE_BREAK not in shown_metrics(record):
+        columns.append(
+            (Column("val loss", True), lambda r: _fmt(r["metrics"].get(TIE_BREAK), ".4f"))
+        )
+    columns += [
+        (Column("time", True), lambda r: _fmt_seconds(r["seconds"])),
+        (Column("note"), lambda r: r["note"] or ""),
+    ]
+    return columns
+
+
+def _order_note(record: dict[str, Any]) -> str:
+    by = ", then ".join(
+        f"{o['label']} ({'higher' if o['direction'] == 'maximize' else 'lower'} is better)"
+        for o in objectives_of(record)
+    )
+    return (
+        f"Best first: complete trials, then pruned, running, waiting and failed ones, each by {by}; "
+        "ties go to the lower validation loss, then the earlier trial. "
+    )
+
+
+def leaderboard(record: dict[str, Any]) -> Optional[Section]:
+    """Every trial, best first, with what it tried and how it ended."""
+    rows = record.get("leaderboard")
+    if rows is None:
+        return None
+    best_no = ((record.get("summary") or {}).get("best") or {}).get("number")
+    columns = leaderboard_columns(record)
+    grid = table(
+        [c for c, _ in columns],
+        [[cell(r) for _, cell in columns] for r in rows],
+        ["best" if r["number"] == best_no else r["state"] for r in rows],
+    )
+    return Section("leaderboard", "Leaderboard", (grid, Note(_order_note(record) + EPOCHS_NOTE)))

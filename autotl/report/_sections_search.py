@@ -1,0 +1,129 @@
+"""How the search got there: the learning curves, the search and the engines compared sections."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from autotl.report._common import ACCURACY, _ci, _fmt_seconds, _score, objectives_of
+from autotl.report._document import (
+    Column,
+    Figure,
+    Fragment,
+    Note,
+    Section,
+    Subheading,
+    table,
+)
+
+CURVES_NOTE = (
+    "Phase 1 trains the head on the frozen base; the shaded part after the dashed line is phase 2 "
+    "(fine-tuning). The dotted line marks the epoch where the head's validation loss was best."
+)
+
+# -- learning curves
+
+
+def learning_curves(record: dict[str, Any]) -> Optional[Section]:
+    """Both phases of the best trials, with the phase boundary marked."""
+    curves = record.get("curves")
+    if curves is None:
+        return None
+    if not curves:
+        return Section(
+            "curves", "Learning curves", (Note("no complete trial has learning curves yet"),)
+        )
+    blocks: list[Fragment] = [
+        Note(CURVES_NOTE),
+        Figure("curves_best.png", "validation curves of the best trials"),
+    ]
+    for c in curves:
+        n = c["number"]
+        blocks += [Subheading(f"Trial {n}"), Figure(f"curve_trial_{n:04d}.png", f"trial {n}")]
+    return Section("curves", "Learning curves", tuple(blocks))
+
+
+# -- the search
+
+
+def _by_backbone(record: dict[str, Any], by: dict[str, Any]) -> list[Fragment]:
+    o = objectives_of(record)[0]
+    title = (
+        f"{o['label'][:1].upper()}{o['label'][1:]} by backbone, unfreeze depth and fine-tune rate"
+    )
+    grid = table(
+        [
+            "backbone",
+            Column("complete trials", True),
+            Column(f"mean {o['short']}", True),
+            Column(f"best {o['short']}", True),
+        ],
+        [
+            [k, str(v["n"]), _score(o, v["mean"]), _score(o, v.get("best", v["max"]))]
+            for k, v in sorted(by.items())
+        ],
+    )
+    return [Subheading(title), grid, Figure("params.png", title.lower())]
+
+
+def the_search(record: dict[str, Any]) -> Optional[Section]:
+    """How the search went: its history, what mattered, and the score by setting."""
+    search = record.get("search")
+    if not search:
+        return None
+    blocks: list[Fragment] = [
+        Figure("history.png", "optimisation history"),
+        Subheading("Parameter importances"),
+    ]
+    imp = search.get("importances") or {}
+    if imp.get("values"):
+        blocks.append(
+            table(
+                ["parameter", Column("importance", True)],
+                [[k, f"{v:.3f}"] for k, v in imp["values"].items()],
+            )
+        )
+        blocks.append(Figure("importances.png", "parameter importances"))
+    if imp.get("note"):
+        blocks.append(Note(imp["note"]))
+    if search.get("by_backbone"):
+        blocks += _by_backbone(record, search["by_backbone"])
+    return Section("search", "The search", tuple(blocks))
+
+
+# -- engines compared
+
+
+def _engine_row(o: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    best = s["best"] or {}
+    value = (best.get("values") or {}).get(o["name"])
+    return [
+        f"{s['engine']}" + (f" ({s['tuner']})" if s.get("tuner") else ""),
+        s["study_name"] + (" (this report)" if s["reported"] else ""),
+        str(s["trials"]),
+        str(s["complete"]),
+        str(s["failed"]),
+        f"{_score(o, value)} (trial {best['number']})" if best else "-",
+        _ci(best.get("ci95")),
+        _score(o, (s.get("mean") or {}).get(o["name"])),
+        _score(o, (s.get("median") or {}).get(o["name"])),
+        _fmt_seconds(s["seconds_in_trials"]),
+    ]
+
+
+def engines_compared(record: dict[str, Any]) -> Optional[Section]:
+    """The Optuna and keras-tuner studies of one run, side by side (only when both exist)."""
+    engines = record.get("engines")
+    if not engines:
+        return None
+    o = objectives_of(record)[0]
+    ci = "95% CI" if o["metric"] == ACCURACY else "accuracy 95% CI"
+    headers = ["engine", "study", *(Column(h, True) for h in ("trials", "complete", "failed"))]
+    headers += [
+        Column(h, True) for h in (f"best {o['short']}", ci, "mean", "median", "time in trials")
+    ]
+    blocks: list[Fragment] = [
+        table(headers, [_engine_row(o, s) for s in engines["studies"]]),
+        Figure("engines.png", "optimisation history by engine"),
+        Note(engines["note"]),
+    ]
+    return Section("engines", "Engines compared", tuple(blocks))

@@ -7,7 +7,11 @@ the run folder by default, PostgreSQL when many workers share a study):
   copied best model, an export) with the SHA-256 of its bytes;
 * ``autotl_lineage``: for each artifact, the backbone and plugin, the weights'
   origin and SHA-256, the data set's fingerprint and source, the
-  hyperparameters, metrics and phase times, and the software versions.
+  hyperparameters, metrics and phase times, and the software versions;
+* ``autotl_deployments``: written by the Java inference service
+  (``serving/java``) when it starts with ``--storage`` (model SHA-256, URL,
+  host, port, machine, service version, start time; stop time on a clean
+  shutdown), read by :func:`list_deployments`.
 
 A model is found by the hash of its bytes, so a copied or renamed file still
 answers ``autotl lineage MODEL_FILE``.  The tables are created with
@@ -35,10 +39,12 @@ from autotl.weights import sha256_file
 __all__ = [
     "ARTIFACTS_TABLE", "LINEAGE_TABLE", "KINDS", "record_model", "find_model", "list_models",
     "default_storage_for", "cmd_lineage", "add_lineage_parser", "library_versions", "safe_url",
+    "DEPLOYMENTS_TABLE", "list_deployments",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
+DEPLOYMENTS_TABLE = "autotl_deployments"
 KINDS = ("trial_weights", "trial_model", "best_model", "export")
 LIBRARIES = ("tensorflow", "keras", "optuna", "numpy", "pluggy", "scikit-learn", "sqlalchemy", "pillow")
 
@@ -46,6 +52,7 @@ _lock = threading.Lock()
 _engines: dict[str, Any] = {}
 _ready: set[str] = set()
 _schema: Any = None
+_deployments: Any = None
 
 
 def _tables() -> Any:
@@ -303,6 +310,56 @@ def list_models(storage_url: str, study_name: Optional[str] = None) -> list[dict
     return _query(storage_url, lambda art: art.c.study_name == study_name if study_name is not None else art.c.id.isnot(None))
 
 
+def _deployments_table() -> Any:
+    """``autotl_deployments`` as the Java service creates it (``serving/java``); times are ISO 8601 UTC text."""
+    global _deployments
+    if _deployments is None:
+        from sqlalchemy import Column, Integer, MetaData, String, Table, Text
+
+        _deployments = Table(
+            DEPLOYMENTS_TABLE, MetaData(),
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("sha256", String(64), nullable=False, index=True),
+            Column("model_path", Text, nullable=False),
+            Column("model_name", String(255), nullable=False),
+            Column("url", Text, nullable=False),
+            Column("host", String(255), nullable=False),
+            Column("port", Integer, nullable=False),
+            Column("machine", String(255)),
+            Column("pid", Integer),
+            Column("service", String(255), nullable=False),
+            Column("started", String(40), nullable=False),
+            Column("stopped", String(40)),
+        )
+    return _deployments
+
+
+def list_deployments(storage_url: str, sha256: str) -> list[dict[str, Any]]:
+    """Where the model file with this SHA-256 was served, newest first; [] when no deployment was recorded.
+
+    ``stopped`` is None while the service runs, and for one that was killed without a clean shutdown.
+    """
+    from sqlalchemy import inspect, select
+
+    if _missing_sqlite(storage_url):
+        return []
+    engine = _engine(storage_url)
+    try:
+        if not inspect(engine).has_table(DEPLOYMENTS_TABLE):
+            return []
+        table = _deployments_table()
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(table).where(table.c.sha256 == sha256).order_by(table.c.id.desc()))]
+    except Exception as exc:
+        raise UsageError(f"cannot read deployments from {safe_url(storage_url)} ({first_line(exc)})") from None
+
+
+def describe_deployment(d: dict[str, Any]) -> str:
+    """One line of ``autotl lineage`` per deployment."""
+    where = f"deployed as {d['model_name']} at {d['url']} on {d.get('machine') or '?'} by {d['service']} (pid {d.get('pid')})"
+    return f"  {where} from {d['started']} to {d['stopped']}" if d.get("stopped") else f"  {where} since {d['started']}"
+
+
 def default_storage_for(model_path: str | os.PathLike) -> str:
     """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
     path = Path(model_path).resolve()
@@ -349,8 +406,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     record = find_model(storage, path)
     if record is None:
         raise UsageError(f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; was it made by another study?")
+    deployments = list_deployments(storage, record["sha256"])
     if getattr(args, "json", False):
-        print(json.dumps(record, indent=2, sort_keys=True))
+        print(json.dumps({**record, "deployments": deployments}, indent=2, sort_keys=True))
     else:
         print(describe(record, str(path)))
+        for d in deployments:
+            print(describe_deployment(d))
     return 0

@@ -40,6 +40,9 @@ public final class Main {
               --drain-seconds S         on SIGTERM, wait this long for requests in flight (default 30)
               --intra-op-threads N      TensorFlow threads per operation (default 0: TensorFlow decides)
               --inter-op-threads N      TensorFlow operations at once (default 0: TensorFlow decides)
+
+            A request's headers and body must arrive within 60 s (JAVA_OPTS=-Dsun.net.httpserver.maxReqTime=S).
+            SIGTERM or SIGINT: stop accepting, finish the requests in flight, close the model, exit 0.
             """;
 
     /** A 2x2 PNG to warm the bytes signature up (the first run of a graph is slow). */
@@ -50,6 +53,10 @@ public final class Main {
 
     public static void main(String[] args) {
         System.setProperty("sun.net.httpserver.nodelay", "true"); // before the server classes load
+        if (System.getProperty("sun.net.httpserver.maxReqTime") == null) {
+            // a request's headers and body must arrive within 60 s: slow clients cannot hold the workers
+            System.setProperty("sun.net.httpserver.maxReqTime", "60");
+        }
         try {
             System.exit(run(args));
         } catch (UsageException e) {

@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> a virtualenv with autotl, then a search on the bundled digits sample
 #   make test   -> the same virtualenv with the test extras, then the whole test suite
+#   make serving -> the Java inference service (serving/java) over an exported SavedModel
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ ifneq ($(SHARED_WEIGHTS),)
 export AUTOTL_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
 endif
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install serving clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=15
+
+serving: $(STAMP)
+	$(MAKE) -C serving/java PYTHON=$(abspath $(BIN))/python
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search_speed.py

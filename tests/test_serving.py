@@ -183,10 +183,11 @@ class Service:
     terminate: Callable[[], int]  # SIGTERM; returns the exit status
 
 
-def start_native(model: Path, log_file: Path, *args: str) -> tuple[Service, subprocess.Popen]:
+def start_native(model: Path, log_file: Path, *args: str, env: Optional[dict] = None) -> tuple[Service, subprocess.Popen]:
     port = free_port()
     out = log_file.open("w")
-    proc = subprocess.Popen([str(SERVE), str(model), "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(SERVE), str(model), "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
 
     def alive() -> Optional[str]:
         return None if proc.poll() is None else f"the service exited ({proc.returncode}):\n{log_file.read_text()[-3000:]}"
@@ -576,6 +577,29 @@ def test_a_full_queue_is_answered_503_and_the_service_carries_on(built: Path, ex
                 time.sleep(0.2)
             assert r.status == 200, r.body
         assert np.abs(np.array([r.json["probabilities"][c] for c in reference.labels]) - reference.probs[0]).max() <= TOLERANCE
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_client_that_never_finishes_its_request_is_cut_off(built: Path, export_dir: Path, reference: Reference, tmp_path: Path) -> None:
+    """Slow clients cannot hold the workers: a request must arrive within maxReqTime (60 s; 2 s here)."""
+    service, proc = start_native(export_dir, tmp_path / "serve.log", "--threads", "2",
+                                 env={"JAVA_OPTS": "-Dsun.net.httpserver.maxReqTime=2"})
+    try:
+        stalled = []
+        for _ in range(4):  # twice as many as there are workers
+            s = socket.create_connection(("127.0.0.1", service.port), timeout=60)
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + reference.data[0][:1000])
+            stalled.append(s)
+        for s in stalled:
+            try:
+                rest = s.recv(65536)  # the server gives up on it: an error answer, or the connection closed
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b"" or rest.startswith(b"HTTP/1.1 400"), rest[:200]
+            s.close()
+        assert_answers(service.port, reference)
     finally:
         proc.kill()
         proc.wait()

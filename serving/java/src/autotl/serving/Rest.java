@@ -115,6 +115,17 @@ final class Rest {
     // ------------------------------------------------------------------ row format
 
     private Prepared rows(Signature sig, Object instances) throws HttpError {
+        if (instances instanceof NumArray a && a.shape.length >= 2 && sig.inputs().size() == 1) {
+            // every instance an array of numbers of one shape: already the batch tensor
+            TensorInfo t = sig.inputs().values().iterator().next();
+            if (t.dtype() != MetaGraph.DT_STRING) {
+                if (a.shape[0] > limits.maxBatch()) {
+                    throw HttpError.bad(a.shape[0] + " instances in one request; the limit is " + limits.maxBatch() + " (--max-batch)");
+                }
+                checkShape(t, java.util.Arrays.copyOfRange(a.shape, 1, a.shape.length), false, "instance 0");
+                return new Prepared(sig, Map.of(t.key(), numeric(t, a)), true, a.shape[0]);
+            }
+        }
         List<Object> items = instanceList(instances);
         if (items.isEmpty()) {
             throw HttpError.bad("\"instances\" is empty");

@@ -186,6 +186,8 @@ final class Service {
             String msg = e.getMessage();
             int nl = msg.indexOf('\n');
             fail(ex, new HttpError(status, nl > 0 ? msg.substring(0, nl) : msg, false, true)); // the rest names graph nodes
+        } catch (IOException e) {
+            fail(ex, new HttpError(400, "could not read the request: " + e.getMessage(), true, false)); // the client went away, or was too slow
         } catch (OutOfMemoryError e) {
             fail(ex, new HttpError(503, "out of memory for this request; send fewer or smaller images", true, true));
         } catch (Throwable e) {

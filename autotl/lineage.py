@@ -39,7 +39,7 @@ from autotl.weights import sha256_file
 __all__ = [
     "ARTIFACTS_TABLE", "LINEAGE_TABLE", "KINDS", "record_model", "find_model", "list_models",
     "default_storage_for", "cmd_lineage", "add_lineage_parser", "library_versions", "safe_url",
-    "DEPLOYMENTS_TABLE", "list_deployments",
+    "DEPLOYMENTS_TABLE", "list_deployments", "describe_deployment",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"

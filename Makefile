@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> a virtualenv with autotl, then a search on the bundled digits sample
 #   make test   -> the same virtualenv with the test extras, then lint, import layers and the whole test suite
+#   make serving -> the Java inference service (serving/java) over an exported SavedModel
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ ifneq ($(SHARED_WEIGHTS),)
 export AUTOTL_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
 endif
 
-.PHONY: demo test test-fast lint bench install clean
+.PHONY: demo test test-fast lint bench install serving clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ test: lint
 # the inner loop: the same checks, and every test not marked slow (under two minutes)
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" -q
+
+serving: $(STAMP)
+	$(MAKE) -C serving/java PYTHON=$(abspath $(BIN))/python
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search_speed.py

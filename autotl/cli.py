@@ -428,14 +428,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from autotl.lineage import describe, lineage_of
+    from autotl.lineage import describe, describe_deployment, lineage_of
 
     record = lineage_of(args.model, args.storage)
-    print(
-        json.dumps(record, indent=2, sort_keys=True)
-        if args.json
-        else describe(record, str(args.model))
-    )
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return 0
+    print(describe(record, str(args.model)))
+    for deployment in record["deployments"]:
+        print(describe_deployment(deployment))
     return 0
 
 

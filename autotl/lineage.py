@@ -7,7 +7,11 @@ the run folder by default, PostgreSQL when many workers share a study):
   copied best model, an export) with the SHA-256 of its bytes;
 * ``autotl_lineage``: for each artifact, the backbone and plugin, the weights'
   origin and SHA-256, the data set's fingerprint and source, the
-  hyperparameters, metrics and phase times, and the software versions.
+  hyperparameters, metrics and phase times, and the software versions;
+* ``autotl_deployments``: written by the Java inference service
+  (``serving/java``) when it starts with ``--storage`` (model SHA-256, URL,
+  host, port, machine, service version, start time; stop time on a clean
+  shutdown), read by :func:`list_deployments`.
 
 A model is found by the hash of its bytes, so a copied or renamed file still
 answers ``autotl lineage MODEL_FILE``.  The tables are created with
@@ -43,10 +47,14 @@ __all__ = [
     "describe",
     "library_versions",
     "lineage_of",
+    "DEPLOYMENTS_TABLE",
+    "list_deployments",
+    "describe_deployment",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
+DEPLOYMENTS_TABLE = "autotl_deployments"
 KINDS = ("trial_weights", "trial_model", "best_model", "export")
 LIBRARIES = (
     "tensorflow",
@@ -63,6 +71,7 @@ _lock = threading.Lock()
 _engines: dict[str, Any] = {}
 _ready: set[str] = set()
 _schema: Any = None
+_deployments: Any = None
 
 
 def _tables() -> Any:
@@ -395,6 +404,68 @@ def list_models(storage_url: str, study_name: Optional[str] = None) -> list[dict
     )
 
 
+def _deployments_table() -> Any:
+    """``autotl_deployments`` as the Java service creates it (``serving/java``); times are ISO 8601 UTC text."""
+    global _deployments
+    if _deployments is None:
+        from sqlalchemy import Column, Integer, MetaData, String, Table, Text
+
+        _deployments = Table(
+            DEPLOYMENTS_TABLE,
+            MetaData(),
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("sha256", String(64), nullable=False, index=True),
+            Column("model_path", Text, nullable=False),
+            Column("model_name", String(255), nullable=False),
+            Column("url", Text, nullable=False),
+            Column("host", String(255), nullable=False),
+            Column("port", Integer, nullable=False),
+            Column("machine", String(255)),
+            Column("pid", Integer),
+            Column("service", String(255), nullable=False),
+            Column("started", String(40), nullable=False),
+            Column("stopped", String(40)),
+        )
+    return _deployments
+
+
+def list_deployments(storage_url: str, sha256: str) -> list[dict[str, Any]]:
+    """Where the model file with this SHA-256 was served, newest first; [] when no deployment was recorded.
+
+    ``stopped`` is None while the service runs, and for one that was killed without a clean shutdown.
+    """
+    from sqlalchemy import inspect, select
+
+    if _missing_sqlite(storage_url):
+        return []
+    engine = _engine(storage_url)
+    try:
+        if not inspect(engine).has_table(DEPLOYMENTS_TABLE):
+            return []
+        table = _deployments_table()
+        with engine.connect() as conn:
+            return [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(table).where(table.c.sha256 == sha256).order_by(table.c.id.desc())
+                )
+            ]
+    except Exception as exc:
+        raise UsageError(
+            f"cannot read deployments from {safe_url(storage_url)} ({first_line(exc)})"
+        ) from None
+
+
+def describe_deployment(d: dict[str, Any]) -> str:
+    """One line of ``autotl lineage`` per deployment."""
+    where = f"deployed as {d['model_name']} at {d['url']} on {d.get('machine') or '?'} by {d['service']} (pid {d.get('pid')})"
+    return (
+        f"  {where} from {d['started']} to {d['stopped']}"
+        if d.get("stopped")
+        else f"  {where} since {d['started']}"
+    )
+
+
 def default_storage_for(model_path: str | os.PathLike) -> str:
     """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
     path = Path(model_path).resolve()
@@ -418,7 +489,7 @@ def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None)
             f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; "
             "was it made by another study?"
         )
-    return record
+    return {**record, "deployments": list_deployments(storage, record["sha256"])}
 
 
 def describe(record: dict[str, Any], shown_path: str) -> str:

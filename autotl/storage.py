@@ -198,8 +198,8 @@ def require_optuna_sqlite(url: str) -> None:
             f"{path} is not a SQLite database, so not an Optuna study (damaged, or another kind of file); "
             "pass the run folder of an `autotl search`, or --storage URL"
         )
-    try:  # read-only: this connection cannot change the file
-        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:  # read-only, waiting at most a second: this connection cannot change or hold up the file
+        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=1)
         try:
             tables = {
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")

@@ -14,11 +14,20 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import AutotlError, UsageError, first_line
 
-__all__ = ["engine_kwargs", "sqlite_path", "open_study", "load_study", "study_names", "safe_url"]
+__all__ = [
+    "engine_kwargs",
+    "sqlite_path",
+    "open_study",
+    "load_study",
+    "study_names",
+    "require_optuna_sqlite",
+    "safe_url",
+]
 
 
 def sqlite_wait() -> float:
@@ -147,10 +156,15 @@ def open_study(
 
 
 def load_study(storage_url: str, study_name: str) -> Any:
-    """An existing study, read-only in spirit (reports, exports): nothing is created, nothing sampled."""
+    """An existing study, read-only in spirit (reports, exports): nothing is created, nothing sampled.
+
+    A SQLite file that is not Optuna's is refused before Optuna opens it (it
+    would add its tables to another program's database).
+    """
     import optuna
 
     _quiet_optuna()
+    require_optuna_sqlite(storage_url)
     with _one_line(storage_url, study_name):
         return optuna.load_study(storage=_storage(storage_url, None), study_name=study_name)
 
@@ -160,9 +174,46 @@ def study_names(storage_url: str) -> list[str]:
     import optuna
 
     try:
+        require_optuna_sqlite(storage_url)
         return list(optuna.study.get_all_study_names(storage_url))
     except Exception:
         return []
+
+
+#: The tables every Optuna RDB storage has (``optuna/storages/_rdb/models.py``).
+_OPTUNA_TABLES = {"studies", "trials", "version_info"}
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def require_optuna_sqlite(url: str) -> None:
+    """Refuse, in one line and without writing to it, an existing SQLite file that holds no Optuna storage:
+    bytes that are not SQLite, or a database of another program."""
+    path = sqlite_path(url)
+    if path is None or not os.path.isfile(path):
+        return  # not SQLite, or not there: opening it says what is wrong
+    with open(path, "rb") as fh:
+        head = fh.read(len(_SQLITE_MAGIC))
+    if head and head != _SQLITE_MAGIC:
+        raise UsageError(
+            f"{path} is not a SQLite database, so not an Optuna study (damaged, or another kind of file); "
+            "pass the run folder of an `autotl search`, or --storage URL"
+        )
+    try:  # read-only, waiting at most a second: this connection cannot change or hold up the file
+        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+        try:
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return  # locked, or needs a write to read (WAL without its index): opening it says what is wrong
+    if not _OPTUNA_TABLES <= tables:
+        held = ", ".join(sorted(tables)[:3]) or "no tables"
+        raise UsageError(
+            f"{path} is a SQLite database without Optuna's tables ({held}): not a study, left untouched; "
+            "pass the run folder of an `autotl search`, or --storage URL"
+        )
 
 
 def safe_url(url: str) -> str:

@@ -435,15 +435,15 @@ def test_a_broken_conversion_fails_the_export_and_leaves_out_empty(
 ) -> None:
     import keras
 
-    from autotl.export import _export
+    from autotl.export import _tflite
 
     other = keras.saving.load_model(
         other_trial_model(run_dir, exported.trial, registry), safe_mode=True
     )
-    real = _export.tflite_convert
+    real = _tflite.convert
     monkeypatch.setattr(
-        _export,
-        "tflite_convert",
+        _tflite,
+        "convert",
         lambda model, size, representative=None: real(other, size, representative),
     )
     out = tmp_path / "out"
@@ -551,3 +551,302 @@ def test_a_corrupt_file_is_a_parity_failure_not_a_traceback(
     with pytest.raises(ExportParityError) as exc:
         verify_export(broken, reference, val_images[:3])
     assert_one_line(exc, "tflite parity failed: running it raised")
+
+
+# --------------------------------------------------------------------------- the format table
+
+
+def _json_weights_format(perturb: float = 0.0):
+    """A real extra format, defined here as a third party would: Keras' JSON architecture plus a
+    ``.weights.h5`` file (``perturb`` adds noise to the saved weights, so its parity must fail)."""
+    from autotl.export import Format, Loaded
+
+    def write(model, ctx) -> None:
+        import keras
+
+        (ctx.folder / "model.json").write_text(model.to_json())
+        copy = keras.models.model_from_json(model.to_json())
+        rng = np.random.default_rng(0)
+        copy.set_weights([w + perturb * rng.standard_normal(w.shape) for w in model.get_weights()])
+        copy.save_weights(ctx.folder / "model.weights.h5")
+
+    def load(path: Path):
+        import keras
+
+        model = keras.models.model_from_json((path.parent / "model.json").read_text())
+        model.load_weights(path)
+
+        def predict(images):
+            return np.concatenate(
+                [keras.ops.convert_to_numpy(model(im[None].astype("float32"))) for im in images]
+            )
+
+        return Loaded(predict=predict)
+
+    return Format(
+        name="keras_json",
+        files=("model.weights.h5", "model.json"),
+        write=write,
+        load=load,
+        recognises=lambda p: p.is_file() and p.name.endswith(".weights.h5"),
+        title="a .weights.h5 file",
+        description="Keras weights with a JSON architecture",
+        usage=lambda size, facts: (
+            "`model.weights.h5` with `model.json`: `model_from_json`, then `load_weights`."
+        ),
+        default=False,
+    )
+
+
+@pytest.fixture
+def json_weights_format():
+    from autotl.export import register_format, unregister_format
+
+    fmt = register_format(_json_weights_format())
+    yield fmt
+    unregister_format(fmt.name)
+
+
+def test_a_new_format_is_one_row_of_the_table(
+    json_weights_format, exported, run_dir: Path, tmp_path: Path, val_images
+) -> None:
+    from autotl.export import FORMATS, owned_files
+    from autotl.lineage import find_model
+
+    assert "keras_json" in FORMATS and "model.json" in owned_files()
+    out = tmp_path / "out"
+    result = export(run_dir, out, formats="keras_json")
+    assert result.files["keras_json"] == out / "model.weights.h5" and (out / "model.json").is_file()
+    assert not (out / "model.keras").exists()
+    parity = result.parity["formats"]["keras_json"]
+    assert parity["passed"] and parity["max_abs_diff"] <= FLOAT_TOLERANCE, parity
+    assert parity["file"] == "model.weights.h5"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "| keras_json | `model.weights.h5`, `model.json` | Keras weights with a JSON" in card
+    assert "`model_from_json`, then `load_weights`" in card and "- `model.json`: `" in card
+    predict, names = load_predictor(out / "model.weights.h5")  # `autotl predict` reads it too
+    want = keras_probs(exported.out_dir / "model.keras", val_images)
+    np.testing.assert_allclose(predict(val_images), want, atol=FLOAT_TOLERANCE)
+    assert names == exported.class_names
+    found = find_model(f"sqlite:///{run_dir / 'study.db'}", out / "model.json")
+    assert found is not None and found["trial_number"] == exported.trial
+
+
+def test_a_new_formats_parity_is_checked_and_its_files_are_owned(
+    json_weights_format, exported, run_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from autotl.export import register_format
+
+    out = (
+        tmp_path / "out"
+    )  # an earlier export, holding the new format's files and one of the user's
+    shutil.copytree(exported.out_dir, out)
+    for name in ("model.json", "model.weights.h5", "NOTES.md"):
+        (out / name).write_text(name)
+    before = _tree(out)
+    # the row writing other weights than the model's fails, naming it, and OUT keeps the earlier export
+    register_format(_json_weights_format(perturb=0.5), replace=True)
+    with pytest.raises(ExportParityError) as exc:
+        export(run_dir, out, formats="keras,keras_json")
+    assert_one_line(exc, "keras_json parity failed", "unverified")
+    assert _tree(out) == before
+    failed = json.loads((tmp_path / "out.unverified" / "parity.json").read_text())
+    assert failed["formats"]["keras_json"]["passed"] is False
+    assert failed["formats"]["keras"]["passed"] is True  # checked first, in table order
+    # its files are autotl's: an export without it drops them, and keeps the user's file
+    export(run_dir, out, formats="keras")
+    assert not (out / "model.json").exists() and not (out / "model.weights.h5").exists()
+    assert (out / "NOTES.md").read_text() == "NOTES.md" and not (out / "savedmodel").exists()
+
+
+def test_the_table_refuses_a_clashing_row(json_weights_format) -> None:
+    from dataclasses import replace
+
+    from autotl.export import FORMATS, register_format
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_format(json_weights_format)
+    with pytest.raises(ValueError, match="which keras writes"):
+        register_format(replace(json_weights_format, name="other", files=("model.keras",)))
+    with pytest.raises(ValueError, match="which every export writes"):
+        register_format(replace(json_weights_format, name="other", files=("labels.txt",)))
+    assert "other" not in FORMATS
+    with pytest.raises(UsageError) as exc:
+        export("unused", "unused", formats="keras", quantize="int8")
+    assert_one_line(exc, "add tflite to --format")
+
+
+# --------------------------------------------------------------------------- bad --out and RUN_DIR: one line, nothing lost
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder under ``root``: what "nothing changed" compares."""
+    return {
+        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def bad_export_cases(
+    root: Path, run_dir: Path, exported
+) -> list[tuple[list[str], tuple[str, ...]]]:
+    """``(autotl export arguments, fragments of the one error line)`` for each bad RUN_DIR or --out, built in ``root``."""
+    import shutil
+    import sqlite3
+
+    (root / "a_file").write_text("not a folder")
+    (root / "photos").mkdir()
+    (root / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (root / "garbage").mkdir()
+    (root / "garbage" / "study.db").write_bytes(np.random.default_rng(0).bytes(4096))
+    (root / "other").mkdir()
+    con = sqlite3.connect(root / "other" / "study.db")
+    con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    con.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    con.commit()
+    con.close()
+    shutil.copytree(exported.out_dir, root / "earlier_export")
+    out = ["--format", "keras", "--out"]
+    fresh = str(root / "new_out")
+    return [
+        ([str(run_dir), *out, str(root / "a_file")], ("is a file",)),
+        ([str(run_dir), *out, str(root / "photos")], ("not an earlier autotl export", "cat.jpg")),
+        ([str(root / "photos"), *out, fresh], ("has no study.db",)),
+        ([str(root / "garbage"), *out, fresh], ("is not a SQLite database",)),
+        ([str(root / "other"), *out, fresh], ("without Optuna's tables", "notes", "untouched")),
+    ]
+
+
+def test_bad_out_or_run_folder_is_one_line_and_changes_nothing(
+    run_dir: Path, tmp_path: Path, exported
+) -> None:
+    cases = bad_export_cases(tmp_path, run_dir, exported)
+    before = _tree(tmp_path)
+    for argv, fragments in cases:
+        with pytest.raises(UsageError) as exc:
+            cmd_export(*argv)
+        assert_one_line(exc, *fragments)
+    assert (
+        _tree(tmp_path) == before
+    )  # nothing written, created or removed; the other tool's database as it was
+
+
+def _cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``autotl ARGS`` in a fresh process, as ``helpers.run_cli`` runs it, but started (to kill) and with a prefix."""
+    from helpers import TESTS
+
+    path = os.pathsep.join([str(TESTS / "plugins"), os.environ.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "autotl", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+
+
+def _as_a_user() -> tuple[str, ...]:
+    """A prefix that runs a command without root's power to write anywhere (file modes then hold for root too)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder would still be writable")
+    return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+
+
+@pytest.mark.slow
+def test_bad_export_inputs_through_the_real_cli(run_dir: Path, tmp_path: Path, exported) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import assert_one_line_error, run_cli
+
+    cases = bad_export_cases(tmp_path, run_dir, exported)
+    read_only = tmp_path / "earlier_export"  # an earlier export the user made read-only
+    for path in (read_only, *read_only.rglob("*")):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = _tree(tmp_path)
+    with ThreadPoolExecutor(3) as pool:
+        done = list(pool.map(lambda case: run_cli("export", *case[0]), cases))
+        proc = _cli(
+            "export",
+            str(run_dir),
+            "--format",
+            "keras",
+            "--out",
+            str(read_only),
+            prefix=_as_a_user(),
+        )
+        _, err = proc.communicate(timeout=600)
+    for (_, fragments), result in zip(cases, done):
+        assert_one_line_error(result, *fragments)
+    assert_one_line_error(
+        subprocess.CompletedProcess(proc.args, proc.returncode, "", err), "not writable"
+    )
+    assert _tree(tmp_path) == before
+
+
+def test_stale_staging_is_removed_only_when_its_process_is_dead(tmp_path: Path) -> None:
+    from autotl.export._staging import remove_stale
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead = int(ended.stdout)
+    out = tmp_path / "deploy"
+    stale = tmp_path / f".deploy.partial-{dead}"
+    running = tmp_path / f".deploy.partial-{os.getppid()}"  # another export, still running
+    moved_aside = tmp_path / f".deploy.previous-{dead}"  # an install killed between its two renames
+    not_ours = tmp_path / f".deploy2.partial-{dead}"
+    for folder in (stale, running, moved_aside, not_ours):
+        folder.mkdir()
+    (moved_aside / "parity.json").write_text("{}")
+    assert remove_stale(out) == [stale]
+    assert running.is_dir() and not_ours.is_dir() and not moved_aside.exists()
+    assert (out / "parity.json").read_text() == "{}"  # the previous export is put back
+
+
+def _wait_for_staging(out: Path, proc: subprocess.Popen) -> Path:
+    """The export's staging folder, once it holds a file (the export is writing), or fail if the export ended."""
+    import time
+
+    staging = out.parent / f".{out.name}.partial-{proc.pid}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if staging.is_dir() and any(staging.iterdir()):
+            return staging
+        time.sleep(0.01)
+    raise AssertionError(f"export ended (code {proc.poll()}) before writing: {proc.stderr.read()}")
+
+
+@pytest.mark.slow
+def test_an_export_killed_while_writing_leaves_no_half_written_out(
+    run_dir: Path, tmp_path: Path, exported
+) -> None:
+    import shutil
+    import signal
+
+    out = tmp_path / "deploy"
+    stale = []
+    for previous in (None, exported.out_dir):  # OUT absent, then OUT an earlier complete export
+        if previous is not None:
+            shutil.copytree(previous, out)
+        before = _tree(out) if out.exists() else None
+        proc = _cli(
+            "export", str(run_dir), "--format", "keras,savedmodel,tflite", "--out", str(out)
+        )
+        staging = _wait_for_staging(out, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        assert (
+            _tree(out) if out.exists() else None
+        ) == before  # absent, or the earlier export as it was
+        assert staging.is_dir()  # what the killed export left: only its staging folder
+        stale.append(staging)
+    result = export(run_dir, out, formats="keras")  # the next export cleans up after the dead ones
+    assert not any(s.exists() for s in stale) and not list(tmp_path.glob(".deploy.*"))
+    assert result.parity["passed"] and not (out / "savedmodel").exists()

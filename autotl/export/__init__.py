@@ -27,22 +27,28 @@ files are recorded in the study's lineage tables (``autotl lineage FILE``).
 
 :func:`load_predictor` loads any of these (or a run folder) for ``autotl predict``.
 
+Every format is one row of a table (:class:`Format`: its name, the files it
+writes, how it is written and read back, whether it is quantized, what it
+needs, how the model card describes it).  ``export``, the parity check,
+``load_predictor``, the model card, ``ExportResult.files`` and the files an
+export owns all read the table; :func:`register_format` adds a row.
+
 The modules: ``_common`` (file names, tolerances, the result and error types),
-``_run`` (the run folder and the chosen trial's model), ``_savedmodel`` and
-``_tflite`` (each format written and read back), ``_predictor``
+``_format`` (the row type), one module per format (``_keras``, ``_savedmodel``,
+``_tflite``, ``_tflite_int8``), ``_table`` (the rows, selection, registration),
+``_run`` (the run folder and the chosen trial's model), ``_predictor``
 (``load_predictor``), ``_parity`` (the checks), ``_card`` (``MODEL_CARD.md``),
-and ``_export`` (staging, verifying, installing).
+``_staging`` (the output folder: checked, staged beside, swapped in whole) and
+``_export`` (the steps of ``export``).
 """
 
 from autotl.export._common import (
     CARD_FILE,
     FLOAT_TOLERANCE,
-    FORMATS,
     INT8_MIN_AGREEMENT,
     KERAS_FILE,
     LABELS_FILE,
     PARITY_FILE,
-    QUANTIZATIONS,
     SAVEDMODEL_DIR,
     TFLITE_FILE,
     TFLITE_INT8_FILE,
@@ -50,13 +56,25 @@ from autotl.export._common import (
     ExportResult,
     Predict,
 )
-from autotl.export._export import export, parse_formats
+from autotl.export._export import export
+from autotl.export._format import REPRESENTATIVE, Format, Loaded, WriteContext
 from autotl.export._parity import check_parity, verify_export
 from autotl.export._predictor import load_predictor
+from autotl.export._table import (
+    DEFAULT_FORMATS,
+    FORMATS,
+    QUANTIZATIONS,
+    formats,
+    owned_files,
+    parse_formats,
+    register_format,
+    unregister_format,
+)
 from autotl.stats import wilson_interval
 
 __all__ = [
     "FORMATS",
+    "DEFAULT_FORMATS",
     "QUANTIZATIONS",
     "FLOAT_TOLERANCE",
     "INT8_MIN_AGREEMENT",
@@ -69,6 +87,14 @@ __all__ = [
     "wilson_interval",
     "parse_formats",
     "Predict",
+    "Format",
+    "Loaded",
+    "WriteContext",
+    "REPRESENTATIVE",
+    "formats",
+    "owned_files",
+    "register_format",
+    "unregister_format",
     "KERAS_FILE",
     "SAVEDMODEL_DIR",
     "TFLITE_FILE",

@@ -1,4 +1,7 @@
-"""What every part of the export shares: file names, tolerances, the result and error types, image helpers."""
+"""What every part of the export shares: file names, tolerances, the result and error types, image helpers.
+
+The formats themselves (which files, how written and read back) are rows of the table in ``_table``.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +16,14 @@ import numpy as np
 
 from autotl.errors import AutotlError, UsageError
 
-FORMATS = ("keras", "savedmodel", "tflite")
-QUANTIZATIONS = ("int8",)
-FLOAT_TOLERANCE = 1e-4  # max |probability difference| allowed for float formats
-INT8_MIN_AGREEMENT = (
-    0.98  # min share of images on which the int8 model's top-1 class is the Keras model's
-)
+#: Max |probability difference| allowed for float formats.
+FLOAT_TOLERANCE = 1e-4
+#: Min share of images on which a quantized model's top-1 class is the Keras model's.
+INT8_MIN_AGREEMENT = 0.98
 REPRESENTATIVE_IMAGES = 100  # training images that calibrate the int8 model
 PARITY_IMAGES = 256  # at most this many validation images are compared (evenly spaced)
-REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL = (
-    1e-4,
-    1e-3,
-)  # the model's val loss vs the search's record (float32 noise is ~1e-7)
+#: The model's val loss against the search's record (float32 noise is ~1e-7).
+REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL = 1e-4, 1e-3
 
 KERAS_FILE = "model.keras"
 SAVEDMODEL_DIR = "savedmodel"
@@ -33,15 +32,8 @@ TFLITE_INT8_FILE = "model_int8.tflite"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "MODEL_CARD.md"
 PARITY_FILE = "parity.json"
-OWNED = (
-    KERAS_FILE,
-    SAVEDMODEL_DIR,
-    TFLITE_FILE,
-    TFLITE_INT8_FILE,
-    LABELS_FILE,
-    CARD_FILE,
-    PARITY_FILE,
-)
+#: What every export writes besides its formats' files (the formats' own are in the table, ``_table``).
+COMMON_FILES = (LABELS_FILE, CARD_FILE, PARITY_FILE)
 
 Predict = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -64,7 +56,7 @@ class ExportResult:
     class_names: list[str]
     files: dict[
         str, Path
-    ]  # "keras", "savedmodel", "tflite", "tflite_int8", "labels", "model_card", "parity"
+    ]  # each format written by its table name, then "labels", "model_card", "parity"
     parity: dict[str, Any]
     input_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)

@@ -1,4 +1,11 @@
-"""``export``: the chosen trial's model in every format, staged, verified, then installed; and its lineage recorded."""
+"""``export``: the chosen trial's model in every format of the table, staged, verified, then installed; and its
+lineage recorded.
+
+Its steps, each one function: check the arguments and ``--out``, open the run,
+load the model and check it reproduces the search's score, stage (write every
+selected format beside ``--out``), verify (parity), write the card, install,
+record lineage.
+"""
 
 from __future__ import annotations
 
@@ -14,54 +21,31 @@ import numpy as np
 
 from autotl.data import resize_images
 from autotl.errors import UsageError, first_line
-from autotl.export._card import _write_card
+from autotl.export._card import card_facts, write_card
 from autotl.export._common import (
     CARD_FILE,
-    FORMATS,
-    KERAS_FILE,
     LABELS_FILE,
-    OWNED,
     PARITY_FILE,
     PARITY_IMAGES,
-    QUANTIZATIONS,
     REPRESENTATIVE_IMAGES,
-    SAVEDMODEL_DIR,
-    TFLITE_FILE,
-    TFLITE_INT8_FILE,
     ExportParityError,
     ExportResult,
     _input_size,
     _quiet,
 )
+from autotl.export._format import REPRESENTATIVE, Format, WriteContext
 from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
-from autotl.export._savedmodel import write_savedmodel
-from autotl.export._tflite import convert as tflite_convert
+from autotl.export._staging import check_out, install, quarantine, remove_stale, staging_dir
+from autotl.export._table import owned_files, parse_formats, select
 
-
-def _evenly(n: int, k: int) -> list[int]:
-    return list(range(n)) if n <= k else sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
-
-
-def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
-    items = [
-        f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)
-    ]
-    items = [f for f in items if f]
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown or not items:
-        raise UsageError(
-            f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)} (comma-separated)"
-            if unknown
-            else f"no export format given; choose from {', '.join(FORMATS)} (comma-separated)"
-        )
-    return tuple(dict.fromkeys(items))
+Say = Callable[[str], None]
 
 
 def export(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    formats: str | Sequence[str] = FORMATS,
+    formats: str | Sequence[str] | None = None,
     trial: Optional[int] = None,
     quantize: Optional[str] = None,
     storage_url: Optional[str] = None,
@@ -70,9 +54,10 @@ def export(
     plugins: Sequence[str] = (),
     weights: Any = None,
     registry: Any = None,
-    on_event: Optional[Callable[[str], None]] = None,
+    on_event: Optional[Say] = None,
 ) -> ExportResult:
-    """Export one trial's model of a run (the best by default) in ``formats``, and prove every format predicts as the Keras model does.
+    """Export one trial's model of a run (the best by default) in ``formats`` (default: the table's default
+    formats), and prove every format predicts as the Keras model does.
 
     A trial other than the best has its model assembled from its stored layers,
     which needs its backbone's plugin (``plugins`` or ``registry``) and weights
@@ -86,130 +71,112 @@ def export(
     """
     _quiet()
     say = on_event or (lambda _msg: None)
-    formats = parse_formats(formats)
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise UsageError(f"unknown quantization {quantize!r}; the only one is int8")
-    if quantize and "tflite" not in formats:
-        raise UsageError("--quantize int8 quantizes the TFLite model; add tflite to --format")
+    rows = select(parse_formats(formats), quantize)
     if trial is not None and trial < 0:
         raise UsageError(f"--trial must be a trial number (0 or more), got {trial}")
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} is a file; pass a folder")
-    run = _open_run(run_dir, trial, storage_url, study_name, plugins, registry, weights, say)
+    out = check_out(Path(out_dir))
+    run = _open_run(Path(run_dir), trial, storage_url, study_name, plugins, registry, weights, say)
     notes: list[str] = []
     dataset, same_data = _dataset(run, data, plugins, notes)
+    model, size = _load_model(run, say)
+    say(f"checking the model reproduces trial {run.trial.number}'s validation score")
+    reproduced = _check_reproduces(model, run, dataset, size, same_data)
+    for stale in remove_stale(out):
+        say(f"removed {stale}, left by an export that did not finish")
+    staging = staging_dir(out)
+    try:
+        seconds = _stage(staging, model, run, dataset, size, rows, say)
+        parity = _verify(
+            staging, out, model, run, dataset, {"search_score": reproduced, "seconds": seconds}, say
+        )
+        write_card(card_facts(staging, run, dataset, same_data, parity, size, rows, notes))
+        install(staging, out, owned_files())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _record_lineage(run, out, rows, dataset, notes)
+    return ExportResult(
+        out, run.trial.number, run.class_names, _files(out, rows), parity, size, notes
+    )
 
+
+def _load_model(run: _Run, say: Say) -> tuple[Any, tuple[int, int]]:
+    """The trial's Keras model and the input size it resizes to; a model of other classes is refused."""
     import keras
 
     say(f"loading trial {run.trial.number}: {run.model_file}")
     model = keras.saving.load_model(run.model_file, safe_mode=True)
-    size = _input_size(model)
     if int(model.output_shape[-1]) != len(run.class_names):
         raise UsageError(
-            f"{run.model_file} predicts {model.output_shape[-1]} classes but the run names {len(run.class_names)}; the run folder is inconsistent"
+            f"{run.model_file} predicts {model.output_shape[-1]} classes but the run names "
+            f"{len(run.class_names)}; the run folder is inconsistent"
         )
-    say(f"checking the model reproduces trial {run.trial.number}'s validation score")
-    reproduced = _check_reproduces(model, run, dataset, size, same_data)
-    picked = _evenly(len(dataset.val), PARITY_IMAGES)
-    images = [dataset.val.load(i) for i in picked]
-    labels = dataset.val.labels[picked]
+    return model, _input_size(model)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+
+def _evenly(n: int, k: int) -> list[int]:
+    return list(range(n)) if n <= k else sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+
+
+def _stage(
+    staging: Path,
+    model: Any,
+    run: _Run,
+    dataset: Any,
+    size: tuple[int, int],
+    rows: Sequence[Format],
+    say: Say,
+) -> dict[str, float]:
+    """``labels.txt`` and every selected format written into ``staging``; the seconds each format took."""
+    staging.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    labels = staging / LABELS_FILE
+    labels.write_text("".join(f"{c}\n" for c in run.class_names), encoding="utf-8")
+    representative = None
+    if any(REPRESENTATIVE in f.needs for f in rows):
+        representative = _representative(dataset, size, say)
+    ctx = WriteContext(staging, run.model_file, run.class_names, size, labels, representative)
     seconds: dict[str, float] = {}
+    for fmt in rows:
+        say(f"writing {fmt.name}: {', '.join(fmt.files)}")
+        start = time.perf_counter()
+        fmt.write(model, ctx)
+        seconds[fmt.name] = time.perf_counter() - start
+    return seconds
+
+
+def _representative(dataset: Any, size: tuple[int, int], say: Say) -> np.ndarray:
+    """Training images resized as the model's Resizing layer does: what a quantized format calibrates on."""
+    chosen = _evenly(len(dataset.train), REPRESENTATIVE_IMAGES)
+    say(f"taking {len(chosen)} training images to calibrate quantization")
+    return np.concatenate([resize_images(dataset.train.load(i)[None], size) for i in chosen])
+
+
+def _verify(
+    staging: Path,
+    out: Path,
+    model: Any,
+    run: _Run,
+    dataset: Any,
+    extra: dict[str, Any],
+    say: Say,
+) -> dict[str, Any]:
+    """Parity of every staged format on validation images, written to ``parity.json``; a failure moves the
+    staging folder to ``OUT.unverified`` and raises."""
+    picked = _evenly(len(dataset.val), PARITY_IMAGES)
+    images = [dataset.val.load(i) for i in picked]
+    say(f"checking parity on {len(images)} validation images")
     try:
-        (staging / LABELS_FILE).write_text(
-            "".join(f"{c}\n" for c in run.class_names), encoding="utf-8"
-        )
-        if "keras" in formats:
-            shutil.copyfile(run.model_file, staging / KERAS_FILE)
-        if "savedmodel" in formats:
-            say("writing the SavedModel")
-            start = time.perf_counter()
-            write_savedmodel(
-                model, run.class_names, size, staging / SAVEDMODEL_DIR, staging / LABELS_FILE
-            )
-            seconds["savedmodel"] = time.perf_counter() - start
-        if "tflite" in formats:
-            say("converting to TFLite")
-            start = time.perf_counter()
-            (staging / TFLITE_FILE).write_bytes(tflite_convert(model, size))
-            seconds["tflite"] = time.perf_counter() - start
-            if quantize == "int8":
-                chosen = _evenly(len(dataset.train), REPRESENTATIVE_IMAGES)
-                say(f"quantizing to int8 on {len(chosen)} training images")
-                start = time.perf_counter()
-                # what the model's Resizing feeds on
-                representative = np.concatenate(
-                    [resize_images(dataset.train.load(i)[None], size) for i in chosen]
-                )
-                (staging / TFLITE_INT8_FILE).write_bytes(
-                    tflite_convert(model, size, representative)
-                )
-                seconds["tflite_int8"] = time.perf_counter() - start
-        say(f"checking parity on {len(images)} validation images")
-        try:
-            parity = verify_export(staging, model, images, labels)
-        except ExportParityError as exc:
-            parity = {
-                **(exc.parity or {}),
-                "search_score": reproduced,
-                "seconds": seconds,
-                "error": str(exc),
-            }
-            _write_parity(staging, parity, run, dataset)
-            failed = out_dir.parent / f"{out_dir.name}.unverified"
-            shutil.rmtree(failed, ignore_errors=True)
-            os.replace(staging, failed)
-            raise ExportParityError(
-                f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity
-            ) from None
-        parity = _write_parity(
-            staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset
-        )
-        _write_card(staging, run, dataset, same_data, parity, size, formats, quantize, notes)
-        _install(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _record_lineage(run, out_dir, dataset, notes)
-    files = {
-        key: out_dir / name
-        for key, name in (
-            ("keras", KERAS_FILE),
-            ("savedmodel", SAVEDMODEL_DIR),
-            ("tflite", TFLITE_FILE),
-            ("tflite_int8", TFLITE_INT8_FILE),
-            ("labels", LABELS_FILE),
-            ("model_card", CARD_FILE),
-            ("parity", PARITY_FILE),
-        )
-        if (out_dir / name).exists()
-    }
-    return ExportResult(out_dir, run.trial.number, run.class_names, files, parity, size, notes)
-
-
-def _record_lineage(run: _Run, out_dir: Path, dataset: Any, notes: list[str]) -> None:
-    """Record the exported files in the study's lineage tables (``autotl lineage FILE`` finds them); never fails the export."""
-    try:
-        from autotl.lineage import record_model
-
-        summary = run.data_summary or {"source": dataset.source, "fingerprint": dataset.fingerprint}
-        for name in (KERAS_FILE, f"{SAVEDMODEL_DIR}/saved_model.pb", TFLITE_FILE, TFLITE_INT8_FILE):
-            if (out_dir / name).is_file():
-                record_model(
-                    run.storage_url,
-                    run.study.study_name,
-                    run.trial,
-                    out_dir / name,
-                    "export",
-                    data=summary,
-                )
-    except Exception as exc:  # the verified files are in place; say why lineage is missing
-        notes.append(f"lineage not recorded ({first_line(exc)[:200]})")
+        parity = verify_export(staging, model, images, dataset.val.labels[picked])
+    except ExportParityError as exc:
+        failed = {**(exc.parity or {}), **extra, "error": str(exc)}
+        parity = _write_parity(staging, failed, run, dataset)
+        where = quarantine(staging, out)
+        raise ExportParityError(
+            f"{exc}; nothing written to {out}, the unverified files are in {where}", parity
+        ) from None
+    return _write_parity(staging, {**parity, **extra}, run, dataset)
 
 
 def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any) -> dict[str, Any]:
@@ -238,17 +205,34 @@ def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any)
     return parity
 
 
-def _install(staging: Path, out_dir: Path) -> None:
-    """Put the verified files in ``out_dir``, replacing a previous export there (only the files autotl owns)."""
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    for name in OWNED:
-        old = out_dir / name
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        elif old.exists() or old.is_symlink():
-            old.unlink()
-    for entry in staging.iterdir():
-        os.replace(entry, out_dir / entry.name)
-    staging.rmdir()
+def _files(out: Path, rows: Sequence[Format]) -> dict[str, Path]:
+    """``ExportResult.files``: each format written, by its table name, then the files every export has."""
+    files = {f.name: out / f.main for f in rows if (out / f.main).exists()}
+    return {
+        **files,
+        "labels": out / LABELS_FILE,
+        "model_card": out / CARD_FILE,
+        "parity": out / PARITY_FILE,
+    }
+
+
+def _record_lineage(
+    run: _Run, out: Path, rows: Sequence[Format], dataset: Any, notes: list[str]
+) -> None:
+    """Record the exported files in the study's lineage tables (``autotl lineage FILE`` finds them); never fails the export."""
+    try:
+        from autotl.lineage import record_model
+
+        summary = run.data_summary or {"source": dataset.source, "fingerprint": dataset.fingerprint}
+        for name in (n for f in rows for n in f.recorded()):
+            if (out / name).is_file():
+                record_model(
+                    run.storage_url,
+                    run.study.study_name,
+                    run.trial,
+                    out / name,
+                    "export",
+                    data=summary,
+                )
+    except Exception as exc:  # the verified files are in place; say why lineage is missing
+        notes.append(f"lineage not recorded ({first_line(exc)[:200]})")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import numpy as np
 
@@ -13,17 +13,13 @@ from autotl.errors import first_line
 from autotl.export._common import (
     FLOAT_TOLERANCE,
     INT8_MIN_AGREEMENT,
-    KERAS_FILE,
     REPRODUCE_LOSS_ATOL,
     REPRODUCE_LOSS_RTOL,
-    SAVEDMODEL_DIR,
-    TFLITE_FILE,
-    TFLITE_INT8_FILE,
     ExportParityError,
 )
-from autotl.export._predictor import keras_predictor
-from autotl.export._savedmodel import savedmodel_predictor
-from autotl.export._tflite import tflite_predictor
+from autotl.export._format import Format
+from autotl.export._keras import keras_predictor
+from autotl.export._table import formats
 from autotl.objective import trial_metrics
 
 if TYPE_CHECKING:
@@ -89,12 +85,11 @@ def verify_export(
 ) -> dict[str, Any]:
     """Load every exported file in ``out_dir`` back from disk and compare it with ``reference`` (a Keras model) on ``images``.
 
-    Returns the parity record (what ``parity.json`` holds).  The first format
-    outside its tolerance raises ExportParityError; the record so far, with the
-    failure, is on the exception as ``.parity``.
+    Every row of the format table whose file is in ``out_dir`` is checked, in
+    table order.  Returns the parity record (what ``parity.json`` holds).  The
+    first format outside its tolerance raises ExportParityError; the record so
+    far, with the failure, is on the exception as ``.parity``.
     """
-    import keras
-
     out = Path(out_dir)
     ref = keras_predictor(reference)(images)
     record: dict[str, Any] = {
@@ -108,59 +103,49 @@ def verify_export(
     }
     if labels is not None:
         record["reference_accuracy"] = float((ref.argmax(1) == np.asarray(labels)).mean())
-
-    def check(
-        fmt: str, run: Callable[[], tuple[np.ndarray, dict[str, Any]]], quantized: bool = False
-    ) -> None:
-        try:
-            got, extra = run()
-        except Exception as exc:  # a format that cannot even load or run is a parity failure too
-            reason = first_line(exc)[:200]
-            record["formats"][fmt] = {"passed": False, "error": reason}
-            raise ExportParityError(
-                f"{fmt} parity failed: running it raised {type(exc).__name__}: {reason}", record
-            ) from None
-        try:
-            record["formats"][fmt] = {**check_parity(fmt, ref, got, quantized, labels), **extra}
-        except ExportParityError as exc:
-            record["formats"][fmt] = {
-                **(exc.parity or {"passed": False, "error": str(exc)}),
-                **extra,
-            }
-            raise ExportParityError(str(exc), record) from None
-
-    def tflite(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-        predict, info = tflite_predictor(path)
-        return predict(images), info
-
-    if (out / KERAS_FILE).is_file():
-        check(
-            "keras",
-            lambda: (
-                keras_predictor(keras.saving.load_model(out / KERAS_FILE, safe_mode=True))(images),
-                {},
-            ),
-        )
-    if (out / SAVEDMODEL_DIR).is_dir():
-        loaded: list[Any] = []
-
-        def signatures() -> list[
-            Any
-        ]:  # loaded once, inside the first check (a load error is a parity failure)
-            if not loaded:
-                loaded.extend(savedmodel_predictor(out / SAVEDMODEL_DIR))
-            return loaded
-
-        check("savedmodel:serving_default", lambda: (signatures()[0](images), {}))
-        check("savedmodel:serving_bytes", lambda: (signatures()[1](images), {}))
-    for fmt, name, quantized in (
-        ("tflite", TFLITE_FILE, False),
-        ("tflite_int8", TFLITE_INT8_FILE, True),
-    ):
-        if (out / name).is_file():
-            check(fmt, lambda path=out / name: tflite(path), quantized)
+    for fmt in formats():
+        if (out / fmt.main).exists():
+            _check_format(fmt, out / fmt.main, ref, images, labels, record)
     record["passed"] = True
     return record
+
+
+def _check_format(
+    fmt: Format,
+    path: Path,
+    ref: np.ndarray,
+    images: Sequence[np.ndarray],
+    labels: Optional[np.ndarray],
+    record: dict[str, Any],
+) -> None:
+    """One format loaded back and each of its checks compared with ``ref``, into ``record["formats"]``."""
+    try:
+        loaded = fmt.load(path)
+    except Exception as exc:  # a format that cannot even load is a parity failure too
+        _raise_broken(fmt.name, fmt.main, exc, record)
+    for name, predict in fmt.checks(loaded).items():
+        extra = {**loaded.facts, "file": fmt.main}
+        try:
+            got = predict(images)
+        except Exception as exc:
+            _raise_broken(name, fmt.main, exc, record)
+        try:
+            record["formats"][name] = {
+                **check_parity(name, ref, got, fmt.quantized, labels),
+                **extra,
+            }
+        except ExportParityError as exc:
+            failed = exc.parity or {"passed": False, "error": str(exc)}
+            record["formats"][name] = {**failed, **extra}
+            raise ExportParityError(str(exc), record) from None
+
+
+def _raise_broken(name: str, file: str, exc: Exception, record: dict[str, Any]) -> NoReturn:
+    reason = first_line(exc)[:200]
+    record["formats"][name] = {"passed": False, "error": reason, "file": file}
+    raise ExportParityError(
+        f"{name} parity failed: running it raised {type(exc).__name__}: {reason}", record
+    ) from None
 
 
 def _check_reproduces(

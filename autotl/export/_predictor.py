@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from autotl.errors import UsageError, first_line
-from autotl.export._common import KERAS_FILE, LABELS_FILE, Predict, _by_shape, _quiet, _read_labels
-from autotl.export._savedmodel import savedmodel_predictor
-from autotl.export._tflite import tflite_predictor
+from autotl.export._common import LABELS_FILE, Predict, _quiet, _read_labels
+from autotl.export._table import formats, recognise, titles
 from autotl.runfolder import RunFolder
-
-
-def keras_predictor(model: Any) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
-    import keras
-
-    n = int(model.output_shape[-1])
-    return lambda images: _by_shape(
-        images, lambda x: keras.ops.convert_to_numpy(model(x.astype(np.float32), training=False)), n
-    )
 
 
 def load_predictor(
@@ -32,68 +21,47 @@ def load_predictor(
     """``(predict, class_names)`` for any model autotl writes; ``predict(list of uint8 HxWx3 arrays)`` gives float32 ``[n, classes]``.
 
     ``path`` may be a run folder (its ``best_model.keras``), an export folder (its
-    ``model.keras``), a ``.keras`` file, a SavedModel folder or a ``.tflite`` file.
-    Class names come from ``classes.json`` or ``labels.txt`` beside the model (for a
-    SavedModel also its ``assets/labels.txt``), unless ``class_names`` gives them.
+    first format in table order: ``model.keras`` when there is one) or a file or folder of any format in the export table (a
+    ``.keras`` file, a SavedModel folder, a ``.tflite`` file, ...).  Class names
+    come from the format itself (a SavedModel's ``assets/labels.txt``), else from
+    ``classes.json`` or ``labels.txt`` beside the model, unless ``class_names``
+    gives them.
     """
     _quiet()
     p = Path(path)
+    fmt = recognise(p)
+    if fmt is None:
+        return load_predictor(_model_in(p), class_names)
+    try:
+        loaded = fmt.load(p)
+    except Exception as exc:
+        raise UsageError(
+            f"cannot load {p} as {fmt.title} ({first_line(exc)[:200]}); "
+            f"pass {fmt.title} written by `autotl export`"
+        ) from None
+    if class_names is not None:
+        names = list(class_names)
+    else:
+        names = loaded.class_names or _names_beside(p)
+    return _checked(loaded.predict, names, p), names
+
+
+def _model_in(p: Path) -> Path:
+    """The model file a run folder or an export folder holds; a one-line UsageError for anything else."""
+    what = f"pass a run folder, an export folder, {titles()}"
     if p.is_dir():
-        if (p / "saved_model.pb").is_file():
-            labels = next(
-                (f for f in (p / "assets" / LABELS_FILE, p.parent / LABELS_FILE) if f.is_file()),
-                None,
-            )
-            if labels is None:
-                raise UsageError(
-                    f"SavedModel {p} has no assets/{LABELS_FILE} (and none beside it); export it with `autotl export`"
-                )
-            try:
-                predict, _ = savedmodel_predictor(p)
-            except Exception as exc:
-                raise UsageError(
-                    f"cannot load SavedModel {p} ({first_line(exc)[:200]}); it needs the serving_default and serving_bytes signatures `autotl export` writes"
-                ) from None
-            names = _read_labels(labels)
-            return _checked(predict, names, p), names
         run = RunFolder(p)
-        for model in (run.best_model(), p / KERAS_FILE):
-            if model.is_file():
-                return load_predictor(model)
+        for model in (run.best_model(), *(p / f.main for f in formats())):
+            if recognise(model) is not None:
+                return model
         if run.run_file.is_file() or run.study_db.is_file():
             raise UsageError(
                 f"no model at {run.best_model()}; pass a run folder whose search finished a trial, or a .keras file"
             )
-        raise UsageError(
-            f"{p} holds no model: pass a run folder, an export folder, a .keras file, a SavedModel folder or a .tflite file"
-        )
-    if not p.is_file():
-        raise UsageError(
-            f"no model at {p}; pass a run folder, an export folder, a .keras file, a SavedModel folder or a .tflite file"
-        )
-    if p.suffix not in (".keras", ".tflite"):
-        raise UsageError(
-            f"{p} is not a model autotl can load; pass a run folder, an export folder, a .keras file, a SavedModel folder or a .tflite file"
-        )
-    names = list(class_names) if class_names is not None else _names_beside(p)
-    if p.suffix == ".keras":
-        import keras
-
-        try:
-            model = keras.saving.load_model(p, safe_mode=True)
-        except Exception as exc:
-            raise UsageError(
-                f"cannot load {p} ({first_line(exc)[:200]}); pass a .keras file written by autotl"
-            ) from None
-        predict = keras_predictor(model)
-    else:
-        try:
-            predict, _ = tflite_predictor(p)
-        except Exception as exc:
-            raise UsageError(
-                f"cannot load {p} ({first_line(exc)[:200]}); pass a .tflite file written by `autotl export`"
-            ) from None
-    return _checked(predict, names, p), names
+        raise UsageError(f"{p} holds no model: {what}")
+    if not p.exists():
+        raise UsageError(f"no model at {p}; {what}")
+    raise UsageError(f"{p} is not a model autotl can load; {what}")
 
 
 def _checked(predict: Predict, names: list[str], where: Path) -> Predict:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autotl.export._common import Predict, _by_shape, _tf_variables
+from autotl.export._common import (
+    LABELS_FILE,
+    SAVEDMODEL_DIR,
+    Predict,
+    _by_shape,
+    _read_labels,
+    _tf_variables,
+)
+from autotl.export._format import Format, Loaded, WriteContext
 
 
 def savedmodel_predictor(path: Path) -> tuple[Predict, Predict]:
@@ -49,6 +57,30 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _decode(data: Any, size: tuple[int, int]) -> Any:
+    """One encoded file (a string tensor) to float pixels at ``size``, decoded as autotl decodes for training."""
+    import tensorflow as tf
+
+    def png() -> Any:  # transparency on white, as autotl.data.decode_image does
+        rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
+        alpha = rgba[..., 3:]
+        on_white = (rgba[..., :3] * alpha + 255.0 * (255.0 - alpha)) / 255.0
+        return tf.cast(tf.round(on_white), tf.uint8)
+
+    def jpeg() -> Any:  # TF's default DCT (INTEGER_FAST) differs from Pillow's by up to ~7 levels
+        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def other() -> Any:  # GIF (first frame), BMP
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    pixels = tf.cond(is_png, png, lambda: tf.cond(is_jpeg, jpeg, other))
+    pixels = tf.ensure_shape(pixels, [None, None, 3])
+    # the bilinear resize the model's Resizing layer applies; resizing again to the same size is the identity
+    return tf.image.resize(tf.cast(pixels, tf.float32), size, method="bilinear")
+
+
 def write_savedmodel(
     model: Any, class_names: list[str], size: tuple[int, int], folder: Path, labels_file: Path
 ) -> None:
@@ -56,7 +88,6 @@ def write_savedmodel(
     import tensorflow as tf
 
     h, w = size
-    png_magic = b"\x89PNG\r\n\x1a\n"
 
     class Serving(tf.Module):
         def __init__(self) -> None:
@@ -78,32 +109,10 @@ def write_savedmodel(
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(self, image_bytes: Any) -> dict[str, Any]:
-            def decode(data: Any) -> Any:
-                def png() -> Any:  # transparency on white, as autotl.data.decode_image does
-                    rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
-                    alpha = rgba[..., 3:]
-                    return tf.cast(
-                        tf.round((rgba[..., :3] * alpha + 255.0 * (255.0 - alpha)) / 255.0),
-                        tf.uint8,
-                    )
-
-                def jpeg() -> (
-                    Any
-                ):  # TF's default DCT (INTEGER_FAST) differs from Pillow's by up to ~7 levels
-                    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-
-                def other() -> Any:  # GIF (first frame), BMP
-                    return tf.io.decode_image(data, channels=3, expand_animations=False)
-
-                is_png = tf.equal(tf.strings.substr(data, 0, 8), png_magic)
-                is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-                pixels = tf.cond(is_png, png, lambda: tf.cond(is_jpeg, jpeg, other))
-                pixels = tf.ensure_shape(pixels, [None, None, 3])
-                # the bilinear resize the model's Resizing layer applies; resizing again to the same size is the identity
-                return tf.image.resize(tf.cast(pixels, tf.float32), (h, w), method="bilinear")
-
             pixels = tf.map_fn(
-                decode, image_bytes, fn_output_signature=tf.TensorSpec([h, w, 3], tf.float32)
+                lambda data: _decode(data, (h, w)),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([h, w, 3], tf.float32),
             )
             return self._outputs(pixels)
 
@@ -116,3 +125,45 @@ def write_savedmodel(
             "serving_bytes": module.serve_bytes.get_concrete_function(),
         },
     )
+
+
+def _write(model: Any, ctx: WriteContext) -> None:
+    write_savedmodel(
+        model, ctx.class_names, ctx.input_size, ctx.folder / SAVEDMODEL_DIR, ctx.labels_file
+    )
+
+
+def _load(path: Path) -> Loaded:
+    """Both signatures are checked; ``serving_default`` is what ``autotl predict`` runs."""
+    by_pixels, by_bytes = savedmodel_predictor(path)
+    labels = path / "assets" / LABELS_FILE
+    return Loaded(
+        predict=by_pixels,
+        checks={
+            "savedmodel:serving_default": by_pixels,
+            "savedmodel:serving_bytes": by_bytes,
+        },
+        class_names=_read_labels(labels) if labels.is_file() else None,
+    )
+
+
+def _usage(size: tuple[int, int], facts: Mapping[str, Any]) -> str:
+    return (
+        f"`{SAVEDMODEL_DIR}/`: signature `serving_default` takes `images` uint8 `[batch, height, width, 3]`; "
+        "signature `serving_bytes` takes `image_bytes` string `[batch]` (encoded JPEG/PNG/GIF/BMP). "
+        "Both return `probabilities` float32 `[batch, classes]` and `classes` string `[batch]`. "
+        f"Class names are also in `{SAVEDMODEL_DIR}/assets/{LABELS_FILE}`."
+    )
+
+
+FORMAT = Format(
+    name="savedmodel",
+    files=(SAVEDMODEL_DIR,),
+    write=_write,
+    load=_load,
+    recognises=lambda p: p.is_dir() and (p / "saved_model.pb").is_file(),
+    title="a SavedModel folder",
+    description="TensorFlow SavedModel for TF Serving, Java, Go, C++ (pixels or encoded files in)",
+    usage=_usage,
+    lineage_files=(f"{SAVEDMODEL_DIR}/saved_model.pb",),
+)

@@ -1,16 +1,18 @@
-"""TFLite: the float and the full-integer (uint8 in and out) conversions, and the interpreter as a predictor."""
+"""TFLite: the float format's row, the conversion (float or full-integer, uint8 in and out) and the interpreter
+as a predictor (``_tflite_int8`` is the quantized row, on the same conversion)."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from autotl.data import resize_images
-from autotl.export._common import Predict, _quiet, _stderr_silenced, _tf_variables
+from autotl.export._common import TFLITE_FILE, Predict, _quiet, _stderr_silenced, _tf_variables
+from autotl.export._format import Format, Loaded, WriteContext
 
 
 def _interpreter(model_path: Path) -> Any:
@@ -106,3 +108,37 @@ def convert(
     ):  # the converter's C++ notes ("fully_quantize: 0, ...")
         warnings.simplefilter("ignore")
         return converter.convert()
+
+
+def load_tflite(path: Path) -> Loaded:
+    """A ``.tflite`` file read back: its predictor, and its dtypes and quantization as facts for parity.json."""
+    predict, info = tflite_predictor(path)
+    return Loaded(predict=predict, facts=info)
+
+
+def recognises_tflite(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".tflite"
+
+
+def _write(model: Any, ctx: WriteContext) -> None:
+    (ctx.folder / TFLITE_FILE).write_bytes(convert(model, ctx.input_size))
+
+
+def _usage(size: tuple[int, int], facts: Mapping[str, Any]) -> str:
+    h, w = size
+    return (
+        f"`{TFLITE_FILE}`: one float32 image `[1, {h}, {w}, 3]`, pixels 0..255 already resized to {h}x{w} "
+        "with bilinear interpolation (no antialiasing, half-pixel centres: `tf.image.resize`)."
+    )
+
+
+FORMAT = Format(
+    name="tflite",
+    files=(TFLITE_FILE,),
+    write=_write,
+    load=load_tflite,
+    recognises=recognises_tflite,
+    title="a .tflite file",
+    description="TensorFlow Lite, float32, for phones and edge devices",
+    usage=_usage,
+)

@@ -533,7 +533,7 @@ class Run:
 
     def export(
         self,
-        formats: str | Sequence[str] = ("keras", "savedmodel", "tflite"),
+        formats: str | Sequence[str] | None = None,
         out: str | os.PathLike | None = None,
         *,
         trial: Optional[int] = None,

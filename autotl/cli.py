@@ -19,11 +19,6 @@ from autotl.errors import AutotlError, UsageError, first_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-FORMATS = (
-    "keras",
-    "savedmodel",
-    "tflite",
-)  # the default of --format; autotl.export.FORMATS is the full list
 
 
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
@@ -223,9 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--format",
-        default=",".join(FORMATS),
         metavar="LIST",
-        help=f"comma-separated formats (default: {','.join(FORMATS)})",
+        help="comma-separated formats (default: keras,savedmodel,tflite, the format table's defaults)",
     )
     e.add_argument(
         "--quantize", metavar="int8", help="also write a fully integer-quantized model_int8.tflite"
@@ -249,7 +243,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         SearchProgress,
         console,
         leaderboard,
-        quiet_tensorflow,
         records_table,
     )
 
@@ -263,7 +256,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         elif (
             "info" in e
         ):  # the inputs are checked: TensorFlow comes next (imported quietly, and only now)
-            quiet_tensorflow()
             out.print(e["info"])
         elif "records" in e:
             out.print(records_table(e["records"], 10, e["title"]))
@@ -327,9 +319,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from autotl.predict import predict_any
-    from autotl.ui import console, quiet_tensorflow
+    from autotl.ui import console
 
-    quiet_tensorflow()
     failed = 0
     for path, label, prob in predict_any(args.run, args.images):
         if prob is None:
@@ -344,7 +335,6 @@ def _check_plugins(args: argparse.Namespace) -> int:
     """Self-test a plugin: the contract checks of :mod:`autotl.testing`, one line per check."""
     from autotl.registry import get_registry
     from autotl.testing import check_backbone
-    from autotl.ui import quiet_tensorflow
 
     if not args.target:
         raise UsageError(
@@ -360,7 +350,6 @@ def _check_plugins(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them"
             )
-    quiet_tensorflow()
     failed = 0
     for spec in specs:
         try:
@@ -418,9 +407,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from autotl.api import Run
-    from autotl.ui import quiet_tensorflow
 
-    quiet_tensorflow()
     paths = Run(args.run, storage=args.storage, study_name=args.study_name).report()
     for key in ("html", "md", "json"):
         print(paths[key])
@@ -442,9 +429,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from autotl.api import Run
-    from autotl.ui import console, quiet_tensorflow
+    from autotl.ui import console
 
-    quiet_tensorflow()
     err = console(stderr=True)
     run = Run(
         args.run,
@@ -483,7 +469,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from autotl.ui import quiet_tensorflow_imports
+
     args = build_parser().parse_args(argv)
+    quiet_tensorflow_imports()  # TensorFlow loads only if a command needs it, and quietly
     try:
         return COMMANDS[args.command](args)
     except AutotlError as exc:

@@ -13,7 +13,15 @@ from typing import Any
 
 from autotl.objective import Objectives, trial_metrics
 
-__all__ = ["SearchProgress", "leaderboard", "records_table", "console", "quiet_tensorflow", "CtrlC"]
+__all__ = [
+    "SearchProgress",
+    "leaderboard",
+    "records_table",
+    "console",
+    "quiet_tensorflow",
+    "quiet_tensorflow_imports",
+    "CtrlC",
+]
 
 
 def quiet_tensorflow() -> None:
@@ -39,6 +47,43 @@ def quiet_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class _QuietTensorFlowFinder:
+    """Import hook: the first ``import tensorflow``, wherever it happens, runs through :func:`quiet_tensorflow`.
+
+    Commands then import TensorFlow only when they need it (a bad argument is refused at once),
+    and its start-up chatter never reaches the terminal.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        import importlib.machinery
+
+        sys.meta_path.remove(self)
+        quiet_tensorflow()  # imports it, with stderr closed
+        module = sys.modules["tensorflow"]
+
+        class _Loaded:
+            def create_module(self, spec: Any) -> Any:
+                return module
+
+            def exec_module(self, module: Any) -> None:
+                return None
+
+        return importlib.machinery.ModuleSpec(
+            name, _Loaded(), origin=getattr(module, "__file__", None)
+        )
+
+
+def quiet_tensorflow_imports() -> None:
+    """Make the process's first TensorFlow import quiet, whenever it comes (see ``_QuietTensorFlowFinder``)."""
+    if "tensorflow" in sys.modules or any(
+        isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path
+    ):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 def console(stderr: bool = False) -> Any:

@@ -47,6 +47,7 @@ IMAGE = f"autotl-serving:test-{os.getpid()}"
 
 pytestmark = [
     needs_shared,
+    pytest.mark.slow,  # builds the service, searches and exports a real model: `make test-fast` skips it
     pytest.mark.skipif(
         shutil.which("javac") is None or shutil.which("gcc") is None,
         reason="needs a JDK 17 and gcc (.ci/run has them)",

@@ -151,6 +151,13 @@ def _search_parser(sub: Any) -> None:
         metavar="SECONDS",
         help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)",
     )
+    s.add_argument(
+        "--max-failures",
+        type=int,
+        default=10,
+        metavar="N",
+        help="stop after N failed trials in a row (default 10); a backbone failing 3 times in a row is dropped",
+    )
     _add_weights_args(s)
     _add_plugin_args(s)
 
@@ -177,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "plugins",
         help="list the backbones and samples that plugins provide, or check one",
-        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin contract checks.",
+        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin "
+        "contract checks (with --weights-dir DIR also on the base loaded from its weight file, hash checked).",
+        epilog="exit status of check: 0 every check passed, 1 a check failed, 2 usage error "
+        "(an unknown name, a plugin module that cannot be loaded)",
     )
     pl.add_argument("action", nargs="?", choices=["list", "check"], default="list")
     pl.add_argument(
@@ -297,6 +307,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 weights_dir=args.weights_dir,
                 weights=args.weights,
                 plugins=args.plugin,
+                max_failures=args.max_failures,
                 on_event=on_event,
                 should_stop=presses.pressed,
                 command=shlex.join(["autotl", *sys.argv[1:]]),
@@ -340,11 +351,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _check_plugins(args: argparse.Namespace) -> int:
-    """Self-test a plugin: the contract checks of :mod:`autotl.testing`, one line per check."""
+def _check_targets(args: argparse.Namespace) -> list[Any]:
+    """The specs ``plugins check TARGET`` means: one backbone by name, or every backbone of a plugin module."""
     from autotl.registry import get_registry
-    from autotl.testing import check_backbone
-    from autotl.ui import quiet_tensorflow
 
     if not args.target:
         raise UsageError(
@@ -352,26 +361,52 @@ def _check_plugins(args: argparse.Namespace) -> int:
         )
     registry = get_registry(args.plugin)
     if args.target in registry.backbones:
-        specs = [registry.backbones[args.target]]
-    else:
-        registry = get_registry([*args.plugin, args.target])
-        specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
-        if not specs:
-            raise UsageError(
-                f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them"
-            )
+        return [registry.backbones[args.target]]
+    registry = get_registry([*args.plugin, args.target])
+    specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
+    if not specs:
+        raise UsageError(
+            f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them"
+        )
+    return specs
+
+
+def _check_plugins(args: argparse.Namespace) -> int:
+    """Self-test a plugin: the contract checks of :mod:`autotl.testing`, one line per check.
+
+    Exit status 0 when every check passed, 1 when one failed (2, through
+    :func:`main`, for a usage error).  With ``--weights-dir`` (or ``--weights
+    imagenet``) the weight file is hashed and loaded too, and the loaded base checked.
+    """
+    from autotl.testing import check_backbone, check_pretrained
+    from autotl.ui import quiet_tensorflow
+    from autotl.weights import WeightsSource
+
+    specs = _check_targets(args)
+    source = (
+        WeightsSource.parse(args.weights_dir, args.weights)
+        if args.weights_dir or args.weights == "imagenet"
+        else None
+    )
     quiet_tensorflow()
     failed = 0
     for spec in specs:
         try:
-            for line in check_backbone(spec):
+            lines = check_backbone(spec)
+            if source is not None:
+                lines += check_pretrained(spec, source)[1]
+            for line in lines:
                 print(f"{spec.name}: {line}")
+            if source is None:
+                print(
+                    f"{spec.name}: skipped: weights not loaded; pass --weights-dir DIR to hash and load its weight file"
+                )
             print(
                 f"{spec.name}: skipped: classifying a known picture needs ImageNet weights with the top, which autotl does not load (include_top=False)"
             )
-        except AssertionError as exc:
+        except (AssertionError, UsageError) as exc:
             failed += 1
-            print(f"{spec.name}: FAILED: {exc}")
+            print(f"{spec.name}: FAILED: {first_line(exc)}")
     print(f"{len(specs) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -383,9 +418,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     from autotl.registry import get_registry
     from autotl.ui import console
-    from autotl.weights import WeightsSource, resolve_weights
+    from autotl.weights import WeightsMismatch, WeightsSource, resolve_weights
 
     registry = get_registry(args.plugin)
+    for message in registry.warnings:
+        console(stderr=True).print(f"[yellow]warning:[/] {message}")
     weights = WeightsSource.parse(args.weights_dir, args.weights)
     table = Table(title=f"backbones (weights: {weights.describe()})")
     for col in ("name", "input", "also accepts", "preprocessing", "weights offline", "plugin"):
@@ -394,8 +431,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         try:
             arg = resolve_weights(spec, weights).argument
             ok = "random" if arg is None else "downloads" if arg == "imagenet" else "yes"
-        except UsageError as exc:
-            ok = "hash mismatch" if "SHA-256" in str(exc) else "missing"
+        except WeightsMismatch:
+            ok = "hash mismatch"
+        except UsageError:
+            ok = "missing" if weights.kind == "dir" else "no download"
         others = ", ".join(
             str(h) if h == w else f"{h}x{w}"
             for h, w in spec.accepted_sizes

@@ -71,6 +71,10 @@ def _sections(record: dict[str, Any]) -> dict[str, Any]:
             f"{_fmt_seconds(s['seconds_in_trials'])} in trials, {_fmt_seconds(s['seconds_wall'])} from first start to last finish",
         ),
     ]
+    if s.get("skipped_backbones"):  # why a backbone was left out (its checks, weights, or failures)
+        facts.append(
+            ("skipped backbones", "; ".join(f"{k}: {v}" for k, v in s["skipped_backbones"].items()))
+        )
     if best:
         ci = best["ci95"]
         ci_text = (

@@ -206,9 +206,9 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
     space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
-    for message in registry.warnings:
-        emit({"warning": message})
     space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)
+    for message in registry.warnings:  # after: asking for a broken plugin's backbone is one line
+        emit({"warning": message})
     if kwargs.get("max_failures", MAX_FAILURES) < 1:
         raise UsageError(f"max_failures must be at least 1, got {kwargs['max_failures']}")
     trials = kwargs["trials"]

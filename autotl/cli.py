@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 from autotl._version import __version__
-from autotl.errors import AutotlError, UsageError, first_line
+from autotl.errors import AutotlError, PluginError, UsageError, first_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -24,6 +24,13 @@ FORMATS = (
     "savedmodel",
     "tflite",
 )  # the default of --format; autotl.export.FORMATS is the full list
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors said as every other autotl error: one line, exit code 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"autotl: error: {message}; see `{self.prog} --help`\n")
 
 
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
@@ -163,7 +170,7 @@ def _search_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autotl",
         description="Search pretrained image backbones for the best transfer-learned classifier.",
     )
@@ -338,17 +345,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from autotl.predict import predict_any
-    from autotl.ui import console, quiet_tensorflow
+    from autotl.ui import quiet_tensorflow
 
     quiet_tensorflow()
     failed = 0
     for path, label, prob in predict_any(args.run, args.images):
-        if prob is None:
+        if prob is None:  # the others are still classified; each bad one is one line, and exit 2
             failed += 1
-            console(stderr=True).print(f"{path}: cannot read: {label}")
+            print(f"autotl: error: {path}: {label}", file=sys.stderr)
         else:
             print(f"{path}\t{label}\t{prob:.4f}")  # tab-separated: for scripts, never wrapped
-    return 1 if failed else 0
+    return EXIT_USAGE if failed else 0
 
 
 def _check_targets(args: argparse.Namespace) -> list[Any]:
@@ -362,12 +369,20 @@ def _check_targets(args: argparse.Namespace) -> list[Any]:
     registry = get_registry(args.plugin)
     if args.target in registry.backbones:
         return [registry.backbones[args.target]]
-    registry = get_registry([*args.plugin, args.target])
+    neither = (
+        f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones"
+    )
+    try:
+        registry = get_registry([*args.plugin, args.target])
+    except PluginError:
+        raise
+    except UsageError as exc:  # no such module
+        raise UsageError(
+            f"{neither} ({first_line(exc).split(' (')[-1]}; `autotl plugins` lists the backbones"
+        ) from None
     specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
     if not specs:
-        raise UsageError(
-            f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them"
-        )
+        raise UsageError(f"{neither}; `autotl plugins` lists them")
     return specs
 
 
@@ -459,8 +474,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autotl.api import Run
     from autotl.ui import quiet_tensorflow
 
+    run = Run(args.run, storage=args.storage, study_name=args.study_name)
+    _ = (
+        run.study
+    )  # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
     quiet_tensorflow()
-    paths = Run(args.run, storage=args.storage, study_name=args.study_name).report()
+    paths = run.report()
     for key in ("html", "md", "json"):
         print(paths[key])
     return 0
@@ -482,7 +501,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autotl.api import Run
     from autotl.ui import console, quiet_tensorflow
 
-    quiet_tensorflow()
     err = console(stderr=True)
     run = Run(
         args.run,
@@ -492,6 +510,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         weights=args.weights,
     )
+    _ = (
+        run.study
+    )  # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
+    quiet_tensorflow()
     result = run.export(
         args.format,
         args.out,

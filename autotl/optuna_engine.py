@@ -532,7 +532,9 @@ def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> _Backbones:
 def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> tuple[Any, Any]:
     """Claim the run folder, open the study, check each backbone once; ``(study, runner)``."""
     from autotl.prechecks import precheck_backbones
+    from autotl.storage import check_database
 
+    check_database(cfg.storage_url, create=True)  # before anything is written into the folder
     cfg.run.claim(
         dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()}
     )

@@ -18,7 +18,18 @@ from typing import Any, Optional
 
 from autotl.errors import AutotlError, UsageError, first_line
 
-__all__ = ["engine_kwargs", "sqlite_path", "open_study", "load_study", "study_names", "safe_url"]
+__all__ = [
+    "engine_kwargs",
+    "sqlite_path",
+    "check_database",
+    "open_study",
+    "load_study",
+    "study_names",
+    "safe_url",
+]
+
+#: Tables every Optuna RDB storage has: a SQLite file without them is another program's.
+OPTUNA_TABLES = ("studies", "trials", "version_info")
 
 
 def sqlite_wait() -> float:
@@ -60,6 +71,49 @@ def engine_kwargs(url: str) -> dict[str, Any]:
         return con
 
     return {"creator": connect}
+
+
+def check_database(storage_url: str, create: bool = False) -> None:
+    """Refuse, in one line, a SQLite file that is damaged, empty (when reading) or another program's.
+
+    Optuna creates its tables in whatever database it is given: opening a
+    file of another program's would write into it, and opening an empty file
+    to read a report would leave tables behind.  Checked read-only, first.
+    ``create`` allows a new or empty file (a search starting).  Other
+    databases (PostgreSQL, ...) are left to Optuna.
+    """
+    path = sqlite_path(storage_url)
+    if path is None or (create and not os.path.exists(path)):
+        return
+    if not os.path.isfile(path):
+        raise UsageError(
+            f"no study database at {path}; run `autotl search` first, or pass the run folder of one"
+        )
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=sqlite_wait())
+        try:
+            tables = {
+                row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise UsageError(
+            f"{path} is damaged or not a SQLite database ({first_line(exc)}); restore it from a copy, "
+            "or pass another --out"
+        ) from None
+    if not tables:
+        if create:
+            return
+        raise UsageError(
+            f"{path} is an empty database: no study was ever saved in it; run `autotl search` first"
+        )
+    if not all(t in tables for t in OPTUNA_TABLES):
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UsageError(
+            f"{path} is another program's database (tables {shown}), not an Optuna study; autotl does not "
+            "write into it: pass another --out"
+        )
 
 
 #: What losing the race to create a new storage's tables looks like (SQLite, PostgreSQL): try again.
@@ -128,6 +182,7 @@ def open_study(
     import optuna
 
     _quiet_optuna()
+    check_database(storage_url, create=True)
     with _one_line(storage_url, study_name):
         study = optuna.create_study(
             storage=_storage(storage_url, heartbeat),
@@ -151,6 +206,7 @@ def load_study(storage_url: str, study_name: str) -> Any:
     import optuna
 
     _quiet_optuna()
+    check_database(storage_url)
     with _one_line(storage_url, study_name):
         return optuna.load_study(storage=_storage(storage_url, None), study_name=study_name)
 
@@ -193,8 +249,10 @@ class _one_line:
             return False
         url = safe_url(self.url)
         if isinstance(exc, KeyError):
+            names = study_names(self.url)
+            there = f" (it holds {', '.join(map(repr, names))})" if names else ""
             raise UsageError(
-                f"no study {self.name!r} in {url}; check --study-name or run `autotl search` first"
+                f"no study {self.name!r} in {url}{there}; check --study-name or run `autotl search` first"
             ) from None
         if isinstance(exc, ModuleNotFoundError):
             raise UsageError(

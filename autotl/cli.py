@@ -555,7 +555,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = _environment_error(exc)
         if message is None:
             raise
-    print(f"autotl: error: {message}", file=sys.stderr)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"autotl: error: {one_line}", file=sys.stderr)
     return EXIT_USAGE
 
 

@@ -116,7 +116,8 @@ def open_search_study(cfg: SearchConfig) -> Any:
         heartbeat=cfg.heartbeat,
     )
     offset = len(study.get_trials(deepcopy=False)) + 1000 * cfg.worker_index
-    study.sampler = make_sampler(cfg.space.sampler, cfg.space.seed + offset, len(objectives))
+    seed = (cfg.space.seed + offset) % 2**32  # samplers take 0 .. 2**32 - 1
+    study.sampler = make_sampler(cfg.space.sampler, seed, len(objectives))
     return study
 
 

@@ -440,8 +440,6 @@ def _checked_space(plan: _Plan, emit: Event) -> Any:
 
 
 def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any]]:
-    from autotl.keras_tuner import run_keras_tuner_search
-
     run = RunFolder(plan.out)
     if plan.space.screening is not None:
         emit(
@@ -456,6 +454,8 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
             f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"
         }
     )
+    from autotl.keras_tuner import run_keras_tuner_search  # TensorFlow: after the "info" event
+
     records = run_keras_tuner_search(
         _checked_space(plan, emit),
         plan.dataset,

@@ -618,3 +618,132 @@ def test_predict_on_a_folder_through_the_cli_is_one_line(tiny_model: Path, tmp_p
     assert_one_line_error(
         run_cli("predict", str(tiny_model), str(tmp_path / "notes.txt")), "not an image"
     )
+
+
+@pytest.mark.slow
+def test_the_keras_tuner_engine_fails_trials_with_their_reason_and_stops_in_one_line(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    space = space_file(tmp_path, ["tiny", "faulty_top", "faulty_traced"], trials=6)
+    proc = run_cli(
+        "search", str(image_folder), "--space", str(space), "--out", str(tmp_path / "run"),
+        "--plugin", "autotl_tiny", "--plugin", "faulty.top", "--plugin", TRACED, "--weights", "none",
+        "--backbone", "faulty_traced", "--engine", "keras-tuner", "--tuner", "random", timeout=300,
+    )  # fmt: skip
+    assert_one_line_error(
+        proc, "keras-tuner stopped the search", "NotImplementedError: Cannot convert"
+    )
+
+
+# --- the failure policy itself (autotl.failures), on plain records --------------------------------
+
+
+class _T:
+    """The fields of an Optuna FrozenTrial that the failure policy reads."""
+
+    def __init__(self, number: int, state: str, backbone: str = "a", kind=None, session="s"):
+        from types import SimpleNamespace
+
+        self.number, self.state, self.params = (
+            number,
+            SimpleNamespace(name=state),
+            {"backbone": backbone},
+        )
+        self.user_attrs = {"session": session, "fail_reason": f"reason {number}"}
+        if kind:
+            self.user_attrs["fail_kind"] = kind
+
+
+def test_only_failures_of_the_trial_itself_count_in_a_row() -> None:
+    from autotl.failures import dropped_backbones, stop_reason
+
+    trials = [
+        _T(0, "FAIL", kind="trial"),
+        _T(1, "FAIL", kind="skipped"),  # refused before training: not the backbone's failure
+        _T(2, "FAIL"),  # a killed worker's trial
+        _T(3, "FAIL", kind="surplus"),
+        _T(4, "FAIL", kind="trial"),
+        _T(5, "RUNNING"),
+    ]
+    assert dropped_backbones(trials, "s") == {}
+    trials.append(_T(6, "FAIL", kind="trial"))
+    assert dropped_backbones(trials, "s") == {"a": "failed 3 times in a row (last: reason 6)"}
+    assert stop_reason(trials, "s", ["b"], {}, max_failures=3) == (
+        "3 trials in a row failed (--max-failures 3); last: trial 6: reason 6"
+    )
+    trials.append(_T(7, "PRUNED"))  # a pruned trial ran: the run of failures ends
+    assert dropped_backbones(trials, "s") == {} and stop_reason(trials, "s", ["a"], {}, 3) is None
+    assert stop_reason(trials, "s", [], {"a": "failed its checks"}) == (
+        "no backbone left to search: a failed its checks"
+    )
+
+
+def test_every_worker_reaches_the_same_verdict_and_a_new_session_starts_afresh() -> None:
+    import random
+
+    from autotl.failures import dropped_backbones, latest_session
+
+    trials = [  # two workers, interleaved: b fails three times in a row, a succeeds in between
+        _T(0, "FAIL", "b", "trial"),
+        _T(1, "COMPLETE", "a"),
+        _T(2, "FAIL", "b", "trial"),
+        _T(3, "FAIL", "a", "trial"),
+        _T(4, "FAIL", "b", "trial"),
+        _T(5, "FAIL", "b", "trial", session="later"),
+    ]
+    for seed in range(5):  # whatever order storage returns them in
+        shuffled = random.Random(seed).sample(trials, len(trials))
+        assert list(dropped_backbones(shuffled, "s")) == ["b"]
+    assert dropped_backbones(trials, "later") == {} and latest_session(trials) == "later"
+
+
+SAMPLERS = {  # Optuna's own, started early so their model (or relative sampling) does the proposing
+    "tpe": lambda o: o.samplers.TPESampler(seed=0, n_startup_trials=4),
+    "random": lambda o: o.samplers.RandomSampler(seed=0),
+    "nsga2": lambda o: o.samplers.NSGAIISampler(seed=0, population_size=4),
+    "cmaes": lambda o: o.samplers.CmaEsSampler(
+        seed=0, n_startup_trials=4, warn_independent_sampling=False
+    ),
+}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_the_sampler_never_proposes_a_backbone_that_is_gone(sampler: str) -> None:
+    import optuna
+
+    from autotl.optuna_engine import _Backbones, _LiveBackbones
+
+    backbones = _Backbones(
+        ["a", "b", "c"], {"b": "failed its checks"}, dropped={"c": "failed 3 times"}
+    )
+    wrapped = _LiveBackbones(SAMPLERS[sampler](optuna), backbones, 0)
+    study = optuna.create_study(direction="maximize", sampler=wrapped)
+    scores = {"a": 0.1, "b": 1.0, "c": 1.0}  # the gone ones would look best: the sampler wants them
+    study.optimize(
+        lambda t: (
+            scores[t.suggest_categorical("backbone", ["a", "b", "c"])] + t.suggest_float("x", 0, 1)
+        ),
+        n_trials=24,
+    )
+    assert {t.params["backbone"] for t in study.trials} == {"a"}
+
+
+@pytest.mark.slow
+def test_a_resumed_study_refuses_a_space_optuna_cannot_mix_and_keeps_its_backbones(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    run, _ = api_search(tmp_path, image_folder, ["tiny"], ["autotl_tiny"], trials=1)
+    assert isinstance(run, autotl.Run)
+    space = space_file(tmp_path, ["tiny"], trials=2)
+    space.write_text(space.read_text().replace("width: [8, 16]", "width: [8, 32]"))
+    with pytest.raises(
+        UsageError, match=r"searched head_width over \[8, 16\], and this space asks for \[8, 32\]"
+    ):
+        autotl.search(image_folder, out=tmp_path / "run", space=str(space), weights="none", plugins=["autotl_tiny"], report=False)  # fmt: skip
+    run, warnings = api_search(
+        tmp_path, image_folder, ["tiny", "faulty_top"], ["autotl_tiny", "faulty.top"], trials=2
+    )
+    assert isinstance(run, autotl.Run) and len(run.study.trials) == 2
+    assert warnings == [
+        f"skipping backbone 'faulty_top': the study in {tmp_path / 'run'} searches ['tiny'] (pass another --out to search it)"
+    ]

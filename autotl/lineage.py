@@ -419,7 +419,7 @@ def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None)
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     storage = storage_url or default_storage_for(path)
-    check_database(storage)
+    check_database(storage, accept=(ARTIFACTS_TABLE,))
     record = find_model(storage, path)
     if record is None:
         raise UsageError(

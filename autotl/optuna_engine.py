@@ -597,6 +597,9 @@ def run_search(
     try:
         _loop(study, cfg, runner, emit, should_stop)
     finally:
+        study.sampler = (
+            study.sampler.sampler
+        )  # the space's own sampler again, for whoever gets the study
         update_best_model(cfg.run, study, registry, cfg.weights, cfg.storage_url, runner.base)
     return study
 

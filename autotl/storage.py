@@ -73,14 +73,15 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return {"creator": connect}
 
 
-def check_database(storage_url: str, create: bool = False) -> None:
+def check_database(storage_url: str, create: bool = False, accept: Sequence[str] = ()) -> None:
     """Refuse, in one line, a SQLite file that is damaged, empty (when reading) or another program's.
 
     Optuna creates its tables in whatever database it is given: opening a
     file of another program's would write into it, and opening an empty file
     to read a report would leave tables behind.  Checked read-only, first.
-    ``create`` allows a new or empty file (a search starting).  Other
-    databases (PostgreSQL, ...) are left to Optuna.
+    ``create`` allows a new or empty file (a search starting); a file with any
+    table of ``accept`` (autotl's lineage tables, for ``lineage``) is not
+    foreign either.  Other databases (PostgreSQL, ...) are left to Optuna.
     """
     path = sqlite_path(storage_url)
     if path is None or (create and not os.path.exists(path)):
@@ -108,7 +109,7 @@ def check_database(storage_url: str, create: bool = False) -> None:
         raise UsageError(
             f"{path} is an empty database: no study was ever saved in it; run `autotl search` first"
         )
-    if not all(t in tables for t in OPTUNA_TABLES):
+    if not all(t in tables for t in OPTUNA_TABLES) and not tables.intersection(accept):
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise UsageError(
             f"{path} is another program's database (tables {shown}), not an Optuna study; autotl does not "

@@ -160,6 +160,23 @@ def test_a_broken_installed_plugin_is_a_warning_and_everything_else_works(
     )
 
 
+def test_a_search_goes_on_beside_a_broken_installed_plugin(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    site = _site(tmp_path, {"raises-at-import": "faulty.import_raises"})
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("AUTOTL_DISABLE_PLUGIN_AUTOLOAD")
+    importlib.invalidate_caches()
+    run, warnings = api_search(tmp_path, image_folder, ["tiny"], ["autotl_tiny"], trials=1)
+    assert isinstance(run, autotl.Run) and len(run.study.trials) == 1
+    assert (
+        len(warnings) == 1
+        and "plugin distribution raises-at-import 0.1 is not loaded" in warnings[0]
+    )
+
+
 # --- 2. checked before use ----------------------------------------------------------------------
 
 PRECHECK_FAULTS = [
@@ -500,10 +517,13 @@ def test_plugins_check_loads_and_hashes_the_weight_file_and_documents_its_exit_c
 # --- 5. every other command's bad input -----------------------------------------------------------
 
 
-@pytest.fixture
-def bad_runs(tmp_path: Path) -> dict[str, Path]:
-    """Folders that are not runs, or runs whose study.db is damaged, empty or another program's."""
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders that are not runs, or runs whose study.db is damaged, empty or another program's
+    (each test checks they are left as they were)."""
     import optuna
+
+    tmp_path = tmp_path_factory.mktemp("bad_runs")
 
     runs = {
         name: tmp_path / name
@@ -578,17 +598,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _bad_images(folder: Path) -> dict[str, Path]:
+    import os
+
     folder.mkdir()
     (folder / "notes.txt").write_text("not an image")
     (folder / "empty.png").write_bytes(b"")
     (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")
-    return {
+    bad = {
         "a folder": folder,
         "not an image": folder / "notes.txt",
         "zero bytes": folder / "empty.png",
         "missing (broken link?)": folder / "gone.jpg",
         "no such file": folder / "never.png",
     }
+    if os.geteuid() != 0:  # root reads any file, so only others can have an unreadable one
+        (folder / "secret.png").write_bytes(b"\x89PNG")
+        (folder / "secret.png").chmod(0)
+        bad["cannot read: Permission denied"] = folder / "secret.png"
+    return bad
 
 
 def test_predict_says_one_line_per_bad_image_and_still_classifies_the_rest(

@@ -20,11 +20,16 @@ Each failed trial says what kind of failure it was (user attribute ``fail_kind``
 trained, because its backbone was dropped: it does not count, nor does it
 reset a count), ``surplus`` (other workers had taken the whole budget).  A FAIL
 without a kind (a worker that was killed) does not count either.
+
+A search keeps its verdict in :class:`SearchBackbones` and keeps the sampler
+off the backbones that are gone with :class:`LiveSampler`, so a dropped
+backbone costs no further trial.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 __all__ = [
@@ -40,6 +45,8 @@ __all__ = [
     "dropped_backbones",
     "latest_session",
     "stop_reason",
+    "SearchBackbones",
+    "LiveSampler",
 ]
 
 #: A backbone whose trials fail this many times in a row is dropped for the rest of the search.
@@ -130,3 +137,78 @@ def stop_reason(
             f"{failed[-1].number}: {_last_reason(failed)}"
         )
     return None
+
+
+@dataclass
+class SearchBackbones:
+    """Which of the study's backbones this search may still try, and why each other one may not."""
+
+    choices: list[str]  # the study's categorical choices for "backbone"
+    skipped: dict[str, str]  # at start-up: weights missing, checks failed, not in the study
+    not_asked: set[str] = field(default_factory=set)  # in the study, not asked for this time
+    dropped: dict[str, str] = field(default_factory=dict)  # failed BACKBONE_FAILURES times in a row
+
+    def live(self) -> list[str]:
+        gone = {*self.skipped, *self.not_asked, *self.dropped}
+        return [b for b in self.choices if b not in gone]
+
+    def reasons(self) -> dict[str, str]:
+        """Why each asked-for backbone is not searched (not the ones nobody asked for)."""
+        return {**self.skipped, **self.dropped}
+
+    def why_not(self, name: str) -> str:
+        if name in self.not_asked:
+            return f"backbone {name} is not among this search's backbones"
+        return f"backbone {name} {self.reasons().get(name, 'is not available')}"
+
+    def update(
+        self, trials: Sequence[Any], session: str, emit: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Drop backbones that failed too often in a row in this session; warn once each (while others remain)."""
+        for name, reason in dropped_backbones(trials, session).items():
+            if name in self.dropped or name not in self.live():
+                continue
+            self.dropped[name] = reason
+            if self.live():
+                emit(
+                    {
+                        "warning": f"backbone {name} is dropped for the rest of this search: it {reason}"
+                    }
+                )
+
+
+class LiveSampler:
+    """The study's sampler, kept off backbones that are skipped or dropped.
+
+    Optuna cannot change a categorical parameter's choices within a study, so
+    the choices stay and a proposal of a backbone that is gone is replaced by
+    a live one, drawn from a seeded generator: no trial is wasted on it and no
+    loop waits for the sampler to propose something else.  Everything else is
+    the wrapped sampler's.
+    """
+
+    PARAM = "backbone"
+
+    def __init__(self, sampler: Any, backbones: SearchBackbones, seed: int) -> None:
+        self.sampler, self.backbones, self.seed = sampler, backbones, seed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sampler, name)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+        params = self.sampler.sample_relative(study, trial, search_space)
+        if self.PARAM in params:
+            params = {**params, self.PARAM: self._live(params[self.PARAM], trial)}
+        return params
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        value = self.sampler.sample_independent(study, trial, name, distribution)
+        return self._live(value, trial) if name == self.PARAM else value
+
+    def _live(self, value: Any, trial: Any) -> Any:
+        import random
+
+        live = self.backbones.live()
+        if value in live or not live:
+            return value
+        return random.Random(f"{self.seed}:{trial.number}").choice(live)

@@ -36,7 +36,8 @@ from autotl.failures import (
     SESSION,
     SKIPPED,
     SURPLUS,
-    dropped_backbones,
+    LiveSampler,
+    SearchBackbones,
     stop_reason,
 )
 from autotl.objective import Objectives, ranked_trials
@@ -121,79 +122,6 @@ def open_search_study(cfg: SearchConfig) -> Any:
     return study
 
 
-@dataclass
-class _Backbones:
-    """Which of the study's backbones this search may still try, and why each other one may not."""
-
-    choices: list[str]  # the study's categorical choices for "backbone"
-    skipped: dict[str, str]  # at start-up: weights missing, checks failed, not in the study
-    not_asked: set[str] = field(default_factory=set)  # in the study, not asked for this time
-    dropped: dict[str, str] = field(default_factory=dict)  # failed BACKBONE_FAILURES times in a row
-
-    def live(self) -> list[str]:
-        gone = {*self.skipped, *self.not_asked, *self.dropped}
-        return [b for b in self.choices if b not in gone]
-
-    def reasons(self) -> dict[str, str]:
-        """Why each asked-for backbone is not searched (not the ones nobody asked for)."""
-        return {**self.skipped, **self.dropped}
-
-    def why_not(self, name: str) -> str:
-        if name in self.not_asked:
-            return f"backbone {name} is not among this search's backbones"
-        return f"backbone {name} {self.reasons().get(name, 'is not available')}"
-
-    def update(self, trials: Sequence[Any], session: str, emit: Event) -> None:
-        """Drop backbones that failed too often in a row in this session; warn once each (while others remain)."""
-        for name, reason in dropped_backbones(trials, session).items():
-            if name in self.dropped or name not in self.live():
-                continue
-            self.dropped[name] = reason
-            if self.live():
-                emit(
-                    {
-                        "warning": f"backbone {name} is dropped for the rest of this search: it {reason}"
-                    }
-                )
-
-
-class _LiveBackbones:
-    """The study's sampler, kept off backbones that are skipped or dropped.
-
-    Optuna cannot change a categorical parameter's choices within a study, so
-    the choices stay and a proposal of a backbone that is gone is replaced by
-    a live one, drawn from a seeded generator: no trial is wasted on it and no
-    loop waits for the sampler to propose something else.  Everything else is
-    the wrapped sampler's.
-    """
-
-    PARAM = "backbone"
-
-    def __init__(self, sampler: Any, backbones: _Backbones, seed: int) -> None:
-        self.sampler, self.backbones, self.seed = sampler, backbones, seed
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sampler, name)
-
-    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
-        params = self.sampler.sample_relative(study, trial, search_space)
-        if self.PARAM in params:
-            params = {**params, self.PARAM: self._live(params[self.PARAM], trial)}
-        return params
-
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-        value = self.sampler.sample_independent(study, trial, name, distribution)
-        return self._live(value, trial) if name == self.PARAM else value
-
-    def _live(self, value: Any, trial: Any) -> Any:
-        import random
-
-        live = self.backbones.live()
-        if value in live or not live:
-            return value
-        return random.Random(f"{self.seed}:{trial.number}").choice(live)
-
-
 class _TrialRunner:
     """The function Optuna calls for each trial: ask for a point, train it, record what happened."""
 
@@ -203,7 +131,7 @@ class _TrialRunner:
         registry: Registry,
         dataset: Any,
         on_event: Event,
-        backbones: _Backbones,
+        backbones: SearchBackbones,
     ) -> None:
         from autotl.cache import FeatureCache
 
@@ -479,7 +407,7 @@ def _check_resumable(study: Any, cfg: SearchConfig) -> dict[str, Any]:
     for screen in (False, True):
         trial_params(recorder, cfg.space, screen=screen)
     for name, new in recorder.distributions.items():
-        if name == _LiveBackbones.PARAM or name not in seen:
+        if name == LiveSampler.PARAM or name not in seen:
             continue
         try:
             check_distribution_compatibility(seen[name], new)
@@ -499,7 +427,7 @@ def _shown(distribution: Any) -> str:
     return f"{distribution.low}..{distribution.high}{log}"
 
 
-def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> _Backbones:
+def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> SearchBackbones:
     """The backbones of this search in the study's choices (a resumed study keeps its own), and ``cfg.space`` to match.
 
     A backbone asked for that the study does not have is refused when named
@@ -507,7 +435,7 @@ def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> _Backbones:
     """
     seen = _check_resumable(study, cfg)
     requested = list(cfg.space.backbones)
-    found = seen.get(_LiveBackbones.PARAM)
+    found = seen.get(LiveSampler.PARAM)
     choices = [str(c) for c in found.choices] if found is not None else requested
     missing = [b for b in requested if b not in choices]
     if missing and (cfg.explicit or len(missing) == len(requested)):
@@ -523,7 +451,7 @@ def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> _Backbones:
             }
         )
     cfg.space = cfg.space.model_copy(update={"backbones": choices})
-    return _Backbones(
+    return SearchBackbones(
         choices,
         {b: r for b, r in cfg.unavailable.items() if b in choices},
         {b for b in choices if b not in requested},
@@ -554,7 +482,7 @@ def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> 
         skipped=backbones.skipped,
     )
     backbones.skipped.update(checked.skipped)
-    study.sampler = _LiveBackbones(study.sampler, backbones, cfg.space.seed)
+    study.sampler = LiveSampler(study.sampler, backbones, cfg.space.seed)
     _describe_study(study, cfg, dataset)
     runner = _TrialRunner(cfg, registry, dataset, emit, backbones)
     for name, base in checked.bases.items():

@@ -738,12 +738,12 @@ SAMPLERS = {  # Optuna's own, started early so their model (or relative sampling
 def test_the_sampler_never_proposes_a_backbone_that_is_gone(sampler: str) -> None:
     import optuna
 
-    from autotl.optuna_engine import _Backbones, _LiveBackbones
+    from autotl.failures import LiveSampler, SearchBackbones
 
-    backbones = _Backbones(
+    backbones = SearchBackbones(
         ["a", "b", "c"], {"b": "failed its checks"}, dropped={"c": "failed 3 times"}
     )
-    wrapped = _LiveBackbones(SAMPLERS[sampler](optuna), backbones, 0)
+    wrapped = LiveSampler(SAMPLERS[sampler](optuna), backbones, 0)
     study = optuna.create_study(direction="maximize", sampler=wrapped)
     scores = {"a": 0.1, "b": 1.0, "c": 1.0}  # the gone ones would look best: the sampler wants them
     study.optimize(

@@ -367,6 +367,8 @@ def _check_targets(args: argparse.Namespace) -> list[Any]:
             "give a backbone name or a plugin module: autotl plugins check NAME_OR_MODULE"
         )
     registry = get_registry(args.plugin)
+    for message in registry.warnings:  # a broken installed plugin: said, and the check goes on
+        print(f"warning: {message}", file=sys.stderr)
     if args.target in registry.backbones:
         return [registry.backbones[args.target]]
     neither = (

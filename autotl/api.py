@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,7 +64,7 @@ class _Plan:
     )  # the JSON-able arguments, for extra workers
     unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
     explicit: bool = False  # backbones named with --backbone: each must be usable
-    session: str = field(default_factory=lambda: __import__("uuid").uuid4().hex[:12])
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # see autotl.failures
 
 
 def search(

@@ -16,16 +16,19 @@ Errors a user can fix raise :class:`autotl.UsageError` with a one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
-from autotl.errors import UsageError, first_line
+from autotl.errors import SearchStopped, UsageError, first_line
+from autotl.failures import MAX_FAILURES
 from autotl.runfolder import KERAS_TUNER, OPTUNA, RunFolder
 
 __all__ = ["search", "Run", "ENGINES", "TUNERS"]
@@ -59,6 +62,9 @@ class _Plan:
     kwargs: dict[str, Any] = field(
         default_factory=dict
     )  # the JSON-able arguments, for extra workers
+    unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
+    explicit: bool = False  # backbones named with --backbone: each must be usable
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # see autotl.failures
 
 
 def search(
@@ -83,6 +89,7 @@ def search(
     weights_dir: str | os.PathLike | None = None,
     weights: Optional[str] = None,
     plugins: Sequence[str] = (),
+    max_failures: int = MAX_FAILURES,
     report: bool = True,
     on_event: Optional[Event] = None,
     should_stop: Optional[Callable[[], bool]] = None,
@@ -100,6 +107,11 @@ def search(
     ``on_event(dict)`` sees progress (the CLI draws it); ``should_stop()`` is
     asked between trials (Ctrl-C once).  When the search ends the best model is
     ``best_model.keras`` in ``out`` and, with ``report``, the report is written.
+
+    A trial that fails is recorded with its reason and the search goes on; a
+    backbone that fails 3 times in a row is dropped, and when no backbone is
+    left or ``max_failures`` trials in a row failed, :class:`autotl.errors.SearchStopped`
+    is raised (after the report is written), saying why.
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -119,9 +131,30 @@ def search(
         "weights_dir": os.fspath(weights_dir) if weights_dir is not None else None,
         "weights": weights,
         "plugins": list(plugins),
+        "max_failures": max_failures,
     }
     emit = on_event or (lambda _e: None)
     plan = _plan(space, kwargs, command, emit)
+    try:
+        _run_engine(plan, engine, tuner, workers, gpus, timeout, emit, should_stop)
+    except SearchStopped:  # what did finish is reported, then the reason is said
+        if report:
+            with contextlib.suppress(Exception):
+                _finish(plan, engine, emit, lambda: False)
+        raise
+    return _finish(plan, engine, emit, (should_stop or (lambda: False)) if report else None)
+
+
+def _run_engine(
+    plan: _Plan,
+    engine: str,
+    tuner: str,
+    workers: int,
+    gpus: Optional[Sequence[str] | str],
+    timeout: Optional[float],
+    emit: Event,
+    should_stop: Optional[Callable[[], bool]],
+) -> None:
     if engine == KERAS_TUNER:
         if timeout is not None or workers > 1 or gpus:
             raise UsageError(
@@ -133,16 +166,22 @@ def search(
         if workers < 1:
             raise UsageError(f"workers must be at least 1, got {workers}")
         _run_optuna(plan, emit, should_stop or (lambda: False), workers, _gpu_list(gpus))
+
+
+def _finish(
+    plan: _Plan, engine: str, emit: Event, should_stop: Optional[Callable[[], bool]]
+) -> Run:
+    """The run, opened; its report written unless ``should_stop`` is None (no report) or says so."""
     run = Run(
         plan.out,
-        storage=storage,
-        study_name=study_name,
-        plugins=plugins,
+        storage=plan.storage,
+        study_name=plan.study_name,
+        plugins=plan.plugins,
         registry=plan.registry,
         weights=plan.weights,
         engine=engine,
     )
-    if report and not (should_stop and should_stop()):
+    if should_stop is not None and not should_stop():
         run.report_paths = run._try_report(emit)
     return run
 
@@ -168,7 +207,11 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
     space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
-    space_obj = _available(space_obj, registry, weights, kwargs["backbones"], emit)
+    space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)
+    for message in registry.warnings:  # after: asking for a broken plugin's backbone is one line
+        emit({"warning": message})
+    if kwargs.get("max_failures", MAX_FAILURES) < 1:
+        raise UsageError(f"max_failures must be at least 1, got {kwargs['max_failures']}")
     trials = kwargs["trials"]
     if trials is not None and trials < 1:
         raise UsageError(f"trials must be at least 1, got {trials}")
@@ -201,6 +244,8 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         dataset,
         command or _default_command(),
         kwargs,
+        unavailable,
+        bool(kwargs["backbones"]),
     )
 
 
@@ -227,27 +272,31 @@ def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry:
 
 def _available(
     space: Any, registry: Any, weights: Any, explicit: Sequence[str], emit: Event
-) -> Any:
-    """Drop space backbones whose weights are absent (warned); explicit ones must be present."""
-    from autotl.weights import resolve_weights
+) -> tuple[Any, dict[str, str]]:
+    """The space with the asked-for backbones, and which of them have no weights (warned, skipped).
+
+    A backbone named in ``explicit`` (``--backbone``) must have its weights; a
+    weight file whose hash is wrong is never skipped over.  The skipped ones
+    stay in the space: a resumed study keeps the backbones it was created with.
+    """
+    from autotl.weights import WeightsMissing, resolve_weights
 
     names = list(explicit) or list(space.backbones)
-    keep = []
+    unavailable: dict[str, str] = {}
     for name in names:
-        spec = registry.backbone(name)
         try:
-            resolve_weights(spec, weights)
-            keep.append(name)
-        except UsageError as exc:
-            if explicit or "SHA-256" in str(exc):
+            resolve_weights(registry.backbone(name), weights)
+        except WeightsMissing as exc:
+            if explicit:
                 raise
+            unavailable[name] = first_line(exc)
             emit({"warning": f"skipping {exc}"})
-    if not keep:
+    if len(unavailable) == len(names):
         raise UsageError(
             f"none of the space's backbones has its weights in {weights.describe()}; "
             "add weight files there or pass --weights none"
         )
-    return space.model_copy(update={"backbones": keep})
+    return space.model_copy(update={"backbones": names}), unavailable
 
 
 def _config(plan: _Plan, worker_index: int = 0) -> Any:
@@ -265,6 +314,10 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
         record={"command": plan.command},
         heartbeat=plan.heartbeat,
         worker_index=worker_index,
+        max_failures=plan.kwargs.get("max_failures", MAX_FAILURES),
+        session=plan.session,
+        unavailable=dict(plan.unavailable),
+        explicit=plan.explicit,
     )
 
 
@@ -283,7 +336,7 @@ def _run_optuna(
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
+            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
             f"study in {cfg.storage_url}"
         }
     )
@@ -314,6 +367,7 @@ def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
         "space": plan.space.model_dump(),
         "trials": plan.trials,
         "command": plan.command,
+        "session": plan.session,
     }
     path = run.logs_dir / WORKER_CONFIG
     run.write_json(path, config)
@@ -340,9 +394,12 @@ def run_worker(
     kwargs = json.loads(Path(config_file).read_text())
     space = SearchSpace.model_validate(kwargs.pop("space"))
     command = kwargs.pop("command", None)
+    session = kwargs.pop("session", None)
     kwargs.update(screen=None, finalists=None)  # already applied to the space
     emit = _print_event
     plan = _plan(space, kwargs, command, emit)
+    if session:  # the same search: "in a row" counts the trials of all its workers
+        plan.session = session
     return _run_optuna(plan, emit, should_stop, 1, [], worker_index=index)
 
 
@@ -353,12 +410,37 @@ def _print_event(e: dict[str, Any]) -> None:
     elif "info" in e:
         print(e["info"], flush=True)
     elif "finished" in e:
-        print(f"trial {e['finished']}: {e['state'].lower()}", flush=True)
+        why = f": {e['reason']}" if e.get("reason") else ""
+        print(f"trial {e['finished']}: {str(e.get('state', '?')).lower()}{why}", flush=True)
+
+
+def _usable(plan: _Plan) -> list[str]:
+    return [b for b in plan.space.backbones if b not in plan.unavailable]
+
+
+def _checked_space(plan: _Plan, emit: Event) -> Any:
+    """The space with only the backbones that have weights and pass their checks (keras-tuner's choices)."""
+    from autotl.prechecks import precheck_backbones
+
+    run = RunFolder(plan.out)
+    run.prepare()
+    p2 = plan.space.phase2
+    checked = precheck_backbones(
+        run,
+        plan.registry,
+        plan.space.backbones,
+        plan.weights,
+        plan.space.seed,
+        0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        plan.explicit,
+        emit,
+        skipped=plan.unavailable,
+    )
+    keep = [b for b in plan.space.backbones if b not in checked.skipped]
+    return plan.space.model_copy(update={"backbones": keep})
 
 
 def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any]]:
-    from autotl.keras_tuner import run_keras_tuner_search
-
     run = RunFolder(plan.out)
     if plan.space.screening is not None:
         emit(
@@ -369,12 +451,14 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(plan.space.backbones)}; "
+            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
             f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"
         }
     )
+    from autotl.keras_tuner import run_keras_tuner_search  # TensorFlow: after the "info" event
+
     records = run_keras_tuner_search(
-        plan.space,
+        _checked_space(plan, emit),
         plan.dataset,
         plan.registry,
         plan.weights,

@@ -15,10 +15,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 from autotl._version import __version__
-from autotl.errors import AutotlError, UsageError, first_line
+from autotl.errors import AutotlError, PluginError, UsageError, first_line
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors said as every other autotl error: one line, exit code 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"autotl: error: {message}; see `{self.prog} --help`\n")
 
 
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
@@ -146,12 +153,19 @@ def _search_parser(sub: Any) -> None:
         metavar="SECONDS",
         help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)",
     )
+    s.add_argument(
+        "--max-failures",
+        type=int,
+        default=10,
+        metavar="N",
+        help="stop after N failed trials in a row (default 10); a backbone failing 3 times in a row is dropped",
+    )
     _add_weights_args(s)
     _add_plugin_args(s)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autotl",
         description="Search pretrained image backbones for the best transfer-learned classifier.",
     )
@@ -172,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "plugins",
         help="list the backbones and samples that plugins provide, or check one",
-        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin contract checks.",
+        description="`autotl plugins` lists every backbone; `autotl plugins check NAME_OR_MODULE` runs the plugin "
+        "contract checks (with --weights-dir DIR also on the base loaded from its weight file, hash checked).",
+        epilog="exit status of check: 0 every check passed, 1 a check failed, 2 usage error "
+        "(an unknown name, a plugin module that cannot be loaded)",
     )
     pl.add_argument("action", nargs="?", choices=["list", "check"], default="list")
     pl.add_argument(
@@ -289,6 +306,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 weights_dir=args.weights_dir,
                 weights=args.weights,
                 plugins=args.plugin,
+                max_failures=args.max_failures,
                 on_event=on_event,
                 should_stop=presses.pressed,
                 command=shlex.join(["autotl", *sys.argv[1:]]),
@@ -319,48 +337,81 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from autotl.predict import predict_any
-    from autotl.ui import console
 
     failed = 0
     for path, label, prob in predict_any(args.run, args.images):
-        if prob is None:
+        if prob is None:  # the others are still classified; each bad one is one line, and exit 2
             failed += 1
-            console(stderr=True).print(f"{path}: cannot read: {label}")
+            print(f"autotl: error: {path}: {label}", file=sys.stderr)
         else:
             print(f"{path}\t{label}\t{prob:.4f}")  # tab-separated: for scripts, never wrapped
-    return 1 if failed else 0
+    return EXIT_USAGE if failed else 0
 
 
-def _check_plugins(args: argparse.Namespace) -> int:
-    """Self-test a plugin: the contract checks of :mod:`autotl.testing`, one line per check."""
+def _check_targets(args: argparse.Namespace) -> list[Any]:
+    """The specs ``plugins check TARGET`` means: one backbone by name, or every backbone of a plugin module."""
     from autotl.registry import get_registry
-    from autotl.testing import check_backbone
 
     if not args.target:
         raise UsageError(
             "give a backbone name or a plugin module: autotl plugins check NAME_OR_MODULE"
         )
     registry = get_registry(args.plugin)
+    for message in registry.warnings:  # a broken installed plugin: said, and the check goes on
+        print(f"warning: {message}", file=sys.stderr)
     if args.target in registry.backbones:
-        specs = [registry.backbones[args.target]]
-    else:
+        return [registry.backbones[args.target]]
+    neither = (
+        f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones"
+    )
+    try:
         registry = get_registry([*args.plugin, args.target])
-        specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
-        if not specs:
-            raise UsageError(
-                f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones; `autotl plugins` lists them"
-            )
+    except PluginError:
+        raise
+    except UsageError as exc:  # no such module
+        raise UsageError(
+            f"{neither} ({first_line(exc).split(' (')[-1]}; `autotl plugins` lists the backbones"
+        ) from None
+    specs = [spec for spec in registry.backbones.values() if spec.plugin == args.target]
+    if not specs:
+        raise UsageError(f"{neither}; `autotl plugins` lists them")
+    return specs
+
+
+def _check_plugins(args: argparse.Namespace) -> int:
+    """Self-test a plugin: the contract checks of :mod:`autotl.testing`, one line per check.
+
+    Exit status 0 when every check passed, 1 when one failed (2, through
+    :func:`main`, for a usage error).  With ``--weights-dir`` (or ``--weights
+    imagenet``) the weight file is hashed and loaded too, and the loaded base checked.
+    """
+    from autotl.testing import check_backbone, check_pretrained
+    from autotl.weights import WeightsSource
+
+    specs = _check_targets(args)
+    source = (
+        WeightsSource.parse(args.weights_dir, args.weights)
+        if args.weights_dir or args.weights == "imagenet"
+        else None
+    )
     failed = 0
     for spec in specs:
         try:
-            for line in check_backbone(spec):
+            lines = check_backbone(spec)
+            if source is not None:
+                lines += check_pretrained(spec, source)[1]
+            for line in lines:
                 print(f"{spec.name}: {line}")
+            if source is None:
+                print(
+                    f"{spec.name}: skipped: weights not loaded; pass --weights-dir DIR to hash and load its weight file"
+                )
             print(
                 f"{spec.name}: skipped: classifying a known picture needs ImageNet weights with the top, which autotl does not load (include_top=False)"
             )
-        except AssertionError as exc:
+        except (AssertionError, UsageError) as exc:
             failed += 1
-            print(f"{spec.name}: FAILED: {exc}")
+            print(f"{spec.name}: FAILED: {first_line(exc)}")
     print(f"{len(specs) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -372,9 +423,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     from autotl.registry import get_registry
     from autotl.ui import console
-    from autotl.weights import WeightsSource, resolve_weights
+    from autotl.weights import WeightsMismatch, WeightsSource, resolve_weights
 
     registry = get_registry(args.plugin)
+    for message in registry.warnings:
+        console(stderr=True).print(f"[yellow]warning:[/] {message}")
     weights = WeightsSource.parse(args.weights_dir, args.weights)
     table = Table(title=f"backbones (weights: {weights.describe()})")
     for col in ("name", "input", "also accepts", "preprocessing", "weights offline", "plugin"):
@@ -383,8 +436,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         try:
             arg = resolve_weights(spec, weights).argument
             ok = "random" if arg is None else "downloads" if arg == "imagenet" else "yes"
-        except UsageError as exc:
-            ok = "hash mismatch" if "SHA-256" in str(exc) else "missing"
+        except WeightsMismatch:
+            ok = "hash mismatch"
+        except UsageError:
+            ok = "missing" if weights.kind == "dir" else "no download"
         others = ", ".join(
             str(h) if h == w else f"{h}x{w}"
             for h, w in spec.accepted_sizes
@@ -408,7 +463,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from autotl.api import Run
 
-    paths = Run(args.run, storage=args.storage, study_name=args.study_name).report()
+    run = Run(args.run, storage=args.storage, study_name=args.study_name)
+    _ = (
+        run.study
+    )  # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
+    paths = run.report()
     for key in ("html", "md", "json"):
         print(paths[key])
     return 0
@@ -440,6 +499,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         weights=args.weights,
     )
+    _ = (
+        run.study
+    )  # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
     result = run.export(
         args.format,
         args.out,
@@ -484,7 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = _environment_error(exc)
         if message is None:
             raise
-    print(f"autotl: error: {message}", file=sys.stderr)
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"autotl: error: {one_line}", file=sys.stderr)
     return EXIT_USAGE
 
 

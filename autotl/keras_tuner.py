@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 import keras_tuner
 
-from autotl.errors import AutotlError, TrialFailed, UsageError
+from autotl.errors import AutotlError, TrialFailed, UsageError, failure_line
 from autotl.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
 from autotl.model import HEAD_LAYERS
 from autotl.objective import Objectives
@@ -305,6 +305,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
             raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
         except AutotlError as exc:
             raise keras_tuner.errors.FatalValueError(str(exc)) from exc
+        except (
+            Exception
+        ) as exc:  # whatever a plugin or a library raises: this trial fails, with its reason
+            raise keras_tuner.errors.FailedTrialError(failure_line(exc)) from exc
         self._load_trained(model, base, result.trained_weights())
         metrics = {k: float(v) for k, v in result.attrs()["metrics"].items()}
         record = {
@@ -570,6 +574,10 @@ def run_keras_tuner_search(
         run.relative(run.best_model(KERAS_TUNER)),
     )
     kt = None
+    debug = keras_tuner.src.config.DEBUG
+    keras_tuner.src.config.DEBUG = (
+        False  # a failed trial is recorded with its reason, not a traceback
+    )
     try:
         kt = _make_tuner(
             tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor
@@ -585,6 +593,8 @@ def run_keras_tuner_search(
         if error is exc:
             raise
         raise error from None
+    finally:
+        keras_tuner.src.config.DEBUG = debug
     records = _records(kt)
     copy.add(records)
     best = _save_best(kt, run, records, Objectives.of(hypermodel.space.objectives))

@@ -479,10 +479,18 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
 
 def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None) -> dict[str, Any]:
     """The lineage record of a model file (see :func:`find_model`); a one-line UsageError when there is none."""
+    from autotl.storage import check_database
+
     path = Path(model_path)
+    if path.is_dir():
+        raise UsageError(
+            f"{path} is a folder; pass a model file (a .keras file, or a SavedModel's saved_model.pb, "
+            "a .tflite file) that autotl wrote"
+        )
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     storage = storage_url or default_storage_for(path)
+    check_database(storage, accept=(ARTIFACTS_TABLE,))
     record = find_model(storage, path)
     if record is None:
         raise UsageError(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autotl.errors import TrialFailed, UsageError, first_line
+from autotl.errors import TrialFailed, UsageError, failure_line, first_line
 from autotl.preprocess import apply_preprocessing
 from autotl.seeding import set_random_seed
 from autotl.spec import BackboneSpec
@@ -54,17 +54,37 @@ def build_base(
         set_random_seed(seed)
     try:
         base = spec.build((h, w, 3), weights.argument)
-    except Exception as exc:  # Keras raises plain Exception/OSError/ValueError here
+    except Exception as exc:  # a plugin's build may raise anything
         text = first_line(exc)
-        if weights.argument == "imagenet" and any(
-            s in text for s in ("URL fetch failure", "download", "resolve", "Connection")
-        ):
+        if weights.argument == "imagenet" and _download_failed(exc):
             raise UsageError(
-                f"cannot download ImageNet weights for {spec.name!r} ({text}); offline, point --weights-dir or AUTOTL_WEIGHTS_DIR at a folder holding {spec.weights_file}"
+                f"cannot download ImageNet weights for {spec.name!r} ({text}); offline, point --weights-dir "
+                f"or AUTOTL_WEIGHTS_DIR at a folder holding {spec.weights_file}"
             ) from None
-        raise TrialFailed(f"building {spec.name!r} at {h}x{w} failed: {text}") from None
+        raise TrialFailed(
+            f"building {spec.name!r} at {h}x{w} failed: {failure_line(exc)}"
+        ) from None
     base.trainable = False
     return base
+
+
+def _download_failed(exc: BaseException) -> bool:
+    """Whether a network error is anywhere in ``exc``'s chain (Keras' ``get_file`` re-raises one as a plain Exception).
+
+    Decided by the errors' types, never by the words of a message.
+    """
+    import socket
+    import urllib.error
+
+    network = (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, network):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _layer_inputs(layer: Any) -> list[Any]:

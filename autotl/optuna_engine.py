@@ -7,6 +7,13 @@ because the trial budget counts complete and pruned trials in the study, not
 trials of this process.  The sampler is the space's (``sampler``), the
 objectives are the space's (``objectives``), and every "best" is
 :func:`autotl.objective.ranked_trials`' order.
+
+Failures follow :mod:`autotl.failures`: a trial that raises anything is
+marked failed with its reason and the search goes on; a backbone that fails
+three times in a row is dropped (the sampler is kept off it), and the search
+stops with :class:`autotl.errors.SearchStopped` when no backbone is left or
+``max_failures`` trials in a row have failed.  Before the first trial every
+backbone is checked once (:mod:`autotl.prechecks`).
 """
 
 from __future__ import annotations
@@ -14,12 +21,25 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
-from autotl.errors import TrialFailed
+from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, first_line
+from autotl.failures import (
+    COUNTED,
+    FAIL_KIND,
+    FAIL_REASON,
+    MAX_FAILURES,
+    SESSION,
+    SKIPPED,
+    SURPLUS,
+    LiveSampler,
+    SearchBackbones,
+    stop_reason,
+)
 from autotl.objective import Objectives, ranked_trials
 from autotl.registry import Registry
 from autotl.runfolder import RunFolder
@@ -50,6 +70,11 @@ class SearchConfig:
     )  # what run.json keeps: command, weights, ...
     heartbeat: int = 30  # seconds; a worker silent for 4 heartbeats is declared dead
     worker_index: int = 0  # offsets the sampler's seed, so workers draw different points
+    max_failures: int = MAX_FAILURES  # stop after this many failed trials in a row
+    # one `autotl search` and the workers it started: "in a row" counts its trials (autotl.failures)
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
+    explicit: bool = False  # the backbones were named (--backbone): each must be usable
 
     @property
     def run(self) -> RunFolder:
@@ -92,7 +117,8 @@ def open_search_study(cfg: SearchConfig) -> Any:
         heartbeat=cfg.heartbeat,
     )
     offset = len(study.get_trials(deepcopy=False)) + 1000 * cfg.worker_index
-    study.sampler = make_sampler(cfg.space.sampler, cfg.space.seed + offset, len(objectives))
+    seed = (cfg.space.seed + offset) % 2**32  # samplers take 0 .. 2**32 - 1
+    study.sampler = make_sampler(cfg.space.sampler, seed, len(objectives))
     return study
 
 
@@ -100,13 +126,26 @@ class _TrialRunner:
     """The function Optuna calls for each trial: ask for a point, train it, record what happened."""
 
     def __init__(
-        self, cfg: SearchConfig, registry: Registry, dataset: Any, on_event: Event
+        self,
+        cfg: SearchConfig,
+        registry: Registry,
+        dataset: Any,
+        on_event: Event,
+        backbones: SearchBackbones,
     ) -> None:
         from autotl.cache import FeatureCache
 
         self.cfg, self.registry, self.dataset, self.on_event = cfg, registry, dataset, on_event
+        self.backbones = backbones
         self.cache = FeatureCache(cfg.run.cache_dir)
         self._bases: dict[tuple, tuple[Any, list]] = {}
+
+    def adopt(self, spec: Any, weights: Any, seed: int, base: Any) -> None:
+        """Use ``base`` (built and checked at start-up) as this process's base for ``spec``."""
+        self._bases[(spec.name, weights.argument, weights.sha256, seed)] = (
+            base,
+            base.get_weights(),
+        )
 
     def base(self, spec: Any, weights: Any, seed: int) -> Any:
         """This process's base for ``spec``: built once, reset to its pretrained weights before each use.
@@ -128,21 +167,57 @@ class _TrialRunner:
         return base
 
     def __call__(self, trial: Any) -> Any:
+        from optuna import TrialPruned
         from optuna.trial import TrialState
 
+        trial.set_user_attr(SESSION, self.cfg.session)
         live = trial.study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         )
         earlier = [t for t in live if t.number < trial.number]
         if len(earlier) >= self.cfg.trials:  # another worker got there first
-            trial.set_user_attr(
-                "fail_reason", "surplus: other workers had already taken the whole trial budget"
+            self._fail(
+                trial,
+                {},
+                SURPLUS,
+                "surplus: other workers had already taken the whole trial budget",
             )
-            raise TrialFailed("surplus trial: the budget was already taken by other workers")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         stage = trial.user_attrs.get("stage") or self._stage(earlier)
         trial.set_user_attr("stage", stage)
         params = trial_params(trial, self.cfg.space, screen=stage == SCREEN)
+        event = {"trial": trial.number, "backbone": params.backbone}
+        if (
+            params.backbone not in self.backbones.live()
+        ):  # a queued trial (a retry, a finalist) of one gone
+            self._fail(trial, event, SKIPPED, f"skipped: {self.backbones.why_not(params.backbone)}")
+        try:
+            return self._train(trial, params, event)
+        except TrialPruned:
+            raise
+        except (
+            UsageError
+        ) as exc:  # a user's mistake stops the search (Optuna marks the trial failed)
+            trial.set_user_attr(FAIL_REASON, first_line(exc))
+            raise
+        except TrialFailed as exc:
+            reason = str(exc)
+        except Exception as exc:  # whatever a plugin or a library raises inside a trial
+            reason = failure_line(exc)
+        self._fail(trial, event, COUNTED, reason)
+
+    def _fail(self, trial: Any, event: dict[str, Any], kind: str, reason: str) -> NoReturn:
+        """Record why ``trial`` failed (and whether it counts, see :mod:`autotl.failures`), say it, fail it."""
+        trial.set_user_attr(FAIL_KIND, kind)
+        trial.set_user_attr(FAIL_REASON, reason)
+        if event:
+            self.on_event({**event, "failed": reason})
+        raise TrialFailed(reason)
+
+    def _train(self, trial: Any, params: Any, event: dict[str, Any]) -> Any:
+        """Train one point and record what it did; the value(s) Optuna gets."""
+        from autotl.train import train_trial
+
         spec = self.registry.backbone(params.backbone)
         weights = resolve_weights(spec, self.cfg.weights)
         for key, value in (
@@ -151,26 +226,18 @@ class _TrialRunner:
             ("plugin", spec.plugin),
         ):
             trial.set_user_attr(key, value)
-        event = {"trial": trial.number, "backbone": spec.name}
         start = time.perf_counter()
-        try:
-            from autotl.train import train_trial
-
-            result = train_trial(
-                spec,
-                params,
-                lambda: self.base(spec, weights, params.seed),
-                self.dataset,
-                self.cache,
-                weights,
-                self._reporter(trial, params, event),
-                lambda msg: self.on_event({**event, "status": msg}),
-                self.cfg.space.augmentation,
-            )
-        except TrialFailed as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            self.on_event({**event, "failed": str(exc)})
-            raise
+        result = train_trial(
+            spec,
+            params,
+            lambda: self.base(spec, weights, params.seed),
+            self.dataset,
+            self.cache,
+            weights,
+            self._reporter(trial, params, event),
+            lambda msg: self.on_event({**event, "status": msg}),
+            self.cfg.space.augmentation,
+        )
         for key, value in result.attrs().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
@@ -239,12 +306,30 @@ def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
     return callback
 
 
-def _enqueue_finalist(study: Any, space: SearchSpace, trials: list[Any]) -> bool:
+def _finished_event(emit: Event) -> Callable[[Any, Any], None]:
+    """The progress event of a finished trial: its state, value, and a failed one's reason."""
+
+    def callback(study: Any, t: Any) -> None:
+        emit(
+            {
+                "finished": t.number,
+                "state": t.state.name,
+                "value": t.value if t.values and len(t.values) == 1 else None,
+                "reason": (t.user_attrs or {}).get(FAIL_REASON) if t.state.name == "FAIL" else None,
+            }
+        )
+
+    return callback
+
+
+def _enqueue_finalist(
+    study: Any, space: SearchSpace, trials: list[Any], live: Sequence[str] = ()
+) -> bool:
     """Queue the next fine-tuning trial of a two-stage search, once its screening is done; whether one was queued.
 
     Finalists are the best complete screening trials (by :func:`ranked_trials`'
-    order), fine-tuned in turn; the sampler draws each one's unfreeze depth and
-    fine-tuning rate.
+    order) whose backbone is still ``live`` (all, if none is given), fine-tuned
+    in turn; the sampler draws each one's unfreeze depth and fine-tuning rate.
     """
     screening = space.screening
     screened = [t for t in trials if t.user_attrs.get("stage") == SCREEN]
@@ -252,6 +337,7 @@ def _enqueue_finalist(study: Any, space: SearchSpace, trials: list[Any]) -> bool
         return False
     numbers = {t.number for t in screened}
     finalists = [t for t in ranked_trials(study) if t.number in numbers][: screening.finalists]
+    finalists = [t for t in finalists if not live or t.params.get("backbone") in live]
     if not finalists:  # every screening trial failed or was pruned: ordinary trials follow
         return False
     queued = sum(1 for t in trials if t.user_attrs.get("stage") == FINALIST)
@@ -280,6 +366,131 @@ def _describe_study(study: Any, cfg: SearchConfig, dataset: Any) -> None:
         study.set_user_attr(key, value)
 
 
+class _Recorder:
+    """Stands in for a trial to read which distribution each parameter of a space gets."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        self.distributions[name] = CategoricalDistribution(list(choices))
+        return choices[0]
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        from optuna.distributions import FloatDistribution
+
+        self.distributions[name] = FloatDistribution(low, high, log=log)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        from optuna.distributions import IntDistribution
+
+        self.distributions[name] = IntDistribution(low, high)
+        return low
+
+
+def _check_resumable(study: Any, cfg: SearchConfig) -> dict[str, Any]:
+    """The study's distributions by parameter; a space Optuna cannot mix with them is a UsageError.
+
+    Optuna refuses, deep inside a trial, a categorical parameter whose choices
+    changed (head widths edited in the space file between two runs); said at
+    start-up it is one line.  The backbones are the exception: see :func:`_backbones_of`.
+    """
+    from optuna.distributions import check_distribution_compatibility
+
+    seen: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False):
+        seen.update(t.distributions)
+    recorder = _Recorder()
+    for screen in (False, True):
+        trial_params(recorder, cfg.space, screen=screen)
+    for name, new in recorder.distributions.items():
+        if name == LiveSampler.PARAM or name not in seen:
+            continue
+        try:
+            check_distribution_compatibility(seen[name], new)
+        except ValueError:
+            raise UsageError(
+                f"the study in {cfg.run.path} searched {name} over {_shown(seen[name])}, and this space "
+                f"asks for {_shown(new)}; Optuna cannot mix the two: restore the space, or pass another --out"
+            ) from None
+    return seen
+
+
+def _shown(distribution: Any) -> str:
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return str(list(choices))
+    log = " (log)" if getattr(distribution, "log", False) else ""
+    return f"{distribution.low}..{distribution.high}{log}"
+
+
+def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> SearchBackbones:
+    """The backbones of this search in the study's choices (a resumed study keeps its own), and ``cfg.space`` to match.
+
+    A backbone asked for that the study does not have is refused when named
+    with ``--backbone``, else left out with a warning.
+    """
+    seen = _check_resumable(study, cfg)
+    requested = list(cfg.space.backbones)
+    found = seen.get(LiveSampler.PARAM)
+    choices = [str(c) for c in found.choices] if found is not None else requested
+    missing = [b for b in requested if b not in choices]
+    if missing and (cfg.explicit or len(missing) == len(requested)):
+        raise UsageError(
+            f"the study in {cfg.run.path} searches the backbones {choices}, not {missing[0]!r}; "
+            "pass another --out to search it"
+        )
+    for name in missing:
+        emit(
+            {
+                "warning": f"skipping backbone {name!r}: the study in {cfg.run.path} searches {choices} "
+                "(pass another --out to search it)"
+            }
+        )
+    cfg.space = cfg.space.model_copy(update={"backbones": choices})
+    return SearchBackbones(
+        choices,
+        {b: r for b, r in cfg.unavailable.items() if b in choices},
+        {b for b in choices if b not in requested},
+    )
+
+
+def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> tuple[Any, Any]:
+    """Claim the run folder, open the study, check each backbone once; ``(study, runner)``."""
+    from autotl.prechecks import precheck_backbones
+    from autotl.storage import check_database
+
+    check_database(cfg.storage_url, create=True)  # before anything is written into the folder
+    cfg.run.claim(
+        dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()}
+    )
+    study = open_search_study(cfg)
+    backbones = _backbones_of(study, cfg, emit)
+    p2 = cfg.space.phase2
+    checked = precheck_backbones(
+        cfg.run,
+        registry,
+        [b for b in backbones.choices if b not in backbones.not_asked],
+        cfg.weights,
+        cfg.space.seed,
+        0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        cfg.explicit,
+        emit,
+        skipped=backbones.skipped,
+    )
+    backbones.skipped.update(checked.skipped)
+    study.sampler = LiveSampler(study.sampler, backbones, cfg.space.seed)
+    _describe_study(study, cfg, dataset)
+    runner = _TrialRunner(cfg, registry, dataset, emit, backbones)
+    for name, base in checked.bases.items():
+        spec = registry.backbone(name)
+        runner.adopt(spec, resolve_weights(spec, cfg.weights), cfg.space.seed, base)
+    return study, runner
+
+
 def run_search(
     cfg: SearchConfig,
     registry: Registry,
@@ -294,21 +505,16 @@ def run_search(
     could still fill it, and picks up a trial that a dead worker left behind
     (its heartbeat stopped, so Optuna failed it and queued a retry).  The budget
     counts trials of the whole study, so N workers make ``cfg.trials`` trials
-    in total, not N times that.  When it ends, ``best_model.keras`` is the
-    best trial's model.
+    in total, not N times that.  Failed trials do not count toward it; the
+    failure policy (:mod:`autotl.failures`) ends a search that cannot make
+    progress with :class:`SearchStopped`.  When it ends, ``best_model.keras``
+    is the best trial's model.
     """
-    import optuna
     from optuna.trial import TrialState
 
-    for name in cfg.space.backbones:  # fail at start-up, not in trial 17
-        resolve_weights(registry.backbone(name), cfg.weights)
-    cfg.run.claim(
-        dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()}
-    )
-    study = open_search_study(cfg)
-    _describe_study(study, cfg, dataset)
-    counted = (TrialState.COMPLETE, TrialState.PRUNED)
     emit = on_event or (lambda _e: None)
+    study, runner = _start(cfg, registry, dataset, emit)
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
     emit(
         {
             "start": True,
@@ -316,42 +522,60 @@ def run_search(
             "total": cfg.trials,
         }
     )
-    runner = _TrialRunner(cfg, registry, dataset, emit)
-    callbacks = [
-        _after_trial(cfg),
-        lambda s, t: emit(
-            {
-                "finished": t.number,
-                "state": t.state.name,
-                "value": t.value if t.values and len(t.values) == 1 else None,
-            }
-        ),
-    ]
-    started = time.monotonic()
     try:
-        while not should_stop():
-            if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
-                break
-            trials = study.get_trials(
-                deepcopy=False, states=(*counted, TrialState.RUNNING, TrialState.WAITING)
-            )
-            done = sum(t.state in counted for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if done >= cfg.trials:
-                break
-            if waiting or done + running < cfg.trials:
-                if not waiting:
-                    _enqueue_finalist(
-                        study, cfg.space, trials
-                    )  # a two-stage search past its screening
-                study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
-            else:  # the others' running trials may fill the budget; wait in case one of them dies
-                time.sleep(min(5.0, cfg.heartbeat))
-                optuna.storages.fail_stale_trials(
-                    study
-                )  # a dead worker's trial: failed, and queued again
-                # (optimize() does this itself before each trial it runs)
+        _loop(study, cfg, runner, emit, should_stop)
     finally:
+        study.sampler = (
+            study.sampler.sampler
+        )  # the space's own sampler again, for whoever gets the study
         update_best_model(cfg.run, study, registry, cfg.weights, cfg.storage_url, runner.base)
     return study
+
+
+def _loop(
+    study: Any,
+    cfg: SearchConfig,
+    runner: _TrialRunner,
+    emit: Event,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Take trials until the budget is full, the time is up, Ctrl-C, or the failure policy says stop."""
+    import optuna
+    from optuna.trial import TrialState
+
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
+    callbacks = [_after_trial(cfg), _finished_event(emit)]
+    started = time.monotonic()
+    while not should_stop():
+        if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
+            break
+        everything = study.get_trials(deepcopy=False)
+        trials = [
+            t for t in everything if t.state in (*counted, TrialState.RUNNING, TrialState.WAITING)
+        ]
+        done = sum(t.state in counted for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if done >= cfg.trials:
+            break
+        runner.backbones.update(everything, cfg.session, emit)
+        reason = stop_reason(
+            everything,
+            cfg.session,
+            runner.backbones.live(),
+            runner.backbones.reasons(),
+            cfg.max_failures,
+        )
+        if reason is not None:
+            raise SearchStopped(
+                f"search stopped: {reason}; finished trials are kept: fix the cause and rerun the "
+                "same command to resume"
+            )
+        if waiting or done + running < cfg.trials:
+            if not waiting:  # a two-stage search past its screening
+                _enqueue_finalist(study, cfg.space, trials, runner.backbones.live())
+            study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
+        else:  # the others' running trials may fill the budget; wait in case one of them dies
+            time.sleep(min(5.0, cfg.heartbeat))
+            # a dead worker's trial: failed, and queued again (optimize() does this before each trial)
+            optuna.storages.fail_stale_trials(study)

@@ -33,10 +33,17 @@ def predict_files(
         readable: list[int] = []
         pixels = []
         for i in range(start, min(start + PREDICT_CHUNK, len(files))):
+            if Path(files[i]).is_dir():
+                out[i] = (
+                    str(files[i]),
+                    "is a folder, not an image file (pass the images in it)",
+                    None,
+                )
+                continue
             try:
                 pixels.append(decode_image(files[i]))
             except BadImage as exc:
-                out[i] = (str(files[i]), str(exc), None)
+                out[i] = (str(files[i]), f"cannot read: {exc}", None)
                 continue
             readable.append(i)
         if not readable:
@@ -46,6 +53,16 @@ def predict_files(
             k = int(np.argmax(p))
             out[i] = (str(files[i]), class_names[k], float(p[k]))
     return out
+
+
+def _not_a_file(path: str | Path) -> str | None:
+    """What a path given as an image is, when it is no file at all (the decoder says the rest)."""
+    p = Path(path)
+    if p.is_dir():
+        return "is a folder, not an image file (pass the images in it)"
+    if not p.exists() and not p.is_symlink():
+        return "no such file"
+    return None
 
 
 def predict_any(path: str | Path, files: Sequence[str | Path]) -> list[Prediction]:

@@ -8,6 +8,7 @@ it, and report, export, lineage and the Python API read it, all through
       study.db                the Optuna storage (SQLite), unless --storage names another
       run.json                what the search was given: data fingerprint and source, space, weights, command
       classes.json            class names, in output order
+      checks.json             each backbone's checks before its first trial, and why one was skipped
       best_model.keras        the best trial's model, assembled from its stored layers
       best_model.json         which trial best_model.keras is (the best-model marker)
       trials/NNNN/            what a trial trained (trained_layers.npz); model.keras once assembled
@@ -63,6 +64,7 @@ class RunFolder:
     STUDY_DB = "study.db"
     RUN_FILE = "run.json"
     CLASSES_FILE = "classes.json"
+    CHECKS_FILE = "checks.json"
     BEST_MODEL = "best_model.keras"
     BEST_MARKER = "best_model.json"
     TRIALS = "trials"
@@ -105,6 +107,11 @@ class RunFolder:
     @property
     def run_file(self) -> Path:
         return self.path / self.RUN_FILE
+
+    @property
+    def checks_file(self) -> Path:
+        """Each backbone's checks before its first trial in this run, and the reason one was skipped."""
+        return self.path / self.CHECKS_FILE
 
     @property
     def cache_dir(self) -> Path:
@@ -214,6 +221,11 @@ class RunFolder:
     def record(self) -> dict[str, Any]:
         """``run.json`` (what the search was given), or ``{}`` when absent or unreadable."""
         return self._read_json(self.run_file)
+
+    def checks(self) -> dict[str, Any]:
+        """``checks.json`` (backbone name to its recorded checks), or ``{}`` when absent or unreadable."""
+        found = self._read_json(self.checks_file)
+        return found if isinstance(found, dict) else {}
 
     def class_names(self, study: Any = None, engine: str = OPTUNA) -> list[str]:
         """The classes the run's models predict, in output order: from the study, run.json or classes.json."""

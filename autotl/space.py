@@ -149,7 +149,7 @@ class SearchSpace(_Strict):
     sampler: str = DEFAULT_SAMPLER  # one of autotl.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
     batch_size: int = Field(32, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy, Optuna and TensorFlow all take it
     trials: int = Field(20, ge=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
 
@@ -189,7 +189,7 @@ def errors_line(exc: ValidationError) -> str:
     """All problems on one line, each as ``field.path: what is wrong``."""
     out = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"])
         msg = (
             "unknown field (a typo?)"
             if err["type"] == "extra_forbidden"

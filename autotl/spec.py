@@ -12,10 +12,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["Preprocessing", "BackboneSpec", "SampleSpec", "WEIGHTS_IMAGENET"]
+__all__ = [
+    "Preprocessing",
+    "BackboneSpec",
+    "SampleSpec",
+    "WEIGHTS_IMAGENET",
+    "WEIGHT_FILE_FORMATS",
+]
 
 #: The value of ``weights`` that asks Keras to download the ImageNet weights.
 WEIGHTS_IMAGENET = "imagenet"
+#: Weight-file name endings ``keras.Model.load_weights`` reads, and how each matches weights to layers.
+WEIGHT_FILE_FORMATS: dict[str, str] = {
+    ".weights.h5": "Keras 3 `save_weights`: by layer class and order, not by name",
+    ".keras": "a whole saved model: by layer class and order, not by name",
+    ".h5": "legacy HDF5 (keras.applications' files): by order of the layers with weights",
+    ".hdf5": "legacy HDF5: by order of the layers with weights",
+}
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 Triple = tuple[float, float, float]
 
@@ -89,7 +103,11 @@ class BackboneSpec:
 
     ``build(input_shape, weights)`` returns the base with ``include_top=False``;
     ``weights`` is ``None`` (random), ``"imagenet"`` (Keras downloads them) or
-    the path of a local weight file.  ``block_pattern`` is a regular expression
+    the path of a local weight file.  ``downloadable`` says whether
+    ``"imagenet"`` means anything to ``build``: true for ``keras.applications``
+    models, false for a hand-written backbone, whose weights come only from a
+    file (``weights_file`` in ``--weights-dir``, in one of
+    :data:`WEIGHT_FILE_FORMATS`).  ``block_pattern`` is a regular expression
     over layer names: the outputs of matching layers that are single-tensor
     cuts of the graph are the block boundaries, so "unfreeze 2 blocks" means
     the same thing for every backbone and the frozen part below a boundary can
@@ -107,6 +125,7 @@ class BackboneSpec:
     weights_sha256: Optional[str] = None
     family: str = ""
     description: str = ""
+    downloadable: bool = True
     plugin: str = field(default="", compare=False)
 
     @property
@@ -114,37 +133,72 @@ class BackboneSpec:
         return self.input_sizes or (self.input_size,)
 
     def validate(self) -> list[str]:
-        """The problems with this spec, as ``field: what is wrong`` strings."""
+        """The problems with this spec, as ``field: what is wrong`` strings (never raises)."""
         problems = []
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name or ""):
+        if not (isinstance(self.name, str) and _NAME.fullmatch(self.name)):
             problems.append(f"name: must be letters, digits, '_', '-' or '.', got {self.name!r}")
         if not callable(self.build):
             problems.append(f"build: must be callable, got {type(self.build).__name__}")
-        size = self.input_size
-        if not (
-            isinstance(size, tuple)
-            and len(size) == 2
-            and all(isinstance(v, int) and v >= 32 for v in size)
-        ):
-            problems.append(f"input_size: must be (height, width) of ints >= 32, got {size!r}")
-        elif self.input_sizes and size not in self.input_sizes:
-            problems.append(
-                f"input_sizes: must contain input_size {size}, got {self.input_sizes!r}"
-            )
+        problems += self._size_problems()
         if not isinstance(self.preprocessing, Preprocessing):
             problems.append("preprocessing: must be an autotl.Preprocessing")
         elif self.preprocessing.channel_order not in ("RGB", "BGR"):
             problems.append(
                 f"preprocessing.channel_order: must be 'RGB' or 'BGR', got {self.preprocessing.channel_order!r}"
             )
-        try:
-            re.compile(self.block_pattern)
-        except (re.error, TypeError) as exc:
-            problems.append(f"block_pattern: not a regular expression ({exc})")
-        if self.weights_sha256 is not None and not re.fullmatch(
-            r"[0-9a-f]{64}", self.weights_sha256
+        if self.preprocess_input is not None and not callable(self.preprocess_input):
+            problems.append(
+                f"preprocess_input: must be callable or None, got {type(self.preprocess_input).__name__}"
+            )
+        if not isinstance(self.block_pattern, str):
+            problems.append(
+                f"block_pattern: must be a regular expression string, got {type(self.block_pattern).__name__}"
+            )
+        else:
+            try:
+                re.compile(self.block_pattern)
+            except re.error as exc:
+                problems.append(f"block_pattern: not a regular expression ({exc})")
+        problems += self._weights_problems()
+        for name in ("family", "description"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name}: must be a string")
+        return problems
+
+    def _size_problems(self) -> list[str]:
+        def ok(size: Any) -> bool:
+            return (
+                isinstance(size, tuple)
+                and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in size)
+            )
+
+        size, sizes = self.input_size, self.input_sizes
+        if not ok(size):
+            return [f"input_size: must be (height, width) of ints >= 32, got {size!r}"]
+        if not isinstance(sizes, tuple) or not all(ok(s) for s in sizes):
+            return [f"input_sizes: must be a tuple of (height, width) pairs, got {sizes!r}"]
+        if sizes and size not in sizes:
+            return [f"input_sizes: must contain input_size {size}, got {sizes!r}"]
+        return []
+
+    def _weights_problems(self) -> list[str]:
+        problems = []
+        file = self.weights_file
+        if file is not None and not (
+            isinstance(file, str)
+            and _NAME.fullmatch(file)
+            and file.endswith(tuple(WEIGHT_FILE_FORMATS))
         ):
+            problems.append(
+                f"weights_file: must be a file name (no folder) ending in "
+                f"{', '.join(WEIGHT_FILE_FORMATS)}, got {file!r}"
+            )
+        sha = self.weights_sha256
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             problems.append("weights_sha256: must be 64 lowercase hex digits")
+        if not isinstance(self.downloadable, bool):
+            problems.append(f"downloadable: must be True or False, got {self.downloadable!r}")
         return problems
 
 
@@ -161,3 +215,12 @@ class SampleSpec:
     description: str = ""
     needs_network: bool = False
     plugin: str = field(default="", compare=False)
+
+    def validate(self) -> list[str]:
+        """The problems with this spec, as ``field: what is wrong`` strings (never raises)."""
+        problems = []
+        if not (isinstance(self.name, str) and _NAME.fullmatch(self.name)):
+            problems.append(f"name: must be letters, digits, '_', '-' or '.', got {self.name!r}")
+        if not callable(self.load):
+            problems.append(f"load: must be callable, got {type(self.load).__name__}")
+        return problems

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import AutotlError, UsageError, first_line
@@ -22,12 +21,15 @@ from autotl.errors import AutotlError, UsageError, first_line
 __all__ = [
     "engine_kwargs",
     "sqlite_path",
+    "check_database",
     "open_study",
     "load_study",
     "study_names",
-    "require_optuna_sqlite",
     "safe_url",
 ]
+
+#: Tables every Optuna RDB storage has: a SQLite file without them is another program's.
+OPTUNA_TABLES = ("studies", "trials", "version_info")
 
 
 def sqlite_wait() -> float:
@@ -69,6 +71,50 @@ def engine_kwargs(url: str) -> dict[str, Any]:
         return con
 
     return {"creator": connect}
+
+
+def check_database(storage_url: str, create: bool = False, accept: Sequence[str] = ()) -> None:
+    """Refuse, in one line, a SQLite file that is damaged, empty (when reading) or another program's.
+
+    Optuna creates its tables in whatever database it is given: opening a
+    file of another program's would write into it, and opening an empty file
+    to read a report would leave tables behind.  Checked read-only, first.
+    ``create`` allows a new or empty file (a search starting); a file with any
+    table of ``accept`` (autotl's lineage tables, for ``lineage``) is not
+    foreign either.  Other databases (PostgreSQL, ...) are left to Optuna.
+    """
+    path = sqlite_path(storage_url)
+    if path is None or (create and not os.path.exists(path)):
+        return
+    if not os.path.isfile(path):
+        raise UsageError(
+            f"no study database at {path}; run `autotl search` first, or pass the run folder of one"
+        )
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=sqlite_wait())
+        try:
+            tables = {
+                row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise UsageError(
+            f"{path} is damaged or not a SQLite database ({first_line(exc)}); restore it from a copy, "
+            "or pass another --out"
+        ) from None
+    if not tables:
+        if create:
+            return
+        raise UsageError(
+            f"{path} is an empty database: no study was ever saved in it; run `autotl search` first"
+        )
+    if not all(t in tables for t in OPTUNA_TABLES) and not tables.intersection(accept):
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UsageError(
+            f"{path} is another program's database (tables {shown}), not an Optuna study; autotl does not "
+            "write into it: pass another --out"
+        )
 
 
 #: What losing the race to create a new storage's tables looks like (SQLite, PostgreSQL): try again.
@@ -137,6 +183,7 @@ def open_study(
     import optuna
 
     _quiet_optuna()
+    check_database(storage_url, create=True)
     with _one_line(storage_url, study_name):
         study = optuna.create_study(
             storage=_storage(storage_url, heartbeat),
@@ -164,7 +211,7 @@ def load_study(storage_url: str, study_name: str) -> Any:
     import optuna
 
     _quiet_optuna()
-    require_optuna_sqlite(storage_url)
+    check_database(storage_url)
     with _one_line(storage_url, study_name):
         return optuna.load_study(storage=_storage(storage_url, None), study_name=study_name)
 
@@ -174,46 +221,10 @@ def study_names(storage_url: str) -> list[str]:
     import optuna
 
     try:
-        require_optuna_sqlite(storage_url)
+        check_database(storage_url)
         return list(optuna.study.get_all_study_names(storage_url))
     except Exception:
         return []
-
-
-#: The tables every Optuna RDB storage has (``optuna/storages/_rdb/models.py``).
-_OPTUNA_TABLES = {"studies", "trials", "version_info"}
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def require_optuna_sqlite(url: str) -> None:
-    """Refuse, in one line and without writing to it, an existing SQLite file that holds no Optuna storage:
-    bytes that are not SQLite, or a database of another program."""
-    path = sqlite_path(url)
-    if path is None or not os.path.isfile(path):
-        return  # not SQLite, or not there: opening it says what is wrong
-    with open(path, "rb") as fh:
-        head = fh.read(len(_SQLITE_MAGIC))
-    if head and head != _SQLITE_MAGIC:
-        raise UsageError(
-            f"{path} is not a SQLite database, so not an Optuna study (damaged, or another kind of file); "
-            "pass the run folder of an `autotl search`, or --storage URL"
-        )
-    try:  # read-only, waiting at most a second: this connection cannot change or hold up the file
-        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-        try:
-            tables = {
-                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return  # locked, or needs a write to read (WAL without its index): opening it says what is wrong
-    if not _OPTUNA_TABLES <= tables:
-        held = ", ".join(sorted(tables)[:3]) or "no tables"
-        raise UsageError(
-            f"{path} is a SQLite database without Optuna's tables ({held}): not a study, left untouched; "
-            "pass the run folder of an `autotl search`, or --storage URL"
-        )
 
 
 def safe_url(url: str) -> str:
@@ -244,8 +255,10 @@ class _one_line:
             return False
         url = safe_url(self.url)
         if isinstance(exc, KeyError):
+            names = study_names(self.url)
+            there = f" (it holds {', '.join(map(repr, names))})" if names else ""
             raise UsageError(
-                f"no study {self.name!r} in {url}; check --study-name or run `autotl search` first"
+                f"no study {self.name!r} in {url}{there}; check --study-name or run `autotl search` first"
             ) from None
         if isinstance(exc, ModuleNotFoundError):
             raise UsageError(

@@ -26,7 +26,6 @@ the check at the first failure; it returns the checks that passed, one
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -40,6 +39,7 @@ __all__ = [
     "backbone_params",
     "check_backbone",
     "check_preprocessing",
+    "check_pretrained",
     "specs_of",
 ]
 
@@ -92,21 +92,19 @@ def specs_of(*plugins: Any) -> list[BackboneSpec]:
     import pluggy
 
     from autotl import hookspec
+    from autotl.registry import hook_items, import_plugin, register_plugin
 
     pm = pluggy.PluginManager(hookspec.PROJECT)
     pm.add_hookspecs(hookspec)
     for plugin in plugins:
-        module = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
-        pm.register(
-            module, name=plugin if isinstance(plugin, str) else getattr(module, "__name__", None)
-        )
+        module = import_plugin(plugin) if isinstance(plugin, str) else plugin
+        name = plugin if isinstance(plugin, str) else getattr(module, "__name__", repr(module))
+        register_plugin(pm, module, name, f"plugin {name!r}")
     pm.check_pending()
     specs = []
     for impl in pm.hook.autotl_backbones.get_hookimpls():
-        for spec in impl.function() or ():
-            specs.append(
-                replace(spec, plugin=impl.plugin_name) if isinstance(spec, BackboneSpec) else spec
-            )
+        for spec in hook_items(impl.plugin_name, "autotl_backbones", BackboneSpec, impl.function):
+            specs.append(replace(spec, plugin=impl.plugin_name))
     return specs
 
 
@@ -214,7 +212,9 @@ def _build(spec: BackboneSpec, size: Optional[tuple[int, int]]) -> tuple[Any, tu
     _fail(spec, "build", "build(input_shape, weights=None) failed " + "; ".join(errors))
 
 
-def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[Any, Any, str]:
+def _check_base(
+    spec: BackboneSpec, base: Any, size: tuple[int, int], weights: str = "weights=None"
+) -> tuple[Any, Any, str]:
     """Run the base on two preprocessed random images; return (input, output, ok line)."""
     import keras
     import numpy as np
@@ -251,16 +251,14 @@ def _check_base(spec: BackboneSpec, base: Any, size: tuple[int, int]) -> tuple[A
     return (
         x,
         y,
-        f"ok: builds with weights=None at {size[0]}x{size[1]}: {len(base.layers)} layers, features {tuple(y.shape[1:])}",
+        f"ok: builds with {weights} at {size[0]}x{size[1]}: {len(base.layers)} layers, features {tuple(y.shape[1:])}",
     )
 
 
-def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[str], list[str]]:
-    """Check the block boundaries of ``base``; return (ok lines, boundaries)."""
-    import keras
-
-    from autotl.model import block_boundaries
-
+def _check_blocks(
+    spec: BackboneSpec, base: Any, x: Any, y: Any, top: Optional[int] = None
+) -> tuple[list[str], list[str]]:
+    """Check the block boundaries of ``base`` (only the ``top`` highest, if given); return (ok lines, boundaries)."""
     check = "block_pattern"
     regex = re.compile(spec.block_pattern)
     names = [layer.name for layer in base.layers]
@@ -272,18 +270,35 @@ def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[s
             check,
             f"{spec.block_pattern!r} matches no layer of the base, whose layers are named like {sample}",
         )
+    from autotl.model import block_boundaries
+
     boundaries = block_boundaries(base, spec.block_pattern)
     if not boundaries:
         return [
             f"ok: block_pattern matches {len(matched)} layers but none is a single-tensor cut: "
             f"no block boundaries, so autotl trains only the head (phase 2 skipped)"
         ], []
+    checked = boundaries if top is None else boundaries[len(boundaries) - top :] if top > 0 else []
+    if checked:
+        _check_cuts(spec, base, x, y, checked)
+    which = "each" if checked == boundaries else f"the top {len(checked)} (all a search may use)"
+    return [
+        f"ok: {len(boundaries)} block boundaries ({boundaries[0]} ... {boundaries[-1]}), {which} a single-tensor "
+        f"cut: top(bottom(x)) == base(x), with weights above the top one"
+    ], boundaries
 
-    # Checked segment by segment, in one forward pass: if each segment from a
-    # boundary to the next (and from the last to the output) is a model of its
-    # start alone and reproduces the next boundary's tensor, then the part
-    # above every boundary depends on that boundary alone and top(bottom(x))
-    # equals base(x) for each of them.
+
+def _check_cuts(spec: BackboneSpec, base: Any, x: Any, y: Any, boundaries: list[str]) -> None:
+    """Each boundary, bottom to top, is a single-tensor cut of ``base`` with weights above the top one.
+
+    Checked segment by segment, in one forward pass: if each segment from a
+    boundary to the next (and from the last to the output) is a model of its
+    start alone and reproduces the next boundary's tensor, then the part
+    above every boundary depends on that boundary alone and top(bottom(x))
+    equals base(x) for each of them.
+    """
+    import keras
+
     check = "block boundaries"
     tensors = [base.get_layer(b).output for b in boundaries]
     feats = keras.Model(base.input, tensors)(x, training=False)
@@ -315,10 +330,6 @@ def _check_blocks(spec: BackboneSpec, base: Any, x: Any, y: Any) -> tuple[list[s
             check,
             f"no layer with weights (BatchNormalization aside) lies above {boundaries[-1]!r}: unfreezing from it would train nothing",
         )
-    return [
-        f"ok: {len(boundaries)} block boundaries ({boundaries[0]} ... {boundaries[-1]}), each a single-tensor cut: "
-        f"top(bottom(x)) == base(x), with weights above the top one"
-    ], boundaries
 
 
 def _check_stable_names(
@@ -393,3 +404,43 @@ def check_backbone(spec: BackboneSpec, size: Optional[tuple[int, int]] = None) -
     passed += lines
     passed.append(_check_stable_names(spec, base, built_at, boundaries))
     return passed
+
+
+def check_pretrained(
+    spec: BackboneSpec, source: Any, seed: int = 0, blocks: Optional[int] = None
+) -> tuple[Any, list[str]]:
+    """The cheap checks on the base a search would use: built at ``input_size`` with the weights of ``source``.
+
+    ``source`` is an :class:`autotl.weights.WeightsSource`.  The weight file's
+    hash (``SHA256SUMS`` or the spec's) and format (its ending and first bytes)
+    are checked, the file is loaded by ``build``, and the base is checked as
+    :func:`check_backbone` checks it: preprocessing equal to
+    ``preprocess_input``, one 4-D output, finite features, block boundaries
+    that are single-tensor cuts (only the ``blocks`` highest, if given: those a
+    search may unfreeze).  Returns ``(base, passed lines)``; a failed check
+    raises ``AssertionError``, weights that cannot be had raise
+    :class:`autotl.UsageError` (``WeightsMissing``, ``WeightsMismatch``).
+    """
+    from autotl.errors import TrialFailed
+    from autotl.model import build_base
+    from autotl.weights import resolve_weights, weight_file_problem
+
+    problems = spec.validate()
+    if problems:
+        _fail(spec, "fields", "; ".join(problems))
+    resolved = resolve_weights(spec, source)
+    passed = []
+    if source.kind == "dir":
+        problem = weight_file_problem(resolved.argument)
+        if problem:
+            _fail(spec, "weights file", problem)
+        passed.append(f"ok: weights file {resolved.origin} (sha256 {resolved.sha256[:12]}...)")
+    passed += check_preprocessing(spec)
+    try:
+        base = build_base(spec, resolved, seed=seed)
+    except TrialFailed as exc:
+        _fail(spec, "build", f"{exc} (weights: {resolved.origin})")
+    x, y, line = _check_base(spec, base, tuple(spec.input_size), f"weights {resolved.origin}")
+    passed.append(line)
+    lines, _ = _check_blocks(spec, base, x, y, top=blocks)
+    return base, passed + lines

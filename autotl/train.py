@@ -247,6 +247,9 @@ def _phase1(
         "seconds": round(feats.seconds, 3),
     }
     start = time.perf_counter()
+    # seeded again here: whether the base was just built (drawing from the same generators) or came
+    # from a cache or an earlier trial, the head starts from the same weights for the same seed
+    set_random_seed(params.seed)
     head = build_head(len(dataset.class_names), params.head_width, params.dropout)
     say("phase 1: head")
     for layer in head[1:]:  # glorot-initialised from the trial's seed

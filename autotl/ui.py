@@ -87,11 +87,14 @@ def quiet_tensorflow_imports() -> None:
 
 
 def console(stderr: bool = False) -> Any:
-    """A rich console; lines are not wrapped when the output is not a terminal (logs, pipes)."""
+    """A rich console whose text lines are never wrapped (a warning or an error stays one line); tables
+    fit the terminal, or 160 columns when the output is not one (logs, pipes)."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)
+    return Console(
+        stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 160
+    )
 
 
 class CtrlC:
@@ -155,19 +158,15 @@ class SearchProgress:
         self.progress.__exit__(*exc)
 
     def event(self, e: dict[str, Any]) -> None:
+        """Draw one progress event; any field may be missing (a trial can fail before its first epoch)."""
         if e.get("start"):
-            self.progress.update(self.task, completed=e["done"], total=e["total"])
-            if e["done"]:
-                self.console.print(f"resuming: {e['done']} of {e['total']} trials already finished")
+            done, total = e.get("done", 0), e.get("total")
+            self.progress.update(self.task, completed=done, total=total)
+            if done:
+                self.console.print(f"resuming: {done} of {total} trials already finished")
             return
         if "finished" in e:
-            value = e.get("value")
-            if value is not None and (self.best is None or value > self.best):
-                self.best = value
-            if e["state"] in ("COMPLETE", "PRUNED"):
-                self.progress.advance(self.task)
-            shown = f"{value:.4f}" if value is not None else "-"
-            self.console.print(f"trial {e['finished']}: {e['state'].lower()}, val accuracy {shown}")
+            self._finished(e)
             return
         if "trial" not in e:
             return
@@ -175,13 +174,30 @@ class SearchProgress:
         if "failed" in e:
             where = f"failed: {e['failed']}"
         elif "status" in e:
-            where = e["status"]
+            where = str(e["status"])
         else:
-            where = f"phase {e.get('phase', '?')} epoch {e.get('epoch', '?')} val acc {e.get('val_accuracy', float('nan')):.3f}"
+            acc = e.get("val_accuracy")
+            shown = f"{acc:.3f}" if isinstance(acc, (int, float)) else "-"
+            where = f"phase {e.get('phase', '?')} epoch {e.get('epoch', '?')} val acc {shown}"
         self.progress.update(
             self.task,
             description=f"trial {e['trial']} | {e.get('backbone', '?')} | {where} | best {best}",
         )
+
+    def _finished(self, e: dict[str, Any]) -> None:
+        """One line per finished trial; a failed one says why (the study and the report keep the reason too)."""
+        value, state = e.get("value"), str(e.get("state", "?"))
+        if isinstance(value, (int, float)) and (self.best is None or value > self.best):
+            self.best = value
+        if state in ("COMPLETE", "PRUNED"):
+            self.progress.advance(self.task)
+        if state == "FAIL":
+            self.console.print(
+                f"trial {e['finished']}: failed: {e.get('reason') or 'no reason recorded'}"
+            )
+            return
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        self.console.print(f"trial {e['finished']}: {state.lower()}, val accuracy {shown}")
 
 
 COLUMNS = (

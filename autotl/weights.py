@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Optional
 
 from autotl.errors import UsageError
-from autotl.spec import WEIGHTS_IMAGENET, BackboneSpec
+from autotl.spec import WEIGHT_FILE_FORMATS, WEIGHTS_IMAGENET, BackboneSpec
 
-__all__ = ["WEIGHTS_DIR_ENV", "WeightsSource", "ResolvedWeights", "resolve_weights", "sha256_file"]
+__all__ = [
+    "WEIGHTS_DIR_ENV",
+    "WeightsSource",
+    "ResolvedWeights",
+    "WeightsMissing",
+    "WeightsMismatch",
+    "resolve_weights",
+    "sha256_file",
+    "weight_file_problem",
+]
 
 WEIGHTS_DIR_ENV = "AUTOTL_WEIGHTS_DIR"
 SUMS_FILE = "SHA256SUMS"
@@ -35,6 +44,18 @@ def sha256_file(path: str | os.PathLike) -> str:
                 h.update(chunk)
         _hash_memo[key] = h.hexdigest()
     return _hash_memo[key]
+
+
+class WeightsMissing(UsageError):
+    """No weights to be had: the file is not in the folder, or the backbone has none to download.
+
+    A search skips a backbone of its space for this (with a warning); one named
+    with ``--backbone`` must have them.
+    """
+
+
+class WeightsMismatch(UsageError):
+    """The file is there but its bytes are not the expected ones: never skipped, always said."""
 
 
 @dataclass(frozen=True)
@@ -93,15 +114,21 @@ def resolve_weights(spec: BackboneSpec, source: WeightsSource) -> ResolvedWeight
     if source.kind == "none":
         return ResolvedWeights(None, None, "random")
     if source.kind == "imagenet":
+        if not spec.downloadable:
+            raise WeightsMissing(
+                f"backbone {spec.name!r} has no ImageNet weights to download (its plugin says "
+                f"downloadable=False); point --weights-dir or {WEIGHTS_DIR_ENV} at a folder holding "
+                f"{spec.weights_file or 'its weights file'}, or pass --weights none"
+            )
         return ResolvedWeights(WEIGHTS_IMAGENET, spec.weights_sha256, "imagenet (Keras download)")
     assert source.directory is not None
     if not spec.weights_file:
-        raise UsageError(
+        raise WeightsMissing(
             f"backbone {spec.name!r} declares no weights file name, so it cannot load from {source.directory}; use --weights imagenet or --weights none"
         )
     path = source.directory / spec.weights_file
     if not path.is_file():
-        raise UsageError(
+        raise WeightsMissing(
             f"backbone {spec.name!r} needs weights file {spec.weights_file} but it is not in {source.directory}; add the file there or leave {spec.name!r} out of the search space"
         )
     actual = sha256_file(path)
@@ -112,7 +139,31 @@ def resolve_weights(spec: BackboneSpec, source: WeightsSource) -> ResolvedWeight
         else (spec.weights_sha256, f"plugin {spec.plugin or spec.name!r}")
     )
     if expected and actual != expected:
-        raise UsageError(
+        raise WeightsMismatch(
             f"weights file {path} has SHA-256 {actual} but {where} expects {expected}; replace the file or fix the hash list"
         )
     return ResolvedWeights(str(path), actual, str(path))
+
+
+#: The first bytes of each weight-file format: HDF5's signature, and a zip archive's (``.keras``).
+_MAGIC = {".keras": b"PK\x03\x04", ".h5": b"\x89HDF\r\n\x1a\n", ".hdf5": b"\x89HDF\r\n\x1a\n"}
+
+
+def weight_file_problem(path: str | os.PathLike) -> Optional[str]:
+    """What is wrong with a weight file's format (its name's ending or its first bytes), or None.
+
+    ``keras.Model.load_weights`` picks its reader by the ending (see
+    :data:`autotl.spec.WEIGHT_FILE_FORMATS`), so a file whose bytes are not
+    that format fails deep inside Keras; said here, it names the file.
+    """
+    name = Path(path).name
+    ending = next((e for e in WEIGHT_FILE_FORMATS if name.endswith(e)), None)
+    if ending is None:
+        return f"{name}: Keras reads weight files ending in {', '.join(WEIGHT_FILE_FORMATS)} only"
+    magic = _MAGIC[".keras" if ending == ".keras" else ".h5"]
+    with open(path, "rb") as f:
+        head = f.read(len(magic))
+    if head != magic:
+        kind = "a zip archive (.keras)" if ending == ".keras" else "an HDF5 file"
+        return f"{path} is not {kind}: its first bytes are {head!r}; save it again with Keras"
+    return None

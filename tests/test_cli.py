@@ -244,3 +244,26 @@ def test_screen_flag_runs_a_two_stage_search_and_the_report_says_each_stage(
         search(str(image_folder), "--out", str(out), "--screen", "-1"),
         "--screen must be 0 (off) or more",
     )
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("search", "--trials", "ten"), "argument --trials: invalid int value: 'ten'"),
+        (("report",), "the following arguments are required: RUN_DIR"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        (
+            ("search", "--max-failures", "-1", "--weights", "none", "x"),
+            "max_failures must be at least 1",
+        ),
+    ],
+)
+def test_argument_errors_are_one_line(args: tuple[str, ...], fragment: str) -> None:
+    assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_plugins_check_of_an_unknown_name_is_one_line_with_exit_2() -> None:
+    assert_one_line_error(
+        run_cli("plugins", "check", "resnet9000"),
+        "'resnet9000' is neither a backbone name nor a plugin module",
+    )

@@ -714,8 +714,11 @@ def bad_export_cases(
         ([str(run_dir), *out, str(root / "a_file")], ("is a file",)),
         ([str(run_dir), *out, str(root / "photos")], ("not an earlier autotl export", "cat.jpg")),
         ([str(root / "photos"), *out, fresh], ("has no study.db",)),
-        ([str(root / "garbage"), *out, fresh], ("is not a SQLite database",)),
-        ([str(root / "other"), *out, fresh], ("without Optuna's tables", "notes", "untouched")),
+        ([str(root / "garbage"), *out, fresh], ("is damaged or not a SQLite database",)),
+        (
+            [str(root / "other"), *out, fresh],
+            ("another program's database", "notes", "does not write into it"),
+        ),
     ]
 
 

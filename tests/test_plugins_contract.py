@@ -459,3 +459,55 @@ def test_specs_of_and_backbone_params_register_like_autotl():
 )  # the pattern of autotl.testing's docstring
 def test_third_party_plugin_passes_the_contract(spec):
     check_backbone(spec)
+
+
+# --- the contract's data: weight files, downloads, malformed hooks ---------------------------
+
+
+@pytest.mark.parametrize(
+    "weights_file, ok",
+    [
+        ("tiny.weights.h5", True),
+        ("tiny.keras", True),
+        ("tiny_notop.h5", True),
+        ("tiny.hdf5", True),
+        ("tiny.weights", False),  # Keras would not know how to read it
+        ("tiny.npz", False),
+        ("weights/tiny.weights.h5", False),  # a name in the weights folder, not a path
+    ],
+)
+def test_weights_file_must_be_a_name_keras_can_read(weights_file: str, ok: bool) -> None:
+    problems = replace(TOY, weights_file=weights_file).validate()
+    assert (problems == []) == ok, problems
+
+
+def test_downloadable_is_data_a_hand_written_backbone_sets() -> None:
+    from autotl.weights import WeightsMissing, WeightsSource, resolve_weights
+
+    assert all(spec.downloadable for spec in SPECS)  # keras.applications: Keras downloads them
+    with pytest.raises(WeightsMissing, match=r"'toy-1.0' has no ImageNet weights to download"):
+        resolve_weights(replace(TOY, downloadable=False), WeightsSource("imagenet"))
+    assert replace(TOY, downloadable="yes").validate() == [
+        "downloadable: must be True or False, got 'yes'"
+    ]
+
+
+@pytest.mark.parametrize(
+    "module", ["faulty.returns_generator", "faulty.returns_spec", "faulty.hook_raises"]
+)
+def test_specs_of_says_what_registration_says_of_a_malformed_hook(module: str) -> None:
+    from autotl.errors import PluginError
+
+    with pytest.raises(PluginError, match=rf"plugin '{module}': autotl_backbones\(\)"):
+        specs_of(module)
+
+
+def test_weight_file_format_is_checked_by_its_first_bytes(tmp_path: Path) -> None:
+    from autotl.weights import weight_file_problem
+
+    (tmp_path / "a.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 16)
+    (tmp_path / "b.weights.h5").write_bytes(b"PK\x03\x04 a zip")
+    (tmp_path / "c.keras").write_bytes(b"PK\x03\x04 a zip")
+    assert weight_file_problem(tmp_path / "a.weights.h5") is None
+    assert "is not an HDF5 file" in weight_file_problem(tmp_path / "b.weights.h5")
+    assert weight_file_problem(tmp_path / "c.keras") is None

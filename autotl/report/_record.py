@@ -94,6 +94,20 @@ def _summary(
     }
 
 
+def _skipped_backbones(folder: RunFolder, trials: list[Any]) -> dict[str, str]:
+    """Backbone to why the search left it out: its checks or weights at start-up (``checks.json``), or
+    failures in a row in the latest search session (see :mod:`autotl.failures`)."""
+    from autotl.failures import dropped_backbones, latest_session
+
+    out = {
+        str(name): str(check.get("reason") or "failed its checks")
+        for name, check in folder.checks().items()
+        if isinstance(check, dict) and check.get("passed") is False
+    }
+    out.update(dropped_backbones(trials, latest_session(trials)))
+    return out
+
+
 def _curves(trials: list[Any], rows: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Both phases' epoch histories of the ``top`` best complete trials that have them."""
     by_number = {t.number: t for t in trials}
@@ -155,6 +169,7 @@ def build_record(
     objectives = Objectives.of_study(study)
     trials, rows = trial_rows(study, space)
     summary = _summary(study, objectives, rows, data, run, trials)
+    summary["skipped_backbones"] = _skipped_backbones(folder, trials)
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

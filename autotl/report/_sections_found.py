@@ -110,6 +110,10 @@ def _run_facts(record: dict[str, Any], s: dict[str, Any]) -> list[tuple[str, Inl
             f"{_fmt_seconds(s['seconds_wall'])} from first start to last finish",
         ),
     ]
+    if s.get("skipped_backbones"):  # why a backbone was left out (its checks, weights, or failures)
+        facts.append(
+            ("skipped backbones", "; ".join(f"{k}: {v}" for k, v in s["skipped_backbones"].items()))
+        )
     if record.get("engines"):
         o = objectives[0]
         facts.append(

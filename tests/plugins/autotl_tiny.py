@@ -25,7 +25,7 @@ def build_tiny(input_shape, weights):
         x = layers.Add(name=f"block{i}_add")([x, y])
         x = layers.ReLU(name=f"block{i}_out")(x)
     model = keras.Model(inp, x, name="tiny")
-    if weights not in (None, "imagenet"):
+    if weights is not None:  # a file path: there is nothing to download (downloadable=False)
         model.load_weights(weights)
     return model
 
@@ -40,6 +40,7 @@ def autotl_backbones():
             preprocessing=Preprocessing.tf(),
             block_pattern=r"^block\d_out$",
             weights_file="tiny.weights.h5",
+            downloadable=False,
             description="a tiny residual CNN for tests",
         )
     ]

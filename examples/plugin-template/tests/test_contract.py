@@ -35,3 +35,25 @@ def test_autotl_loads_it_with_its_plugin_name(monkeypatch: pytest.MonkeyPatch) -
     spec = get_registry().backbone("example_vgg16")
     assert spec.plugin == "example_backbone"
     assert spec.input_size == (224, 224) and spec.preprocessing.mode == "caffe"
+
+
+def test_the_handwritten_backbone_loads_its_own_weight_file(tmp_path) -> None:
+    """What `autotl plugins check example_mini_resnet --weights-dir DIR` and every search check:
+    the file's format and hash, and that build loads it (by layer order: .weights.h5)."""
+    import numpy as np
+    from autotl_example_backbone.handwritten import (
+        build_mini_resnet,
+        mini_resnet_spec,
+        save_pretrained,
+    )
+
+    from autotl.testing import check_pretrained
+    from autotl.weights import WeightsSource
+
+    trained = build_mini_resnet((96, 96, 3), None)
+    trained.set_weights([np.full_like(w, 0.01 * i) for i, w in enumerate(trained.get_weights())])
+    save_pretrained(trained, tmp_path)
+    base, passed = check_pretrained(mini_resnet_spec(), WeightsSource("dir", tmp_path))
+    assert passed[0].startswith("ok: weights file") and "single-tensor cut" in passed[-1]
+    for loaded, saved in zip(base.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(loaded, saved)

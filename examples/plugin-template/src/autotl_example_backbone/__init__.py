@@ -2,7 +2,9 @@
 
 autotl imports this module through the ``autotl`` entry point in
 ``pyproject.toml`` and calls :func:`autotl_backbones` once at start-up.  The
-plugin returns data (a frozen :class:`autotl.BackboneSpec` per backbone); it
+plugin returns data (a frozen :class:`autotl.BackboneSpec` per backbone: VGG16
+from ``keras.applications`` here, and a hand-written network in
+:mod:`autotl_example_backbone.handwritten`); it
 never subclasses anything of autotl's, and it imports Keras only inside the
 functions autotl calls when it builds a model, so ``autotl plugins`` stays fast.
 
@@ -15,6 +17,7 @@ activations at ``block3_pool`` for a trial that fine-tunes from there.
 from __future__ import annotations
 
 from autotl import BackboneSpec, Preprocessing, hookimpl
+from autotl_example_backbone.handwritten import mini_resnet_spec
 
 __version__ = "0.1.0"
 
@@ -55,5 +58,6 @@ def autotl_backbones() -> list[BackboneSpec]:
             # Pin the bytes once you have the file: sha256sum vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
             weights_sha256=None,
             description="VGG16: plain 3x3 convolutions, five blocks; a strong texture baseline; caffe preprocessing",
-        )
+        ),
+        mini_resnet_spec(),  # a backbone written by hand: see handwritten.py
     ]

@@ -51,6 +51,21 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _test_line(test: dict[str, Any]) -> str:
+    """The model card's test-score line: measured once at export on the test split, next to the validation score."""
+    if not test.get("images"):
+        return f"- Test score: not measured, {test.get('skipped') or 'no test split'}."
+    lo, hi = test["ci95"]
+    val = test.get("validation_accuracy")
+    return (
+        f"- **Test accuracy: {_pct(test['accuracy'])}** ({test['correct']}/{test['images']} test images never seen by the "
+        f"search; 95% Wilson interval {_pct(lo)} - {_pct(hi)}; {test['split']}), balanced accuracy "
+        f"{_pct(test['balanced_accuracy'])}, macro F1 {test['macro_f1']:.4f}, log loss {test['log_loss']:.4f}; "
+        f"validation accuracy {_pct(val) if val is not None else '-'}."
+        + (f" Note: {test['note']}." if test.get("note") else "")
+    )
+
+
 def _write_card(
     folder: Path,
     run: _Run,
@@ -160,8 +175,9 @@ def _write_card(
             f"- Not checked at export that the model reproduces the search's score: {score['skipped']}."
         )
     lines += [
-        "- The validation split also chose the epochs (early stopping) and this trial among the others, so these numbers "
-        "are optimistic; measure on a test set the search never saw before relying on them.",
+        _test_line(parity.get("test_score") or {}),
+        "- The validation split also chose the epochs (early stopping) and this trial among the others, so the validation "
+        "numbers are optimistic; the test score, on images the search never saw, is the one to rely on.",
         "",
         "## Model",
         "",

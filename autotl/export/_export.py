@@ -33,6 +33,7 @@ from autotl.export._common import (
     _input_size,
     _quiet,
 )
+from autotl.export._holdout import test_split_score
 from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
 from autotl.export._savedmodel import write_savedmodel
@@ -111,6 +112,8 @@ def export(
         )
     say(f"checking the model reproduces trial {run.trial.number}'s validation score")
     reproduced = _check_reproduces(model, run, dataset, size, same_data)
+    say(f"scoring trial {run.trial.number} on the test split, once")
+    test_score = test_split_score(model, run, dataset, size)
     picked = _evenly(len(dataset.val), PARITY_IMAGES)
     images = [dataset.val.load(i) for i in picked]
     labels = dataset.val.labels[picked]
@@ -157,6 +160,7 @@ def export(
             parity = {
                 **(exc.parity or {}),
                 "search_score": reproduced,
+                "test_score": test_score,
                 "seconds": seconds,
                 "error": str(exc),
             }
@@ -168,7 +172,10 @@ def export(
                 f"{exc}; nothing written to {out_dir}, the unverified files are in {failed}", parity
             ) from None
         parity = _write_parity(
-            staging, {**parity, "search_score": reproduced, "seconds": seconds}, run, dataset
+            staging,
+            {**parity, "search_score": reproduced, "test_score": test_score, "seconds": seconds},
+            run,
+            dataset,
         )
         _write_card(staging, run, dataset, same_data, parity, size, formats, quantize, notes)
         _install(staging, out_dir)

@@ -452,7 +452,14 @@ def _phase2(
     kept = loss2 < p1.best_loss
     probs = None
     if kept:
-        probs = np.asarray(model.predict(val_xy[0], batch_size=256, verbose=0), np.float64)
+        # eager calls: Keras' predict would trace a function per trial and batch shape, and keep it
+        x_val = val_xy[0]
+        probs = np.concatenate(
+            [
+                np.asarray(model(x_val[i : i + 256], training=False), np.float64)
+                for i in range(0, len(x_val), 256)
+            ]
+        )
         copy_head(model, None, p1.head)
     else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
         for name, ws in snapshot.items():

@@ -292,10 +292,12 @@ def _fig_pareto(pareto: dict[str, Any], objectives: list[dict[str, Any]]) -> byt
     if front:
         xs, ys = [p["values"][xo["name"]] for p in front], [p["values"][yo["name"]] for p in front]
         ax.plot(xs, ys, "o-", color=COLORS[1], ms=7, label="Pareto front")
-        for p, x, y in zip(front, xs, ys):
-            ax.annotate(
-                str(p["number"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
-            )
+        labels: dict[tuple[float, float], list[str]] = {}
+        for p, x, y in zip(front, xs, ys):  # trials at the same point share one label
+            labels.setdefault((x, y), []).append(str(p["number"]))
+        for (x, y), numbers in labels.items():
+            text = "trial" + ("s " if len(numbers) > 1 else " ") + ", ".join(numbers)
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     for c in pareto["constraints"]:
         if c["name"] in (xo["name"], yo["name"]):
             line = ax.axvline if c["name"] == xo["name"] else ax.axhline

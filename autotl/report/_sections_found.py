@@ -219,9 +219,15 @@ def _order_note(record: dict[str, Any]) -> str:
         f"{o['label']} ({'higher' if o['direction'] == 'maximize' else 'lower'} is better)"
         for o in objectives_of(record)
     )
+    first = []
+    if record.get("constraints"):
+        first.append(f"meeting the constraints ({', '.join(record['constraints'])}) first")
+    if len(objectives_of(record)) > 1:
+        first.append("then the Pareto front before the trials it dominates")
+    lead = f"{'; '.join(first)}; then " if first else ""
     return (
-        f"Best first: complete trials, then pruned, running, waiting and failed ones, each by {by}; "
-        "ties go to the lower validation loss, then the earlier trial. "
+        f"Best first: complete trials, then pruned, running, waiting and failed ones, each by "
+        f"{lead}{by}; ties go to the lower validation loss, then the earlier trial. "
     )
 
 

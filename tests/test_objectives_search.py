@@ -185,3 +185,10 @@ def test_cli_test_folder_with_a_class_train_lacks_is_one_line(tmp_path: Path) ->
         write_images(tmp_path / "data" / part, classes, 3)
     proc = cli_search(tmp_path / "data", "--out", str(tmp_path / "run"))
     assert_one_line_error(proc, "test", "green", "train/ lacks")
+
+
+def test_keras_tuner_takes_one_validation_objective(image_folder: Path, tmp_path: Path) -> None:
+    space = space_file(tmp_path, "")
+    for kwargs in ({"objectives": "accuracy,latency_ms"}, {"objectives": "size_mb"}):
+        with pytest.raises(UsageError, match="are the Optuna engine's"):
+            search(image_folder, tmp_path / "run", space, 1, engine="keras-tuner", **kwargs)

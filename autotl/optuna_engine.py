@@ -11,8 +11,9 @@ and every "best" is :func:`autotl.objective.ranked_trials`' order.
 When an objective or a constraint is a deploy cost (``latency_ms``,
 ``size_mb``, ``params``), each trial's costs are looked up (measured once per
 backbone and head shape, :mod:`autotl.deploy_costs`) before it trains and
-recorded in its metrics; its constraint values go to the trial's
-``constraints`` attribute, which Optuna's ``constraints_func`` reads.
+recorded in its metrics.  Its constraint values go to the trial's
+``constraints`` attribute and to Optuna (``trial.set_constraint`` on Optuna 5,
+the sampler's ``constraints_func`` on Optuna 4).
 """
 
 from __future__ import annotations

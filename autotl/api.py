@@ -77,6 +77,7 @@ def search(
     storage: Optional[str] = None,
     study_name: str = "autotl",
     backbones: Sequence[str] = (),
+    objectives: Optional[Sequence[str] | str] = None,
     screen: Optional[int] = None,
     finalists: Optional[int] = None,
     workers: int = 1,
@@ -100,7 +101,8 @@ def search(
     The study lives in ``out`` (default ``runs/<data name>``); rerunning the same
     call resumes it, and ``trials`` counts the finished trials the study should
     hold in total.  ``space`` is ``"default"``, ``"fast"``, a YAML file or a
-    ``SearchSpace``.  ``workers`` processes on this machine share the study
+    ``SearchSpace``; ``objectives`` (``["accuracy", "latency_ms"]`` or
+    ``"accuracy,latency_ms"``) replaces the space's.  ``workers`` processes on this machine share the study
     (``gpus`` are given out in turn); ``storage`` (an Optuna URL) lets workers on
     other machines join.  ``screen``/``finalists`` turn on the two-stage search;
     ``engine="keras-tuner"`` runs the space through keras-tuner's ``tuner``.
@@ -123,6 +125,7 @@ def search(
         "storage": storage,
         "study_name": study_name,
         "backbones": list(backbones),
+        "objectives": objectives,
         "screen": screen,
         "finalists": finalists,
         "heartbeat": heartbeat,
@@ -156,6 +159,7 @@ def _run_engine(
     should_stop: Optional[Callable[[], bool]],
 ) -> None:
     if engine == KERAS_TUNER:
+        _keras_tuner_objectives(plan.space)
         if timeout is not None or workers > 1 or gpus:
             raise UsageError(
                 "timeout, workers and gpus are the Optuna engine's; with engine keras-tuner the search "
@@ -196,7 +200,7 @@ def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
 def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Event) -> _Plan:
     """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
     from autotl.registry import get_registry
-    from autotl.space import SearchSpace, apply_screening, load_space
+    from autotl.space import SearchSpace, apply_objectives, apply_screening, load_space
     from autotl.weights import WeightsSource
 
     if isinstance(space, SearchSpace):
@@ -205,6 +209,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         space_obj, path = load_space(space)
         space_file = str(path)
     space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
+    space_obj = apply_objectives(space_obj, kwargs.get("objectives"))
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
     space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)
@@ -224,6 +229,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         emit({"warning": f"skipped {path}: {reason}"})
     for message in dataset.warnings:
         emit({"warning": message})
+    _data_advice(dataset, space_obj, emit)
     name = kwargs["sample"] or Path(kwargs["data"]).resolve().name
     out = Path(kwargs["out"] or Path("runs") / name)
     return _Plan(
@@ -256,7 +262,9 @@ def _default_command() -> str:
 
 
 def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry: Any) -> Any:
+    """The data set, split, with its test split (``test/`` or the space's ``test_fraction``)."""
     from autotl import data as data_mod
+    from autotl.holdout import add_test_split
 
     if (data is None) == (sample is None):
         raise UsageError(
@@ -264,10 +272,46 @@ def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry:
         )
     if sample:
         images, labels, names = registry.sample(sample).load()
-        return data_mod.from_arrays(
+        dataset = data_mod.from_arrays(
             images, labels, names, f"sample:{sample}", space.val_fraction, space.seed
         )
-    return data_mod.load_folder(data, space.val_fraction, space.seed)
+    else:
+        dataset = data_mod.load_folder(data, space.val_fraction, space.seed)
+    folder = None if sample else str(Path(data).expanduser().resolve())
+    return add_test_split(dataset, folder, space.test_fraction, space.seed)
+
+
+def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
+    """One line each: class imbalance (recommending balanced accuracy), and no test split where one could be spared."""
+    from autotl.holdout import recommendation
+    from autotl.imbalance import imbalance_warning
+
+    warning = imbalance_warning(dataset, space.objectives, space.class_weight)
+    if warning:
+        emit({"warning": warning})
+    advice = recommendation(dataset)
+    if advice:
+        emit({"warning": advice})
+
+
+def _test_count(dataset: Any) -> str:
+    """`` / 60 test`` when the data has a test split (``test_split`` says where from), else nothing."""
+    test = getattr(dataset, "test", None)
+    return "" if test is None else f" / {len(test)} test ({dataset.test_split})"
+
+
+def _keras_tuner_objectives(space: Any) -> None:
+    """keras-tuner optimises one objective the trainer measures, without constraints."""
+    from autotl.objective import Objectives
+
+    objectives = Objectives.of(space.objectives, space.constraints)
+    if len(objectives) > 1 or objectives.constraints or objectives.needs_deploy_costs:
+        raise UsageError(
+            "several objectives, constraints and deploy costs are the Optuna engine's; with "
+            f"engine keras-tuner search one validation objective (got objectives {objectives.names}"
+            + (f", constraints {objectives.constraint_bounds()}" if objectives.constraints else "")
+            + ")"
+        )
 
 
 def _available(
@@ -300,6 +344,7 @@ def _available(
 
 
 def _config(plan: _Plan, worker_index: int = 0) -> Any:
+    from autotl.deploy_costs import measure_deploy_costs
     from autotl.optuna_engine import SearchConfig
 
     return SearchConfig(
@@ -318,6 +363,7 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
         session=plan.session,
         unavailable=dict(plan.unavailable),
         explicit=plan.explicit,
+        deploy_costs=measure_deploy_costs,
     )
 
 
@@ -336,7 +382,7 @@ def _run_optuna(
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
+            f"{len(plan.dataset.val)} val{_test_count(plan.dataset)} images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
             f"study in {cfg.storage_url}"
         }
     )
@@ -395,7 +441,7 @@ def run_worker(
     space = SearchSpace.model_validate(kwargs.pop("space"))
     command = kwargs.pop("command", None)
     session = kwargs.pop("session", None)
-    kwargs.update(screen=None, finalists=None)  # already applied to the space
+    kwargs.update(screen=None, finalists=None, objectives=None)  # already applied to the space
     emit = _print_event
     plan = _plan(space, kwargs, command, emit)
     if session:  # the same search: "in a row" counts the trials of all its workers
@@ -451,7 +497,7 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-            f"{len(plan.dataset.val)} val images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
+            f"{len(plan.dataset.val)} val{_test_count(plan.dataset)} images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
             f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"
         }
     )
@@ -532,7 +578,8 @@ class Run:
 
     @property
     def best_trial(self) -> Any:
-        """The best complete trial (Optuna's ``FrozenTrial``) by the run's objectives, or None."""
+        """The best complete trial (Optuna's ``FrozenTrial``) by the run's objectives, or None (also when
+        no complete trial meets the run's constraints)."""
         from autotl.objective import best_trial
 
         return best_trial(self.study)
@@ -545,6 +592,25 @@ class Run:
     @property
     def class_names(self) -> list[str]:
         return self.folder.class_names(self.study)
+
+    def no_best_reason(self) -> str:
+        """Why there is no best trial, in one line: no complete trial yet, or none meets the constraints."""
+        from autotl.objective import complete_trials
+
+        complete = complete_trials(self.study)
+        if not complete:
+            return f"the study in {self.path} has no complete trial yet; finish a search first"
+        bounds = ", ".join(c.describe() for c in self.objectives.constraints)
+        return (
+            f"none of the {len(complete)} complete trials in {self.path} meets the constraints "
+            f"({bounds}); relax them, or pass --trial N"
+        )
+
+    def pick(self, condition: str) -> Any:
+        """The best complete trial that meets ``condition`` (``"latency_ms<=15"``, see :mod:`autotl.pick`)."""
+        from autotl.pick import pick_trial
+
+        return pick_trial(self.study, condition)
 
     def trials_dataframe(self, **kwargs: Any) -> Any:
         """Optuna's ``study.trials_dataframe()`` (needs pandas)."""
@@ -562,9 +628,7 @@ class Run:
             return path
         best = self.best_trial
         if best is None:
-            raise UsageError(
-                f"the study in {self.path} has no complete trial yet; finish a search first"
-            )
+            raise UsageError(self.no_best_reason())
         if self.folder.best_trial_number() == best.number:
             return self.folder.best_model()
         from autotl.trial_models import trial_model
@@ -624,10 +688,19 @@ class Run:
         quantize: Optional[str] = None,
         data: Optional[str] = None,
         on_event: Optional[Callable[[str], None]] = None,
+        pick: Optional[str] = None,
     ) -> Any:
-        """Export the best trial's model (or ``trial``'s) in ``formats`` into ``out`` (default RUN_DIR/export),
-        each format checked against the Keras model; returns ``autotl.export.ExportResult``."""
+        """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
+        ``"latency_ms<=15"``) in ``formats`` into ``out`` (default RUN_DIR/export), each format
+        checked against the Keras model; returns ``autotl.export.ExportResult``."""
         from autotl.export import export
+
+        if pick is not None:
+            if trial is not None:
+                raise UsageError("pass --trial N or --pick CONDITION, not both")
+            trial = self.pick(pick).number
+        elif trial is None and self.best_trial is None:
+            raise UsageError(self.no_best_reason())
 
         target = Path(out) if out is not None else self.path / "export"
         return export(

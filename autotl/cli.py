@@ -92,6 +92,12 @@ def _search_parser(sub: Any) -> None:
         help="search space: 'default', 'fast' or a YAML file",
     )
     s.add_argument(
+        "--objectives",
+        metavar="LIST",
+        help="comma-separated objectives, e.g. accuracy,latency_ms (overrides the space's; "
+        "accuracy, balanced_accuracy, macro_f1, log_loss, latency_ms, size_mb, params)",
+    )
+    s.add_argument(
         "--screen",
         type=int,
         metavar="N",
@@ -234,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--trial", type=int, metavar="N", help="trial number (default: the best complete trial)"
     )
     e.add_argument(
+        "--pick",
+        metavar="CONDITION",
+        help='the best trial that meets CONDITION, e.g. "latency_ms<=15" or '
+        '"latency_ms<=15,accuracy>=0.9" (<=, <, >=, >, ==; objectives or recorded metrics)',
+    )
+    e.add_argument(
         "--format",
         metavar="LIST",
         help="comma-separated formats (default: keras,savedmodel,tflite, the format table's defaults)",
@@ -294,6 +306,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 storage=args.storage,
                 study_name=args.study_name,
                 backbones=args.backbone,
+                objectives=args.objectives,
                 screen=args.screen,
                 finalists=args.finalists,
                 workers=args.workers,
@@ -328,6 +341,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if best.is_file():
         how = "" if run.engine == "optuna" else f"; autotl predict {best.parent} IMAGE"
         out.print(f"best model: {best}  (classes in {run.folder.classes_file(run.engine)}{how})")
+    elif run.engine == "optuna" and run.study.get_trials(deepcopy=False) and run.best_trial is None:
+        out.print(f"no best model: {run.no_best_reason()}")
     else:
         out.print(
             "no trial finished, so there is no best model yet; rerun the same command to resume"
@@ -509,6 +524,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         data=args.data,
         on_event=lambda m: err.print(f"[dim]{m}[/]"),
+        pick=args.pick,
     )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -517,6 +533,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     for fmt, r in result.parity["formats"].items():
         print(f"{fmt}\ttop-1 agreement {r['top1_agreement']:.1%}\tmax |dp| {r['max_abs_diff']:.2e}")
+    test = result.parity.get("test_score") or {}
+    if test.get("images"):
+        val = test.get("validation_accuracy")
+        print(
+            f"test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['images']} images the search never saw, "
+            f"95% CI {test['ci95'][0]:.4f}-{test['ci95'][1]:.4f}; {test['split']}); validation accuracy "
+            + (f"{val:.4f}" if val is not None else "-")
+        )
     return 0
 
 

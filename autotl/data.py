@@ -235,6 +235,10 @@ class Dataset:
     fingerprint: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # images the search never sees, scored once for the chosen model (autotl.holdout)
+    test: ImageSet | None = None
+    test_split: str | None = None  # where they came from: "folder test/", "test_fraction=0.2 ..."
+    test_fingerprint: str | None = None
 
     @property
     def n_classes(self) -> int:
@@ -242,9 +246,11 @@ class Dataset:
 
     def summary(self) -> dict:
         """JSON-able record of the data a search used."""
+        parts = (("train", self.train), ("val", self.val), ("test", self.test))
         counts = {
             name: dict(zip(self.class_names, part.counts(self.n_classes)))
-            for name, part in (("train", self.train), ("val", self.val))
+            for name, part in parts
+            if part is not None
         }
         return {
             "source": self.source,
@@ -253,6 +259,11 @@ class Dataset:
             "counts": counts,
             "skipped": len(self.skipped),
             "fingerprint": self.fingerprint,
+            **(
+                {"test_split": self.test_split, "test_fingerprint": self.test_fingerprint}
+                if self.test is not None
+                else {}
+            ),
         }
 
 
@@ -370,9 +381,9 @@ def _layout(root: str, val_fraction: float, seed: int) -> tuple[dict[str, str], 
             f"{root} has both val/ and validation/; keep one of them (DATA_DIR/val/CLASS/IMAGE)"
         )
     notes = [
-        f"ignored folder {d}/ (only train/ and {val_dirs[0]}/ are used)"
+        f"ignored folder {d}/ (only train/, {val_dirs[0]}/ and test/ are used)"
         for d in dirs
-        if d not in ("train", val_dirs[0])
+        if d not in ("train", val_dirs[0], "test")  # test/: autotl.holdout
     ]
     return (
         {"train": os.path.join(root, "train"), "val": os.path.join(root, val_dirs[0])},

@@ -28,7 +28,16 @@ import numpy as np
 from autotl.errors import TrialFailed
 from autotl.model import HEAD_LAYERS, apply_head, build_head
 
-__all__ = ["MIN_DELTA", "Report", "fit", "fit_head", "trainer", "train_head_through", "copy_head"]
+__all__ = [
+    "MIN_DELTA",
+    "Report",
+    "fit",
+    "fit_head",
+    "trainer",
+    "train_head_through",
+    "copy_head",
+    "head_probabilities",
+]
 
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
@@ -63,8 +72,10 @@ def fit(
     report: Optional[Report],
     offset: int,
     seed: int = 0,
+    class_weight: Optional[Sequence[float]] = None,
 ) -> dict[str, list[float]]:
-    """``model.fit`` with early stopping on validation loss, best weights restored."""
+    """``model.fit`` with early stopping on validation loss, best weights restored; ``class_weight``
+    (one weight per class) weights the training loss, not the validation loss."""
     import keras
     import tensorflow as tf
 
@@ -87,6 +98,9 @@ def fit(
         verbose=0,
         shuffle=False,
         callbacks=[stop, _reporter(report, offset)],
+        class_weight=None
+        if class_weight is None
+        else {i: float(w) for i, w in enumerate(class_weight)},
     )
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
@@ -158,6 +172,7 @@ def train_head_through(
     report: Optional[Report],
     offset: int,
     seed: int,
+    class_weight: Optional[Sequence[float]] = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at ``lr`` and dropout ``dropout``."""
     copy_head(None, model, head)
@@ -165,7 +180,7 @@ def train_head_through(
     for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
         var.assign(np.zeros(var.shape, dtype=var.dtype))
     model.optimizer.learning_rate = lr
-    return fit(model, train, val, epochs, patience, batch_size, report, offset, seed)
+    return fit(model, train, val, epochs, patience, batch_size, report, offset, seed, class_weight)
 
 
 _HEAD_TRAINER: Any = None  # fit_head's variables and traced epoch, one per process
@@ -217,6 +232,7 @@ class _HeadTrainer:
                 tf.TensorSpec([None], i32),
                 tf.TensorSpec([2], i32),
                 tf.TensorSpec([], i32),
+                tf.TensorSpec([None], f32),  # per-class loss weights (ones: unweighted)
             ],
         )
 
@@ -233,19 +249,35 @@ class _HeadTrainer:
     def weights(self) -> list[np.ndarray]:
         return [np.array(var.numpy(), copy=True) for var in self.w]
 
-    def _scores(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def _scores(self, x: Any, y: Any, class_weight: Any = None) -> tuple[Any, Any]:
+        """Summed (class-weighted) cross-entropy and hits of a batch."""
         import tensorflow as tf
 
         w = self.w
         logits = tf.matmul(tf.nn.relu(tf.matmul(x, w[0]) + w[1]), w[2]) + w[3]
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        if class_weight is not None:
+            loss = loss * tf.gather(class_weight, y)
         hits = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32)
         return tf.reduce_sum(loss), tf.reduce_sum(hits)
 
     def _epoch(
-        self, lr: Any, rate: Any, x: Any, y: Any, xv: Any, yv: Any, seed: Any, batch_size: Any
+        self,
+        lr: Any,
+        rate: Any,
+        x: Any,
+        y: Any,
+        xv: Any,
+        yv: Any,
+        seed: Any,
+        batch_size: Any,
+        class_weight: Any,
     ) -> Any:
-        """Shuffled mini-batches with dropout and Adam; returns [loss, accuracy, val_loss, val_accuracy]."""
+        """Shuffled mini-batches with dropout and Adam; returns [loss, accuracy, val_loss, val_accuracy].
+
+        The training loss is weighted by ``class_weight`` (as Keras' ``class_weight`` does: the
+        weighted sum over the batch size); the validation loss is not.
+        """
         import tensorflow as tf
 
         n = tf.shape(x)[0]
@@ -259,7 +291,7 @@ class _HeadTrainer:
             )
             xb = tf.where(keep, xb / (1.0 - rate), 0.0)
             with tf.GradientTape() as tape:
-                loss, hits = self._scores(xb, yb)
+                loss, hits = self._scores(xb, yb, class_weight)
                 mean = loss / tf.cast(tf.shape(xb)[0], tf.float32)
             grads = tape.gradient(mean, self.w)
             t = self.step.assign_add(1.0)
@@ -298,6 +330,7 @@ def fit_head(
     report: Optional[Report],
     offset: int,
     seed: int,
+    class_weight: Optional[Sequence[float]] = None,
 ) -> dict[str, list[float]]:
     """Train ``head`` (built: Dropout, Dense relu, Dense softmax) on cached features from its current weights.
 
@@ -305,6 +338,7 @@ def fit_head(
     mini-batches, early stopping on validation loss (by ``MIN_DELTA``) with
     the best epoch's weights restored into ``head``, a history with Keras'
     keys, and ``report(offset + epoch, val_accuracy)`` after every epoch.
+    ``class_weight`` (one weight per class) weights the training loss.
     """
     import tensorflow as tf
 
@@ -316,6 +350,10 @@ def fit_head(
     )
     xv, yv = tf.constant(np.asarray(val[0], np.float32)), tf.constant(np.asarray(val[1], np.int32))
     consts = [tf.constant(lr, tf.float32), tf.constant(dropout, tf.float32)]
+    n_classes = int(head[2].units)
+    weights = tf.constant(
+        np.ones(n_classes) if class_weight is None else np.asarray(class_weight), tf.float32
+    )
     history: dict[str, list[float]] = {
         "loss": [],
         "accuracy": [],
@@ -332,6 +370,7 @@ def fit_head(
             yv,
             tf.constant([seed % 2**31, e], tf.int32),
             tf.constant(batch_size, tf.int32),
+            weights,
         )
         values = [float(t) for t in logs.numpy()]
         for key, value in zip(history, values):
@@ -351,3 +390,18 @@ def fit_head(
     head[1].set_weights(best_w[:2])
     head[2].set_weights(best_w[2:])
     return history
+
+
+def head_probabilities(head: Sequence[Any], features: Any, batch: int = 4096) -> np.ndarray:
+    """The class probabilities ``head`` (built; dropout off, as at inference) gives pooled ``features``,
+    computed in slices of ``batch`` rows so a large memory-mapped split is never read whole."""
+    w1, b1 = head[1].get_weights()
+    w2, b2 = head[2].get_weights()
+    out = []
+    for start in range(0, len(features), batch):
+        x = np.asarray(features[start : start + batch], dtype=np.float32)
+        logits = (np.maximum(x @ w1 + b1, 0.0) @ w2 + b2).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        out.append(e / e.sum(axis=1, keepdims=True))
+    return np.concatenate(out) if out else np.zeros((0, int(w2.shape[1])))

@@ -1,16 +1,29 @@
-"""What a search optimises: each objective defined once, and the one order that says "best".
+"""What a search optimises: each objective defined once, its constraints, and the one order that says "best".
 
-An :class:`Objective` is a name a user writes (``accuracy``), the metric a
-trial records (``val_accuracy``), its direction and how it is shown.  The
-study's :class:`Objectives` are a list of them in order: they give Optuna its
-``directions``, turn a trial's metrics into the values its objective function
-returns, read those values back from any trial, and rank trials for the
-search (which trials keep their layers, which is the best model), the
-keras-tuner engine, the leaderboards, the report and export.
+An :class:`Objective` is a name a user writes (``accuracy``, ``latency_ms``),
+the metric a trial records (``val_accuracy``, ``latency_ms``), its direction,
+how it is shown, and who measures it: the trainer, on the validation split
+(``kind="validation"``), or the deploy-cost measurement on the exported
+TFLite model (``kind="deploy"``, once per backbone, input size and head
+shape).  The study's :class:`Objectives` are a list of them in order, plus
+:class:`Constraint` bounds (``constraints: {latency_ms: 15}``): they give
+Optuna its ``directions`` and constraint values, turn a trial's metrics into
+the values its objective function returns, read them back from any trial,
+and rank trials for the search (which trials keep their layers, which is the
+best model), the keras-tuner engine, the leaderboards, the report and export.
 
-A new objective is one entry in :data:`OBJECTIVES` (plus, if the trainer does
-not yet record its metric, the code that measures it).  This module imports
-nothing heavy: Optuna's trials are read by duck typing.
+"Best first" is one order, :meth:`Objectives.key`: trials that meet every
+constraint first (the others by how far they miss), then by Pareto level
+(the non-dominated trials are level 0; with one objective every trial is),
+then each objective in the order the space lists them, then the lower
+validation loss, then the earlier trial.  So with several objectives the
+single best trial is the Pareto-optimal trial that meets the constraints and
+is best on the first objective; a trial that breaks a constraint is never
+"best" (:meth:`Objectives.best` is ``None`` when none meets them).
+
+A new objective is one entry in :data:`OBJECTIVES` (plus, if nothing records
+its metric yet, the code that measures it).  This module imports nothing
+heavy: Optuna's trials are read by duck typing.
 """
 
 from __future__ import annotations
@@ -25,9 +38,12 @@ from autotl.errors import UsageError
 __all__ = [
     "Objective",
     "Objectives",
+    "Constraint",
     "OBJECTIVES",
     "DEFAULT_OBJECTIVES",
     "TIE_BREAK",
+    "VALIDATION",
+    "DEPLOY",
     "get_objective",
     "trial_metrics",
     "complete_trials",
@@ -36,6 +52,8 @@ __all__ = [
 ]
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
+#: Who measures an objective's metric: the trainer on the validation split, or the deploy-cost measurement.
+VALIDATION, DEPLOY = "validation", "deploy"
 #: The metric that breaks ties between equal objective values (lower is better), then the earlier trial wins.
 TIE_BREAK = "val_loss"
 
@@ -50,6 +68,9 @@ class Objective:
     label: str  # "validation accuracy": in sentences
     short: str  # "val acc": in table headers
     fmt: str = ".4f"
+    kind: str = (
+        VALIDATION  # who measures it: VALIDATION (the trainer) or DEPLOY (the exported model)
+    )
 
     def signed(self, value: float) -> float:
         """``value`` on a scale where smaller is better (for sort keys)."""
@@ -65,11 +86,33 @@ class Objective:
         return b is None or self.signed(a) < self.signed(b)
 
 
-#: Every objective autotl knows, by the name a space or ``--objectives`` uses.
+#: Every objective autotl knows, by the name a space or ``--objectives`` uses.  The trainer records
+#: the validation metrics of every trial; the deploy costs are measured when an objective or a
+#: constraint names one (``autotl.deploy_costs``).  ``log_loss`` is the validation loss: the mean
+#: cross-entropy of the epoch early stopping restored.
 OBJECTIVES: dict[str, Objective] = {
-    "accuracy": Objective("accuracy", "val_accuracy", MAXIMIZE, "validation accuracy", "val acc"),
+    o.name: o
+    for o in (
+        Objective("accuracy", "val_accuracy", MAXIMIZE, "validation accuracy", "val acc"),
+        Objective(
+            "balanced_accuracy",
+            "val_balanced_accuracy",
+            MAXIMIZE,
+            "validation balanced accuracy",
+            "val bal acc",
+        ),
+        Objective("macro_f1", "val_macro_f1", MAXIMIZE, "validation macro F1", "val macro F1"),
+        Objective("log_loss", "val_loss", MINIMIZE, "validation log loss", "val log loss"),
+        Objective(
+            "latency_ms", "latency_ms", MINIMIZE, "TFLite latency (ms)", "latency ms", ".2f", DEPLOY
+        ),
+        Objective("size_mb", "size_mb", MINIMIZE, "TFLite file (MB)", "size MB", ".2f", DEPLOY),
+        Objective("params", "params", MINIMIZE, "parameters", "params", ",.0f", DEPLOY),
+    )
 }
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy",)
+#: The metrics the deploy-cost measurement records (``autotl.deploy_costs``).
+DEPLOY_METRICS: tuple[str, ...] = tuple(o.metric for o in OBJECTIVES.values() if o.kind == DEPLOY)
 
 
 def get_objective(name: str) -> Objective:
@@ -119,23 +162,90 @@ def trial_metrics(trial: Any) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A bound an objective's metric must meet: at most ``bound`` when it is minimised
+    (``latency_ms: 15``), at least ``bound`` when it is maximised (``balanced_accuracy: 0.8``)."""
+
+    objective: Objective
+    bound: float
+
+    def slack(self, metrics: Mapping[str, float]) -> Optional[float]:
+        """How far the value is on the wrong side of the bound (``<= 0``: met), or None when unmeasured."""
+        value = metrics.get(self.objective.metric)
+        if value is None or not math.isfinite(value):
+            return None
+        return self.objective.signed(value) - self.objective.signed(self.bound)
+
+    def describe(self) -> str:
+        op = "<=" if self.objective.direction == MINIMIZE else ">="
+        return f"{self.objective.name} {op} {self.bound:g}"
+
+
+def _constraints(given: Mapping[str, Any] | None, names: Sequence[str]) -> tuple[Constraint, ...]:
+    """Constraints from ``{name: bound}``; a name no objective has, or a bound that is no number, is a UsageError."""
+    out = []
+    for name, bound in (given or {}).items():
+        if name not in OBJECTIVES:
+            raise UsageError(
+                f"constraint on {name!r}, which is neither searched ({', '.join(names)}) nor "
+                f"measured; constrain one of {', '.join(OBJECTIVES)}"
+            )
+        if (
+            isinstance(bound, bool)
+            or not isinstance(bound, (int, float))
+            or not math.isfinite(bound)
+        ):
+            raise UsageError(f"constraint {name}: the bound must be a number, got {bound!r}")
+        out.append(Constraint(OBJECTIVES[name], float(bound)))
+    return tuple(out)
+
+
+def pareto_levels(vectors: Sequence[Sequence[float]]) -> list[int]:
+    """Each point's Pareto level (0: no other point dominates it), every coordinate smaller-is-better.
+
+    A point dominates another when it is no worse in every coordinate and
+    better in one; equal points share a level.  ``inf`` marks a missing value.
+    """
+    import numpy as np
+
+    if len(vectors) < 2:
+        return [0] * len(vectors)
+    v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    level = np.zeros(len(v), dtype=np.int64)
+    dominates = (v[:, None, :] <= v[None, :, :]).all(-1) & (v[:, None, :] < v[None, :, :]).any(-1)
+    remaining, current = np.ones(len(v), dtype=bool), 0
+    while remaining.any():
+        idx = np.flatnonzero(remaining)
+        front = idx[~dominates[np.ix_(idx, idx)].any(axis=0)]
+        level[front] = current
+        remaining[front] = False
+        current += 1
+    return level.tolist()
+
+
+@dataclass(frozen=True)
 class Objectives:
-    """The study's objectives, in order (the first is the primary one, shown first everywhere)."""
+    """The study's objectives, in order (the first is the primary one, shown first everywhere), and its constraints."""
 
     items: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...] = ()
 
     @classmethod
-    def of(cls, names: Iterable[str] | None = None) -> Objectives:
-        """From names (default: accuracy); unknown or repeated names are a UsageError."""
+    def of(
+        cls, names: Iterable[str] | None = None, constraints: Mapping[str, Any] | None = None
+    ) -> Objectives:
+        """From names (default: accuracy) and ``{name: bound}``; unknown or repeated names are a UsageError."""
         names = list(names or DEFAULT_OBJECTIVES)
         if len(set(names)) != len(names):
             raise UsageError(f"objectives must be distinct, got {names}")
-        return cls(tuple(get_objective(n) for n in names))
+        return cls(tuple(get_objective(n) for n in names), _constraints(constraints, names))
 
     @classmethod
     def of_study(cls, study: Any) -> Objectives:
-        """The objectives a study was created with (its ``objectives`` attribute; accuracy for older studies)."""
-        return cls.of((getattr(study, "user_attrs", None) or {}).get("objectives"))
+        """The objectives and constraints a study was created with (its ``objectives`` and ``constraints``
+        attributes; accuracy alone for older studies)."""
+        attrs = getattr(study, "user_attrs", None) or {}
+        return cls.of(attrs.get("objectives"), attrs.get("constraints"))
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.items)
@@ -156,6 +266,16 @@ class Objectives:
     def primary(self) -> Objective:
         return self.items[0]
 
+    @property
+    def needs_deploy_costs(self) -> bool:
+        """Whether an objective or a constraint is a deploy cost (so every trial must have them measured)."""
+        named = [*self.items, *(c.objective for c in self.constraints)]
+        return any(o.kind == DEPLOY for o in named)
+
+    def constraint_bounds(self) -> dict[str, float]:
+        """``{name: bound}``, as a space and the study's ``constraints`` attribute write them."""
+        return {c.objective.name: c.bound for c in self.constraints}
+
     def values(self, metrics: Mapping[str, float]) -> list[float]:
         """What the objective function returns for a trial that recorded ``metrics``."""
         missing = [o.metric for o in self.items if o.metric not in metrics]
@@ -168,31 +288,75 @@ class Objectives:
         found = trial_metrics(trial).get((objective or self.primary).metric)
         return None if found is None or not math.isfinite(found) else found
 
-    def key(self, metrics: Mapping[str, float], number: int) -> tuple[float, ...]:
-        """The sort key of "best first": each objective in order, then lower validation loss, then the earlier trial.
+    def constraint_values(self, metrics: Mapping[str, float]) -> list[float]:
+        """Optuna's constraint values (``<= 0``: met), one per constraint; ``inf`` when unmeasured."""
+        return [math.inf if (s := c.slack(metrics)) is None else s for c in self.constraints]
 
-        A missing value sorts last.
-        """
-        parts = []
+    def violation(self, metrics: Mapping[str, float]) -> float:
+        """By how much ``metrics`` miss the constraints in total (0: all met; ``inf``: one unmeasured)."""
+        return sum(max(0.0, v) for v in self.constraint_values(metrics))
+
+    def broken(self, metrics: Mapping[str, float]) -> list[str]:
+        """The constraints ``metrics`` do not meet, as ``latency_ms <= 15`` (unmeasured counts as not met)."""
+        return [
+            c.describe() for c, v in zip(self.constraints, self.constraint_values(metrics)) if v > 0
+        ]
+
+    def _point(self, metrics: Mapping[str, float]) -> list[float]:
+        out = []
         for o in self.items:
             v = metrics.get(o.metric)
-            parts.append(math.inf if v is None or not math.isfinite(v) else o.signed(v))
+            out.append(math.inf if v is None or not math.isfinite(v) else o.signed(v))
+        return out
+
+    def key(self, metrics: Mapping[str, float], number: int, level: int = 0) -> tuple[float, ...]:
+        """The sort key of "best first" (see the module's docstring); a missing value sorts last.
+
+        ``level`` is the trial's Pareto level among the trials being ranked
+        (:meth:`keys` computes it; with one objective it changes nothing).
+        """
         loss = metrics.get(TIE_BREAK)
-        parts.append(math.inf if loss is None else loss)
-        return (*parts, number)
+        tail = math.inf if loss is None or not math.isfinite(loss) else loss
+        return (self.violation(metrics), level, *self._point(metrics), tail, number)
+
+    def keys(self, pairs: Sequence[tuple[Mapping[str, float], int]]) -> list[tuple[float, ...]]:
+        """:meth:`key` of every ``(metrics, number)`` with its Pareto level among those that meet the
+        constraints (and, separately, among those that do not)."""
+        levels = [0] * len(pairs)
+        if len(self.items) > 1:
+            met = [self.violation(m) == 0 for m, _ in pairs]
+            for group in (True, False):
+                idx = [i for i, ok in enumerate(met) if ok is group]
+                for i, lv in zip(idx, pareto_levels([self._point(pairs[i][0]) for i in idx])):
+                    levels[i] = lv
+        return [self.key(m, n, lv) for (m, n), lv in zip(pairs, levels)]
 
     def trial_key(self, trial: Any) -> tuple[float, ...]:
+        """The key of one trial ranked alone (level 0): comparable with :meth:`key`, not a Pareto level."""
         number = trial["number"] if isinstance(trial, Mapping) else trial.number
         return self.key(trial_metrics(trial), number)
 
     def rank(self, trials: Sequence[Any]) -> list[Any]:
         """The scored trials among ``trials``, best first (states are the caller's to filter)."""
         scored = [t for t in trials if self.value(t) is not None]
-        return sorted(scored, key=self.trial_key)
+        keys = self.keys(
+            [
+                (trial_metrics(t), t["number"] if isinstance(t, Mapping) else t.number)
+                for t in scored
+            ]
+        )
+        return [t for _, t in sorted(zip(keys, scored), key=lambda kt: kt[0])]
 
     def best(self, trials: Sequence[Any]) -> Any:
+        """The best of ``trials``: first in :meth:`rank`, if it meets every constraint; else None."""
         ranked = self.rank(trials)
-        return ranked[0] if ranked else None
+        return ranked[0] if ranked and self.violation(trial_metrics(ranked[0])) == 0 else None
+
+    def front(self, trials: Sequence[Any]) -> list[Any]:
+        """The Pareto-optimal trials among ``trials`` that meet the constraints, best first."""
+        ranked = self.rank(trials)
+        pairs = [(trial_metrics(t), 0) for t in ranked]
+        return [t for t, k in zip(ranked, self.keys(pairs)) if k[0] == 0 and k[1] == 0]
 
 
 def complete_trials(study: Any) -> list[Any]:
@@ -211,6 +375,5 @@ def ranked_trials(study: Any) -> list[Any]:
 
 
 def best_trial(study: Any) -> Any:
-    """The best complete trial by :func:`ranked_trials`, or ``None``."""
-    ranked = ranked_trials(study)
-    return ranked[0] if ranked else None
+    """The best complete trial by :func:`ranked_trials` that meets the study's constraints, or ``None``."""
+    return Objectives.of_study(study).best(complete_trials(study))

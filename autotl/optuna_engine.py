@@ -5,8 +5,8 @@ Optuna storage URL (PostgreSQL for many workers) works.  Rerunning the same
 search resumes: finished trials are kept and only the missing ones run,
 because the trial budget counts complete and pruned trials in the study, not
 trials of this process.  The sampler is the space's (``sampler``), the
-objectives are the space's (``objectives``), and every "best" is
-:func:`autotl.objective.ranked_trials`' order.
+objectives and constraints are the space's (``objectives``, ``constraints``),
+and every "best" is :func:`autotl.objective.ranked_trials`' order.
 
 Failures follow :mod:`autotl.failures`: a trial that raises anything is
 marked failed with its reason and the search goes on; a backbone that fails
@@ -14,10 +14,18 @@ three times in a row is dropped (the sampler is kept off it), and the search
 stops with :class:`autotl.errors.SearchStopped` when no backbone is left or
 ``max_failures`` trials in a row have failed.  Before the first trial every
 backbone is checked once (:mod:`autotl.prechecks`).
+
+When an objective or a constraint is a deploy cost (``latency_ms``,
+``size_mb``, ``params``), each trial's costs are looked up (measured once per
+backbone and head shape, :mod:`autotl.deploy_costs`) before it trains and
+recorded in its metrics.  Its constraint values go to the trial's
+``constraints`` attribute and to Optuna (``trial.set_constraint`` on Optuna 5,
+the sampler's ``constraints_func`` on Optuna 4).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -40,7 +48,7 @@ from autotl.failures import (
     SearchBackbones,
     stop_reason,
 )
-from autotl.objective import Objectives, ranked_trials
+from autotl.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
 from autotl.registry import Registry
 from autotl.runfolder import RunFolder
 from autotl.space import SearchSpace, trial_params
@@ -53,6 +61,8 @@ Event = Callable[[dict[str, Any]], None]
 #: A trial's stage (user attribute ``stage``): an ordinary trial, a screening trial (phase 1 only),
 #: or a finalist's fine-tuning trial (see ``screening`` in the search space).
 FULL, SCREEN, FINALIST = "full", "screen", "finalist"
+#: The trial attribute holding its constraint values (``<= 0``: met), as Optuna's ``constraints_func`` reads them.
+CONSTRAINTS_ATTR = "constraints"
 
 
 @dataclass
@@ -75,6 +85,8 @@ class SearchConfig:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
     explicit: bool = False  # the backbones were named (--backbone): each must be usable
+    # measures a shape's deploy costs: autotl.deploy_costs.measure_deploy_costs (the API passes it)
+    deploy_costs: Optional[Callable[..., dict[str, float]]] = None
 
     @property
     def run(self) -> RunFolder:
@@ -86,7 +98,34 @@ class SearchConfig:
 
     @property
     def objectives(self) -> Objectives:
-        return Objectives.of(self.space.objectives)
+        return Objectives.of(self.space.objectives, self.space.constraints)
+
+    @property
+    def prunes(self) -> bool:
+        """Optuna prunes single-objective studies only; and a pruned trial must still have its
+        constraint values, which only the deploy costs (known before training) have."""
+        objectives = self.objectives
+        return len(objectives) == 1 and all(
+            c.objective.kind == DEPLOY for c in objectives.constraints
+        )
+
+
+def _trial_sets_constraints() -> bool:
+    """Optuna 5 takes constraint values from the trial (``trial.set_constraint``); Optuna 4 from the
+    sampler's ``constraints_func`` (deprecated in 5)."""
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def _constraints_func(n: int) -> Callable[[Any], list[float]]:
+    """Optuna 4's ``constraints_func``: the values the trial recorded (``inf``, not met, if it recorded none)."""
+
+    def constraints(trial: Any) -> list[float]:
+        found = trial.user_attrs.get(CONSTRAINTS_ATTR)
+        return [float(v) for v in found] if found else [math.inf] * n
+
+    return constraints
 
 
 def open_search_study(cfg: SearchConfig) -> Any:
@@ -96,7 +135,9 @@ def open_search_study(cfg: SearchConfig) -> Any:
     the sampler's seed is offset by the trials already there and by the
     worker's index.  Pruning acts on one step axis across both phases (phase-2
     epochs are steps ``phase1.epochs + e``), after a warm-up that covers phase 1;
-    Optuna prunes single-objective studies only, so several objectives turn it off.
+    Optuna prunes single-objective studies only, so several objectives turn it
+    off (and so does a constraint on a validation metric: see ``prunes``).  A
+    study made for other objectives or constraints is refused in one line.
     """
     import optuna
 
@@ -106,7 +147,7 @@ def open_search_study(cfg: SearchConfig) -> Any:
     objectives = cfg.objectives
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.space.phase1.epochs)
-        if len(objectives) == 1
+        if cfg.prunes
         else optuna.pruners.NopPruner()
     )
     study = open_study(
@@ -116,10 +157,44 @@ def open_search_study(cfg: SearchConfig) -> Any:
         pruner=pruner,
         heartbeat=cfg.heartbeat,
     )
+    _check_same_objectives(study, objectives, cfg.storage_url)
     offset = len(study.get_trials(deepcopy=False)) + 1000 * cfg.worker_index
     seed = (cfg.space.seed + offset) % 2**32  # samplers take 0 .. 2**32 - 1
-    study.sampler = make_sampler(cfg.space.sampler, seed, len(objectives))
+    constraints = (
+        _constraints_func(len(objectives.constraints))
+        if objectives.constraints and not _trial_sets_constraints()
+        else None
+    )
+    study.sampler = make_sampler(cfg.space.sampler, seed, len(objectives), constraints)
     return study
+
+
+def _check_same_objectives(study: Any, objectives: Objectives, storage_url: str) -> None:
+    """A resumed study keeps its objectives and constraints: its trials' values and constraint values mean them."""
+    from autotl.storage import safe_url
+
+    attrs = study.user_attrs
+    for key, have, want in (
+        ("objectives", attrs.get("objectives"), objectives.names),
+        ("constraints", attrs.get("constraints"), objectives.constraint_bounds()),
+    ):
+        if have is not None and study.get_trials(deepcopy=False) and have != want:
+            raise UsageError(
+                f"study {study.study_name!r} in {safe_url(storage_url)} was searched with {key} {have}, "
+                f"not {want}; pass another --out (or --study-name) for this search"
+            )
+
+
+def _record_constraints(trial: Any, objectives: Objectives, metrics: dict[str, float]) -> None:
+    """The trial's constraint values (``<= 0``: met), once: in its ``constraints`` attribute, and for
+    Optuna 5's samplers through ``trial.set_constraint``."""
+    if not objectives.constraints:
+        return
+    values = objectives.constraint_values(metrics)
+    trial.set_user_attr(CONSTRAINTS_ATTR, values)
+    if _trial_sets_constraints():
+        for c, v in zip(objectives.constraints, values):
+            trial.set_constraint(c.objective.name, v)
 
 
 class _TrialRunner:
@@ -227,6 +302,7 @@ class _TrialRunner:
         ):
             trial.set_user_attr(key, value)
         start = time.perf_counter()
+        costs = self._deploy_costs(trial, spec, weights, params, event)
         result = train_trial(
             spec,
             params,
@@ -238,10 +314,12 @@ class _TrialRunner:
             lambda msg: self.on_event({**event, "status": msg}),
             self.cfg.space.augmentation,
         )
-        for key, value in result.attrs().items():
+        metrics = {**result.attrs()["metrics"], **costs}
+        for key, value in {**result.attrs(), "metrics": metrics}.items():
             trial.set_user_attr(key, value)
+        if not self._constraints_known_early:
+            _record_constraints(trial, self.cfg.objectives, metrics)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
-        metrics = result.attrs()["metrics"]
         if self._worth_keeping(trial, metrics):
             # Only what the trial trained is stored (milliseconds); the full model is assembled on demand.
             trial.set_user_attr(
@@ -250,6 +328,48 @@ class _TrialRunner:
             )
         values = self.cfg.objectives.values(metrics)
         return values[0] if len(values) == 1 else values
+
+    def _deploy_costs(
+        self, trial: Any, spec: Any, weights: Any, params: Any, event: dict[str, Any]
+    ) -> dict[str, float]:
+        """The trial's deploy costs when an objective or constraint needs them (else ``{}``), recorded
+        before it trains, so a pruned trial has them and its constraint values too."""
+        objectives = self.cfg.objectives
+        if not objectives.needs_deploy_costs:
+            return {}
+        if self.cfg.deploy_costs is None:
+            raise UsageError(
+                "this search's objectives or constraints need deploy costs: pass "
+                "SearchConfig(deploy_costs=autotl.deploy_costs.measure_deploy_costs)"
+            )
+        self.on_event({**event, "status": "deploy costs"})
+        try:
+            costs = self.cfg.deploy_costs(
+                self.cfg.run,
+                spec,
+                weights,
+                lambda: self.base(spec, weights, params.seed),
+                params.head_width,
+                len(self.dataset.class_names),
+                self.cfg.space.deploy.model_dump(),
+            )
+        except UsageError:
+            raise
+        except Exception as exc:  # a model that cannot be converted or timed fails this trial only
+            reason = f"deploy costs not measured: {first_line(exc)[:200]}"
+            trial.set_user_attr("fail_reason", reason)
+            self.on_event({**event, "failed": reason})
+            raise TrialFailed(reason) from None
+        trial.set_user_attr("metrics", costs)
+        if self._constraints_known_early:
+            _record_constraints(trial, objectives, costs)
+        return costs
+
+    @property
+    def _constraints_known_early(self) -> bool:
+        """Whether every constraint is on a deploy cost, so its values are known before training."""
+        constraints = self.cfg.objectives.constraints
+        return bool(constraints) and all(c.objective.kind == DEPLOY for c in constraints)
 
     def _reporter(
         self, trial: Any, params: Any, event: dict[str, Any]
@@ -267,7 +387,7 @@ class _TrialRunner:
                     "val_accuracy": value,
                 }
             )
-            if len(self.cfg.objectives) > 1:  # Optuna prunes single-objective studies only
+            if not self.cfg.prunes:  # Optuna prunes single-objective studies only
                 return
             trial.report(value, step)
             if trial.should_prune():
@@ -287,10 +407,9 @@ class _TrialRunner:
         ranked = ranked_trials(trial.study)
         if len(ranked) < self.cfg.keep_models:
             return True
-        objectives = self.cfg.objectives
-        return objectives.key(metrics, trial.number) < objectives.trial_key(
-            ranked[self.cfg.keep_models - 1]
-        )
+        pairs = [(trial_metrics(t), t.number) for t in ranked] + [(metrics, trial.number)]
+        keys = self.cfg.objectives.keys(pairs)
+        return sum(k < keys[-1] for k in keys[:-1]) < self.cfg.keep_models
 
 
 def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
@@ -358,6 +477,7 @@ def _describe_study(study: Any, cfg: SearchConfig, dataset: Any) -> None:
         "class_names": list(dataset.class_names),
         "space": cfg.space.model_dump(),
         "objectives": cfg.objectives.names,
+        "constraints": cfg.objectives.constraint_bounds(),
         "sampler": cfg.space.sampler,
         "engine": "optuna",
         "versions": library_versions(),

@@ -13,6 +13,7 @@ it, and report, export, lineage and the Python API read it, all through
       best_model.json         which trial best_model.keras is (the best-model marker)
       trials/NNNN/            what a trial trained (trained_layers.npz); model.keras once assembled
       cache/                  the frozen-feature cache
+      deploy_costs.json       deploy costs (TFLite latency, size, parameters) per backbone and head shape
       logs/                   the extra workers' output
       keras_tuner/            the keras-tuner engine's project, its best_model.keras and marker
       report.html, report.md, report.json, report_files/
@@ -72,6 +73,7 @@ class RunFolder:
     TRIAL_MODEL = "model.keras"
     CACHE = "cache"
     LOGS = "logs"
+    DEPLOY_COSTS = "deploy_costs.json"
     REPORT_HTML, REPORT_MD, REPORT_JSON, REPORT_FILES = (
         "report.html",
         "report.md",
@@ -120,6 +122,15 @@ class RunFolder:
     @property
     def logs_dir(self) -> Path:
         return self.path / self.LOGS
+
+    @property
+    def deploy_costs_file(self) -> Path:
+        return self.path / self.DEPLOY_COSTS
+
+    @property
+    def deploy_costs_lock(self) -> Path:
+        """Held while deploy costs are measured and written, so workers neither time at once nor lose a write."""
+        return self.path / f".{self.DEPLOY_COSTS}.lock"
 
     @property
     def report_files(self) -> Path:
@@ -300,8 +311,17 @@ class RunFolder:
             if not Path(source).is_dir():
                 raise UsageError(f"the search's data folder {source} is gone; pass --data DATA_DIR")
             dataset = data_mod.load_folder(source, val_fraction, seed)
+        dataset = self._with_test_split(dataset, source, space, seed)
         expected = record.get("data_fingerprint") or summary.get("fingerprint")
         return dataset, bool(expected) and dataset.fingerprint == expected
+
+    @staticmethod
+    def _with_test_split(dataset: Any, source: str, space: Mapping[str, Any], seed: int) -> Any:
+        """The search's test split again (``autotl.holdout``): its ``test/`` folder or ``test_fraction``."""
+        from autotl.holdout import add_test_split
+
+        folder = None if source.startswith("sample:") else source
+        return add_test_split(dataset, folder, float(space.get("test_fraction") or 0.0), seed)
 
     @staticmethod
     def split_settings(summary: Mapping[str, Any], space: Mapping[str, Any]) -> tuple[float, int]:

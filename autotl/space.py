@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autotl.errors import UsageError
-from autotl.objective import DEFAULT_OBJECTIVES, OBJECTIVES
+from autotl.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objectives
 from autotl.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autotl.train import LR_RATIO, TrialParams
 
@@ -25,6 +25,7 @@ __all__ = [
     "builtin_spaces",
     "trial_params",
     "apply_screening",
+    "apply_objectives",
     "errors_line",
     "LR_RATIO",
 ]
@@ -139,6 +140,17 @@ class Screening(_Strict):
     finalists: int = Field(3, ge=1)
 
 
+class Deploy(_Strict):
+    """How deploy costs (``latency_ms``, ``size_mb``, ``params``) are measured: the exported format and
+    quantization, and the TFLite interpreter's threads, warm-up and timed runs (the median is kept)."""
+
+    format: Literal["tflite"] = "tflite"
+    quantize: Literal["none", "int8"] = "none"
+    threads: int = Field(1, ge=1, le=256)
+    warmup: int = Field(5, ge=0, le=1000)
+    runs: int = Field(30, ge=3, le=10000)
+
+
 class SearchSpace(_Strict):
     backbones: list[str] = Field(min_length=1)
     head: Head
@@ -148,6 +160,11 @@ class SearchSpace(_Strict):
     screening: Optional[Screening] = None  # off: every trial may fine-tune
     sampler: str = DEFAULT_SAMPLER  # one of autotl.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
+    # bounds each trial must meet to count as best: at most (minimised) or at least (maximised)
+    constraints: dict[str, float] = Field(default_factory=dict)
+    deploy: Deploy = Deploy()
+    class_weight: Optional[Literal["balanced"]] = None  # weight the loss by class, in both phases
+    test_fraction: float = Field(0.0, ge=0, lt=1)  # share of training images held out as test
     batch_size: int = Field(32, ge=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy, Optuna and TensorFlow all take it
     trials: int = Field(20, ge=1)
@@ -174,6 +191,19 @@ class SearchSpace(_Strict):
             )
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives: names must be unique, got {self.objectives}")
+        return self._checked_objectives()
+
+    def _checked_objectives(self) -> SearchSpace:
+        """Constraints name objectives autotl measures; a one-objective sampler gets one objective."""
+        try:
+            Objectives.of(self.objectives, self.constraints)
+        except UsageError as exc:
+            raise ValueError(f"constraints: {exc}") from None
+        if self.sampler == "cmaes" and len(self.objectives) > 1:
+            raise ValueError(
+                f"sampler: cmaes optimises one objective, but objectives are {self.objectives}; "
+                "use nsga2 or tpe for several"
+            )
         return self
 
 
@@ -257,7 +287,25 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
         batch_size=space.batch_size,
         seed=space.seed,
         prefetch_blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        class_weight=space.class_weight,
     )
+
+
+def apply_objectives(space: SearchSpace, objectives: Optional[Any]) -> SearchSpace:
+    """``space`` searching ``objectives`` instead (a list, or ``"accuracy,latency_ms"``); ``None`` keeps the space's.
+
+    The space's checks run again, so a constraint or sampler that no longer fits is refused in one line.
+    """
+    if objectives is None:
+        return space
+    names = objectives.split(",") if isinstance(objectives, str) else list(objectives)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not names:
+        raise UsageError(f"--objectives: give at least one; choose from {', '.join(OBJECTIVES)}")
+    try:
+        return SearchSpace.model_validate({**space.model_dump(), "objectives": names})
+    except ValidationError as exc:
+        raise UsageError(f"--objectives: {errors_line(exc)}") from None
 
 
 def apply_screening(

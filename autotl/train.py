@@ -24,7 +24,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl.fitting import MIN_DELTA, Report, copy_head, fit_head, train_head_through, trainer
+from autotl.fitting import (
+    MIN_DELTA,
+    Report,
+    copy_head,
+    fit_head,
+    head_probabilities,
+    train_head_through,
+    trainer,
+)
+from autotl.metrics import balanced_class_weights, classification_scores
 from autotl.seeding import set_random_seed
 
 __all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
@@ -64,6 +73,7 @@ class TrialParams:
     batch_size: int = 32
     seed: int = 0
     prefetch_blocks: int = 0  # cache this many top boundaries in phase 1's forward pass
+    class_weight: Optional[str] = None  # "balanced": each class weighs n / (classes * its count)
 
     def __post_init__(self) -> None:
         if self.finetune_lr * LR_RATIO > self.phase1_lr * (1 + 1e-9):
@@ -89,15 +99,27 @@ class TrialResult:
     cache: dict[str, Any] = field(default_factory=dict)
     build_model: Callable[[], Any] = field(default=lambda: None, repr=False)
     trained_weights: Callable[[], dict[str, list[np.ndarray]]] = field(default=dict, repr=False)
+    # scores of the final validation probabilities (the restored epoch; a kept phase 2's)
+    val_scores: dict[str, float] = field(default_factory=dict)
 
     def attrs(self) -> dict[str, Any]:
         """Everything but the model and its weights, JSON-able, for the study's trial attributes."""
         out = asdict(self)
         out.pop("build_model")
         out.pop("trained_weights")
+        out.pop("val_scores")
         out["gate"] = self.gate.value
-        out["metrics"] = {"val_accuracy": self.val_accuracy, "val_loss": self.val_loss}
+        out["metrics"] = {
+            "val_accuracy": self.val_accuracy,
+            "val_loss": self.val_loss,
+            **{f"val_{k}": v for k, v in self.val_scores.items() if k in VAL_SCORES},
+        }
         return out
+
+
+#: The scores of the final validation probabilities a trial records beside its accuracy and loss
+#: (as ``val_<name>``); accuracy and log loss are the history's ``val_accuracy`` and ``val_loss``.
+VAL_SCORES = ("balanced_accuracy", "macro_f1")
 
 
 def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
@@ -120,6 +142,8 @@ class _Phase1:
     best_loss: float
     best_acc: float
     plateaued: bool
+    val: tuple[Any, np.ndarray]  # the validation features and labels the head was scored on
+    class_weight: Optional[np.ndarray]  # per class, when the space asks for balanced weights
 
 
 def train_trial(
@@ -155,14 +179,14 @@ def train_trial(
     history = {"phase1": p1.history, "phase2": {}}
     best_loss, best_acc = p1.best_loss, p1.best_acc
     cut: Optional[str] = None
-    unfrozen, kept = 0, False
+    unfrozen, kept, probs = 0, False, None
     if gate is Gate.PASSED:
         cut = (
             None
             if params.unfreeze_all
             else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
         )
-        h2, unfrozen, kept, best_loss, best_acc = _phase2(
+        h2, unfrozen, kept, best_loss, best_acc, probs = _phase2(
             spec,
             params,
             base,
@@ -187,6 +211,9 @@ def train_trial(
         return out
 
     stable_epoch = p1.best_epoch if p1.plateaued else None
+    if probs is None:  # phase 2 not run or not kept: the phase-1 head, at its restored epoch
+        probs = head_probabilities(p1.head, p1.val[0])
+    scores = classification_scores(probs, p1.val[1])
     return TrialResult(
         best_acc,
         best_loss,
@@ -201,6 +228,7 @@ def train_trial(
         cache_info,
         lambda: assemble(spec, base(), p1.head),
         trained_weights,
+        scores,
     )
 
 
@@ -250,7 +278,13 @@ def _phase1(
     # seeded again here: whether the base was just built (drawing from the same generators) or came
     # from a cache or an earlier trial, the head starts from the same weights for the same seed
     set_random_seed(params.seed)
-    head = build_head(len(dataset.class_names), params.head_width, params.dropout)
+    n_classes = len(dataset.class_names)
+    head = build_head(n_classes, params.head_width, params.dropout)
+    class_weight = (
+        balanced_class_weights(feats.train_labels, n_classes)
+        if params.class_weight == "balanced"
+        else None
+    )
     say("phase 1: head")
     for layer in head[1:]:  # glorot-initialised from the trial's seed
         layer.build((None, feats.train.shape[1] if layer is head[1] else params.head_width))
@@ -266,11 +300,13 @@ def _phase1(
         report,
         0,
         params.seed,
+        class_weight,
     )
     seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
-    return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued)
+    val = (feats.val, np.asarray(feats.val_labels))
+    return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued, val, class_weight)
 
 
 def _gate(
@@ -323,13 +359,14 @@ def _phase2(
     cut: Optional[str],
     seconds: dict[str, float],
     cache_info: dict[str, Any],
-) -> tuple[dict[str, list[float]], int, bool, float, float]:
+) -> tuple[dict[str, list[float]], int, bool, float, float, Optional[np.ndarray]]:
     """Fine-tuning: the top blocks above ``cut`` (the whole base for ``None``) train with the head at the low rate.
 
     BatchNormalization stays frozen.  If fine-tuning does not beat the phase-1
     head, the head and the pretrained top are put back.  Returns the history,
-    how many weight layers trained, whether phase 2 was kept, and the best
-    validation loss and accuracy of the trial.
+    how many weight layers trained, whether phase 2 was kept, the best
+    validation loss and accuracy of the trial, and (when kept) the validation
+    probabilities of the restored epoch.
     """
     import keras
 
@@ -411,11 +448,21 @@ def _phase2(
         report,
         params.phase1_epochs,
         params.seed,
+        p1.class_weight,
     )
     seconds["phase2"] = time.perf_counter() - start
     _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
     kept = loss2 < p1.best_loss
+    probs = None
     if kept:
+        # eager calls: Keras' predict would trace a function per trial and batch shape, and keep it
+        x_val = val_xy[0]
+        probs = np.concatenate(
+            [
+                np.asarray(model(x_val[i : i + 256], training=False), np.float64)
+                for i in range(0, len(x_val), 256)
+            ]
+        )
         copy_head(model, None, p1.head)
     else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
         for name, ws in snapshot.items():
@@ -423,4 +470,4 @@ def _phase2(
     base().trainable = False
     if not kept:
         loss2, acc2 = p1.best_loss, p1.best_acc
-    return h2, unfrozen, kept, loss2, acc2
+    return h2, unfrozen, kept, loss2, acc2, probs

@@ -245,7 +245,8 @@ def records_table(
     for col in (*COLUMNS, *(o.short for o in objectives), "val loss", "time s"):
         table.add_column(col)
     rows = [(r, trial_metrics(r)) for r in records]
-    rows.sort(key=lambda rm: objectives.key(rm[1], rm[0]["number"]))
+    keys = objectives.keys([(m, r["number"]) for r, m in rows])  # with Pareto levels
+    rows = [rm for _, rm in sorted(zip(keys, rows), key=lambda kr: kr[0])]
     for r, metrics in rows[:top]:
         p, a = r["params"], r.get("user_attrs") or {}
         table.add_row(

@@ -201,9 +201,26 @@ def _measured(c: CardFacts) -> Lines:
         )
     return [
         *lines,
+        _test_line(c.parity.get("test_score") or {}),
         "- The validation split also chose the epochs (early stopping) and this trial among the others, "
-        "so these numbers are optimistic; measure on a test set the search never saw before relying on them.",
+        "so the validation numbers are optimistic; the test score, on images the search never saw, is "
+        "the one to rely on.",
     ]
+
+
+def _test_line(test: dict[str, Any]) -> str:
+    """The test-score line: measured once at export on the test split, next to the validation score."""
+    if not test.get("images"):
+        return f"- Test score: not measured, {test.get('skipped') or 'no test split'}."
+    lo, hi = test["ci95"]
+    val = test.get("validation_accuracy")
+    return (
+        f"- **Test accuracy: {_pct(test['accuracy'])}** ({test['correct']}/{test['images']} test images "
+        f"never seen by the search; 95% Wilson interval {_pct(lo)} - {_pct(hi)}; {test['split']}), "
+        f"balanced accuracy {_pct(test['balanced_accuracy'])}, macro F1 {test['macro_f1']:.4f}, "
+        f"log loss {test['log_loss']:.4f}; validation accuracy {_pct(val) if val is not None else '-'}."
+        + (f" Note: {test['note']}." if test.get("note") else "")
+    )
 
 
 def _model(c: CardFacts) -> Lines:

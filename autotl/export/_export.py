@@ -34,6 +34,7 @@ from autotl.export._common import (
     _quiet,
 )
 from autotl.export._format import REPRESENTATIVE, Format, WriteContext
+from autotl.export._holdout import test_split_score
 from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
 from autotl.export._staging import check_out, install, quarantine, remove_stale, staging_dir
@@ -81,13 +82,21 @@ def export(
     model, size = _load_model(run, say)
     say(f"checking the model reproduces trial {run.trial.number}'s validation score")
     reproduced = _check_reproduces(model, run, dataset, size, same_data)
+    say(f"scoring trial {run.trial.number} on the test split, once")
+    test_score = test_split_score(model, run, dataset, size)
     for stale in remove_stale(out):
         say(f"removed {stale}, left by an export that did not finish")
     staging = staging_dir(out)
     try:
         seconds = _stage(staging, model, run, dataset, size, rows, say)
         parity = _verify(
-            staging, out, model, run, dataset, {"search_score": reproduced, "seconds": seconds}, say
+            staging,
+            out,
+            model,
+            run,
+            dataset,
+            {"search_score": reproduced, "test_score": test_score, "seconds": seconds},
+            say,
         )
         write_card(card_facts(staging, run, dataset, same_data, parity, size, rows, notes))
         install(staging, out, owned_files())

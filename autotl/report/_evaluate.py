@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import first_line
+from autotl.holdout import holdout_score
 from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB
 from autotl.runfolder import ENGINES, OPTUNA, RunFolder
 from autotl.stats import wilson_interval
@@ -134,6 +135,23 @@ def _misclassified(
     return len(wrong), missed
 
 
+def _test(model: Any, dataset: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The best model on the test split, scored once (the search never saw these images), or why not."""
+    if dataset.test is None:
+        return {
+            "skipped": "no test split (add DATA_DIR/test/CLASS/IMAGE beside train/ and val/, or "
+            "test_fraction in the search space); the validation score chose this model and is optimistic"
+        }
+    import numpy as np
+
+    out = holdout_score(_probabilities(model, dataset.test), np.asarray(dataset.test.labels))
+    out["split"] = dataset.test_split
+    recorded = data.get("test_fingerprint")
+    if recorded and recorded != dataset.test_fingerprint:
+        out["note"] = "the test images differ from the ones present at search time"
+    return out
+
+
 def evaluate_best_model(
     run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str, images: dict[str, bytes]
 ) -> dict[str, Any]:
@@ -174,5 +192,6 @@ def evaluate_best_model(
         "per_class": _per_class(names, y_true, y_pred),
         "misclassified_total": total,
         "misclassified": missed,
+        "test": _test(model, dataset, study.user_attrs.get("data") or {}),
         "split": {"val_fraction": val_fraction, "seed": seed, "fingerprint": dataset.fingerprint},
     }

@@ -271,6 +271,47 @@ def _fig_confusion(ev: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _fig_pareto(pareto: dict[str, Any], objectives: list[dict[str, Any]]) -> bytes:
+    """The first objective (y) against the second (x): trials that meet the constraints as dots, the
+    others as grey crosses, the front joined by a line, and each constraint on x or y as a dashed line."""
+    by_name = {o["name"]: o for o in objectives}
+    xo, yo = by_name[pareto["x"]], by_name[pareto["y"]]
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    pts = pareto["points"]
+    for group, style, color, label in (
+        ([p for p in pts if p["feasible"] and not p["front"]], "o", COLORS[0], "meets constraints"),
+        ([p for p in pts if not p["feasible"]], "x", "#999", "breaks a constraint"),
+    ):
+        if group:
+            xs = [p["values"][xo["name"]] for p in group]
+            ax.plot(xs, [p["values"][yo["name"]] for p in group], style, color=color, label=label)
+    front = sorted(
+        (p for p in pts if p["front"]), key=lambda p: (p["values"][xo["name"]], p["number"])
+    )
+    if front:
+        xs, ys = [p["values"][xo["name"]] for p in front], [p["values"][yo["name"]] for p in front]
+        ax.plot(xs, ys, "o-", color=COLORS[1], ms=7, label="Pareto front")
+        labels: dict[tuple[float, float], list[str]] = {}
+        for p, x, y in zip(front, xs, ys):  # trials at the same point share one label
+            labels.setdefault((x, y), []).append(str(p["number"]))
+        for (x, y), numbers in labels.items():
+            text = "trial" + ("s " if len(numbers) > 1 else " ") + ", ".join(numbers)
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for c in pareto["constraints"]:
+        if c["name"] in (xo["name"], yo["name"]):
+            line = ax.axvline if c["name"] == xo["name"] else ax.axhline
+            line(c["bound"], color="#7f6000", ls="--", lw=1, label=f"constraint {c['text']}")
+    ax.set_xlabel(
+        f"{xo['label']}, {'lower' if xo['direction'] == 'minimize' else 'higher'} is better"
+    )
+    ax.set_ylabel(yo["label"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"Pareto front: {yo['label']} against {xo['label']}", fontsize=10)
+    return _png(fig)
+
+
 def render_figures(record: dict[str, Any]) -> dict[str, bytes]:
     """PNG bytes by file name, all drawn from the record; scores by the study's primary objective."""
     o = objectives_of(record)[0]
@@ -280,6 +321,9 @@ def render_figures(record: dict[str, Any]) -> dict[str, bytes]:
         figs["curves_best.png"] = _fig_overlay(curves)
         for c in curves:
             figs[f"curve_trial_{c['number']:04d}.png"] = _fig_curve(c, o)
+    pareto = record.get("pareto") or {}
+    if pareto.get("points"):
+        figs["pareto.png"] = _fig_pareto(pareto, objectives_of(record))
     search = record.get("search") or {}
     if search.get("history"):
         figs["history.png"] = _fig_history(

@@ -25,6 +25,7 @@ from autotl.report._common import (
 from autotl.report._engines import engines_compared
 from autotl.report._evaluate import evaluate_best_model
 from autotl.report._lineage import lineage_record
+from autotl.report._pareto import pareto_record
 from autotl.report._rows import best_row, state_counts, trial_rows, val_images
 from autotl.report._search import search_record
 from autotl.runfolder import RunFolder
@@ -177,9 +178,11 @@ def build_record(
         "storage": safe_url(storage_url),
         "engine": study.user_attrs.get("engine", "optuna"),
         "objectives": objective_records(objectives),
+        "constraints": [c.describe() for c in objectives.constraints],
         "sampler": sampler_of(study, space),
         "summary": summary,
         "leaderboard": rows,
+        "pareto": pareto_record(rows, objectives),
         "curves": _curves(trials, rows, top_curves),
         "search": search_record(study, trials, rows, space, objectives),
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),

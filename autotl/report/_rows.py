@@ -29,6 +29,12 @@ def _note(a: dict[str, Any]) -> str:
     return note
 
 
+def _broken(metrics: dict[str, float], objectives: Objectives) -> str:
+    """The constraints a scored trial breaks, in words (empty when it meets them or has no metrics)."""
+    broken = objectives.broken(metrics) if metrics and objectives.constraints else []
+    return f"breaks {', '.join(broken)}" if broken else ""
+
+
 def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> dict[str, Any]:
     """One leaderboard row; every field is optional, since a RUNNING trial has only some."""
     p, a = t.params, t.user_attrs
@@ -73,7 +79,7 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
         "unfrozen_layers": a.get("unfrozen_layers"),
         "fail_reason": a.get("fail_reason"),
         "pruned_at": a.get("pruned_at"),
-        "note": _note(a),
+        "note": "; ".join(filter(None, [_note(a), _broken(metrics, objectives)])),
         "plugin": a.get("plugin"),
         "weights_origin": a.get("weights_origin"),
         "weights_sha256": a.get("weights_sha256"),
@@ -86,13 +92,21 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
 _STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
 
 
-def _rank_key(row: dict[str, Any], objectives: Objectives) -> tuple:
-    """Leaderboard order: by state (complete first), then the objectives' order (unscored rows last within a state)."""
-    return (_STATE_ORDER.get(row["state"], 5), *objectives.key(row["metrics"], row["number"]))
+def _rank_keys(rows: list[dict[str, Any]], objectives: Objectives) -> dict[int, tuple]:
+    """Leaderboard order by trial number: by state (complete first), then the objectives' order
+    within the state (constraints met, Pareto level, objectives; unscored rows last)."""
+    out: dict[int, tuple] = {}
+    for state in {r["state"] for r in rows}:
+        group = [r for r in rows if r["state"] == state]
+        keys = objectives.keys([(r["metrics"], r["number"]) for r in group])
+        for r, k in zip(group, keys):
+            out[r["number"]] = (_STATE_ORDER.get(state, 5), *k)
+    return out
 
 
 def best_row(rows: list[dict[str, Any]], objectives: Objectives) -> Optional[dict[str, Any]]:
-    """The best complete row, in the order of :func:`autotl.objective.ranked_trials`."""
+    """The best complete row, in the order of :func:`autotl.objective.ranked_trials` (None when no
+    complete row meets the constraints)."""
     complete = [
         r
         for r in rows
@@ -100,7 +114,9 @@ def best_row(rows: list[dict[str, Any]], objectives: Objectives) -> Optional[dic
     ]
     if not complete:
         return None
-    return min(complete, key=lambda r: objectives.key(r["metrics"], r["number"]))
+    keys = objectives.keys([(r["metrics"], r["number"]) for r in complete])
+    key, best = min(zip(keys, complete), key=lambda kr: kr[0])
+    return best if key[0] == 0 else None
 
 
 def state_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -142,9 +158,9 @@ def trial_rows(study: Any, space: dict[str, Any]) -> tuple[list[Any], list[dict[
     objectives = Objectives.of_study(study)
     trials = list(study.get_trials(deepcopy=False))
     p1 = (space.get("phase1") or {}).get("epochs")
-    rows = sorted(
-        (_trial_row(t, p1, objectives) for t in trials), key=lambda r: _rank_key(r, objectives)
-    )
+    unsorted = [_trial_row(t, p1, objectives) for t in trials]
+    keys = _rank_keys(unsorted, objectives)
+    rows = sorted(unsorted, key=lambda r: keys[r["number"]])
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return trials, rows

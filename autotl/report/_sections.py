@@ -9,7 +9,7 @@ are numbered from 1.
 from __future__ import annotations
 
 from autotl.report._document import SectionFn
-from autotl.report._sections_found import leaderboard, summary
+from autotl.report._sections_found import leaderboard, pareto_front, summary
 from autotl.report._sections_model import evaluation, lineage
 from autotl.report._sections_search import engines_compared, learning_curves, the_search
 
@@ -17,6 +17,7 @@ from autotl.report._sections_search import engines_compared, learning_curves, th
 SECTIONS: list[SectionFn] = [
     summary,
     leaderboard,
+    pareto_front,
     learning_curves,
     the_search,
     evaluation,

@@ -25,6 +25,7 @@ from autotl.report._common import (
 from autotl.report._document import (
     Column,
     Facts,
+    Figure,
     Fragment,
     Inline,
     Note,
@@ -60,8 +61,35 @@ def _best_scores(record: dict[str, Any], best: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _test_fact(record: dict[str, Any], best: dict[str, Any]) -> str:
+    """The chosen model's test score, measured once on images the search never saw, beside its validation score."""
+    ev = record.get("evaluation") or {}
+    test = ev.get("test") or {}
+    if ev.get("skipped") or not test:
+        return f"not measured: {ev.get('skipped') or 'the best model was not evaluated'}"
+    if test.get("skipped"):
+        return test["skipped"]
+    others = [
+        f"{o['label'].replace('validation ', 'test ')} {_score(o, test.get(o['name']))}"
+        for o in objectives_of(record)
+        if o["name"] in ("balanced_accuracy", "macro_f1", "log_loss")
+    ]
+    trial = ev.get("model_trial")
+    which = f"trial {trial}" if trial is not None else "the best model"
+    return (
+        f"{which}: test accuracy {test['accuracy']:.4f} ({test['correct']}/{test['images']}, 95% CI "
+        f"{_ci(test['ci95'])}; {test['split']})"
+        + "".join(f", {x}" for x in others)
+        + f", next to validation accuracy {_fmt(best.get('val_accuracy'), '.4f')}; measured once, "
+        "after the search" + (f" ({test['note']})" if test.get("note") else "")
+    )
+
+
 def _best_facts(record: dict[str, Any], best: Optional[dict[str, Any]]) -> list[tuple[str, Inline]]:
     if not best:
+        constraints = record.get("constraints") or []
+        if constraints and any(r["state"] == "complete" for r in record.get("leaderboard") or []):
+            return [("best trial", f"none: no complete trial meets {', '.join(constraints)}")]
         return [("best trial", "none: no trial has completed yet")]
     settings = ", ".join(
         f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
@@ -69,6 +97,7 @@ def _best_facts(record: dict[str, Any], best: Optional[dict[str, Any]]) -> list[
     )
     return [
         ("best trial", f"trial {best['number']}: {_best_scores(record, best)}"),
+        ("test score", _test_fact(record, best)),
         (
             "best settings",
             f"{settings}; head stable at epoch {_fmt(_epoch1(best['head_stable_epoch']))}, "
@@ -194,9 +223,15 @@ def _order_note(record: dict[str, Any]) -> str:
         f"{o['label']} ({'higher' if o['direction'] == 'maximize' else 'lower'} is better)"
         for o in objectives_of(record)
     )
+    first = []
+    if record.get("constraints"):
+        first.append(f"meeting the constraints ({', '.join(record['constraints'])}) first")
+    if len(objectives_of(record)) > 1:
+        first.append("then the Pareto front before the trials it dominates")
+    lead = f"{'; '.join(first)}; then " if first else ""
     return (
-        f"Best first: complete trials, then pruned, running, waiting and failed ones, each by {by}; "
-        "ties go to the lower validation loss, then the earlier trial. "
+        f"Best first: complete trials, then pruned, running, waiting and failed ones, each by "
+        f"{lead}{by}; ties go to the lower validation loss, then the earlier trial. "
     )
 
 
@@ -213,3 +248,44 @@ def leaderboard(record: dict[str, Any]) -> Optional[Section]:
         ["best" if r["number"] == best_no else r["state"] for r in rows],
     )
     return Section("leaderboard", "Leaderboard", (grid, Note(_order_note(record) + EPOCHS_NOTE)))
+
+
+# -- Pareto front
+
+
+def pareto_front(record: dict[str, Any]) -> Optional[Section]:
+    """With two or more objectives: the trials no other beats on all of them, as a plot and a table."""
+    pareto = record.get("pareto")
+    if not pareto:
+        return None
+    objectives = objectives_of(record)
+    front = [p for p in pareto["points"] if p["front"]]
+    blocks: list[Fragment] = [Note(pareto["note"])]
+    if pareto["constraints"]:
+        met = sum(p["feasible"] for p in pareto["points"])
+        blocks.append(
+            Note(
+                f"Constraints: {', '.join(c['text'] for c in pareto['constraints'])}; "
+                f"{met} of {len(pareto['points'])} complete trials meet them."
+            )
+        )
+    if not front:
+        blocks.append(Note("no complete trial is on the front yet (none meets the constraints)"))
+        return Section("pareto", "Pareto front", tuple(blocks))
+    blocks += [
+        Figure("pareto.png", "Pareto front"),
+        table(
+            [
+                Column("trial", True),
+                "backbone",
+                Column("head", True),
+                *(Column(o["short"], True) for o in objectives),
+            ],
+            [
+                [p["number"], _fmt(p["backbone"]), _fmt(p["head_width"])]
+                + [_score(o, p["values"].get(o["name"])) for o in objectives]
+                for p in front
+            ],
+        ),
+    ]
+    return Section("pareto", "Pareto front", tuple(blocks))

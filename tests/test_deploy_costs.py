@@ -1,0 +1,88 @@
+"""Deploy costs: measured once per backbone and head shape, cached in the run folder, safe for several workers."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from autotl.runfolder import RunFolder
+from autotl.weights import WeightsSource, resolve_weights
+
+SETTINGS = {"format": "tflite", "quantize": "none", "threads": 1, "warmup": 2, "runs": 5}
+
+
+@pytest.fixture
+def tiny(registry):
+    spec = registry.backbone("tiny")
+    built: list[object] = []
+
+    def make_base():
+        built.append(1)
+        return spec.build((32, 32, 3), None)
+
+    return spec, resolve_weights(spec, WeightsSource("none")), make_base, built
+
+
+FEATURES = 16  # the tiny backbone's last block has 16 channels
+
+
+def head_params(width: int, classes: int = 3) -> int:
+    return FEATURES * width + width + width * classes + classes
+
+
+def test_measured_once_per_shape_and_cached_in_the_run_folder(tiny, tmp_path) -> None:
+    from autotl.deploy_costs import measure_deploy_costs
+
+    spec, weights, make_base, built = tiny
+    run = RunFolder(tmp_path)
+    first = measure_deploy_costs(run, spec, weights, make_base, 8, 3, SETTINGS)
+    again = measure_deploy_costs(run, spec, weights, make_base, 8, 3, SETTINGS)
+    assert first == again and len(built) == 1  # the second answer came from deploy_costs.json
+    assert first["params"] == spec.build((32, 32, 3), None).count_params() + head_params(8)
+    assert first["latency_ms"] > 0 and 0 < first["size_mb"] < 1
+    (entry,) = json.loads(run.deploy_costs_file.read_text()).values()
+    assert entry["latency"]["threads"] == 1 and entry["latency"]["runs"] == 5
+    assert entry["latency"]["median_ms"] == first["latency_ms"]
+    assert entry["bytes"] / 1e6 == pytest.approx(first["size_mb"])
+    assert (entry["backbone"], entry["head_width"], entry["classes"]) == ("tiny", 8, 3)
+    assert entry["quantize"] == "none" and entry["machine"]["cpus"]
+
+
+@pytest.mark.slow
+def test_each_head_width_and_quantization_is_its_own_measurement(tiny, tmp_path) -> None:
+    from autotl.deploy_costs import measure_deploy_costs
+
+    spec, weights, make_base, built = tiny
+    run = RunFolder(tmp_path)
+    first = measure_deploy_costs(run, spec, weights, make_base, 8, 3, SETTINGS)
+    wider = measure_deploy_costs(run, spec, weights, make_base, 16, 3, SETTINGS)
+    assert wider["params"] - first["params"] == head_params(16) - head_params(8)
+    assert wider["size_mb"] > first["size_mb"]
+    int8 = measure_deploy_costs(
+        run, spec, weights, make_base, 8, 3, {**SETTINGS, "quantize": "int8"}
+    )
+    assert int8["size_mb"] < first["size_mb"] and int8["params"] == first["params"]
+    assert len(built) == 3 and len(json.loads(run.deploy_costs_file.read_text())) == 3
+
+
+def test_two_workers_asking_at_once_measure_once(tiny, tmp_path) -> None:
+    from autotl.deploy_costs import measure_deploy_costs
+
+    spec, weights, make_base, built = tiny
+    run = RunFolder(tmp_path)
+    results: list[dict] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                measure_deploy_costs(run, spec, weights, make_base, 8, 3, SETTINGS)
+            )
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results[0] == results[1] and len(built) == 1

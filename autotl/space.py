@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -139,6 +139,19 @@ class Screening(_Strict):
     finalists: int = Field(3, ge=1)
 
 
+class Ensemble(_Strict):
+    """An ensemble of the top trials, chosen when the search ends (``autotl ensemble`` does it any time).
+
+    Off by default: on the data sets measured (README, "Ensembles and
+    test-time augmentation") it did not reliably beat the best single model.
+    On, the search keeps at least ``top_k`` trials' layers.
+    """
+
+    enabled: bool = False
+    top_k: int = Field(8, ge=2, le=64)  # trials selection chooses from, best first
+    tta: Literal["flip", "none"] = "flip"  # test-time augmentation measured beside it
+
+
 class SearchSpace(_Strict):
     backbones: list[str] = Field(min_length=1)
     head: Head
@@ -146,6 +159,7 @@ class SearchSpace(_Strict):
     phase2: Phase2 = Phase2()
     augmentation: Augmentation = Augmentation()
     screening: Optional[Screening] = None  # off: every trial may fine-tune
+    ensemble: Ensemble = Ensemble()  # off: no ensemble at the end of a search
     sampler: str = DEFAULT_SAMPLER  # one of autotl.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
     batch_size: int = Field(32, ge=1)

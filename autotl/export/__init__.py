@@ -58,6 +58,7 @@ from autotl.export._common import (
 )
 from autotl.export._export import export
 from autotl.export._format import REPRESENTATIVE, Format, Loaded, WriteContext
+from autotl.export._latency import tflite_latency
 from autotl.export._parity import check_parity, verify_export
 from autotl.export._predictor import load_predictor
 from autotl.export._table import (
@@ -84,6 +85,7 @@ __all__ = [
     "check_parity",
     "verify_export",
     "load_predictor",
+    "tflite_latency",
     "wilson_interval",
     "parse_formats",
     "Predict",

@@ -69,7 +69,6 @@ def open_variant(
     info: dict[str, Any] = {}
     if ensemble:
         name = variant_name(ENSEMBLE, tta)
-        say("choosing the run's ensemble (or reading the stored one)")
         selection = current_selection(
             folder, study, need=name, tta=tta or "flip", dataset=dataset, **kw
         )

@@ -22,7 +22,9 @@ def _latency_note(variants: list[dict[str, Any]]) -> Optional[Note]:
     return Note(
         f"Latency: float32 TFLite, {t['threads']} thread(s), median of {t['runs']} single-image runs after "
         f"{t['warmup']} warm-up runs ({t['runtime']}), measured when `autotl ensemble` ran, on whatever else "
-        "the machine was doing then. An ensemble costs about the sum of its members; flip TTA doubles it."
+        "the machine was doing then. Members of one backbone share their frozen layers, which TensorFlow's "
+        "converter computes once, so an ensemble can cost far less than the sum of its members; flip TTA "
+        "runs everything twice."
     )
 
 

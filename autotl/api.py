@@ -9,6 +9,7 @@
     run.trials_dataframe()                       # Optuna's DataFrame of every trial
     run.predict(["a.jpg", "b.png"])              # [("a.jpg", "daisy", 0.97), ...]
     run.export(["keras", "savedmodel"], "deploy/")
+    run.ensemble(k=8)                            # the top 8 trials combined, compared with the best
     autotl.Run("runs/flowers").report()          # any run folder, from any process
 
 Errors a user can fix raise :class:`autotl.UsageError` with a one-line message.
@@ -550,6 +551,7 @@ class Run:
         *,
         tta: Optional[str] = "flip",
         test: Any = None,
+        test_source: Optional[str] = None,
         latency: bool = True,
         init: int = 1,
         bags: int = 0,
@@ -559,7 +561,8 @@ class Run:
         """Choose an ensemble of the top ``k`` trials (default: the space's ``ensemble.top_k``, else 8) by
         ensemble selection on the validation images, and score it beside the best single model, each with
         and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.ImageSet`` in
-        the run's class order; default: the data set's test split, if it has one).  With ``latency``, each
+        the run's class order, described by ``test_source``; default: the data set's test split, if it has
+        one).  With ``latency``, each
         is timed through TFLite.  ``init`` best models start the selection; ``bags`` > 0 bags it.
 
         Returns ``autotl.ensemble.EnsembleSelection`` (members, weights, scores), also saved in the run
@@ -578,6 +581,7 @@ class Run:
             k=space_top_k(self.study) if k is None else k,
             tta=tta,
             test=test,
+            test_source=test_source,
             init=init,
             bags=bags,
             data=data,

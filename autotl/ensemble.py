@@ -500,7 +500,9 @@ def select_ensemble(
         counts={order[i]: chosen.counts[i] for i in chosen.members},
         objective=metric,
         variants=_variants(order[0], members, ttas, sizes, size, val, on_test),
-        test=None if test is None else {"source": test_source or "given", "images": len(test)},
+        test=None
+        if test is None
+        else {"source": test_source or "passed as test=", "images": len(test)},
         settings={"init": init, "bags": bags, "max_steps": max_steps, "tta": tta or "none"},
         steps=[{**s, "add": [order[i] for i in s["add"]]} for s in chosen.steps],
         notes=notes + more,

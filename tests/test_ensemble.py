@@ -259,7 +259,7 @@ def selected(run_dir: Path, registry2, test_images):
     import autotl
 
     run = autotl.Run(run_dir, registry=registry2, weights="none")
-    return run, run.ensemble(4, bags=10, test=test_images)
+    return run, run.ensemble(4, bags=10, test=test_images, test_source="held out")
 
 
 def _probs(model_file: Path, images) -> np.ndarray:
@@ -292,7 +292,7 @@ def test_run_ensemble_scores_what_its_models_predict(selected, test_images) -> N
     # the best single model is the study's best trial, scored as the search scored it
     recorded = run.best_trial.values[0]
     assert abs(best.val.correct - round(recorded * best.val.images)) <= 1
-    assert sel.test == {"source": "given", "images": len(test_images)} and not sel.notes
+    assert sel.test == {"source": "held out", "images": len(test_images)} and not sel.notes
     for v in sel.variants:  # every score is the variant's own model on the test images
         probs = _probs(run.path / v.model, test_images)
         assert int((probs.argmax(1) == test_images.labels).sum()) == v.test.correct, v.name

@@ -671,19 +671,17 @@ def current_selection(
     need: Optional[str] = None,
     **kwargs: Any,
 ) -> EnsembleSelection:
-    """The stored selection when it is this study's, on its data, with every member's model still there (of
-    ``k`` candidates and with variant ``need``, when given); else a new one (``kwargs`` go to
-    :func:`select_ensemble`)."""
+    """The stored selection when it is still the run's: this study's, on its data, chosen among the trials
+    that are now its top candidates (a resumed search may have found better ones), of ``k`` candidates and
+    with variant ``need`` when given; else a new one (``kwargs`` go to :func:`select_ensemble`)."""
     stored = load_selection(run)
-    fingerprint = _fingerprint(run, study)
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if (
         stored is not None
         and stored.study_name == study.study_name
-        and stored.data_fingerprint == fingerprint
+        and stored.data_fingerprint == _fingerprint(run, study)
         and (k is None or stored.top_k == k)
         and (need is None or stored.variant(need) is not None)
-        and all(n in by_number and _has_model(run, by_number[n]) for n in stored.members)
+        and [t.number for t in candidates(run, study, stored.top_k)[0]] == stored.candidates
     ):
         return stored
     return select_ensemble(run, study, k=space_top_k(study) if k is None else k, **kwargs)

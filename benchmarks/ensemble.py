@@ -128,9 +128,21 @@ def _row(v) -> dict:
     }
 
 
-def _reference_rows(run, selection, test, bags: int = 20) -> list[dict]:
+def _mcnemar(base: np.ndarray, other: np.ndarray) -> dict:
+    """Exact McNemar test of two models on the same images: how many only ``other`` gets right ("gained"),
+    how many only ``base`` ("lost"), and the two-sided binomial p-value of that split."""
+    from math import comb
+
+    gained, lost = int((other & ~base).sum()), int((base & ~other).sum())
+    n = gained + lost
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n) if n else 1.0
+    return {"gained": gained, "lost": lost, "p": p}
+
+
+def _reference_rows(run, selection, test, bags: int = 20) -> tuple[list[dict], dict[str, dict]]:
     """Rows the product does not offer, for comparison, from the cached predictions (no model runs again):
-    the plain mean of the top 3 and of the top K candidates, and selection bagged over ``bags`` halves."""
+    the plain mean of the top 3 and of the top K candidates, and selection bagged over ``bags`` halves; and
+    every row's paired comparison with the best single model on the test images."""
     from autotl import caruana
     from autotl.ensemble import Score, input_sizes, largest, mix, predictions, split_key
 
@@ -152,6 +164,15 @@ def _reference_rows(run, selection, test, bags: int = 20) -> list[dict]:
         (f"mean of top {len(cands)}", dict.fromkeys(cands, 1.0)),
         (f"selection bagged x{bags}", {cands[i]: bagged.weights[i] for i in bagged.members}),
     ]
+    right = {
+        (label, tta): mix(on_test, members, tta).argmax(1) == y_test
+        for label, members in [*((v.base, v.members) for v in selection.variants), *choices]
+        for tta in (None, "flip")
+    }
+    paired = {
+        label + (f"+{tta}" if tta else ""): _mcnemar(right[("best", None)], r)
+        for (label, tta), r in right.items()
+    }
     rows = []
     for label, members in choices:
         for tta in (None, "flip"):
@@ -177,7 +198,7 @@ def _reference_rows(run, selection, test, bags: int = 20) -> list[dict]:
                     "tflite_median_ms": None,
                 }
             )
-    return rows
+    return rows, paired
 
 
 def _latency_rounds(run, selection, rounds: int) -> dict[str, dict]:
@@ -242,6 +263,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     )
     ensembled = time.perf_counter() - start
     by_number = {t.number: t for t in run.study.trials}
+    reference, paired = _reference_rows(run, selection, test)
     result = {
         "data": name,
         "seed": args.seed,
@@ -262,7 +284,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         ],
         "members": {str(k): w for k, w in selection.members.items()},
         "rows": [_row(v) for v in selection.variants],
-        "reference_rows": _reference_rows(run, selection, test),
+        "reference_rows": reference,
+        "paired_with_best": paired,
         "latency": _latency_rounds(run, selection, args.rounds),
         "notes": selection.notes,
     }
@@ -283,12 +306,14 @@ def _print(r: dict) -> None:
             f"{c['trial']} {c['backbone']} {c['val_accuracy']:.4f}" for c in r["candidates"]
         )
     )
-    print("| model | members | val acc | test acc (95% CI) | TFLite ms |")
+    print("| model | members | val acc | test acc (95% CI) | vs best: +/- (p) | TFLite ms |")
     for row in r["rows"] + r["reference_rows"]:
         t, v, lat = row["test"], row["val"], r["latency"].get(row["variant"])
+        pair = r["paired_with_best"][row["variant"]]
         print(
             f"| {row['variant']} | {row['members']} | {v['accuracy']:.4f} | {t['accuracy']:.4f} "
             f"({t['correct']}/{t['n']}, {t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}) | "
+            f"+{pair['gained']}/-{pair['lost']} (p={pair['p']:.2f}) | "
             + (
                 "-"
                 if lat is None

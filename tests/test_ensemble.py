@@ -370,6 +370,26 @@ def test_the_data_sets_test_split_is_used_and_its_absence_said(
     assert any("no test split" in n and "optimistic" in n for n in bare.notes)
 
 
+@pytest.mark.slow
+def test_the_stored_selection_is_reused_until_the_runs_candidates_change(
+    selected, test_images, registry2
+) -> None:
+    from autotl.ensemble import current_selection, save_selection
+
+    run, _ = selected
+    stored = run.ensemble(4, bags=10, test=test_images, latency=False)
+    assert (
+        current_selection(run.folder, run.study, need="ensemble+flip").to_dict() == stored.to_dict()
+    )
+    stale = stored.to_dict()
+    stale["candidates"] = list(reversed(stale["candidates"]))  # as if the top trials had changed
+    save_selection(run.folder, type(stored).from_dict(stale))
+    again = current_selection(
+        run.folder, run.study, tta="flip", test=test_images, bags=10, registry=registry2
+    )
+    assert again.candidates == stored.candidates and again.members == stored.members
+
+
 @pytest.fixture(scope="module")
 def exported(selected, tmp_path_factory: pytest.TempPathFactory, registry2, test_images):
     from autotl.export import export

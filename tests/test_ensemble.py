@@ -18,7 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_PLUGIN, TINY_SPACE, assert_one_line_error, run_cli, write_images
+from helpers import (
+    HYMENOPTERA,
+    SHARED_WEIGHTS,
+    TINY_PLUGIN,
+    TINY_SPACE,
+    assert_one_line_error,
+    needs_shared,
+    run_cli,
+    write_images,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -614,3 +623,63 @@ def test_the_space_field_is_off_by_default_and_checked() -> None:
     for bad in ({"top_k": 1}, {"tta": "rot"}, {"size": 3}):
         with pytest.raises(Exception, match="ensemble"):
             SearchSpace.model_validate({**space.model_dump(), "ensemble": bad})
+
+
+# --------------------------------------------------------------------------- end to end, real weights and data
+
+
+@pytest.mark.slow
+@needs_shared
+def test_hymenoptera_search_with_ensemble_then_export_it_with_flip(tmp_path: Path) -> None:
+    """The user's path on real data: a search whose space enables ensembles, then the ensemble exported."""
+    import yaml
+
+    from autotl.space import load_space
+
+    fast, _ = load_space("fast")
+    space = {**fast.model_dump(), "trials": 4, "ensemble": {"enabled": True, "top_k": 4}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    out, deploy = tmp_path / "ants-bees", tmp_path / "deploy"
+    env = {"AUTOTL_WEIGHTS_DIR": str(SHARED_WEIGHTS), "AUTOTL_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    proc = run_cli(
+        "search",
+        str(HYMENOPTERA),
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    selection = json.loads((out / "ensemble" / "selection.json").read_text())
+    assert selection["top_k"] == 4 and len(selection["candidates"]) == 4
+    assert [v["name"] for v in selection["variants"]] == [
+        "best",
+        "best+flip",
+        "ensemble",
+        "ensemble+flip",
+    ]
+    assert all(
+        v["latency"]["median_ms"] > 0 and v["val"]["images"] == 153 for v in selection["variants"]
+    )
+    assert "Ensemble and test-time augmentation" in (out / "report.md").read_text()
+    exported = run_cli(
+        "export",
+        str(out),
+        "--ensemble",
+        "--tta",
+        "flip",
+        "--format",
+        "keras,tflite",
+        "--out",
+        str(deploy),
+        env=env,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "exported ensemble+flip (trials" in exported.stdout
+    parity = json.loads((deploy / "parity.json").read_text())
+    assert parity["passed"] and parity["search_score"]["passed"] and parity["images"] == 153
+    assert parity["exported"]["members"] == {str(k): v for k, v in selection["members"].items()}
+    bee = next((HYMENOPTERA / "val" / "bees").glob("*.jpg"))
+    pred = run_cli("predict", str(deploy / "model.tflite"), str(bee))
+    assert pred.returncode == 0 and pred.stdout.split("\t")[1] in ("ants", "bees"), pred.stderr

@@ -5,9 +5,10 @@ and kept the best trials' layers.  The steps, each one function:
 
 1. **candidates**: the top ``k`` complete trials (the study's "best first"
    order) whose layers the search kept, across backbones;
-2. **predictions**: each candidate's probabilities on the validation images,
-   the test images when there are any, and their mirrors for flip TTA,
-   computed once in batches and cached in the run folder as ``.npy``;
+2. **predictions** (:mod:`autotl.ensemble_predictions`): each candidate's
+   probabilities on the validation images, the test images when there are
+   any, and their mirrors for flip TTA, computed once in batches and cached in
+   the run folder as ``.npy``;
 3. **selection**: greedy forward selection with replacement
    (:mod:`autotl.caruana`) on the validation probabilities, maximising the
    study's first objective (ties broken by log loss);
@@ -24,10 +25,8 @@ trials, their epochs and the ensemble: optimistic, and labelled so.
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,25 +34,32 @@ import numpy as np
 
 from autotl import caruana
 from autotl.ensemble_model import check_tta
+from autotl.ensemble_predictions import Probs, Sizes, input_sizes, largest, predictions, split_key
+from autotl.ensemble_record import (
+    BEST,
+    ENSEMBLE,
+    EnsembleSelection,
+    Score,
+    Variant,
+    load_selection,
+    save_selection,
+    variant_name,
+)
 from autotl.errors import UsageError
 from autotl.objective import Objectives, ranked_trials
-from autotl.runfolder import RunFolder, atomic_write
-from autotl.stats import wilson_interval
+from autotl.runfolder import RunFolder
 from autotl.trial_models import trial_model
 
 __all__ = [
     "DEFAULT_TOP_K",
     "mix",
     "build_model",
-    "predictions",
-    "split_key",
     "current_selection",
     "save_selection",
     "space_top_k",
     "variant_name",
     "trial_variant",
     "member_scores",
-    "input_sizes",
     "BEST",
     "ENSEMBLE",
     "Score",
@@ -66,8 +72,6 @@ __all__ = [
 ]
 
 DEFAULT_TOP_K = 8
-BEST, ENSEMBLE = "best", "ensemble"
-SCHEMA = "autotl-ensemble-1"
 #: What ensemble selection can maximise, by the metric an objective records: computed from probabilities.
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "val_accuracy": caruana.accuracy,
@@ -75,105 +79,6 @@ SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 Say = Callable[[str], None]
 Measure = Callable[[Path], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Score:
-    """A model's accuracy on one set of images, with its 95% Wilson interval, and its log loss."""
-
-    images: int
-    correct: int
-    accuracy: float
-    ci95: tuple[float, float]
-    loss: float
-
-    @classmethod
-    def of(cls, probs: np.ndarray, labels: np.ndarray) -> Score:
-        correct = int((probs.argmax(1) == labels).sum())
-        lo, hi = wilson_interval(correct, len(labels))
-        return cls(
-            len(labels), correct, correct / len(labels), (lo, hi), caruana.log_loss(probs, labels)
-        )
-
-
-@dataclass
-class Variant:
-    """One model compared: the best single trial or the ensemble, with or without test-time augmentation."""
-
-    name: str  # "best", "best+flip", "ensemble", "ensemble+flip"
-    members: dict[int, float]  # trial number -> weight
-    tta: Optional[str]
-    val: Score
-    test: Optional[Score] = None
-    model: Optional[str] = None  # its .keras file, relative to the run folder, once built
-    latency: Optional[dict[str, Any]] = None  # autotl.latency.measure_tflite_latency of its TFLite
-    input_size: Optional[tuple[int, int]] = None  # what its model resizes images to
-
-    @property
-    def base(self) -> str:
-        return BEST if self.name.startswith(BEST) else ENSEMBLE
-
-
-@dataclass
-class EnsembleSelection:
-    """What ``autotl ensemble`` chose and measured (``ensemble/selection.json``)."""
-
-    top_k: int
-    candidates: list[int]  # the trials selection chose from, best first
-    members: dict[int, float]  # the ensemble: trial number -> weight (counts / total)
-    counts: dict[int, int]
-    objective: str  # the metric selection maximised on the validation images
-    variants: list[Variant]
-    test: Optional[dict[str, Any]]  # {"source", "images"}, or None when there is no test split
-    settings: dict[str, Any]
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    study_name: str = "autotl"
-    data_fingerprint: Optional[str] = None
-    input_size: Optional[tuple[int, int]] = None  # the ensemble's: its largest candidate's
-
-    def variant(self, name: str) -> Optional[Variant]:
-        return next((v for v in self.variants if v.name == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EnsembleSelection:
-        def score(s: Any) -> Optional[Score]:
-            return None if s is None else Score(**{**s, "ci95": tuple(s["ci95"])})
-
-        variants = [
-            Variant(
-                **{
-                    **v,
-                    "input_size": tuple(v["input_size"]) if v.get("input_size") else None,
-                    "members": _int_keys(v["members"]),
-                    "val": score(v["val"]),
-                    "test": score(v.get("test")),
-                }
-            )
-            for v in d["variants"]
-        ]
-        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if fields.get("input_size"):
-            fields["input_size"] = tuple(fields["input_size"])
-        return cls(
-            **{
-                **fields,
-                "members": _int_keys(d["members"]),
-                "counts": _int_keys(d["counts"]),
-                "variants": variants,
-            }
-        )
-
-
-def _int_keys(d: dict[Any, Any]) -> dict[int, Any]:
-    return {int(k): v for k, v in d.items()}
-
-
-def variant_name(base: str, tta: Optional[str]) -> str:
-    return f"{base}+{tta}" if tta else base
 
 
 # -- 1. candidates
@@ -210,137 +115,7 @@ def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]
     return kept, notes
 
 
-# -- 2. predictions, cached
-
-
-def split_key(name: str, images: Any, study_name: str, fingerprint: Optional[str] = None) -> str:
-    """A name for a set of images that changes when they do: the data fingerprint, else their files or pixels."""
-    h = hashlib.sha256(f"{study_name}\0{name}\0{fingerprint or ''}\0".encode())
-    if fingerprint is None:
-        h.update(np.asarray(images.labels, np.int64).tobytes())
-        if images.paths is not None:
-            for p in images.paths:
-                st = Path(p).stat()
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        else:
-            for a in images.arrays:
-                h.update(str(a.shape).encode() + np.ascontiguousarray(a).tobytes())
-    return f"{name}-{h.hexdigest()[:12]}"
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, np.float32), allow_pickle=False)
-    atomic_write(path, buf.getvalue())
-
-
-def _load_npy(path: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    return a if a.shape == shape and np.isfinite(a).all() else None
-
-
-Probs = dict[tuple[int, Optional[str]], np.ndarray]
-#: Trial number -> the (height, width) its images are fed at: its own input size, or the ensemble's.
-Sizes = dict[int, tuple[int, int]]
-
-
-def input_sizes(trials: Sequence[Any], registry: Any = None, plugins: Sequence[str] = ()) -> Sizes:
-    """Each trial's own input size, from its backbone's plugin (no model is loaded)."""
-    if registry is None:
-        from autotl.registry import get_registry
-
-        registry = get_registry(list(plugins))
-    out = {}
-    for t in trials:
-        name = t.params["backbone"]
-        if name not in registry.backbones:
-            raise UsageError(
-                f"trial {t.number} used backbone {name!r}, which is not installed here; "
-                "install its plugin or pass --plugin MODULE"
-            )
-        h, w = registry.backbone(name).input_size
-        out[t.number] = (int(h), int(w))
-    return out
-
-
-def largest(sizes: Sizes) -> tuple[int, int]:
-    """The size an ensemble of models of ``sizes`` takes: the largest, so no member sees an upsampled image."""
-    return max(sizes.values(), key=lambda s: (s[0] * s[1], s))
-
-
-def predictions(
-    run: RunFolder,
-    models: dict[int, Callable[[], Path]],
-    images: Any,
-    key: str,
-    n_classes: int,
-    ttas: Sequence[Optional[str]],
-    sizes: Sizes,
-    say: Say = lambda _m: None,
-) -> Probs:
-    """Each trial's probabilities on ``images`` fed at ``sizes[trial]`` (and their mirrors, for ``"flip"`` in
-    ``ttas``), from the cache or computed now: one decoding pass per size, every model of that size on each
-    batch.  A model resizes what it is fed to its own size, as it does inside an ensemble."""
-    shape = (len(images), n_classes)
-    out: Probs = {}
-    missing = set()
-    for trial in models:
-        for tta in ttas:
-            found = _load_npy(_cached(run, key, sizes[trial], trial, tta), shape)
-            if found is None:
-                missing.add(trial)
-            else:
-                out[(trial, tta)] = found
-    if missing:
-        todo = sorted(missing)
-        say(
-            f"predicting {len(images)} {key.split('-')[0]} images with trials {', '.join(map(str, todo))}"
-        )
-        for (trial, tta), probs in _predict(models, todo, images, ttas, sizes).items():
-            _save_npy(_cached(run, key, sizes[trial], trial, tta), probs)
-            out[(trial, tta)] = probs
-    return out
-
-
-def _cached(
-    run: RunFolder, key: str, size: tuple[int, int], trial: int, tta: Optional[str]
-) -> Path:
-    return run.ensemble_predictions(f"{key}-{size[0]}x{size[1]}", trial, tta)
-
-
-def _predict(
-    models: dict[int, Callable[[], Path]],
-    trials: Sequence[int],
-    images: Any,
-    ttas: Sequence[Optional[str]],
-    sizes: Sizes,
-) -> Probs:
-    import keras
-
-    loaded = {t: keras.saving.load_model(models[t](), safe_mode=True) for t in trials}
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for t in trials:
-        by_size.setdefault(sizes[t], []).append(t)
-    chunks: dict[tuple[int, Optional[str]], list[np.ndarray]] = {
-        (t, a): [] for t in trials for a in ttas
-    }
-    for size, group in by_size.items():
-        for batch in images.batches(size, 32):
-            for t in group:
-                for tta in ttas:
-                    x = batch[:, :, ::-1, :] if tta == "flip" else batch
-                    probs = loaded[t](np.ascontiguousarray(x), training=False)
-                    chunks[(t, tta)].append(
-                        np.asarray(keras.ops.convert_to_numpy(probs), np.float32)
-                    )
-    return {k: np.concatenate(v) for k, v in chunks.items()}
-
-
-# -- 3 and 4. selection and scores
+# -- 2 (predictions: autotl.ensemble_predictions), 3 and 4. selection and scores
 
 
 def _scorer(study: Any) -> tuple[str, Callable[[np.ndarray, np.ndarray], float], list[str]]:
@@ -645,23 +420,7 @@ def build_model(
     return path
 
 
-# -- 6. the stored selection
-
-
-def save_selection(run: RunFolder, selection: EnsembleSelection) -> Path:
-    run.ensemble_dir.mkdir(parents=True, exist_ok=True)
-    return run.write_json(run.ensemble_selection, selection.to_dict())
-
-
-def load_selection(run: RunFolder) -> Optional[EnsembleSelection]:
-    """The stored selection, or None when there is none (or it is unreadable, or of another schema)."""
-    import json
-
-    try:
-        d = json.loads(run.ensemble_selection.read_text())
-        return EnsembleSelection.from_dict(d) if d.get("schema") == SCHEMA else None
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
+# -- 6. the stored selection (saved and loaded by autotl.ensemble_record)
 
 
 def current_selection(

@@ -144,7 +144,8 @@ def _reference_rows(run, selection, test, bags: int = 20) -> tuple[list[dict], d
     the plain mean of the top 3 and of the top K candidates, and selection bagged over ``bags`` halves; and
     every row's paired comparison with the best single model on the test images."""
     from autotl import caruana
-    from autotl.ensemble import Score, input_sizes, largest, mix, predictions, split_key
+    from autotl.ensemble import Score, mix
+    from autotl.ensemble_predictions import input_sizes, largest, predictions, split_key
 
     study, folder = run.study, run.folder
     dataset, _ = folder.reload_dataset(study=study)

@@ -318,16 +318,8 @@ def test_a_model_of_both_backbones_predicts_what_its_cached_predictions_say(
 ) -> None:
     """Members of 32 and 40 px in one model at 40 px: each member sees the image resized twice, and the
     cached predictions (fed at the ensemble's size) must be exactly what the built model computes."""
-    from autotl.ensemble import (
-        Score,
-        Variant,
-        build_model,
-        input_sizes,
-        largest,
-        mix,
-        predictions,
-        split_key,
-    )
+    from autotl.ensemble import Score, Variant, build_model, mix
+    from autotl.ensemble_predictions import input_sizes, largest, predictions, split_key
 
     run, sel = selected
     trials = [t for t in run.study.trials if t.number in sel.candidates]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Optional
 
-from autotl.ensemble import load_selection
+from autotl.ensemble_record import load_selection
 from autotl.runfolder import RunFolder
 
 

@@ -267,7 +267,11 @@ def _ensemble_parser(sub: Any) -> None:
         "--tta", default="flip", metavar="flip|none", help="also measure flip TTA (default flip)"
     )
     en.add_argument(
-        "--init", type=int, default=1, metavar="N", help="start from the N best trials (default 1)"
+        "--init",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start from up to the N best trials, how many chosen on validation (default 1)",
     )
     en.add_argument(
         "--bags",

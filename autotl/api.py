@@ -9,6 +9,7 @@
     run.trials_dataframe()                       # Optuna's DataFrame of every trial
     run.predict(["a.jpg", "b.png"])              # [("a.jpg", "daisy", 0.97), ...]
     run.export(["keras", "savedmodel"], "deploy/")
+    run.ensemble(k=8)                            # the top 8 trials combined, compared with the best
     autotl.Run("runs/flowers").report()          # any run folder, from any process
 
 Errors a user can fix raise :class:`autotl.UsageError` with a one-line message.
@@ -185,7 +186,10 @@ def _finish(
         weights=plan.weights,
         engine=engine,
     )
-    if should_stop is not None and not should_stop():
+    stopped = bool(should_stop and should_stop())
+    if engine == OPTUNA and plan.space.ensemble.enabled and not stopped:
+        run.ensemble_selection = run._try_ensemble(plan.space.ensemble, emit)
+    if report and not stopped:
         run.report_paths = run._try_report(emit)
     return run
 
@@ -354,7 +358,7 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
         weights=plan.weights,
         storage=plan.storage,
         study_name=plan.study_name,
-        keep_models=plan.keep_models,
+        keep_models=_keep_models(plan),
         timeout=plan.timeout,
         record={"command": plan.command},
         heartbeat=plan.heartbeat,
@@ -365,6 +369,13 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
         explicit=plan.explicit,
         deploy_costs=measure_deploy_costs,
     )
+
+
+def _keep_models(plan: _Plan) -> int:
+    """``--keep-models``, raised to the space's ``ensemble.top_k`` when ensembles are on (an ensemble of the
+    top K trials needs their layers)."""
+    ensemble = plan.space.ensemble
+    return max(plan.keep_models, ensemble.top_k) if ensemble.enabled else plan.keep_models
 
 
 def _run_optuna(
@@ -556,6 +567,9 @@ class Run:
                 WeightsSource.parse(weights_dir, weights) if (weights_dir or weights) else None
             )
         self.report_paths: Optional[dict[str, Path]] = None
+        self.ensemble_selection: Any = (
+            None  # what the search's ensemble chose (``ensemble.enabled``)
+        )
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -679,6 +693,67 @@ class Run:
             )
             return None
 
+    def ensemble(
+        self,
+        k: Optional[int] = None,
+        *,
+        tta: Optional[str] = "flip",
+        test: Any = None,
+        test_source: Optional[str] = None,
+        latency: bool = True,
+        init: int = 1,
+        bags: int = 0,
+        data: Optional[str] = None,
+        on_event: Optional[Callable[[str], None]] = None,
+    ) -> Any:
+        """Choose an ensemble of the top ``k`` trials (default: the space's ``ensemble.top_k``, else 8) by
+        ensemble selection on the validation images, and score it beside the best single model, each with
+        and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.ImageSet`` in
+        the run's class order, described by ``test_source``; default: the data set's test split, if it has
+        one).  With ``latency``, each
+        is timed through TFLite.  ``init`` best models start the selection; ``bags`` > 0 bags it.
+
+        Returns ``autotl.ensemble.EnsembleSelection`` (members, weights, scores), also saved in the run
+        folder, where ``export(ensemble=True)`` and the report find it.
+        """
+        from autotl.ensemble import select_ensemble, space_top_k
+        from autotl.export import tflite_latency
+
+        if str(self.study.user_attrs.get("engine") or OPTUNA) != OPTUNA:
+            raise UsageError(
+                "an ensemble is built from the Optuna engine's kept trials; this run has only keras-tuner's"
+            )
+        return select_ensemble(
+            self.folder,
+            self.study,
+            k=space_top_k(self.study) if k is None else k,
+            tta=tta,
+            test=test,
+            test_source=test_source,
+            init=init,
+            bags=bags,
+            data=data,
+            registry=self._registry,
+            weights=self._weights,
+            plugins=self.plugins,
+            measure=tflite_latency if latency else None,
+            say=on_event or (lambda _m: None),
+        )
+
+    def _try_ensemble(self, settings: Any, emit: Event) -> Any:
+        """The ensemble at the end of a search (``ensemble.enabled``): the results are safe whatever happens to it."""
+        try:
+            return self.ensemble(
+                settings.top_k, tta=settings.tta, on_event=lambda m: emit({"info": m})
+            )
+        except Exception as exc:
+            emit(
+                {
+                    "warning": f"ensemble not built ({first_line(exc)}); run `autotl ensemble {self.path}` to retry"
+                }
+            )
+            return None
+
     def export(
         self,
         formats: str | Sequence[str] | None = None,
@@ -689,10 +764,14 @@ class Run:
         data: Optional[str] = None,
         on_event: Optional[Callable[[str], None]] = None,
         pick: Optional[str] = None,
+        ensemble: bool = False,
+        tta: Optional[str] = None,
     ) -> Any:
         """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
-        ``"latency_ms<=15"``) in ``formats`` into ``out`` (default RUN_DIR/export), each format
-        checked against the Keras model; returns ``autotl.export.ExportResult``."""
+        ``"latency_ms<=15"``, or with ``ensemble`` the run's ensemble, see :meth:`ensemble`;
+        ``tta="flip"`` builds flip test-time augmentation in) in ``formats`` into ``out`` (default
+        RUN_DIR/export), each format checked against the Keras model; returns
+        ``autotl.export.ExportResult``."""
         from autotl.export import export
 
         if pick is not None:
@@ -716,6 +795,8 @@ class Run:
             weights=self._weights,
             registry=self._registry,
             on_event=on_event,
+            ensemble=ensemble,
+            tta=tta,
         )
 
     def lineage(self, model_file: str | os.PathLike | None = None) -> Any:

@@ -255,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
     e.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="export the run's ensemble of its top trials (`autotl ensemble`) as one model",
+    )
+    e.add_argument(
+        "--tta",
+        metavar="flip|none",
+        help="test-time augmentation built into the model: flip averages the image and its mirror",
+    )
+    e.add_argument(
         "--data",
         metavar="DATA_DIR",
         help="the search's data folder, if it moved (parity runs on its validation images)",
@@ -262,7 +272,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_args(e)
     _add_plugin_args(e)
     _add_weights_args(e, " -- default: what the search used")
+    _ensemble_parser(sub)
     return parser
+
+
+def _ensemble_parser(sub: Any) -> None:
+    en = sub.add_parser(
+        "ensemble",
+        help="choose an ensemble of a run's top trials and compare it with the best single model",
+        description="Greedy forward selection with replacement (Caruana et al., 2004) over the validation "
+        "probabilities of the run's top K kept trials; prints the best single model, the ensemble and each with "
+        "flip TTA side by side (validation and test accuracy, TFLite latency) and saves the selection for "
+        "`autotl export --ensemble` and the report.",
+    )
+    en.add_argument("run", metavar="RUN_DIR")
+    en.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="choose among the K best trials (default: the space's ensemble.top_k, else 8)",
+    )
+    en.add_argument(
+        "--tta", default="flip", metavar="flip|none", help="also measure flip TTA (default flip)"
+    )
+    en.add_argument(
+        "--init",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start from up to the N best trials, how many chosen on validation (default 1)",
+    )
+    en.add_argument(
+        "--bags",
+        type=int,
+        default=0,
+        metavar="B",
+        help="bagged selection over B random halves of the candidates (default 0: off)",
+    )
+    en.add_argument(
+        "--no-latency", action="store_true", help="do not time each model through TFLite"
+    )
+    en.add_argument(
+        "--data",
+        metavar="DATA_DIR",
+        help="the search's data folder, if it moved",
+    )
+    _add_study_args(en)
+    _add_plugin_args(en)
+    _add_weights_args(en, " -- default: what the search used")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -525,11 +582,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         data=args.data,
         on_event=lambda m: err.print(f"[dim]{m}[/]"),
         pick=args.pick,
+        ensemble=args.ensemble,
+        tta=args.tta,
     )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
+    what = f"trial {result.trial}"
+    if result.variant:
+        what = f"{result.variant['name']} (trials {', '.join(map(str, result.variant['members']))})"
     print(
-        f"exported trial {result.trial} to {result.out_dir} (parity on {result.parity['images']} validation images)"
+        f"exported {what} to {result.out_dir} (parity on {result.parity['images']} validation images)"
     )
     for fmt, r in result.parity["formats"].items():
         print(f"{fmt}\ttop-1 agreement {r['top1_agreement']:.1%}\tmax |dp| {r['max_abs_diff']:.2e}")
@@ -544,6 +606,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from autotl.api import Run
+    from autotl.ui import console, ensemble_table
+
+    err = console(stderr=True)
+    run = Run(
+        args.run,
+        storage=args.storage,
+        study_name=args.study_name,
+        plugins=args.plugin,
+        weights_dir=args.weights_dir,
+        weights=args.weights,
+    )
+    selection = run.ensemble(
+        args.top_k,
+        tta=args.tta,
+        latency=not args.no_latency,
+        init=args.init,
+        bags=args.bags,
+        data=args.data,
+        on_event=lambda m: err.print(f"[dim]{m}[/]"),
+    )
+    console().print(ensemble_table(selection))
+    for note in selection.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    print(
+        f"saved in {run.folder.ensemble_selection}; `autotl export {run.path} --ensemble` exports it"
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": cmd_search,
     "predict": cmd_predict,
@@ -551,6 +644,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "lineage": cmd_lineage,
     "export": cmd_export,
+    "ensemble": cmd_ensemble,
 }
 
 

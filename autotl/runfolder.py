@@ -16,6 +16,8 @@ it, and report, export, lineage and the Python API read it, all through
       deploy_costs.json       deploy costs (TFLite latency, size, parameters) per backbone and head shape
       logs/                   the extra workers' output
       keras_tuner/            the keras-tuner engine's project, its best_model.keras and marker
+      ensemble/               selection.json (the ensemble of the top trials), its .keras models and
+                              predictions/*.npy (each member's probabilities, cached)
       report.html, report.md, report.json, report_files/
 
 Everything is written to a temporary name and renamed into place, so a reader
@@ -74,6 +76,9 @@ class RunFolder:
     CACHE = "cache"
     LOGS = "logs"
     DEPLOY_COSTS = "deploy_costs.json"
+    ENSEMBLE = "ensemble"
+    ENSEMBLE_SELECTION = "selection.json"
+    ENSEMBLE_PREDICTIONS = "predictions"
     REPORT_HTML, REPORT_MD, REPORT_JSON, REPORT_FILES = (
         "report.html",
         "report.md",
@@ -148,6 +153,26 @@ class RunFolder:
 
     def trial_model(self, number: int) -> Path:
         return self.trial_dir(number) / self.TRIAL_MODEL
+
+    @property
+    def ensemble_dir(self) -> Path:
+        return self.path / self.ENSEMBLE
+
+    @property
+    def ensemble_selection(self) -> Path:
+        """The ensemble chosen from the run's top trials, and its scores (``autotl ensemble``)."""
+        return self.ensemble_dir / self.ENSEMBLE_SELECTION
+
+    def ensemble_predictions(self, split: str, trial: int, tta: Optional[str] = None) -> Path:
+        """Trial ``trial``'s probabilities on the images ``split`` names (a key that changes with them), as ``.npy``."""
+        suffix = f"-{tta}" if tta else ""
+        return (
+            self.ensemble_dir / self.ENSEMBLE_PREDICTIONS / f"{split}-t{int(trial):04d}{suffix}.npy"
+        )
+
+    def ensemble_model(self, name: str) -> Path:
+        """An ensemble's (or a test-time-augmented trial's) ``.keras`` model, by its variant name."""
+        return self.ensemble_dir / f"{name}.keras"
 
     def relative(self, path: Path) -> str:
         """``path`` as recorded in a trial's attributes: relative to the run folder."""

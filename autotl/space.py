@@ -151,6 +151,19 @@ class Deploy(_Strict):
     runs: int = Field(30, ge=3, le=10000)
 
 
+class Ensemble(_Strict):
+    """An ensemble of the top trials, chosen when the search ends (``autotl ensemble`` does it any time).
+
+    Off by default: on the data sets measured (README, "Ensembles and
+    test-time augmentation") it did not reliably beat the best single model.
+    On, the search keeps at least ``top_k`` trials' layers.
+    """
+
+    enabled: bool = False
+    top_k: int = Field(8, ge=2, le=64)  # trials selection chooses from, best first
+    tta: Literal["flip", "none"] = "flip"  # test-time augmentation measured beside it
+
+
 class SearchSpace(_Strict):
     backbones: list[str] = Field(min_length=1)
     head: Head
@@ -158,6 +171,7 @@ class SearchSpace(_Strict):
     phase2: Phase2 = Phase2()
     augmentation: Augmentation = Augmentation()
     screening: Optional[Screening] = None  # off: every trial may fine-tune
+    ensemble: Ensemble = Ensemble()  # off: no ensemble at the end of a search
     sampler: str = DEFAULT_SAMPLER  # one of autotl.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
     # bounds each trial must meet to count as best: at most (minimised) or at least (maximised)

@@ -263,3 +263,29 @@ def records_table(
             f"{a['seconds_total']:.0f}" if "seconds_total" in a else "-",
         )
     return table
+
+
+def ensemble_table(selection: Any) -> Any:
+    """``autotl ensemble``'s answer: each model compared (the best single model, the ensemble, with TTA), its
+    members, validation and test accuracy with 95% Wilson intervals, and TFLite latency."""
+    from rich.table import Table
+
+    def acc(s: Any) -> str:
+        return "-" if s is None else f"{s.accuracy:.4f} ({s.ci95[0]:.3f}-{s.ci95[1]:.3f})"
+
+    members = ", ".join(f"{n} x{w:.2f}" for n, w in selection.members.items())
+    table = Table(
+        title=f"ensemble of the top {selection.top_k} trials by {selection.objective}: {members}"
+    )
+    for col in ("model", "trials", "val acc (95% CI)", "test acc (95% CI)", "TFLite ms (1 thread)"):
+        table.add_column(col)
+    for v in selection.variants:
+        ms = (v.latency or {}).get("median_ms")
+        table.add_row(
+            v.name,
+            ", ".join(map(str, v.members)),
+            acc(v.val),
+            acc(v.test),
+            "-" if ms is None else f"{ms:.2f}",
+        )
+    return table

@@ -33,13 +33,22 @@ needs, how the model card describes it).  ``export``, the parity check,
 ``load_predictor``, the model card, ``ExportResult.files`` and the files an
 export owns all read the table; :func:`register_format` adds a row.
 
+``export(..., ensemble=True)`` (``autotl export RUN_DIR --ensemble``) exports the
+run's ensemble of its top trials as one model instead, and ``tta="flip"`` a model
+that also averages over the mirror image; the same formats and parity checks
+apply, after each member has reproduced its search score and the combined model
+the score its members' predictions give (``_variant``, ``_card_variant``).
+:func:`tflite_latency` times a ``.keras`` model as the TFLite format converts it.
+
 The modules: ``_common`` (file names, tolerances, the result and error types),
 ``_format`` (the row type), one module per format (``_keras``, ``_savedmodel``,
 ``_tflite``, ``_tflite_int8``), ``_table`` (the rows, selection, registration),
 ``_run`` (the run folder and the chosen trial's model), ``_predictor``
 (``load_predictor``), ``_parity`` (the checks), ``_card`` (``MODEL_CARD.md``),
-``_staging`` (the output folder: checked, staged beside, swapped in whole) and
-``_export`` (the steps of ``export``).
+``_staging`` (the output folder: checked, staged beside, swapped in whole),
+``_variant`` and ``_card_variant`` (an ensemble or TTA model as the model
+exported), ``_latency`` (``tflite_latency``) and ``_export`` (the steps of
+``export``).
 """
 
 from autotl.export._common import (
@@ -58,6 +67,7 @@ from autotl.export._common import (
 )
 from autotl.export._export import export
 from autotl.export._format import REPRESENTATIVE, Format, Loaded, WriteContext
+from autotl.export._latency import tflite_latency
 from autotl.export._parity import check_parity, verify_export
 from autotl.export._predictor import load_predictor
 from autotl.export._table import (
@@ -84,6 +94,7 @@ __all__ = [
     "check_parity",
     "verify_export",
     "load_predictor",
+    "tflite_latency",
     "wilson_interval",
     "parse_formats",
     "Predict",

@@ -60,6 +60,8 @@ class ExportResult:
     parity: dict[str, Any]
     input_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
+    #: The ensemble or TTA model exported instead of ``trial``'s own (``export(ensemble=..., tta=...)``), or None.
+    variant: Optional[dict[str, Any]] = None
 
 
 def _quiet() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from autotl.data import resize_images
 from autotl.errors import UsageError, first_line
 from autotl.export._card import card_facts, write_card
+from autotl.export._card_variant import write_variant_card
 from autotl.export._common import (
     CARD_FILE,
     LABELS_FILE,
@@ -39,6 +40,7 @@ from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
 from autotl.export._staging import check_out, install, quarantine, remove_stale, staging_dir
 from autotl.export._table import owned_files, parse_formats, select
+from autotl.export._variant import check_variant_args, check_variant_reproduces, open_variant
 
 Say = Callable[[str], None]
 
@@ -56,6 +58,8 @@ def export(
     weights: Any = None,
     registry: Any = None,
     on_event: Optional[Say] = None,
+    ensemble: bool = False,
+    tta: Optional[str] = None,
 ) -> ExportResult:
     """Export one trial's model of a run (the best by default) in ``formats`` (default: the table's default
     formats), and prove every format predicts as the Keras model does.
@@ -69,44 +73,62 @@ def export(
     accuracy and loss the search recorded for the trial (when the data is the
     search's); then every format must predict what the Keras model predicts.
     Raises UsageError for bad arguments and ExportParityError otherwise.
+
+    ``ensemble`` exports the run's ensemble instead (``autotl.ensemble``: the
+    stored selection, or a new one), and ``tta="flip"`` a model that also
+    averages over the mirror image (of the ensemble, or of the trial); see
+    ``_variant``.
     """
     _quiet()
     say = on_event or (lambda _msg: None)
     rows = select(parse_formats(formats), quantize)
     if trial is not None and trial < 0:
         raise UsageError(f"--trial must be a trial number (0 or more), got {trial}")
+    tta = check_variant_args(trial, ensemble, tta)
     out = check_out(Path(out_dir))
     run = _open_run(Path(run_dir), trial, storage_url, study_name, plugins, registry, weights, say)
     notes: list[str] = []
     dataset, same_data = _dataset(run, data, plugins, notes)
+    if ensemble or tta:
+        run = open_variant(run, dataset, ensemble, tta, registry, weights, plugins, say)
+        notes.append(
+            f"the lineage tables record one trial per model file, so this {run.variant['name']} export is not "
+            "recorded there (`autotl lineage` does not know it); parity.json's `exported` names its members"
+        )
     model, size = _load_model(run, say)
-    say(f"checking the model reproduces trial {run.trial.number}'s validation score")
-    reproduced = _check_reproduces(model, run, dataset, size, same_data)
-    say(f"scoring trial {run.trial.number} on the test split, once")
+    say(f"checking the model reproduces {_what(run)}'s validation score")
+    check = check_variant_reproduces if run.variant else _check_reproduces
+    reproduced = check(model, run, dataset, size, same_data)
+    say(f"scoring {_what(run)} on the test split, once")
     test_score = test_split_score(model, run, dataset, size)
     for stale in remove_stale(out):
         say(f"removed {stale}, left by an export that did not finish")
     staging = staging_dir(out)
     try:
         seconds = _stage(staging, model, run, dataset, size, rows, say)
-        parity = _verify(
-            staging,
-            out,
-            model,
-            run,
-            dataset,
-            {"search_score": reproduced, "test_score": test_score, "seconds": seconds},
-            say,
-        )
-        write_card(card_facts(staging, run, dataset, same_data, parity, size, rows, notes))
+        extra = {"search_score": reproduced, "test_score": test_score, "seconds": seconds}
+        parity = _verify(staging, out, model, run, dataset, _exported(extra, run), say)
+        facts = card_facts(staging, run, dataset, same_data, parity, size, rows, notes)
+        (write_variant_card if run.variant else write_card)(facts)
         install(staging, out, owned_files())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _record_lineage(run, out, rows, dataset, notes)
+    if run.variant is None:
+        _record_lineage(run, out, rows, dataset, notes)
     return ExportResult(
-        out, run.trial.number, run.class_names, _files(out, rows), parity, size, notes
+        out, run.trial.number, run.class_names, _files(out, rows), parity, size, notes, run.variant
     )
+
+
+def _what(run: _Run) -> str:
+    """What is exported, for messages: "trial 3", or "ensemble+flip"."""
+    return run.variant["name"] if run.variant else f"trial {run.trial.number}"
+
+
+def _exported(extra: dict[str, Any], run: _Run) -> dict[str, Any]:
+    """parity.json's extra fields: for an ensemble or TTA model, what it is (``exported``)."""
+    return {**extra, "exported": run.variant} if run.variant else extra
 
 
 def _load_model(run: _Run, say: Say) -> tuple[Any, tuple[int, int]]:

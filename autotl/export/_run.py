@@ -24,6 +24,9 @@ class _Run:
     record: dict[str, Any]  # run.json
     space: dict[str, Any]
     data_summary: dict[str, Any]
+    #: When the model exported is not ``trial``'s own (the run's ensemble, or TTA): what it is and must
+    #: reproduce (``_variant.open_variant``); ``trial`` is then the best trial, or the one given.
+    variant: Optional[dict[str, Any]] = None
 
     @property
     def run_dir(self) -> Path:

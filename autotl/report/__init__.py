@@ -17,11 +17,12 @@ The record (``report.json``, schema ``autotl-report-2``) names the study's
 objectives and sampler; scores, their labels and which way is better come
 from them.  The modules, in the order data flows: ``_rows`` (trials as
 leaderboard rows), ``_search``, ``_lineage``, ``_evaluate`` (the best model on
-the validation split) and ``_engines`` (the Optuna and keras-tuner studies of
-one run compared) feed ``_record`` (the data record); ``_figures`` draws it
+the validation split), ``_engines`` (the Optuna and keras-tuner studies of
+one run compared) and ``_ensemble`` (the stored ensemble selection) feed
+``_record`` (the data record); ``_figures`` draws it
 (matplotlib).  ``_sections`` lists the report's sections in order (each a
 function from the record to a neutral ``_document``: ``_sections_found``,
-``_sections_search``, ``_sections_model``), which ``_html`` and ``_markdown``
+``_sections_search``, ``_sections_model``, ``_sections_ensemble``), which ``_html`` and ``_markdown``
 render; ``_write`` writes the files.
 """
 

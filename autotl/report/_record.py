@@ -23,6 +23,7 @@ from autotl.report._common import (
     sampler_of,
 )
 from autotl.report._engines import engines_compared
+from autotl.report._ensemble import ensemble_record
 from autotl.report._evaluate import evaluate_best_model
 from autotl.report._lineage import lineage_record
 from autotl.report._pareto import pareto_record
@@ -187,6 +188,7 @@ def build_record(
         "search": search_record(study, trials, rows, space, objectives),
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
         "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate),
+        "ensemble": ensemble_record(folder, study),
         "lineage": lineage_record(study, rows, run, summary, space, storage_url),
     }
     return _clean(record)

@@ -144,9 +144,9 @@ def search(
     except SearchStopped:  # what did finish is reported, then the reason is said
         if report:
             with contextlib.suppress(Exception):
-                _finish(plan, engine, emit, lambda: False)
+                _finish(plan, engine, emit, lambda: False, report=True)
         raise
-    return _finish(plan, engine, emit, (should_stop or (lambda: False)) if report else None)
+    return _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
 
 
 def _run_engine(
@@ -174,9 +174,10 @@ def _run_engine(
 
 
 def _finish(
-    plan: _Plan, engine: str, emit: Event, should_stop: Optional[Callable[[], bool]]
+    plan: _Plan, engine: str, emit: Event, should_stop: Callable[[], bool], report: bool
 ) -> Run:
-    """The run, opened; its report written unless ``should_stop`` is None (no report) or says so."""
+    """The run, opened; unless ``should_stop()`` says the search was stopped, its ensemble chosen (when
+    the space asks) and, with ``report``, its report written."""
     run = Run(
         plan.out,
         storage=plan.storage,
@@ -186,7 +187,7 @@ def _finish(
         weights=plan.weights,
         engine=engine,
     )
-    stopped = bool(should_stop and should_stop())
+    stopped = should_stop()
     if engine == OPTUNA and plan.space.ensemble.enabled and not stopped:
         run.ensemble_selection = run._try_ensemble(plan.space.ensemble, emit)
     if report and not stopped:

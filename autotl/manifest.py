@@ -1,0 +1,202 @@
+"""The data set's manifest: every file read once, so a resume, a report or a second worker reads only what changed.
+
+A scan must know, for every file, whether it decodes and the SHA-256 of its
+bytes (the data fingerprint is exact over them).  Reading and decoding 100,000
+files takes minutes; a manifest in the run folder remembers the answer per
+file, with the file's size and modification time, so the next scan stats the
+files (a fraction of a second) and reads only the added and changed ones::
+
+    {"manifest": 1, "root": "/data/images", "max_side": 1024}
+    {"path": "ants/0001.jpg", "size": 10234, "mtime_ns": 1700000000000000000,
+     "sha256": "9f2c...", "class": "ants", "part": "", "split": "train", "reason": null}
+    {"path": "bees/0042.jpg", ..., "sha256": "", "split": null, "reason": "truncated or corrupt: ..."}
+
+One JSON object per line: ``grep reason RUN_DIR/manifest.jsonl`` lists the
+files that were skipped and why.  ``part`` is the folder part (``train``/``val``
+when DATA_DIR has them), ``split`` where the file went.  While a long first scan
+runs, checked files are appended every few thousand, so an interrupted scan
+resumes where it stopped; later lines win over earlier ones for the same path.
+A file rewritten in place with the same size and modification time is not
+noticed (touch it, or delete the manifest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from autotl.decoding import Checked, check_files, ordered
+
+__all__ = ["FORMAT", "check", "write", "read"]
+
+FORMAT = 1
+CHUNK = 64  # files per task of a decoding worker
+JOURNAL_EVERY = 2000  # checked files appended to the manifest at least this often
+Progress = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One scan at a time per manifest (a second worker waits, then reuses the first one's work)."""
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read(path: Optional[Path]) -> dict[str, dict[str, Any]]:
+    """The manifest's entries by relative path (later lines win); ``{}`` when there is none or another format."""
+    if path is None or not path.is_file():
+        return {}
+    entries: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        header = _parse(f.readline())
+        if not header or header.get("manifest") != FORMAT:
+            return {}
+        for line in f:
+            entry = _parse(line)
+            if entry and "path" in entry:
+                entries[entry["path"]] = entry
+    return entries
+
+
+def _parse(line: str) -> Optional[dict[str, Any]]:
+    try:
+        value = json.loads(line)
+    except ValueError:  # a line torn by a kill mid-write
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _entry(rel: str, c: Checked, cls: str, part: str, split: Optional[str] = None) -> dict:
+    return {
+        "path": rel,
+        "size": c.size,
+        "mtime_ns": c.mtime_ns,
+        "sha256": c.sha256,
+        "class": cls,
+        "part": part,
+        "split": split,
+        "reason": c.reason,
+    }
+
+
+def check(
+    files: Sequence[tuple[str, str, str, str]],
+    manifest: Optional[Path],
+    root: str,
+    max_side: int,
+    workers: int,
+    progress: Optional[Progress] = None,
+) -> tuple[list[Checked], dict[str, dict[str, Any]], int]:
+    """``(checked, previous, reread)``: a :class:`Checked` per ``(rel, path, class, part)`` in ``files``, the
+    manifest's entries before this scan, and how many files had to be read.
+
+    A file whose size and modification time match its manifest entry is not
+    read: its hash and verdict (a broken file's reason too) come from the
+    manifest.  The others are read by ``workers`` decoding processes.
+    """
+    if manifest is None:
+        checked, reread = _check_all(files, None, root, max_side, workers, progress, {})
+        return checked, {}, reread
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(manifest):
+        previous = read(manifest)
+        checked, reread = _check_all(files, manifest, root, max_side, workers, progress, previous)
+    return checked, previous, reread
+
+
+def _check_all(
+    files: Sequence[tuple[str, str, str, str]],
+    manifest: Optional[Path],
+    root: str,
+    max_side: int,
+    workers: int,
+    progress: Optional[Progress],
+    previous: dict[str, dict[str, Any]],
+) -> tuple[list[Checked], int]:
+    """Stat every file; reuse the manifest's answer where size and mtime match; read the rest in the pool.
+    Returns a Checked per file and how many were read."""
+    result: list[Optional[Checked]] = [None] * len(files)
+    todo: list[int] = []
+    for i, (rel, full, _cls, _part) in enumerate(files):
+        old = previous.get(rel)
+        if old is not None:
+            try:
+                st = os.stat(full)
+            except OSError:
+                st = None
+            if st is not None and (st.st_size, st.st_mtime_ns) == (old["size"], old["mtime_ns"]):
+                result[i] = Checked(old["size"], old["mtime_ns"], old["sha256"], old["reason"])
+                continue
+        todo.append(i)
+    total, done = len(todo), 0
+    if progress is not None and total:
+        progress(0, total)
+    chunks = [todo[k : k + CHUNK] for k in range(0, total, CHUNK)]
+    journal: list[dict[str, Any]] = []
+    last = time.monotonic()
+    tasks = (([files[i][1] for i in chunk], max_side) for chunk in chunks)
+    for chunk, answers in zip(chunks, ordered(check_files, tasks, workers)):
+        for i, c in zip(chunk, answers):
+            result[i] = c
+            rel, _full, cls, part = files[i]
+            journal.append(_entry(rel, c, cls, part))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+        if manifest is not None and (len(journal) >= JOURNAL_EVERY or time.monotonic() - last > 10):
+            _append(manifest, root, max_side, journal)
+            journal, last = [], time.monotonic()
+    if manifest is not None and journal:
+        _append(manifest, root, max_side, journal)
+    return result, total  # type: ignore[return-value]
+
+
+def _header(root: str, max_side: int) -> str:
+    return json.dumps({"manifest": FORMAT, "root": root, "max_side": max_side}) + "\n"
+
+
+def _append(manifest: Path, root: str, max_side: int, entries: list[dict[str, Any]]) -> None:
+    """Add checked files to the manifest now, so an interrupted first scan is not lost."""
+    fresh = not manifest.is_file() or manifest.stat().st_size == 0
+    with open(manifest, "a", encoding="utf-8") as f:
+        if fresh:
+            f.write(_header(root, max_side))
+        f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+
+
+def write(
+    manifest: Path,
+    root: str,
+    max_side: int,
+    files: Sequence[tuple[str, str, str, str]],
+    checked: Sequence[Checked],
+    splits: dict[str, str],
+    previous: dict[str, dict[str, Any]],
+) -> bool:
+    """Rewrite the manifest compactly (every file once, with the split it went to), unless it already says
+    exactly that; whether it was written.  Removed files drop out here."""
+    entries = [
+        _entry(rel, c, cls, part, splits.get(rel))
+        for (rel, _full, cls, part), c in zip(files, checked)
+    ]
+    if len(entries) == len(previous) and all(previous.get(e["path"]) == e for e in entries):
+        return False
+    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(_header(root, max_side))
+        for e in entries:
+            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    with _locked(manifest):
+        os.replace(tmp, manifest)
+    return True

@@ -257,6 +257,7 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
         batch_size=space.batch_size,
         seed=space.seed,
         prefetch_blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        prefetch_min_blocks=max(1, p2.unfreeze_blocks.low),
     )
 
 

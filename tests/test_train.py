@@ -7,6 +7,7 @@ import pytest
 
 from autotl.cache import FeatureCache
 from autotl.model import build_base, submodel
+from autotl.npyfile import NpyRows
 from autotl.train import Gate, TrialParams, train_trial
 from autotl.weights import ResolvedWeights
 
@@ -130,7 +131,7 @@ def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> No
     assert len(calls) == 2  # the base is built only when something must be computed
     assert prefetched.train.shape[1:] == (16, 16, 16)  # 32 px, one stride-2 stem
     assert first.key == again.key != other.key
-    assert isinstance(again.train, np.memmap)
+    assert isinstance(again.train, NpyRows) and again.train.dtype == np.float16  # read by rows
     np.testing.assert_array_equal(np.asarray(first.train), np.asarray(again.train))
     assert not list(tmp_path.glob("*.tmp*"))
 

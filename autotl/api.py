@@ -123,6 +123,9 @@ def search(
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    from autotl.allocator import return_large_buffers
+
+    return_large_buffers()  # memory flat in the data's size (see autotl/allocator.py)
     kwargs = {
         "data": os.fspath(data) if data is not None else None,
         "sample": sample,
@@ -426,8 +429,10 @@ def run_worker(
     config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
 ) -> Any:
     """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
+    from autotl.allocator import return_large_buffers
     from autotl.space import SearchSpace
 
+    return_large_buffers()
     kwargs = json.loads(Path(config_file).read_text())
     space = SearchSpace.model_validate(kwargs.pop("space"))
     command = kwargs.pop("command", None)

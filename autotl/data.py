@@ -189,6 +189,7 @@ class _Item:
     rel: str  # relative to DATA_DIR, "/"-separated (or "#index" for arrays)
     label: int
     digest: str  # sha256 of the file bytes / pixel bytes
+    index: int  # position in the scan's file list (or in the arrays)
     path: str | None = None
     array: np.ndarray | None = None
 
@@ -235,10 +236,10 @@ def load_folder(
         (p, k): [] for p in parts for k in range(len(class_names))
     }
     tried = dict.fromkeys(found, 0)
-    for (rel, full, c, part), result in zip(files, checked):
+    for i, ((rel, full, c, part), result) in enumerate(zip(files, checked)):
         tried[(part, label_of[c])] += 1
         if result.reason is None:
-            found[(part, label_of[c])].append(_Item(rel, label_of[c], result.sha256, path=full))
+            found[(part, label_of[c])].append(_Item(rel, label_of[c], result.sha256, i, path=full))
         else:
             skipped.append((rel, result.reason))
     skipped.sort()
@@ -252,12 +253,16 @@ def load_folder(
         )
     del found
     if where is not None:
-        splits = {i.rel: "train" for i in train}
-        splits.update((i.rel, "val") for i in val)
+        splits: list[Optional[str]] = [None] * len(files)
+        for name, items in (("train", train), ("val", val)):
+            for item in items:
+                splits[item.index] = name
         manifest_mod.write(where, root, max_side, files, checked, splits, previous)
+    n_files = len(files)
+    del files, checked, previous  # the scan's bookkeeping goes before the data set is built
     dataset = _finish(class_names, train, val, root, split, skipped, notes, max_side)
     dataset.scan = {
-        "files": len(files),
+        "files": n_files,
         "read": reread,
         "seconds": round(time.perf_counter() - started, 3),
         "manifest": str(where) if where is not None else None,
@@ -424,7 +429,7 @@ def from_arrays(
     for i, (image, label) in enumerate(zip(images, y.tolist())):
         a = _as_rgb_uint8(np.asarray(image), f"{source}: image {i}")
         digest = hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
-        items.append(_Item(f"#{i}", int(label), digest, array=a))
+        items.append(_Item(f"#{i}", int(label), digest, i, array=a))
     notes: list[str] = []
     train, val = _stratify(items, names, val_fraction, seed, notes)
     split = f"stratified, val_fraction={val_fraction:g}, seed={seed}"

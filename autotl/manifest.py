@@ -29,11 +29,11 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from autotl.decoding import Checked, check_files, ordered
 
-__all__ = ["FORMAT", "check", "write", "read"]
+__all__ = ["FORMAT", "Entry", "check", "write", "read"]
 
 FORMAT = 1
 CHUNK = 64  # files per task of a decoding worker
@@ -53,19 +53,44 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read(path: Optional[Path]) -> dict[str, dict[str, Any]]:
+class Entry(NamedTuple):
+    """One file as the manifest knows it (kept compact: a manifest may list millions)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    reason: Optional[str]
+    cls: str
+    part: str
+    split: Optional[str]
+
+
+def read(path: Optional[Path]) -> dict[str, Entry]:
     """The manifest's entries by relative path (later lines win); ``{}`` when there is none or another format."""
     if path is None or not path.is_file():
         return {}
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, Entry] = {}
+    shared: dict[Any, Any] = {}  # class, part and split names: one string each, not one per file
     with open(path, encoding="utf-8") as f:
         header = _parse(f.readline())
         if not header or header.get("manifest") != FORMAT:
             return {}
         for line in f:
-            entry = _parse(line)
-            if entry and "path" in entry:
-                entries[entry["path"]] = entry
+            e = _parse(line)
+            if not e or "path" not in e:
+                continue
+            try:
+                entries[e["path"]] = Entry(
+                    int(e["size"]),
+                    int(e["mtime_ns"]),
+                    str(e["sha256"]),
+                    e.get("reason"),
+                    shared.setdefault(e.get("class", ""), e.get("class", "")),
+                    shared.setdefault(e.get("part", ""), e.get("part", "")),
+                    shared.setdefault(e.get("split"), e.get("split")),
+                )
+            except (KeyError, TypeError, ValueError):  # a hand-edited line: the file is read again
+                continue
     return entries
 
 
@@ -77,8 +102,8 @@ def _parse(line: str) -> Optional[dict[str, Any]]:
     return value if isinstance(value, dict) else None
 
 
-def _entry(rel: str, c: Checked, cls: str, part: str, split: Optional[str] = None) -> dict:
-    return {
+def _line(rel: str, c: Checked, cls: str, part: str, split: Optional[str] = None) -> str:
+    entry = {
         "path": rel,
         "size": c.size,
         "mtime_ns": c.mtime_ns,
@@ -88,6 +113,7 @@ def _entry(rel: str, c: Checked, cls: str, part: str, split: Optional[str] = Non
         "split": split,
         "reason": c.reason,
     }
+    return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
 def check(
@@ -97,7 +123,7 @@ def check(
     max_side: int,
     workers: int,
     progress: Optional[Progress] = None,
-) -> tuple[list[Checked], dict[str, dict[str, Any]], int]:
+) -> tuple[list[Checked], dict[str, Entry], int]:
     """``(checked, previous, reread)``: a :class:`Checked` per ``(rel, path, class, part)`` in ``files``, the
     manifest's entries before this scan, and how many files had to be read.
 
@@ -122,7 +148,7 @@ def _check_all(
     max_side: int,
     workers: int,
     progress: Optional[Progress],
-    previous: dict[str, dict[str, Any]],
+    previous: dict[str, Entry],
 ) -> tuple[list[Checked], int]:
     """Stat every file; reuse the manifest's answer where size and mtime match; read the rest in the pool.
     Returns a Checked per file and how many were read."""
@@ -135,22 +161,22 @@ def _check_all(
                 st = os.stat(full)
             except OSError:
                 st = None
-            if st is not None and (st.st_size, st.st_mtime_ns) == (old["size"], old["mtime_ns"]):
-                result[i] = Checked(old["size"], old["mtime_ns"], old["sha256"], old["reason"])
+            if st is not None and (st.st_size, st.st_mtime_ns) == (old.size, old.mtime_ns):
+                result[i] = Checked(old.size, old.mtime_ns, old.sha256, old.reason)
                 continue
         todo.append(i)
     total, done = len(todo), 0
     if progress is not None and total:
         progress(0, total)
     chunks = [todo[k : k + CHUNK] for k in range(0, total, CHUNK)]
-    journal: list[dict[str, Any]] = []
+    journal: list[str] = []
     last = time.monotonic()
     tasks = (([files[i][1] for i in chunk], max_side) for chunk in chunks)
     for chunk, answers in zip(chunks, ordered(check_files, tasks, workers)):
         for i, c in zip(chunk, answers):
             result[i] = c
             rel, _full, cls, part = files[i]
-            journal.append(_entry(rel, c, cls, part))
+            journal.append(_line(rel, c, cls, part))
         done += len(chunk)
         if progress is not None:
             progress(done, total)
@@ -166,13 +192,13 @@ def _header(root: str, max_side: int) -> str:
     return json.dumps({"manifest": FORMAT, "root": root, "max_side": max_side}) + "\n"
 
 
-def _append(manifest: Path, root: str, max_side: int, entries: list[dict[str, Any]]) -> None:
+def _append(manifest: Path, root: str, max_side: int, lines: list[str]) -> None:
     """Add checked files to the manifest now, so an interrupted first scan is not lost."""
     fresh = not manifest.is_file() or manifest.stat().st_size == 0
     with open(manifest, "a", encoding="utf-8") as f:
         if fresh:
             f.write(_header(root, max_side))
-        f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+        f.write("".join(lines))
 
 
 def write(
@@ -181,22 +207,26 @@ def write(
     max_side: int,
     files: Sequence[tuple[str, str, str, str]],
     checked: Sequence[Checked],
-    splits: dict[str, str],
-    previous: dict[str, dict[str, Any]],
+    splits: Sequence[Optional[str]],
+    previous: dict[str, Entry],
 ) -> bool:
-    """Rewrite the manifest compactly (every file once, with the split it went to), unless it already says
-    exactly that; whether it was written.  Removed files drop out here."""
-    entries = [
-        _entry(rel, c, cls, part, splits.get(rel))
-        for (rel, _full, cls, part), c in zip(files, checked)
-    ]
-    if len(entries) == len(previous) and all(previous.get(e["path"]) == e for e in entries):
+    """Rewrite the manifest compactly (every file once, with the split it went to: ``splits[i]`` for
+    ``files[i]``), unless it already says exactly that; whether it was written.  Removed files drop out."""
+
+    def same(rel: str, c: Checked, cls: str, part: str, split: Optional[str]) -> bool:
+        old = previous.get(rel)
+        return old is not None and old == (c.size, c.mtime_ns, c.sha256, c.reason, cls, part, split)
+
+    rows = zip(files, checked, splits)
+    if len(files) == len(previous) and all(
+        same(rel, c, cls, part, split) for (rel, _full, cls, part), c, split in rows
+    ):
         return False
     tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(_header(root, max_side))
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+        for (rel, _full, cls, part), c, split in zip(files, checked, splits):
+            f.write(_line(rel, c, cls, part, split))
     with _locked(manifest):
         os.replace(tmp, manifest)
     return True

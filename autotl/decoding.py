@@ -13,6 +13,7 @@ exit when the main process dies, since their task pipe closes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -211,6 +212,26 @@ def _start_worker() -> None:
     warnings.simplefilter("ignore")
 
 
+@contextlib.contextmanager
+def _without_main() -> Iterator[None]:
+    """Start processes that do not run the caller's ``__main__`` again.
+
+    ``spawn`` re-imports the main script in every new process, which runs a
+    script's search again when it has no ``if __name__ == "__main__"`` guard.
+    The workers need only this module, so they are shown an empty main module.
+    """
+    import sys
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def _pool(workers: int) -> Any:
     """This process's executor for ``workers`` processes (0: threads in this process), started once and reused."""
     if workers not in _POOLS:
@@ -224,9 +245,13 @@ def _pool(workers: int) -> Any:
         else:
             import multiprocessing
 
-            _POOLS[workers] = ProcessPoolExecutor(
+            pool = ProcessPoolExecutor(
                 workers, multiprocessing.get_context("spawn"), initializer=_start_worker
             )
+            with _without_main():  # every worker is started now, none later
+                for started in [pool.submit(os.getpid) for _ in range(workers)]:
+                    started.result()
+            _POOLS[workers] = pool
         if len(_POOLS) == 1:
             atexit.register(shutdown)
     return _POOLS[workers]

@@ -402,6 +402,7 @@ def run_search(
     )
     study = open_search_study(cfg)
     cfg.artifacts = _artifact_store(study, cfg)
+    cfg.run.artifact_store(cfg.artifacts)  # reachable, or one line now rather than after a trial
     _describe_study(study, cfg, dataset)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     emit = on_event or (lambda _e: None)

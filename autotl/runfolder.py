@@ -187,6 +187,8 @@ class RunFolder:
 
     def require(self, storage_url: Optional[str] = None) -> str:
         """The storage URL of an existing run; a one-line UsageError when this is not a run folder."""
+        if storage_url is not None and not self.path.exists():
+            self.prepare()  # another machine's view of a shared study: this folder is its workspace
         if not self.path.is_dir():
             what = "is a file, not a folder" if self.path.exists() else "does not exist"
             raise UsageError(

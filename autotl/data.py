@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import os
 import time
 from collections import deque
@@ -230,13 +231,13 @@ def load_folder(
     started = time.perf_counter()
     workers = default_workers() if decode_workers is None else decode_workers
     where = Path(manifest) if manifest is not None else None
-    checked, previous, reread = manifest_mod.check(files, where, root, max_side, workers, progress)
+    scan = manifest_mod.check(files, where, root, max_side, workers, progress)
     label_of = {c: k for k, c in enumerate(class_names)}
     found: dict[tuple[str, int], list[_Item]] = {
         (p, k): [] for p in parts for k in range(len(class_names))
     }
     tried = dict.fromkeys(found, 0)
-    for i, ((rel, full, c, part), result) in enumerate(zip(files, checked)):
+    for i, ((rel, full, c, part), result) in enumerate(zip(files, scan.checked)):
         tried[(part, label_of[c])] += 1
         if result.reason is None:
             found[(part, label_of[c])].append(_Item(rel, label_of[c], result.sha256, i, path=full))
@@ -257,9 +258,9 @@ def load_folder(
         for name, items in (("train", train), ("val", val)):
             for item in items:
                 splits[item.index] = name
-        manifest_mod.write(where, root, max_side, files, checked, splits, previous)
-    n_files = len(files)
-    del files, checked, previous  # the scan's bookkeeping goes before the data set is built
+        manifest_mod.write(where, root, max_side, files, scan, splits)
+    n_files, reread = len(files), scan.reread
+    del files, scan  # the scan's bookkeeping goes before the data set is built
     dataset = _finish(class_names, train, val, root, split, skipped, notes, max_side)
     dataset.scan = {
         "files": n_files,
@@ -387,6 +388,7 @@ def _walk(root: str, folder: str) -> tuple[list[tuple[str, str]], list[tuple[str
     def unreadable(exc: OSError) -> None:
         passed.append((_rel(root, str(exc.filename)), f"cannot list folder: {exc.strerror or exc}"))
 
+    cut = len(root.rstrip(os.sep)) + 1  # every path below is root + sep + relative path
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         passed += [
@@ -397,9 +399,13 @@ def _walk(root: str, folder: str) -> tuple[list[tuple[str, str]], list[tuple[str
             for d in dirnames
             if os.path.islink(os.path.join(dirpath, d))
         ]
-        for name in sorted(filenames):
-            if not name.startswith(".") and name.lower() not in _JUNK:
-                files.append((_rel(root, os.path.join(dirpath, name)), os.path.join(dirpath, name)))
+        base = dirpath + os.sep
+        shown = base[cut:].replace(os.sep, "/")
+        files += [
+            (shown + name, base + name)
+            for name in sorted(filenames)
+            if not name.startswith(".") and name.lower() not in _JUNK
+        ]
     return files, passed
 
 
@@ -505,18 +511,18 @@ def _finish(
     max_side: int,
 ) -> Dataset:
     """Order, duplicate check, fingerprint, and the two ImageSets."""
-    parts = {
-        "train": sorted(train, key=lambda i: (i.label, i.rel)),
-        "val": sorted(val, key=lambda i: (i.label, i.rel)),
-    }
+    by_name = operator.attrgetter("label", "rel")
+    parts = {"train": sorted(train, key=by_name), "val": sorted(val, key=by_name)}
     first: dict[str, tuple[str, _Item]] = {}
     h = hashlib.sha256(_FINGERPRINT_VERSION)
     h.update(json.dumps({"classes": class_names, "split": split}).encode())
-    for part, item in sorted(
-        ((p, i) for p, items in parts.items() for i in items),
-        key=lambda pi: (pi[0], pi[1].label, pi[1].digest),
-    ):
-        h.update(f"\n{part}\0{item.label}\0{item.digest}".encode())
+    by_content = operator.attrgetter("label", "digest")
+    for part in sorted(parts):  # "train" before "val"; within a part by class, then bytes
+        h.update(
+            "".join(
+                f"\n{part}\0{i.label}\0{i.digest}" for i in sorted(parts[part], key=by_content)
+            ).encode()
+        )
     for part, items in parts.items():
         for item in items:
             seen = first.setdefault(item.digest, (part, item))

@@ -28,12 +28,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 from autotl.decoding import Checked, check_files, ordered
 
-__all__ = ["FORMAT", "Entry", "check", "write", "read"]
+__all__ = ["FORMAT", "Entry", "Scan", "check", "write", "read"]
 
 FORMAT = 1
 CHUNK = 64  # files per task of a decoding worker
@@ -71,25 +72,28 @@ def read(path: Optional[Path]) -> dict[str, Entry]:
         return {}
     entries: dict[str, Entry] = {}
     shared: dict[Any, Any] = {}  # class, part and split names: one string each, not one per file
+    loads = json.JSONDecoder().decode
     with open(path, encoding="utf-8") as f:
         header = _parse(f.readline())
         if not header or header.get("manifest") != FORMAT:
             return {}
         for line in f:
-            e = _parse(line)
-            if not e or "path" not in e:
-                continue
             try:
+                e = loads(line)
                 entries[e["path"]] = Entry(
-                    int(e["size"]),
-                    int(e["mtime_ns"]),
-                    str(e["sha256"]),
-                    e.get("reason"),
-                    shared.setdefault(e.get("class", ""), e.get("class", "")),
-                    shared.setdefault(e.get("part", ""), e.get("part", "")),
-                    shared.setdefault(e.get("split"), e.get("split")),
+                    e["size"],
+                    e["mtime_ns"],
+                    e["sha256"],
+                    e["reason"],
+                    shared.setdefault(e["class"], e["class"]),
+                    shared.setdefault(e["part"], e["part"]),
+                    shared.setdefault(e["split"], e["split"]),
                 )
-            except (KeyError, TypeError, ValueError):  # a hand-edited line: the file is read again
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+            ):  # torn by a kill, or edited: read the file again
                 continue
     return entries
 
@@ -116,6 +120,16 @@ def _line(rel: str, c: Checked, cls: str, part: str, split: Optional[str] = None
     return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
+@dataclass
+class Scan:
+    """What a scan found: a :class:`Checked` per file, and how it compares with the manifest."""
+
+    checked: list[Checked]
+    old_splits: list[Optional[str]]  # the split the manifest gave each file (None: new to it)
+    unchanged: bool  # every file as the manifest lists it (the split apart), and none removed
+    reread: int  # files read now (new, changed, or no manifest)
+
+
 def check(
     files: Sequence[tuple[str, str, str, str]],
     manifest: Optional[Path],
@@ -123,22 +137,18 @@ def check(
     max_side: int,
     workers: int,
     progress: Optional[Progress] = None,
-) -> tuple[list[Checked], dict[str, Entry], int]:
-    """``(checked, previous, reread)``: a :class:`Checked` per ``(rel, path, class, part)`` in ``files``, the
-    manifest's entries before this scan, and how many files had to be read.
+) -> Scan:
+    """Check every ``(rel, path, class, part)`` in ``files``.
 
     A file whose size and modification time match its manifest entry is not
     read: its hash and verdict (a broken file's reason too) come from the
     manifest.  The others are read by ``workers`` decoding processes.
     """
     if manifest is None:
-        checked, reread = _check_all(files, None, root, max_side, workers, progress, {})
-        return checked, {}, reread
+        return _check_all(files, None, root, max_side, workers, progress, {})
     manifest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(manifest):
-        previous = read(manifest)
-        checked, reread = _check_all(files, manifest, root, max_side, workers, progress, previous)
-    return checked, previous, reread
+        return _check_all(files, manifest, root, max_side, workers, progress, read(manifest))
 
 
 def _check_all(
@@ -149,13 +159,15 @@ def _check_all(
     workers: int,
     progress: Optional[Progress],
     previous: dict[str, Entry],
-) -> tuple[list[Checked], int]:
+) -> Scan:
     """Stat every file; reuse the manifest's answer where size and mtime match; read the rest in the pool.
-    Returns a Checked per file and how many were read."""
+    Entries are taken out of ``previous`` as they are used, so the two lists are never both whole."""
     result: list[Optional[Checked]] = [None] * len(files)
+    old_splits: list[Optional[str]] = [None] * len(files)
     todo: list[int] = []
-    for i, (rel, full, _cls, _part) in enumerate(files):
-        old = previous.get(rel)
+    same = True
+    for i, (rel, full, cls, part) in enumerate(files):
+        old = previous.pop(rel, None)
         if old is not None:
             try:
                 st = os.stat(full)
@@ -163,8 +175,12 @@ def _check_all(
                 st = None
             if st is not None and (st.st_size, st.st_mtime_ns) == (old.size, old.mtime_ns):
                 result[i] = Checked(old.size, old.mtime_ns, old.sha256, old.reason)
+                old_splits[i] = old.split
+                same = same and (old.cls, old.part) == (cls, part)
                 continue
         todo.append(i)
+    same = same and not previous and not todo
+    previous.clear()
     total, done = len(todo), 0
     if progress is not None and total:
         progress(0, total)
@@ -185,7 +201,7 @@ def _check_all(
             journal, last = [], time.monotonic()
     if manifest is not None and journal:
         _append(manifest, root, max_side, journal)
-    return result, total  # type: ignore[return-value]
+    return Scan(result, old_splits, same, total)  # type: ignore[arg-type]
 
 
 def _header(root: str, max_side: int) -> str:
@@ -206,26 +222,17 @@ def write(
     root: str,
     max_side: int,
     files: Sequence[tuple[str, str, str, str]],
-    checked: Sequence[Checked],
+    scan: Scan,
     splits: Sequence[Optional[str]],
-    previous: dict[str, Entry],
 ) -> bool:
     """Rewrite the manifest compactly (every file once, with the split it went to: ``splits[i]`` for
     ``files[i]``), unless it already says exactly that; whether it was written.  Removed files drop out."""
-
-    def same(rel: str, c: Checked, cls: str, part: str, split: Optional[str]) -> bool:
-        old = previous.get(rel)
-        return old is not None and old == (c.size, c.mtime_ns, c.sha256, c.reason, cls, part, split)
-
-    rows = zip(files, checked, splits)
-    if len(files) == len(previous) and all(
-        same(rel, c, cls, part, split) for (rel, _full, cls, part), c, split in rows
-    ):
+    if scan.unchanged and list(splits) == scan.old_splits:
         return False
     tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(_header(root, max_side))
-        for (rel, _full, cls, part), c, split in zip(files, checked, splits):
+        for (rel, _full, cls, part), c, split in zip(files, scan.checked, splits):
             f.write(_line(rel, c, cls, part, split))
     with _locked(manifest):
         os.replace(tmp, manifest)

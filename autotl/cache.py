@@ -22,6 +22,7 @@ file makes the second one wait).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -487,9 +488,15 @@ class FeatureCache:
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
         try:
             stats = _fill(tmps, forward, dataset, stream, job, dtype, say)
-        except BaseException:  # a failed or interrupted build leaves nothing behind
+        except BaseException as exc:  # a failed or interrupted build leaves nothing behind
             for tmp in tmps.values():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UsageError(
+                    f"the disk of the feature cache {self.root} filled up during the build "
+                    f"({exc.strerror}); nothing of it was kept: free some space, pass --cache-dir "
+                    "on a bigger disk or set --cache-budget"
+                ) from None
             raise
         for c, tmp in tmps.items():
             meta = {

@@ -254,11 +254,7 @@ def load_folder(
         )
     del found
     if where is not None:
-        splits: list[Optional[str]] = [None] * len(files)
-        for name, items in (("train", train), ("val", val)):
-            for item in items:
-                splits[item.index] = name
-        manifest_mod.write(where, root, max_side, files, scan, splits)
+        _save_manifest(where, root, max_side, files, scan, train, val)
     n_files, reread = len(files), scan.reread
     del files, scan  # the scan's bookkeeping goes before the data set is built
     dataset = _finish(class_names, train, val, root, split, skipped, notes, max_side)
@@ -271,6 +267,23 @@ def load_folder(
     for part in (dataset.train, dataset.val):
         part.decode_workers = decode_workers
     return dataset
+
+
+def _save_manifest(
+    where: Path,
+    root: str,
+    max_side: int,
+    files: list[tuple[str, str, str, str]],
+    scan: Any,
+    train: list[_Item],
+    val: list[_Item],
+) -> None:
+    """The manifest, rewritten with the split each file went to (unless it already says so)."""
+    splits: list[Optional[str]] = [None] * len(files)
+    for name, items in (("train", train), ("val", val)):
+        for item in items:
+            splits[item.index] = name
+    manifest_mod.write(where, root, max_side, files, scan, splits)
 
 
 def _classes(

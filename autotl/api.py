@@ -719,9 +719,7 @@ class Run:
             exports = list(self.study.user_attrs.get("exports") or [])
             exports.append({"trial": result.trial, "artifact_id": artifact_id, "name": name})
             self.study.set_user_attr("exports", exports)
-        except (
-            Exception
-        ) as exc:  # the export is verified and in place; only its shared copy is missing
+        except Exception as exc:  # the export is in place; only its shared copy is missing
             result.warnings.append(f"export not put in the artifact store: {first_line(exc)}")
 
     def lineage(self, model_file: str | os.PathLike | None = None) -> Any:

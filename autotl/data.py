@@ -65,9 +65,8 @@ class ImageSet:
     paths: list[str] | None = None
     arrays: list[np.ndarray] | None = None
     max_side: int = 1024  # the decode_image bound used at scan time, reused by load()
-    decode_workers: Optional[int] = (
-        None  # decoding processes for batches (None: the cores; 0: threads here)
-    )
+    # decoding processes for batches (None: the cores; 0: threads in this process)
+    decode_workers: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)

@@ -130,9 +130,8 @@ def _pipeline(source: Source, batch_size: int, seed: Optional[int]) -> Any:
         tf.TensorSpec((None, *source.shape), tf.float32),
         tf.TensorSpec((None,), tf.int64),
     )
-    steps = -(
-        -len(source) // batch_size
-    )  # known, so Keras need not run out of data to count the batches
+    # the number of batches, known, so Keras need not run out of data to count them
+    steps = -(-len(source) // batch_size)
     pipeline = tf.data.Dataset.from_generator(batches, output_signature=signature)
     return pipeline.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 

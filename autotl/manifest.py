@@ -89,11 +89,7 @@ def read(path: Optional[Path]) -> dict[str, Entry]:
                     shared.setdefault(e["part"], e["part"]),
                     shared.setdefault(e["split"], e["split"]),
                 )
-            except (
-                ValueError,
-                KeyError,
-                TypeError,
-            ):  # torn by a kill, or edited: read the file again
+            except (ValueError, KeyError, TypeError):  # torn by a kill, or edited: read again
                 continue
     return entries
 

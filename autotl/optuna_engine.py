@@ -50,15 +50,14 @@ class SearchConfig:
     )  # what run.json keeps: command, weights, ...
     heartbeat: int = 30  # seconds; a worker silent for 4 heartbeats is declared dead
     worker_index: int = 0  # offsets the sampler's seed, so workers draw different points
-    cache_dir: Optional[Path] = None  # the feature cache (default RUN_DIR/cache)
-    cache_budget: Optional[int] = (
-        None  # bytes the cache folder may hold (default: the disk's free space)
-    )
+    # the feature cache: its folder (default RUN_DIR/cache), the bytes it may hold (default: the
+    # disk's free space), its dtype, and its forward pass in float16 (a GPU option)
+    cache_dir: Optional[Path] = None
+    cache_budget: Optional[int] = None
     cache_dtype: str = "float16"
-    mixed_precision: bool = False  # the cache's forward pass in float16 (a GPU option)
-    artifacts: Optional[str] = (
-        None  # the artifact store (default: the one the study records, else RUN_DIR/artifacts)
-    )
+    mixed_precision: bool = False
+    # the artifact store (default: the one the study records, else RUN_DIR/artifacts)
+    artifacts: Optional[str] = None
 
     @property
     def run(self) -> RunFolder:
@@ -457,8 +456,6 @@ def run_search(
             emit({"tensorflow": True})  # the best model is assembled now
         try:
             update_best_model(cfg.run, study, registry, cfg.weights, cfg.storage_url, runner.base)
-        except (
-            LayersNotHere
-        ) as exc:  # the search's work is done and saved; this machine cannot show it
+        except LayersNotHere as exc:  # the work is done and saved; this machine cannot show it
             emit({"warning": f"best_model.keras not assembled here: {exc}"})
     return study

@@ -97,8 +97,9 @@ def trial_model(
         kept = run.kept_trials()
         elsewhere = trial.user_attrs.get("layers_artifact") or trial.user_attrs.get("weights_path")
         raise LayersNotHere(
-            f"trial {trial.number}'s stored layers are in another worker's run folder, out of reach here; "
-            "share them with --artifacts s3://bucket/prefix (or a shared folder)"
+            f"trial {trial.number}'s stored layers are neither in {run.path} nor in the study's artifact "
+            "store (another worker stored them in its own run folder, or they were dropped); share them "
+            "with --artifacts s3://bucket/prefix (or a shared folder)"
             if elsewhere
             else f"trial {trial.number} has no saved model (only the --keep-models best trials keep theirs); "
             f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
@@ -197,9 +198,7 @@ def update_best_model(
     record_artifact(run.storage_url(storage_url), study, best, path, "best_model")
     try:
         share_best_model(run, study, best, path)
-    except (
-        Exception
-    ) as exc:  # the model is in place here; say why other machines will assemble their own
+    except Exception as exc:  # the model is in place; other machines will assemble their own
         import warnings
 
         warnings.warn(f"best model not put in the artifact store: {first_line(exc)}", stacklevel=2)

@@ -213,9 +213,14 @@ def extractor(
     cuts: Sequence[Optional[str]],
     size: tuple[int, int],
     mixed_precision: bool = False,
-) -> Callable[[np.ndarray], list[Any]]:
-    """The cache's forward pass: float32 pixels ``(b, h, w, 3)`` 0..255 -> float32 activations at every cut
-    (``None``: the pooled output), traced once for every batch size.  Benchmarks time it as the floor."""
+    dtype: str = "float32",
+) -> Callable[[np.ndarray], tuple[list[Any], Any, Any]]:
+    """The cache's forward pass, traced once for every batch size: float32 pixels ``(b, h, w, 3)`` 0..255 ->
+    ``(activations at every cut in dtype, all finite, largest magnitude)`` (cut ``None``: the pooled output).
+
+    The conversion and the checks run in the graph, so the build's own thread
+    only writes bytes.  Benchmarks time it as the floor.
+    """
     import keras
     import tensorflow as tf
 
@@ -230,14 +235,19 @@ def extractor(
         keras.layers.GlobalAveragePooling2D()(o) if c is None else o for c, o in zip(cuts, outs)
     ]
     model = keras.Model(image, outs)
-    where = device()
+    where, out = device(), tf.as_dtype(dtype)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)])
-    def forward(z: Any) -> list[Any]:
+    def forward(z: Any) -> tuple[list[Any], Any, Any]:
         with tf.device(where):
             result = model(z, training=False)
-            result = result if isinstance(result, (list, tuple)) else [result]
-            return [tf.cast(r, tf.float32) for r in result]
+            result = [
+                tf.cast(r, tf.float32)
+                for r in (result if isinstance(result, (list, tuple)) else [result])
+            ]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(r)) for r in result])
+            peak = tf.reduce_max([tf.reduce_max(tf.abs(r)) for r in result])
+            return [tf.cast(r, out) for r in result], finite, peak
 
     return forward
 
@@ -483,7 +493,7 @@ class FeatureCache:
         say: Optional[Say],
     ) -> None:
         """Run ``stream`` (the batches :func:`_batches` makes) through the base and store the activations at every cut."""
-        forward = extractor(job.spec, model, list(folders), job.size, self.mixed_precision)
+        forward = extractor(job.spec, model, list(folders), job.size, self.mixed_precision, dtype)
         forward.get_concrete_function()  # traced before the clock starts: a fixed cost, not throughput
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
         try:
@@ -578,10 +588,11 @@ def _fill(
                     if copy:
                         batch = augment(batch, training=True)
                     began = time.perf_counter()
-                    result = [np.asarray(r) for r in forward(np.asarray(batch))]
+                    result, finite, peak = forward(np.asarray(batch))
+                    result = [np.asarray(r) for r in result]
                     meter.forward += time.perf_counter() - began
+                    _check(bool(finite), float(peak), dtype, job.spec.name)
                     for c, feats in zip(cuts, result):
-                        _check(feats, dtype, job.spec.name)
                         if c not in writers:
                             shape = (n * copies, *feats.shape[1:])
                             writers[c] = NpyWriter(tmps[c] / f"{split}.npy", shape, dtype)
@@ -601,11 +612,11 @@ def _fill(
     return meter.stats()
 
 
-def _check(feats: np.ndarray, dtype: str, backbone: str) -> None:
+def _check(finite: bool, peak: float, dtype: str, backbone: str) -> None:
     """Non-finite activations fail the trial; ones beyond float16's range ask for a float32 entry."""
-    if not np.isfinite(feats).all():
+    if not finite:
         raise TrialFailed(
             f"backbone {backbone} gives non-finite features; check its weights file and preprocessing"
         )
-    if dtype == "float16" and feats.size and float(np.abs(feats).max()) > _FLOAT16_MAX:
+    if dtype == "float16" and peak > _FLOAT16_MAX:
         raise _Overflow()

@@ -180,13 +180,13 @@ p2 = space.phase2
 params = trial_params(optuna.trial.FixedTrial({"backbone": backbone, "head_width": 64, "dropout": 0.0,
     "unfreeze_blocks": p2.unfreeze_blocks.high, "finetune_lr": p2.learning_rate.low}), space)
 cuts = [None, *prefetch_cuts(spec, params, base)]
-forward = extractor(spec, base, cuts, spec.input_size)
+forward = extractor(spec, base, cuts, spec.input_size, dtype="float16")
 bs = params.batch_size
 batch = np.random.default_rng(0).uniform(0, 255, (bs, *spec.input_size, 3)).astype("float32")
 forward(batch); forward(batch[:1])
 start, done = time.perf_counter(), 0
 while done < n:
-    [np.asarray(r) for r in forward(batch[: min(bs, n - done)])]
+    [np.asarray(r) for r in forward(batch[: min(bs, n - done)])[0]]
     done += min(bs, n - done)
 print(json.dumps({"images": done, "seconds": time.perf_counter() - start, "cuts": [c or "pooled" for c in cuts]}))
 """

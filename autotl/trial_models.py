@@ -95,13 +95,10 @@ def trial_model(
     stored = run.trial_layers(trial, store)
     if stored is None:
         kept = run.kept_trials()
-        elsewhere = trial.user_attrs.get("layers_artifact") or trial.user_attrs.get("weights_path")
         raise LayersNotHere(
-            f"trial {trial.number}'s stored layers are neither in {run.path} nor in the study's artifact "
-            "store (another worker stored them in its own run folder, or they were dropped); share them "
-            "with --artifacts s3://bucket/prefix (or a shared folder)"
-            if elsewhere
-            else f"trial {trial.number} has no saved model (only the --keep-models best trials keep theirs); "
+            f"trial {trial.number} has no saved model here (only the --keep-models best trials keep "
+            "theirs, and another worker's stay in its own run folder unless --artifacts "
+            "s3://bucket/prefix or a shared folder holds them); "
             f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
         )
     if registry is None:

@@ -88,7 +88,11 @@ def parse_bytes(text: str | int | None) -> Optional[int]:
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB"
+    """A size for people: 393 kB, 12.4 MB, 7.58 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 1e3:.0f} kB"
 
 
 @contextlib.contextmanager
@@ -463,8 +467,9 @@ class FeatureCache:
             what = "pooled features" if cuts[0] is None else f"activations at {cuts[0]}"
             if required:
                 raise UsageError(
-                    f"the feature cache needs {_gb(need)} for the {what} of {rows:,} images but {where} "
-                    "cannot take them; free some space, pass --cache-dir on a bigger disk or raise --cache-budget"
+                    f"no space left for the feature cache: the {what} of {rows:,} images need {_gb(need)} "
+                    f"but {where} cannot take them; free some space, pass --cache-dir on a bigger disk "
+                    "or raise --cache-budget"
                 )
             self.warn(
                 f"not caching the {what} ({_gb(need)}; {where}): fine-tuning from there streams from the images"

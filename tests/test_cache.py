@@ -125,7 +125,8 @@ def test_an_entry_that_does_not_fit_the_budget_is_refused_or_left_out(
     ).exists()
     assert tight.get(spec, lambda: base, RANDOM, tiny_dataset, "block2_out", required=False) is None
     with pytest.raises(
-        UsageError, match=r"needs .* GB for the activations at block2_out .* --cache-budget"
+        UsageError,
+        match=r"no space left for the feature cache: the activations at block2_out .* need .* --cache-budget",
     ) as info:
         tight.get(spec, lambda: base, RANDOM, tiny_dataset, "block2_out")
     assert "\n" not in str(info.value)

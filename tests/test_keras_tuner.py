@@ -283,9 +283,12 @@ def test_engines_compared_in_one_report(
     for t, r in zip(copy.trials, rows):
         assert (t.state.name, t.value, t.params) == ("COMPLETE", r["val_accuracy"], r["params"])
         # the attributes an Optuna trial of autotl carries, and the Optuna engine's distributions for the same space
-        assert set(study.trials[0].user_attrs) - {"worker", "weights_path", "stage"} <= set(
-            t.user_attrs
-        )
+        assert set(study.trials[0].user_attrs) - {
+            "worker",
+            "weights_path",
+            "layers_artifact",
+            "stage",
+        } <= set(t.user_attrs)
         assert t.distributions == study.trials[0].distributions
         assert (
             t.user_attrs["history"] == r["user_attrs"]["history"]

@@ -110,7 +110,9 @@ def test_a_cache_that_cannot_fit_is_refused_before_the_first_trial(
         "search", str(image_folder), "--space", str(tiny_space_file), "--out", str(out),
         "--plugin", TINY_PLUGIN, "--weights", "none", "--cache-budget", "2KB",
     )  # fmt: skip
-    assert_one_line_error(proc, "the feature cache needs", "pooled features", "--cache-budget")
+    assert_one_line_error(
+        proc, "no space left for the feature cache", "pooled features", "--cache-budget"
+    )
     assert load_study(f"sqlite:///{out / 'study.db'}", "autotl").trials == []
 
 

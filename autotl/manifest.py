@@ -11,8 +11,8 @@ files (a fraction of a second) and reads only the added and changed ones::
      "sha256": "9f2c...", "class": "ants", "part": "", "split": "train", "reason": null}
     {"path": "bees/0042.jpg", ..., "sha256": "", "split": null, "reason": "truncated or corrupt: ..."}
 
-One JSON object per line: ``grep reason RUN_DIR/manifest.jsonl`` lists the
-files that were skipped and why.  ``part`` is the folder part (``train``/``val``
+One JSON object per line: ``grep -v '"reason": null' RUN_DIR/manifest.jsonl``
+lists the files that were skipped and why.  ``part`` is the folder part (``train``/``val``
 when DATA_DIR has them), ``split`` where the file went.  While a long first scan
 runs, checked files are appended every few thousand, so an interrupted scan
 resumes where it stopped; later lines win over earlier ones for the same path.

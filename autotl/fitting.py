@@ -261,8 +261,6 @@ def _head_trainer() -> _HeadTrainer:
     global _HEAD_TRAINER
     if _HEAD_TRAINER is None:
         _HEAD_TRAINER = _HeadTrainer()
-        for epoch in _HEAD_TRAINER.epochs.values():
-            epoch.get_concrete_function()  # the one trace per feature dtype, for every shape
     return _HEAD_TRAINER
 
 
@@ -427,6 +425,7 @@ def fit_head(
     if x.dtype != xv.dtype:
         x, xv = tf.cast(x, tf.float32), tf.cast(xv, tf.float32)
     epoch_fn = trainer.epochs[x.dtype.name]
+    epoch_fn.get_concrete_function()  # the one trace for this feature dtype, for every shape
     y, yv = tf.constant(np.asarray(train[1], np.int32)), tf.constant(np.asarray(val[1], np.int32))
     consts = [tf.constant(lr, tf.float32), tf.constant(dropout, tf.float32)]
     history: dict[str, list[float]] = {

@@ -2,4 +2,5 @@ import sys
 
 from autotl.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # decoding worker processes (spawned) import this module too
+    sys.exit(main())

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class _Plan:
     keep_models: int
     timeout: Optional[float]
     heartbeat: int
+    scale_options: dict[
+        str, Any
+    ]  # decode workers, cache dir/budget/dtype, mixed precision, artifacts
     weights: Any  # WeightsSource
     plugins: list[str]
     registry: Any
@@ -96,6 +100,12 @@ def search(
     on_event: Optional[Event] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     command: Optional[str] = None,
+    decode_workers: Optional[int] = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_budget: str | int | None = None,
+    cache_dtype: str = "float16",
+    mixed_precision: bool = False,
+    artifacts: Optional[str] = None,
 ) -> Run:
     """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
 
@@ -109,15 +119,28 @@ def search(
     ``engine="keras-tuner"`` runs the space through keras-tuner's ``tuner``.
     ``on_event(dict)`` sees progress (the CLI draws it); ``should_stop()`` is
     asked between trials (Ctrl-C once).  When the search ends the best model is
-    ``best_model.keras`` in ``out`` and, with ``report``, the report is written.
+    ``best_model.keras`` in ``out`` and, with ``report``, the report is written
+    (unless it already shows the study as it is).
 
     A trial that fails is recorded with its reason and the search goes on; a
     backbone that fails 3 times in a row is dropped, and when no backbone is
     left or ``max_failures`` trials in a row failed, :class:`autotl.errors.SearchStopped`
     is raised (after the report is written), saying why.
+
+    At scale: ``decode_workers`` processes decode images (default: the cores;
+    0: threads in this process); the feature cache lives in ``cache_dir``
+    (default ``out/cache``), holds at most ``cache_budget`` bytes (``"20GB"``;
+    default: the disk's free space) in ``cache_dtype`` (float16, or float32 for
+    exact entries), its forward pass in float16 with ``mixed_precision`` (for
+    GPUs); ``artifacts`` (``s3://bucket/prefix`` or a folder) is where trials'
+    layers, best models and exports go, so workers that share only the
+    database can assemble any trial's model (default: the run folder).
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    from autotl.allocator import return_large_buffers
+
+    return_large_buffers()  # memory flat in the data's size (see autotl/allocator.py)
     kwargs = {
         "data": os.fspath(data) if data is not None else None,
         "sample": sample,
@@ -136,6 +159,12 @@ def search(
         "weights": weights,
         "plugins": list(plugins),
         "max_failures": max_failures,
+        "decode_workers": decode_workers,
+        "cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
+        "cache_budget": cache_budget,
+        "cache_dtype": cache_dtype,
+        "mixed_precision": mixed_precision,
+        "artifacts": artifacts,
     }
     emit = on_event or (lambda _e: None)
     plan = _plan(space, kwargs, command, emit)
@@ -187,11 +216,14 @@ def _finish(
         weights=plan.weights,
         engine=engine,
     )
-    stopped = should_stop()
+    stopped = bool(should_stop and should_stop())
     if engine == OPTUNA and plan.space.ensemble.enabled and not stopped:
         run.ensemble_selection = run._try_ensemble(plan.space.ensemble, emit)
     if report and not stopped:
-        run.report_paths = run._try_report(emit)
+        if run._report_stale() or run.ensemble_selection is not None:
+            run.report_paths = run._try_report(emit)
+        else:
+            run.report_paths = run._report_files()
     return run
 
 
@@ -229,14 +261,14 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         raise UsageError(f"heartbeat must be at least 1 second, got {kwargs['heartbeat']}")
     if kwargs["keep_models"] < 1:
         raise UsageError(f"keep_models must be at least 1, got {kwargs['keep_models']}")
-    dataset = _load_data(kwargs["data"], kwargs["sample"], space_obj, registry)
-    for path, reason in dataset.skipped:
-        emit({"warning": f"skipped {path}: {reason}"})
+    options = _scale_options(kwargs)
+    name = kwargs["sample"] or Path(kwargs["data"] or ".").resolve().name
+    out = Path(kwargs["out"] or Path("runs") / name)
+    dataset = _load_data(kwargs, space_obj, registry, out, emit)
+    _say_skipped(dataset, out, emit)
     for message in dataset.warnings:
         emit({"warning": message})
     _data_advice(dataset, space_obj, emit)
-    name = kwargs["sample"] or Path(kwargs["data"]).resolve().name
-    out = Path(kwargs["out"] or Path("runs") / name)
     return _Plan(
         kwargs["data"],
         kwargs["sample"],
@@ -249,6 +281,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         kwargs["keep_models"],
         kwargs["timeout"],
         kwargs["heartbeat"],
+        options,
         weights,
         kwargs["plugins"],
         registry,
@@ -266,11 +299,39 @@ def _default_command() -> str:
     return shlex.join([Path(sys.argv[0]).name or "python", *sys.argv[1:]])
 
 
-def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry: Any) -> Any:
-    """The data set, split, with its test split (``test/`` or the space's ``test_fraction``)."""
+def _scale_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The scale options, checked: decode workers, cache folder, budget and dtype, mixed precision, artifact store."""
+    from autotl.cache import DTYPES, parse_bytes
+
+    workers = kwargs.get("decode_workers")
+    if workers is not None and workers < 0:
+        raise UsageError(
+            f"decode_workers must be 0 (decode in this process) or more, got {workers}"
+        )
+    budget = parse_bytes(kwargs.get("cache_budget"))
+    if budget is not None and budget <= 0:
+        raise UsageError(f"cache_budget must be positive, got {kwargs.get('cache_budget')}")
+    dtype = kwargs.get("cache_dtype") or "float16"
+    if dtype not in DTYPES:
+        raise UsageError(f"cache_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    cache_dir = kwargs.get("cache_dir")
+    return {
+        "decode_workers": workers,
+        "cache_dir": Path(cache_dir).resolve() if cache_dir else None,
+        "cache_budget": budget,
+        "cache_dtype": dtype,
+        "mixed_precision": bool(kwargs.get("mixed_precision")),
+        "artifacts": kwargs.get("artifacts"),
+    }
+
+
+def _load_data(kwargs: dict[str, Any], space: Any, registry: Any, out: Path, emit: Event) -> Any:
+    """The data set with its test split (``test/`` or the space's ``test_fraction``); a folder is
+    scanned with the run folder's manifest, so only new or changed files are read."""
     from autotl import data as data_mod
     from autotl.holdout import add_test_split
 
+    data, sample = kwargs["data"], kwargs["sample"]
     if (data is None) == (sample is None):
         raise UsageError(
             "give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)"
@@ -281,9 +342,34 @@ def _load_data(data: Optional[str], sample: Optional[str], space: Any, registry:
             images, labels, names, f"sample:{sample}", space.val_fraction, space.seed
         )
     else:
-        dataset = data_mod.load_folder(data, space.val_fraction, space.seed)
+        run = RunFolder(out)
+        run.prepare()
+        dataset = data_mod.load_folder(
+            data,
+            space.val_fraction,
+            space.seed,
+            manifest=run.manifest,
+            decode_workers=kwargs.get("decode_workers"),
+            progress=lambda done, total: emit(
+                {"scan": "reading images", "done": done, "total": total}
+            ),
+        )
     folder = None if sample else str(Path(data).expanduser().resolve())
     return add_test_split(dataset, folder, space.test_fraction, space.seed)
+
+
+def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
+    """A warning per skipped file, up to ``shown`` of them; the rest counted (the manifest lists them all)."""
+    for path, reason in dataset.skipped[:shown]:
+        emit({"warning": f"skipped {path}: {reason}"})
+    more = len(dataset.skipped) - shown
+    if more > 0:
+        emit(
+            {
+                "warning": f"skipped {more:,} more unusable file(s) ({len(dataset.skipped):,} in all); "
+                f"{RunFolder(out).manifest} lists each with its reason"
+            }
+        )
 
 
 def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
@@ -369,6 +455,7 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
         unavailable=dict(plan.unavailable),
         explicit=plan.explicit,
         deploy_costs=measure_deploy_costs,
+        **{k: v for k, v in plan.scale_options.items() if k != "decode_workers"},
     )
 
 
@@ -394,8 +481,8 @@ def _run_optuna(
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
-            f"{len(plan.dataset.val)} val{_test_count(plan.dataset)} images ({plan.dataset.split}); backbones {', '.join(_usable(plan))}; "
-            f"study in {cfg.storage_url}"
+            f"{len(plan.dataset.val)} val{_test_count(plan.dataset)} images ({plan.dataset.split}){_scanned(plan.dataset)}; "
+            f"backbones {', '.join(_usable(plan))}; study in {cfg.storage_url}"
         }
     )
     if gpus:
@@ -411,6 +498,14 @@ def _run_optuna(
             log.close()
             if proc.returncode not in (0, 130):
                 emit({"warning": f"a worker exited with code {proc.returncode}; see {log.name}"})
+
+
+def _scanned(dataset: Any) -> str:
+    """How much of the data the scan read (the manifest knew the rest)."""
+    scan = getattr(dataset, "scan", None) or {}
+    if not scan.get("files"):
+        return ""
+    return f", {scan['read']:,} of {scan['files']:,} files read ({scan['seconds']:.1f} s)"
 
 
 def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
@@ -447,8 +542,10 @@ def run_worker(
     config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
 ) -> Any:
     """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
+    from autotl.allocator import return_large_buffers
     from autotl.space import SearchSpace
 
+    return_large_buffers()
     kwargs = json.loads(Path(config_file).read_text())
     space = SearchSpace.model_validate(kwargs.pop("space"))
     command = kwargs.pop("command", None)
@@ -674,13 +771,61 @@ class Run:
         return predict_files(predict, names, [os.fspath(p) for p in images])
 
     def report(self, evaluate: bool = True) -> dict[str, Path]:
-        """Write report.html, report.md and report.json into the run folder; return their paths."""
+        """Write report.html, report.md and report.json into the run folder; return their paths.
+
+        The best model is made available here first (fetched from the study's
+        artifact store, or assembled from the best trial's layers), so the
+        report evaluates it on any machine that reaches the study.
+        """
         from autotl.report import write_report
 
+        state = self._study_state()
+        if evaluate:
+            self._fetch_best_model()
         self.report_paths = write_report(
             self.path, self.storage_url, self._base_name, evaluate=evaluate
         )
+        self.folder.write_json(self.folder.report_stamp, state)
         return self.report_paths
+
+    def _fetch_best_model(self) -> None:
+        """``best_model.keras`` as the study's best trial's, when this machine can make it (else the report says so)."""
+        if str(self.study.user_attrs.get("engine") or OPTUNA) != OPTUNA:
+            return
+        from autotl.registry import get_registry
+        from autotl.trial_models import update_best_model, weights_of_run
+
+        try:
+            registry = self._registry or get_registry(self.plugins)
+            update_best_model(
+                self.folder,
+                self.study,
+                registry,
+                weights_of_run(self.folder, self._weights),
+                self.storage_url,
+            )
+        except UsageError:
+            pass
+
+    def _study_state(self) -> dict[str, Any]:
+        """What the report shows of the study, in brief: every trial's number, state and values."""
+        import hashlib
+
+        trials = self.study.get_trials(deepcopy=False)
+        text = json.dumps(
+            [[t.number, t.state.name, t.values, str(t.datetime_complete)] for t in trials]
+        )
+        return {"study": self.study_name, "trials": hashlib.sha256(text.encode()).hexdigest()}
+
+    def _report_files(self) -> dict[str, Path]:
+        return {kind: self.folder.report(kind) for kind in ("html", "md", "json")}
+
+    def _report_stale(self) -> bool:
+        """Whether the report must be written again: it is missing, or the study changed since it was."""
+        if not all(p.is_file() for p in self._report_files().values()):
+            return True
+        stamp = self.folder._read_json(self.folder.report_stamp)
+        return stamp != self._study_state()
 
     def _try_report(self, emit: Event) -> Optional[dict[str, Path]]:
         """The report at the end of a search: the results are safe whatever happens to it."""
@@ -783,7 +928,7 @@ class Run:
             raise UsageError(self.no_best_reason())
 
         target = Path(out) if out is not None else self.path / "export"
-        return export(
+        result = export(
             self.path,
             target,
             formats,
@@ -799,6 +944,24 @@ class Run:
             ensemble=ensemble,
             tta=tta,
         )
+        self._share_export(result)
+        return result
+
+    def _share_export(self, result: Any) -> None:
+        """Put the export in the study's artifact store (one ``.tar``), listed in the study's ``exports``."""
+        from autotl.artifacts import upload_folder
+        from autotl.trial_models import study_store
+
+        try:
+            what = "ensemble" if result.variant else f"trial-{result.trial:04d}"
+            name = f"export-{what}-{int(time.time())}"
+            store = study_store(self.folder, self.study)
+            artifact_id = upload_folder(store, self.study, result.out_dir, name)
+            exports = list(self.study.user_attrs.get("exports") or [])
+            exports.append({"trial": result.trial, "artifact_id": artifact_id, "name": name})
+            self.study.set_user_attr("exports", exports)
+        except Exception as exc:  # the export is in place; only its shared copy is missing
+            result.warnings.append(f"export not put in the artifact store: {first_line(exc)}")
 
     def lineage(self, model_file: str | os.PathLike | None = None) -> Any:
         """The lineage record of ``model_file`` (default: the best model), or, with ``model_file=None`` and no best

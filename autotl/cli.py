@@ -166,8 +166,41 @@ def _search_parser(sub: Any) -> None:
         metavar="N",
         help="stop after N failed trials in a row (default 10); a backbone failing 3 times in a row is dropped",
     )
+    _add_scale_args(s)
     _add_weights_args(s)
     _add_plugin_args(s)
+
+
+def _add_scale_args(s: argparse.ArgumentParser) -> None:
+    """Options for large data sets and for workers that share only the database."""
+    s.add_argument(
+        "--decode-workers",
+        type=int,
+        metavar="N",
+        help="processes that decode images (default: the cores; 0: in this process)",
+    )
+    s.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where the feature cache lives (default: RUN_DIR/cache); runs on the same data can share it",
+    )
+    s.add_argument(
+        "--cache-budget",
+        metavar="SIZE",
+        help="most bytes the feature cache may hold, e.g. 20GB (default: the disk's free space); "
+        "a block boundary that does not fit is not cached and fine-tuning from it streams from the images",
+    )
+    s.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="run the cache's forward pass in float16 (for GPUs; the features then match the float32 model less closely)",
+    )
+    s.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="where trials' layers, best models and exports go: s3://bucket/prefix (endpoint from "
+        "AWS_ENDPOINT_URL) or a shared folder (default: RUN_DIR/artifacts, or what the study records)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,6 +358,7 @@ def _ensemble_parser(sub: Any) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from autotl.api import search
     from autotl.ui import (
+        CountProgress,
         CtrlC,
         SearchProgress,
         console,
@@ -335,13 +369,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     out, err = console(), console(stderr=True)
     presses = CtrlC(err.print)
     progress: list[SearchProgress] = []
+    scans: list[CountProgress] = []
 
     def on_event(e: dict[str, Any]) -> None:
-        if "warning" in e:
+        if "scan" in e:  # the data files being read, before anything else
+            if not scans:
+                scans.append(CountProgress(err, e["scan"]))
+            if scans[-1].update(e["done"], e["total"]):
+                scans.clear()
+        elif "warning" in e:
             err.print(f"[yellow]warning:[/] {e['warning']}")
-        elif (
-            "info" in e
-        ):  # the inputs are checked: TensorFlow comes next (imported quietly, and only now)
+        elif "info" in e:
             out.print(e["info"])
         elif "records" in e:
             out.print(records_table(e["records"], 10, e["title"]))
@@ -380,6 +418,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                 on_event=on_event,
                 should_stop=presses.pressed,
                 command=shlex.join(["autotl", *sys.argv[1:]]),
+                decode_workers=args.decode_workers,
+                cache_dir=args.cache_dir,
+                cache_budget=args.cache_budget,
+                mixed_precision=args.mixed_precision,
+                artifacts=args.artifacts,
             )
     except KeyboardInterrupt:
         err.print(f"stopped now: the running trial is marked failed; {resume}")

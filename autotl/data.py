@@ -2,26 +2,31 @@
 
 Every file is decoded once at scan time, so a truncated JPEG is reported before
 trial 1 instead of killing trial 17; the decoded pixels are then dropped and
-files are decoded again, lazily, batch by batch.  The layout is the one
-``keras.utils.image_dataset_from_directory`` reads: ``DATA_DIR/CLASS/IMAGE``,
-or ``DATA_DIR/train/CLASS/IMAGE`` + ``DATA_DIR/val/CLASS/IMAGE``.
+files are decoded again, lazily, batch by batch, by worker processes
+(:mod:`autotl.decoding`).  With a manifest (:mod:`autotl.manifest`, one per run
+folder) a later scan reads only the files added or changed since.  The layout
+is the one ``keras.utils.image_dataset_from_directory`` reads:
+``DATA_DIR/CLASS/IMAGE``, or ``DATA_DIR/train/CLASS/IMAGE`` + ``DATA_DIR/val/CLASS/IMAGE``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
+import operator
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
+from autotl import manifest as manifest_mod
+from autotl.decoding import BadImage, decode_files, decode_image, default_workers, ordered
 from autotl.errors import UsageError
 
 __all__ = [
@@ -39,10 +44,6 @@ _JUNK = {"thumbs.db", "desktop.ini"}  # OS litter, ignored like hidden files
 _FINGERPRINT_VERSION = b"autotl-data-1\n"
 
 
-class BadImage(Exception):
-    """One file cannot be used; ``str()`` is the short reason."""
-
-
 def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """float32 ``(n, h, w, 3)``, values 0..255: a batch of same-size images ``(n, H, W, 3)`` resized as
     ``keras.layers.Resizing(h, w)`` does (TensorFlow's bilinear resize, no antialiasing, half-pixel centres).
@@ -56,117 +57,6 @@ def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return tf.image.resize(images, (h, w), method="bilinear").numpy().astype(np.float32, copy=False)
 
 
-def decode_image(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
-    """Decode one file to a uint8 HxWx3 RGB array, or raise BadImage(reason)."""
-    with warnings.catch_warnings():  # Pillow's EXIF/bomb warnings: the reason is what counts
-        warnings.simplefilter("ignore")
-        return _decode_bytes(_read(path), max_side)
-
-
-def _read(path: str | os.PathLike) -> bytes:
-    """The file's bytes; a missing or special file (a FIFO would block) is a BadImage."""
-    if not os.path.exists(path):
-        raise BadImage("missing (broken link?)")
-    if not os.path.isfile(path):
-        raise BadImage("not a regular file")
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
-
-
-def _decode_bytes(data: bytes, max_side: int) -> np.ndarray:
-    """Decode in memory (the bytes are hashed too, so a file is read once)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
-    if not data:
-        raise BadImage("zero bytes")
-    stage = "truncated or corrupt"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format == "EPS":  # loading it would run Ghostscript on untrusted input
-                raise BadImage("EPS is not decoded (it needs Ghostscript); convert it to PNG")
-            orientation = _orientation(im)
-            # JPEG only: decode at 1/2, 1/4 or 1/8 scale, still >= max_side, so a
-            # 12000x12000 photo never exists at full size in memory.
-            im.draft("RGB", (max_side, max_side))
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and im.width * im.height > limit:
-                raise BadImage(
-                    f"too large: {im.width}x{im.height} pixels (limit {limit}); downscale it"
-                )
-            im.load()  # the full decode: this is where truncated files fail
-            stage = f"cannot convert colour mode {im.mode}"
-            return _to_rgb(im, max_side, orientation)
-    except UnidentifiedImageError:
-        raise BadImage("not an image") from None
-    except Image.DecompressionBombError:
-        raise BadImage(f"too large: more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels") from None
-    except (BadImage, MemoryError):
-        raise
-    except Exception as exc:  # Pillow raises many types on bad data
-        raise BadImage(
-            f"{stage}: {' '.join(str(exc).split())[:100] or type(exc).__name__}"
-        ) from None
-
-
-def _orientation(im: Any) -> int:
-    """EXIF orientation (1..8); read before conversion, which drops TIFF tags."""
-    try:
-        value = int(im.getexif().get(0x0112, 1))
-    except Exception:  # corrupt EXIF: show the pixels as stored
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _to_rgb(im: Any, max_side: int, orientation: int) -> np.ndarray:
-    """Any Pillow mode -> upright RGB uint8, longest side <= max_side, alpha on white."""
-    from PIL import Image
-
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        im = _high_depth_to_l(im)
-    elif "transparency" in im.info or mode in ("LA", "La", "PA", "RGBa"):
-        im = im.convert("RGBA")
-    elif mode not in ("L", "RGB", "RGBA"):  # 1, P, CMYK, YCbCr, ...: resize needs real colours
-        im = im.convert("RGB")
-    if max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # reduce() + Lanczos
-    if orientation > 1:  # the table ImageOps.exif_transpose uses, applied after the downscale
-        names = (
-            "FLIP_LEFT_RIGHT ROTATE_180 FLIP_TOP_BOTTOM TRANSPOSE ROTATE_270 TRANSVERSE ROTATE_90"
-        )
-        im = im.transpose(getattr(Image.Transpose, names.split()[orientation - 2]))
-    if im.mode == "RGBA":
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        background.alpha_composite(im)
-        im = background
-    return np.array(im.convert("RGB"), dtype=np.uint8)
-
-
-def _high_depth_to_l(im: Any) -> Any:
-    """16-bit, 32-bit and float grayscale to 8 bits by scaling, not clipping."""
-    from PIL import Image
-
-    a = np.asarray(im)
-    if im.mode.startswith("I;16"):
-        top = 65535.0
-    elif im.mode == "F":
-        finite = a[np.isfinite(a)]
-        hi = float(finite.max()) if finite.size else 0.0
-        top = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
-    else:  # "I" holds 16-bit PNG/TIFF data, or 8-bit values widened
-        top = 65535.0 if a.size and int(a.max()) > 255 else 255.0
-    out = np.empty(a.shape, dtype=np.uint8)
-    for r in range(0, a.shape[0], 512):  # row blocks bound the float temporaries
-        block = np.nan_to_num(a[r : r + 512].astype(np.float32), nan=0.0)
-        out[r : r + 512] = np.rint(np.clip(block, 0.0, top) * (255.0 / top)).astype(np.uint8)
-    return Image.fromarray(out)
-
-
 @dataclass
 class ImageSet:
     """One split. Either `paths` (files, decoded lazily, never all held in memory) or `arrays` (in-memory uint8 HxWx3) is set."""
@@ -175,6 +65,8 @@ class ImageSet:
     paths: list[str] | None = None
     arrays: list[np.ndarray] | None = None
     max_side: int = 1024  # the decode_image bound used at scan time, reused by load()
+    # decoding processes for batches (None: the cores; 0: threads in this process)
+    decode_workers: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
@@ -195,32 +87,67 @@ class ImageSet:
         try:
             return decode_image(path, self.max_side)
         except BadImage as exc:
-            raise UsageError(
-                f"image {path} can no longer be decoded ({exc}); it changed after the data "
-                "folder was scanned: restore it or run again"
-            ) from None
+            raise _changed(path, str(exc)) from None
 
-    def batches(self, size: tuple[int, int], batch_size: int = 32) -> Iterator[np.ndarray]:
-        """float32 (b, h, w, 3) batches in order, values 0..255, each image resized as ``keras.layers.Resizing(h, w)`` does.
+    def batches(
+        self,
+        size: tuple[int, int],
+        batch_size: int = 32,
+        order: Optional[Sequence[int]] = None,
+    ) -> Iterator[np.ndarray]:
+        """float32 (b, h, w, 3) batches in ``order`` (default: as stored), values 0..255, each image resized as
+        ``keras.layers.Resizing(h, w)`` does.
 
         That layer's default is TensorFlow's bilinear resize without
         antialiasing; it is called here on the uint8 pixels, which gives the
         same floats as on float pixels without converting the full-size image
         first, so a model that resizes inside itself sees exactly these values
-        (:func:`resize_images`).
+        (:func:`resize_images`).  Files are decoded by the decoding processes, a
+        few batches ahead: memory holds a few batches, whatever the split's size.
         """
         h, w = (int(s) for s in size)
         if h < 1 or w < 1 or batch_size < 1:
             raise ValueError(f"size and batch_size must be positive, got {size}, {batch_size}")
-        for start in range(0, len(self), batch_size):
-            images = [self.load(i) for i in range(start, min(start + batch_size, len(self)))]
+        index = np.arange(len(self)) if order is None else np.asarray(order, dtype=np.int64)
+        spans = (index[k : k + batch_size] for k in range(0, len(index), batch_size))
+        for images in self._decoded(spans):
             same = len({im.shape for im in images}) == 1  # one op for the batch (samples)
             groups = [np.stack(images)] if same else [im[None] for im in images]
             yield np.concatenate([resize_images(g, (h, w)) for g in groups])
 
+    def _decoded(self, spans: Iterator[np.ndarray]) -> Iterator[list[np.ndarray]]:
+        """The pixels of each span of indices, in order."""
+        if self.arrays is not None:
+            for span in spans:
+                yield [self.arrays[i] for i in span]
+            return
+        paths = self.paths or []
+        workers = default_workers() if self.decode_workers is None else self.decode_workers
+        spans = (list(span) for span in spans)
+        pending: deque[list[int]] = deque()
+
+        def tasks() -> Iterator[tuple[list[str], int]]:
+            for span in spans:
+                pending.append(span)
+                yield [paths[i] for i in span], self.max_side
+
+        for images in ordered(decode_files, tasks(), workers):
+            span = pending.popleft()
+            for i, image in zip(span, images):
+                if isinstance(image, str):
+                    raise _changed(paths[i], image)
+            yield images
+
     def counts(self, n_classes: int) -> list[int]:
         """Images per class, in class order."""
         return np.bincount(self.labels, minlength=n_classes).tolist()
+
+
+def _changed(path: str, reason: str) -> UsageError:
+    return UsageError(
+        f"image {path} can no longer be decoded ({reason}); it changed after the data "
+        "folder was scanned: restore it or run again"
+    )
 
 
 @dataclass
@@ -239,6 +166,7 @@ class Dataset:
     test: ImageSet | None = None
     test_split: str | None = None  # where they came from: "folder test/", "test_fraction=0.2 ..."
     test_fingerprint: str | None = None
+    scan: dict[str, Any] = field(default_factory=dict)  # files listed, read, seconds, manifest
 
     @property
     def n_classes(self) -> int:
@@ -267,11 +195,12 @@ class Dataset:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     rel: str  # relative to DATA_DIR, "/"-separated (or "#index" for arrays)
     label: int
     digest: str  # sha256 of the file bytes / pixel bytes
+    index: int  # position in the scan's file list (or in the arrays)
     path: str | None = None
     array: np.ndarray | None = None
 
@@ -282,14 +211,95 @@ def load_folder(
     seed: int = 0,
     min_per_class: int = 1,
     max_side: int = 1024,
+    *,
+    manifest: str | os.PathLike | None = None,
+    decode_workers: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dataset:
-    """Scan DATA_DIR (see module doc), drop unusable files, split, fingerprint."""
+    """Scan DATA_DIR (see module doc), drop unusable files, split, fingerprint.
+
+    ``manifest`` (a run folder's ``manifest.jsonl``) remembers every file's hash
+    and verdict: only files added or changed since (by size and modification
+    time) are read again, and it is rewritten with the split.  Files are read by
+    ``decode_workers`` processes (default: the cores; 0: threads in this
+    process); ``progress(done, total)`` follows the files being read.
+    """
     _check_fraction(val_fraction)
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isdir(root):
         what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
         raise UsageError(f"data folder {root} {what}; pass a folder of class subfolders ({LAYOUT})")
     parts, split, notes = _layout(root, val_fraction, seed)
+    class_names, classes = _classes(root, parts, notes)
+    files: list[tuple[str, str, str, str]] = []  # (relative path, path, class, part)
+    skipped: list[tuple[str, str]] = []
+    for part, folder in parts.items():
+        for c in classes[part]:
+            listed, passed = _walk(root, os.path.join(folder, c))
+            files += [(rel, full, c, part) for rel, full in listed]
+            skipped += passed
+    started = time.perf_counter()
+    workers = default_workers() if decode_workers is None else decode_workers
+    where = Path(manifest) if manifest is not None else None
+    scan = manifest_mod.check(files, where, root, max_side, workers, progress)
+    label_of = {c: k for k, c in enumerate(class_names)}
+    found: dict[tuple[str, int], list[_Item]] = {
+        (p, k): [] for p in parts for k in range(len(class_names))
+    }
+    tried = dict.fromkeys(found, 0)
+    for i, ((rel, full, c, part), result) in enumerate(zip(files, scan.checked)):
+        tried[(part, label_of[c])] += 1
+        if result.reason is None:
+            found[(part, label_of[c])].append(_Item(rel, label_of[c], result.sha256, i, path=full))
+        else:
+            skipped.append((rel, result.reason))
+    skipped.sort()
+    _check_found(root, parts, class_names, classes, found, tried, split, min_per_class)
+    if split == "folders":
+        train = [i for (p, _), items in found.items() if p == "train" for i in items]
+        val = [i for (p, _), items in found.items() if p == "val" for i in items]
+    else:
+        train, val = _stratify(
+            [i for items in found.values() for i in items], class_names, val_fraction, seed, notes
+        )
+    del found
+    if where is not None:
+        _save_manifest(where, root, max_side, files, scan, train, val)
+    n_files, reread = len(files), scan.reread
+    del files, scan  # the scan's bookkeeping goes before the data set is built
+    dataset = _finish(class_names, train, val, root, split, skipped, notes, max_side)
+    dataset.scan = {
+        "files": n_files,
+        "read": reread,
+        "seconds": round(time.perf_counter() - started, 3),
+        "manifest": str(where) if where is not None else None,
+    }
+    for part in (dataset.train, dataset.val):
+        part.decode_workers = decode_workers
+    return dataset
+
+
+def _save_manifest(
+    where: Path,
+    root: str,
+    max_side: int,
+    files: list[tuple[str, str, str, str]],
+    scan: Any,
+    train: list[_Item],
+    val: list[_Item],
+) -> None:
+    """The manifest, rewritten with the split each file went to (unless it already says so)."""
+    splits: list[Optional[str]] = [None] * len(files)
+    for name, items in (("train", train), ("val", val)):
+        for item in items:
+            splits[item.index] = name
+    manifest_mod.write(where, root, max_side, files, scan, splits)
+
+
+def _classes(
+    root: str, parts: dict[str, str], notes: list[str]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The class names (sorted union over the parts) and each part's class folders; one line if there are none."""
     classes: dict[str, list[str]] = {}
     for part, folder in parts.items():
         classes[part], loose = _listdir(folder)
@@ -309,29 +319,20 @@ def load_folder(
             f"{root} has one class folder ({class_names[0]}); classification needs at least two "
             f"classes: add another class subfolder of images ({LAYOUT})"
         )
+    return class_names, classes
 
-    jobs: list[tuple[str, int, str, str]] = []
-    skipped: list[tuple[str, str]] = []
-    for part, folder in parts.items():
-        for c in classes[part]:
-            files, passed = _walk(root, os.path.join(folder, c))
-            jobs += [(part, class_names.index(c), rel, full) for rel, full in files]
-            skipped += passed
-    with warnings.catch_warnings(), ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        warnings.simplefilter("ignore")  # set here, in the one thread that touches the filters
-        results = list(pool.map(lambda job: _check_file(job[3], max_side), jobs))
-    found: dict[tuple[str, int], list[_Item]] = {
-        (p, k): [] for p in parts for k in range(len(class_names))
-    }
-    tried = dict.fromkeys(found, 0)
-    for (part, label, rel, full), (digest, reason) in zip(jobs, results):
-        tried[(part, label)] += 1
-        if reason is None:
-            found[(part, label)].append(_Item(rel, label, digest, path=full))
-        else:
-            skipped.append((rel, reason))
-    skipped.sort()
 
+def _check_found(
+    root: str,
+    parts: dict[str, str],
+    class_names: list[str],
+    classes: dict[str, list[str]],
+    found: dict[tuple[str, int], list[_Item]],
+    tried: dict[tuple[str, int], int],
+    split: str,
+    min_per_class: int,
+) -> None:
+    """Every class has usable images in every part, and at least ``min_per_class``; else one line."""
     problems = []
     for (part, label), items in found.items():
         shown = (_rel(root, parts[part]) + "/" if part else "") + class_names[label] + "/"
@@ -355,14 +356,6 @@ def load_folder(
             f"class(es) with fewer than {min_per_class} usable images: {', '.join(low)}; "
             "add images or lower the minimum per class"
         )
-    if split == "folders":
-        train = [i for (p, _), items in found.items() if p == "train" for i in items]
-        val = [i for (p, _), items in found.items() if p == "val" for i in items]
-    else:
-        train, val = _stratify(
-            [i for items in found.values() for i in items], class_names, val_fraction, seed, notes
-        )
-    return _finish(class_names, train, val, root, split, skipped, notes, max_side)
 
 
 def _layout(root: str, val_fraction: float, seed: int) -> tuple[dict[str, str], str, list[str]]:
@@ -418,6 +411,7 @@ def _walk(root: str, folder: str) -> tuple[list[tuple[str, str]], list[tuple[str
     def unreadable(exc: OSError) -> None:
         passed.append((_rel(root, str(exc.filename)), f"cannot list folder: {exc.strerror or exc}"))
 
+    cut = len(root.rstrip(os.sep)) + 1  # every path below is root + sep + relative path
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         passed += [
@@ -428,20 +422,14 @@ def _walk(root: str, folder: str) -> tuple[list[tuple[str, str]], list[tuple[str
             for d in dirnames
             if os.path.islink(os.path.join(dirpath, d))
         ]
-        for name in sorted(filenames):
-            if not name.startswith(".") and name.lower() not in _JUNK:
-                files.append((_rel(root, os.path.join(dirpath, name)), os.path.join(dirpath, name)))
+        base = dirpath + os.sep
+        shown = base[cut:].replace(os.sep, "/")
+        files += [
+            (shown + name, base + name)
+            for name in sorted(filenames)
+            if not name.startswith(".") and name.lower() not in _JUNK
+        ]
     return files, passed
-
-
-def _check_file(path: str, max_side: int) -> tuple[str, str | None]:
-    """(sha256 of the bytes, None) if the file decodes, else ("", reason)."""
-    try:
-        data = _read(path)
-        _decode_bytes(data, max_side)
-    except BadImage as exc:
-        return "", str(exc)
-    return hashlib.sha256(data).hexdigest(), None
 
 
 def from_arrays(
@@ -470,7 +458,7 @@ def from_arrays(
     for i, (image, label) in enumerate(zip(images, y.tolist())):
         a = _as_rgb_uint8(np.asarray(image), f"{source}: image {i}")
         digest = hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
-        items.append(_Item(f"#{i}", int(label), digest, array=a))
+        items.append(_Item(f"#{i}", int(label), digest, i, array=a))
     notes: list[str] = []
     train, val = _stratify(items, names, val_fraction, seed, notes)
     split = f"stratified, val_fraction={val_fraction:g}, seed={seed}"
@@ -546,18 +534,18 @@ def _finish(
     max_side: int,
 ) -> Dataset:
     """Order, duplicate check, fingerprint, and the two ImageSets."""
-    parts = {
-        "train": sorted(train, key=lambda i: (i.label, i.rel)),
-        "val": sorted(val, key=lambda i: (i.label, i.rel)),
-    }
+    by_name = operator.attrgetter("label", "rel")
+    parts = {"train": sorted(train, key=by_name), "val": sorted(val, key=by_name)}
     first: dict[str, tuple[str, _Item]] = {}
     h = hashlib.sha256(_FINGERPRINT_VERSION)
     h.update(json.dumps({"classes": class_names, "split": split}).encode())
-    for part, item in sorted(
-        ((p, i) for p, items in parts.items() for i in items),
-        key=lambda pi: (pi[0], pi[1].label, pi[1].digest),
-    ):
-        h.update(f"\n{part}\0{item.label}\0{item.digest}".encode())
+    by_content = operator.attrgetter("label", "digest")
+    for part in sorted(parts):  # "train" before "val"; within a part by class, then bytes
+        h.update(
+            "".join(
+                f"\n{part}\0{i.label}\0{i.digest}" for i in sorted(parts[part], key=by_content)
+            ).encode()
+        )
     for part, items in parts.items():
         for item in items:
             seen = first.setdefault(item.digest, (part, item))

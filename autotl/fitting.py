@@ -3,7 +3,14 @@
 Phase 1 trains only the head (Dropout, Dense, Dense) on pooled features, so
 its cost is fixed overhead unless that overhead is removed: :func:`fit_head`
 runs each epoch as one call of a function traced once per process, whatever
-the head width, feature size or class count.
+the head width, feature size or class count.  It holds the pooled features in
+memory, in the cache's float16: ``images x channels x 2`` bytes (51 MB for
+100,000 images of MobileNet 0.25's 256 channels), the one part of a search's
+memory that grows with the data.
+
+Phase 2 reads its inputs batch by batch (:class:`Rows` from the cache's files,
+:class:`Pixels` from the images when nothing frozen can be cached), through a
+``tf.data`` pipeline, so its memory is a few batches whatever the data's size.
 
 Phase 2 trains the unfrozen top blocks plus the head with ``model.fit``.
 Tracing a new Keras model's training and evaluation functions costs more than
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -31,6 +38,8 @@ from autotl.model import HEAD_LAYERS, apply_head, build_head
 __all__ = [
     "MIN_DELTA",
     "Report",
+    "Rows",
+    "Pixels",
     "fit",
     "fit_head",
     "trainer",
@@ -62,10 +71,76 @@ def _reporter(report: Optional[Report], offset: int) -> Any:
     return Forward()
 
 
+class Rows:
+    """Cached activations as phase 2's input: rows of a cache file (read in batches) and their labels."""
+
+    def __init__(self, features: Any, labels: np.ndarray) -> None:
+        self.features, self.labels = features, np.asarray(labels)
+        self.shape = tuple(features.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, order: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            rows = self.features.take(idx) if hasattr(self.features, "take") else self.features[idx]
+            yield np.asarray(rows, np.float32), self.labels[idx]
+
+
+class Pixels:
+    """Images as phase 2's input, decoded and resized batch by batch (the whole base trains, or a boundary is not cached)."""
+
+    def __init__(self, images: Any, size: tuple[int, int]) -> None:
+        self.images, self.size = images, tuple(size)
+        self.labels = np.asarray(images.labels)
+        self.shape = (*self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, order: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        starts = range(0, len(order), batch_size)
+        for k, x in zip(starts, self.images.batches(self.size, batch_size, order)):
+            yield x, self.labels[order[k : k + batch_size]]
+
+
+Source = Any  # Rows | Pixels
+
+
+def _pipeline(source: Source, batch_size: int, seed: Optional[int]) -> Any:
+    """``tf.data`` over ``source``'s batches: a new seeded order every epoch (``seed`` None: in order)."""
+    import itertools
+
+    import tensorflow as tf
+
+    epochs = itertools.count()
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        n, epoch = len(source), next(epochs)
+        order = (
+            np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
+        )
+        yield from source.batches(order, batch_size)
+
+    signature = (
+        tf.TensorSpec((None, *source.shape), tf.float32),
+        tf.TensorSpec((None,), tf.int64),
+    )
+    # the number of batches, known, so Keras need not run out of data to count them
+    steps = -(-len(source) // batch_size)
+    pipeline = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return pipeline.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
+
+
 def fit(
     model: Any,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Source,
+    val: Source,
     epochs: int,
     patience: int,
     batch_size: int,
@@ -74,26 +149,18 @@ def fit(
     seed: int = 0,
     class_weight: Optional[Sequence[float]] = None,
 ) -> dict[str, list[float]]:
-    """``model.fit`` with early stopping on validation loss, best weights restored; ``class_weight``
-    (one weight per class) weights the training loss, not the validation loss."""
+    """``model.fit`` with early stopping on validation loss, best weights restored, inputs read
+    batch by batch; ``class_weight`` (one weight per class) weights the training loss, not the
+    validation loss."""
     import keras
-    import tensorflow as tf
 
     # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True
     )
-    # tf.data once, rather than numpy arrays re-wrapped every epoch: per-epoch overhead is most of a cached trial.
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices(train)
-        .shuffle(len(train[1]), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(2)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(max(batch_size, 256)).cache()
     hist = model.fit(
-        train_ds,
-        validation_data=val_ds,
+        _pipeline(train, batch_size, seed),
+        validation_data=_pipeline(val, max(batch_size, 64), None),
         epochs=epochs,
         verbose=0,
         shuffle=False,
@@ -164,8 +231,8 @@ def train_head_through(
     head: Sequence[Any],
     dropout: float,
     lr: float,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Source,
+    val: Source,
     epochs: int,
     patience: int,
     batch_size: int,
@@ -186,11 +253,22 @@ def train_head_through(
 _HEAD_TRAINER: Any = None  # fit_head's variables and traced epoch, one per process
 
 
+def _features(data: Any) -> Any:
+    """Pooled features as a tensor in their stored dtype (float16 from the cache, else float32), read once."""
+    import tensorflow as tf
+
+    array = data.rows() if hasattr(data, "rows") else np.asarray(data)
+    if array.dtype != np.float16:
+        array = np.asarray(array, np.float32)
+    tensor = tf.constant(array)
+    del array
+    return tensor
+
+
 def _head_trainer() -> _HeadTrainer:
     global _HEAD_TRAINER
     if _HEAD_TRAINER is None:
         _HEAD_TRAINER = _HeadTrainer()
-        _HEAD_TRAINER.epoch.get_concrete_function()  # the one trace, for every shape
     return _HEAD_TRAINER
 
 
@@ -201,10 +279,15 @@ class _HeadTrainer:
     every head width, feature size, class count and dataset; Keras' ``fit``
     traces per model and spends more per epoch in callbacks and iterators than
     in the arithmetic.  The update is TensorFlow's fused Adam kernel, which is
-    Keras' Adam rule (same defaults) in one op per weight.
+    Keras' Adam rule (same defaults) in one op per weight.  Features may be
+    float16 (the cache's), converted batch by batch, so memory holds them at
+    half the size; the arithmetic is float32.
     """
 
     BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-7
+    VAL_CHUNK = (
+        4096  # validation rows scored at once: bounded temporaries whatever the split's size
+    )
 
     def __init__(self) -> None:
         import tensorflow as tf
@@ -218,23 +301,28 @@ class _HeadTrainer:
         self.w, self.m, self.v = slot("w"), slot("m"), slot("v")
         self.step = tf.Variable(0.0)
         f32, i32 = tf.float32, tf.int32
-        # Traced in the thread that trains: TensorFlow's graph building is not safe to run in two
-        # threads at once (tracing this while the cache's forward pass was traced crashed the process).
-        self.epoch = tf.function(
-            self._epoch,
-            autograph=False,
-            input_signature=[
-                tf.TensorSpec([], f32),
-                tf.TensorSpec([], f32),
-                tf.TensorSpec([None, None], f32),
-                tf.TensorSpec([None], i32),
-                tf.TensorSpec([None, None], f32),
-                tf.TensorSpec([None], i32),
-                tf.TensorSpec([2], i32),
-                tf.TensorSpec([], i32),
-                tf.TensorSpec([None], f32),  # per-class loss weights (ones: unweighted)
-            ],
-        )
+
+        def traced(features: Any) -> Any:
+            # Traced in the thread that trains: TensorFlow's graph building is not safe to run in two
+            # threads at once (tracing this while the cache's forward pass was traced crashed the process).
+            return tf.function(
+                self._epoch,
+                autograph=False,
+                input_signature=[
+                    tf.TensorSpec([], f32),
+                    tf.TensorSpec([], f32),
+                    tf.TensorSpec([None, None], features),
+                    tf.TensorSpec([None], i32),
+                    tf.TensorSpec([None, None], features),
+                    tf.TensorSpec([None], i32),
+                    tf.TensorSpec([2], i32),
+                    tf.TensorSpec([], i32),
+                    tf.TensorSpec([None], f32),  # per-class loss weights (ones: unweighted)
+                ],
+            )
+
+        self.epochs = {"float32": traced(f32), "float16": traced(tf.float16)}
+        self.epoch = self.epochs["float32"]
 
     def start(self, weights: Sequence[np.ndarray]) -> None:
         """Load a head's weights; a fresh Adam (no moments, step 0)."""
@@ -285,7 +373,7 @@ class _HeadTrainer:
 
         def batch(start: Any, loss_sum: Any, hit_sum: Any) -> tuple[Any, Any, Any]:
             idx = order[start : start + batch_size]
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            xb, yb = tf.cast(tf.gather(x, idx), tf.float32), tf.gather(y, idx)
             keep = (
                 tf.random.stateless_uniform(tf.shape(xb), seed + tf.stack([0, 1 + start])) >= rate
             )
@@ -313,9 +401,25 @@ class _HeadTrainer:
         _, loss_sum, hit_sum = tf.while_loop(
             lambda start, *_: start < n, batch, (tf.constant(0), tf.constant(0.0), tf.constant(0.0))
         )
-        val_loss, val_hits = self._scores(xv, yv)
+        val_loss, val_hits = self._val_scores(xv, yv)
         nf, nv = tf.cast(n, tf.float32), tf.cast(tf.shape(xv)[0], tf.float32)
         return tf.stack([loss_sum / nf, hit_sum / nf, val_loss / nv, val_hits / nv])
+
+    def _val_scores(self, xv: Any, yv: Any) -> tuple[Any, Any]:
+        """Summed loss and hits over the validation rows, ``VAL_CHUNK`` at a time."""
+        import tensorflow as tf
+
+        def chunk(start: Any, loss_sum: Any, hit_sum: Any) -> tuple[Any, Any, Any]:
+            end = start + self.VAL_CHUNK
+            loss, hits = self._scores(tf.cast(xv[start:end], tf.float32), yv[start:end])
+            return end, loss_sum + loss, hit_sum + hits
+
+        _, loss_sum, hit_sum = tf.while_loop(
+            lambda start, *_: start < tf.shape(xv)[0],
+            chunk,
+            (tf.constant(0), tf.constant(0.0), tf.constant(0.0)),
+        )
+        return loss_sum, hit_sum
 
 
 def fit_head(
@@ -344,11 +448,12 @@ def fit_head(
 
     trainer = _head_trainer()
     trainer.start([a for layer in head[1:] for a in layer.get_weights()])
-    x, y = (
-        tf.constant(np.asarray(train[0], np.float32)),
-        tf.constant(np.asarray(train[1], np.int32)),
-    )
-    xv, yv = tf.constant(np.asarray(val[0], np.float32)), tf.constant(np.asarray(val[1], np.int32))
+    x, xv = _features(train[0]), _features(val[0])
+    if x.dtype != xv.dtype:
+        x, xv = tf.cast(x, tf.float32), tf.cast(xv, tf.float32)
+    epoch_fn = trainer.epochs[x.dtype.name]
+    epoch_fn.get_concrete_function()  # the one trace for this feature dtype, for every shape
+    y, yv = tf.constant(np.asarray(train[1], np.int32)), tf.constant(np.asarray(val[1], np.int32))
     consts = [tf.constant(lr, tf.float32), tf.constant(dropout, tf.float32)]
     n_classes = int(head[2].units)
     weights = tf.constant(
@@ -362,7 +467,7 @@ def fit_head(
     }
     best, best_w, wait = math.inf, trainer.weights(), 0
     for e in range(epochs):
-        logs = trainer.epoch(
+        logs = epoch_fn(
             *consts,
             x,
             y,

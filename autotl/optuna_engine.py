@@ -52,7 +52,7 @@ from autotl.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
 from autotl.registry import Registry
 from autotl.runfolder import RunFolder
 from autotl.space import SearchSpace, trial_params
-from autotl.trial_models import record_artifact, update_best_model
+from autotl.trial_models import LayersNotHere, record_artifact, update_best_model
 from autotl.weights import WeightsSource, resolve_weights
 
 __all__ = ["SearchConfig", "open_search_study", "run_search", "FULL", "SCREEN", "FINALIST"]
@@ -87,6 +87,14 @@ class SearchConfig:
     explicit: bool = False  # the backbones were named (--backbone): each must be usable
     # measures a shape's deploy costs: autotl.deploy_costs.measure_deploy_costs (the API passes it)
     deploy_costs: Optional[Callable[..., dict[str, float]]] = None
+    # the feature cache: its folder (default RUN_DIR/cache), the bytes it may hold (default: the
+    # disk's free space), its dtype, and its forward pass in float16 (a GPU option)
+    cache_dir: Optional[Path] = None
+    cache_budget: Optional[int] = None
+    cache_dtype: str = "float16"
+    mixed_precision: bool = False
+    # the artifact store (default: the one the study records, else RUN_DIR/artifacts)
+    artifacts: Optional[str] = None
 
     @property
     def run(self) -> RunFolder:
@@ -212,7 +220,14 @@ class _TrialRunner:
 
         self.cfg, self.registry, self.dataset, self.on_event = cfg, registry, dataset, on_event
         self.backbones = backbones
-        self.cache = FeatureCache(cfg.run.cache_dir)
+        self.cache = FeatureCache(
+            cfg.cache_dir or cfg.run.cache_dir,
+            cfg.cache_dtype,
+            cfg.cache_budget,
+            cfg.mixed_precision,
+            warn=lambda msg: on_event({"warning": msg}),
+        )
+        self.store = cfg.run.artifact_store(cfg.artifacts)
         self._bases: dict[tuple, tuple[Any, list]] = {}
 
     def adopt(self, spec: Any, weights: Any, seed: int, base: Any) -> None:
@@ -321,11 +336,7 @@ class _TrialRunner:
             _record_constraints(trial, self.cfg.objectives, metrics)
         trial.set_user_attr("seconds_total", time.perf_counter() - start)
         if self._worth_keeping(trial, metrics):
-            # Only what the trial trained is stored (milliseconds); the full model is assembled on demand.
-            trial.set_user_attr(
-                "weights_path",
-                self.cfg.run.save_trial_layers(trial.number, result.trained_weights()),
-            )
+            self._store_layers(trial, result)
         values = self.cfg.objectives.values(metrics)
         return values[0] if len(values) == 1 else values
 
@@ -371,6 +382,67 @@ class _TrialRunner:
         constraints = self.cfg.objectives.constraints
         return bool(constraints) and all(c.objective.kind == DEPLOY for c in constraints)
 
+    def _store_layers(self, trial: Any, result: Any) -> None:
+        """Only what the trial trained is stored (milliseconds), here and in the artifact store; the full
+        model is assembled on demand, on any machine that reaches the store."""
+        from autotl.artifacts import upload
+
+        relative = self.cfg.run.save_trial_layers(trial.number, result.trained_weights())
+        trial.set_user_attr("weights_path", relative)
+        try:
+            artifact_id = upload(self.store, trial, self.cfg.run.path / relative)
+        except Exception as exc:  # the store is down: other machines could not assemble this trial
+            raise TrialFailed(
+                f"cannot store the trial's layers in the artifact store: {exc}"
+            ) from exc
+        trial.set_user_attr("layers_artifact", artifact_id)
+
+    def prepare(self, should_stop: Callable[[], bool]) -> None:
+        """Compute every backbone's features before the first trial (the cache build, with its progress),
+        so a build that fails -- a full disk, say -- leaves the study without a failed trial.  Workers
+        start from different backbones, so they build different ones at once."""
+        names = [b for b in self.cfg.space.backbones if b in self.backbones.live()]
+        k = self.cfg.worker_index % max(len(names), 1)
+        for name in names[k:] + names[:k]:
+            if should_stop():
+                return
+            try:
+                self._features(name)
+            except (UsageError, KeyboardInterrupt):
+                raise
+            except Exception:  # a backbone's own fault: its first trial fails with the reason
+                continue
+
+    def _features(self, name: str) -> None:
+        """Backbone ``name``'s phase-1 cache entry, and the boundaries the space may fine-tune from, as a trial builds them."""
+        import optuna
+
+        from autotl.train import prefetch_cuts
+
+        space, p2 = self.cfg.space, self.cfg.space.phase2
+        fixed = {
+            "backbone": name,
+            "head_width": space.head.width[0],
+            "dropout": space.head.dropout.low,
+            "unfreeze_blocks": p2.unfreeze_blocks.high,
+            "finetune_lr": p2.learning_rate.low,
+        }
+        params = trial_params(optuna.trial.FixedTrial(fixed), space)
+        spec = self.registry.backbone(name)
+        weights = resolve_weights(spec, self.cfg.weights)
+        self.cache.get(
+            spec,
+            lambda: self.base(spec, weights, params.seed),
+            weights,
+            self.dataset,
+            None,
+            batch_size=params.batch_size,
+            augmentation=space.augmentation,
+            seed=params.seed,
+            prefetch=lambda b: prefetch_cuts(spec, params, b),
+            say=lambda msg: self.on_event({"status": f"{name} | phase 1: {msg}", "backbone": name}),
+        )
+
     def _reporter(
         self, trial: Any, params: Any, event: dict[str, Any]
     ) -> Callable[[int, float], None]:
@@ -412,8 +484,12 @@ class _TrialRunner:
         return sum(k < keys[-1] for k in keys[:-1]) < self.cfg.keep_models
 
 
-def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
-    """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best."""
+def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
+    """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best
+    (here and in the artifact store, once per process)."""
+    from autotl.artifacts import remove
+
+    removed: set[str] = set()
 
     def callback(study: Any, trial: Any) -> None:
         stored = cfg.run.trial_layers(trial)
@@ -421,6 +497,10 @@ def _after_trial(cfg: SearchConfig) -> Callable[[Any, Any], None]:
             record_artifact(cfg.storage_url, study, trial, stored, "trial_weights")
         for t in ranked_trials(study)[cfg.keep_models :]:
             cfg.run.drop_trial(t.number)
+            artifact_id = t.user_attrs.get("layers_artifact")
+            if artifact_id and artifact_id not in removed:
+                remove(store, artifact_id)
+                removed.add(artifact_id)
 
     return callback
 
@@ -466,6 +546,25 @@ def _enqueue_finalist(
         fixed, user_attrs={"stage": FINALIST, "finalist_of": pick.number}, skip_if_exists=False
     )
     return True
+
+
+def _artifact_store(study: Any, cfg: SearchConfig) -> Optional[str]:
+    """The study's artifact store: the one it records (a worker given another is refused), else ``cfg.artifacts``."""
+    from autotl.errors import UsageError
+    from autotl.trial_models import ARTIFACTS_ATTR
+
+    if ARTIFACTS_ATTR not in study.user_attrs:
+        study.set_user_attr(ARTIFACTS_ATTR, cfg.artifacts)
+        return cfg.artifacts
+    recorded = study.user_attrs[ARTIFACTS_ATTR]
+    if cfg.artifacts is not None and cfg.artifacts != recorded:
+        from autotl.artifacts import describe
+
+        raise UsageError(
+            f"the study keeps its artifacts in {describe(recorded)}, not {cfg.artifacts}; "
+            f"pass --artifacts {recorded or 'with the same value'} or leave it out"
+        )
+    return recorded
 
 
 def _describe_study(study: Any, cfg: SearchConfig, dataset: Any) -> None:
@@ -588,6 +687,8 @@ def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> 
         dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()}
     )
     study = open_search_study(cfg)
+    cfg.artifacts = _artifact_store(study, cfg)
+    cfg.run.artifact_store(cfg.artifacts)  # reachable, or one line now rather than after a trial
     backbones = _backbones_of(study, cfg, emit)
     p2 = cfg.space.phase2
     checked = precheck_backbones(
@@ -642,13 +743,17 @@ def run_search(
             "total": cfg.trials,
         }
     )
+    if len(study.get_trials(deepcopy=False, states=counted)) < cfg.trials:
+        runner.prepare(should_stop)
     try:
         _loop(study, cfg, runner, emit, should_stop)
     finally:
-        study.sampler = (
-            study.sampler.sampler
-        )  # the space's own sampler again, for whoever gets the study
-        update_best_model(cfg.run, study, registry, cfg.weights, cfg.storage_url, runner.base)
+        # the space's own sampler again, for whoever gets the study
+        study.sampler = study.sampler.sampler
+        try:
+            update_best_model(cfg.run, study, registry, cfg.weights, cfg.storage_url, runner.base)
+        except LayersNotHere as exc:  # the work is done and saved; this machine cannot show it
+            emit({"warning": f"best_model.keras not assembled here: {exc}"})
     return study
 
 
@@ -664,7 +769,7 @@ def _loop(
     from optuna.trial import TrialState
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    callbacks = [_after_trial(cfg), _finished_event(emit)]
+    callbacks = [_after_trial(cfg, runner.store), _finished_event(emit)]
     started = time.monotonic()
     while not should_stop():
         if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:

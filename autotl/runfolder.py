@@ -12,13 +12,15 @@ it, and report, export, lineage and the Python API read it, all through
       best_model.keras        the best trial's model, assembled from its stored layers
       best_model.json         which trial best_model.keras is (the best-model marker)
       trials/NNNN/            what a trial trained (trained_layers.npz); model.keras once assembled
-      cache/                  the frozen-feature cache
+      artifacts/              the artifact store (unless --artifacts names another): trials' layers, best models, exports
+      manifest.jsonl          every data file once: size, mtime, SHA-256, class, split, why it was skipped
+      cache/                  the frozen-feature cache (unless --cache-dir names another)
       deploy_costs.json       deploy costs (TFLite latency, size, parameters) per backbone and head shape
       logs/                   the extra workers' output
       keras_tuner/            the keras-tuner engine's project, its best_model.keras and marker
       ensemble/               selection.json (the ensemble of the top trials), its .keras models and
                               predictions/*.npy (each member's probabilities, cached)
-      report.html, report.md, report.json, report_files/
+      report.html, report.md, report.json, report_files/, report.stamp.json (the study state it shows)
 
 Everything is written to a temporary name and renamed into place, so a reader
 never sees half a file and a killed writer leaves the previous one.  A run
@@ -79,6 +81,9 @@ class RunFolder:
     ENSEMBLE = "ensemble"
     ENSEMBLE_SELECTION = "selection.json"
     ENSEMBLE_PREDICTIONS = "predictions"
+    MANIFEST = "manifest.jsonl"
+    ARTIFACTS = "artifacts"
+    REPORT_STAMP = "report.stamp.json"
     REPORT_HTML, REPORT_MD, REPORT_JSON, REPORT_FILES = (
         "report.html",
         "report.md",
@@ -136,6 +141,26 @@ class RunFolder:
     def deploy_costs_lock(self) -> Path:
         """Held while deploy costs are measured and written, so workers neither time at once nor lose a write."""
         return self.path / f".{self.DEPLOY_COSTS}.lock"
+
+    @property
+    def manifest(self) -> Path:
+        """The data set's manifest (:mod:`autotl.manifest`): what a scan need not read again."""
+        return self.path / self.MANIFEST
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The default artifact store: a folder of the run."""
+        return self.path / self.ARTIFACTS
+
+    @property
+    def report_stamp(self) -> Path:
+        return self.path / self.REPORT_STAMP
+
+    def artifact_store(self, url: Optional[str] = None) -> Any:
+        """The artifact store ``url`` names (a study records it as ``artifacts``), else the run folder's."""
+        from autotl.artifacts import open_store
+
+        return open_store(url, self.artifacts_dir)
 
     @property
     def report_files(self) -> Path:
@@ -205,6 +230,8 @@ class RunFolder:
 
     def require(self, storage_url: Optional[str] = None) -> str:
         """The storage URL of an existing run; a one-line UsageError when this is not a run folder."""
+        if storage_url is not None and not self.path.exists():
+            self.prepare()  # another machine's view of a shared study: this folder is its workspace
         if not self.path.is_dir():
             what = "is a file, not a folder" if self.path.exists() else "does not exist"
             raise UsageError(
@@ -284,16 +311,28 @@ class RunFolder:
         trial = self._read_json(self.best_marker(engine)).get("trial")
         return int(trial) if isinstance(trial, int) else None
 
-    def trial_layers(self, trial: Any) -> Optional[Path]:
-        """The stored layers of ``trial`` (a FrozenTrial or its number), or None when they were not kept."""
+    def trial_layers(self, trial: Any, store: Any = None) -> Optional[Path]:
+        """The stored layers of ``trial`` (a FrozenTrial or its number), or None when they were not kept.
+
+        Layers another machine stored are fetched from the artifact ``store``
+        (the trial names them in ``layers_artifact``) into this run folder.
+        """
         number = trial if isinstance(trial, int) else trial.number
-        recorded = None if isinstance(trial, int) else (trial.user_attrs or {}).get("weights_path")
-        for path in (
-            self.path / recorded if recorded else None,
-            self.trial_dir(number) / self.TRIAL_LAYERS,
-        ):
+        attrs = {} if isinstance(trial, int) else (trial.user_attrs or {})
+        recorded = attrs.get("weights_path")
+        local = self.trial_dir(number) / self.TRIAL_LAYERS
+        for path in (self.path / recorded if recorded else None, local):
             if path is not None and path.is_file():
                 return path
+        if store is not None and attrs.get("layers_artifact"):
+            from optuna.artifacts.exceptions import ArtifactNotFound
+
+            from autotl.artifacts import download
+
+            try:
+                return download(store, attrs["layers_artifact"], local)
+            except ArtifactNotFound:
+                return None
         return None
 
     def kept_trials(self) -> list[int]:
@@ -335,7 +374,8 @@ class RunFolder:
         else:
             if not Path(source).is_dir():
                 raise UsageError(f"the search's data folder {source} is gone; pass --data DATA_DIR")
-            dataset = data_mod.load_folder(source, val_fraction, seed)
+            manifest = self.manifest if self.path.is_dir() else None
+            dataset = data_mod.load_folder(source, val_fraction, seed, manifest=manifest)
         dataset = self._with_test_split(dataset, source, space, seed)
         expected = record.get("data_fingerprint") or summary.get("fingerprint")
         return dataset, bool(expected) and dataset.fingerprint == expected

@@ -302,6 +302,7 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
         seed=space.seed,
         prefetch_blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
         class_weight=space.class_weight,
+        prefetch_min_blocks=max(1, p2.unfreeze_blocks.low),
     )
 
 

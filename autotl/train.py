@@ -26,7 +26,9 @@ import numpy as np
 
 from autotl.fitting import (
     MIN_DELTA,
+    Pixels,
     Report,
+    Rows,
     copy_head,
     fit_head,
     head_probabilities,
@@ -74,6 +76,8 @@ class TrialParams:
     seed: int = 0
     prefetch_blocks: int = 0  # cache this many top boundaries in phase 1's forward pass
     class_weight: Optional[str] = None  # "balanced": each class weighs n / (classes * its count)
+    # ... except the top ones a trial never cuts at (unfreeze_blocks.low)
+    prefetch_min_blocks: int = 1
 
     def __post_init__(self) -> None:
         if self.finetune_lr * LR_RATIO > self.phase1_lr * (1 + 1e-9):
@@ -250,14 +254,9 @@ def _phase1(
     The same forward pass stores the block boundaries that fine-tuning trials
     may later start from (``params.prefetch_blocks``), so the data crosses the base once.
     """
-    from autotl.model import block_boundaries, build_head
+    from autotl.model import build_head
 
     say("phase 1: features")
-    prefetch = (
-        (lambda b: block_boundaries(b, spec.block_pattern)[-params.prefetch_blocks :])
-        if params.prefetch_blocks
-        else (lambda b: ())
-    )
     feats = cache.get(
         spec,
         base,
@@ -267,13 +266,10 @@ def _phase1(
         batch_size=params.batch_size,
         augmentation=augmentation,
         seed=params.seed,
-        prefetch=prefetch,
+        prefetch=lambda b: prefetch_cuts(spec, params, b),
+        say=lambda msg: say(f"phase 1: {msg}"),
     )
-    cache_info["phase1"] = {
-        "key": feats.key,
-        "built": feats.built,
-        "seconds": round(feats.seconds, 3),
-    }
+    cache_info["phase1"] = _cache_record(feats)
     start = time.perf_counter()
     # seeded again here: whether the base was just built (drawing from the same generators) or came
     # from a cache or an earlier trial, the head starts from the same weights for the same seed
@@ -307,6 +303,25 @@ def _phase1(
     plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
     val = (feats.val, np.asarray(feats.val_labels))
     return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued, val, class_weight)
+
+
+def prefetch_cuts(spec: Any, params: TrialParams, base: Any) -> list[str]:
+    """The block boundaries fine-tuning may start from in this space: cached in phase 1's forward pass."""
+    from autotl.model import block_boundaries
+
+    if not params.prefetch_blocks:
+        return []
+    boundaries = block_boundaries(base, spec.block_pattern)
+    top = len(boundaries) - max(params.prefetch_min_blocks, 1) + 1
+    return boundaries[max(len(boundaries) - params.prefetch_blocks, 0) : max(top, 0)]
+
+
+def _cache_record(feats: Any, **more: Any) -> dict[str, Any]:
+    """What a trial records of a cache entry it used: its key, whether it was built now, and the build's figures."""
+    record = {"key": feats.key, "built": feats.built, "seconds": round(feats.seconds, 3), **more}
+    if feats.stats:
+        record["build"] = feats.stats  # when the entry was built, by this trial or an earlier one
+    return record
 
 
 def _gate(
@@ -384,42 +399,34 @@ def _phase2(
             batch_size=params.batch_size,
             augmentation=augmentation,
             seed=params.seed,
+            say=lambda msg: say(f"phase 2: {msg}"),
+            required=False,
         )
         if cut
         else None
     )
     if acts is not None:
-        cache_info["phase2"] = {
-            "key": acts.key,
-            "built": acts.built,
-            "seconds": round(acts.seconds, 3),
-            "cut": cut,
-        }
+        cache_info["phase2"] = _cache_record(acts, cut=cut)
     start = time.perf_counter()
     snapshot = top_layer_weights(base(), cut)  # what fine-tuning may change, to undo it
     unfrozen = freeze_below(base(), cut)
     if acts is not None:
-        shape = acts.train.shape[1:]
+        shape = tuple(acts.train.shape[1:])
 
         def features(x: Any) -> Any:
             return submodel(base(), cut, None)(x, training=False)
 
-        train_xy, val_xy = (
-            (np.asarray(acts.train), acts.train_labels),
-            (np.asarray(acts.val), acts.val_labels),
-        )
-    else:  # the whole base unfrozen (the space asked): nothing frozen to cache, so train from resized pixels
+        train_xy, val_xy = Rows(acts.train, acts.train_labels), Rows(acts.val, acts.val_labels)
+    else:  # the whole base unfrozen, or its boundary not cached: train from pixels, batch by batch
         shape = (*spec.input_size, 3)
+        if cut is not None:
+            cache_info["phase2"] = {"streamed": True, "cut": cut}
 
         def features(x: Any) -> Any:
             return base()(apply_preprocessing(spec.preprocessing, x), training=False)
 
-        def pixels(split: Any) -> tuple[np.ndarray, np.ndarray]:
-            return np.concatenate(list(split.batches(spec.input_size, 64))), np.asarray(
-                split.labels
-            )
-
-        train_xy, val_xy = pixels(dataset.train), pixels(dataset.val)
+        train_xy = Pixels(dataset.train, spec.input_size)
+        val_xy = Pixels(dataset.val, spec.input_size)
 
     def body() -> tuple[Any, Any]:
         x_in = keras.Input(shape)
@@ -428,7 +435,7 @@ def _phase2(
     n_classes = len(dataset.class_names)
     # the base object is one per backbone and process, so its id names the layers this model trains
     model = trainer(
-        ("top", id(base()), cut, shape, params.head_width, n_classes),
+        ("top", id(base()), cut, tuple(shape), params.head_width, n_classes),
         body,
         params.head_width,
         n_classes,

@@ -1,12 +1,15 @@
 """A trial's deployable model: assembled from what it stored, when someone asks for it.
 
 A search stores only what a trial trained (the head, and the unfrozen top
-blocks) as a plain ``.npz``; finishing a trial costs milliseconds.  The full
+blocks) as a plain ``.npz``, in the run folder and in the study's artifact
+store (:mod:`autotl.artifacts`); finishing a trial costs milliseconds.  The full
 ``.keras`` model -- resize, the backbone's preprocessing, the pretrained base
 with the trained top, the head -- is assembled here: for ``best_model.keras``
 when a search ends, for an export of another trial, for a report's evaluation
 or for ``Run.best_model()``.  Assembly needs the trial's backbone plugin and
-the very weights it was trained on, which are checked by SHA-256.
+the very weights it was trained on, which are checked by SHA-256.  Any
+machine that reaches the study's artifact store can do it: the layers (or the
+best model itself) are fetched from there when this run folder lacks them.
 """
 
 from __future__ import annotations
@@ -20,9 +23,28 @@ from autotl.errors import UsageError, first_line
 from autotl.objective import best_trial
 from autotl.runfolder import OPTUNA, RunFolder
 
-__all__ = ["trial_model", "update_best_model", "weights_of_run", "record_artifact"]
+__all__ = [
+    "LayersNotHere",
+    "trial_model",
+    "update_best_model",
+    "weights_of_run",
+    "record_artifact",
+    "study_store",
+]
 
 MakeBase = Callable[[Any, Any, int], Any]
+#: The study's user attribute naming its artifact store (absent or None: each run folder's own).
+ARTIFACTS_ATTR = "artifacts"
+BEST_MODEL_ARTIFACT = "best_model_artifact"
+
+
+class LayersNotHere(UsageError):
+    """A trial's stored layers are neither in this run folder nor in the study's artifact store."""
+
+
+def study_store(run: RunFolder, study: Any) -> Any:
+    """The artifact store ``study`` records (another machine's S3 bucket, say), else the run folder's."""
+    return run.artifact_store((getattr(study, "user_attrs", None) or {}).get(ARTIFACTS_ATTR))
 
 
 def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
@@ -66,11 +88,17 @@ def trial_model(
     for engine in (OPTUNA,):
         if run.best_trial_number(engine) == trial.number:
             return run.best_model(engine)
-    stored = run.trial_layers(trial)
+    store = study_store(run, study)
+    fetched = _best_model_artifact(run, study, trial, store)
+    if fetched is not None:
+        return fetched
+    stored = run.trial_layers(trial, store)
     if stored is None:
         kept = run.kept_trials()
-        raise UsageError(
-            f"trial {trial.number} has no saved model (only the --keep-models best trials keep theirs); "
+        raise LayersNotHere(
+            f"trial {trial.number} has no saved model here (only the --keep-models best trials keep "
+            "theirs, and another worker's stay in its own run folder unless --artifacts "
+            "s3://bucket/prefix or a shared folder holds them); "
             f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
         )
     if registry is None:
@@ -114,6 +142,36 @@ def trial_model(
     return path
 
 
+def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[Path]:
+    """The best model another machine assembled for ``trial`` and put in the artifact store, fetched; else None."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from autotl.artifacts import download
+
+    recorded = (study.user_attrs or {}).get(BEST_MODEL_ARTIFACT) or {}
+    if recorded.get("trial") != trial.number or not recorded.get("artifact_id"):
+        return None
+    try:
+        return download(store, recorded["artifact_id"], run.trial_model(trial.number))
+    except ArtifactNotFound:
+        return None
+
+
+def share_best_model(run: RunFolder, study: Any, trial: Any, path: Path) -> None:
+    """Put the best model in the study's artifact store (once per trial), so any machine can report and export it;
+    the previous best's copy is removed."""
+    from autotl.artifacts import remove, upload
+
+    recorded = (study.user_attrs or {}).get(BEST_MODEL_ARTIFACT) or {}
+    if recorded.get("trial") == trial.number:
+        return
+    store = study_store(run, study)
+    artifact_id = upload(store, study, path)
+    study.set_user_attr(BEST_MODEL_ARTIFACT, {"trial": trial.number, "artifact_id": artifact_id})
+    if recorded.get("artifact_id"):
+        remove(store, recorded["artifact_id"])
+
+
 def update_best_model(
     run: RunFolder,
     study: Any,
@@ -135,6 +193,12 @@ def update_best_model(
         values=best.values,
     )
     record_artifact(run.storage_url(storage_url), study, best, path, "best_model")
+    try:
+        share_best_model(run, study, best, path)
+    except Exception as exc:  # the model is in place; other machines will assemble their own
+        import warnings
+
+        warnings.warn(f"best model not put in the artifact store: {first_line(exc)}", stacklevel=2)
     return path
 
 

@@ -15,6 +15,7 @@ from autotl.objective import Objectives, trial_metrics
 
 __all__ = [
     "SearchProgress",
+    "CountProgress",
     "leaderboard",
     "records_table",
     "console",
@@ -126,6 +127,40 @@ class CtrlC:
         return self.count > 0
 
 
+class CountProgress:
+    """A bar over a count (the data files a scan reads): done of total, rate and time left; gone when done."""
+
+    def __init__(self, out: Any, what: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(what),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+            console=out,
+            transient=True,
+        )
+        self.task = self.progress.add_task(what, total=None)
+        self.progress.start()
+
+    def update(self, done: int, total: int) -> bool:
+        """Move the bar; True once it is complete (and closed)."""
+        self.progress.update(self.task, completed=done, total=total)
+        if done >= total:
+            self.progress.stop()
+            return True
+        return False
+
+
 class SearchProgress:
     """A progress bar over trials whose description says where the current trial is."""
 
@@ -169,6 +204,8 @@ class SearchProgress:
             self._finished(e)
             return
         if "trial" not in e:
+            if "status" in e:  # before the first trial: the feature cache being built
+                self.progress.update(self.task, description=e["status"])
             return
         best = f"{self.best:.4f}" if self.best is not None else "-"
         if "failed" in e:

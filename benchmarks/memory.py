@@ -1,7 +1,7 @@
 """Peak RSS over a long search: does memory stay flat across trials?
 
 autotl runs every trial in one process (no process per trial): caches live
-on disk and are memory-mapped, a trial's models are dropped when it ends, and
+on disk and are read batch by batch, a trial's models are dropped when it ends, and
 the phase-1 head trainer is traced once and compiled phase-2 models are reused rather than rebuilt.  This script runs a
 50-trial search with fine-tuning in every trial and prints the process's RSS
 after trials 1, 10, 25 and 50, and the growth per trial over the last 40.

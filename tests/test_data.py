@@ -578,3 +578,126 @@ def test_hymenoptera():
     if gif:
         assert ds.train.load(gif[0]).shape[2] == 3
     assert next(ds.val.batches((24, 24), batch_size=4)).shape == (4, 24, 24, 3)
+
+
+# --------------------------------------------------------------------------- manifest and decoding processes
+
+
+def manifest_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()[1:]]
+
+
+def test_manifest_rereads_only_added_and_changed_files_and_the_fingerprint_stays_exact(tmp_path):
+    root = flat_folder(tmp_path / "d", per_class=8)
+    manifest = tmp_path / "run" / "manifest.jsonl"
+    first = load_folder(root, manifest=manifest)
+    assert first.scan["read"] == 16 and first.scan["files"] == 16
+    again = load_folder(root, manifest=manifest)
+    assert again.scan["read"] == 0 and again.fingerprint == first.fingerprint
+    assert again.train.paths == first.train.paths and again.val.paths == first.val.paths
+    save(noise(500, size=(13, 10)), root / "cats" / "03.png")  # changed: new bytes, new size
+    save(noise(501), root / "dogs" / "new.png")  # added
+    (root / "dogs" / "07.png").unlink()  # removed
+    changed = load_folder(root, manifest=manifest)
+    assert changed.scan["read"] == 2
+    assert changed.fingerprint == load_folder(root).fingerprint != first.fingerprint  # exact
+    lines = manifest_lines(manifest)
+    assert len(lines) == 16 and not any(e["path"] == "dogs/07.png" for e in lines)
+    by_path = {e["path"]: e for e in lines}
+    assert by_path["dogs/new.png"]["class"] == "dogs" and by_path["dogs/new.png"]["split"] in (
+        "train",
+        "val",
+    )
+    val = {Path(p).relative_to(root).as_posix() for p in changed.val.paths}
+    assert {p for p, e in by_path.items() if e["split"] == "val"} == val
+
+
+def test_broken_files_are_read_once_listed_with_their_reason_and_skipped_on_resume(tmp_path):
+    root = flat_folder(tmp_path / "d", per_class=6)
+    for i in range(5):
+        (root / "cats" / f"broken{i}.jpg").write_bytes(noise_bytes("JPEG")[: 100 + i])
+    (root / "dogs" / "empty.png").write_bytes(b"")
+    manifest = tmp_path / "manifest.jsonl"
+    first = load_folder(root, manifest=manifest)
+    assert first.scan["read"] == 18 and len(first.skipped) == 6
+    reasons = {e["path"]: e["reason"] for e in manifest_lines(manifest) if e["reason"]}
+    assert reasons == dict(first.skipped)
+    assert reasons["dogs/empty.png"] == "zero bytes"
+    assert all(r.startswith("truncated or corrupt") for p, r in reasons.items() if "broken" in p)
+    again = load_folder(root, manifest=manifest)
+    assert again.scan["read"] == 0 and again.skipped == first.skipped  # not read again
+
+
+def test_an_interrupted_first_scan_resumes_where_it_stopped(tmp_path, monkeypatch):
+    from autotl import manifest as manifest_mod
+
+    root = flat_folder(tmp_path / "d", per_class=150)
+    manifest = tmp_path / "manifest.jsonl"
+    monkeypatch.setattr(manifest_mod, "JOURNAL_EVERY", 64)  # a checkpoint per chunk of files
+
+    def stop_after_half(done: int, total: int) -> None:
+        if done >= total // 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the scan
+
+    with pytest.raises(KeyboardInterrupt):
+        load_folder(root, manifest=manifest, progress=stop_after_half)
+    resumed = load_folder(root, manifest=manifest)
+    assert 0 < resumed.scan["read"] <= 300 - 128  # the checked half was kept
+    assert resumed.fingerprint == load_folder(root).fingerprint
+
+
+def test_torn_manifest_line_and_unknown_format_are_read_safely(tmp_path):
+    from autotl import manifest as manifest_mod
+
+    root = flat_folder(tmp_path / "d", per_class=4)
+    manifest = tmp_path / "manifest.jsonl"
+    load_folder(root, manifest=manifest)
+    with open(manifest, "a") as f:
+        f.write('{"path": "cats/00.png", "si')  # a write killed half-way
+    assert load_folder(root, manifest=manifest).scan["read"] == 0
+    manifest.write_text('{"manifest": 99}\n')
+    assert manifest_mod.read(manifest) == {}
+    assert load_folder(root, manifest=manifest).scan["read"] == 8
+
+
+def test_decoding_processes_keep_order_and_bound_what_is_in_flight():
+    from autotl.decoding import ordered
+
+    pulled: list[int] = []
+
+    def tasks():
+        for i in range(60):
+            pulled.append(i)
+            yield (i, 2)
+
+    results = ordered(pow, tasks(), workers=2, depth=3)
+    assert [next(results) for _ in range(5)] == [0, 1, 4, 9, 16]
+    assert len(pulled) <= 5 + 3  # a slow consumer holds a bounded number of results
+    assert list(results) == [i * i for i in range(5, 60)]
+    assert list(ordered(pow, ((i, 3) for i in range(10)), workers=0)) == [i**3 for i in range(10)]
+
+
+def test_batches_in_any_order_by_the_decoding_processes(tmp_path):
+    root = flat_folder(tmp_path, per_class=5)
+    ds = load_folder(root, val_fraction=0.2, decode_workers=2)
+    order = [3, 0, 7, 1]
+    got = np.concatenate(list(ds.train.batches((9, 9), batch_size=3, order=order)))
+    threads = load_folder(root, val_fraction=0.2, decode_workers=0)
+    want = np.concatenate([next(threads.train.batches((9, 9), 1, order=[i])) for i in order])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_decoding_processes(tmp_path):
+    import subprocess
+    import sys
+
+    root = flat_folder(tmp_path / "d", per_class=3)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from autotl.data import load_folder\n"
+        f"ds = load_folder({str(root)!r}, decode_workers=2)\n"
+        "print('scanned', len(ds.train) + len(ds.val))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["scanned 6"]

@@ -522,9 +522,9 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
         with pytest.raises(UsageError) as exc:
             cmd_export(*argv, "--out", str(tmp_path / "x"))
         assert_one_line(exc, *fragments)
-    # a trial whose model file was not kept (only the best K trials keep theirs)
+    # a trial whose model file was not kept (only the best K trials keep theirs, here and in the store)
     copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", "export"))
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", "export", "artifacts"))
     other = 1 - exported.trial
     shutil.rmtree(copy / "trials" / f"{other:04d}")
     with pytest.raises(UsageError) as exc:

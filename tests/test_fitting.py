@@ -82,6 +82,8 @@ def test_update_is_keras_adam() -> None:
 
 def test_one_trace_serves_every_width_feature_size_and_class_count() -> None:
     trainer = _head_trainer()
+    train, val = task(8, 4, 3, 2, 0)
+    fit_head(head_for(3, 2, 2), 0.0, 1e-3, train, val, 1, 1, 8, None, 0, seed=0)  # the trace
     before = trainer.epoch.experimental_get_tracing_count()
     for dim, width, n_classes in ((20, 8, 2), (36, 32, 5), (20, 8, 2)):
         train, val = task(40, 20, dim, n_classes, dim)

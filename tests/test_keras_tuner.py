@@ -288,6 +288,7 @@ def test_engines_compared_in_one_report(
             "weights_path",
             "stage",
             "session",
+            "layers_artifact",
         } <= set(t.user_attrs)
         assert t.distributions == study.trials[0].distributions
         assert (

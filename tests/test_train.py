@@ -7,6 +7,7 @@ import pytest
 
 from autotl.cache import FeatureCache
 from autotl.model import build_base, submodel
+from autotl.npyfile import NpyRows
 from autotl.train import Gate, TrialParams, train_trial
 from autotl.weights import ResolvedWeights
 
@@ -130,7 +131,7 @@ def test_cache_is_reused_and_keyed(registry, tiny_dataset, tmp_path: Path) -> No
     assert len(calls) == 2  # the base is built only when something must be computed
     assert prefetched.train.shape[1:] == (16, 16, 16)  # 32 px, one stride-2 stem
     assert first.key == again.key != other.key
-    assert isinstance(again.train, np.memmap)
+    assert isinstance(again.train, NpyRows) and again.train.dtype == np.float16  # read by rows
     np.testing.assert_array_equal(np.asarray(first.train), np.asarray(again.train))
     assert not list(tmp_path.glob("*.tmp*"))
 
@@ -149,3 +150,45 @@ def test_unfreeze_all_trains_the_whole_base_from_pixels_when_the_space_asks(
     )
     if result.phase2_kept:
         assert "stem_conv" in result.trained_weights()
+
+
+def test_a_boundary_not_cached_is_streamed_from_pixels_and_trains_as_the_cached_one(
+    registry, tiny_dataset, tmp_path: Path
+) -> None:
+    """No room for the boundary's activations: phase 2 computes them from the images, batch by batch,
+    through the frozen bottom; the same trial on cached activations learns the same (to float16's precision)."""
+    import keras
+
+    spec = registry.backbone("tiny")
+    overrides = {
+        "backbone": "tiny",
+        "head_width": 16,
+        "dropout": 0.0,
+        "unfreeze_blocks": 1,
+        "phase1_lr": 1e-2,
+        "finetune_lr": 1e-3,
+        "phase1_epochs": 80,
+        "phase1_patience": 3,
+        "phase2_epochs": 3,
+        "phase2_patience": 3,
+        "head_loss_threshold": 5.0,
+        "batch_size": 8,
+    }
+    results = {}
+    for name in ("cached", "streamed"):
+        keras.utils.set_random_seed(0)
+        base = build_base(spec, RANDOM)
+        pooled = FeatureCache(tmp_path / "probe").entry_bytes(base, None, 48)
+        budget = None if name == "cached" else pooled + 1000
+        cache = FeatureCache(tmp_path / name, budget=budget)
+        params = TrialParams(**overrides)
+        results[name] = train_trial(spec, params, lambda b=base: b, tiny_dataset, cache, RANDOM)
+    cached, streamed = results["cached"], results["streamed"]
+    assert streamed.cache["phase2"] == {"streamed": True, "cut": "block2_out"}
+    assert (
+        cached.cache["phase2"]["cut"] == "block2_out" and "streamed" not in cached.cache["phase2"]
+    )
+    h1, h2 = cached.history["phase2"], streamed.history["phase2"]
+    assert len(h1["loss"]) == len(h2["loss"]) == 3
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-2, atol=1e-3)

@@ -86,8 +86,7 @@ class Rows:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for k in range(0, len(order), batch_size):
             idx = order[k : k + batch_size]
-            rows = self.features.take(idx) if hasattr(self.features, "take") else self.features[idx]
-            yield np.asarray(rows, np.float32), self.labels[idx]
+            yield np.asarray(self.features[idx], np.float32), self.labels[idx]
 
 
 class Pixels:

@@ -119,6 +119,20 @@ class NpyRows:
             self._read_into(out, start)
         return out
 
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """``rows[a:b]`` (consecutive rows, read in one call), ``rows[indices]`` or ``rows[i]``."""
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                return self.take(np.arange(start, stop, step))
+            return self.rows(start, stop)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"row {key} of {self.shape[0]}")
+            return self.rows(i, i + 1)[0]
+        return self.take(key)
+
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (in that order); runs of consecutive rows are read in one call."""
         idx = np.asarray(indices, dtype=np.int64)

@@ -463,11 +463,11 @@ def _phase2(
     probs = None
     if kept:
         # eager calls: Keras' predict would trace a function per trial and batch shape, and keep it
-        x_val = val_xy[0]
+        # batch by batch from the cache's rows or the images: the split is never one array
         probs = np.concatenate(
             [
-                np.asarray(model(x_val[i : i + 256], training=False), np.float64)
-                for i in range(0, len(x_val), 256)
+                np.asarray(model(x, training=False), np.float64)
+                for x, _ in val_xy.batches(np.arange(len(val_xy)), 256)
             ]
         )
         copy_head(model, None, p1.head)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from helpers import TESTS, TINY_PLUGIN, TINY_SPACE, assert_one_line_error, run_cli
-from test_workers import postgres_url  # noqa: F401 -- the real PostgreSQL server, on loopback
 
 import autotl
 
@@ -193,7 +192,7 @@ def _worker(data: Path, space: Path, out: Path, storage: str, env: dict) -> subp
 @pytest.mark.slow
 def test_workers_that_share_only_postgresql_and_s3_survive_a_kill_and_all_assemble_the_best(
     s3_env,
-    postgres_url,  # noqa: F811
+    postgres_url,
     image_folder: Path,
     tmp_path: Path,
 ) -> None:

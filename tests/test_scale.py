@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import (
     COLOURS,
@@ -162,3 +163,25 @@ def test_a_disk_that_fills_during_the_cache_build_is_one_line_and_nothing_is_hal
         assert load_study(f"sqlite:///{out / 'study.db'}", "autotl").trials == []  # untouched
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_npy_rows_reads_slices_indices_and_single_rows_like_the_array(tmp_path: Path) -> None:
+    from autotl.npyfile import NpyRows
+
+    array = np.arange(7 * 3, dtype=np.float16).reshape(7, 3)
+    np.save(tmp_path / "a.npy", array)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert len(rows) == 7 and rows.dtype == np.float16
+    for key in (
+        slice(2, 5),
+        slice(None),
+        slice(5, 100),
+        slice(0, 7, 2),
+        [6, 0, 3],
+        np.array([1, 1]),
+    ):
+        np.testing.assert_array_equal(rows[key], array[key])
+    np.testing.assert_array_equal(rows[-1], array[-1])
+    np.testing.assert_array_equal(np.asarray(rows), array)
+    with pytest.raises(IndexError):
+        rows[7]

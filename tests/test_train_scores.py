@@ -102,7 +102,7 @@ def test_class_weights_weight_the_head_trainers_loss() -> None:
 def test_class_weights_weight_keras_fit_for_phase2() -> None:
     import keras
 
-    from autotl.fitting import fit
+    from autotl.fitting import Rows, fit
 
     train, val = separable(90, 3, 0), separable(60, 3, 1)
     keras.utils.set_random_seed(0)
@@ -112,7 +112,7 @@ def test_class_weights_weight_keras_fit_for_phase2() -> None:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    fit(model, train, val, 30, 30, 16, None, 0, 0, class_weight=[0.0, 1.0, 1.0])
+    fit(model, Rows(*train), Rows(*val), 30, 30, 16, None, 0, 0, class_weight=[0.0, 1.0, 1.0])
     predicted = np.asarray(model(val[0])).argmax(1)
     assert (predicted[val[1] == 0] == 0).mean() < 0.2
     assert (predicted[val[1] != 0] == val[1][val[1] != 0]).mean() > 0.9

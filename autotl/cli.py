@@ -579,9 +579,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autotl.api import Run
 
     run = Run(args.run, storage=args.storage, study_name=args.study_name)
-    _ = (
-        run.study
-    )  # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
+    # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
+    _ = run.study
     paths = run.report()
     for key in ("html", "md", "json"):
         print(paths[key])
@@ -601,12 +600,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _open_run(args: argparse.Namespace) -> Any:
+    """The run folder ``args.run`` with the study, plugins and weights the options name."""
     from autotl.api import Run
-    from autotl.ui import console
 
-    err = console(stderr=True)
-    run = Run(
+    return Run(
         args.run,
         storage=args.storage,
         study_name=args.study_name,
@@ -614,9 +612,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         weights=args.weights,
     )
-    _ = (
-        run.study
-    )  # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autotl.ui import console
+
+    err = console(stderr=True)
+    run = _open_run(args)
+    # a folder that is no run, a damaged or foreign database: said before TensorFlow loads
+    _ = run.study
     result = run.export(
         args.format,
         args.out,
@@ -650,18 +654,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from autotl.api import Run
     from autotl.ui import console, ensemble_table
 
     err = console(stderr=True)
-    run = Run(
-        args.run,
-        storage=args.storage,
-        study_name=args.study_name,
-        plugins=args.plugin,
-        weights_dir=args.weights_dir,
-        weights=args.weights,
-    )
+    run = _open_run(args)
     selection = run.ensemble(
         args.top_k,
         tta=args.tta,

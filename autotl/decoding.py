@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import io
 import os
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -205,11 +206,22 @@ _POOLS: dict[int, Any] = {}
 
 
 def _start_worker() -> None:
-    """A worker process: Ctrl-C is the main process's to handle; Pillow's warnings are dropped (the reason counts)."""
+    """A worker process: Ctrl-C is the main process's to handle; Pillow's warnings are dropped (the reason counts);
+    it exits when its parent is gone (killed with SIGKILL, say), rather than living on as an orphan
+    that holds the parent's output pipes open."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore")
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="autotl-parent-watch", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -30,6 +30,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from autotl._stderr import stderr_silenced
+
 __all__ = ["measure_tflite_latency", "WARMUP", "RUNS"]
 
 WARMUP = 5  # untimed invocations first
@@ -41,21 +43,9 @@ Model = Union[bytes, str, os.PathLike]
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No "Created TensorFlow Lite XNNPACK delegate" line (C++, on file descriptor 2) and no deprecation warning."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stderr_silenced():
         warnings.simplefilter("ignore")
-        try:
-            saved = os.dup(2)
-        except OSError:
-            yield
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+        yield
 
 
 def _interpreter(model: Model, threads: int) -> tuple[Any, str]:

@@ -55,7 +55,8 @@ __all__ = [
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
 DEPLOYMENTS_TABLE = "autotl_deployments"
-KINDS = ("trial_weights", "trial_model", "best_model", "export")
+ENSEMBLE_KIND = "ensemble_export"  # one row per member trial, same file
+KINDS = ("trial_weights", "trial_model", "best_model", "export", "ensemble_export")
 LIBRARIES = (
     "tensorflow",
     "keras",
@@ -276,6 +277,10 @@ def record_model(
                 art.c.path == str(path),
                 art.c.kind == kind,
                 art.c.study_name == study_name,
+                # an ensemble's file is recorded once per member trial
+                art.c.trial_number == number
+                if number is not None
+                else art.c.trial_number.is_(None),
             )
             .order_by(art.c.id)
         ).first()
@@ -379,8 +384,17 @@ def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict
         return None
     here = str(path.resolve())
     best = next((r for r in rows if r["path"] == here), rows[0])
+    members = [
+        {
+            k: r[k]
+            for k in ("trial_number", "backbone", "plugin", "weights_origin", "weights_sha256")
+        }
+        for r in reversed(rows)
+        if r["kind"] == ENSEMBLE_KIND and r["path"] == best["path"]
+    ]
     return {
         **best,
+        "members": members,  # an ensemble's member trials (their backbones and weights), else []
         "same_bytes": [
             {
                 "artifact_id": r["artifact_id"],
@@ -500,21 +514,47 @@ def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None)
     return {**record, "deployments": list_deployments(storage, record["sha256"])}
 
 
-def describe(record: dict[str, Any], shown_path: str) -> str:
-    """The one-line answer of ``autotl lineage``."""
-    m = record.get("metrics") or {}
-    acc = m.get("val_accuracy")
+def _weights(record: dict[str, Any]) -> str:
     weights = record.get("weights_origin") or "?"
     if record.get("weights_sha256"):
         weights += f" sha256 {record['weights_sha256'][:12]}"
+    return weights
+
+
+def describe(record: dict[str, Any], shown_path: str) -> str:
+    """The one-line answer of ``autotl lineage``."""
+    if record.get("members"):
+        return _describe_ensemble(record, shown_path)
+    m = record.get("metrics") or {}
+    acc = m.get("val_accuracy")
     data = (record.get("data_fingerprint") or "?")[:12]
     parts = [
         f"{shown_path}: {record['kind']} of trial {record['trial_number']} in study {record['study_name']!r}",
         f"backbone {record.get('backbone')} (plugin {record.get('plugin')})",
-        f"weights {weights}",
+        f"weights {_weights(record)}",
         f"data {data} from {record.get('data_source') or '?'}",
         f"val_accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "val_accuracy ?",
         f"autotl {record.get('autotl_version')}",
         f"recorded {record.get('created')}",
     ]
     return "; ".join(parts)
+
+
+def _describe_ensemble(record: dict[str, Any], shown_path: str) -> str:
+    """An ensemble's answer: every member trial with its backbone and weights."""
+    members = record["members"]
+    numbers = ", ".join(str(m["trial_number"]) for m in members)
+    each = ", ".join(
+        f"trial {m['trial_number']}: {m.get('backbone')} (plugin {m.get('plugin')}, weights {_weights(m)})"
+        for m in members
+    )
+    data = (record.get("data_fingerprint") or "?")[:12]
+    return "; ".join(
+        [
+            f"{shown_path}: ensemble export of trials {numbers} in study {record['study_name']!r}",
+            each,
+            f"data {data} from {record.get('data_source') or '?'}",
+            f"autotl {record.get('autotl_version')}",
+            f"recorded {record.get('created')}",
+        ]
+    )

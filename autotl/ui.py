@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from autotl._stderr import stderr_silenced
 from autotl.objective import Objectives, trial_metrics
 
 __all__ = [
@@ -37,17 +38,10 @@ def quiet_tensorflow() -> None:
     warnings.filterwarnings("ignore", module="keras")
     if "tensorflow" in sys.modules:
         return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with stderr_silenced():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class _QuietTensorFlowFinder:

@@ -73,11 +73,14 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
     )
 
 
-def assert_one_line_error(proc, *fragments: str) -> None:
-    """Exit code 2, no traceback, exactly one line on stderr that starts ``autotl: error:`` and holds ``fragments``."""
+def assert_one_line_error(proc, *fragments: str, warnings: bool = False) -> None:
+    """Exit code 2, no traceback, exactly one line on stderr that starts ``autotl: error:`` and holds
+    ``fragments``; with ``warnings``, ``warning:`` lines about the input may come before it."""
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if warnings:
+        lines = [line for line in lines if not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith("autotl: error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -95,3 +98,41 @@ def call_cli(*argv: str) -> int:
 
     args = build_parser().parse_args(list(argv))
     return COMMANDS[args.command](args)
+
+
+# A trial of the tiny plugin's backbone that trains in seconds on a few dozen images.
+TINY_TRIAL = {
+    "backbone": "tiny",
+    "head_width": 16,
+    "dropout": 0.0,
+    "unfreeze_blocks": 1,
+    "phase1_lr": 1e-2,
+    "finetune_lr": 1e-3,
+    "phase1_epochs": 80,
+    "phase1_patience": 3,
+    "phase2_epochs": 4,
+    "phase2_patience": 2,
+    "head_loss_threshold": 5.0,
+    "batch_size": 8,
+}
+
+
+def tiny_trial(registry, dataset, tmp_path: Path, reports: list | None = None, **overrides):
+    """``(spec, base, cache, result)`` of one seeded trial of the tiny backbone (``TINY_TRIAL`` with
+    ``overrides``), random weights, its cache in ``tmp_path/cache``; ``reports`` collects pruning reports."""
+    import keras
+
+    from autotl.cache import FeatureCache
+    from autotl.model import build_base
+    from autotl.train import TrialParams, train_trial
+    from autotl.weights import ResolvedWeights
+
+    random = ResolvedWeights(None, None, "random")
+    spec = registry.backbone("tiny")
+    keras.utils.set_random_seed(0)
+    base = build_base(spec, random)
+    params = TrialParams(**{**TINY_TRIAL, **overrides})
+    report = (lambda step, value: reports.append((step, value))) if reports is not None else None
+    cache = FeatureCache(tmp_path / "cache")
+    result = train_trial(spec, params, lambda: base, dataset, cache, random, report)
+    return spec, base, cache, result

@@ -201,3 +201,30 @@ def test_cli_answers_in_one_line(run, tmp_path: Path, capsys) -> None:
     assert "\n" not in str(exc.value)
     with pytest.raises(UsageError, match="does not exist"):
         cli(str(tmp_path / "nope.keras"))
+
+
+def test_an_ensemble_file_is_recorded_once_per_member_and_described_with_each(
+    run, tmp_path: Path
+) -> None:
+    from autotl.lineage import describe
+
+    url, model = run
+    other = trial(5, 0.9)
+    other.params = {**other.params, "backbone": "tiny2"}
+    other.user_attrs = {**other.user_attrs, "weights_sha256": "b" * 64}
+    ids = [
+        record_model(url, "autotl", t, model, "ensemble_export", data=DATA)
+        for t in (trial(), other, trial())  # recording again returns the first id
+    ]
+    assert ids[0] != ids[1] and ids[2] == ids[0]
+    found = find_model(url, model)
+    assert [(m["trial_number"], m["backbone"], m["weights_sha256"]) for m in found["members"]] == [
+        (3, "tiny", "a" * 64),
+        (5, "tiny2", "b" * 64),
+    ]
+    line = describe(found, "model.keras")
+    assert "ensemble export of trials 3, 5" in line and "tiny2" in line and "bbbbbbbbbbbb" in line
+    single = tmp_path / "single.keras"
+    single.write_bytes(b"another model")
+    record_model(url, "autotl", trial(), single, "export", data=DATA)
+    assert find_model(url, single)["members"] == []

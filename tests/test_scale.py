@@ -156,8 +156,8 @@ def test_a_disk_that_fills_during_the_cache_build_is_one_line_and_nothing_is_hal
             stop.set()
             filler.join()
         assert (disk / "filler").exists(), "the build ended before the disk could be filled"
-        assert_one_line_error(
-            proc, f"the disk of the feature cache {cache} filled up", "--cache-dir"
+        assert_one_line_error(  # after the data's advice (a warning), the one error line
+            proc, f"the disk of the feature cache {cache} filled up", "--cache-dir", warnings=True
         )
         assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
         assert load_study(f"sqlite:///{out / 'study.db'}", "autotl").trials == []  # untouched
@@ -185,3 +185,41 @@ def test_npy_rows_reads_slices_indices_and_single_rows_like_the_array(tmp_path: 
     np.testing.assert_array_equal(np.asarray(rows), array)
     with pytest.raises(IndexError):
         rows[7]
+
+
+ORPHAN = r"""
+import os, sys
+from autotl.decoding import _pool
+pool = _pool(2)
+print(" ".join(str(p) for p in pool._processes), flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_decoding_processes_exit_when_their_parent_is_killed() -> None:
+    """A search or export killed with SIGKILL leaves no decoding process behind (holding its pipes open)."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+    assert proc.stdout.read() == ""  # every writer of the pipe is gone: EOF, not a hang
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_TRIAL, tiny_trial
 
 from autotl.cache import FeatureCache
 from autotl.model import build_base, submodel
@@ -15,36 +16,7 @@ RANDOM = ResolvedWeights(None, None, "random")
 
 
 def run(registry, dataset, tmp_path: Path, reports=None, **overrides):
-    import keras
-
-    spec = registry.backbone("tiny")
-    keras.utils.set_random_seed(0)
-    base = build_base(spec, RANDOM)
-    params = TrialParams(
-        **{
-            "backbone": "tiny",
-            "head_width": 16,
-            "dropout": 0.0,
-            "unfreeze_blocks": 1,
-            "phase1_lr": 1e-2,
-            "finetune_lr": 1e-3,
-            "phase1_epochs": 80,
-            "phase1_patience": 3,
-            "phase2_epochs": 4,
-            "phase2_patience": 2,
-            "head_loss_threshold": 5.0,
-            "batch_size": 8,
-            **overrides,
-        }
-    )
-    report = (lambda step, value: reports.append((step, value))) if reports is not None else None
-    cache = FeatureCache(tmp_path / "cache")
-    return (
-        spec,
-        base,
-        cache,
-        train_trial(spec, params, lambda: base, dataset, cache, RANDOM, report),
-    )
+    return tiny_trial(registry, dataset, tmp_path, reports, **overrides)
 
 
 def test_learning_rate_rule_is_enforced_in_code() -> None:
@@ -160,20 +132,7 @@ def test_a_boundary_not_cached_is_streamed_from_pixels_and_trains_as_the_cached_
     import keras
 
     spec = registry.backbone("tiny")
-    overrides = {
-        "backbone": "tiny",
-        "head_width": 16,
-        "dropout": 0.0,
-        "unfreeze_blocks": 1,
-        "phase1_lr": 1e-2,
-        "finetune_lr": 1e-3,
-        "phase1_epochs": 80,
-        "phase1_patience": 3,
-        "phase2_epochs": 3,
-        "phase2_patience": 3,
-        "head_loss_threshold": 5.0,
-        "batch_size": 8,
-    }
+    overrides = {**TINY_TRIAL, "phase2_epochs": 3, "phase2_patience": 3}
     results = {}
     for name in ("cached", "streamed"):
         keras.utils.set_random_seed(0)

@@ -6,42 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import COLOURS, write_images
+from helpers import COLOURS, tiny_trial, write_images
 
-from autotl.cache import FeatureCache
 from autotl.fitting import fit_head
-from autotl.model import build_base, build_head
-from autotl.train import Gate, TrialParams, train_trial
-from autotl.weights import ResolvedWeights
-
-RANDOM = ResolvedWeights(None, None, "random")
+from autotl.model import build_head
+from autotl.train import Gate
 
 
 def trial(registry, dataset, tmp_path: Path, **overrides):
-    import keras
-
-    spec = registry.backbone("tiny")
-    keras.utils.set_random_seed(0)
-    base = build_base(spec, RANDOM)
-    params = TrialParams(
-        **{
-            "backbone": "tiny",
-            "head_width": 16,
-            "dropout": 0.0,
-            "unfreeze_blocks": 1,
-            "phase1_lr": 1e-2,
-            "finetune_lr": 1e-3,
-            "phase1_epochs": 80,
-            "phase1_patience": 3,
-            "phase2_epochs": 4,
-            "phase2_patience": 2,
-            "head_loss_threshold": 5.0,
-            "batch_size": 8,
-            **overrides,
-        }
-    )
-    cache = FeatureCache(tmp_path / "cache")
-    return train_trial(spec, params, lambda: base, dataset, cache, RANDOM)
+    return tiny_trial(registry, dataset, tmp_path, **overrides)[3]
 
 
 def check_scores_are_the_restored_epochs(result) -> None:

@@ -5,7 +5,6 @@ The formats themselves (which files, how written and read back) are rows of the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,21 +113,3 @@ def _tf_variables(model: Any) -> list[Any]:
     (VAR_HANDLE/READ_VARIABLE ops) and the .tflite file outputs NaN.
     """
     return [getattr(v, "value", v) for v in model.variables]
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Any:
-    """Close file descriptor 2 for a block (TensorFlow's C++ logging ignores Python); errors still raise."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

@@ -91,10 +91,6 @@ def export(
     dataset, same_data = _dataset(run, data, plugins, notes)
     if ensemble or tta:
         run = open_variant(run, dataset, ensemble, tta, registry, weights, plugins, say)
-        notes.append(
-            f"the lineage tables record one trial per model file, so this {run.variant['name']} export is not "
-            "recorded there (`autotl lineage` does not know it); parity.json's `exported` names its members"
-        )
     model, size = _load_model(run, say)
     say(f"checking the model reproduces {_what(run)}'s validation score")
     check = check_variant_reproduces if run.variant else _check_reproduces
@@ -114,8 +110,7 @@ def export(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if run.variant is None:
-        _record_lineage(run, out, rows, dataset, notes)
+    _record_lineage(run, out, rows, dataset, notes)
     return ExportResult(
         out, run.trial.number, run.class_names, _files(out, rows), parity, size, notes, run.variant
     )
@@ -255,15 +250,20 @@ def _record_lineage(
         from autotl.lineage import record_model
 
         summary = run.data_summary or {"source": dataset.source, "fingerprint": dataset.fingerprint}
+        # an ensemble is recorded once per member (each with its backbone and weights)
+        members = sorted(run.variant["members"]) if run.variant else [run.trial.number]
+        trials = {t.number: t for t in run.study.get_trials(deepcopy=False)}
+        kind = "ensemble_export" if len(members) > 1 else "export"
         for name in (n for f in rows for n in f.recorded()):
             if (out / name).is_file():
-                record_model(
-                    run.storage_url,
-                    run.study.study_name,
-                    run.trial,
-                    out / name,
-                    "export",
-                    data=summary,
-                )
+                for number in members:
+                    record_model(
+                        run.storage_url,
+                        run.study.study_name,
+                        trials[number],
+                        out / name,
+                        kind,
+                        data=summary,
+                    )
     except Exception as exc:  # the verified files are in place; say why lineage is missing
         notes.append(f"lineage not recorded ({first_line(exc)[:200]})")

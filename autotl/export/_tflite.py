@@ -10,8 +10,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from autotl._stderr import stderr_silenced
 from autotl.data import resize_images
-from autotl.export._common import TFLITE_FILE, Predict, _quiet, _stderr_silenced, _tf_variables
+from autotl.export._common import TFLITE_FILE, Predict, _quiet, _tf_variables
 from autotl.export._format import Format, Loaded, WriteContext
 
 
@@ -23,7 +24,7 @@ def _interpreter(model_path: Path) -> Any:
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
-    with _stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    with stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         interpreter = Interpreter(model_path=str(model_path))
         interpreter.allocate_tensors()
     return interpreter
@@ -104,7 +105,7 @@ def convert(
         converter.inference_output_type = tf.uint8
     with (
         warnings.catch_warnings(),
-        _stderr_silenced(),
+        stderr_silenced(),
     ):  # the converter's C++ notes ("fully_quantize: 0, ...")
         warnings.simplefilter("ignore")
         return converter.convert()

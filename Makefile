@@ -36,7 +36,7 @@ test: lint
 
 # the inner loop: the same checks, and every test not marked slow (under two minutes)
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 serving: $(STAMP)
 	$(MAKE) -C serving/java PYTHON=$(abspath $(BIN))/python

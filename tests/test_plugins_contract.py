@@ -128,7 +128,15 @@ class _Requested(Exception):
     """Raised by a stand-in for Keras' ``get_file``: what Keras would have downloaded."""
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "spec",
+    # the MobileNets in the inner loop (make test-fast); every other family in the full suite
+    [
+        s if s.name.startswith("mobilenet") else pytest.param(s, marks=pytest.mark.slow)
+        for s in SPECS
+    ],
+    ids=lambda s: s.name,
+)
 def test_weights_file_is_what_keras_downloads(spec, monkeypatch):
     from keras.src.utils import file_utils
 

@@ -124,6 +124,7 @@ def test_unfreeze_all_trains_the_whole_base_from_pixels_when_the_space_asks(
         assert "stem_conv" in result.trained_weights()
 
 
+@pytest.mark.slow
 def test_a_boundary_not_cached_is_streamed_from_pixels_and_trains_as_the_cached_one(
     registry, tiny_dataset, tmp_path: Path
 ) -> None:

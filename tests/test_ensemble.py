@@ -440,9 +440,7 @@ def test_export_ensemble_writes_every_format_with_parity(exported, selected, tes
         "ensemble of trials" in card and "flip test-time augmentation" in card and "Caruana" in card
     )
     # the lineage tables know the exported files: one record per member, with its backbone and weights
-    from autotl.lineage import lineage_of
-
-    record = lineage_of(out / "model.keras")
+    record = selected[0].lineage(out / "model.keras")
     assert record["kind"] == "ensemble_export"
     assert sorted(m["trial_number"] for m in record["members"]) == sorted(sel.members)
     assert all(m["backbone"] for m in record["members"])

@@ -205,7 +205,7 @@ def default_workers() -> int:
 _POOLS: dict[int, Any] = {}
 
 
-def _start_worker() -> None:
+def _start_worker(parent: int) -> None:
     """A worker process: Ctrl-C is the main process's to handle; Pillow's warnings are dropped (the reason counts);
     it exits when its parent is gone (killed with SIGKILL, say), rather than living on as an orphan
     that holds the parent's output pipes open."""
@@ -214,9 +214,8 @@ def _start_worker() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore")
-    parent = os.getppid()
 
-    def watch() -> None:
+    def watch() -> None:  # ``parent`` comes from the parent: it may be gone before this runs
         while os.getppid() == parent:
             time.sleep(0.2)
         os._exit(0)
@@ -258,7 +257,10 @@ def _pool(workers: int) -> Any:
             import multiprocessing
 
             pool = ProcessPoolExecutor(
-                workers, multiprocessing.get_context("spawn"), initializer=_start_worker
+                workers,
+                multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(os.getpid(),),
             )
             with _without_main():  # every worker is started now, none later
                 for started in [pool.submit(os.getpid) for _ in range(workers)]:

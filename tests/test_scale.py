@@ -122,8 +122,15 @@ def _fill_when_the_build_starts(cache: Path, stop: threading.Event) -> None:
     while not stop.is_set():
         if any(".tmp" in p.name for p in cache.glob("*")):
             with open(cache.parent / "filler", "wb") as f:
-                free = os.statvfs(cache).f_bavail * os.statvfs(cache).f_frsize
-                os.posix_fallocate(f.fileno(), 0, max(free - 4096, 4096))
+                # all but the last few kB, in halving chunks: the build takes space meanwhile
+                st = os.statvfs(cache)
+                offset, chunk = 0, max(st.f_bavail * st.f_frsize - 4096, 4096)
+                while chunk >= 4096:
+                    try:
+                        os.posix_fallocate(f.fileno(), offset, chunk)
+                        offset += chunk
+                    except OSError:
+                        chunk //= 2
             return
         time.sleep(0.002)
 

@@ -136,3 +136,38 @@ def tiny_trial(registry, dataset, tmp_path: Path, reports: list | None = None, *
     cache = FeatureCache(tmp_path / "cache")
     result = train_trial(spec, params, lambda: base, dataset, cache, random, report)
     return spec, base, cache, result
+
+
+WITHOUT_AUTOTL = r"""
+import importlib.util, json, sys
+sys.path.append(sys.argv.pop(1))  # site-packages only: no editable-install finder, no repository on the path
+assert importlib.util.find_spec("autotl") is None, "autotl is importable"
+"""
+
+
+def run_without_autotl(code: str, *args: str, cwd: Path) -> object:
+    """Run ``code`` (``sys.argv[1:]`` are ``args``) in a Python where only site-packages is on the path
+    and autotl cannot be imported, as on a machine that serves the model; its last stdout line, as JSON."""
+    import json
+    import subprocess
+    import sysconfig
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            WITHOUT_AUTOTL + code,
+            sysconfig.get_paths()["purelib"],
+            *args,
+        ],
+        cwd=cwd,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

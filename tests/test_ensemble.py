@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from helpers import (
     assert_one_line_error,
     needs_shared,
     run_cli,
+    run_without_autotl,
     write_images,
 )
 from hypothesis import given, settings
@@ -447,12 +446,9 @@ def test_export_ensemble_writes_every_format_with_parity(exported, selected, tes
 
 
 CHILD = r"""
-import importlib.util, json, sys
-sys.path.append(sys.argv[1])  # site-packages only: no editable-install finder, no repository on the path
-assert importlib.util.find_spec("autotl") is None, "autotl is importable"
 import numpy as np, keras
-model = keras.saving.load_model(sys.argv[2], safe_mode=True)
-x = np.load(sys.argv[3]).astype("float32")
+model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+x = np.load(sys.argv[2]).astype("float32")
 print(json.dumps(model(x, training=False).numpy().tolist()))
 """
 
@@ -464,26 +460,11 @@ def test_exported_ensemble_loads_with_safe_mode_where_autotl_is_not_importable(
     image = test_images.load(0)
     batch = np.stack([image, image[::-1], image[:, ::-1]])  # one size per batch
     np.save(tmp_path / "x.npy", batch)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-S",
-            "-c",
-            CHILD,
-            sysconfig.get_paths()["purelib"],
-            str(exported.out_dir / "model.keras"),
-            str(tmp_path / "x.npy"),
-        ],
-        cwd=tmp_path,
-        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    got = np.asarray(
+        run_without_autotl(
+            CHILD, str(exported.out_dir / "model.keras"), str(tmp_path / "x.npy"), cwd=tmp_path
+        )
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = np.asarray(json.loads(proc.stdout.strip().splitlines()[-1]))
     import keras
 
     want = keras.saving.load_model(exported.out_dir / "model.keras", safe_mode=True)(

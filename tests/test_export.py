@@ -11,12 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_SPACE, call_cli
+from helpers import TINY_SPACE, call_cli, run_without_autotl
 
 from autotl.errors import UsageError
 from autotl.export import (
@@ -214,16 +213,13 @@ def test_wilson_interval() -> None:
 
 
 CHILD = r"""
-import importlib.util, json, sys
-sys.path.append(sys.argv[1])  # site-packages only: no editable-install finder, no repository on the path
-assert importlib.util.find_spec("autotl") is None, "autotl is importable"
 try:
     import autotl
     raise SystemExit("import autotl worked")
 except ModuleNotFoundError:
     pass
 import numpy as np, keras, tensorflow as tf
-out, inputs = sys.argv[2], sys.argv[3]
+out, inputs = sys.argv[1], sys.argv[2]
 spec = json.load(open(inputs + "/spec.json"))
 model = keras.saving.load_model(out + "/model.keras", safe_mode=True)
 res = {"keras": [model(np.load(inputs + "/" + f).astype("float32"), training=False).numpy().tolist() for f in spec["arrays"]]}
@@ -272,28 +268,11 @@ def fresh(exported, val_images, tmp_path_factory: pytest.TempPathFactory) -> dic
     Image.fromarray(rgba, "RGBA").save(inputs / "alpha.png")
     files = ["plain.png", "photo.jpg", "alpha.png"]
     (inputs / "spec.json").write_text(json.dumps({"arrays": list(arrays), "files": files}))
-    cwd = tmp_path_factory.mktemp("fresh_cwd")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-S",
-            "-c",
-            CHILD,
-            sysconfig.get_paths()["purelib"],
-            str(exported.out_dir),
-            str(inputs),
-        ],
-        cwd=cwd,
-        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_without_autotl(
+        CHILD, str(exported.out_dir), str(inputs), cwd=tmp_path_factory.mktemp("fresh_cwd")
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     return {
-        "result": json.loads(proc.stdout.strip().splitlines()[-1]),
+        "result": result,
         "arrays": arrays,
         "files": [inputs / f for f in files],
     }

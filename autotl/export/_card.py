@@ -1,7 +1,7 @@
 """MODEL_CARD.md: the data, the metrics with their uncertainty, the model, the files and how to call them, the limits.
 
 Each section is one function of :class:`CardFacts` returning its lines;
-:func:`model_card` joins them.  The formats and their usage come from the
+:func:`render_card` joins them.  The formats and their usage come from the
 format table, the metrics from the study's objectives.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.export._common import CARD_FILE, FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, LABELS_FILE
 from autotl.export._format import Format
@@ -92,15 +92,15 @@ def card_facts(
     )
 
 
-def write_card(facts: CardFacts) -> Path:
+def write_card(facts: CardFacts, sections: Optional[Sequence[Section]] = None) -> Path:
+    """``MODEL_CARD.md`` in the export folder, from ``sections`` (default: a single trial's card)."""
     path = facts.folder / CARD_FILE
-    path.write_text(model_card(facts), encoding="utf-8")
+    path.write_text(render_card(facts, sections or SECTIONS), encoding="utf-8")
     return path
 
 
-def model_card(c: CardFacts) -> str:
-    """The card: its sections in order, each one function."""
-    sections = (_header, _data, _metrics, _model, _training, _formats, _parity, _limits, _warnings)
+def render_card(c: CardFacts, sections: Sequence[Section]) -> str:
+    """The card: its sections in order, each one function; an empty section is left out."""
     parts = [section(c) for section in sections]
     return "\n\n".join("\n".join(part) for part in parts if part) + "\n"
 
@@ -374,3 +374,17 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+Section = Callable[[CardFacts], Lines]
+SECTIONS: tuple[Section, ...] = (
+    _header,
+    _data,
+    _metrics,
+    _model,
+    _training,
+    _formats,
+    _parity,
+    _limits,
+    _warnings,
+)

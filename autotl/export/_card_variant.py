@@ -19,20 +19,13 @@ from autotl.export._card import (
     _parity,
     _pct,
     _warnings,
+    write_card,
 )
-from autotl.export._common import CARD_FILE
 
 
 def write_variant_card(facts: CardFacts) -> Path:
-    path = facts.folder / CARD_FILE
-    path.write_text(variant_card(facts), encoding="utf-8")
-    return path
-
-
-def variant_card(c: CardFacts) -> str:
-    sections = (_header, _data, _metrics, _model, _formats, _parity, _limits, _warnings)
-    parts = [section(c) for section in sections]
-    return "\n\n".join("\n".join(part) for part in parts if part) + "\n"
+    """The card of an ensemble or TTA export: its own header, metrics and model sections."""
+    return write_card(facts, VARIANT_SECTIONS)
 
 
 def _title(v: dict[str, Any]) -> str:
@@ -136,3 +129,6 @@ def _model(c: CardFacts) -> Lines:
             f"{_pct(acc) if acc is not None else '-'} |"
         )
     return lines
+
+
+VARIANT_SECTIONS = (_header, _data, _metrics, _model, _formats, _parity, _limits, _warnings)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import SearchStopped, UsageError, first_line
-from autotl.failures import MAX_FAILURES
-from autotl.runfolder import KERAS_TUNER, OPTUNA, RunFolder
+from autotl.run.folder import KERAS_TUNER, OPTUNA, RunFolder
+from autotl.search.failures import MAX_FAILURES
 
 __all__ = ["search", "Run", "ENGINES", "TUNERS"]
 
@@ -69,7 +69,9 @@ class _Plan:
     )  # the JSON-able arguments, for extra workers
     unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
     explicit: bool = False  # backbones named with --backbone: each must be usable
-    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # see autotl.failures
+    session: str = field(
+        default_factory=lambda: uuid.uuid4().hex[:12]
+    )  # see autotl.search.failures
 
 
 def search(
@@ -138,9 +140,9 @@ def search(
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
-    from autotl.allocator import return_large_buffers
+    from autotl.training.allocator import return_large_buffers
 
-    return_large_buffers()  # memory flat in the data's size (see autotl/allocator.py)
+    return_large_buffers()  # memory flat in the data's size (see autotl/training/allocator.py)
     kwargs = {
         "data": os.fspath(data) if data is not None else None,
         "sample": sample,
@@ -236,9 +238,9 @@ def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
 
 def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Event) -> _Plan:
     """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
-    from autotl.registry import get_registry
-    from autotl.space import SearchSpace, apply_objectives, apply_screening, load_space
-    from autotl.weights import WeightsSource
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.search.space import SearchSpace, apply_objectives, apply_screening, load_space
 
     if isinstance(space, SearchSpace):
         space_obj, space_file = space, None
@@ -301,7 +303,7 @@ def _default_command() -> str:
 
 def _scale_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The scale options, checked: decode workers, cache folder, budget and dtype, mixed precision, artifact store."""
-    from autotl.cache import DTYPES, parse_bytes
+    from autotl.training.cache import DTYPES, parse_bytes
 
     workers = kwargs.get("decode_workers")
     if workers is not None and workers < 0:
@@ -328,8 +330,8 @@ def _scale_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _load_data(kwargs: dict[str, Any], space: Any, registry: Any, out: Path, emit: Event) -> Any:
     """The data set with its test split (``test/`` or the space's ``test_fraction``); a folder is
     scanned with the run folder's manifest, so only new or changed files are read."""
-    from autotl import data as data_mod
-    from autotl.holdout import add_test_split
+    from autotl.data import dataset as data_mod
+    from autotl.data.holdout import add_test_split
 
     data, sample = kwargs["data"], kwargs["sample"]
     if (data is None) == (sample is None):
@@ -374,8 +376,8 @@ def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
 
 def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
     """One line each: class imbalance (recommending balanced accuracy), and no test split where one could be spared."""
-    from autotl.holdout import recommendation
-    from autotl.imbalance import imbalance_warning
+    from autotl.data.holdout import recommendation
+    from autotl.data.imbalance import imbalance_warning
 
     warning = imbalance_warning(dataset, space.objectives, space.class_weight)
     if warning:
@@ -393,7 +395,7 @@ def _test_count(dataset: Any) -> str:
 
 def _keras_tuner_objectives(space: Any) -> None:
     """keras-tuner optimises one objective the trainer measures, without constraints."""
-    from autotl.objective import Objectives
+    from autotl.scoring.objective import Objectives
 
     objectives = Objectives.of(space.objectives, space.constraints)
     if len(objectives) > 1 or objectives.constraints or objectives.needs_deploy_costs:
@@ -414,7 +416,7 @@ def _available(
     weight file whose hash is wrong is never skipped over.  The skipped ones
     stay in the space: a resumed study keeps the backbones it was created with.
     """
-    from autotl.weights import WeightsMissing, resolve_weights
+    from autotl.backbones.weights import WeightsMissing, resolve_weights
 
     names = list(explicit) or list(space.backbones)
     unavailable: dict[str, str] = {}
@@ -435,8 +437,8 @@ def _available(
 
 
 def _config(plan: _Plan, worker_index: int = 0) -> Any:
-    from autotl.deploy_costs import measure_deploy_costs
-    from autotl.optuna_engine import SearchConfig
+    from autotl.export import measure_deploy_costs
+    from autotl.search.optuna_engine import SearchConfig
 
     return SearchConfig(
         out=plan.out,
@@ -475,7 +477,7 @@ def _run_optuna(
     worker_index: int = 0,
 ) -> Any:
     """This process is worker ``worker_index``; with ``workers`` > 1 it starts the others and waits for them."""
-    from autotl.optuna_engine import run_search
+    from autotl.search.optuna_engine import run_search
 
     cfg = _config(plan, worker_index)
     emit(
@@ -542,8 +544,8 @@ def run_worker(
     config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
 ) -> Any:
     """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
-    from autotl.allocator import return_large_buffers
-    from autotl.space import SearchSpace
+    from autotl.search.space import SearchSpace
+    from autotl.training.allocator import return_large_buffers
 
     return_large_buffers()
     kwargs = json.loads(Path(config_file).read_text())
@@ -575,7 +577,7 @@ def _usable(plan: _Plan) -> list[str]:
 
 def _checked_space(plan: _Plan, emit: Event) -> Any:
     """The space with only the backbones that have weights and pass their checks (keras-tuner's choices)."""
-    from autotl.prechecks import precheck_backbones
+    from autotl.search.prechecks import precheck_backbones
 
     run = RunFolder(plan.out)
     run.prepare()
@@ -610,7 +612,9 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
             f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"
         }
     )
-    from autotl.keras_tuner import run_keras_tuner_search  # TensorFlow: after the "info" event
+    from autotl.search.keras_tuner import (
+        run_keras_tuner_search,  # TensorFlow: after the "info" event
+    )
 
     records = run_keras_tuner_search(
         _checked_space(plan, emit),
@@ -649,7 +653,7 @@ class Run:
         registry: Any = None,
         engine: str = OPTUNA,
     ) -> None:
-        from autotl.weights import WeightsSource
+        from autotl.backbones.weights import WeightsSource
 
         self.folder = RunFolder(path)
         self.storage_url = self.folder.require(storage)
@@ -684,7 +688,7 @@ class Run:
 
     @property
     def objectives(self) -> Any:
-        from autotl.objective import Objectives
+        from autotl.scoring.objective import Objectives
 
         return Objectives.of_study(self.study)
 
@@ -692,7 +696,7 @@ class Run:
     def best_trial(self) -> Any:
         """The best complete trial (Optuna's ``FrozenTrial``) by the run's objectives, or None (also when
         no complete trial meets the run's constraints)."""
-        from autotl.objective import best_trial
+        from autotl.scoring.objective import best_trial
 
         return best_trial(self.study)
 
@@ -707,7 +711,7 @@ class Run:
 
     def no_best_reason(self) -> str:
         """Why there is no best trial, in one line: no complete trial yet, or none meets the constraints."""
-        from autotl.objective import complete_trials
+        from autotl.scoring.objective import complete_trials
 
         complete = complete_trials(self.study)
         if not complete:
@@ -719,8 +723,8 @@ class Run:
         )
 
     def pick(self, condition: str) -> Any:
-        """The best complete trial that meets ``condition`` (``"latency_ms<=15"``, see :mod:`autotl.pick`)."""
-        from autotl.pick import pick_trial
+        """The best complete trial that meets ``condition`` (``"latency_ms<=15"``, see :mod:`autotl.search.pick`)."""
+        from autotl.search.pick import pick_trial
 
         return pick_trial(self.study, condition)
 
@@ -743,7 +747,7 @@ class Run:
             raise UsageError(self.no_best_reason())
         if self.folder.best_trial_number() == best.number:
             return self.folder.best_model()
-        from autotl.trial_models import trial_model
+        from autotl.run.trial_models import trial_model
 
         return trial_model(
             self.folder,
@@ -792,8 +796,8 @@ class Run:
         """``best_model.keras`` as the study's best trial's, when this machine can make it (else the report says so)."""
         if str(self.study.user_attrs.get("engine") or OPTUNA) != OPTUNA:
             return
-        from autotl.registry import get_registry
-        from autotl.trial_models import update_best_model, weights_of_run
+        from autotl.backbones.registry import get_registry
+        from autotl.run.trial_models import update_best_model, weights_of_run
 
         try:
             registry = self._registry or get_registry(self.plugins)
@@ -854,7 +858,7 @@ class Run:
     ) -> Any:
         """Choose an ensemble of the top ``k`` trials (default: the space's ``ensemble.top_k``, else 8) by
         ensemble selection on the validation images, and score it beside the best single model, each with
-        and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.ImageSet`` in
+        and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.dataset.ImageSet`` in
         the run's class order, described by ``test_source``; default: the data set's test split, if it has
         one).  With ``latency``, each
         is timed through TFLite.  ``init`` best models start the selection; ``bags`` > 0 bags it.
@@ -949,8 +953,8 @@ class Run:
 
     def _share_export(self, result: Any) -> None:
         """Put the export in the study's artifact store (one ``.tar``), listed in the study's ``exports``."""
-        from autotl.artifacts import upload_folder
-        from autotl.trial_models import study_store
+        from autotl.run.artifacts import upload_folder
+        from autotl.run.trial_models import study_store
 
         try:
             what = "ensemble" if result.variant else f"trial-{result.trial:04d}"
@@ -966,7 +970,7 @@ class Run:
     def lineage(self, model_file: str | os.PathLike | None = None) -> Any:
         """The lineage record of ``model_file`` (default: the best model), or, with ``model_file=None`` and no best
         model yet, every model the run recorded."""
-        from autotl.lineage import lineage_of, list_models
+        from autotl.run.lineage import lineage_of, list_models
 
         if model_file is None:
             best = self.folder.best_model()

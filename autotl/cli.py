@@ -465,7 +465,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _check_targets(args: argparse.Namespace) -> list[Any]:
     """The specs ``plugins check TARGET`` means: one backbone by name, or every backbone of a plugin module."""
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
 
     if not args.target:
         raise UsageError(
@@ -500,8 +500,8 @@ def _check_plugins(args: argparse.Namespace) -> int:
     :func:`main`, for a usage error).  With ``--weights-dir`` (or ``--weights
     imagenet``) the weight file is hashed and loaded too, and the loaded base checked.
     """
+    from autotl.backbones.weights import WeightsSource
     from autotl.testing import check_backbone, check_pretrained
-    from autotl.weights import WeightsSource
 
     specs = _check_targets(args)
     source = (
@@ -536,9 +536,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return _check_plugins(args)
     from rich.table import Table
 
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsMismatch, WeightsSource, resolve_weights
     from autotl.ui import console
-    from autotl.weights import WeightsMismatch, WeightsSource, resolve_weights
 
     registry = get_registry(args.plugin)
     for message in registry.warnings:
@@ -588,7 +588,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from autotl.lineage import describe, describe_deployment, lineage_of
+    from autotl.run.lineage import describe, describe_deployment, lineage_of
 
     record = lineage_of(args.model, args.storage)
     if args.json:

@@ -26,7 +26,7 @@ def predict_files(
     """
     import numpy as np
 
-    from autotl.data import BadImage, decode_image
+    from autotl.data.dataset import BadImage, decode_image
 
     out: list = [None] * len(files)
     for start in range(0, len(files), PREDICT_CHUNK):

@@ -92,7 +92,7 @@ def specs_of(*plugins: Any) -> list[BackboneSpec]:
     import pluggy
 
     from autotl import hookspec
-    from autotl.registry import hook_items, import_plugin, register_plugin
+    from autotl.backbones.registry import hook_items, import_plugin, register_plugin
 
     pm = pluggy.PluginManager(hookspec.PROJECT)
     pm.add_hookspecs(hookspec)
@@ -120,7 +120,7 @@ def check_preprocessing(
 ) -> list[str]:
     """Check the preprocessing autotl bakes into the model; no backbone is built.
 
-    The layer from :func:`autotl.preprocess.preprocessing_layer` must compute
+    The layer from :func:`autotl.backbones.preprocess.preprocessing_layer` must compute
     ``spec.preprocessing.apply``, must equal ``reference`` (default:
     ``spec.preprocess_input``, when given) on the same random 0..255 pixels,
     and must send 0..255 into the range of its mode (``PREPROCESSING_RANGES``).
@@ -129,7 +129,7 @@ def check_preprocessing(
     """
     import numpy as np
 
-    from autotl.preprocess import preprocessing_layer
+    from autotl.backbones.preprocess import preprocessing_layer
     from autotl.spec import Preprocessing
 
     check = "preprocessing"
@@ -219,7 +219,7 @@ def _check_base(
     import keras
     import numpy as np
 
-    from autotl.preprocess import preprocessing_layer
+    from autotl.backbones.preprocess import preprocessing_layer
 
     check = "build"
     if not isinstance(base, keras.Model):
@@ -270,7 +270,7 @@ def _check_blocks(
             check,
             f"{spec.block_pattern!r} matches no layer of the base, whose layers are named like {sample}",
         )
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     boundaries = block_boundaries(base, spec.block_pattern)
     if not boundaries:
@@ -341,7 +341,7 @@ def _check_stable_names(
     trained by name, but Keras names an unnamed layer by a process-wide counter
     (``conv2d_93``), which moves with every model built before.
     """
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     again = spec.build((*size, 3), None)
     check = "layer names"
@@ -379,7 +379,7 @@ def check_backbone(spec: BackboneSpec, size: Optional[tuple[int, int]] = None) -
        Without ``size``, the first of 64x64, 96x96 and then the declared sizes
        that builds is used, to stay cheap;
     4. ``block_pattern`` matches some layer, and every block boundary (see
-       :func:`autotl.model.block_boundaries`) is a single-tensor cut with weights
+       :func:`autotl.training.model.block_boundaries`) is a single-tensor cut with weights
        above it: ``top(bottom(x))`` equals ``base(x)`` on a random batch of two.
        A pattern that matches layers but no cut is allowed: autotl then trains
        only the head on this backbone;
@@ -411,7 +411,7 @@ def check_pretrained(
 ) -> tuple[Any, list[str]]:
     """The cheap checks on the base a search would use: built at ``input_size`` with the weights of ``source``.
 
-    ``source`` is an :class:`autotl.weights.WeightsSource`.  The weight file's
+    ``source`` is an :class:`autotl.backbones.weights.WeightsSource`.  The weight file's
     hash (``SHA256SUMS`` or the spec's) and format (its ending and first bytes)
     are checked, the file is loaded by ``build``, and the base is checked as
     :func:`check_backbone` checks it: preprocessing equal to
@@ -421,9 +421,9 @@ def check_pretrained(
     raises ``AssertionError``, weights that cannot be had raise
     :class:`autotl.UsageError` (``WeightsMissing``, ``WeightsMismatch``).
     """
+    from autotl.backbones.weights import resolve_weights, weight_file_problem
     from autotl.errors import TrialFailed
-    from autotl.model import build_base
-    from autotl.weights import resolve_weights, weight_file_problem
+    from autotl.training.model import build_base
 
     problems = spec.validate()
     if problems:

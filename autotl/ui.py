@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from autotl._stderr import stderr_silenced
-from autotl.objective import Objectives, trial_metrics
+from autotl.scoring.objective import Objectives, trial_metrics
 
 __all__ = [
     "SearchProgress",
@@ -267,7 +267,7 @@ def records_table(
 
     A record has ``number``, ``state`` (an Optuna state name), ``params`` and
     ``user_attrs`` (whose ``metrics`` the objectives read), as
-    :func:`autotl.keras_tuner.run_keras_tuner_search` returns them.
+    :func:`autotl.search.keras_tuner.run_keras_tuner_search` returns them.
     """
     from rich.table import Table
 

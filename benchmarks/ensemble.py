@@ -65,7 +65,7 @@ def _held_out(keys: list[str], labels: list[int], share: float, seed: int) -> se
 
 def _hymenoptera(root: Path, seed: int):
     """train/ as is; val/ halved into the search's val/ and the held-out test set (symlinks)."""
-    from autotl.data import ImageSet
+    from autotl.data.dataset import ImageSet
 
     src = SHARED / "data" / "hymenoptera"
     classes = sorted(p.name for p in (src / "val").iterdir() if p.is_dir())
@@ -91,8 +91,8 @@ def _digits(root: Path, seed: int):
     """20% held out; the rest written as PNG files in class folders (the search splits them itself)."""
     from PIL import Image
 
-    from autotl.data import ImageSet
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
+    from autotl.data.dataset import ImageSet
 
     images, labels, names = get_registry([]).sample("digits").load()
     keys = [hashlib.sha256(im.tobytes()).hexdigest() + f"-{i}" for i, im in enumerate(images)]
@@ -143,9 +143,8 @@ def _reference_rows(run, selection, test, bags: int = 20) -> tuple[list[dict], d
     """Rows the product does not offer, for comparison, from the cached predictions (no model runs again):
     the plain mean of the top 3 and of the top K candidates, and selection bagged over ``bags`` halves; and
     every row's paired comparison with the best single model on the test images."""
-    from autotl import caruana
-    from autotl.ensemble import Score, mix
-    from autotl.ensemble_predictions import input_sizes, largest, predictions, split_key
+    from autotl.ensemble import Score, caruana, mix
+    from autotl.ensemble.predictions import input_sizes, largest, predictions, split_key
 
     study, folder = run.study, run.folder
     dataset, _ = folder.reload_dataset(study=study)
@@ -208,9 +207,9 @@ def _latency_rounds(run, selection, rounds: int) -> dict[str, dict]:
     import keras
 
     from autotl.ensemble import variant_model
+    from autotl.export import measure_tflite_latency
     from autotl.export._common import _input_size
     from autotl.export._tflite import convert
-    from autotl.latency import measure_tflite_latency
 
     tflite = {}
     for v in selection.variants:
@@ -236,7 +235,7 @@ def _latency_rounds(run, selection, rounds: int) -> dict[str, dict]:
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
     import autotl
-    from autotl.space import SearchSpace
+    from autotl.search.space import SearchSpace
 
     root = Path(args.out) / f"{name}-seed{args.seed}"  # reused when there: the search resumes
     data, test = (_hymenoptera if name == "hymenoptera" else _digits)(root, args.seed)

@@ -47,11 +47,11 @@ def main() -> None:
     import numpy as np
     import yaml
 
-    from autotl.data import load_folder
-    from autotl.optuna_engine import SearchConfig, run_search
-    from autotl.registry import get_registry
-    from autotl.space import SearchSpace
-    from autotl.weights import WeightsSource
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import load_folder
+    from autotl.search.optuna_engine import SearchConfig, run_search
+    from autotl.search.space import SearchSpace
 
     dataset = load_folder(args.data)
     samples: list[tuple[int, float]] = []

@@ -164,12 +164,12 @@ def run(cmd: list[str], env: dict[str, str]) -> dict:
 FLOOR = """
 import json, sys, time
 import numpy as np
-from autotl.cache import extractor
-from autotl.model import build_base
-from autotl.registry import get_registry
-from autotl.space import load_space, trial_params
-from autotl.train import prefetch_cuts
-from autotl.weights import WeightsSource, resolve_weights
+from autotl.training.cache import extractor
+from autotl.training.model import build_base
+from autotl.backbones.registry import get_registry
+from autotl.search.space import load_space, trial_params
+from autotl.training.trainer import prefetch_cuts
+from autotl.backbones.weights import WeightsSource, resolve_weights
 import optuna
 n, backbone = int(sys.argv[1]), sys.argv[2]
 space, _ = load_space("fast")
@@ -205,7 +205,7 @@ def floor(n: int, env: dict[str, str]) -> dict:
 
 def build_figures(out: Path) -> dict:
     """The cache build's figures, as the search recorded them on its first trial."""
-    from autotl.storage import load_study
+    from autotl.run.storage import load_study
 
     study = load_study(f"sqlite:///{out / 'study.db'}", "autotl")
     first = min(study.get_trials(deepcopy=False), key=lambda t: t.number)

@@ -58,7 +58,7 @@ def _space(phase2: bool) -> dict:
 
 
 def _load(data: str):
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     return load_folder(data)
 
@@ -68,10 +68,10 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
 
     import keras  # noqa: F401 -- imported before the clock starts, as keras-tuner's run imports it
 
-    from autotl.optuna_engine import SearchConfig, run_search
-    from autotl.registry import get_registry
-    from autotl.space import SearchSpace
-    from autotl.weights import WeightsSource
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.search.optuna_engine import SearchConfig, run_search
+    from autotl.search.space import SearchSpace
 
     dataset = _load(args.data)
     raw, trials = _space(phase2), args.trials
@@ -122,9 +122,9 @@ def run_keras_tuner(args: argparse.Namespace, phase2: bool) -> dict:
     import keras
     import keras_tuner as kt
 
-    from autotl.model import block_boundaries
-    from autotl.registry import get_registry
-    from autotl.weights import WeightsSource, resolve_weights
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsSource, resolve_weights
+    from autotl.training.model import block_boundaries
 
     dataset = _load(args.data)
     spec = get_registry(autoload=False).backbone(BACKBONE)
@@ -221,9 +221,9 @@ def run_keras_tuner(args: argparse.Namespace, phase2: bool) -> dict:
 
 def run_floor(args: argparse.Namespace, _phase2: bool) -> dict:
     """One forward pass of the frozen base over train and val: what no engine can avoid."""
-    from autotl.preprocess import apply_preprocessing
-    from autotl.registry import get_registry
-    from autotl.weights import WeightsSource, resolve_weights
+    from autotl.backbones.preprocess import apply_preprocessing
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsSource, resolve_weights
 
     dataset = _load(args.data)
     spec = get_registry(autoload=False).backbone(BACKBONE)

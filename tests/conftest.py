@@ -28,14 +28,14 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(image_folder: Path):
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     return load_folder(image_folder, val_fraction=0.25, seed=0)
 
 
 @pytest.fixture(scope="session")
 def registry():
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
 
     return get_registry([TINY_PLUGIN], autoload=False)
 

@@ -122,10 +122,10 @@ def tiny_trial(registry, dataset, tmp_path: Path, reports: list | None = None, *
     ``overrides``), random weights, its cache in ``tmp_path/cache``; ``reports`` collects pruning reports."""
     import keras
 
-    from autotl.cache import FeatureCache
-    from autotl.model import build_base
-    from autotl.train import TrialParams, train_trial
-    from autotl.weights import ResolvedWeights
+    from autotl.backbones.weights import ResolvedWeights
+    from autotl.training.cache import FeatureCache
+    from autotl.training.model import build_base
+    from autotl.training.trainer import TrialParams, train_trial
 
     random = ResolvedWeights(None, None, "random")
     spec = registry.backbone("tiny")

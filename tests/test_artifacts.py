@@ -200,7 +200,7 @@ def test_workers_that_share_only_postgresql_and_s3_survive_a_kill_and_all_assemb
     from optuna.trial import TrialState
     from sqlalchemy import create_engine, text
 
-    from autotl.storage import load_study
+    from autotl.run.storage import load_study
 
     with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as con:
         con.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))

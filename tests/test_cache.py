@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autotl.cache import FeatureCache, _Prefetch
+from autotl.backbones.weights import ResolvedWeights
 from autotl.errors import UsageError
-from autotl.model import build_base
-from autotl.weights import ResolvedWeights
+from autotl.training.cache import FeatureCache, _Prefetch
+from autotl.training.model import build_base
 
 RANDOM = ResolvedWeights(None, None, "random")
 
@@ -49,7 +49,7 @@ def test_prefetch_close_stops_an_endless_producer() -> None:
 def test_a_file_broken_after_the_scan_fails_the_build_and_leaves_nothing(
     registry, image_folder: Path, tmp_path: Path
 ) -> None:
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     data = tmp_path / "data"
     shutil.copytree(image_folder, data)
@@ -137,7 +137,7 @@ def test_mixed_precision_forward_pass_on_the_cpu(registry, tiny_dataset, tmp_pat
     """The GPU option's code path, run on the CPU: float16 computation, its own entries, close features."""
     import numpy as np
 
-    from autotl.cache import MIXED_TOLERANCE, device
+    from autotl.training.cache import MIXED_TOLERANCE, device
 
     spec = registry.backbone("tiny")
     base = build_base(spec, RANDOM)

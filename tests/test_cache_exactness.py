@@ -13,12 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autotl.cache import FLOAT16_TOLERANCE, FeatureCache
-from autotl.data import from_arrays
-from autotl.model import assemble, block_boundaries, build_base, build_head, freeze_below, submodel
-from autotl.registry import DEFAULT_PLUGINS
+from autotl.backbones.registry import DEFAULT_PLUGINS
+from autotl.backbones.weights import ResolvedWeights
+from autotl.data.dataset import from_arrays
 from autotl.testing import specs_of
-from autotl.weights import ResolvedWeights
+from autotl.training.cache import FLOAT16_TOLERANCE, FeatureCache
+from autotl.training.model import (
+    assemble,
+    block_boundaries,
+    build_base,
+    build_head,
+    freeze_below,
+    submodel,
+)
 
 pytestmark = pytest.mark.slow  # `make test-fast` skips this module
 
@@ -96,7 +103,7 @@ def test_cached_path_equals_the_full_model(spec, pictures, tmp_path: Path) -> No
 def test_augmented_views_are_cached_beside_the_originals(
     registry, tiny_dataset, tmp_path: Path
 ) -> None:
-    from autotl.space import Augmentation
+    from autotl.search.space import Augmentation
 
     spec = registry.backbone("tiny")
     base = build_base(spec, RANDOM)

@@ -1,4 +1,4 @@
-"""autotl.data: decoding odd files, scanning folders, splitting, fingerprints, batches."""
+"""autotl.data.dataset: decoding odd files, scanning folders, splitting, fingerprints, batches."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autotl.data import BadImage, Dataset, ImageSet, decode_image, from_arrays, load_folder
+from autotl.data.dataset import BadImage, Dataset, ImageSet, decode_image, from_arrays, load_folder
 from autotl.errors import UsageError
 
 HYMENOPTERA = Path("/work/shared/data/hymenoptera")
@@ -355,7 +355,7 @@ def test_train_val_folders(tmp_path):
         "train/b/0.png" in w and "validation/a/copy of train b 0.png" in w and "train and val" in w
         for w in ds.warnings
     )
-    assert not any("test/" in w for w in ds.warnings)  # the test split's (autotl.holdout)
+    assert not any("test/" in w for w in ds.warnings)  # the test split's (autotl.data.holdout)
     assert ds.train.labels.dtype == np.int64
     assert all("/train/" in p for p in ds.train.paths) and all(
         "/validation/" in p for p in ds.val.paths
@@ -629,7 +629,7 @@ def test_broken_files_are_read_once_listed_with_their_reason_and_skipped_on_resu
 
 
 def test_an_interrupted_first_scan_resumes_where_it_stopped(tmp_path, monkeypatch):
-    from autotl import manifest as manifest_mod
+    from autotl.data import manifest as manifest_mod
 
     root = flat_folder(tmp_path / "d", per_class=150)
     manifest = tmp_path / "manifest.jsonl"
@@ -647,7 +647,7 @@ def test_an_interrupted_first_scan_resumes_where_it_stopped(tmp_path, monkeypatc
 
 
 def test_torn_manifest_line_and_unknown_format_are_read_safely(tmp_path):
-    from autotl import manifest as manifest_mod
+    from autotl.data import manifest as manifest_mod
 
     root = flat_folder(tmp_path / "d", per_class=4)
     manifest = tmp_path / "manifest.jsonl"
@@ -661,7 +661,7 @@ def test_torn_manifest_line_and_unknown_format_are_read_safely(tmp_path):
 
 
 def test_decoding_processes_keep_order_and_bound_what_is_in_flight():
-    from autotl.decoding import ordered
+    from autotl.data.decoding import ordered
 
     pulled: list[int] = []
 
@@ -694,7 +694,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_decoding_processe
     root = flat_folder(tmp_path / "d", per_class=3)
     script = tmp_path / "script.py"
     script.write_text(
-        "from autotl.data import load_folder\n"
+        "from autotl.data.dataset import load_folder\n"
         f"ds = load_folder({str(root)!r}, decode_workers=2)\n"
         "print('scanned', len(ds.train) + len(ds.val))\n"
     )

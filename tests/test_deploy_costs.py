@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from autotl.runfolder import RunFolder
-from autotl.weights import WeightsSource, resolve_weights
+from autotl.backbones.weights import WeightsSource, resolve_weights
+from autotl.run.folder import RunFolder
 
 SETTINGS = {"format": "tflite", "quantize": "none", "threads": 1, "warmup": 2, "runs": 5}
 
@@ -33,7 +33,7 @@ def head_params(width: int, classes: int = 3) -> int:
 
 
 def test_measured_once_per_shape_and_cached_in_the_run_folder(tiny, tmp_path) -> None:
-    from autotl.deploy_costs import measure_deploy_costs
+    from autotl.export import measure_deploy_costs
 
     spec, weights, make_base, built = tiny
     run = RunFolder(tmp_path)
@@ -52,7 +52,7 @@ def test_measured_once_per_shape_and_cached_in_the_run_folder(tiny, tmp_path) ->
 
 @pytest.mark.slow
 def test_each_head_width_and_quantization_is_its_own_measurement(tiny, tmp_path) -> None:
-    from autotl.deploy_costs import measure_deploy_costs
+    from autotl.export import measure_deploy_costs
 
     spec, weights, make_base, built = tiny
     run = RunFolder(tmp_path)
@@ -68,7 +68,7 @@ def test_each_head_width_and_quantization_is_its_own_measurement(tiny, tmp_path)
 
 
 def test_two_workers_asking_at_once_measure_once(tiny, tmp_path) -> None:
-    from autotl.deploy_costs import measure_deploy_costs
+    from autotl.export import measure_deploy_costs
 
     spec, weights, make_base, built = tiny
     run = RunFolder(tmp_path)

@@ -30,7 +30,7 @@ from helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotl import caruana
+from autotl.ensemble import caruana
 from autotl.errors import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
@@ -155,7 +155,7 @@ def _tiny_model(size: int, seed: int):
 def test_combined_model_averages_members_and_mirrors(tmp_path: Path) -> None:
     import keras
 
-    from autotl.ensemble_model import combined_model
+    from autotl.ensemble.model import combined_model
 
     a, b = _tiny_model(32, 1), _tiny_model(32, 2)
     images = np.random.default_rng(0).uniform(0, 255, (3, 37, 29, 3)).astype("float32")
@@ -175,7 +175,7 @@ def test_combined_model_averages_members_and_mirrors(tmp_path: Path) -> None:
 
 
 def test_combined_model_takes_the_largest_members_size_and_refuses_bad_input() -> None:
-    from autotl.ensemble_model import check_tta, combined_model
+    from autotl.ensemble.model import check_tta, combined_model
 
     model = combined_model([("small", _tiny_model(32, 1), 1), ("large", _tiny_model(48, 2), 1)])
     assert (model.get_layer("resize").height, model.get_layer("resize").width) == (48, 48)
@@ -185,8 +185,8 @@ def test_combined_model_takes_the_largest_members_size_and_refuses_bad_input() -
 
 
 def test_tflite_latency_reports_its_settings(tmp_path: Path) -> None:
+    from autotl.export import measure_tflite_latency
     from autotl.export._tflite import convert
-    from autotl.latency import measure_tflite_latency
 
     tflite = convert(_tiny_model(32, 1), (32, 32))
     (tmp_path / "m.tflite").write_bytes(tflite)
@@ -212,14 +212,14 @@ def plugin40(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def registry2(plugin40):
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
 
     return get_registry([TINY_PLUGIN, PLUGIN40], autoload=False)
 
 
 @pytest.fixture(scope="module")
 def close_dataset(tmp_path_factory: pytest.TempPathFactory):
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     return load_folder(write_images(tmp_path_factory.mktemp("close"), CLOSE, 20), 0.3, 0)
 
@@ -227,7 +227,7 @@ def close_dataset(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def test_images(tmp_path_factory: pytest.TempPathFactory):
     """Held-out images of the same classes (another seed), as an ImageSet in the run's class order."""
-    from autotl.data import ImageSet
+    from autotl.data.dataset import ImageSet
 
     folder = write_images(tmp_path_factory.mktemp("held_out"), CLOSE, 8, seed=7)
     names = sorted(CLOSE)
@@ -239,9 +239,9 @@ def _search(out: Path, registry, dataset, trials: int, keep: int, extra: str = "
     """A real tiny search over both backbones; the first two trials are one of each (enqueued)."""
     import yaml
 
-    from autotl.optuna_engine import SearchConfig, open_search_study, run_search
-    from autotl.space import SearchSpace
-    from autotl.weights import WeightsSource
+    from autotl.backbones.weights import WeightsSource
+    from autotl.search.optuna_engine import SearchConfig, open_search_study, run_search
+    from autotl.search.space import SearchSpace
 
     fields = {**yaml.safe_load(TINY_SPACE), "backbones": ["tiny", "tiny40"], "trials": trials}
     space = SearchSpace.model_validate({**fields, **yaml.safe_load(extra or "{}")})
@@ -318,7 +318,7 @@ def test_a_model_of_both_backbones_predicts_what_its_cached_predictions_say(
     """Members of 32 and 40 px in one model at 40 px: each member sees the image resized twice, and the
     cached predictions (fed at the ensemble's size) must be exactly what the built model computes."""
     from autotl.ensemble import Score, Variant, build_model, mix
-    from autotl.ensemble_predictions import input_sizes, largest, predictions, split_key
+    from autotl.ensemble.predictions import input_sizes, largest, predictions, split_key
 
     run, sel = selected
     trials = [t for t in run.study.trials if t.number in sel.candidates]
@@ -594,7 +594,7 @@ def test_space_ensemble_runs_at_the_end_of_a_search_and_the_report_shows_it(
 
 
 def test_the_space_field_is_off_by_default_and_checked() -> None:
-    from autotl.space import SearchSpace, load_space
+    from autotl.search.space import SearchSpace, load_space
 
     space, _ = load_space("fast")
     assert space.ensemble.enabled is False and space.ensemble.top_k == 8
@@ -612,7 +612,7 @@ def test_hymenoptera_search_with_ensemble_then_export_it_with_flip(tmp_path: Pat
     """The user's path on real data: a search whose space enables ensembles, then the ensemble exported."""
     import yaml
 
-    from autotl.space import load_space
+    from autotl.search.space import load_space
 
     fast, _ = load_space("fast")
     space = {**fast.model_dump(), "trials": 4, "ensemble": {"enabled": True, "top_k": 4}}

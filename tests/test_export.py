@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from helpers import TINY_SPACE, call_cli, run_without_autotl
 
+from autotl.backbones.weights import WeightsSource
 from autotl.errors import UsageError
 from autotl.export import (
     FLOAT_TOLERANCE,
@@ -28,9 +29,8 @@ from autotl.export import (
     verify_export,
     wilson_interval,
 )
-from autotl.optuna_engine import SearchConfig, run_search
-from autotl.space import load_space
-from autotl.weights import WeightsSource
+from autotl.search.optuna_engine import SearchConfig, run_search
+from autotl.search.space import load_space
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
@@ -87,8 +87,8 @@ def other_trial_model(run_dir: Path, trial: int, registry) -> Path:
     """The .keras file of the trial that is not ``trial``, assembled from its stored layers."""
     import optuna
 
-    from autotl.runfolder import RunFolder
-    from autotl.trial_models import trial_model
+    from autotl.run.folder import RunFolder
+    from autotl.run.trial_models import trial_model
 
     study = optuna.load_study(study_name="autotl", storage=f"sqlite:///{run_dir / 'study.db'}")
     return trial_model(
@@ -174,7 +174,7 @@ def test_export_writes_every_format_with_parity_in_tolerance(
         score["recorded_accuracy"], abs=1.01 / score["images"]
     )
 
-    from autotl.lineage import find_model
+    from autotl.run.lineage import find_model
 
     for name in ("model.keras", "model_int8.tflite", "savedmodel/saved_model.pb"):
         found = find_model(f"sqlite:///{run_dir / 'study.db'}", out / name)
@@ -286,7 +286,7 @@ def test_keras_file_loads_where_autotl_is_not_importable(fresh, exported) -> Non
 
 
 def test_savedmodel_signatures_in_a_fresh_process(fresh, exported) -> None:
-    from autotl.data import decode_image
+    from autotl.data.dataset import decode_image
 
     res = fresh["result"]
     names = exported.class_names
@@ -590,7 +590,7 @@ def test_a_new_format_is_one_row_of_the_table(
     json_weights_format, exported, run_dir: Path, tmp_path: Path, val_images
 ) -> None:
     from autotl.export import FORMATS, owned_files
-    from autotl.lineage import find_model
+    from autotl.run.lineage import find_model
 
     assert "keras_json" in FORMATS and "model.json" in owned_files()
     out = tmp_path / "out"

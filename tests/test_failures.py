@@ -359,10 +359,10 @@ def test_a_dropped_backbone_is_dropped_once_and_never_tried_again(
     are refused at once (not counted as failures), and the sampler only proposes the live backbone."""
     import optuna
 
-    from autotl.optuna_engine import SearchConfig, run_search
-    from autotl.registry import get_registry
-    from autotl.space import load_space
-    from autotl.weights import WeightsSource
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.search.optuna_engine import SearchConfig, run_search
+    from autotl.search.space import load_space
 
     space, _ = load_space(space_file(tmp_path, ["tiny", "faulty_traced"], trials=2))
     cfg = SearchConfig(tmp_path / "run", space, 2, WeightsSource("none"))
@@ -464,10 +464,10 @@ def test_a_download_failure_is_known_by_its_type_not_its_words() -> None:
     import urllib.error
     from dataclasses import replace
 
+    from autotl.backbones.registry import get_registry
+    from autotl.backbones.weights import ResolvedWeights
     from autotl.errors import TrialFailed
-    from autotl.model import build_base
-    from autotl.registry import get_registry
-    from autotl.weights import ResolvedWeights
+    from autotl.training.model import build_base
 
     def offline(input_shape, weights):
         try:
@@ -586,8 +586,8 @@ def test_lineage_of_what_is_not_a_recorded_model(bad_runs, tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny classifier saved as autotl saves one: model.keras with classes.json beside it."""
-    from autotl.model import assemble, build_head
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
+    from autotl.training.model import assemble, build_head
 
     folder = tmp_path_factory.mktemp("model")
     spec = get_registry(["autotl_tiny"], autoload=False).backbone("tiny")
@@ -662,7 +662,7 @@ def test_the_keras_tuner_engine_fails_trials_with_their_reason_and_stops_in_one_
     )
 
 
-# --- the failure policy itself (autotl.failures), on plain records --------------------------------
+# --- the failure policy itself (autotl.search.failures), on plain records --------------------------------
 
 
 class _T:
@@ -682,7 +682,7 @@ class _T:
 
 
 def test_only_failures_of_the_trial_itself_count_in_a_row() -> None:
-    from autotl.failures import dropped_backbones, stop_reason
+    from autotl.search.failures import dropped_backbones, stop_reason
 
     trials = [
         _T(0, "FAIL", kind="trial"),
@@ -708,7 +708,7 @@ def test_only_failures_of_the_trial_itself_count_in_a_row() -> None:
 def test_every_worker_reaches_the_same_verdict_and_a_new_session_starts_afresh() -> None:
     import random
 
-    from autotl.failures import dropped_backbones, latest_session
+    from autotl.search.failures import dropped_backbones, latest_session
 
     trials = [  # two workers, interleaved: b fails three times in a row, a succeeds in between
         _T(0, "FAIL", "b", "trial"),
@@ -738,7 +738,7 @@ SAMPLERS = {  # Optuna's own, started early so their model (or relative sampling
 def test_the_sampler_never_proposes_a_backbone_that_is_gone(sampler: str) -> None:
     import optuna
 
-    from autotl.failures import LiveSampler, SearchBackbones
+    from autotl.search.failures import LiveSampler, SearchBackbones
 
     backbones = SearchBackbones(
         ["a", "b", "c"], {"b": "failed its checks"}, dropped={"c": "failed 3 times"}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from autotl.errors import TrialFailed
-from autotl.fitting import MIN_DELTA, _head_trainer, fit_head
-from autotl.model import build_head
+from autotl.training.fitting import MIN_DELTA, _head_trainer, fit_head
+from autotl.training.model import build_head
 
 
 def task(n_train: int, n_val: int, dim: int, n_classes: int, seed: int) -> tuple[tuple, tuple]:

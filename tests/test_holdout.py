@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from helpers import COLOURS, write_images
 
-from autotl.data import from_arrays, load_folder
+from autotl.data.dataset import from_arrays, load_folder
+from autotl.data.holdout import add_test_split, holdout_score, recommendation
+from autotl.data.imbalance import imbalance_warning
 from autotl.errors import UsageError
-from autotl.holdout import add_test_split, holdout_score, recommendation
-from autotl.imbalance import imbalance_warning
 
 
 def names(images) -> set[str]:

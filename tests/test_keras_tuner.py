@@ -11,10 +11,10 @@ import pytest
 
 kt = pytest.importorskip("keras_tuner")
 
+from autotl.backbones.weights import WeightsSource  # noqa: E402 -- after importorskip
 from autotl.errors import UsageError  # noqa: E402 -- after importorskip
-from autotl.keras_tuner import TransferHyperModel, run_keras_tuner_search  # noqa: E402 -- after importorskip
-from autotl.space import FloatRange, SearchSpace, load_space  # noqa: E402 -- after importorskip
-from autotl.weights import WeightsSource  # noqa: E402 -- after importorskip
+from autotl.search.keras_tuner import TransferHyperModel, run_keras_tuner_search  # noqa: E402 -- after importorskip
+from autotl.search.space import FloatRange, SearchSpace, load_space  # noqa: E402 -- after importorskip
 
 pytestmark = pytest.mark.slow  # `make test-fast` skips this module
 
@@ -265,8 +265,8 @@ def test_engines_compared_in_one_report(
     """keras-tuner and Optuna search the same space in one run folder; the report compares them."""
     import optuna
 
-    from autotl.optuna_engine import SearchConfig, run_search
     from autotl.report import write_report
+    from autotl.search.optuna_engine import SearchConfig, run_search
 
     out = tmp_path / "run"
     rows = run_keras_tuner_search(
@@ -336,7 +336,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(
     registry, tiny_dataset, space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a trial that cannot go on (TrialFailed, e.g. a backbone giving NaN features): keras-tuner marks it failed, not the search
-    import autotl.keras_tuner as akt
+    import autotl.search.keras_tuner as akt
     from autotl.errors import TrialFailed
 
     def failing(*args, **kwargs):

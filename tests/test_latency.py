@@ -10,7 +10,7 @@ import pytest
 def tiny_tflite(registry) -> dict[str, bytes]:
     """The tiny backbone with a head, converted as export converts it: float, and int8."""
     from autotl.export._tflite import convert
-    from autotl.model import assemble, build_head
+    from autotl.training.model import assemble, build_head
 
     spec = registry.backbone("tiny")
     model = assemble(spec, spec.build((32, 32, 3), None), build_head(3, 8, 0.0))
@@ -19,7 +19,7 @@ def tiny_tflite(registry) -> dict[str, bytes]:
 
 
 def test_median_and_spread_with_the_settings_they_were_measured_with(tiny_tflite, tmp_path) -> None:
-    from autotl.latency import measure_tflite_latency
+    from autotl.export import measure_tflite_latency
 
     r = measure_tflite_latency(tiny_tflite["float"], threads=2, warmup=3, runs=15)
     assert 0 < r["min_ms"] <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
@@ -34,7 +34,7 @@ def test_median_and_spread_with_the_settings_they_were_measured_with(tiny_tflite
 
 
 def test_nonsense_settings_are_refused(tiny_tflite) -> None:
-    from autotl.latency import measure_tflite_latency
+    from autotl.export import measure_tflite_latency
 
     for kwargs in ({"threads": 0}, {"runs": 0}, {"warmup": -1}):
         with pytest.raises(ValueError, match="need threads"):

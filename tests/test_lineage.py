@@ -11,7 +11,7 @@ import pytest
 from helpers import call_cli
 
 from autotl.errors import UsageError
-from autotl.lineage import ARTIFACTS_TABLE, LINEAGE_TABLE, find_model, list_models, record_model
+from autotl.run.lineage import ARTIFACTS_TABLE, LINEAGE_TABLE, find_model, list_models, record_model
 
 DATA = {"source": "/data/colours", "fingerprint": "f" * 64, "class_names": ["a", "b"]}
 
@@ -206,7 +206,7 @@ def test_cli_answers_in_one_line(run, tmp_path: Path, capsys) -> None:
 def test_an_ensemble_file_is_recorded_once_per_member_and_described_with_each(
     run, tmp_path: Path
 ) -> None:
-    from autotl.lineage import describe
+    from autotl.run.lineage import describe
 
     url, model = run
     other = trial(5, 0.9)

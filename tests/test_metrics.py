@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotl.metrics import balanced_class_weights, classification_scores
+from autotl.scoring.metrics import balanced_class_weights, classification_scores
 
 
 @settings(max_examples=60, deadline=None)

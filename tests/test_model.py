@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotl.model import assemble, block_boundaries, build_base, build_head, freeze_below
-from autotl.weights import ResolvedWeights
+from autotl.backbones.weights import ResolvedWeights
+from autotl.training.model import assemble, block_boundaries, build_base, build_head, freeze_below
 
 RANDOM = ResolvedWeights(None, None, "random")
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from autotl.errors import UsageError
-from autotl.objective import (
+from autotl.scoring.objective import (
     OBJECTIVES,
     Objectives,
     best_trial,
@@ -53,7 +53,7 @@ def test_rank_breaks_ties_by_loss_then_the_earlier_trial() -> None:
 
 
 def test_a_minimised_objective_sorts_the_other_way() -> None:
-    from autotl.objective import Objective
+    from autotl.scoring.objective import Objective
 
     fake = Objective("loss", "val_loss", "minimize", "validation loss", "val loss")
     objectives = Objectives((fake,))
@@ -99,7 +99,7 @@ def points(*rows: tuple[int, float, float]) -> list[SimpleNamespace]:
 
 
 def test_every_objective_names_a_metric_and_a_direction() -> None:
-    from autotl.objective import DEPLOY, VALIDATION
+    from autotl.scoring.objective import DEPLOY, VALIDATION
 
     assert set(OBJECTIVES) == {
         "accuracy",
@@ -178,7 +178,7 @@ def test_pareto_levels_peel_the_fronts(dims: int) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from autotl.objective import pareto_levels
+    from autotl.scoring.objective import pareto_levels
 
     def dominates(a, b) -> bool:
         return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from autotl.backbones.weights import WeightsSource
 from autotl.errors import UsageError
-from autotl.optuna_engine import SearchConfig, run_search
-from autotl.runfolder import RunFolder
-from autotl.space import load_space, trial_params
-from autotl.storage import load_study, open_study
-from autotl.weights import WeightsSource
+from autotl.run.folder import RunFolder
+from autotl.run.storage import load_study, open_study
+from autotl.search.optuna_engine import SearchConfig, run_search
+from autotl.search.space import load_space, trial_params
 
 BEST_MODEL = RunFolder.BEST_MODEL
 
@@ -111,7 +111,7 @@ def test_bad_storage_url_is_a_usage_error(tmp_path: Path) -> None:
 def test_other_data_in_the_same_run_folder_is_refused(
     registry, tiny_dataset, tiny_space_file: Path, tmp_path: Path, image_folder: Path
 ) -> None:
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     out = tmp_path / "run"
     run_search(config(out, tiny_space_file, 1), registry, tiny_dataset)

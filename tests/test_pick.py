@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autotl.errors import UsageError
-from autotl.pick import parse_conditions, pick_trial
+from autotl.search.pick import parse_conditions, pick_trial
 
 
 def study_of(rows, objectives=("accuracy", "latency_ms"), constraints=None):

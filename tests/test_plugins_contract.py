@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import autotl.registry
+import autotl.backbones.registry
 from autotl import BackboneSpec, Preprocessing
 from autotl.testing import backbone_params, check_backbone, check_preprocessing, specs_of
 
-BACKBONE_MODULES = tuple(m for m in autotl.registry.DEFAULT_PLUGINS if m != "autotl_plugins.digits")
+BACKBONE_MODULES = tuple(
+    m for m in autotl.backbones.registry.DEFAULT_PLUGINS if m != "autotl_plugins.digits"
+)
 SPECS = specs_of(*BACKBONE_MODULES)
 BY_NAME = {spec.name: spec for spec in SPECS}
 FAMILIES: dict[str, BackboneSpec] = {}
@@ -82,9 +84,9 @@ def keras_preprocess_input(spec: BackboneSpec):
 
 def test_registry_collects_every_builtin_backbone(monkeypatch):
     monkeypatch.setattr(
-        autotl.registry, "DEFAULT_PLUGINS", (*BACKBONE_MODULES, "autotl_plugins.digits")
+        autotl.backbones.registry, "DEFAULT_PLUGINS", (*BACKBONE_MODULES, "autotl_plugins.digits")
     )
-    registry = autotl.registry.get_registry(autoload=False)
+    registry = autotl.backbones.registry.get_registry(autoload=False)
     assert set(registry.backbones) == EXPECTED_NAMES
     for spec in registry.backbones.values():
         assert (
@@ -234,7 +236,7 @@ def test_efficientnet_weights_from_a_path_give_keras_imagenet_model(tmp_path, mo
 def test_xception_boundaries_keep_their_names_across_builds():
     import keras
 
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     spec = BY_NAME["xception"]
     first = spec.build((71, 71, 3), None)
@@ -255,7 +257,7 @@ def test_xception_boundaries_keep_their_names_across_builds():
     reason="needs ../shared/weights",
 )
 def test_mobilenet_025_hash_is_the_keras_release_file():
-    from autotl.weights import WeightsSource, resolve_weights
+    from autotl.backbones.weights import WeightsSource, resolve_weights
 
     spec = BY_NAME["mobilenet-0.25"]
     data = (SHARED_WEIGHTS / spec.weights_file).read_bytes()
@@ -375,7 +377,7 @@ def test_preprocessing_outside_its_mode_range_fails():
 
 
 def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries():
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     spec = replace(TOY, block_pattern=r"_conv$")  # block convs sit inside their residual blocks
     base = spec.build((32, 32, 3), None)
@@ -390,7 +392,7 @@ def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries():
 
 @pytest.mark.slow
 def test_pattern_whose_matches_are_not_cuts_gives_no_boundaries_on_resnet50():
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     base = BY_NAME["resnet50"].build((32, 32, 3), None)
     inside = [layer.name for layer in base.layers if layer.name.endswith("_1_conv")]
@@ -406,10 +408,12 @@ def test_pattern_matching_no_layer_fails():
 
 
 def test_a_boundary_that_is_not_a_cut_fails(monkeypatch):
-    import autotl.model
+    import autotl.training.model
 
     monkeypatch.setattr(
-        autotl.model, "block_boundaries", lambda base, pattern: ["block1_conv", "block2_add"]
+        autotl.training.model,
+        "block_boundaries",
+        lambda base, pattern: ["block1_conv", "block2_add"],
     )
     with pytest.raises(
         AssertionError, match=r"block boundaries: 'block1_conv' is not a single-tensor cut"
@@ -490,7 +494,7 @@ def test_weights_file_must_be_a_name_keras_can_read(weights_file: str, ok: bool)
 
 
 def test_downloadable_is_data_a_hand_written_backbone_sets() -> None:
-    from autotl.weights import WeightsMissing, WeightsSource, resolve_weights
+    from autotl.backbones.weights import WeightsMissing, WeightsSource, resolve_weights
 
     assert all(spec.downloadable for spec in SPECS)  # keras.applications: Keras downloads them
     with pytest.raises(WeightsMissing, match=r"'toy-1.0' has no ImageNet weights to download"):
@@ -511,7 +515,7 @@ def test_specs_of_says_what_registration_says_of_a_malformed_hook(module: str) -
 
 
 def test_weight_file_format_is_checked_by_its_first_bytes(tmp_path: Path) -> None:
-    from autotl.weights import weight_file_problem
+    from autotl.backbones.weights import weight_file_problem
 
     (tmp_path / "a.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 16)
     (tmp_path / "b.weights.h5").write_bytes(b"PK\x03\x04 a zip")

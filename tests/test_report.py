@@ -12,7 +12,7 @@ import pytest
 from helpers import COLOURS, TINY_SPACE, write_images
 
 from autotl.errors import UsageError
-from autotl.objective import (
+from autotl.scoring.objective import (
     best_trial,
 )  # ties broken as autotl breaks them: accuracy, then val loss, then earlier
 
@@ -37,10 +37,10 @@ def noisy_labels(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory: pytest.TempPathFactory, registry):
     """ONE real tiny search (2 trials); the search itself records each trial's layers and the best model."""
-    from autotl.data import load_folder
-    from autotl.optuna_engine import SearchConfig, run_search
-    from autotl.space import load_space
-    from autotl.weights import WeightsSource
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import load_folder
+    from autotl.search.optuna_engine import SearchConfig, run_search
+    from autotl.search.space import load_space
 
     root = tmp_path_factory.mktemp("report")
     dataset = load_folder(noisy_labels(root / "colours"), val_fraction=0.25, seed=0)
@@ -69,7 +69,7 @@ def report(searched):
 def test_wilson_interval() -> None:
     from autotl.report import (
         wilson_interval,
-    )  # autotl.stats.wilson_interval(successes, n), as the model card uses it
+    )  # autotl.scoring.stats.wilson_interval(successes, n), as the model card uses it
 
     lo, hi = wilson_interval(0.5 * 10, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
@@ -232,7 +232,7 @@ def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> No
     import optuna
 
     from autotl.cli import main
-    from autotl.space import trial_params
+    from autotl.search.space import trial_params
 
     cfg, study = searched
     run = tmp_path / "run"
@@ -500,8 +500,8 @@ def test_a_record_without_an_optional_part_renders_without_it(synthetic_record) 
 def test_the_study_objective_names_the_scores_in_both_renderings(synthetic_record) -> None:
     from dataclasses import asdict
 
-    from autotl.objective import OBJECTIVES
     from autotl.report import render_html, render_markdown
+    from autotl.scoring.objective import OBJECTIVES
 
     rec = synthetic_record
     assert rec["objectives"] == [asdict(OBJECTIVES["accuracy"])] and rec["sampler"] == "random"
@@ -534,10 +534,10 @@ def test_a_minimised_objective_ranks_and_labels_the_report(tmp_path: Path, monke
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from autotl.objective import MINIMIZE, OBJECTIVES, Objective
     from autotl.report import build_record, render_html, render_markdown
+    from autotl.scoring.objective import MINIMIZE, OBJECTIVES, Objective
 
-    # a new objective is one entry in OBJECTIVES (autotl.objective's extension point)
+    # a new objective is one entry in OBJECTIVES (autotl.scoring.objective's extension point)
     loss = Objective("loss", "val_loss", MINIMIZE, "validation loss", "val loss")
     monkeypatch.setitem(OBJECTIVES, "loss", loss)
     run = tmp_path / "run"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autotl.errors import UsageError
-from autotl.runfolder import KERAS_TUNER, OPTUNA, RunFolder, atomic_write
+from autotl.run.folder import KERAS_TUNER, OPTUNA, RunFolder, atomic_write
 
 
 def test_paths_of_both_engines(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
 def test_claim_ties_the_folder_to_one_data_set(
     tiny_dataset, image_folder: Path, tmp_path: Path
 ) -> None:
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     run = RunFolder(tmp_path / "run")
     run.claim(tiny_dataset, {"command": "autotl search x"})

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 
 from autotl.errors import UsageError
-from autotl.samplers import SAMPLERS, make_sampler
-from autotl.space import SearchSpace
+from autotl.search.samplers import SAMPLERS, make_sampler
+from autotl.search.space import SearchSpace
 
 
 def draws(name: str, seed: int, n: int = 8) -> list[tuple]:
@@ -65,9 +65,9 @@ def test_the_space_sampler_drives_the_study(
 ) -> None:
     import optuna
 
-    from autotl.optuna_engine import SearchConfig, run_search
-    from autotl.space import load_space
-    from autotl.weights import WeightsSource
+    from autotl.backbones.weights import WeightsSource
+    from autotl.search.optuna_engine import SearchConfig, run_search
+    from autotl.search.space import load_space
 
     space, _ = load_space(tiny_space_file, {"sampler": "random"})
     study = run_search(

@@ -104,7 +104,7 @@ def test_many_broken_files_are_read_once_warned_in_brief_and_listed_in_the_manif
 def test_a_cache_that_cannot_fit_is_refused_before_the_first_trial(
     image_folder: Path, tiny_space_file: Path, tmp_path: Path
 ) -> None:
-    from autotl.storage import load_study
+    from autotl.run.storage import load_study
 
     out = tmp_path / "run"
     proc = run_cli(
@@ -138,7 +138,7 @@ def _fill_when_the_build_starts(cache: Path, stop: threading.Event) -> None:
 def test_a_disk_that_fills_during_the_cache_build_is_one_line_and_nothing_is_half_written(
     tmp_path: Path,
 ) -> None:
-    from autotl.storage import load_study
+    from autotl.run.storage import load_study
 
     disk = tmp_path / "small-disk"
     disk.mkdir()
@@ -173,7 +173,7 @@ def test_a_disk_that_fills_during_the_cache_build_is_one_line_and_nothing_is_hal
 
 
 def test_npy_rows_reads_slices_indices_and_single_rows_like_the_array(tmp_path: Path) -> None:
-    from autotl.npyfile import NpyRows
+    from autotl.training.npyfile import NpyRows
 
     array = np.arange(7 * 3, dtype=np.float16).reshape(7, 3)
     np.save(tmp_path / "a.npy", array)
@@ -196,7 +196,7 @@ def test_npy_rows_reads_slices_indices_and_single_rows_like_the_array(tmp_path: 
 
 ORPHAN = r"""
 import os, sys
-from autotl.decoding import _pool
+from autotl.data.decoding import _pool
 pool = _pool(2)
 print(" ".join(str(p) for p in pool._processes), flush=True)
 sys.stdin.read()  # until killed

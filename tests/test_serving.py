@@ -1123,8 +1123,8 @@ def test_deployment_is_recorded_in_sqlite_lineage(
 ) -> None:
     from sqlalchemy import create_engine, inspect
 
-    from autotl.lineage import DEPLOYMENTS_TABLE, find_model, list_deployments
-    from autotl.lineage import _deployments_table as python_table
+    from autotl.run.lineage import DEPLOYMENTS_TABLE, find_model, list_deployments
+    from autotl.run.lineage import _deployments_table as python_table
 
     run, export = run_and_export
     graph = export / "savedmodel" / "saved_model.pb"
@@ -1170,7 +1170,7 @@ def test_deployment_is_recorded_in_sqlite_lineage(
 def test_deployment_is_recorded_in_postgresql_lineage(
     built: Path, run_and_export, postgres_url: str, tmp_path: Path
 ) -> None:
-    from autotl.lineage import find_model, list_deployments, record_model
+    from autotl.run.lineage import find_model, list_deployments, record_model
 
     _, export = run_and_export
     graph = export / "savedmodel" / "saved_model.pb"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from autotl.errors import UsageError
-from autotl.space import builtin_spaces, load_space
+from autotl.search.space import builtin_spaces, load_space
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from helpers import TINY_TRIAL, tiny_trial
 
-from autotl.cache import FeatureCache
-from autotl.model import build_base, submodel
-from autotl.npyfile import NpyRows
-from autotl.train import Gate, TrialParams, train_trial
-from autotl.weights import ResolvedWeights
+from autotl.backbones.weights import ResolvedWeights
+from autotl.training.cache import FeatureCache
+from autotl.training.model import build_base, submodel
+from autotl.training.npyfile import NpyRows
+from autotl.training.trainer import Gate, TrialParams, train_trial
 
 RANDOM = ResolvedWeights(None, None, "random")
 

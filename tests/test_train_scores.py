@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import COLOURS, tiny_trial, write_images
 
-from autotl.fitting import fit_head
-from autotl.model import build_head
-from autotl.train import Gate
+from autotl.training.fitting import fit_head
+from autotl.training.model import build_head
+from autotl.training.trainer import Gate
 
 
 def trial(registry, dataset, tmp_path: Path, **overrides):
@@ -75,7 +75,7 @@ def test_class_weights_weight_the_head_trainers_loss() -> None:
 def test_class_weights_weight_keras_fit_for_phase2() -> None:
     import keras
 
-    from autotl.fitting import Rows, fit
+    from autotl.training.fitting import Rows, fit
 
     train, val = separable(90, 3, 0), separable(60, 3, 1)
     keras.utils.set_random_seed(0)
@@ -93,7 +93,7 @@ def test_class_weights_weight_keras_fit_for_phase2() -> None:
 
 @pytest.mark.slow
 def test_balanced_class_weights_in_a_trial_that_fine_tunes(registry, tmp_path: Path) -> None:
-    from autotl.data import load_folder
+    from autotl.data.dataset import load_folder
 
     folder = tmp_path / "data"
     write_images(folder, {"red": COLOURS["red"]}, 30)

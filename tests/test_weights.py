@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from helpers import SHARED_WEIGHTS, needs_shared
 
+from autotl.backbones.weights import WeightsSource, resolve_weights
 from autotl.errors import UsageError
-from autotl.weights import WeightsSource, resolve_weights
 
 
 def test_missing_file_names_file_and_folder(registry, tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @needs_shared
 def test_shared_weights_verify_against_their_hash_list() -> None:
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
 
     reg = get_registry(autoload=False)
     source = WeightsSource.parse(str(SHARED_WEIGHTS))

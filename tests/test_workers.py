@@ -46,7 +46,7 @@ def _worker(
 
 
 def _study(url: str):
-    from autotl.storage import load_study
+    from autotl.run.storage import load_study
 
     return load_study(url, "autotl")
 

@@ -47,7 +47,9 @@ The modules: ``_common`` (file names, tolerances, the result and error types),
 (``load_predictor``), ``_parity`` (the checks), ``_card`` (``MODEL_CARD.md``),
 ``_staging`` (the output folder: checked, staged beside, swapped in whole),
 ``_variant`` and ``_card_variant`` (an ensemble or TTA model as the model
-exported), ``_latency`` (``tflite_latency``) and ``_export`` (the steps of
+exported), ``_latency`` (``measure_tflite_latency`` and ``tflite_latency``),
+``_deploy_costs`` (a trial's latency, size and parameters, for objectives),
+``_test_score`` (the test split's score) and ``_export`` (the steps of
 ``export``).
 """
 
@@ -65,9 +67,10 @@ from autotl.export._common import (
     ExportResult,
     Predict,
 )
+from autotl.export._deploy_costs import measure_deploy_costs
 from autotl.export._export import export
 from autotl.export._format import REPRESENTATIVE, Format, Loaded, WriteContext
-from autotl.export._latency import tflite_latency
+from autotl.export._latency import measure_tflite_latency, tflite_latency
 from autotl.export._parity import check_parity, verify_export
 from autotl.export._predictor import load_predictor
 from autotl.export._table import (
@@ -80,7 +83,7 @@ from autotl.export._table import (
     register_format,
     unregister_format,
 )
-from autotl.stats import wilson_interval
+from autotl.scoring.stats import wilson_interval
 
 __all__ = [
     "FORMATS",
@@ -95,6 +98,8 @@ __all__ = [
     "verify_export",
     "load_predictor",
     "tflite_latency",
+    "measure_tflite_latency",
+    "measure_deploy_costs",
     "wilson_interval",
     "parse_formats",
     "Predict",

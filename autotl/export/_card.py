@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from autotl.backbones.weights import sha256_file
 from autotl.export._common import CARD_FILE, FLOAT_TOLERANCE, INT8_MIN_AGREEMENT, LABELS_FILE
 from autotl.export._format import Format
 from autotl.export._table import owned_files
-from autotl.objective import TIE_BREAK, Objectives, trial_metrics
-from autotl.stats import wilson_interval
-from autotl.weights import sha256_file
+from autotl.scoring.objective import TIE_BREAK, Objectives, trial_metrics
+from autotl.scoring.stats import wilson_interval
 
 if TYPE_CHECKING:
     from autotl.export._run import _Run

@@ -96,7 +96,7 @@ def _input_size(model: Any) -> tuple[int, int]:
         return int(cfg["height"]), int(cfg["width"])
     except Exception:
         raise UsageError(
-            f"model {getattr(model, 'name', '?')} has no 'resize' layer; only models built by autotl (autotl.model.assemble) can be exported"
+            f"model {getattr(model, 'name', '?')} has no 'resize' layer; only models built by autotl (autotl.training.model.assemble) can be exported"
         ) from None
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl.data import resize_images
+from autotl.data.dataset import resize_images
 from autotl.errors import UsageError, first_line
 from autotl.export._card import card_facts, write_card
 from autotl.export._card_variant import write_variant_card
@@ -35,11 +35,11 @@ from autotl.export._common import (
     _quiet,
 )
 from autotl.export._format import REPRESENTATIVE, Format, WriteContext
-from autotl.export._holdout import test_split_score
 from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
 from autotl.export._staging import check_out, install, quarantine, remove_stale, staging_dir
 from autotl.export._table import owned_files, parse_formats, select
+from autotl.export._test_score import test_split_score
 from autotl.export._variant import check_variant_args, check_variant_reproduces, open_variant
 
 Say = Callable[[str], None]
@@ -66,7 +66,7 @@ def export(
 
     A trial other than the best has its model assembled from its stored layers,
     which needs its backbone's plugin (``plugins`` or ``registry``) and weights
-    (``weights``, an ``autotl.weights.WeightsSource``; default: what run.json
+    (``weights``, an ``autotl.backbones.weights.WeightsSource``; default: what run.json
     records).  ``data`` replaces the search's data folder when it moved.
 
     Before anything is written, the Keras model must reproduce the validation
@@ -247,7 +247,7 @@ def _record_lineage(
 ) -> None:
     """Record the exported files in the study's lineage tables (``autotl lineage FILE`` finds them); never fails the export."""
     try:
-        from autotl.lineage import record_model
+        from autotl.run.lineage import record_model
 
         summary = run.data_summary or {"source": dataset.source, "fingerprint": dataset.fingerprint}
         # an ensemble is recorded once per member (each with its backbone and weights)

@@ -20,7 +20,7 @@ from autotl.export._common import (
 from autotl.export._format import Format
 from autotl.export._keras import keras_predictor
 from autotl.export._table import formats
-from autotl.objective import trial_metrics
+from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
     from autotl.export._run import _Run

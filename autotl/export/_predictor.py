@@ -12,7 +12,7 @@ import numpy as np
 from autotl.errors import UsageError, first_line
 from autotl.export._common import LABELS_FILE, Predict, _quiet, _read_labels
 from autotl.export._table import formats, recognise, titles
-from autotl.runfolder import RunFolder
+from autotl.run.folder import RunFolder
 
 
 def load_predictor(

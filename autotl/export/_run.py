@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import UsageError
-from autotl.objective import best_trial, complete_trials
-from autotl.runfolder import RunFolder
-from autotl.trial_models import trial_model
+from autotl.run.folder import RunFolder
+from autotl.run.trial_models import trial_model
+from autotl.scoring.objective import best_trial, complete_trials
 
 
 @dataclass

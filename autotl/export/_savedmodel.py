@@ -61,7 +61,7 @@ def _decode(data: Any, size: tuple[int, int]) -> Any:
     """One encoded file (a string tensor) to float pixels at ``size``, decoded as autotl decodes for training."""
     import tensorflow as tf
 
-    def png() -> Any:  # transparency on white, as autotl.data.decode_image does
+    def png() -> Any:  # transparency on white, as autotl.data.dataset.decode_image does
         rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
         alpha = rgba[..., 3:]
         on_white = (rgba[..., :3] * alpha + 255.0 * (255.0 - alpha)) / 255.0

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from autotl._stderr import stderr_silenced
-from autotl.data import resize_images
+from autotl.data.dataset import resize_images
 from autotl.export._common import TFLITE_FILE, Predict, _quiet, _tf_variables
 from autotl.export._format import Format, Loaded, WriteContext
 

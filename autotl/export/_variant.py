@@ -28,11 +28,11 @@ from autotl.ensemble import (
     variant_model,
     variant_name,
 )
-from autotl.ensemble_model import check_tta
+from autotl.ensemble.model import check_tta
 from autotl.errors import UsageError
 from autotl.export._common import REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, ExportParityError
 from autotl.export._run import _Run
-from autotl.objective import trial_metrics
+from autotl.scoring.objective import trial_metrics
 
 Say = Callable[[str], None]
 

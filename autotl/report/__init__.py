@@ -33,7 +33,7 @@ from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
 from autotl.report._sections import SECTIONS
 from autotl.report._write import write_report
-from autotl.stats import wilson_interval
+from autotl.scoring.stats import wilson_interval
 
 __all__ = [
     "write_report",

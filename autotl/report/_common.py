@@ -8,10 +8,10 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from autotl.errors import first_line
-from autotl.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objective, Objectives
-from autotl.runfolder import RunFolder
-from autotl.samplers import DEFAULT_SAMPLER
-from autotl.stats import wilson_interval
+from autotl.run.folder import RunFolder
+from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objective, Objectives
+from autotl.scoring.stats import wilson_interval
+from autotl.search.samplers import DEFAULT_SAMPLER
 
 REPORT_FILES = RunFolder.REPORT_FILES  # the plots' folder, as report.md and report.json name it
 #: 2: the record names the study's ``objectives`` and ``sampler``, and carries each score by objective

@@ -2,7 +2,7 @@
 
 ``autotl search`` (Optuna) keeps its trials in the study ``autotl``;
 ``autotl search --engine keras-tuner`` records its trials in the same storage
-as the study ``autotl-keras-tuner`` (:mod:`autotl.keras_tuner`).  When a run
+as the study ``autotl-keras-tuner`` (:mod:`autotl.search.keras_tuner`).  When a run
 folder has both, the report compares them on the same data and space.
 """
 
@@ -12,10 +12,10 @@ import statistics
 from collections.abc import Callable
 from typing import Any, Optional
 
-from autotl.objective import Objectives
 from autotl.report._common import ACCURACY, accuracy_ci
 from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
-from autotl.runfolder import RunFolder
+from autotl.run.folder import RunFolder
+from autotl.scoring.objective import Objectives
 
 NOTE = (
     "Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
@@ -78,7 +78,7 @@ def engines_compared(
 ) -> Optional[dict[str, Any]]:
     """Per engine's study of this run: trials complete and failed, best (with its Wilson interval), mean, median, time,
     history; ``None`` when the storage holds only one engine's study."""
-    from autotl.storage import load_study
+    from autotl.run.storage import load_study
 
     studies = run.engine_studies(storage_url, study.study_name)
     if len(studies) < 2:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Optional
 
-from autotl.ensemble_record import load_selection
-from autotl.runfolder import RunFolder
+from autotl.ensemble.record import load_selection
+from autotl.run.folder import RunFolder
 
 
 def ensemble_record(folder: RunFolder, study: Any) -> Optional[dict[str, Any]]:

@@ -6,11 +6,11 @@ import io
 from pathlib import Path
 from typing import Any, Optional
 
+from autotl.data.holdout import holdout_score
 from autotl.errors import first_line
-from autotl.holdout import holdout_score
 from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB
-from autotl.runfolder import ENGINES, OPTUNA, RunFolder
-from autotl.stats import wilson_interval
+from autotl.run.folder import ENGINES, OPTUNA, RunFolder
+from autotl.scoring.stats import wilson_interval
 
 
 def _thumbnail(pixels: Any) -> bytes:
@@ -34,14 +34,14 @@ def _model_trial(
     if number is not None:
         if engine == OPTUNA:
             return number
-        from autotl.keras_tuner_study import TRIAL_ID_ATTR
+        from autotl.search.keras_tuner_study import TRIAL_ID_ATTR
 
         # the keras-tuner engine's marker names keras-tuner's trial; its study copy keeps that id
         for t in study.get_trials(deepcopy=False):
             if str(t.user_attrs.get(TRIAL_ID_ATTR)) == str(number):
                 return t.number
     try:
-        from autotl.lineage import find_model
+        from autotl.run.lineage import find_model
 
         found = find_model(storage_url, model_file)
         if found and found.get("trial_number") is not None:

@@ -6,9 +6,9 @@ import datetime as _dt
 from typing import Any
 
 from autotl.errors import first_line
-from autotl.objective import Objectives
 from autotl.report._common import sampler_of
-from autotl.runfolder import RunFolder
+from autotl.run.folder import RunFolder
+from autotl.scoring.objective import Objectives
 
 
 def _importable(name: str) -> bool:
@@ -35,7 +35,7 @@ def _module_version(name: str) -> str:
 def _plugin_versions(used: set[str]) -> dict[str, str]:
     """Version of each plugin the trials used, from its distribution when it has one."""
     from autotl._version import __version__
-    from autotl.registry import DEFAULT_PLUGINS, get_registry
+    from autotl.backbones.registry import DEFAULT_PLUGINS, get_registry
 
     out: dict[str, str] = {}
     try:
@@ -57,7 +57,7 @@ def _plugin_versions(used: set[str]) -> dict[str, str]:
 
 def _recorded_models(storage_url: str, study_name: str) -> list[dict[str, Any]]:
     """The model files the lineage tables recorded for this study (none when it has no tables)."""
-    from autotl.lineage import list_models
+    from autotl.run.lineage import list_models
 
     keys = ("artifact_id", "kind", "path", "sha256", "trial_number", "created")
     try:
@@ -80,7 +80,7 @@ def lineage_record(
     storage_url: str,
 ) -> dict[str, Any]:
     from autotl._version import __version__
-    from autotl.lineage import library_versions
+    from autotl.run.lineage import library_versions
 
     val_fraction, seed = RunFolder.split_settings(study.user_attrs.get("data") or {}, space)
     sampler = sampler_of(study, space)

@@ -1,7 +1,7 @@
 """The Pareto front's data: with two or more objectives, which complete trials no other beats on all of them.
 
 Computed from the leaderboard rows with the study's one order
-(:meth:`autotl.objective.Objectives.keys`): a point is on the front when it
+(:meth:`autotl.scoring.objective.Objectives.keys`): a point is on the front when it
 meets the constraints and is Pareto level 0 among the trials that do.  The
 plot takes the first objective as y and the second as x.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from autotl.objective import Objectives
+from autotl.scoring.objective import Objectives
 
 FRONT_NOTE = (
     "A trial is on the Pareto front when it meets the constraints and no other such trial is at least "

@@ -11,7 +11,6 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any, Optional
 
-from autotl.objective import Objectives
 from autotl.report._common import (
     ACCURACY,
     SCHEMA,
@@ -29,7 +28,8 @@ from autotl.report._lineage import lineage_record
 from autotl.report._pareto import pareto_record
 from autotl.report._rows import best_row, state_counts, trial_rows, val_images
 from autotl.report._search import search_record
-from autotl.runfolder import RunFolder
+from autotl.run.folder import RunFolder
+from autotl.scoring.objective import Objectives
 
 
 def _best(best: dict[str, Any], n_val: Optional[int]) -> dict[str, Any]:
@@ -98,8 +98,8 @@ def _summary(
 
 def _skipped_backbones(folder: RunFolder, trials: list[Any]) -> dict[str, str]:
     """Backbone to why the search left it out: its checks or weights at start-up (``checks.json``), or
-    failures in a row in the latest search session (see :mod:`autotl.failures`)."""
-    from autotl.failures import dropped_backbones, latest_session
+    failures in a row in the latest search session (see :mod:`autotl.search.failures`)."""
+    from autotl.search.failures import dropped_backbones, latest_session
 
     out = {
         str(name): str(check.get("reason") or "failed its checks")
@@ -161,7 +161,7 @@ def build_record(
     evaluate: bool = True,
 ) -> dict[str, Any]:
     """The whole report as one JSON-able dict; thumbnails go into ``images`` (name -> PNG bytes)."""
-    from autotl.storage import safe_url
+    from autotl.run.storage import safe_url
 
     images = {} if images is None else images
     folder = RunFolder(run_dir)

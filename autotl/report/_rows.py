@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Optional
 
-from autotl.objective import Objectives, trial_metrics
 from autotl.report._common import STATES, _epochs
-from autotl.train import Gate
+from autotl.scoring.objective import Objectives, trial_metrics
+from autotl.training.trainer import Gate
 
 PASSED = Gate.PASSED.value
 
@@ -105,7 +105,7 @@ def _rank_keys(rows: list[dict[str, Any]], objectives: Objectives) -> dict[int, 
 
 
 def best_row(rows: list[dict[str, Any]], objectives: Objectives) -> Optional[dict[str, Any]]:
-    """The best complete row, in the order of :func:`autotl.objective.ranked_trials` (None when no
+    """The best complete row, in the order of :func:`autotl.scoring.objective.ranked_trials` (None when no
     complete row meets the constraints)."""
     complete = [
         r

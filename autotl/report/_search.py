@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autotl.objective import Objective, Objectives
 from autotl.report._common import _described
 from autotl.report._rows import history
+from autotl.scoring.objective import Objective, Objectives
 
 
 def _importances(study: Any, trials: list[Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Optional
 
-from autotl.objective import TIE_BREAK
 from autotl.report._common import (
     ACCURACY,
     _ci,
@@ -32,6 +31,7 @@ from autotl.report._document import (
     Section,
     table,
 )
+from autotl.scoring.objective import TIE_BREAK
 
 EPOCHS_NOTE = (
     "Epochs are counted from 1; 'head stable' is the phase-1 epoch with the head's best validation "

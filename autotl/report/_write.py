@@ -11,7 +11,7 @@ from autotl.report._figures import render_figures
 from autotl.report._html import render_html
 from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
-from autotl.runfolder import RunFolder, atomic_write
+from autotl.run.folder import RunFolder, atomic_write
 
 
 def write_report(

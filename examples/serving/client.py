@@ -21,7 +21,7 @@ import sys
 import urllib.error
 import urllib.request
 
-MAX_SIDE = 1024  # autotl.data.decode_image's bound
+MAX_SIDE = 1024  # autotl.data.dataset.decode_image's bound
 
 
 def _pillow():

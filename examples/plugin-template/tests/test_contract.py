@@ -29,7 +29,7 @@ def test_the_entry_point_names_this_module() -> None:
 
 
 def test_autotl_loads_it_with_its_plugin_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autotl.registry import get_registry
+    from autotl.backbones.registry import get_registry
 
     monkeypatch.delenv("AUTOTL_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     spec = get_registry().backbone("example_vgg16")
@@ -47,8 +47,8 @@ def test_the_handwritten_backbone_loads_its_own_weight_file(tmp_path) -> None:
         save_pretrained,
     )
 
+    from autotl.backbones.weights import WeightsSource
     from autotl.testing import check_pretrained
-    from autotl.weights import WeightsSource
 
     trained = build_mini_resnet((96, 96, 3), None)
     trained.set_weights([np.full_like(w, 0.01 * i) for i, w in enumerate(trained.get_weights())])

@@ -5,7 +5,7 @@ count -- not on trained values -- so each shape is measured once per run
 folder: the model is assembled (the pretrained base and a head of that shape),
 converted with the export's own TFLite converter (float, or full-integer when
 the space's ``deploy.quantize`` is ``int8``), timed in the TFLite interpreter
-(:mod:`autotl.latency`) and its file measured.  The result goes to
+(:mod:`autotl.export._latency`) and its file measured.  The result goes to
 ``deploy_costs.json`` in the run folder, written atomically under a lock, so
 several workers measure a shape once and never time two models at once.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from autotl.runfolder import RunFolder
+from autotl.run.folder import RunFolder
 
 __all__ = ["measure_deploy_costs", "shape_key", "CALIBRATION_IMAGES"]
 
@@ -66,9 +66,9 @@ def _measure(
     spec: Any, base: Any, head_width: int, n_classes: int, settings: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Assemble, convert and time one shape; the metrics and how they were measured."""
+    from autotl.export._latency import measure_tflite_latency
     from autotl.export._tflite import convert
-    from autotl.latency import measure_tflite_latency
-    from autotl.model import assemble, build_head
+    from autotl.training.model import assemble, build_head
 
     start = time.perf_counter()
     model = assemble(spec, base, build_head(n_classes, head_width, 0.0))

@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autotl.errors import UsageError
-from autotl.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objectives
-from autotl.samplers import DEFAULT_SAMPLER, SAMPLERS
-from autotl.train import LR_RATIO, TrialParams
+from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objectives
+from autotl.search.samplers import DEFAULT_SAMPLER, SAMPLERS
+from autotl.training.trainer import LR_RATIO, TrialParams
 
 __all__ = [
     "SearchSpace",
@@ -172,7 +172,7 @@ class SearchSpace(_Strict):
     augmentation: Augmentation = Augmentation()
     screening: Optional[Screening] = None  # off: every trial may fine-tune
     ensemble: Ensemble = Ensemble()  # off: no ensemble at the end of a search
-    sampler: str = DEFAULT_SAMPLER  # one of autotl.samplers.SAMPLERS
+    sampler: str = DEFAULT_SAMPLER  # one of autotl.search.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
     # bounds each trial must meet to count as best: at most (minimised) or at least (maximised)
     constraints: dict[str, float] = Field(default_factory=dict)

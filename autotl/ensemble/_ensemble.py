@@ -5,17 +5,17 @@ and kept the best trials' layers.  The steps, each one function:
 
 1. **candidates**: the top ``k`` complete trials (the study's "best first"
    order) whose layers the search kept, across backbones;
-2. **predictions** (:mod:`autotl.ensemble_predictions`): each candidate's
+2. **predictions** (:mod:`autotl.ensemble.predictions`): each candidate's
    probabilities on the validation images, the test images when there are
    any, and their mirrors for flip TTA, computed once in batches and cached in
    the run folder as ``.npy``;
 3. **selection**: greedy forward selection with replacement
-   (:mod:`autotl.caruana`) on the validation probabilities, maximising the
+   (:mod:`autotl.ensemble.caruana`) on the validation probabilities, maximising the
    study's first objective (ties broken by log loss);
 4. **scores**: the best single model, the ensemble and each with flip TTA, on
    validation and on test, with 95% Wilson intervals;
 5. **models** (on demand): each variant as one ``.keras`` file
-   (:mod:`autotl.ensemble_model`), which export and latency use;
+   (:mod:`autotl.ensemble.model`), which export and latency use;
 6. ``ensemble/selection.json``, which ``autotl export --ensemble`` and the
    report read.
 
@@ -32,10 +32,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl import caruana
-from autotl.ensemble_model import check_tta
-from autotl.ensemble_predictions import Probs, Sizes, input_sizes, largest, predictions, split_key
-from autotl.ensemble_record import (
+from autotl.ensemble import caruana
+from autotl.ensemble.model import check_tta
+from autotl.ensemble.predictions import Probs, Sizes, input_sizes, largest, predictions, split_key
+from autotl.ensemble.record import (
     BEST,
     ENSEMBLE,
     EnsembleSelection,
@@ -46,9 +46,9 @@ from autotl.ensemble_record import (
     variant_name,
 )
 from autotl.errors import UsageError
-from autotl.objective import Objectives, ranked_trials
-from autotl.runfolder import RunFolder
-from autotl.trial_models import trial_model
+from autotl.run.folder import RunFolder
+from autotl.run.trial_models import trial_model
+from autotl.scoring.objective import Objectives, ranked_trials
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -115,7 +115,7 @@ def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]
     return kept, notes
 
 
-# -- 2 (predictions: autotl.ensemble_predictions), 3 and 4. selection and scores
+# -- 2 (predictions: autotl.ensemble.predictions), 3 and 4. selection and scores
 
 
 def _scorer(study: Any) -> tuple[str, Callable[[np.ndarray, np.ndarray], float], list[str]]:
@@ -227,7 +227,7 @@ def select_ensemble(
 ) -> EnsembleSelection:
     """Choose the run's ensemble among its top ``k`` trials, score it beside the best single model, save it.
 
-    ``test`` (an ``autotl.data.ImageSet`` labelled in the run's class order)
+    ``test`` (an ``autotl.data.dataset.ImageSet`` labelled in the run's class order)
     defaults to the data set's test split (``dataset.test``) when it has one;
     without one, scores are on validation only.  ``measure(model_file)``, if
     given, times each variant (``autotl.export.tflite_latency``).  ``dataset``
@@ -396,12 +396,12 @@ def build_model(
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> Path:
-    """Variant ``v``'s members combined in one ``.keras`` file in ``RUN_DIR/ensemble/`` (see :mod:`autotl.ensemble_model`)."""
+    """Variant ``v``'s members combined in one ``.keras`` file in ``RUN_DIR/ensemble/`` (see :mod:`autotl.ensemble.model`)."""
     import os
 
     import keras
 
-    from autotl.ensemble_model import combined_model
+    from autotl.ensemble.model import combined_model
 
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     say(f"building {v.name}: trials {', '.join(map(str, v.members))} in one model")
@@ -420,7 +420,7 @@ def build_model(
     return path
 
 
-# -- 6. the stored selection (saved and loaded by autotl.ensemble_record)
+# -- 6. the stored selection (saved and loaded by autotl.ensemble.record)
 
 
 def current_selection(

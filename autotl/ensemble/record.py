@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl import caruana
-from autotl.runfolder import RunFolder
-from autotl.stats import wilson_interval
+from autotl.ensemble import caruana
+from autotl.run.folder import RunFolder
+from autotl.scoring.stats import wilson_interval
 
 __all__ = [
     "BEST",
@@ -61,7 +61,7 @@ class Variant:
     val: Score
     test: Optional[Score] = None
     model: Optional[str] = None  # its .keras file, relative to the run folder, once built
-    latency: Optional[dict[str, Any]] = None  # autotl.latency.measure_tflite_latency of its TFLite
+    latency: Optional[dict[str, Any]] = None  # autotl.export.measure_tflite_latency of its TFLite
     input_size: Optional[tuple[int, int]] = None  # what its model resizes images to
 
     @property

@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl.fitting import (
+from autotl.scoring.metrics import balanced_class_weights, classification_scores
+from autotl.training.fitting import (
     MIN_DELTA,
     Pixels,
     Report,
@@ -35,8 +36,7 @@ from autotl.fitting import (
     train_head_through,
     trainer,
 )
-from autotl.metrics import balanced_class_weights, classification_scores
-from autotl.seeding import set_random_seed
+from autotl.training.seeding import set_random_seed
 
 __all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
 
@@ -169,7 +169,7 @@ def train_trial(
     """
     import functools
 
-    from autotl.model import assemble, top_layer_weights
+    from autotl.training.model import assemble, top_layer_weights
 
     say = progress or (lambda _msg: None)
     set_random_seed(params.seed)
@@ -254,7 +254,7 @@ def _phase1(
     The same forward pass stores the block boundaries that fine-tuning trials
     may later start from (``params.prefetch_blocks``), so the data crosses the base once.
     """
-    from autotl.model import build_head
+    from autotl.training.model import build_head
 
     say("phase 1: features")
     feats = cache.get(
@@ -307,7 +307,7 @@ def _phase1(
 
 def prefetch_cuts(spec: Any, params: TrialParams, base: Any) -> list[str]:
     """The block boundaries fine-tuning may start from in this space: cached in phase 1's forward pass."""
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     if not params.prefetch_blocks:
         return []
@@ -332,7 +332,7 @@ def _gate(
     Returns the verdict, its reason in words, and the base's block boundaries
     (only looked up, which builds the base, when everything else passed).
     """
-    from autotl.model import block_boundaries
+    from autotl.training.model import block_boundaries
 
     head_loss = p1.history["loss"][p1.best_epoch]
     if params.unfreeze_blocks <= 0 and not params.unfreeze_all:
@@ -385,8 +385,8 @@ def _phase2(
     """
     import keras
 
-    from autotl.model import freeze_below, submodel, top_layer_weights
-    from autotl.preprocess import apply_preprocessing
+    from autotl.backbones.preprocess import apply_preprocessing
+    from autotl.training.model import freeze_below, submodel, top_layer_weights
 
     say(f"phase 2: features at {cut or 'input'}")
     acts = (

@@ -5,7 +5,7 @@ A condition is ``NAME OP NUMBER`` with ``OP`` one of ``<=``, ``<``, ``>=``,
 objective (``accuracy``, ``latency_ms``, ...: its metric is read) or any metric
 the trials recorded (``val_accuracy``, ``val_loss``, ...).  Among the complete
 trials that meet the condition and the study's constraints, the pick is the
-best by the study's one order (:mod:`autotl.objective`): the Pareto-optimal
+best by the study's one order (:mod:`autotl.scoring.objective`): the Pareto-optimal
 ones among them, then the first objective.  So ``--pick "latency_ms<=15"`` on
 an accuracy/latency study is the most accurate model of the front under 15 ms.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotl.errors import UsageError
-from autotl.objective import OBJECTIVES, Objectives, complete_trials, trial_metrics
+from autotl.scoring.objective import OBJECTIVES, Objectives, complete_trials, trial_metrics
 
 __all__ = ["Condition", "parse_conditions", "pick_trial", "OPERATORS"]
 

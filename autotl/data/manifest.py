@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
-from autotl.decoding import Checked, check_files, ordered
+from autotl.data.decoding import Checked, check_files, ordered
 
 __all__ = ["FORMAT", "Entry", "Scan", "check", "write", "read"]
 

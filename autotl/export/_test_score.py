@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autotl.holdout import holdout_score
-from autotl.objective import trial_metrics
+from autotl.data.holdout import holdout_score
+from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
     from autotl.export._run import _Run

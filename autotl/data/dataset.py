@@ -3,7 +3,7 @@
 Every file is decoded once at scan time, so a truncated JPEG is reported before
 trial 1 instead of killing trial 17; the decoded pixels are then dropped and
 files are decoded again, lazily, batch by batch, by worker processes
-(:mod:`autotl.decoding`).  With a manifest (:mod:`autotl.manifest`, one per run
+(:mod:`autotl.data.decoding`).  With a manifest (:mod:`autotl.data.manifest`, one per run
 folder) a later scan reads only the files added or changed since.  The layout
 is the one ``keras.utils.image_dataset_from_directory`` reads:
 ``DATA_DIR/CLASS/IMAGE``, or ``DATA_DIR/train/CLASS/IMAGE`` + ``DATA_DIR/val/CLASS/IMAGE``.
@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl import manifest as manifest_mod
-from autotl.decoding import BadImage, decode_files, decode_image, default_workers, ordered
+from autotl.data import manifest as manifest_mod
+from autotl.data.decoding import BadImage, decode_files, decode_image, default_workers, ordered
 from autotl.errors import UsageError
 
 __all__ = [
@@ -162,7 +162,7 @@ class Dataset:
     fingerprint: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # images the search never sees, scored once for the chosen model (autotl.holdout)
+    # images the search never sees, scored once for the chosen model (autotl.data.holdout)
     test: ImageSet | None = None
     test_split: str | None = None  # where they came from: "folder test/", "test_fraction=0.2 ..."
     test_fingerprint: str | None = None
@@ -376,7 +376,7 @@ def _layout(root: str, val_fraction: float, seed: int) -> tuple[dict[str, str], 
     notes = [
         f"ignored folder {d}/ (only train/, {val_dirs[0]}/ and test/ are used)"
         for d in dirs
-        if d not in ("train", val_dirs[0], "test")  # test/: autotl.holdout
+        if d not in ("train", val_dirs[0], "test")  # test/: autotl.data.holdout
     ]
     return (
         {"train": os.path.join(root, "train"), "val": os.path.join(root, val_dirs[0])},

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from autotl.errors import TrialFailed
-from autotl.model import HEAD_LAYERS, apply_head, build_head
+from autotl.training.model import HEAD_LAYERS, apply_head, build_head
 
 __all__ = [
     "MIN_DELTA",
@@ -272,7 +272,7 @@ def _head_trainer() -> _HeadTrainer:
 
 
 class _HeadTrainer:
-    """One epoch of :func:`autotl.model.build_head`'s head on features, as plain TensorFlow, traced once per process.
+    """One epoch of :func:`autotl.training.model.build_head`'s head on features, as plain TensorFlow, traced once per process.
 
     The weights and Adam slots are variables of open shape, so one trace serves
     every head width, feature size, class count and dataset; Keras' ``fit``

@@ -32,10 +32,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl.data import BadImage, Dataset, ImageSet, decode_image
+from autotl.data.dataset import BadImage, Dataset, ImageSet, decode_image
 from autotl.errors import UsageError
-from autotl.metrics import classification_scores
-from autotl.stats import wilson_interval
+from autotl.scoring.metrics import classification_scores
+from autotl.scoring.stats import wilson_interval
 
 __all__ = ["add_test_split", "holdout_score", "recommendation", "TEST_DIR", "RECOMMEND_FROM"]
 

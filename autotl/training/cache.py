@@ -8,7 +8,7 @@ from a block boundary) on the stored arrays.
 
 Entries are ``.npy`` files on disk in float16 (half the bytes of float32; the
 cached path matches the full float32 model within ``FLOAT16_TOLERANCE`` on
-probabilities), read by rows (:mod:`autotl.npyfile`), never held whole in
+probabilities), read by rows (:mod:`autotl.training.npyfile`), never held whole in
 memory.  An entry whose activations do not fit float16 is stored in float32.
 Before a build the entry's bytes are estimated: one that does not fit the disk
 (or ``--cache-budget``) is refused in one line, or, for a block boundary that
@@ -37,10 +37,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from autotl.backbones.weights import ResolvedWeights
 from autotl.errors import TrialFailed, UsageError
-from autotl.npyfile import NpyRows, NpyWriter
 from autotl.spec import BackboneSpec
-from autotl.weights import ResolvedWeights
+from autotl.training.npyfile import NpyRows, NpyWriter
 
 __all__ = [
     "FeatureCache",
@@ -228,7 +228,7 @@ def extractor(
     import keras
     import tensorflow as tf
 
-    from autotl.preprocess import apply_preprocessing
+    from autotl.backbones.preprocess import apply_preprocessing
 
     net = _mixed_copy(base) if mixed_precision else base
     image = keras.Input((*size, 3))

@@ -4,12 +4,12 @@ keras-tuner tunes a model that ``build(hp)`` returns and ``fit`` trains in one
 ``model.fit`` call; a transfer-learning model needs two phases with a gate
 between them, which keras-tuner users otherwise write by hand in
 ``run_trial``.  :class:`TransferHyperModel` does it with autotl's plugins, its
-feature cache and its trainer (:func:`autotl.train.train_trial`), so phase 1
+feature cache and its trainer (:func:`autotl.training.trainer.train_trial`), so phase 1
 always comes first, phase 2 runs only once the head has stabilised, and the
 fine-tuning rate stays at least 10 times below phase 1's::
 
     import keras_tuner as kt
-    from autotl.keras_tuner import TransferHyperModel
+    from autotl.search.keras_tuner import TransferHyperModel
 
     hypermodel = TransferHyperModel(space, dataset, weights=WeightsSource.parse(weights_dir="weights"), cache_dir="cache")
     tuner = kt.BayesianOptimization(hypermodel, objective=hypermodel.objective, max_trials=20, directory="kt")
@@ -41,15 +41,15 @@ from typing import Any, Optional
 
 import keras_tuner
 
+from autotl.backbones.registry import Registry
+from autotl.backbones.weights import WeightsSource, resolve_weights
 from autotl.errors import AutotlError, TrialFailed, UsageError, failure_line
-from autotl.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
-from autotl.model import HEAD_LAYERS
-from autotl.objective import Objectives
-from autotl.registry import Registry
-from autotl.runfolder import KERAS_TUNER, RunFolder
-from autotl.space import SearchSpace, errors_line, trial_params
-from autotl.train import TrialParams, train_trial
-from autotl.weights import WeightsSource, resolve_weights
+from autotl.run.folder import KERAS_TUNER, RunFolder
+from autotl.scoring.objective import Objectives
+from autotl.search.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
+from autotl.search.space import SearchSpace, errors_line, trial_params
+from autotl.training.model import HEAD_LAYERS
+from autotl.training.trainer import TrialParams, train_trial
 
 __all__ = ["TransferHyperModel", "run_keras_tuner_search", "TUNERS", "TRIAL_ID_ATTR"]
 
@@ -76,7 +76,7 @@ def _pristine_key(spec: Any, resolved: Any, seed: int) -> tuple[Any, ...]:
 
 
 class _Suggest:
-    """``autotl.space.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
+    """``autotl.search.space.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
 
     One mapping from a space to ``TrialParams`` for both engines.  A degenerate
     range (low == high) becomes ``hp.Fixed``: keras-tuner's Bayesian oracle
@@ -121,7 +121,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
     space's log sampling; a fixed value as ``hp.Fixed``) and returns the full
     model: raw pixels of any size in, class probabilities out, with the chosen
     backbone's pretrained weights.  ``fit(hp, model)`` trains it with
-    :func:`autotl.train.train_trial` on the frozen-feature cache and puts the
+    :func:`autotl.training.trainer.train_trial` on the frozen-feature cache and puts the
     trained head (and, when fine-tuning was kept, the trained top blocks) into
     ``model`` itself, so the checkpoint keras-tuner writes from it, and the
     model ``tuner.get_best_models()`` reloads, is the model that scored.
@@ -164,9 +164,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
     trial's model); the trainer has its own early stopping.
 
     Args:
-        space: the search space (``autotl.space.load_space``).
-        dataset: an ``autotl.data.Dataset`` (``load_folder`` / ``from_arrays``).
-        registry: the backbones (default: ``autotl.registry.get_registry()``).
+        space: the search space (``autotl.search.space.load_space``).
+        dataset: an ``autotl.data.dataset.Dataset`` (``load_folder`` / ``from_arrays``).
+        registry: the backbones (default: ``autotl.backbones.registry.get_registry()``).
         weights: where pretrained weights come from (default: ``WeightsSource.parse()``,
             i.e. ``$AUTOTL_WEIGHTS_DIR``, else ImageNet downloads).
         cache_dir: the feature cache (default: ``$XDG_CACHE_HOME/autotl/features``);
@@ -195,8 +195,8 @@ class TransferHyperModel(keras_tuner.HyperModel):
     ) -> None:
         from pydantic import ValidationError
 
-        from autotl.cache import FeatureCache
-        from autotl.registry import get_registry
+        from autotl.backbones.registry import get_registry
+        from autotl.training.cache import FeatureCache
 
         super().__init__(name=name, tunable=True)
         try:  # again: model_copy(update=...) and model_construct skip validation
@@ -237,7 +237,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp: Any) -> Any:
         """The full model of ``hp``'s backbone and head, with the backbone's pretrained weights."""
-        from autotl.model import assemble, build_base, build_head
+        from autotl.training.model import assemble, build_base, build_head
 
         params = self.params(hp)
         spec = self._spec(params.backbone)
@@ -259,7 +259,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Train ``model`` (from :meth:`build`) in two phases; return its validation accuracy and loss."""
-        from autotl.model import build_base
+        from autotl.training.model import build_base
 
         callbacks = list(kwargs.pop("callbacks", None) or [])
         epochs = kwargs.pop("epochs", None)
@@ -531,7 +531,7 @@ def run_keras_tuner_search(
     (``COMPLETE``, ``FAIL``, ``RUNNING``), and ``user_attrs`` (the trainer's
     gate, history, head_stable_epoch, seconds_total, ...), plus ``trial_id``,
     ``hyperband`` (keras-tuner's ``tuner/*`` values), ``trial_params`` (every
-    ``autotl.train.TrialParams`` field the trial ran with), ``budget`` and,
+    ``autotl.training.trainer.TrialParams`` field the trial ran with), ``budget`` and,
     for a failed trial, ``message``.
 
     Every finished trial is also added, once, to the study

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotl.backbones.weights import WeightsMismatch, WeightsMissing, resolve_weights
 from autotl.errors import UsageError, failure_line, first_line
-from autotl.runfolder import RunFolder
-from autotl.weights import WeightsMismatch, WeightsMissing, resolve_weights
+from autotl.run.folder import RunFolder
 
 __all__ = ["Prechecked", "precheck_backbones", "check_key"]
 

@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from autotl.backbones.weights import sha256_file
 from autotl.errors import UsageError, first_line
-from autotl.objective import trial_metrics
-from autotl.runfolder import RunFolder
-from autotl.storage import engine_kwargs, safe_url, sqlite_path
-from autotl.weights import sha256_file
+from autotl.run.folder import RunFolder
+from autotl.run.storage import engine_kwargs, safe_url, sqlite_path
+from autotl.scoring.objective import trial_metrics
 
 __all__ = [
     "ARTIFACTS_TABLE",
@@ -493,7 +493,7 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
 
 def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None) -> dict[str, Any]:
     """The lineage record of a model file (see :func:`find_model`); a one-line UsageError when there is none."""
-    from autotl.storage import check_database
+    from autotl.run.storage import check_database
 
     path = Path(model_path)
     if path.is_dir():

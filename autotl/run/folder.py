@@ -144,7 +144,7 @@ class RunFolder:
 
     @property
     def manifest(self) -> Path:
-        """The data set's manifest (:mod:`autotl.manifest`): what a scan need not read again."""
+        """The data set's manifest (:mod:`autotl.data.manifest`): what a scan need not read again."""
         return self.path / self.MANIFEST
 
     @property
@@ -158,7 +158,7 @@ class RunFolder:
 
     def artifact_store(self, url: Optional[str] = None) -> Any:
         """The artifact store ``url`` names (a study records it as ``artifacts``), else the run folder's."""
-        from autotl.artifacts import open_store
+        from autotl.run.artifacts import open_store
 
         return open_store(url, self.artifacts_dir)
 
@@ -258,7 +258,7 @@ class RunFolder:
         With ``any_engine``, a run searched only with ``--engine keras-tuner`` has
         no study ``study_name``: its keras-tuner study is opened instead.
         """
-        from autotl.storage import load_study
+        from autotl.run.storage import load_study
 
         url = self.require(storage_url)
         try:
@@ -275,7 +275,7 @@ class RunFolder:
 
     def engine_studies(self, storage_url: str, study_name: str) -> list[tuple[str, str]]:
         """``(study name, engine)`` of every engine's study of this run in the storage, the Optuna engine's first."""
-        from autotl.storage import study_names
+        from autotl.run.storage import study_names
 
         _, base = self.engine_of(study_name)
         names = set(study_names(storage_url))
@@ -327,7 +327,7 @@ class RunFolder:
         if store is not None and attrs.get("layers_artifact"):
             from optuna.artifacts.exceptions import ArtifactNotFound
 
-            from autotl.artifacts import download
+            from autotl.run.artifacts import download
 
             try:
                 return download(store, attrs["layers_artifact"], local)
@@ -353,7 +353,7 @@ class RunFolder:
     ) -> tuple[Any, bool]:
         """``(dataset, same)``: the search's data set again, split the same way, and whether it is exactly the
         search's (its fingerprint is the recorded one).  ``source`` replaces a data folder that moved."""
-        from autotl import data as data_mod
+        from autotl.data import dataset as data_mod
 
         record = self.record()
         summary = (getattr(study, "user_attrs", None) or {}).get("data") or {}
@@ -366,7 +366,7 @@ class RunFolder:
         val_fraction, seed = self.split_settings(summary or record, space)
         if source.startswith("sample:"):
             if registry is None:
-                from autotl.registry import get_registry
+                from autotl.backbones.registry import get_registry
 
                 registry = get_registry(list(plugins))
             images, labels, names = registry.sample(source.split(":", 1)[1]).load()
@@ -382,8 +382,8 @@ class RunFolder:
 
     @staticmethod
     def _with_test_split(dataset: Any, source: str, space: Mapping[str, Any], seed: int) -> Any:
-        """The search's test split again (``autotl.holdout``): its ``test/`` folder or ``test_fraction``."""
-        from autotl.holdout import add_test_split
+        """The search's test split again (``autotl.data.holdout``): its ``test/`` folder or ``test_fraction``."""
+        from autotl.data.holdout import add_test_split
 
         folder = None if source.startswith("sample:") else source
         return add_test_split(dataset, folder, float(space.get("test_fraction") or 0.0), seed)
@@ -496,7 +496,7 @@ class RunFolder:
 
     def save_trial_layers(self, number: int, weights: dict[str, list[Any]]) -> str:
         """Store what trial ``number`` trained (a plain ``.npz``, no pickle); return its path relative to the folder."""
-        from autotl.model import save_layer_weights
+        from autotl.training.model import save_layer_weights
 
         folder = self.trial_dir(number)
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The Optuna engine: what to try.  The trainer (``autotl.train``) decides how.
+"""The Optuna engine: what to try.  The trainer (``autotl.training.trainer``) decides how.
 
 One study per run folder.  It lives in a SQLite file there by default; any
 Optuna storage URL (PostgreSQL for many workers) works.  Rerunning the same
@@ -6,18 +6,18 @@ search resumes: finished trials are kept and only the missing ones run,
 because the trial budget counts complete and pruned trials in the study, not
 trials of this process.  The sampler is the space's (``sampler``), the
 objectives and constraints are the space's (``objectives``, ``constraints``),
-and every "best" is :func:`autotl.objective.ranked_trials`' order.
+and every "best" is :func:`autotl.scoring.objective.ranked_trials`' order.
 
-Failures follow :mod:`autotl.failures`: a trial that raises anything is
+Failures follow :mod:`autotl.search.failures`: a trial that raises anything is
 marked failed with its reason and the search goes on; a backbone that fails
 three times in a row is dropped (the sampler is kept off it), and the search
 stops with :class:`autotl.errors.SearchStopped` when no backbone is left or
 ``max_failures`` trials in a row have failed.  Before the first trial every
-backbone is checked once (:mod:`autotl.prechecks`).
+backbone is checked once (:mod:`autotl.search.prechecks`).
 
 When an objective or a constraint is a deploy cost (``latency_ms``,
 ``size_mb``, ``params``), each trial's costs are looked up (measured once per
-backbone and head shape, :mod:`autotl.deploy_costs`) before it trains and
+backbone and head shape, :mod:`autotl.export._deploy_costs`) before it trains and
 recorded in its metrics.  Its constraint values go to the trial's
 ``constraints`` attribute and to Optuna (``trial.set_constraint`` on Optuna 5,
 the sampler's ``constraints_func`` on Optuna 4).
@@ -35,8 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
+from autotl.backbones.registry import Registry
+from autotl.backbones.weights import WeightsSource, resolve_weights
 from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, first_line
-from autotl.failures import (
+from autotl.run.folder import RunFolder
+from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
+from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
+from autotl.search.failures import (
     COUNTED,
     FAIL_KIND,
     FAIL_REASON,
@@ -48,12 +53,7 @@ from autotl.failures import (
     SearchBackbones,
     stop_reason,
 )
-from autotl.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
-from autotl.registry import Registry
-from autotl.runfolder import RunFolder
-from autotl.space import SearchSpace, trial_params
-from autotl.trial_models import LayersNotHere, record_artifact, update_best_model
-from autotl.weights import WeightsSource, resolve_weights
+from autotl.search.space import SearchSpace, trial_params
 
 __all__ = ["SearchConfig", "open_search_study", "run_search", "FULL", "SCREEN", "FINALIST"]
 
@@ -81,11 +81,11 @@ class SearchConfig:
     heartbeat: int = 30  # seconds; a worker silent for 4 heartbeats is declared dead
     worker_index: int = 0  # offsets the sampler's seed, so workers draw different points
     max_failures: int = MAX_FAILURES  # stop after this many failed trials in a row
-    # one `autotl search` and the workers it started: "in a row" counts its trials (autotl.failures)
+    # one `autotl search` and the workers it started: "in a row" counts its trials (autotl.search.failures)
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
     explicit: bool = False  # the backbones were named (--backbone): each must be usable
-    # measures a shape's deploy costs: autotl.deploy_costs.measure_deploy_costs (the API passes it)
+    # measures a shape's deploy costs: autotl.export._deploy_costs.measure_deploy_costs (the API passes it)
     deploy_costs: Optional[Callable[..., dict[str, float]]] = None
     # the feature cache: its folder (default RUN_DIR/cache), the bytes it may hold (default: the
     # disk's free space), its dtype, and its forward pass in float16 (a GPU option)
@@ -149,8 +149,8 @@ def open_search_study(cfg: SearchConfig) -> Any:
     """
     import optuna
 
-    from autotl.samplers import make_sampler
-    from autotl.storage import open_study
+    from autotl.run.storage import open_study
+    from autotl.search.samplers import make_sampler
 
     objectives = cfg.objectives
     pruner = (
@@ -179,7 +179,7 @@ def open_search_study(cfg: SearchConfig) -> Any:
 
 def _check_same_objectives(study: Any, objectives: Objectives, storage_url: str) -> None:
     """A resumed study keeps its objectives and constraints: its trials' values and constraint values mean them."""
-    from autotl.storage import safe_url
+    from autotl.run.storage import safe_url
 
     attrs = study.user_attrs
     for key, have, want in (
@@ -216,7 +216,7 @@ class _TrialRunner:
         on_event: Event,
         backbones: SearchBackbones,
     ) -> None:
-        from autotl.cache import FeatureCache
+        from autotl.training.cache import FeatureCache
 
         self.cfg, self.registry, self.dataset, self.on_event = cfg, registry, dataset, on_event
         self.backbones = backbones
@@ -243,7 +243,7 @@ class _TrialRunner:
         Building a base costs a second or more (ResNet50: several); a trial
         only needs one with the pretrained weights, which a reset restores.
         """
-        from autotl.model import build_base
+        from autotl.training.model import build_base
 
         key = (spec.name, weights.argument, weights.sha256, seed)
         if key not in self._bases:
@@ -297,7 +297,7 @@ class _TrialRunner:
         self._fail(trial, event, COUNTED, reason)
 
     def _fail(self, trial: Any, event: dict[str, Any], kind: str, reason: str) -> NoReturn:
-        """Record why ``trial`` failed (and whether it counts, see :mod:`autotl.failures`), say it, fail it."""
+        """Record why ``trial`` failed (and whether it counts, see :mod:`autotl.search.failures`), say it, fail it."""
         trial.set_user_attr(FAIL_KIND, kind)
         trial.set_user_attr(FAIL_REASON, reason)
         if event:
@@ -306,7 +306,7 @@ class _TrialRunner:
 
     def _train(self, trial: Any, params: Any, event: dict[str, Any]) -> Any:
         """Train one point and record what it did; the value(s) Optuna gets."""
-        from autotl.train import train_trial
+        from autotl.training.trainer import train_trial
 
         spec = self.registry.backbone(params.backbone)
         weights = resolve_weights(spec, self.cfg.weights)
@@ -351,7 +351,7 @@ class _TrialRunner:
         if self.cfg.deploy_costs is None:
             raise UsageError(
                 "this search's objectives or constraints need deploy costs: pass "
-                "SearchConfig(deploy_costs=autotl.deploy_costs.measure_deploy_costs)"
+                "SearchConfig(deploy_costs=autotl.export._deploy_costs.measure_deploy_costs)"
             )
         self.on_event({**event, "status": "deploy costs"})
         try:
@@ -385,7 +385,7 @@ class _TrialRunner:
     def _store_layers(self, trial: Any, result: Any) -> None:
         """Only what the trial trained is stored (milliseconds), here and in the artifact store; the full
         model is assembled on demand, on any machine that reaches the store."""
-        from autotl.artifacts import upload
+        from autotl.run.artifacts import upload
 
         relative = self.cfg.run.save_trial_layers(trial.number, result.trained_weights())
         trial.set_user_attr("weights_path", relative)
@@ -417,7 +417,7 @@ class _TrialRunner:
         """Backbone ``name``'s phase-1 cache entry, and the boundaries the space may fine-tune from, as a trial builds them."""
         import optuna
 
-        from autotl.train import prefetch_cuts
+        from autotl.training.trainer import prefetch_cuts
 
         space, p2 = self.cfg.space, self.cfg.space.phase2
         fixed = {
@@ -487,7 +487,7 @@ class _TrialRunner:
 def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
     """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best
     (here and in the artifact store, once per process)."""
-    from autotl.artifacts import remove
+    from autotl.run.artifacts import remove
 
     removed: set[str] = set()
 
@@ -551,14 +551,14 @@ def _enqueue_finalist(
 def _artifact_store(study: Any, cfg: SearchConfig) -> Optional[str]:
     """The study's artifact store: the one it records (a worker given another is refused), else ``cfg.artifacts``."""
     from autotl.errors import UsageError
-    from autotl.trial_models import ARTIFACTS_ATTR
+    from autotl.run.trial_models import ARTIFACTS_ATTR
 
     if ARTIFACTS_ATTR not in study.user_attrs:
         study.set_user_attr(ARTIFACTS_ATTR, cfg.artifacts)
         return cfg.artifacts
     recorded = study.user_attrs[ARTIFACTS_ATTR]
     if cfg.artifacts is not None and cfg.artifacts != recorded:
-        from autotl.artifacts import describe
+        from autotl.run.artifacts import describe
 
         raise UsageError(
             f"the study keeps its artifacts in {describe(recorded)}, not {cfg.artifacts}; "
@@ -569,7 +569,7 @@ def _artifact_store(study: Any, cfg: SearchConfig) -> Optional[str]:
 
 def _describe_study(study: Any, cfg: SearchConfig, dataset: Any) -> None:
     """What reports and exports read from the study itself (any worker may write it; the values are the same)."""
-    from autotl.lineage import library_versions
+    from autotl.run.lineage import library_versions
 
     attrs = {
         "data": dataset.summary(),
@@ -679,8 +679,8 @@ def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> SearchBackbones
 
 def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> tuple[Any, Any]:
     """Claim the run folder, open the study, check each backbone once; ``(study, runner)``."""
-    from autotl.prechecks import precheck_backbones
-    from autotl.storage import check_database
+    from autotl.run.storage import check_database
+    from autotl.search.prechecks import precheck_backbones
 
     check_database(cfg.storage_url, create=True)  # before anything is written into the folder
     cfg.run.claim(
@@ -727,7 +727,7 @@ def run_search(
     (its heartbeat stopped, so Optuna failed it and queued a retry).  The budget
     counts trials of the whole study, so N workers make ``cfg.trials`` trials
     in total, not N times that.  Failed trials do not count toward it; the
-    failure policy (:mod:`autotl.failures`) ends a search that cannot make
+    failure policy (:mod:`autotl.search.failures`) ends a search that cannot make
     progress with :class:`SearchStopped`.  When it ends, ``best_model.keras``
     is the best trial's model.
     """

@@ -7,7 +7,7 @@ A study with constraints (``constraints: {latency_ms: 15}``) passes Optuna a
 ``constraints_func``; the samplers that model constraints (TPE, NSGA-II, GP)
 take it and steer away from infeasible regions.  Random and CMA-ES sample
 without it; for every sampler, a trial that breaks a constraint is never the
-best (:mod:`autotl.objective`).
+best (:mod:`autotl.scoring.objective`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A search stores only what a trial trained (the head, and the unfrozen top
 blocks) as a plain ``.npz``, in the run folder and in the study's artifact
-store (:mod:`autotl.artifacts`); finishing a trial costs milliseconds.  The full
+store (:mod:`autotl.run.artifacts`); finishing a trial costs milliseconds.  The full
 ``.keras`` model -- resize, the backbone's preprocessing, the pretrained base
 with the trained top, the head -- is assembled here: for ``best_model.keras``
 when a search ends, for an export of another trial, for a report's evaluation
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import UsageError, first_line
-from autotl.objective import best_trial
-from autotl.runfolder import OPTUNA, RunFolder
+from autotl.run.folder import OPTUNA, RunFolder
+from autotl.scoring.objective import best_trial
 
 __all__ = [
     "LayersNotHere",
@@ -49,7 +49,7 @@ def study_store(run: RunFolder, study: Any) -> Any:
 
 def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
     """Where the run's backbones came from: ``weights`` (a ``WeightsSource``) if given, else what run.json records."""
-    from autotl.weights import WeightsSource
+    from autotl.backbones.weights import WeightsSource
 
     if weights is not None:
         return weights
@@ -102,7 +102,7 @@ def trial_model(
             f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
         )
     if registry is None:
-        from autotl.registry import get_registry
+        from autotl.backbones.registry import get_registry
 
         registry = get_registry(list(plugins))
     name = trial.params["backbone"]
@@ -111,8 +111,8 @@ def trial_model(
             f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
             "which is not installed here; install it or pass --plugin MODULE"
         )
-    from autotl.model import restore_model
-    from autotl.weights import resolve_weights
+    from autotl.backbones.weights import resolve_weights
+    from autotl.training.model import restore_model
 
     spec = registry.backbone(name)
     resolved = resolve_weights(spec, weights_of_run(run, weights))
@@ -146,7 +146,7 @@ def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> 
     """The best model another machine assembled for ``trial`` and put in the artifact store, fetched; else None."""
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    from autotl.artifacts import download
+    from autotl.run.artifacts import download
 
     recorded = (study.user_attrs or {}).get(BEST_MODEL_ARTIFACT) or {}
     if recorded.get("trial") != trial.number or not recorded.get("artifact_id"):
@@ -160,7 +160,7 @@ def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> 
 def share_best_model(run: RunFolder, study: Any, trial: Any, path: Path) -> None:
     """Put the best model in the study's artifact store (once per trial), so any machine can report and export it;
     the previous best's copy is removed."""
-    from autotl.artifacts import remove, upload
+    from autotl.run.artifacts import remove, upload
 
     recorded = (study.user_attrs or {}).get(BEST_MODEL_ARTIFACT) or {}
     if recorded.get("trial") == trial.number:
@@ -204,7 +204,7 @@ def update_best_model(
 
 def record_artifact(storage_url: str, study: Any, trial: Any, path: Path, kind: str) -> None:
     """Lineage of a stored file in the study's database; it must never cost a finished trial (a warning instead)."""
-    from autotl.lineage import record_model
+    from autotl.run.lineage import record_model
 
     try:
         record_model(

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from autotl.errors import UsageError
-from autotl.runfolder import RunFolder, atomic_write
+from autotl.run.folder import RunFolder, atomic_write
 
 __all__ = ["Probs", "Sizes", "split_key", "input_sizes", "largest", "predictions"]
 
@@ -63,7 +63,7 @@ Sizes = dict[int, tuple[int, int]]
 def input_sizes(trials: Sequence[Any], registry: Any = None, plugins: Sequence[str] = ()) -> Sizes:
     """Each trial's own input size, from its backbone's plugin (no model is loaded)."""
     if registry is None:
-        from autotl.registry import get_registry
+        from autotl.backbones.registry import get_registry
 
         registry = get_registry(list(plugins))
     out = {}

@@ -88,7 +88,7 @@ class Objective:
 
 #: Every objective autotl knows, by the name a space or ``--objectives`` uses.  The trainer records
 #: the validation metrics of every trial; the deploy costs are measured when an objective or a
-#: constraint names one (``autotl.deploy_costs``).  ``log_loss`` is the validation loss: the mean
+#: constraint names one (``autotl.export._deploy_costs``).  ``log_loss`` is the validation loss: the mean
 #: cross-entropy of the epoch early stopping restored.
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
@@ -111,7 +111,7 @@ OBJECTIVES: dict[str, Objective] = {
     )
 }
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy",)
-#: The metrics the deploy-cost measurement records (``autotl.deploy_costs``).
+#: The metrics the deploy-cost measurement records (``autotl.export._deploy_costs``).
 DEPLOY_METRICS: tuple[str, ...] = tuple(o.metric for o in OBJECTIVES.values() if o.kind == DEPLOY)
 
 

@@ -1,6 +1,6 @@
 """The keras-tuner engine's trials as an Optuna study, beside the Optuna engine's, for ``autotl report`` to compare.
 
-:func:`autotl.keras_tuner.run_keras_tuner_search` adds every finished keras-tuner
+:func:`autotl.search.keras_tuner.run_keras_tuner_search` adds every finished keras-tuner
 trial to the study ``<study_name>-keras-tuner`` in the run folder's storage, with
 the parameters, distributions and trial attributes an Optuna trial of the same
 space has.  This module imports Optuna, not keras-tuner or TensorFlow.
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from autotl.objective import Objectives
-from autotl.space import SearchSpace, trial_params
+from autotl.scoring.objective import Objectives
+from autotl.search.space import SearchSpace, trial_params
 
 __all__ = ["KerasTunerStudy", "TRIAL_ID_ATTR"]
 
@@ -26,9 +26,9 @@ TRIAL_ID_ATTR = "keras_tuner_trial_id"
 
 
 class _Distributions:
-    """Asked as :func:`autotl.space.trial_params` asks an Optuna trial: records each parameter's distribution.
+    """Asked as :func:`autotl.search.space.trial_params` asks an Optuna trial: records each parameter's distribution.
 
-    The same mapping from a space as the Optuna engine's (and ``autotl.keras_tuner._Suggest``'s), so the
+    The same mapping from a space as the Optuna engine's (and ``autotl.search.keras_tuner._Suggest``'s), so the
     keras-tuner trials' Optuna copy has exactly the distributions an Optuna search of the space has.
     """
 
@@ -73,8 +73,8 @@ class KerasTunerStudy:
         tuner: str,
         best_model: str,
     ) -> None:
-        from autotl.lineage import library_versions
-        from autotl.storage import open_study
+        from autotl.run.lineage import library_versions
+        from autotl.run.storage import open_study
 
         self.url = storage_url
         self.objectives = Objectives.of(space.objectives)
@@ -114,7 +114,7 @@ class KerasTunerStudy:
     def _frozen(self, r: dict[str, Any]) -> Any:
         import optuna
 
-        from autotl.objective import trial_metrics
+        from autotl.scoring.objective import trial_metrics
 
         state = optuna.trial.TrialState[r["state"]]
         try:
@@ -171,7 +171,7 @@ class KerasTunerStudy:
         if model_file is None or number is None:
             return
         try:
-            from autotl.lineage import record_model
+            from autotl.run.lineage import record_model
 
             trial = next(
                 t

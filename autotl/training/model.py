@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from autotl.backbones.preprocess import apply_preprocessing
+from autotl.backbones.weights import ResolvedWeights
 from autotl.errors import TrialFailed, UsageError, failure_line, first_line
-from autotl.preprocess import apply_preprocessing
-from autotl.seeding import set_random_seed
 from autotl.spec import BackboneSpec
-from autotl.weights import ResolvedWeights
+from autotl.training.seeding import set_random_seed
 
 __all__ = [
     "HEAD_LAYERS",

@@ -249,6 +249,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         space_file = str(path)
     space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
     space_obj = apply_objectives(space_obj, kwargs.get("objectives"))
+    _check_deploy(space_obj)
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
     space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)
@@ -293,6 +294,15 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         unavailable,
         bool(kwargs["backbones"]),
     )
+
+
+def _check_deploy(space: Any) -> None:
+    """Deploy costs in a format whose optional extra is missing (``deploy: {format: onnx}``): one line now."""
+    from autotl.export._deploy_costs import check_deploy_format
+    from autotl.scoring.objective import Objectives
+
+    if Objectives.of(space.objectives, space.constraints).needs_deploy_costs:
+        check_deploy_format(space.deploy.model_dump())
 
 
 def _default_command() -> str:

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run",
         metavar="MODEL",
-        help="run folder, export folder, .keras file, SavedModel folder or .tflite file",
+        help="run folder, export folder, .keras file, SavedModel folder, .tflite or .onnx file",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
@@ -281,10 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--format",
         metavar="LIST",
-        help="comma-separated formats (default: keras,savedmodel,tflite, the format table's defaults)",
+        help="comma-separated formats: keras, savedmodel, tflite, onnx (default: keras,savedmodel,tflite; "
+        "onnx needs pip install 'autotl[onnx]')",
     )
     e.add_argument(
-        "--quantize", metavar="int8", help="also write a fully integer-quantized model_int8.tflite"
+        "--quantize",
+        metavar="int8",
+        help="also write int8 models of the named formats: model_int8.tflite (fully integer), "
+        "model_int8.onnx (ONNX Runtime's static quantization)",
     )
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
     e.add_argument(

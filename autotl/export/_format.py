@@ -80,7 +80,9 @@ class Format:
     lineage tables record, unless ``lineage_files`` names others).  ``needs``
     lists what it needs from the export (``REPRESENTATIVE``); ``usage(size,
     facts)`` says in the model card how to call it.  ``default`` rows are
-    exported when no format is named.
+    exported when no format is named.  ``requires()`` raises a one-line
+    UsageError when the format cannot be written or read here (an optional
+    extra is not installed); it is asked before an export starts.
     """
 
     name: str
@@ -96,6 +98,7 @@ class Format:
     usage: Optional[Callable[[tuple[int, int], Mapping[str, Any]], str]] = None
     lineage_files: tuple[str, ...] = ()
     default: bool = True
+    requires: Optional[Callable[[], None]] = None
 
     def __post_init__(self) -> None:
         if not self.selector:

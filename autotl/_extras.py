@@ -10,6 +10,7 @@ optional integrations).
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Sequence
 
 from autotl.errors import UsageError
@@ -25,6 +26,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 
 def _found(module: str) -> bool:
+    if sys.modules.get(module) is not None:  # imported already (some replace their module object)
+        return True
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # an import hook that refuses it, or a module set to None

@@ -108,6 +108,7 @@ def search(
     cache_dtype: str = "float16",
     mixed_precision: bool = False,
     artifacts: Optional[str] = None,
+    mlflow: Optional[str] = None,
 ) -> Run:
     """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
 
@@ -137,6 +138,11 @@ def search(
     GPUs); ``artifacts`` (``s3://bucket/prefix`` or a folder) is where trials'
     layers, best models and exports go, so workers that share only the
     database can assemble any trial's model (default: the run folder).
+
+    ``mlflow`` (a tracking URI, ``pip install 'autotl[mlflow]'``) logs each
+    trial as an MLflow run as it finishes, nested under a run for the study,
+    and the best model to the registry when the search ends (see
+    :meth:`Run.log_mlflow`).
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -170,6 +176,8 @@ def search(
     }
     emit = on_event or (lambda _e: None)
     plan = _plan(space, kwargs, command, emit)
+    if mlflow is not None:
+        emit = _mlflow_events(plan, engine, mlflow, emit)
     try:
         _run_engine(plan, engine, tuner, workers, gpus, timeout, emit, should_stop)
     except SearchStopped:  # what did finish is reported, then the reason is said
@@ -177,7 +185,28 @@ def search(
             with contextlib.suppress(Exception):
                 _finish(plan, engine, emit, lambda: False, report=True)
         raise
-    return _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
+    run = _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
+    if mlflow is not None:
+        logged = run.log_mlflow(mlflow)
+        emit(
+            {
+                "info": f"MLflow: {len(logged.trial_runs)} trials in run {logged.parent_run_id} at {mlflow}"
+            }
+        )
+    return run
+
+
+def _mlflow_events(plan: _Plan, engine: str, uri: str, emit: Event) -> Event:
+    """``emit``, also logging each finished trial to MLflow at ``uri`` (checked reachable now)."""
+    from autotl.integrations.mlflow import check_server, search_hook
+
+    if engine != OPTUNA:
+        raise UsageError(
+            "mlflow logging follows the Optuna engine's study; drop --engine keras-tuner"
+        )
+    check_server(uri)
+    folder = RunFolder(plan.out)
+    return search_hook(uri, folder, folder.storage_url(plan.storage), plan.study_name, emit)
 
 
 def _run_engine(
@@ -914,6 +943,17 @@ class Run:
             )
             return None
 
+    def log_mlflow(
+        self, uri: str, *, experiment: Optional[str] = None, model_name: Optional[str] = None
+    ) -> Any:
+        """Log the study to MLflow at ``uri`` (``autotl mlflow RUN_DIR URI``): a parent run, a nested run per
+        finished trial not logged yet, the best model registered as ``model_name`` (default: the run
+        folder's name); returns ``autotl.integrations.mlflow.MlflowLog``."""
+        from autotl.integrations.mlflow import log_study, require_mlflow
+
+        require_mlflow()  # the missing extra first, before the study is opened
+        return log_study(uri, self.folder, self.study, self.storage_url, experiment, model_name)
+
     def export(
         self,
         formats: str | Sequence[str] | None = None,
@@ -926,14 +966,20 @@ class Run:
         pick: Optional[str] = None,
         ensemble: bool = False,
         tta: Optional[str] = None,
+        mlflow: Optional[str] = None,
     ) -> Any:
         """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
         ``"latency_ms<=15"``, or with ``ensemble`` the run's ensemble, see :meth:`ensemble`;
         ``tta="flip"`` builds flip test-time augmentation in) in ``formats`` into ``out`` (default
         RUN_DIR/export), each format checked against the Keras model; returns
-        ``autotl.export.ExportResult``."""
+        ``autotl.export.ExportResult``.  With ``mlflow`` (a tracking URI) each exported format is
+        registered in MLflow's model registry (``result.registered``)."""
         from autotl.export import export
 
+        if mlflow is not None:
+            from autotl.integrations.mlflow import check_server
+
+            check_server(mlflow)
         if pick is not None:
             if trial is not None:
                 raise UsageError("pass --trial N or --pick CONDITION, not both")
@@ -959,6 +1005,10 @@ class Run:
             tta=tta,
         )
         self._share_export(result)
+        if mlflow is not None:
+            from autotl.integrations.mlflow import register_export
+
+            result.registered = register_export(mlflow, result, self.folder, self.study)
         return result
 
     def _share_export(self, result: Any) -> None:

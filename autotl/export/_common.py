@@ -63,6 +63,8 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     #: The ensemble or TTA model exported instead of ``trial``'s own (``export(ensemble=..., tta=...)``), or None.
     variant: Optional[dict[str, Any]] = None
+    #: Each format registered in MLflow's model registry (``Run.export(mlflow=URI)``): format -> version.
+    registered: dict[str, str] = field(default_factory=dict)
 
 
 def _quiet() -> None:

@@ -949,9 +949,8 @@ class Run:
         """Log the study to MLflow at ``uri`` (``autotl mlflow RUN_DIR URI``): a parent run, a nested run per
         finished trial not logged yet, the best model registered as ``model_name`` (default: the run
         folder's name); returns ``autotl.integrations.mlflow.MlflowLog``."""
-        from autotl.integrations.mlflow import log_study, require_mlflow
+        from autotl.integrations.mlflow import log_study
 
-        require_mlflow()  # the missing extra first, before the study is opened
         return log_study(uri, self.folder, self.study, self.storage_url, experiment, model_name)
 
     def export(

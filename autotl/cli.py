@@ -701,6 +701,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow(args: argparse.Namespace) -> int:
+    from autotl.integrations.mlflow import require_mlflow
+
+    require_mlflow()  # a missing extra is said first
     logged = _open_run(args).log_mlflow(
         args.uri, experiment=args.experiment, model_name=args.model_name
     )

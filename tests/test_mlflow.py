@@ -121,6 +121,7 @@ def test_a_search_logs_each_trial_nested_under_its_study(logged, mlflow_uri: str
     )
     for r, t in zip(trials, study_trials):
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.info.run_name == f"trial {t.number}"
         assert r.info.status == "FINISHED" and r.data.tags["state"] == "COMPLETE"  # Optuna's tags
         assert r.data.params == {k: str(v) for k, v in t.params.items()}
         assert r.data.metrics["val_accuracy"] == pytest.approx(t.values[0])
@@ -155,17 +156,17 @@ def test_the_best_model_is_registered_with_its_lineage(logged, mlflow_uri: str) 
     assert tags["autotl.data_fingerprint"] == run.study.user_attrs["data"]["fingerprint"]
     assert tags["autotl.versions.keras"] == keras.__version__
     uri = f"models:/tiny-colours/{version.version}"
-    info = mlflow.models.get_model_info(uri)
+    mlflow.set_tracking_uri(mlflow_uri)
+    try:
+        info = mlflow.models.get_model_info(uri)
+        images = np.random.default_rng(0).integers(0, 256, (2, 40, 44, 3)).astype(np.uint8)
+        got = mlflow.pyfunc.load_model(uri).predict(images)
+    finally:
+        mlflow.set_tracking_uri("")
     assert "keras" in info.flavors
     (spec,) = info.signature.inputs.inputs
     assert spec.type == np.dtype("uint8") and spec.shape == (-1, -1, -1, 3)
     assert info.saved_input_example_info is not None  # an input example is stored with it
-    images = np.random.default_rng(0).integers(0, 256, (2, 40, 44, 3)).astype(np.uint8)
-    mlflow.set_tracking_uri(mlflow_uri)
-    try:
-        got = mlflow.pyfunc.load_model(uri).predict(images)
-    finally:
-        mlflow.set_tracking_uri("")
     want = keras.saving.load_model(best, safe_mode=True)(images.astype("float32")).numpy()
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 

@@ -7,9 +7,13 @@ travel inside the file (``metadata_props["labels"]``, JSON), so ``autotl predict
 model.onnx`` needs nothing beside it.
 
 The int8 file is ONNX Runtime's static quantization of the float one: QDQ
-format, uint8 activations, int8 weights per channel, calibrated (min-max) on the
-training images the export hands to quantized formats.  Its input and output
-stay uint8 pixels and float probabilities, so it is a drop-in for the float file.
+format, int8 activations and int8 weights per channel (S8S8, what ONNX Runtime
+recommends first on x86-64), calibrated (min-max) on the training images the
+export hands to quantized formats.  Its input and output stay uint8 pixels and
+float probabilities, so it is a drop-in for the float file.  On MobileNetV2 0.35
+(hymenoptera, 153 validation images) S8S8 kept 151 top-1 answers of the float
+model's, uint8 activations (U8S8) 149 -- under the 98% an int8 export must keep
+-- and U8S8 with ``reduce_range`` 138.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def _name_dims(proto: Any) -> None:
 
 
 def quantize_int8(onnx_model: bytes, representative: np.ndarray) -> bytes:
-    """ONNX Runtime's static int8 quantization of ``onnx_model`` (QDQ, uint8 activations, int8 weights per
+    """ONNX Runtime's static int8 quantization of ``onnx_model`` (QDQ, int8 activations, int8 weights per
     channel), calibrated on ``representative`` images (float 0..255, ``[n, h, w, 3]``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -114,7 +118,7 @@ def quantize_int8(onnx_model: bytes, representative: np.ndarray) -> bytes:
                 str(out),
                 Calibration(),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
             )
@@ -211,7 +215,7 @@ def _usage(size: tuple[int, int], facts: Mapping[str, Any]) -> str:
 def _usage_int8(size: tuple[int, int], facts: Mapping[str, Any]) -> str:
     return (
         f"`{ONNX_INT8_FILE}`: the same inputs and outputs, int8 inside (ONNX Runtime static "
-        "quantization, QDQ: uint8 activations, int8 per-channel weights, calibrated on training images)."
+        "quantization, QDQ: int8 activations, int8 per-channel weights, calibrated on training images)."
     )
 
 

@@ -194,6 +194,10 @@ def study_key(run: RunFolder, study_name: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
+def _name(trial: optuna.trial.FrozenTrial) -> str:
+    return f"trial {trial.number}"
+
+
 def _ms(when: Optional[datetime]) -> Optional[int]:
     return None if when is None else int(when.timestamp() * 1000)
 
@@ -268,8 +272,8 @@ class StudyLogger:
         )
         done: dict[int, str] = {}
         for r in runs:
-            number = r.data.tags.get(TRIAL_TAG, "study")
-            if number == "study":
+            number = r.data.tags.get(TRIAL_TAG, "")
+            if not number.isdigit():  # the study's own run, an export's run
                 continue
             if r.data.tags.get(DONE_TAG) == "1":
                 done[int(number)] = r.info.run_id
@@ -297,7 +301,7 @@ class StudyLogger:
         }
         created = self.client.create_run(
             self.experiment_id, start_time=_ms(trial.datetime_start), tags=tags,
-            run_name=f"trial {trial.number}",
+            run_name=_name(trial),
         )  # fmt: skip
         run_id = created.info.run_id
         self._optuna_fields(trial, run_id)
@@ -326,7 +330,7 @@ class StudyLogger:
                 metric_name=names,
                 create_experiment=False,
                 tag_trial_user_attrs=False,
-                mlflow_kwargs={"experiment_id": self.experiment_id},
+                mlflow_kwargs={"experiment_id": self.experiment_id, "run_name": _name(trial)},
             )
             callback(self.study, resumed)
 
@@ -347,10 +351,7 @@ class StudyLogger:
                 ]
         if isinstance(attrs.get("seconds_total"), (int, float)):
             metrics.append(Metric("seconds", float(attrs["seconds_total"]), when, 0))
-        known = {
-            **trial.params,
-            **attrs,
-        }  # the backbone is a param; the rest are the trial's records
+        known = {**trial.params, **attrs}  # the backbone is a param, the rest the trial's records
         tags = {f"autotl.{k}": str(known[k])[:5000] for k in TRIAL_TAGS if known.get(k) is not None}
         tags["autotl.phase"] = "2" if (history.get("phase2") or {}) else "1" if history else "none"
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call

@@ -271,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "export",
         help="export a run's model for production, with parity checked",
-        description="Export the best trial's model (or --trial N) as .keras, a SavedModel and TFLite, check each "
-        "predicts as the Keras model does on the validation images, and write a model card.",
+        description="Export the best trial's model (or --trial N) as .keras, a SavedModel and TFLite (and ONNX with "
+        "--format onnx), check each predicts as the Keras model does on the validation images, and write a model card.",
     )
     e.add_argument("run", metavar="RUN_DIR")
     e.add_argument(

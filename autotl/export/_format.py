@@ -3,20 +3,21 @@
 Every format autotl exports is one module defining one :class:`Format`, listed
 in the table (``_table``).  ``export``, the parity check, ``load_predictor``,
 the model card, ``ExportResult.files`` and the files an export owns all read
-that table, so a new format is one module and one row::
+that table, so a new format is one module and one row (``_onnx`` is a built-in
+example: two rows, float and int8, on one converter)::
 
     from autotl.export import Format, Loaded, register_format
 
     def write(model, ctx):  # into the staging folder ctx.folder
-        (ctx.folder / "model.onnx").write_bytes(to_onnx(model, ctx.input_size))
+        (ctx.folder / "model.mlpackage").write_bytes(to_coreml(model, ctx.input_size))
 
     def load(path):  # read back from disk: what parity compares and `autotl predict` runs
-        return Loaded(predict=onnx_predictor(path))
+        return Loaded(predict=coreml_predictor(path))
 
     register_format(Format(
-        name="onnx", files=("model.onnx",), write=write, load=load,
-        recognises=lambda p: p.suffix == ".onnx", title="an .onnx file",
-        description="ONNX, for onnxruntime",
+        name="coreml", files=("model.mlpackage",), write=write, load=load,
+        recognises=lambda p: p.suffix == ".mlpackage", title="a Core ML package",
+        description="Core ML, for Apple devices",
     ))
 """
 

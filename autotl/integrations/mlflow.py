@@ -387,13 +387,13 @@ class StudyLogger:
         self.client.set_tag(self.parent, "autotl.trials_logged", str(len(self.logged)))
         self.client.set_terminated(self.parent, "FINISHED")
         return MlflowLog(
-            self.uri,
-            self.experiment_id,
-            self.parent,
-            dict(self.logged),
-            new,
-            self.model_name,
-            version,
+            uri=self.uri,
+            experiment_id=self.experiment_id,
+            parent_run_id=self.parent,
+            trial_runs=dict(self.logged),
+            new=new,
+            model_name=self.model_name,
+            model_version=version,
         )
 
 

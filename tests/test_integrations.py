@@ -1,9 +1,11 @@
-"""MLflow: a real ``mlflow server`` (SQLite backend, local artifact folder) on 127.0.0.1, one per module,
-read back through ``mlflow.MlflowClient``.
+"""autotl.integrations: MLflow and optuna-dashboard, each against the real server started on 127.0.0.1.
 
-One tiny search logs as it runs (``autotl.search(mlflow=URI)``); ``autotl mlflow``
-then logs the finished run again (nothing new) and into another experiment (all
-of it); an export registers its formats.
+A real ``mlflow server`` (SQLite backend, local artifact folder), one per module,
+read back through ``mlflow.MlflowClient``.  One tiny search logs as it runs
+(``autotl.search(mlflow=URI)``); ``autotl mlflow`` then logs the finished run again
+(nothing new) and into another experiment (all of it); an export registers its
+formats.  The same run is then served by ``autotl dashboard`` and its trials page
+rendered in headless Chromium.
 """
 
 from __future__ import annotations
@@ -296,6 +298,7 @@ def test_autotl_dashboard_lists_the_trials_in_headless_chromium(logged, tmp_path
     ) in run.study.trials:  # the page's script fetched the trials from the server and listed each
         assert f"Trial {t.number}" in dom, dom[-2000:]
     assert f"Trial {len(run.study.trials)}" not in dom
+    assert f"{len(run.study.trials)} Trials" in dom  # the list's own count
 
 
 def _rendered(url: str, tmp: Path) -> str:

@@ -187,13 +187,26 @@ def search(
         raise
     run = _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
     if mlflow is not None:
-        logged = run.log_mlflow(mlflow)
+        _log_mlflow(run, mlflow, emit)
+    return run
+
+
+def _log_mlflow(run: Run, uri: str, emit: Event) -> None:
+    """The search's end: what MLflow lacks (other workers' trials, the best model); a failure is a warning,
+    since the search itself is done and saved."""
+    try:
+        logged = run.log_mlflow(uri)
+    except Exception as exc:
         emit(
             {
-                "info": f"MLflow: {len(logged.trial_runs)} trials in run {logged.parent_run_id} at {mlflow}"
+                "warning": f"MLflow: not logged ({first_line(exc)[:200]}); `autotl mlflow {run.path} {uri}` "
+                "logs it when the server is back"
             }
         )
-    return run
+        return
+    emit(
+        {"info": f"MLflow: {len(logged.trial_runs)} trials in run {logged.parent_run_id} at {uri}"}
+    )
 
 
 def _mlflow_events(plan: _Plan, engine: str, uri: str, emit: Event) -> Event:

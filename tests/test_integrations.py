@@ -158,13 +158,14 @@ def test_the_best_model_is_registered_with_its_lineage(logged, mlflow_uri: str) 
     assert tags["autotl.data_fingerprint"] == run.study.user_attrs["data"]["fingerprint"]
     assert tags["autotl.versions.keras"] == keras.__version__
     uri = f"models:/tiny-colours/{version.version}"
+    before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(mlflow_uri)
     try:
         info = mlflow.models.get_model_info(uri)
         images = np.random.default_rng(0).integers(0, 256, (2, 40, 44, 3)).astype(np.uint8)
         got = mlflow.pyfunc.load_model(uri).predict(images)
     finally:
-        mlflow.set_tracking_uri("")
+        mlflow.set_tracking_uri(before)
     assert "keras" in info.flavors
     (spec,) = info.signature.inputs.inputs
     assert spec.type == np.dtype("uint8") and spec.shape == (-1, -1, -1, 3)

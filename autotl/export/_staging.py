@@ -72,7 +72,9 @@ def version_folder(base: Path, version: int | str) -> Path:
     if base.is_symlink():
         base = base.resolve()
     if base.exists() and not base.is_dir():
-        raise UsageError(f"--out {base} is a file; with --version pass the base folder of the versions")
+        raise UsageError(
+            f"--out {base} is a file; with --version pass the base folder of the versions"
+        )
     if is_export(base):
         raise UsageError(
             f"--out {base} is an export itself, not a base folder of versions: pass its parent folder, or a new one"
@@ -191,7 +193,9 @@ def install(staging: Path, out: Path, owned: Sequence[str], new_only: bool = Fal
     """
     if new_only:
         if not _rename_new(staging, out):
-            raise UsageError(f"{out} appeared while this export ran (another export?); nothing was changed")
+            raise UsageError(
+                f"{out} appeared while this export ran (another export?); nothing was changed"
+            )
         return
     if not out.exists():
         os.replace(staging, out)

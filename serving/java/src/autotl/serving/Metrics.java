@@ -143,6 +143,11 @@ final class Metrics {
         }
         header(sb, "process_resident_memory_bytes", "gauge", "resident memory of the service's process");
         sb.append("process_resident_memory_bytes ").append(residentBytes()).append('\n');
+        Runtime rt = Runtime.getRuntime();
+        header(sb, "jvm_heap_committed_bytes", "gauge", "Java heap the JVM holds (part of the resident memory)");
+        sb.append("jvm_heap_committed_bytes ").append(rt.totalMemory()).append('\n');
+        header(sb, "jvm_heap_used_bytes", "gauge", "Java heap in use, garbage included until collected");
+        sb.append("jvm_heap_used_bytes ").append(rt.totalMemory() - rt.freeMemory()).append('\n');
         return sb.toString();
     }
 

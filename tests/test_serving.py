@@ -1446,30 +1446,25 @@ def test_batched_answers_equal_unbatched_ones(
     )
 
 
-def test_prometheus_scrapes_the_service(
-    versioned: Service, reference: Reference, tmp_path: Path
-) -> None:
-    """A real Prometheus server scrapes the service on 127.0.0.1; the values are read back from its query API."""
+@contextlib.contextmanager
+def prometheus_scraping(target: int, folder: Path) -> Iterator[Callable[[str], list[dict]]]:
+    """A real Prometheus server on 127.0.0.1 scraping the service on port ``target`` every second; yields a
+    function that runs a query through its HTTP API."""
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.skip("needs Debian's prometheus package (.ci/run installs it)")
-    for i in range(5):
-        assert classify(versioned.port, reference.data[i]).status == 200
-    ours = metrics(versioned.port)
-    want = ours['autotl_serving_requests_total{endpoint="classify",status="200"}']
-    assert want >= 5
     port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
+    (folder / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: autotl\n"
         "    metrics_path: /monitoring/prometheus/metrics\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{versioned.port}']\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
     )
-    log = (tmp_path / "prometheus.log").open("w")
+    log = (folder / "prometheus.log").open("w")
     proc = subprocess.Popen(
         [
             prometheus,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         stdout=log,
@@ -1479,20 +1474,36 @@ def test_prometheus_scrapes_the_service(
     def query(expr: str) -> list[dict]:
         from urllib.parse import urlencode
 
+        assert proc.poll() is None, (folder / "prometheus.log").read_text()[-2000:]
         r = http_request(port, "GET", "/api/v1/query?" + urlencode({"query": expr}), timeout=10)
         assert r.status == 200, r.body[:300]
         return r.json["data"]["result"]
 
     try:
+        yield query
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_prometheus_scrapes_the_service(
+    versioned: Service, reference: Reference, tmp_path: Path
+) -> None:
+    """A real Prometheus server scrapes the service on 127.0.0.1; the values are read back from its query API."""
+    for i in range(5):
+        assert classify(versioned.port, reference.data[i]).status == 200
+    want = metrics(versioned.port)[
+        'autotl_serving_requests_total{endpoint="classify",status="200"}'
+    ]
+    assert want >= 5
+    with prometheus_scraping(versioned.port, tmp_path) as query:
         end = time.monotonic() + 120
         seen: list[dict] = []
-        while time.monotonic() < end:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            with contextlib.suppress(OSError, AssertionError):
-                seen = query('autotl_serving_requests_total{endpoint="classify",status="200"}')
-                if seen and float(seen[0]["value"][1]) >= want:
-                    break
+        while not (seen and float(seen[0]["value"][1]) >= want) and time.monotonic() < end:
             time.sleep(0.5)
+            with contextlib.suppress(OSError):  # Prometheus still starting
+                seen = query('autotl_serving_requests_total{endpoint="classify",status="200"}')
         assert seen and float(seen[0]["value"][1]) >= want, seen
         assert [float(r["value"][1]) for r in query('up{job="autotl"}')] == [1.0]
         assert [float(r["value"][1]) for r in query("autotl_serving_model_version")] == [2.0]
@@ -1507,10 +1518,75 @@ def test_prometheus_scrapes_the_service(
         assert {r["metric"]["version"] for r in loads} == {"1", "2"}
         assert all(float(r["value"][1]) > 0 for r in loads)
         assert float(query("process_resident_memory_bytes")[0]["value"][1]) > 1e8
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+
+
+class Traffic:
+    """LOAD_CLIENTS clients on keep-alive connections, alternating /v1/classify and :predict, until stopped
+    (bounded in requests and time); each answer is checked against the reference of the version that gave it."""
+
+    def __init__(self, port: int, reference: Reference, want: dict[str, np.ndarray]) -> None:
+        self.port, self.reference, self.want = port, reference, want
+        self.failures: list[str] = []
+        self.seen: list[list[str]] = [[] for _ in range(LOAD_CLIENTS)]
+        self.stopped = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.client, args=(c,)) for c in range(LOAD_CLIENTS)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def client(self, c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        data, end = self.reference.data, time.monotonic() + 600
+        try:
+            for k in range(2000):  # bounded: stop() ends it long before
+                if self.stopped.is_set() or time.monotonic() > end:
+                    break
+                i = (c * 31 + k) % len(data)
+                path, body = (
+                    ("/v1/classify", data[i])
+                    if k % 2 == 0
+                    else ("/v1/models/default:predict", json.dumps(b64_instances([data[i]])))
+                )
+                conn.request("POST", path, body=body)
+                r = conn.getresponse()
+                self.check(c, path, i, Reply(r.status, r.read(), r.getheader("X-Model-Version")))
+        except Exception as exc:
+            self.failures.append(repr(exc))
+        finally:
+            conn.close()
+
+    def check(self, c: int, path: str, i: int, reply: Reply) -> None:
+        if reply.status != 200 or reply.version not in self.want:
+            self.failures.append(f"{path} {reply.status} {reply.version} {reply.body[:200]!r}")
+        elif np.abs(probabilities(reply)[0] - self.want[reply.version][i]).max() > TOLERANCE:
+            self.failures.append(f"{path} image {i}: not version {reply.version}'s answer")
+        else:
+            self.seen[c].append(reply.version)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for t in self.threads:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in self.threads)
+
+    def count(self, version: str) -> int:
+        return sum(s.count(version) for s in self.seen)
+
+
+def wait_for_states(
+    service: Service, proc: subprocess.Popen, states: list[tuple[str, str]]
+) -> None:
+    """Until GET /v1/models/default lists exactly these (version, state) pairs, newest first."""
+
+    def now() -> list[tuple[str, str]]:
+        answer = http_request(service.port, "GET", "/v1/models/default").json
+        return [(v["version"], v["state"]) for v in answer["model_version_status"]]
+
+    end = time.monotonic() + 180
+    while now() != states:
+        assert time.monotonic() < end and proc.poll() is None, (now(), service.log()[-2000:])
+        time.sleep(0.2)
 
 
 def test_hot_reload_under_load_then_a_broken_version(
@@ -1524,116 +1600,66 @@ def test_hot_reload_under_load_then_a_broken_version(
 ) -> None:
     """8 clients on keep-alive connections while version 2 appears, then a broken version 3: no request fails,
     each answer is its version's, a client never goes back to version 1, and each version has its deployment row."""
-    from autotl.run.lineage import list_deployments
-
     run, first = run_and_export
     shutil.copy(run / "study.db", tmp_path / "study.db")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     base = tmp_path / "models"
     base.mkdir()
     install_version(base, 1, first)
-    service, proc = start_native(
-        base, tmp_path / "serve.log", "--storage", storage, "--poll-seconds", "1"
-    )
-    want = {"1": reference.probs, "2": flip_probs}
-    failures: list[str] = []
-    seen: list[list[str]] = [[] for _ in range(LOAD_CLIENTS)]
-    stop = threading.Event()
-
-    def client(c: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=120)
-        end = time.monotonic() + 600
-        try:
-            for k in range(2000):  # bounded: the stop event ends it long before
-                if stop.is_set() or time.monotonic() > end:
-                    break
-                i = (c * 31 + k) % len(reference.data)
-                path, body = (
-                    ("/v1/classify", reference.data[i])
-                    if k % 2 == 0
-                    else (
-                        "/v1/models/default:predict",
-                        json.dumps(b64_instances([reference.data[i]])),
-                    )
-                )
-                conn.request("POST", path, body=body)
-                r = conn.getresponse()
-                reply = Reply(r.status, r.read(), r.getheader("X-Model-Version"))
-                if reply.status != 200 or reply.version not in want:
-                    failures.append(f"{path} {reply.status} {reply.version} {reply.body[:200]!r}")
-                    continue
-                if np.abs(probabilities(reply)[0] - want[reply.version][i]).max() > TOLERANCE:
-                    failures.append(f"{path} image {i}: not version {reply.version}'s answer")
-                seen[c].append(reply.version)
-        except Exception as exc:
-            failures.append(repr(exc))
-        finally:
-            conn.close()
-
-    def status() -> list[tuple[str, str]]:
-        answer = http_request(service.port, "GET", "/v1/models/default").json
-        return [(v["version"], v["state"]) for v in answer["model_version_status"]]
-
-    def wait_for(states: list[tuple[str, str]]) -> None:
-        end = time.monotonic() + 180
-        while status() != states:
-            assert time.monotonic() < end and proc.poll() is None, (status(), service.log()[-2000:])
-            time.sleep(0.2)
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(LOAD_CLIENTS)]
+    service, proc = start_native(base, tmp_path / "serve.log", "--storage", storage)
+    traffic = Traffic(service.port, reference, {"1": reference.probs, "2": flip_probs})
     try:
-        for t in threads:
-            t.start()
         time.sleep(3)
         install_version(base, 2, flip_version)
-        wait_for([("2", "AVAILABLE"), ("1", "END")])
+        wait_for_states(service, proc, [("2", "AVAILABLE"), ("1", "END")])
         time.sleep(2)
         broken_version(base, 3)
-        wait_for([("3", "END"), ("2", "AVAILABLE"), ("1", "END")])
+        wait_for_states(service, proc, [("3", "END"), ("2", "AVAILABLE"), ("1", "END")])
         time.sleep(2)
-        stop.set()
-        for t in threads:
-            t.join(timeout=300)
-        assert not any(t.is_alive() for t in threads)
-        assert failures == [], failures[:5]
-        total = sum(len(s) for s in seen)
+        traffic.stop()
+        assert traffic.failures == [], traffic.failures[:5]
         for (
             versions
-        ) in seen:  # a client never goes back to the old version once it has seen the new one
+        ) in traffic.seen:  # a client never goes back to the old version once it has seen the new
             assert versions == sorted(versions), versions
-        assert {"1", "2"} <= {v for s in seen for v in s}
-        broken = http_request(service.port, "GET", "/v1/models/default/versions/3").json
-        assert broken["model_version_status"][0]["status"]["error_code"] == "UNKNOWN"
-        assert "version 3" in service.log() and "refused" in service.log()
-        m = metrics(service.port)
-        assert m['autotl_serving_model_version{model="default"}'] == 2
-        assert m['autotl_serving_predictions_total{model="default",version="1"}'] > 0
-        assert m['autotl_serving_predictions_total{model="default",version="2"}'] > 0
-        assert m['autotl_serving_model_loads_total{model="default",result="failed"}'] == 1
-        assert m['autotl_serving_model_unloads_total{model="default"}'] == 1
-        url = f"http://127.0.0.1:{service.port}/v1/models/default/versions/"
-        sha = {
-            v: hashlib.sha256((base / v / "savedmodel" / "saved_model.pb").read_bytes()).hexdigest()
-            for v in "12"
-        }
-        rows = {
-            v: [d for d in list_deployments(storage, sha[v]) if d["url"] == url + v] for v in "12"
-        }
-        assert len(rows["1"]) == 1 and rows["1"][0]["stopped"] is not None  # unloaded
-        assert len(rows["2"]) == 1 and rows["2"][0]["stopped"] is None  # serving
-        assert service.terminate() == 0
-        assert list_deployments(storage, sha["2"])[0]["stopped"] is not None
+        assert traffic.count("1") > 0 and traffic.count("2") > 0
+        assert_reloads_shown(service, proc, base, storage)
         report(
             request.config,
-            f"hot reload under {LOAD_CLIENTS} clients: {total} requests, 0 failed; "
-            f"version 1 answered {sum(s.count('1') for s in seen)}, version 2 {sum(s.count('2') for s in seen)}; "
+            f"hot reload under {LOAD_CLIENTS} clients: {traffic.count('1') + traffic.count('2')} requests, "
+            f"0 failed; version 1 answered {traffic.count('1')}, version 2 {traffic.count('2')}; "
             "broken version 3 refused",
         )
     finally:
-        stop.set()
+        traffic.stopped.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def assert_reloads_shown(
+    service: Service, proc: subprocess.Popen, base: Path, storage: str
+) -> None:
+    """The reload and the refusal in the status, the log, the metrics and the lineage; then a clean stop."""
+    from autotl.run.lineage import list_deployments
+
+    broken = http_request(service.port, "GET", "/v1/models/default/versions/3").json
+    assert broken["model_version_status"][0]["status"]["error_code"] == "UNKNOWN"
+    assert 'version 3 of "default" refused' in service.log()
+    m = metrics(service.port)
+    assert m['autotl_serving_model_version{model="default"}'] == 2
+    assert m['autotl_serving_predictions_total{model="default",version="1"}'] > 0
+    assert m['autotl_serving_predictions_total{model="default",version="2"}'] > 0
+    assert m['autotl_serving_model_loads_total{model="default",result="failed"}'] == 1
+    assert m['autotl_serving_model_unloads_total{model="default"}'] == 1
+    url = f"http://127.0.0.1:{service.port}/v1/models/default/versions/"
+    graph = "savedmodel/saved_model.pb"
+    sha = {v: hashlib.sha256((base / v / graph).read_bytes()).hexdigest() for v in "12"}
+    rows = {v: [d for d in list_deployments(storage, sha[v]) if d["url"] == url + v] for v in "12"}
+    assert len(rows["1"]) == 1 and rows["1"][0]["stopped"] is not None  # unloaded
+    assert len(rows["2"]) == 1 and rows["2"][0]["stopped"] is None  # serving
+    assert service.terminate() == 0 and proc.poll() == 0
+    assert list_deployments(storage, sha["2"])[0]["stopped"] is not None
 
 
 def test_export_version_mistakes_exit_2_and_change_nothing(run_and_export) -> None:

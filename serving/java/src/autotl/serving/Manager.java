@@ -65,6 +65,7 @@ final class Manager implements AutoCloseable {
     private final Map<Long, String> refused = new HashMap<>(); // version -> its folder's fingerprint when refused
     private volatile NavigableMap<Long, Servable> available = Collections.emptyNavigableMap();
     private volatile Site site;
+    private volatile boolean closing;
     private ScheduledExecutorService poller;
 
     Manager(Settings settings, Metrics metrics, Lineage lineage, String service) {
@@ -110,6 +111,9 @@ final class Manager implements AutoCloseable {
 
     /** One round: load the aspired versions not yet served, then retire the served ones no longer aspired. */
     synchronized void sync() throws IOException {
+        if (closing) {
+            return;
+        }
         NavigableMap<Long, Path> present = settings.base() == null ? new TreeMap<>(Map.of(1L, settings.single()))
                 : VersionPolicy.scan(settings.base());
         for (Long v : settings.policy().aspired(candidates(present)).descendingSet()) {
@@ -368,6 +372,7 @@ final class Manager implements AutoCloseable {
     /** Stop polling, then retire every version (each is closed once its requests have ended); bounded wait. */
     @Override
     public void close() {
+        closing = true;
         if (poller != null) {
             poller.shutdownNow();
         }

@@ -33,10 +33,12 @@ import autotl.serving.Model.Output;
  * The HTTP side: {@code com.sun.net.httpserver} on a bounded pool of worker threads.
  *
  * <ul>
- *   <li>{@code POST /v1/models/NAME:predict}: TensorFlow Serving's REST predict ({@link Rest});
+ *   <li>{@code POST /v1/models/NAME[/versions/N | /labels/LABEL]:predict}: TensorFlow Serving's REST predict
+ *       ({@link Rest}) on the newest version, or the one named ({@link Manager}), batched ({@link Batcher});
  *   <li>{@code POST /v1/classify}: raw JPEG/PNG/GIF/BMP bytes to {"label", "probability", "probabilities"};
- *   <li>{@code GET /healthz}, {@code GET /v1/models/NAME} (TF Serving's status),
- *       {@code GET /v1/models/NAME/metadata} (signatures, labels, SHA-256, lineage).
+ *   <li>{@code GET /healthz}, {@code GET /v1/models/NAME[/versions/N]} (TF Serving's status of each version),
+ *       {@code GET /v1/models/NAME[/versions/N]/metadata} (signatures, labels, SHA-256, lineage);
+ *   <li>{@code GET /monitoring/prometheus/metrics} ({@link Metrics}).
  * </ul>
  *
  * <p>Every answer is JSON; every error is {"error": "..."} with a 4xx or 5xx status, whatever the body.

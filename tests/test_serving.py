@@ -1130,6 +1130,36 @@ def test_container_serves_a_mounted_model(
     )
 
 
+def test_container_serves_a_mounted_base_folder_of_versions(
+    image: str, export_dir: Path, flip_version: Path, reference: Reference, flip_probs: np.ndarray
+) -> None:
+    """The container on a base folder of versions (mounted read-only), with batching and its metrics."""
+    with start_container(
+        image,
+        "--user",
+        "0:0",
+        "-v",
+        f"{export_dir.parent}:/models:ro",
+        cmd=("/models", "--version-policy", "all", "--enable-batching"),
+    ) as service:
+        status = http_request(service.port, "GET", "/v1/models/default").json
+        assert [(v["version"], v["state"]) for v in status["model_version_status"]] == [
+            ("2", "AVAILABLE"),
+            ("1", "AVAILABLE"),
+        ]
+        for version, want in (("1", reference.probs), ("2", flip_probs)):
+            r = post_json(
+                service.port,
+                f"/v1/models/default/versions/{version}:predict",
+                b64_instances(reference.data[:3]),
+            )
+            assert (r.status, r.version) == (200, version), r.body[:300]
+            assert np.abs(probabilities(r) - want[:3]).max() <= TOLERANCE
+        m = metrics(service.port)
+        assert m['autotl_serving_model_version{model="default"}'] == 2
+        assert m['autotl_serving_predictions_total{model="default",version="1"}'] == 1
+
+
 # --------------------------------------------------------------------------- lineage of deployments
 
 

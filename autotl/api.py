@@ -916,12 +916,14 @@ class Run:
         pick: Optional[str] = None,
         ensemble: bool = False,
         tta: Optional[str] = None,
+        version: int | str | None = None,
     ) -> Any:
         """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
         ``"latency_ms<=15"``, or with ``ensemble`` the run's ensemble, see :meth:`ensemble`;
         ``tta="flip"`` builds flip test-time augmentation in) in ``formats`` into ``out`` (default
         RUN_DIR/export), each format checked against the Keras model; returns
-        ``autotl.export.ExportResult``."""
+        ``autotl.export.ExportResult``. ``version`` (a number, or ``"next"``) writes the new version
+        folder ``out/<version>/`` that a model server watching ``out`` loads."""
         from autotl.export import export
 
         if pick is not None:
@@ -947,6 +949,7 @@ class Run:
             on_event=on_event,
             ensemble=ensemble,
             tta=tta,
+            version=version,
         )
         self._share_export(result)
         return result

@@ -288,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
     e.add_argument(
+        "--version",
+        metavar="N|next",
+        help="write the new version folder DIR/N/ (next: one more than the highest there) for a model "
+        "server that watches DIR (serving/java, TF Serving); an existing version is never rewritten",
+    )
+    e.add_argument(
         "--ensemble",
         action="store_true",
         help="export the run's ensemble of its top trials (`autotl ensemble`) as one model",
@@ -631,6 +637,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         pick=args.pick,
         ensemble=args.ensemble,
         tta=args.tta,
+        version=args.version,
     )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")

@@ -481,9 +481,10 @@ def describe_deployment(d: dict[str, Any]) -> str:
 
 
 def default_storage_for(model_path: str | os.PathLike) -> str:
-    """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
+    """``sqlite:///.../study.db`` beside the model file, or up to three folders up (run/trials/0003/model.keras,
+    run/export/savedmodel/saved_model.pb, run/versions/3/savedmodel/saved_model.pb)."""
     path = Path(model_path).resolve()
-    for folder in list(path.parents)[:3]:
+    for folder in list(path.parents)[:4]:
         if RunFolder(folder).study_db.is_file():
             return RunFolder(folder).default_storage_url()
     raise UsageError(

@@ -21,8 +21,10 @@ changed, moved or deleted.
 """
 
 from autotl.health._check import Settings, check_data, duplicates_only, find_findings
+from autotl.health._duplicates import NEAR
 from autotl.health._features import default_backbone, pooled_features
 from autotl.health._findings import COLUMNS, KINDS, PAIR_KINDS, DataHealth, Finding
+from autotl.health._labels import FOLDS
 from autotl.health._subject import Subject, subject_of
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "KINDS",
     "PAIR_KINDS",
     "COLUMNS",
+    "NEAR",
+    "FOLDS",
     "duplicates_only",
     "find_findings",
     "default_backbone",

@@ -43,7 +43,7 @@ def outliers(subject: Subject, features: np.ndarray) -> list[Finding]:
             round(1.0 - float(scores[i]), 4),
             label=names[subject.labels[i]],
             split=subject.splits[i],
-            detail=f"out-of-distribution score {scores[i]:.3f}",
+            detail=f"OOD score {scores[i]:.3f}",
         )
         for i in np.flatnonzero(far > bound)
     ]

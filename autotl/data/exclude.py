@@ -79,7 +79,7 @@ def read_exclusions(csv_path: str | os.PathLike, data_root: str) -> Exclusion:
     root = os.path.abspath(data_root)
     files = []
     for number, row in enumerate(rows[1:], start=2):
-        if not row or not any(cell.strip() for cell in row):
+        if not row:
             continue  # a blank line
         if len(row) != len(header):
             raise UsageError(

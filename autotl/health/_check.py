@@ -97,7 +97,9 @@ def check_data(
     seconds: dict[str, float] = {}
     subject = subject_of(dataset, manifest)
     seconds["facts"] = round(time.perf_counter() - start, 3)
-    name = settings.backbone or default_backbone(registry, weights)
+    name = settings.backbone or default_backbone(
+        registry, weights, Path(cache_root) / "backbone_costs.json"
+    )
     spec = registry.backbone(name)
     resolved = resolve_weights(spec, weights)
     cache = FeatureCache(settings.cache_dir or cache_root, settings.cache_dtype)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -101,9 +103,10 @@ def multiply_adds(spec: BackboneSpec) -> int:
     return total
 
 
-def default_backbone(registry: Registry, source: WeightsSource) -> str:
+def default_backbone(registry: Registry, source: WeightsSource, memo: Optional[Path] = None) -> str:
     """The cheapest backbone (fewest multiply-adds per image) whose pretrained weights are here: a file in
-    the weights folder, or, where Keras may download them, a backbone of the built-in ``fast`` space."""
+    the weights folder, or, where Keras may download them, a backbone of the built-in ``fast`` space.
+    ``memo`` (a JSON file) keeps each backbone's count, so the architectures are built once."""
     from autotl.backbones.weights import resolve_weights
     from autotl.search.space import load_space
 
@@ -123,4 +126,21 @@ def default_backbone(registry: Registry, source: WeightsSource) -> str:
             f"no backbone has pretrained weights in {source.describe()}; pass --weights-dir DIR, or "
             "--backbone NAME (random weights find little)"
         )
-    return min(candidates, key=lambda name: (multiply_adds(registry.backbone(name)), name))
+    known = _read_memo(memo)
+    for name in candidates:
+        spec = registry.backbone(name)
+        key = f"{name} {spec.plugin} {spec.input_size[0]}x{spec.input_size[1]}"
+        if key not in known:
+            known[key] = multiply_adds(spec)
+        known[name] = known[key]
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps({k: v for k, v in known.items() if " " in k}, indent=1))
+    return min(candidates, key=lambda name: (known[name], name))
+
+
+def _read_memo(memo: Optional[Path]) -> dict[str, int]:
+    try:
+        return dict(json.loads(memo.read_text())) if memo is not None else {}
+    except (OSError, ValueError, TypeError):
+        return {}

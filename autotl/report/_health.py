@@ -60,8 +60,11 @@ def health_of(health: DataHealth, images: dict[str, bytes]) -> dict[str, Any]:
     }
 
 
-def health_record(folder: RunFolder, study: Any, images: dict[str, bytes]) -> dict[str, Any]:
-    """The run's data health, when ``RUN_DIR/health/health.json`` describes the study's data; else why not."""
+def health_record(
+    folder: RunFolder, study: Any, images: dict[str, bytes]
+) -> Optional[dict[str, Any]]:
+    """The run's data health, when ``RUN_DIR/health/health.json`` describes the study's data; else why it was
+    not checked (``Run.report()`` says why in ``skipped.json``); None when nobody asked (no section)."""
     fingerprint = (study.user_attrs.get("data") or {}).get("fingerprint")
     path = folder.health_file("health.json")
     try:
@@ -77,6 +80,4 @@ def health_record(folder: RunFolder, study: Any, images: dict[str, bytes]) -> di
         why = {}
     if why.get("fingerprint") == fingerprint and why.get("reason"):
         return {"skipped": f"not checked: {why['reason']}"}
-    return {
-        "skipped": f"not checked for this data yet: `autotl report {folder.path}` (or Run.data_issues()) checks it"
-    }
+    return None

@@ -175,7 +175,7 @@ def build_record(
     summary = _summary(study, objectives, rows, data, run, trials)
     summary["skipped_backbones"] = _skipped_backbones(folder, trials)
     health = health_record(folder, study, images)
-    leaked = set(health.get("leaked_val") or ())
+    leaked = set((health or {}).get("leaked_val") or ())
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

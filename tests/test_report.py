@@ -146,7 +146,7 @@ def test_markdown_has_the_leaderboard_and_local_images(report, searched) -> None
         assert re.search(rf"^\| {t.number} \| complete \| tiny \| ", md, re.M), (
             f"no leaderboard row for trial {t.number}"
         )
-    assert "95% CI" in md and "## 7. Lineage" in md and COMMAND in md
+    assert "95% CI" in md and "## 6. Lineage" in md and COMMAND in md
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert images and all(
         not i.startswith(("http:", "https:", "/")) and (paths["md"].parent / i).is_file()

@@ -230,7 +230,12 @@ def main() -> None:
             **score(health, planted),
         }
         if not args.no_search:
-            issues = out / "health" / "issues.csv"
+            # the test split stays whole, so both searches are scored on the same clean test images
+            issues = out / "health" / "issues-train-val.csv"
+            rows = (out / "health" / "issues.csv").read_text().splitlines()
+            issues.write_text(
+                "\n".join([rows[0], *(r for r in rows[1:] if ",test," not in r)]) + "\n"
+            )
             entry["search_without"] = search_accuracy(
                 data, root / name / "run-all", None, args.trials
             )

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from autotl.errors import UsageError, first_line
+from autotl.errors import UsageError
 from autotl.health import DataHealth, Settings, check_data
 from autotl.run.folder import RunFolder, atomic_write
 
@@ -245,13 +245,17 @@ def leakage_check(
             return None
         spec = registry.backbone(backbone)
         resolved = resolve_weights(spec, weights)
-        features = pooled_features(
-            dataset,
-            spec,
-            resolved,
-            cache,
-            lambda: build_base(spec, resolved, seed=seed),
-            augmentation,
+        features = (
+            None  # random weights: their features say nothing of likeness; the hashes still do
+            if resolved.argument is None
+            else pooled_features(
+                dataset,
+                spec,
+                resolved,
+                cache,
+                lambda: build_base(spec, resolved, seed=seed),
+                augmentation,
+            )
         )
         leaks = [
             f
@@ -272,15 +276,18 @@ def leakage_check(
 
 
 def safely(check: Callable[[Any], Optional[str]], emit: Event) -> Callable[[Any], None]:
-    """``check`` whose warning is emitted and whose failure is a warning too: the search goes on either way."""
+    """``check`` whose warning is emitted; a check that fails (its backbone broken) says nothing: the search goes on
+    and its failure policy speaks for the backbone."""
 
     def run(cache: Any) -> None:
         try:
             warning = check(cache)
         except UsageError:
             raise
-        except Exception as exc:
-            warning = f"leakage not checked ({first_line(exc)})"
+        except Exception:
+            # the backbone itself failed (its trials will say so, and the failure policy acts);
+            # the report's data health section checks again with what the search kept
+            warning = None
         if warning:
             emit({"warning": warning})
 

@@ -39,11 +39,16 @@ class Settings:
     augmentation: Any = None  # the search space's, so its cache entry is the one read
 
 
-def duplicates_only(subject: Subject, features: np.ndarray, near: float = NEAR) -> list[Finding]:
-    """Exact and near duplicates, and leakage: what a search checks before its first trial."""
-    return sort_findings(
-        [*exact_duplicates(subject), *near_duplicates(subject, neighbours(_unit(features)), near)]
+def duplicates_only(
+    subject: Subject, features: Optional[np.ndarray], near: float = NEAR
+) -> list[Finding]:
+    """Exact and near duplicates, and leakage: what a search checks before its first trial.  Without
+    ``features`` (a backbone with random weights, whose features say nothing of likeness) only the
+    hashes are compared."""
+    near_found = (
+        [] if features is None else near_duplicates(subject, neighbours(_unit(features)), near)
     )
+    return sort_findings([*exact_duplicates(subject), *near_found])
 
 
 def _unit(features: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from autotl.report._document import SectionFn
 from autotl.report._sections_ensemble import ensemble
 from autotl.report._sections_found import leaderboard, pareto_front, summary
+from autotl.report._sections_health import data_health
 from autotl.report._sections_model import evaluation, lineage
 from autotl.report._sections_search import engines_compared, learning_curves, the_search
 
@@ -22,6 +23,7 @@ SECTIONS: list[SectionFn] = [
     learning_curves,
     the_search,
     evaluation,
+    data_health,
     ensemble,
     lineage,
     engines_compared,

@@ -95,6 +95,9 @@ class SearchConfig:
     mixed_precision: bool = False
     # the artifact store (default: the one the study records, else RUN_DIR/artifacts)
     artifacts: Optional[str] = None
+    # called with the feature cache once it holds every backbone's features, before the first trial
+    # (the API checks the data for leakage there)
+    before_trials: Optional[Callable[[Any], None]] = None
 
     @property
     def run(self) -> RunFolder:
@@ -745,6 +748,8 @@ def run_search(
     )
     if len(study.get_trials(deepcopy=False, states=counted)) < cfg.trials:
         runner.prepare(should_stop)
+        if cfg.before_trials is not None and not should_stop():
+            cfg.before_trials(runner.cache)
     try:
         _loop(study, cfg, runner, emit, should_stop)
     finally:

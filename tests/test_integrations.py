@@ -158,7 +158,7 @@ def test_the_best_model_is_registered_with_its_lineage(logged, mlflow_uri: str) 
     assert tags["autotl.data_fingerprint"] == run.study.user_attrs["data"]["fingerprint"]
     assert tags["autotl.versions.keras"] == keras.__version__
     uri = f"models:/tiny-colours/{version.version}"
-    before = mlflow.get_tracking_uri()
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(mlflow_uri)
     try:
         info = mlflow.models.get_model_info(uri)
@@ -181,8 +181,12 @@ def test_autotl_mlflow_on_a_finished_run_logs_only_what_is_new(
     from mlflow import MlflowClient
 
     run, _ = logged
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     assert call_cli("mlflow", str(run.path), mlflow_uri) == 0
     assert "0 trial(s) logged now, 2 in all" in capsys.readouterr().out
+    assert (
+        os.environ.get("MLFLOW_TRACKING_URI") == before
+    )  # the process's own MLflow setting is kept
     client = MlflowClient(mlflow_uri)
     _, trials = _runs(client, "autotl")
     assert len(trials) == 2  # nothing twice

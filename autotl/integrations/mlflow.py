@@ -135,15 +135,16 @@ def _quietly(method: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextlib.contextmanager
 def _fluent(uri: str) -> Iterator[None]:
-    """MLflow's fluent API pointed at ``uri`` for the block, then back to what it was."""
+    """MLflow's fluent API pointed at ``uri`` for the block, then back to what it was: the URI the user set
+    (``set_tracking_uri`` mirrors it in ``$MLFLOW_TRACKING_URI``), or none, so MLflow's default stays a default."""
     import mlflow
 
-    before = mlflow.get_tracking_uri()
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
 
 
 def check_server(uri: str) -> None:

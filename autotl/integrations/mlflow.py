@@ -35,25 +35,30 @@ a trial's run -- on the run autotl created, with the tracking URI restored after
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import io
 import json
 import os
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from autotl._extras import require
-from autotl.errors import UsageError, first_line
+from autotl.errors import first_line
+from autotl.integrations._mlflow_io import (
+    check_server,
+    client_for,
+    flat,
+    fluent,
+    lineage_tags,
+    log_keras,
+    quietly,
+    require_mlflow,
+)
 from autotl.run.folder import RunFolder
 
 if TYPE_CHECKING:
     import optuna
-    from mlflow import MlflowClient
 
 __all__ = [
     "StudyLogger",
@@ -87,11 +92,6 @@ TRIAL_TAGS = (
 )
 
 
-def require_mlflow() -> None:
-    """One line naming the ``autotl[mlflow]`` extra when MLflow or optuna-integration is missing."""
-    require("mlflow", "logging to MLflow")
-
-
 @dataclass
 class MlflowLog:
     """What a sync left in MLflow: the experiment, the study's parent run, each trial's run, the model version."""
@@ -103,86 +103,6 @@ class MlflowLog:
     new: list[int] = field(default_factory=list)  # trials this call logged
     model_name: Optional[str] = None
     model_version: Optional[str] = None  # the best model's version (new or found)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """MLflow without its chatter: no run URLs on stdout, no INFO lines, no warnings (MLflowCallback's
-    deprecation among them); autotl says what was logged."""
-    import logging
-
-    log = logging.getLogger("mlflow")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        with _environ(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
-
-
-def _quietly(method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` run inside :func:`_quiet`."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _quiet():
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def _fluent(uri: str) -> Iterator[None]:
-    """MLflow's fluent API pointed at ``uri`` for the block, then back to what it was: the URI the user set
-    (``set_tracking_uri`` mirrors it in ``$MLFLOW_TRACKING_URI``), or none, so MLflow's default stays a default."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
-
-
-def check_server(uri: str) -> None:
-    """Before a search or an export that logs: the extra is installed and the server answers, or one line."""
-    _client(uri)
-
-
-def _client(uri: str) -> MlflowClient:
-    """A client on ``uri`` that answers now: a server that is down is one line, not minutes of retries."""
-    require_mlflow()
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(uri)
-    try:
-        with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
-            client.search_experiments(max_results=1)
-    except (MlflowException, OSError) as exc:
-        raise UsageError(
-            f"cannot reach the MLflow tracking server at {uri} ({first_line(exc)[:200]}); "
-            "start it (mlflow server) or pass another URI"
-        ) from None
-    return client
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Environment variables set for the block, then as they were."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def study_key(run: RunFolder, study_name: str) -> str:
@@ -203,16 +123,6 @@ def _ms(when: Optional[datetime]) -> Optional[int]:
     return None if when is None else int(when.timestamp() * 1000)
 
 
-def _flat(prefix: str, value: Any) -> dict[str, str]:
-    """A nested dict as ``{"prefix.a.b": "value"}`` (MLflow params and tags are flat strings)."""
-    if isinstance(value, Mapping):
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return {prefix: str(value)[:5000]}
-
-
 class StudyLogger:
     """Logs one study to one MLflow tracking server: its parent run, a run per finished trial, the best model."""
 
@@ -225,7 +135,7 @@ class StudyLogger:
         model_name: Optional[str] = None,
     ) -> None:
         self.uri, self.run, self.study = uri, run, study
-        self.client = _client(uri)
+        self.client = client_for(uri)
         self.key = study_key(run, study.study_name)
         self.model_name = model_name or run.path.resolve().name
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
@@ -248,7 +158,7 @@ class StudyLogger:
             TRIAL_TAG: "study",
             "autotl.run_dir": str(self.run.path.resolve()),
             "autotl.study_name": self.study.study_name,
-            **_flat(
+            **flat(
                 "autotl.data", {k: v for k, v in (attrs.get("data") or {}).items() if k != "counts"}
             ),
             "autotl.objectives": ",".join(attrs.get("objectives") or ["accuracy"]),
@@ -260,7 +170,7 @@ class StudyLogger:
         run_id = parent.info.run_id
         from mlflow.entities import Param
 
-        space = _flat("", attrs.get("space") or {})
+        space = flat("", attrs.get("space") or {})
         params = [Param(k, v[:6000]) for k, v in space.items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
             self.client.log_batch(run_id, params=params[start : start + 100])
@@ -290,7 +200,7 @@ class StudyLogger:
             if t.state.name in FINISHED and t.number not in self.logged
         ]
 
-    @_quietly
+    @quietly
     def trial(self, trial: optuna.trial.FrozenTrial) -> Optional[str]:
         """Log one finished trial as a child run (unless it is logged already); its run id."""
         if trial.number in self.logged or trial.state.name not in FINISHED:
@@ -326,7 +236,7 @@ class StudyLogger:
             params=trial.params, distributions=trial.distributions, user_attrs={},
             system_attrs={"mlflow_run_id": run_id}, intermediate_values={}, trial_id=0,
         )  # fmt: skip
-        with _fluent(self.uri):
+        with fluent(self.uri):
             callback = MLflowCallback(
                 metric_name=names,
                 create_experiment=False,
@@ -359,7 +269,7 @@ class StudyLogger:
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    @_quietly
+    @quietly
     def best_model(self, storage_url: str) -> Optional[str]:
         """The best model in the parent run (Keras flavour) and the registry; its version (an existing one
         when this very file is registered already), or None when the run has no best model."""
@@ -373,14 +283,14 @@ class StudyLogger:
         for version in self.client.search_model_versions(f"name = '{self.model_name}'"):
             if version.tags.get(SHA_TAG) == sha:
                 return str(version.version)
-        version = _log_keras(self.uri, self.parent, path, self.model_name)
-        tags = {SHA_TAG: sha, **_lineage_tags(storage_url, path, best)}
+        version = log_keras(self.uri, self.parent, path, self.model_name)
+        tags = {SHA_TAG: sha, **lineage_tags(storage_url, path, best)}
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, value)
         self.client.set_tag(self.parent, "autotl.best_trial", str(best.number))
         return version
 
-    @_quietly
+    @quietly
     def sync(self, storage_url: str) -> MlflowLog:
         """Every finished trial not logged yet, then the best model; the parent run marked finished."""
         new = [t.number for t in self.pending() if self.trial(t) is not None]
@@ -396,75 +306,6 @@ class StudyLogger:
             model_name=self.model_name,
             model_version=version,
         )
-
-
-def _signature(model: Any) -> Any:
-    """uint8 images of any size in (``[-1, -1, -1, 3]``), float32 probabilities out."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    classes = int(model.output_shape[-1])
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3), "image")]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes), "probabilities")]),
-    )
-
-
-class _KerasFlavour:
-    """``mlflow.keras`` for ``Model.log``, with the folder made first: MLflow's Keras ``save_model`` writes the
-    input example before it creates the folder (mlflow/mlflow#16183, open), so ``mlflow.keras.log_model``
-    with an input example fails."""
-
-    __name__ = "mlflow.keras"
-
-    @staticmethod
-    def save_model(path: str, mlflow_model: Any = None, **kwargs: Any) -> Any:
-        import mlflow.keras
-
-        os.makedirs(path, exist_ok=True)
-        return mlflow.keras.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
-
-
-def _log_keras(uri: str, run_id: str, path: Path, name: str) -> str:
-    """``path`` (a .keras file) logged in ``run_id`` with MLflow's Keras flavour and registered as ``name``."""
-    import keras
-    import mlflow
-    import numpy as np
-    import tensorflow as tf
-
-    from autotl.export._common import _input_size
-
-    model = keras.saving.load_model(path, safe_mode=True)
-    h, w = _input_size(model)
-    interactive = keras.config.is_interactive_logging_enabled()
-    keras.config.disable_interactive_logging()  # MLflow runs the input example: no progress bar
-    example = np.full((1, h, w, 3), 128, np.uint8)
-    requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
-    with _fluent(uri), mlflow.start_run(run_id=run_id), contextlib.redirect_stderr(io.StringIO()):
-        info = mlflow.models.Model.log(  # stderr: MLflow's "Successfully registered model" notes
-            None, name="best_model", flavor=_KerasFlavour, model=model, signature=_signature(model),
-            input_example=example, registered_model_name=name, pip_requirements=requirements,
-        )  # fmt: skip
-    if interactive:
-        keras.config.enable_interactive_logging()
-    return str(info.registered_model_version)
-
-
-def _lineage_tags(storage_url: str, path: Path, best: optuna.trial.FrozenTrial) -> dict[str, str]:
-    """The model file's lineage record (what ``autotl lineage`` prints) as flat ``autotl.*`` tags."""
-    from autotl.run.lineage import find_model
-
-    try:
-        record = find_model(storage_url, path) or {}
-    except Exception:  # lineage is best effort; the trial's own record is still there
-        record = {}
-    keep = {
-        k: v for k, v in record.items() if k not in ("same_bytes", "members", "path", "artifact_id")
-    }
-    if not keep:
-        keep = {"trial_number": best.number, "params": best.params}
-    return {k: v for k, v in _flat("autotl", keep).items() if v not in ("None", "")}
 
 
 def log_study(
@@ -515,7 +356,7 @@ def search_hook(uri: str, run: RunFolder, storage_url: str, study_name: str, emi
     return hook
 
 
-@_quietly
+@quietly
 def register_export(
     uri: str,
     result: Any,
@@ -561,7 +402,7 @@ def _register_file(logger: StudyLogger, run_id: str, result: Any, fmt: str, path
         SHA_TAG: sha256_file(file),
         "autotl.trial_number": str(result.trial),
         "autotl.format": fmt,
-        **_flat("autotl.parity", {k: v for k, v in parity.items() if k != "tolerance"}),
+        **flat("autotl.parity", {k: v for k, v in parity.items() if k != "tolerance"}),
     }
     version = logger.client.create_model_version(name, source, run_id=run_id, tags=tags)
     return str(version.version)

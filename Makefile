@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> a virtualenv with autotl, then a search on the bundled digits sample
-#   make test   -> the same virtualenv with the test extras, then lint, import layers and the whole test suite
+#   make test   -> the same virtualenv with the test extras (and the onnx, mlflow, dashboard extras),
+#                  then lint, import layers and the whole test suite
 #   make serving -> the Java inference service (serving/java) over an exported SavedModel
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+EXTRAS := $(VENV)/.installed-extras
 
 # Offline machines: weights come from AUTOTL_WEIGHTS_DIR; the sibling ../shared/weights is used when present.
 SHARED_WEIGHTS := $(wildcard $(abspath ..)/shared/weights)
@@ -21,7 +23,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,postgres]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# the optional extras the tests exercise (ONNX export, MLflow, optuna-dashboard); `make demo` does without
+$(EXTRAS): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test,postgres,onnx,mlflow,dashboard]"
+	touch $(EXTRAS)
+
+install: $(EXTRAS)
 
 demo: $(STAMP)
 	$(BIN)/autotl search --sample digits --space fast --out runs/digits
@@ -31,11 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint
+test: lint $(EXTRAS)
 	$(BIN)/python -m pytest --durations=15
 
 # the inner loop: the same checks, and every test not marked slow (under two minutes)
-test-fast: lint
+test-fast: lint $(EXTRAS)
 	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 serving: $(STAMP)

@@ -109,6 +109,7 @@ def search(
     cache_dtype: str = "float16",
     mixed_precision: bool = False,
     artifacts: Optional[str] = None,
+    mlflow: Optional[str] = None,
     exclude: str | os.PathLike | None = None,
 ) -> Run:
     """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
@@ -139,6 +140,11 @@ def search(
     GPUs); ``artifacts`` (``s3://bucket/prefix`` or a folder) is where trials'
     layers, best models and exports go, so workers that share only the
     database can assemble any trial's model (default: the run folder).
+
+    ``mlflow`` (a tracking URI, ``pip install 'autotl[mlflow]'``) logs each
+    trial as an MLflow run as it finishes, nested under a run for the study,
+    and the best model to the registry when the search ends (see
+    :meth:`Run.log_mlflow`).
 
     ``exclude`` (a CSV with a ``path`` column, such as the ``issues.csv`` of
     :func:`doctor`; or the space's ``exclude``) leaves those files out of every
@@ -178,6 +184,8 @@ def search(
     }
     emit = on_event or (lambda _e: None)
     plan = _plan(space, kwargs, command, emit)
+    if mlflow is not None:
+        emit = _mlflow_events(plan, engine, mlflow, emit)
     try:
         _run_engine(plan, engine, tuner, workers, gpus, timeout, emit, should_stop)
     except SearchStopped:  # what did finish is reported, then the reason is said
@@ -185,7 +193,41 @@ def search(
             with contextlib.suppress(Exception):
                 _finish(plan, engine, emit, lambda: False, report=True)
         raise
-    return _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
+    run = _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
+    if mlflow is not None:
+        _log_mlflow(run, mlflow, emit)
+    return run
+
+
+def _log_mlflow(run: Run, uri: str, emit: Event) -> None:
+    """The search's end: what MLflow lacks (other workers' trials, the best model); a failure is a warning,
+    since the search itself is done and saved."""
+    try:
+        logged = run.log_mlflow(uri)
+    except Exception as exc:
+        emit(
+            {
+                "warning": f"MLflow: not logged ({first_line(exc)[:200]}); `autotl mlflow {run.path} {uri}` "
+                "logs it when the server is back"
+            }
+        )
+        return
+    emit(
+        {"info": f"MLflow: {len(logged.trial_runs)} trials in run {logged.parent_run_id} at {uri}"}
+    )
+
+
+def _mlflow_events(plan: _Plan, engine: str, uri: str, emit: Event) -> Event:
+    """``emit``, also logging each finished trial to MLflow at ``uri`` (checked reachable now)."""
+    from autotl.integrations.mlflow import check_server, search_hook
+
+    if engine != OPTUNA:
+        raise UsageError(
+            "mlflow logging follows the Optuna engine's study; drop --engine keras-tuner"
+        )
+    check_server(uri)
+    folder = RunFolder(plan.out)
+    return search_hook(uri, folder, folder.storage_url(plan.storage), plan.study_name, emit)
 
 
 def _run_engine(
@@ -257,6 +299,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         space_file = str(path)
     space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
     space_obj = apply_objectives(space_obj, kwargs.get("objectives"))
+    _check_deploy(space_obj)
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
     space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)
@@ -302,6 +345,15 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         unavailable,
         bool(kwargs["backbones"]),
     )
+
+
+def _check_deploy(space: Any) -> None:
+    """Deploy costs in a format whose optional extra is missing (``deploy: {format: onnx}``): one line now."""
+    from autotl.export._deploy_costs import check_deploy_format
+    from autotl.scoring.objective import Objectives
+
+    if Objectives.of(space.objectives, space.constraints).needs_deploy_costs:
+        check_deploy_format(space.deploy.model_dump())
 
 
 def _exclude(kwargs: dict[str, Any], space: Any, space_file: Optional[str]) -> Optional[str]:
@@ -975,6 +1027,16 @@ class Run:
             )
             return None
 
+    def log_mlflow(
+        self, uri: str, *, experiment: Optional[str] = None, model_name: Optional[str] = None
+    ) -> Any:
+        """Log the study to MLflow at ``uri`` (``autotl mlflow RUN_DIR URI``): a parent run, a nested run per
+        finished trial not logged yet, the best model registered as ``model_name`` (default: the run
+        folder's name); returns ``autotl.integrations.mlflow.MlflowLog``."""
+        from autotl.integrations.mlflow import log_study
+
+        return log_study(uri, self.folder, self.study, self.storage_url, experiment, model_name)
+
     def export(
         self,
         formats: str | Sequence[str] | None = None,
@@ -987,6 +1049,7 @@ class Run:
         pick: Optional[str] = None,
         ensemble: bool = False,
         tta: Optional[str] = None,
+        mlflow: Optional[str] = None,
         version: int | str | None = None,
     ) -> Any:
         """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
@@ -994,9 +1057,15 @@ class Run:
         ``tta="flip"`` builds flip test-time augmentation in) in ``formats`` into ``out`` (default
         RUN_DIR/export), each format checked against the Keras model; returns
         ``autotl.export.ExportResult``. ``version`` (a number, or ``"next"``) writes the new version
-        folder ``out/<version>/`` that a model server watching ``out`` loads."""
+        folder ``out/<version>/`` that a model server watching ``out`` loads.  With ``mlflow`` (a
+        tracking URI) each exported format is registered in MLflow's model registry
+        (``result.registered``)."""
         from autotl.export import export
 
+        if mlflow is not None:
+            from autotl.integrations.mlflow import check_server
+
+            check_server(mlflow)
         if pick is not None:
             if trial is not None:
                 raise UsageError("pass --trial N or --pick CONDITION, not both")
@@ -1023,6 +1092,10 @@ class Run:
             version=version,
         )
         self._share_export(result)
+        if mlflow is not None:
+            from autotl.integrations.mlflow import register_export
+
+            result.registered = register_export(mlflow, result, self.folder, self.study)
         return result
 
     def _share_export(self, result: Any) -> None:

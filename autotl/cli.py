@@ -172,6 +172,12 @@ def _search_parser(sub: Any) -> None:
         help="train without the files this CSV's path column lists (issues.csv of `autotl doctor`); "
         "the data folder is never changed",
     )
+    s.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log each trial to this MLflow tracking server as it finishes, and register the best "
+        "model (pip install 'autotl[mlflow]')",
+    )
     _add_scale_args(s)
     _add_weights_args(s)
     _add_plugin_args(s)
@@ -278,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run",
         metavar="MODEL",
-        help="run folder, export folder, .keras file, SavedModel folder or .tflite file",
+        help="run folder, export folder, .keras file, SavedModel folder, .tflite or .onnx file",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
@@ -325,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "export",
         help="export a run's model for production, with parity checked",
-        description="Export the best trial's model (or --trial N) as .keras, a SavedModel and TFLite, check each "
-        "predicts as the Keras model does on the validation images, and write a model card.",
+        description="Export the best trial's model (or --trial N) as .keras, a SavedModel and TFLite (and ONNX with "
+        "--format onnx), check each predicts as the Keras model does on the validation images, and write a model card.",
     )
     e.add_argument("run", metavar="RUN_DIR")
     e.add_argument(
@@ -341,10 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--format",
         metavar="LIST",
-        help="comma-separated formats (default: keras,savedmodel,tflite, the format table's defaults)",
+        help="comma-separated formats: keras, savedmodel, tflite, onnx (default: keras,savedmodel,tflite; "
+        "onnx needs pip install 'autotl[onnx]')",
     )
     e.add_argument(
-        "--quantize", metavar="int8", help="also write a fully integer-quantized model_int8.tflite"
+        "--quantize",
+        metavar="int8",
+        help="also write int8 models of the named formats: model_int8.tflite (fully integer), "
+        "model_int8.onnx (ONNX Runtime's static quantization)",
     )
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
     e.add_argument(
@@ -368,11 +378,44 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATA_DIR",
         help="the search's data folder, if it moved (parity runs on its validation images)",
     )
+    e.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="register each exported format in this MLflow server's model registry",
+    )
     _add_study_args(e)
     _add_plugin_args(e)
     _add_weights_args(e, " -- default: what the search used")
     _ensemble_parser(sub)
+    _integration_parsers(sub)
     return parser
+
+
+def _integration_parsers(sub: Any) -> None:
+    """``autotl mlflow`` and ``autotl dashboard``: a run in the user's other tools."""
+    m = sub.add_parser(
+        "mlflow",
+        help="log a run's study to an MLflow tracking server (only what is not logged yet)",
+        description="A parent run for the study, a nested run per finished trial (params, per-epoch metrics of "
+        "both phases, gate, backbone, weights hash) and the best model registered with its lineage as tags. "
+        "Needs pip install 'autotl[mlflow]'.",
+    )
+    m.add_argument("run", metavar="RUN_DIR")
+    m.add_argument("uri", metavar="URI", help="tracking URI, e.g. http://127.0.0.1:5000")
+    m.add_argument(
+        "--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else autotl)"
+    )
+    m.add_argument("--model-name", help="registered model name (default: the run folder's name)")
+    _add_study_args(m)
+    d = sub.add_parser(
+        "dashboard",
+        help="open a run's study in optuna-dashboard",
+        description="Serve the run's study with optuna-dashboard (pip install 'autotl[dashboard]') until Ctrl-C.",
+    )
+    d.add_argument("run", metavar="RUN_DIR")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _add_study_args(d)
 
 
 def _ensemble_parser(sub: Any) -> None:
@@ -490,6 +533,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 mixed_precision=args.mixed_precision,
                 artifacts=args.artifacts,
                 exclude=args.exclude,
+                mlflow=args.mlflow,
             )
     except KeyboardInterrupt:
         err.print(f"stopped now: the running trial is marked failed; {resume}")
@@ -726,9 +770,9 @@ def _open_run(args: argparse.Namespace) -> Any:
         args.run,
         storage=args.storage,
         study_name=args.study_name,
-        plugins=args.plugin,
-        weights_dir=args.weights_dir,
-        weights=args.weights,
+        plugins=getattr(args, "plugin", []),
+        weights_dir=getattr(args, "weights_dir", None),
+        weights=getattr(args, "weights", None),
     )
 
 
@@ -750,6 +794,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         tta=args.tta,
         version=args.version,
+        mlflow=args.mlflow,
     )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -769,6 +814,37 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"95% CI {test['ci95'][0]:.4f}-{test['ci95'][1]:.4f}; {test['split']}); validation accuracy "
             + (f"{val:.4f}" if val is not None else "-")
         )
+    for fmt, version in result.registered.items():
+        print(f"registered {fmt} in MLflow as version {version}")
+    return 0
+
+
+def cmd_mlflow(args: argparse.Namespace) -> int:
+    from autotl.integrations.mlflow import require_mlflow
+
+    require_mlflow()  # a missing extra is said first
+    logged = _open_run(args).log_mlflow(
+        args.uri, experiment=args.experiment, model_name=args.model_name
+    )
+    print(
+        f"MLflow {args.uri}: experiment {logged.experiment_id}, study run {logged.parent_run_id}, "
+        f"{len(logged.new)} trial(s) logged now, {len(logged.trial_runs)} in all"
+    )
+    if logged.model_version is not None:
+        print(f"best model: registered model {logged.model_name!r} version {logged.model_version}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autotl.integrations.dashboard import require_dashboard, serve
+
+    require_dashboard()
+    run = _open_run(args)
+    store = run.folder.artifact_store(
+        run.study.user_attrs.get("artifacts")
+    )  # a bad folder: one line
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    serve(run.storage_url, host=args.host, port=args.port, artifact_store=store)
     return 0
 
 
@@ -804,6 +880,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lineage": cmd_lineage,
     "export": cmd_export,
     "ensemble": cmd_ensemble,
+    "mlflow": cmd_mlflow,
+    "dashboard": cmd_dashboard,
 }
 
 

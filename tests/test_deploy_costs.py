@@ -86,3 +86,32 @@ def test_two_workers_asking_at_once_measure_once(tiny, tmp_path) -> None:
     for t in threads:
         t.join()
     assert len(results) == 2 and results[0] == results[1] and len(built) == 1
+
+
+def test_deploy_format_onnx_times_the_onnx_runtime_model(tiny, tmp_path) -> None:
+    from autotl.export import measure_deploy_costs, measure_onnx_latency
+    from autotl.export._onnx import to_onnx
+    from autotl.training.model import assemble, build_head
+
+    spec, weights, make_base, built = tiny
+    run = RunFolder(tmp_path)
+    onnx = {**SETTINGS, "format": "onnx"}
+    tflite = measure_deploy_costs(run, spec, weights, make_base, 8, 3, SETTINGS)
+    fp32 = measure_deploy_costs(run, spec, weights, make_base, 8, 3, onnx)
+    int8 = measure_deploy_costs(run, spec, weights, make_base, 8, 3, {**onnx, "quantize": "int8"})
+    assert len(built) == 3  # each format and quantization is its own measurement
+    entries = {
+        (e["format"], e["quantize"]): e
+        for e in json.loads(run.deploy_costs_file.read_text()).values()
+    }
+    assert entries["onnx", "none"]["latency"]["runtime"].startswith("onnxruntime")
+    assert entries["onnx", "none"]["latency"]["input_dtype"] == "uint8"
+    assert entries["tflite", "none"]["latency"]["runtime"].startswith(("tensorflow", "ai_edge"))
+    assert fp32["params"] == int8["params"] == tflite["params"]
+    # the size is the .onnx file's: an ONNX model of the same shape is that big, give or take names
+    model = assemble(spec, make_base(), build_head(3, 8, 0.0))
+    assert fp32["size_mb"] == pytest.approx(len(to_onnx(model)) / 1e6, rel=0.02)
+    assert fp32["latency_ms"] > 0 and int8["latency_ms"] > 0
+    timed = measure_onnx_latency(to_onnx(model), (32, 32), threads=1, warmup=1, runs=3)
+    assert timed["runs"] == 3 and timed["input_shape"] == [1, 32, 32, 3]
+    assert timed["p10_ms"] <= timed["median_ms"] <= timed["p90_ms"]

@@ -400,7 +400,15 @@ def exported(selected, tmp_path_factory: pytest.TempPathFactory, registry2, test
     )  # the stored one (tests change it)
     assert again.members == sel.members
     out = tmp_path_factory.mktemp("ens_export") / "out"
-    return export(run.path, out, ensemble=True, tta="flip", registry=registry2, weights=None)
+    return export(
+        run.path,
+        out,
+        "keras,savedmodel,tflite,onnx",
+        ensemble=True,
+        tta="flip",
+        registry=registry2,
+        weights=None,
+    )
 
 
 @pytest.mark.slow
@@ -411,6 +419,7 @@ def test_export_ensemble_writes_every_format_with_parity(exported, selected, tes
         "model.keras",
         "savedmodel/saved_model.pb",
         "model.tflite",
+        "model.onnx",
         "labels.txt",
         "MODEL_CARD.md",
     ):
@@ -422,6 +431,7 @@ def test_export_ensemble_writes_every_format_with_parity(exported, selected, tes
         "savedmodel:serving_default",
         "savedmodel:serving_bytes",
         "tflite",
+        "onnx",  # the members, the outer resize, the weights and the flip, in ONNX Runtime
     }
     assert all(r["passed"] and r["max_abs_diff"] <= 1e-4 for r in parity["formats"].values())
     assert parity["search_score"]["passed"] and all(

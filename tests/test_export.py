@@ -55,7 +55,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, registry, tiny_dataset) ->
 
 @pytest.fixture(scope="session")
 def exported(run_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    return export(run_dir, tmp_path_factory.mktemp("export") / "out", quantize="int8")
+    return export(
+        run_dir,
+        tmp_path_factory.mktemp("export") / "out",
+        "keras,savedmodel,tflite,onnx",
+        quantize="int8",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +127,8 @@ def test_export_writes_every_format_with_parity_in_tolerance(
         "savedmodel/assets/labels.txt",
         "model.tflite",
         "model_int8.tflite",
+        "model.onnx",
+        "model_int8.onnx",
         "labels.txt",
         "MODEL_CARD.md",
         "parity.json",
@@ -155,8 +162,16 @@ def test_export_writes_every_format_with_parity_in_tolerance(
         "savedmodel:serving_bytes",
         "tflite",
         "tflite_int8",
+        "onnx",
+        "onnx_int8",
     }
-    for fmt in ("keras", "savedmodel:serving_default", "savedmodel:serving_bytes", "tflite"):
+    for fmt in (
+        "keras",
+        "savedmodel:serving_default",
+        "savedmodel:serving_bytes",
+        "tflite",
+        "onnx",
+    ):
         assert (
             formats[fmt]["max_abs_diff"] <= FLOAT_TOLERANCE
             and formats[fmt]["top1_agreement"] == 1.0
@@ -176,7 +191,7 @@ def test_export_writes_every_format_with_parity_in_tolerance(
 
     from autotl.run.lineage import find_model
 
-    for name in ("model.keras", "model_int8.tflite", "savedmodel/saved_model.pb"):
+    for name in ("model.keras", "model_int8.tflite", "savedmodel/saved_model.pb", "model.onnx"):
         found = find_model(f"sqlite:///{run_dir / 'study.db'}", out / name)
         assert found is not None and found["trial_number"] == exported.trial, name
         assert any(r["kind"] == "export" for r in found["same_bytes"]), name
@@ -357,6 +372,8 @@ def test_load_predictor_reads_every_format(exported, run_dir: Path, val_images) 
         (out / "savedmodel", True),
         (out / "model.tflite", True),
         (out / "model_int8.tflite", False),
+        (out / "model.onnx", True),
+        (out / "model_int8.onnx", False),
         (out, True),
         (run_dir, True),
     ):
@@ -370,6 +387,124 @@ def test_load_predictor_reads_every_format(exported, run_dir: Path, val_images) 
     with pytest.raises(UsageError) as exc:
         load_predictor(out / "labels.txt")
     assert_one_line(exc, "not a model autotl can load")
+
+
+# --------------------------------------------------------------------------- ONNX and ONNX Runtime
+
+ONNX_CHILD = r"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+out, inputs = sys.argv[1], sys.argv[2]
+res = {}
+for name in ("model.onnx", "model_int8.onnx"):
+    s = ort.InferenceSession(out + "/" + name, providers=["CPUExecutionProvider"])
+    i, o = s.get_inputs()[0], s.get_outputs()[0]
+    res[name] = {
+        "input": [i.name, i.type, i.shape], "output": [o.name, o.type],
+        "labels": json.loads(s.get_modelmeta().custom_metadata_map["labels"]),
+        "probs": [s.run(None, {i.name: np.load(inputs + "/" + b)})[0].tolist() for b in ("a.npy", "b.npy")],
+    }
+print(json.dumps(res))
+"""
+
+
+def test_onnx_runs_in_onnx_runtime_where_autotl_is_not_importable(
+    fresh, exported, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name, batch in fresh["arrays"].items():  # two batches of different image sizes
+        np.save(inputs / name, batch)
+    res = run_without_autotl(ONNX_CHILD, str(exported.out_dir), str(inputs), cwd=tmp_path)
+    for name in ("model.onnx", "model_int8.onnx"):
+        got = res[name]
+        assert got["input"] == ["images", "tensor(uint8)", ["batch", "height", "width", 3]]
+        assert got["output"] == ["probabilities", "tensor(float)"]
+        assert got["labels"] == exported.class_names  # inside the file: nothing else to ship
+        for probs, batch in zip(got["probs"], fresh["arrays"].values()):
+            want = keras_probs(exported.out_dir / "model.keras", list(batch))
+            if name == "model.onnx":
+                np.testing.assert_allclose(np.asarray(probs), want, atol=FLOAT_TOLERANCE)
+            else:
+                assert (np.asarray(probs).argmax(1) == want.argmax(1)).all()
+
+
+def test_onnx_int8_is_quantized_and_reported_like_tflite_int8(exported, run_dir: Path) -> None:
+    import onnx
+
+    formats = exported.parity["formats"]
+    fp32, int8 = formats["onnx"], formats["onnx_int8"]
+    assert fp32["quantized"] is False and fp32["quantized_nodes"] == 0
+    assert int8["quantized"] is True and int8["quantized_nodes"] > 0
+    assert int8["tolerance"] == {"min_top1_agreement": INT8_MIN_AGREEMENT}
+    for record in (fp32, int8, formats["tflite_int8"]):  # agreement and accuracy, side by side
+        assert record["top1_agreement"] >= INT8_MIN_AGREEMENT and 0 <= record["accuracy"] <= 1
+    graph = onnx.load(str(exported.out_dir / "model_int8.onnx")).graph
+    weights = {t.name: t.data_type for t in graph.initializer}
+    assert onnx.TensorProto.INT8 in weights.values()  # int8 weights, not float ones
+    card = (exported.out_dir / "MODEL_CARD.md").read_text()
+    assert (
+        "| onnx_int8 | `model_int8.onnx` |" in card and "ONNX Runtime static quantization" in card
+    )
+
+    from autotl.run.lineage import find_model
+
+    found = find_model(f"sqlite:///{run_dir / 'study.db'}", exported.out_dir / "model_int8.onnx")
+    assert found is not None and found["trial_number"] == exported.trial
+
+
+def test_autotl_predict_reads_an_onnx_file(exported, val_images, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    path = tmp_path / "one.png"
+    Image.fromarray(val_images[0]).save(path)
+    for model in ("model.onnx", "model_int8.onnx"):
+        assert call_cli("predict", str(exported.out_dir / model), str(path)) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        want = keras_probs(exported.out_dir / "model.keras", val_images[:1])[0]
+        assert exported.class_names[int(want.argmax())] in line, line
+
+
+BLOCK_ONNX = r"""
+import sys
+class Block:  # this Python has no tf2onnx, onnx or onnxruntime, as after `pip install autotl`
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"tf2onnx", "onnx", "onnxruntime"}:
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+from autotl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_the_onnx_extra_asking_for_onnx_is_one_line(
+    exported, run_dir: Path, tmp_path: Path, val_images
+) -> None:
+    from PIL import Image
+
+    image = tmp_path / "one.png"
+    Image.fromarray(val_images[0]).save(image)
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE + "deploy: {format: onnx}\n")
+    out = tmp_path / "out"
+    cases = [
+        ["export", str(run_dir), "--format", "keras,onnx", "--out", str(out)],
+        ["predict", str(exported.out_dir / "model.onnx"), str(image)],
+        ["search", str(tmp_path), "--space", str(space), "--objectives", "accuracy,latency_ms",
+         "--out", str(tmp_path / "run"), "--weights", "none", "--plugin", "autotl_tiny"],
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "plugins")}
+    for argv in cases:
+        proc = subprocess.run(
+            [sys.executable, "-c", BLOCK_ONNX, *argv], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("autotl: error:")]
+        assert len(lines) == 1 and "pip install 'autotl[onnx]'" in lines[0], proc.stderr
+    assert (
+        not out.exists() and not (tmp_path / "run").exists()
+    )  # refused before anything was written
 
 
 # --------------------------------------------------------------------------- parity failures are loud
@@ -488,11 +623,14 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
     cases = [
         ((str(tmp_path / "nope"),), ("run folder", "does not exist")),
         (
-            (str(run_dir), "--format", "keras,onnx"),
-            ("unknown export format 'onnx'", "keras, savedmodel, tflite"),
+            (str(run_dir), "--format", "keras,coreml"),
+            ("unknown export format 'coreml'", "keras, savedmodel, tflite, onnx"),
         ),
         ((str(run_dir), "--quantize", "fp16"), ("unknown quantization 'fp16'",)),
-        ((str(run_dir), "--format", "keras", "--quantize", "int8"), ("add tflite to --format",)),
+        (
+            (str(run_dir), "--format", "keras", "--quantize", "int8"),
+            ("add tflite or onnx to --format",),
+        ),
         ((str(run_dir), "--trial", "7"), ("no trial 7", "0..1")),
         ((str(run_dir), "--trial", "-1"), ("--trial must be a trial number",)),
         ((str(tmp_path),), ("has no study.db",)),
@@ -654,7 +792,7 @@ def test_the_table_refuses_a_clashing_row(json_weights_format) -> None:
     assert "other" not in FORMATS
     with pytest.raises(UsageError) as exc:
         export("unused", "unused", formats="keras", quantize="int8")
-    assert_one_line(exc, "add tflite to --format")
+    assert_one_line(exc, "add tflite or onnx to --format")
 
 
 # --------------------------------------------------------------------------- bad --out and RUN_DIR: one line, nothing lost

@@ -192,10 +192,15 @@ OPTIONS = {
     "lineage": ["--storage", "--json"],
     "export": [
         "--trial", "--format", "--quantize", "--out", "--data", "--storage", "--study-name",
-        "--plugin", "--weights", "--weights-dir",
+        "--plugin", "--weights", "--weights-dir", "--mlflow",
     ],
+    "mlflow": ["--experiment", "--model-name", "--storage", "--study-name"],
+    "dashboard": ["--port", "--host", "--storage", "--study-name"],
 }  # fmt: skip
-POSITIONALS = {"search": 1, "predict": 3, "plugins": 2, "report": 1, "lineage": 1, "export": 1}
+POSITIONALS = {
+    "search": 1, "predict": 3, "plugins": 2, "report": 1, "lineage": 1, "export": 1, "mlflow": 2,
+    "dashboard": 1,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,10 @@
 * ``model.tflite`` (float32 ``[1, h, w, 3]`` pixels 0..255, already resized to the
   backbone's size) and, with ``quantize="int8"``, ``model_int8.tflite`` (uint8 in and
   out, calibrated on up to 100 training images);
+* with ``formats="onnx"`` (needs ``pip install 'autotl[onnx]'``), ``model.onnx``
+  for ONNX Runtime (uint8 ``images`` of any size in, ``probabilities`` out, class
+  names in its metadata) and, with ``quantize="int8"``, ``model_int8.onnx``
+  (ONNX Runtime's static quantization, calibrated like the TFLite one);
 * ``labels.txt``, ``MODEL_CARD.md`` and ``parity.json``.
 
 Nothing is assumed.  First the Keras model must reproduce, on the whole validation
@@ -42,12 +46,12 @@ the score its members' predictions give (``_variant``, ``_card_variant``).
 
 The modules: ``_common`` (file names, tolerances, the result and error types),
 ``_format`` (the row type), one module per format (``_keras``, ``_savedmodel``,
-``_tflite``, ``_tflite_int8``), ``_table`` (the rows, selection, registration),
+``_tflite``, ``_tflite_int8``, ``_onnx`` with its two rows), ``_table`` (the rows, selection, registration),
 ``_run`` (the run folder and the chosen trial's model), ``_predictor``
 (``load_predictor``), ``_parity`` (the checks), ``_card`` (``MODEL_CARD.md``),
 ``_staging`` (the output folder: checked, staged beside, swapped in whole),
 ``_variant`` and ``_card_variant`` (an ensemble or TTA model as the model
-exported), ``_latency`` (``measure_tflite_latency`` and ``tflite_latency``),
+exported), ``_latency`` (``measure_tflite_latency``, ``measure_onnx_latency`` and ``tflite_latency``),
 ``_deploy_costs`` (a trial's latency, size and parameters, for objectives),
 ``_test_score`` (the test split's score) and ``_export`` (the steps of
 ``export``).
@@ -59,6 +63,8 @@ from autotl.export._common import (
     INT8_MIN_AGREEMENT,
     KERAS_FILE,
     LABELS_FILE,
+    ONNX_FILE,
+    ONNX_INT8_FILE,
     PARITY_FILE,
     SAVEDMODEL_DIR,
     TFLITE_FILE,
@@ -70,7 +76,7 @@ from autotl.export._common import (
 from autotl.export._deploy_costs import measure_deploy_costs
 from autotl.export._export import export
 from autotl.export._format import REPRESENTATIVE, Format, Loaded, WriteContext
-from autotl.export._latency import measure_tflite_latency, tflite_latency
+from autotl.export._latency import measure_onnx_latency, measure_tflite_latency, tflite_latency
 from autotl.export._parity import check_parity, verify_export
 from autotl.export._predictor import load_predictor
 from autotl.export._table import (
@@ -99,6 +105,7 @@ __all__ = [
     "load_predictor",
     "tflite_latency",
     "measure_tflite_latency",
+    "measure_onnx_latency",
     "measure_deploy_costs",
     "wilson_interval",
     "parse_formats",
@@ -115,6 +122,8 @@ __all__ = [
     "SAVEDMODEL_DIR",
     "TFLITE_FILE",
     "TFLITE_INT8_FILE",
+    "ONNX_FILE",
+    "ONNX_INT8_FILE",
     "LABELS_FILE",
     "CARD_FILE",
     "PARITY_FILE",

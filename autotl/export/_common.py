@@ -28,6 +28,8 @@ KERAS_FILE = "model.keras"
 SAVEDMODEL_DIR = "savedmodel"
 TFLITE_FILE = "model.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "MODEL_CARD.md"
 PARITY_FILE = "parity.json"
@@ -61,6 +63,8 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
     #: The ensemble or TTA model exported instead of ``trial``'s own (``export(ensemble=..., tta=...)``), or None.
     variant: Optional[dict[str, Any]] = None
+    #: Each format registered in MLflow's model registry (``Run.export(mlflow=URI)``): format -> version.
+    registered: dict[str, str] = field(default_factory=dict)
 
 
 def _quiet() -> None:

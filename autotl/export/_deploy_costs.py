@@ -1,11 +1,13 @@
-"""Deploy costs of a trial's model: TFLite latency on this machine, file size and parameter count.
+"""Deploy costs of a trial's model: its latency on this machine, file size and parameter count.
 
 They depend on the backbone, its input size, the head's width and the class
 count -- not on trained values -- so each shape is measured once per run
 folder: the model is assembled (the pretrained base and a head of that shape),
-converted with the export's own TFLite converter (float, or full-integer when
-the space's ``deploy.quantize`` is ``int8``), timed in the TFLite interpreter
-(:mod:`autotl.export._latency`) and its file measured.  The result goes to
+converted with the export's own converter for the space's ``deploy.format``
+(``tflite``: float, or full-integer when ``deploy.quantize`` is ``int8``;
+``onnx``: tf2onnx, and ONNX Runtime's static int8 quantization), timed in that
+format's runtime (the TFLite interpreter or ONNX Runtime,
+:mod:`autotl.export._latency`) and its file measured.  The result goes to
 ``deploy_costs.json`` in the run folder, written atomically under a lock, so
 several workers measure a shape once and never time two models at once.
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from autotl.run.folder import RunFolder
 
-__all__ = ["measure_deploy_costs", "shape_key", "CALIBRATION_IMAGES"]
+__all__ = ["measure_deploy_costs", "check_deploy_format", "shape_key", "CALIBRATION_IMAGES"]
 
 CALIBRATION_IMAGES = 8  # random images that calibrate an int8 model for timing
 
@@ -62,34 +64,60 @@ def shape_key(
     return digest, parts
 
 
+def check_deploy_format(settings: Mapping[str, Any]) -> None:
+    """Before a search measures deploy costs: a format whose optional extra is missing is one line now."""
+    if settings.get("format") == "onnx":
+        from autotl.export._onnx import require_onnx
+
+        require_onnx()
+
+
+def _converted(model: Any, size: tuple[int, int], settings: Mapping[str, Any]) -> bytes:
+    """The model as the space's ``deploy.format`` writes it (int8: calibrated on random pixels)."""
+    representative = None
+    if settings["quantize"] == "int8":
+        rng = np.random.default_rng(0)
+        shape = (CALIBRATION_IMAGES, *size, 3)
+        representative = rng.uniform(0.0, 255.0, shape).astype(np.float32)
+    if settings["format"] == "onnx":
+        from autotl.export._onnx import quantize_int8, to_onnx
+
+        content = to_onnx(model)
+        return content if representative is None else quantize_int8(content, representative)
+    from autotl.export._tflite import convert
+
+    return convert(model, size, representative)
+
+
+def _timed(content: bytes, size: tuple[int, int], settings: Mapping[str, Any]) -> dict[str, Any]:
+    from autotl.export._latency import measure_onnx_latency, measure_tflite_latency
+
+    timing = {k: settings[k] for k in ("threads", "warmup", "runs")}
+    if settings["format"] == "onnx":
+        return measure_onnx_latency(content, size, **timing)
+    return measure_tflite_latency(content, **timing)
+
+
 def _measure(
     spec: Any, base: Any, head_width: int, n_classes: int, settings: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Assemble, convert and time one shape; the metrics and how they were measured."""
-    from autotl.export._latency import measure_tflite_latency
-    from autotl.export._tflite import convert
     from autotl.training.model import assemble, build_head
 
     start = time.perf_counter()
     model = assemble(spec, base, build_head(n_classes, head_width, 0.0))
-    representative = None
-    if settings["quantize"] == "int8":
-        rng = np.random.default_rng(0)
-        shape = (CALIBRATION_IMAGES, *spec.input_size, 3)
-        representative = rng.uniform(0.0, 255.0, shape).astype(np.float32)
-    tflite = convert(model, tuple(spec.input_size), representative)
-    latency = measure_tflite_latency(
-        tflite, threads=settings["threads"], warmup=settings["warmup"], runs=settings["runs"]
-    )
+    size = (int(spec.input_size[0]), int(spec.input_size[1]))
+    content = _converted(model, size, settings)
+    latency = _timed(content, size, settings)
     metrics = {
         "latency_ms": latency["median_ms"],
-        "size_mb": len(tflite) / 1e6,
+        "size_mb": len(content) / 1e6,
         "params": float(model.count_params()),
     }
     return {
         "metrics": metrics,
         "latency": latency,
-        "bytes": len(tflite),
+        "bytes": len(content),
         "seconds": round(time.perf_counter() - start, 3),
         "measured": time.time(),
         "machine": {

@@ -3,20 +3,21 @@
 Every format autotl exports is one module defining one :class:`Format`, listed
 in the table (``_table``).  ``export``, the parity check, ``load_predictor``,
 the model card, ``ExportResult.files`` and the files an export owns all read
-that table, so a new format is one module and one row::
+that table, so a new format is one module and one row (``_onnx`` is a built-in
+example: two rows, float and int8, on one converter)::
 
     from autotl.export import Format, Loaded, register_format
 
     def write(model, ctx):  # into the staging folder ctx.folder
-        (ctx.folder / "model.onnx").write_bytes(to_onnx(model, ctx.input_size))
+        (ctx.folder / "model.mlpackage").write_bytes(to_coreml(model, ctx.input_size))
 
     def load(path):  # read back from disk: what parity compares and `autotl predict` runs
-        return Loaded(predict=onnx_predictor(path))
+        return Loaded(predict=coreml_predictor(path))
 
     register_format(Format(
-        name="onnx", files=("model.onnx",), write=write, load=load,
-        recognises=lambda p: p.suffix == ".onnx", title="an .onnx file",
-        description="ONNX, for onnxruntime",
+        name="coreml", files=("model.mlpackage",), write=write, load=load,
+        recognises=lambda p: p.suffix == ".mlpackage", title="a Core ML package",
+        description="Core ML, for Apple devices",
     ))
 """
 
@@ -80,7 +81,9 @@ class Format:
     lineage tables record, unless ``lineage_files`` names others).  ``needs``
     lists what it needs from the export (``REPRESENTATIVE``); ``usage(size,
     facts)`` says in the model card how to call it.  ``default`` rows are
-    exported when no format is named.
+    exported when no format is named.  ``requires()`` raises a one-line
+    UsageError when the format cannot be written or read here (an optional
+    extra is not installed); it is asked before an export starts.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Format:
     usage: Optional[Callable[[tuple[int, int], Mapping[str, Any]], str]] = None
     lineage_files: tuple[str, ...] = ()
     default: bool = True
+    requires: Optional[Callable[[], None]] = None
 
     def __post_init__(self) -> None:
         if not self.selector:

@@ -22,7 +22,7 @@ def load_predictor(
 
     ``path`` may be a run folder (its ``best_model.keras``), an export folder (its
     first format in table order: ``model.keras`` when there is one) or a file or folder of any format in the export table (a
-    ``.keras`` file, a SavedModel folder, a ``.tflite`` file, ...).  Class names
+    ``.keras`` file, a SavedModel folder, a ``.tflite`` or ``.onnx`` file, ...).  Class names
     come from the format itself (a SavedModel's ``assets/labels.txt``), else from
     ``classes.json`` or ``labels.txt`` beside the model, unless ``class_names``
     gives them.
@@ -32,6 +32,8 @@ def load_predictor(
     fmt = recognise(p)
     if fmt is None:
         return load_predictor(_model_in(p), class_names)
+    if fmt.requires is not None:
+        fmt.requires()  # a missing optional extra is said as such
     try:
         loaded = fmt.load(p)
     except Exception as exc:

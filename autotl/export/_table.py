@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.errors import UsageError
-from autotl.export import _keras, _savedmodel, _tflite, _tflite_int8
+from autotl.export import _keras, _onnx, _savedmodel, _tflite, _tflite_int8
 from autotl.export._common import COMMON_FILES
 from autotl.export._format import Format
 
@@ -21,6 +21,8 @@ _BUILT_IN: tuple[Format, ...] = (
     _savedmodel.FORMAT,
     _tflite.FORMAT,
     _tflite_int8.FORMAT,
+    _onnx.FORMAT,
+    _onnx.FORMAT_INT8,
 )
 _TABLE: dict[str, Format] = {f.name: f for f in _BUILT_IN}
 
@@ -119,14 +121,20 @@ def select(selectors: Sequence[str], quantize: Optional[str]) -> tuple[Format, .
     if quantize is not None:
         hosts = [f.selector for f in _TABLE.values() if f.quantize == quantize]
         if not set(hosts) & set(selectors):
+            hosts = list(dict.fromkeys(hosts))
             raise UsageError(
-                f"--quantize {quantize} quantizes the {hosts[0]} model; add {hosts[0]} to --format"
+                f"--quantize {quantize} quantizes the {' or '.join(hosts)} model; add "
+                f"{' or '.join(hosts)} to --format"
             )
-    return tuple(
+    rows = tuple(
         f
         for f in _TABLE.values()
         if f.selector in selectors and (f.quantize is None or f.quantize == quantize)
     )
+    for row in rows:  # a missing optional extra is one line, before anything is written
+        if row.requires is not None:
+            row.requires()
+    return rows
 
 
 def owned_files() -> tuple[str, ...]:

@@ -142,9 +142,10 @@ class Screening(_Strict):
 
 class Deploy(_Strict):
     """How deploy costs (``latency_ms``, ``size_mb``, ``params``) are measured: the exported format and
-    quantization, and the TFLite interpreter's threads, warm-up and timed runs (the median is kept)."""
+    quantization, and its runtime's threads, warm-up and timed runs (the median is kept): the TFLite
+    interpreter for ``tflite``, ONNX Runtime for ``onnx`` (needs ``autotl[onnx]``)."""
 
-    format: Literal["tflite"] = "tflite"
+    format: Literal["tflite", "onnx"] = "tflite"
     quantize: Literal["none", "int8"] = "none"
     threads: int = Field(1, ge=1, le=256)
     warmup: int = Field(5, ge=0, le=1000)

@@ -41,6 +41,7 @@ from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, 
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
 from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
+from autotl.search.backbone_screen import estimate_seconds
 from autotl.search.failures import (
     COUNTED,
     FAIL_KIND,
@@ -397,28 +398,121 @@ class _TrialRunner:
             ) from exc
         trial.set_user_attr("layers_artifact", artifact_id)
 
-    def prepare(self, should_stop: Callable[[], bool]) -> None:
-        """Compute every backbone's features before the first trial (the cache build, with its progress),
-        so a build that fails -- a full disk, say -- leaves the study without a failed trial.  Workers
-        start from different backbones, so they build different ones at once."""
-        names = [b for b in self.cfg.space.backbones if b in self.backbones.live()]
-        k = self.cfg.worker_index % max(len(names), 1)
-        for name in names[k:] + names[:k]:
-            if should_stop():
-                return
-            try:
-                self._features(name)
-            except (UsageError, KeyboardInterrupt):
-                raise
-            except Exception:  # a backbone's own fault: its first trial fails with the reason
-                continue
+    def prepare(self, should_stop: Callable[[], bool], deadline: Optional[float] = None) -> None:
+        """Before the first trial: screen the backbones on a sample (when the space says so), then plan
+        the kept backbones' full caches (:class:`autotl.search.backbone_screen.FullCaches`), which
+        :meth:`build_due` builds one at a time between trials.  A build that fails -- a full disk,
+        say -- leaves the study without a failed trial.  Workers start from different backbones."""
+        from autotl.search.backbone_screen import FullCaches
 
-    def _features(self, name: str) -> None:
-        """Backbone ``name``'s phase-1 cache entry, and the boundaries the space may fine-tune from, as a trial builds them."""
+        names = [b for b in self.cfg.space.backbones if b in self.backbones.live()]
+        estimates: dict[str, Optional[float]] = {}
+        if self.cfg.space.backbone_screening.active(len(names)):
+            decision = self._screen(names, should_stop)
+            if decision is None:  # stopped during the sample stage
+                return
+            for name in names:
+                if name not in decision["kept"]:
+                    self.backbones.skipped[name] = f"screened out: {decision['reasons'][name]}"
+            names = [b for b in names if b in decision["kept"]]
+            estimates = decision.get("estimates", {})
+        self.full = FullCaches(
+            names, estimates, lambda name: self._features(name), self.on_event, deadline
+        )
+        self.full.rotate(self.cfg.worker_index)
+        self.backbones.waiting = set(names)
+
+    def build_due(self, trials_done: int, should_stop: Callable[[], bool]) -> None:
+        """Build the next kept backbone's full cache when it is due (none ready yet, or a trial since the last)."""
+        full = getattr(self, "full", None)
+        while full is not None and full.due(trials_done) and not should_stop():
+            name = full.next(should_stop)
+            self.backbones.skipped.update(full.refused)
+            self.backbones.waiting = set(full.pending)
+            if name is not None or not full.ready:
+                return
+
+    def _screen(
+        self, names: list[str], should_stop: Callable[[], bool]
+    ) -> Optional[dict[str, Any]]:
+        """The sample stage: each backbone's sample scores (stored as soon as each exists, never computed twice
+        for a study), then the decision, stored once for every worker; None if stopped before it."""
+        from autotl.run.stages import claim, read_all
+        from autotl.search.backbone_screen import DECISION_KEY, RESULT_KEY, decide, sample_of
+
+        url, study = self.cfg.storage_url, self.cfg.study_name
+        stored = read_all(url, study)
+        if DECISION_KEY in stored:
+            return self._say_decision(stored[DECISION_KEY], resumed=True)
+        sample = sample_of(self.dataset, self.cfg.space)
+        self.on_event(
+            {
+                "info": f"backbone screening: {len(names)} backbones on a sample of "
+                f"{len(sample.train) + len(sample.val):,} images"
+            }
+        )
+        k = self.cfg.worker_index % max(len(names), 1)
+        results = {n: stored[RESULT_KEY + n] for n in names if RESULT_KEY + n in stored}
+        for name in names[k:] + names[:k]:
+            if name in results:
+                continue
+            if should_stop():
+                return None
+            results[name] = claim(url, study, RESULT_KEY + name, self._sample_result(name, sample))
+        decision = decide({n: results[n] for n in names}, self.cfg.space.backbone_screening)
+        images = len(self.dataset.train) + len(self.dataset.val)
+        decision["estimates"] = {
+            n: (0.0 if sample is self.dataset else estimate_seconds(results[n], images))
+            for n in decision["kept"]
+        }
+        decision["sample_images"] = len(sample.train) + len(sample.val)
+        return self._say_decision(claim(url, study, DECISION_KEY, decision), resumed=False)
+
+    def _sample_result(self, name: str, sample: Any) -> dict[str, Any]:
+        """One backbone's sample scores and measured cost, or ``{"error": reason}``."""
+        from autotl.search.backbone_screen import score_features
+
+        started = time.perf_counter()
+        try:
+            feats = self._features(name, sample)
+            result = score_features(feats, self.cfg.space, len(self.dataset.class_names))
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a backbone's own fault: dropped, with the reason
+            return {"error": failure_line(exc)}
+        stats = feats.stats or {}
+        result.update(
+            images_per_second=stats.get("images_per_second"),
+            cache_seconds=stats.get("seconds"),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        self.on_event(
+            {
+                "info": f"  {name}: sample accuracy {result['accuracy']:.3f}, "
+                f"LogME {result['logme']:.3f}, {result['images_per_second'] or 0:,.0f} img/s"
+            }
+        )
+        return result
+
+    def _say_decision(self, decision: dict[str, Any], resumed: bool) -> dict[str, Any]:
+        from autotl.search.backbone_screen import clock
+
+        kept = ", ".join(
+            f"{n} (full cache about {clock(e)})" if e else n
+            for n, e in ((n, decision.get("estimates", {}).get(n)) for n in decision["kept"])
+        )
+        when = "decided earlier in this study" if resumed else "decided"
+        self.on_event({"info": f"backbone screening {when}: on to all the data: {kept}"})
+        return decision
+
+    def _features(self, name: str, data: Any = None) -> Any:
+        """Backbone ``name``'s phase-1 cache entry on ``data`` (default: all of it), and on all of it the
+        boundaries the space may fine-tune from, as a trial builds them."""
         import optuna
 
         from autotl.training.trainer import prefetch_cuts
 
+        data = self.dataset if data is None else data
         space, p2 = self.cfg.space, self.cfg.space.phase2
         fixed = {
             "backbone": name,
@@ -430,17 +524,20 @@ class _TrialRunner:
         params = trial_params(optuna.trial.FixedTrial(fixed), space)
         spec = self.registry.backbone(name)
         weights = resolve_weights(spec, self.cfg.weights)
-        self.cache.get(
+        where = "full cache" if data is self.dataset else "sample"
+        return self.cache.get(
             spec,
             lambda: self.base(spec, weights, params.seed),
             weights,
-            self.dataset,
+            data,
             None,
             batch_size=params.batch_size,
             augmentation=space.augmentation,
             seed=params.seed,
-            prefetch=lambda b: prefetch_cuts(spec, params, b),
-            say=lambda msg: self.on_event({"status": f"{name} | phase 1: {msg}", "backbone": name}),
+            prefetch=(lambda b: prefetch_cuts(spec, params, b))
+            if data is self.dataset
+            else (lambda _b: ()),
+            say=lambda msg: self.on_event({"status": f"{name} | {where}: {msg}", "backbone": name}),
         )
 
     def _reporter(
@@ -501,6 +598,26 @@ def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
             if artifact_id and artifact_id not in removed:
                 remove(store, artifact_id)
                 removed.add(artifact_id)
+
+    return callback
+
+
+def _best_so_far(
+    cfg: SearchConfig, runner: _TrialRunner, emit: Event
+) -> Callable[[Any, Any], None]:
+    """``best_model.keras`` follows the search: assembled when a trial becomes the best, so a search
+    stopped at any time (``--timeout``, Ctrl-C, a kill) leaves the best model it found."""
+
+    def callback(study: Any, trial: Any) -> None:
+        ranked = ranked_trials(study)
+        if trial.state.name != "COMPLETE" or not ranked or ranked[0].number != trial.number:
+            return
+        try:
+            update_best_model(
+                cfg.run, study, runner.registry, cfg.weights, cfg.storage_url, runner.base
+            )
+        except LayersNotHere as exc:  # kept elsewhere: assembled when the search ends
+            emit({"warning": f"best_model.keras not assembled here yet: {exc}"})
 
     return callback
 
@@ -743,10 +860,12 @@ def run_search(
             "total": cfg.trials,
         }
     )
+    started = time.monotonic()
+    deadline = None if cfg.timeout is None else started + cfg.timeout
     if len(study.get_trials(deepcopy=False, states=counted)) < cfg.trials:
-        runner.prepare(should_stop)
+        runner.prepare(should_stop, deadline)
     try:
-        _loop(study, cfg, runner, emit, should_stop)
+        _loop(study, cfg, runner, emit, should_stop, deadline)
     finally:
         # the space's own sampler again, for whoever gets the study
         study.sampler = study.sampler.sampler
@@ -763,16 +882,21 @@ def _loop(
     runner: _TrialRunner,
     emit: Event,
     should_stop: Callable[[], bool],
+    deadline: Optional[float] = None,
 ) -> None:
-    """Take trials until the budget is full, the time is up, Ctrl-C, or the failure policy says stop."""
+    """Take trials until the budget is full, the time (``--timeout``, from the search's start) is up,
+    Ctrl-C, or the failure policy says stop; kept backbones' full caches are built between trials."""
     import optuna
     from optuna.trial import TrialState
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    callbacks = [_after_trial(cfg, runner.store), _finished_event(emit)]
-    started = time.monotonic()
+    callbacks = [
+        _after_trial(cfg, runner.store),
+        _best_so_far(cfg, runner, emit),
+        _finished_event(emit),
+    ]
     while not should_stop():
-        if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
+        if deadline is not None and time.monotonic() > deadline:
             break
         everything = study.get_trials(deepcopy=False)
         trials = [
@@ -797,6 +921,9 @@ def _loop(
                 "same command to resume"
             )
         if waiting or done + running < cfg.trials:
+            runner.build_due(done, should_stop)
+            if should_stop() or (deadline is not None and time.monotonic() > deadline):
+                break
             if not waiting:  # a two-stage search past its screening
                 _enqueue_finalist(study, cfg.space, trials, runner.backbones.live())
             study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)

@@ -40,7 +40,16 @@ if TYPE_CHECKING:
     from autotl.search.space import BackboneScreening, SearchSpace
     from autotl.training.cache import CachedFeatures
 
-__all__ = ["RESULT_KEY", "DECISION_KEY", "score_features", "decide", "clock", "FullCaches"]
+__all__ = [
+    "RESULT_KEY",
+    "DECISION_KEY",
+    "COLUMNS",
+    "score_features",
+    "decide",
+    "clock",
+    "FullCaches",
+    "screening_rows",
+]
 
 RESULT_KEY, DECISION_KEY = "backbone_screening/sample/", "backbone_screening/decision"
 Event = Callable[[dict[str, Any]], None]
@@ -235,3 +244,54 @@ def sample_of(dataset: Dataset, space: SearchSpace) -> Dataset:
     from autotl.data.sample import stratified_sample
 
     return stratified_sample(dataset, space.backbone_screening.sample, space.seed)
+
+
+#: The columns of :func:`screening_rows` (``Run.screening()``'s DataFrame, the report's table).
+COLUMNS = {
+    "backbone": "backbone",
+    "sample_accuracy": "sample head accuracy",
+    "accuracy_low": "interval low",
+    "accuracy_high": "interval high",
+    "logme": "LogME",
+    "images_per_second": "img/s",
+    "full_cache_seconds": "full cache est. s",
+    "kept": "on to all data",
+    "reason": "why",
+    "best_on_all_data": "best on all data",
+}
+
+
+def screening_rows(study: Any, storage_url: str, study_name: str) -> list[dict[str, Any]]:
+    """One record per screened backbone, in the decision's ranking (``[]`` when the study did not screen)."""
+    from autotl.run.stages import read_all
+
+    stored = read_all(storage_url, study_name)
+    decision = stored.get(DECISION_KEY)
+    if decision is None:
+        return []
+    best: dict[str, float] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and t.values and len(t.values) == 1:
+            b = str(t.params.get("backbone"))
+            best[b] = max(best.get(b, -math.inf), float(t.values[0]))
+    z = float(decision.get("z", _z(0.95)))
+    failed = [n for n in decision["reasons"] if n not in decision["ranking"]]
+    rows = []
+    for name in [*decision["ranking"], *failed]:
+        r = stored.get(RESULT_KEY + name, {})
+        lo, hi = _interval(r, z) if "accuracy" in r else (None, None)
+        rows.append(
+            {
+                "backbone": name,
+                "sample_accuracy": r.get("accuracy"),
+                "accuracy_low": lo,
+                "accuracy_high": hi,
+                "logme": r.get("logme"),
+                "images_per_second": r.get("images_per_second"),
+                "full_cache_seconds": decision.get("estimates", {}).get(name),
+                "kept": name in decision["kept"],
+                "reason": decision["reasons"].get(name, ""),
+                "best_on_all_data": best.get(name),
+            }
+        )
+    return rows

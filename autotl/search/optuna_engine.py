@@ -59,8 +59,8 @@ from autotl.search.space import SearchSpace, trial_params
 __all__ = ["SearchConfig", "open_search_study", "run_search", "FULL", "SCREEN", "FINALIST"]
 
 Event = Callable[[dict[str, Any]], None]
-#: A trial's stage (user attribute ``stage``): an ordinary trial, a screening trial (phase 1 only),
-#: or a finalist's fine-tuning trial (see ``screening`` in the search space).
+#: A trial's stage (user attribute ``stage``): an ordinary trial, a two-stage search's phase-1-only
+#: trial, or a finalist's fine-tuning trial (see ``two_stage`` in the search space).
 FULL, SCREEN, FINALIST = "full", "screen", "finalist"
 #: The trial attribute holding its constraint values (``<= 0``: met), as Optuna's ``constraints_func`` reads them.
 CONSTRAINTS_ATTR = "constraints"
@@ -459,6 +459,7 @@ class _TrialRunner:
             if should_stop():
                 return None
             results[name] = claim(url, study, RESULT_KEY + name, self._sample_result(name, sample))
+            self._say_result(name, results[name])
         decision = decide({n: results[n] for n in names}, self.cfg.space.backbone_screening)
         images = len(self.dataset.train) + len(self.dataset.val)
         decision["estimates"] = {
@@ -486,13 +487,19 @@ class _TrialRunner:
             cache_seconds=stats.get("seconds"),
             seconds=round(time.perf_counter() - started, 3),
         )
+        return result
+
+    def _say_result(self, name: str, r: dict[str, Any]) -> None:
+        if "error" in r:
+            self.on_event({"info": f"  {name}: failed on the sample: {r['error']}", "sample": name})
+            return
         self.on_event(
             {
-                "info": f"  {name}: sample accuracy {result['accuracy']:.3f}, "
-                f"LogME {result['logme']:.3f}, {result['images_per_second'] or 0:,.0f} img/s"
+                "info": f"  {name}: sample accuracy {r['accuracy']:.3f}, LogME {r['logme']:.3f}, "
+                f"{r.get('images_per_second') or 0:,.0f} img/s",
+                "sample": name,
             }
         )
-        return result
 
     def _say_decision(self, decision: dict[str, Any], resumed: bool) -> dict[str, Any]:
         from autotl.search.backbone_screen import clock
@@ -566,8 +573,9 @@ class _TrialRunner:
         return report
 
     def _stage(self, earlier: list[Any]) -> str:
-        """Screening while the screening trials among ``earlier`` (live trials before this one) leave room; finalists come enqueued."""
-        screening = self.cfg.space.screening
+        """Phase 1 only while the two-stage search's first trials among ``earlier`` (live trials before
+        this one) leave room; finalists come enqueued."""
+        screening = self.cfg.space.two_stage
         screened = sum(1 for t in earlier if t.user_attrs.get("stage") == SCREEN)
         return SCREEN if screening is not None and screened < screening.trials else FULL
 
@@ -643,18 +651,18 @@ def _enqueue_finalist(
 ) -> bool:
     """Queue the next fine-tuning trial of a two-stage search, once its screening is done; whether one was queued.
 
-    Finalists are the best complete screening trials (by :func:`ranked_trials`'
+    Finalists are the best complete phase-1-only trials (by :func:`ranked_trials`'
     order) whose backbone is still ``live`` (all, if none is given), fine-tuned
     in turn; the sampler draws each one's unfreeze depth and fine-tuning rate.
     """
-    screening = space.screening
+    screening = space.two_stage
     screened = [t for t in trials if t.user_attrs.get("stage") == SCREEN]
     if screening is None or len(screened) < screening.trials:
         return False
     numbers = {t.number for t in screened}
     finalists = [t for t in ranked_trials(study) if t.number in numbers][: screening.finalists]
     finalists = [t for t in finalists if not live or t.params.get("backbone") in live]
-    if not finalists:  # every screening trial failed or was pruned: ordinary trials follow
+    if not finalists:  # every phase-1-only trial failed or was pruned: ordinary trials follow
         return False
     queued = sum(1 for t in trials if t.user_attrs.get("stage") == FINALIST)
     pick = finalists[queued % len(finalists)]

@@ -327,7 +327,7 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
     with ``suggest_categorical``, ``suggest_float`` and ``suggest_int`` (the keras-tuner engine's adapter).
 
     One mapping from a space to the trainer's parameters, for every engine.  A
-    screening trial (``screen``) asks only for the backbone and head: it runs
+    two-stage phase-1 trial (``screen``) asks only for the backbone and head: it runs
     phase 1 alone, so it draws no fine-tuning settings.
     """
     p2 = space.phase2
@@ -391,7 +391,7 @@ def apply_screening(
             )
         screen = space.two_stage.trials
     if screen < 0:
-        raise UsageError(f"--screen must be 0 (off) or more, got {screen}")
+        raise UsageError(f"--two-stage must be 0 (off) or more, got {screen}")
     if screen == 0:
         return space.model_copy(update={"two_stage": None})
     current = space.two_stage.model_dump() if space.two_stage is not None else {}

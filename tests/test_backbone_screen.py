@@ -134,6 +134,32 @@ def test_the_first_stored_value_holds_for_every_worker(tmp_path: Path) -> None:
     assert claim(url, "other", "k", 1) == 1 and read_all(url, "s") == {"k": {"kept": ["a"]}}
 
 
+def test_few_files_are_decoded_by_threads_many_by_processes() -> None:
+    from autotl.data.decoding import THREADS_BELOW, default_workers, workers_for
+
+    assert workers_for(398) == 0 and workers_for(THREADS_BELOW) == default_workers()
+    assert workers_for(398, asked=2) == 2 and workers_for(10**6, asked=0) == 0
+
+
+def test_keras_tuner_refuses_backbone_screening_in_one_line(
+    image_folder: Path, tiny_space_file: Path, tmp_path: Path
+) -> None:
+    import autotl
+
+    with pytest.raises(UsageError, match="backbone screening is the Optuna engine's") as caught:
+        autotl.search(
+            image_folder,
+            out=tmp_path / "run",
+            space=tiny_space_file,
+            engine="keras-tuner",
+            backbone_screening="on",
+            plugins=[TINY_PLUGIN],
+            weights="none",
+            report=False,
+        )
+    assert "\n" not in str(caught.value)
+
+
 # -- inside a search
 
 
@@ -214,7 +240,12 @@ def test_screening_drops_the_blind_backbone_the_same_way_for_a_seed_and_resumes_
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(done) == 3
 
-    frame = Run(tmp_path / "a").screening()
+    run = Run(tmp_path / "a")
+    run.report(evaluate=False)
+    summary = json.loads((tmp_path / "a" / "report.json").read_text())["summary"]
+    assert summary["skipped_backbones"]["tiny_blind"].startswith("screened out: dropped")
+    assert "Backbone screening" in (tmp_path / "a" / "report.md").read_text()
+    frame = run.screening()
     assert list(frame["backbone"]) == ["tiny", "tiny_blind"]
     assert list(frame["kept"]) == [True, False]
     assert frame.loc[0, "best_on_all_data"] == pytest.approx(study.best_value)

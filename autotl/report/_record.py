@@ -192,6 +192,10 @@ def build_record(
     trials, rows = trial_rows(study, space)
     summary = _summary(study, objectives, rows, data, run, trials)
     summary["skipped_backbones"] = _skipped_backbones(folder, trials)
+    screening = _backbone_screening(study, storage_url)
+    for r in (screening or {}).get("rows", []):
+        if not r["kept"]:
+            summary["skipped_backbones"].setdefault(r["backbone"], f"screened out: {r['reason']}")
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -206,7 +210,7 @@ def build_record(
         "pareto": pareto_record(rows, objectives),
         "curves": _curves(trials, rows, top_curves),
         "search": search_record(study, trials, rows, space, objectives),
-        "backbone_screening": _backbone_screening(study, storage_url),
+        "backbone_screening": screening,
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
         "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate),
         "ensemble": ensemble_record(folder, study),

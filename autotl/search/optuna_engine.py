@@ -13,7 +13,10 @@ marked failed with its reason and the search goes on; a backbone that fails
 three times in a row is dropped (the sampler is kept off it), and the search
 stops with :class:`autotl.errors.SearchStopped` when no backbone is left or
 ``max_failures`` trials in a row have failed.  Before the first trial every
-backbone is checked once (:mod:`autotl.search.prechecks`).
+backbone is checked once (:mod:`autotl.search.prechecks`) and, with two or more,
+screened on a sample (:mod:`autotl.search.backbone_screen`); the kept backbones'
+full feature caches are built one at a time between trials, and
+``best_model.keras`` is assembled whenever a trial becomes the best.
 
 When an objective or a constraint is a deploy cost (``latency_ms``,
 ``size_mb``, ``params``), each trial's costs are looked up (measured once per
@@ -41,7 +44,7 @@ from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, 
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
 from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
-from autotl.search.backbone_screen import estimate_seconds
+from autotl.search.backbone_screen import FullCaches, estimate_seconds
 from autotl.search.failures import (
     COUNTED,
     FAIL_KIND,
@@ -230,6 +233,7 @@ class _TrialRunner:
         )
         self.store = cfg.run.artifact_store(cfg.artifacts)
         self._bases: dict[tuple, tuple[Any, list]] = {}
+        self.full: Optional[FullCaches] = None  # the kept backbones' full caches (``prepare``)
 
     def adopt(self, spec: Any, weights: Any, seed: int, base: Any) -> None:
         """Use ``base`` (built and checked at start-up) as this process's base for ``spec``."""
@@ -403,8 +407,6 @@ class _TrialRunner:
         the kept backbones' full caches (:class:`autotl.search.backbone_screen.FullCaches`), which
         :meth:`build_due` builds one at a time between trials.  A build that fails -- a full disk,
         say -- leaves the study without a failed trial.  Workers start from different backbones."""
-        from autotl.search.backbone_screen import FullCaches
-
         names = [b for b in self.cfg.space.backbones if b in self.backbones.live()]
         estimates: dict[str, Optional[float]] = {}
         if self.cfg.space.backbone_screening.active(len(names)):
@@ -424,7 +426,7 @@ class _TrialRunner:
 
     def build_due(self, trials_done: int, should_stop: Callable[[], bool]) -> None:
         """Build the next kept backbone's full cache when it is due (none ready yet, or a trial since the last)."""
-        full = getattr(self, "full", None)
+        full = self.full
         while full is not None and full.due(trials_done) and not should_stop():
             name = full.next(should_stop)
             self.backbones.skipped.update(full.refused)

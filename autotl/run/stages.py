@@ -47,27 +47,33 @@ def _stages() -> Any:
 
 
 def _engine(storage_url: str) -> Any:
-    """One engine per URL per process, with the table in place (creating it twice at once is harmless)."""
+    """One engine per URL per process."""
     from sqlalchemy import create_engine
-    from sqlalchemy.exc import DBAPIError
 
     with _lock:
         if storage_url not in _engines:
             try:
-                engine = create_engine(storage_url, **engine_kwargs(storage_url))
-                for attempt in range(5):
-                    try:
-                        _stages().metadata.create_all(engine, checkfirst=True)
-                        break
-                    except DBAPIError:  # another worker created it between the check and ours
-                        if attempt == 4:
-                            raise
+                _engines[storage_url] = create_engine(storage_url, **engine_kwargs(storage_url))
             except Exception as exc:
                 raise UsageError(
                     f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})"
                 ) from None
-            _engines[storage_url] = engine
         return _engines[storage_url]
+
+
+def _created(storage_url: str) -> Any:
+    """The engine, with the table in place (two workers creating it at once is harmless)."""
+    from sqlalchemy.exc import DBAPIError
+
+    engine = _engine(storage_url)
+    for attempt in range(5):
+        try:
+            _stages().metadata.create_all(engine, checkfirst=True)
+            return engine
+        except DBAPIError:  # another worker created it between the check and ours
+            if attempt == 4:
+                raise
+    return engine
 
 
 def claim(storage_url: str, study_name: str, key: str, value: Any) -> Any:
@@ -75,7 +81,7 @@ def claim(storage_url: str, study_name: str, key: str, value: Any) -> Any:
     from sqlalchemy.exc import IntegrityError
 
     table = _stages()
-    engine = _engine(storage_url)
+    engine = _created(storage_url)
     try:
         with engine.begin() as conn:
             conn.execute(
@@ -101,13 +107,16 @@ def read_all(storage_url: str, study_name: str) -> dict[str, Any]:
     """Every key of ``study_name`` and its value (``{}`` when nothing was stored, or no table exists)."""
     from pathlib import Path
 
-    from sqlalchemy import select
+    from sqlalchemy import inspect, select
 
     path = sqlite_path(storage_url)
     if path is not None and not Path(path).exists():
         return {}
     table = _stages()
-    with _engine(storage_url).connect() as conn:
+    engine = _engine(storage_url)
+    if not inspect(engine).has_table(STAGES_TABLE):  # reading writes nothing
+        return {}
+    with engine.connect() as conn:
         rows = conn.execute(
             select(table.c.key, table.c.value).where(table.c.study_name == study_name)
         )

@@ -424,9 +424,14 @@ class _TrialRunner:
         self.full.rotate(self.cfg.worker_index)
         self.backbones.waiting = set(names)
 
-    def build_due(self, trials_done: int, should_stop: Callable[[], bool]) -> None:
-        """Build the next kept backbone's full cache when it is due (none ready yet, or a trial since the last)."""
+    def build_due(
+        self, trials_done: int, should_stop: Callable[[], bool], before: Callable[[], None]
+    ) -> None:
+        """Build the next kept backbone's full cache when it is due (none ready yet, or a trial since the
+        last), calling ``before()`` first (the best model so far is assembled then)."""
         full = self.full
+        if full is not None and full.due(trials_done) and trials_done:
+            before()
         while full is not None and full.due(trials_done) and not should_stop():
             name = full.next(should_stop)
             self.backbones.skipped.update(full.refused)
@@ -612,24 +617,42 @@ def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
     return callback
 
 
-def _best_so_far(
-    cfg: SearchConfig, runner: _TrialRunner, emit: Event
-) -> Callable[[Any, Any], None]:
-    """``best_model.keras`` follows the search: assembled when a trial becomes the best, so a search
-    stopped at any time (``--timeout``, Ctrl-C, a kill) leaves the best model it found."""
+#: A new best trial's model is assembled at once unless the last assembly was this recent (seconds); a
+#: waiting one is assembled before the next full cache is built, and when the search ends.
+BEST_MODEL_INTERVAL = 10.0
 
-    def callback(study: Any, trial: Any) -> None:
+
+class _BestSoFar:
+    """``best_model.keras`` follows the search, so a search stopped at any time (``--timeout``, Ctrl-C,
+    a kill) leaves the best model it found: assembled when a trial becomes the best (at most once every
+    ``BEST_MODEL_INTERVAL`` seconds, so a short search is not slowed), before each full cache is built
+    (minutes in which nothing else would do it), and when the search ends."""
+
+    def __init__(self, cfg: SearchConfig, runner: _TrialRunner, emit: Event) -> None:
+        self.cfg, self.runner, self.emit = cfg, runner, emit
+        self.last = -math.inf
+
+    def __call__(self, study: Any, trial: Any) -> None:
         ranked = ranked_trials(study)
         if trial.state.name != "COMPLETE" or not ranked or ranked[0].number != trial.number:
             return
+        if time.monotonic() - self.last >= BEST_MODEL_INTERVAL:
+            self.flush(study)
+
+    def flush(self, study: Any) -> None:
+        """Make ``best_model.keras`` the best trial's now (a no-op when it already is)."""
+        self.last = time.monotonic()
         try:
             update_best_model(
-                cfg.run, study, runner.registry, cfg.weights, cfg.storage_url, runner.base
+                self.cfg.run,
+                study,
+                self.runner.registry,
+                self.cfg.weights,
+                self.cfg.storage_url,
+                self.runner.base,
             )
         except LayersNotHere as exc:  # kept elsewhere: assembled when the search ends
-            emit({"warning": f"best_model.keras not assembled here yet: {exc}"})
-
-    return callback
+            self.emit({"warning": f"best_model.keras not assembled here yet: {exc}"})
 
 
 def _finished_event(emit: Event) -> Callable[[Any, Any], None]:
@@ -900,11 +923,8 @@ def _loop(
     from optuna.trial import TrialState
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    callbacks = [
-        _after_trial(cfg, runner.store),
-        _best_so_far(cfg, runner, emit),
-        _finished_event(emit),
-    ]
+    best = _BestSoFar(cfg, runner, emit)
+    callbacks = [_after_trial(cfg, runner.store), best, _finished_event(emit)]
     while not should_stop():
         if deadline is not None and time.monotonic() > deadline:
             break
@@ -931,7 +951,7 @@ def _loop(
                 "same command to resume"
             )
         if waiting or done + running < cfg.trials:
-            runner.build_due(done, should_stop)
+            runner.build_due(done, should_stop, lambda: best.flush(study))
             if should_stop() or (deadline is not None and time.monotonic() > deadline):
                 break
             if not waiting:  # a two-stage search past its screening

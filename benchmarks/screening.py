@@ -9,12 +9,15 @@ fresh process per search, timed from the process's start):
 
 ``cost``
     Synthetic data as in ``benchmarks/scale.py`` (10 classes of 160 px JPEGs)
-    at each ``--sizes``, the default space's six backbones with random weights,
-    ``--trials`` phase-1-only trials (``two_stage`` trials = the budget, no
-    block boundaries cached): time to the first trial and wall time, with
-    backbone screening (``after``) and, for the sizes in ``--before``, without
-    it (``before``).  The floor of a search is the sample stage's forward
-    passes plus the kept backbones' on all the data, from the measured rates.
+    at each ``--sizes``, the default space's six backbones (the two with
+    weights in ``../shared/weights`` real, the other four with random-valued
+    weight files: the timing is the same), ``--trials`` phase-1-only trials
+    (``two_stage`` trials = the budget, no block boundaries cached): time to
+    the first trial and wall time, with backbone screening (``after``) and, for
+    the sizes in ``--before``, without it (``before``).  The floor of a search
+    is the sample stage's forward passes plus the kept backbones' on all the
+    data, from the measured rates (kept in ``ROOT/throughput.json``;
+    ``--remeasure`` measures them again).
 
 ``quality``
     Real images: ``../shared/data/hymenoptera``, the bundled digits, and
@@ -158,7 +161,11 @@ def cost(args: argparse.Namespace) -> None:
     root = Path(args.root)
     sizes = [int(s) for s in args.sizes.split(",")]
     full = generate(root / "synthetic", max(sizes), os.cpu_count() or 2)
-    rates = throughput(DEFAULT_SIX, args.images)
+    saved = root / "throughput.json"
+    if args.remeasure or not saved.is_file():
+        saved.write_text(json.dumps(throughput(DEFAULT_SIX, args.images)))
+    rates = json.loads(saved.read_text())
+    env = _env(_random_weights(root, [b for b in DEFAULT_SIX if b not in REAL]))
     for n in sizes:
         data = subset(root / "synthetic", full, n) if n != max(sizes) else full
         runs = {"after": {"enabled": True}}
@@ -168,12 +175,7 @@ def cost(args: argparse.Namespace) -> None:
             space = _space(root, f"cost-{label}", DEFAULT_SIX, args.trials, screening)
             out = root / f"cost-{n}-{label}"
             r = search(
-                _env(),
-                data=str(data),
-                out=str(out),
-                space=str(space),
-                weights="none",
-                cache_dir=str(root / f"cache-{n}-{label}"),
+                env, data=str(data), out=str(out), space=str(space), cache_dir=str(out / "cache")
             )
             decision = r["stages"].get("backbone_screening/decision")
             kept = decision["kept"] if decision else DEFAULT_SIX
@@ -195,9 +197,9 @@ def cost(args: argparse.Namespace) -> None:
             )
 
 
-def _random_weights(root: Path) -> Path:
-    """A weights folder: the two real files of ../shared/weights and random-valued files for ``RANDOM``."""
-    folder = root / "weights"
+def _random_weights(root: Path, names: list[str]) -> Path:
+    """A weights folder: the two real files of ../shared/weights and random-valued files for ``names``."""
+    folder = root / ("weights-" + "-".join(sorted(names)))
     if (folder / "SHA256SUMS").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,7 @@ def _random_weights(root: Path) -> Path:
         "    spec = reg.backbone(name); keras.utils.set_random_seed(i + 1)\n"
         "    spec.build((*spec.input_size, 3), None).save(sys.argv[1] + '/' + spec.weights_file)\n"
     )
-    _python(code, str(folder), *RANDOM, env=_env())
+    _python(code, str(folder), *names, env=_env())
     sums = subprocess.run(
         "sha256sum *.h5", shell=True, cwd=folder, capture_output=True, text=True, check=True
     )
@@ -253,7 +255,7 @@ def _tau(a: dict[str, float], b: dict[str, float]) -> float:
 
 def quality(args: argparse.Namespace) -> None:
     root = Path(args.root)
-    env = _env(_random_weights(root))
+    env = _env(_random_weights(root, RANDOM))
     backbones = REAL + RANDOM
     for name in args.sets.split(","):
         where = {"sample": "digits"} if name == "digits" else {}
@@ -308,13 +310,15 @@ def main() -> None:
     parser.add_argument("--before", default="10000", help="sizes also run without screening")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--images", type=int, default=320, help="images per throughput measurement")
+    parser.add_argument("--remeasure", action="store_true", help="measure the throughput again")
     parser.add_argument("--sets", default="hymenoptera,digits,rotations")
     parser.add_argument("--sample", type=int, default=600)
     parser.add_argument("--hymenoptera-sample", type=int, default=200)
     args = parser.parse_args()
     Path(args.root).mkdir(parents=True, exist_ok=True)
     if args.part == "throughput":
-        throughput(DEFAULT_SIX, args.images)
+        rates = throughput(DEFAULT_SIX, args.images)
+        (Path(args.root) / "throughput.json").write_text(json.dumps(rates))
     else:
         {"cost": cost, "quality": quality}[args.part](args)
 

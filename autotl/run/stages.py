@@ -15,17 +15,13 @@ backbone's sample result and one for the decision; the report reads them.
 from __future__ import annotations
 
 import datetime as _dt
-import threading
 from typing import Any, Optional
 
-from autotl.errors import UsageError, first_line
-from autotl.run.storage import engine_kwargs, safe_url, sqlite_path
+from autotl.run.storage import create_tables, sql_engine, sqlite_path
 
 __all__ = ["STAGES_TABLE", "claim", "read", "read_all"]
 
 STAGES_TABLE = "autotl_stages"
-_lock = threading.Lock()
-_engines: dict[str, Any] = {}
 _table: Any = None
 
 
@@ -46,42 +42,12 @@ def _stages() -> Any:
     return _table
 
 
-def _engine(storage_url: str) -> Any:
-    """One engine per URL per process."""
-    from sqlalchemy import create_engine
-
-    with _lock:
-        if storage_url not in _engines:
-            try:
-                _engines[storage_url] = create_engine(storage_url, **engine_kwargs(storage_url))
-            except Exception as exc:
-                raise UsageError(
-                    f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})"
-                ) from None
-        return _engines[storage_url]
-
-
-def _created(storage_url: str) -> Any:
-    """The engine, with the table in place (two workers creating it at once is harmless)."""
-    from sqlalchemy.exc import DBAPIError
-
-    engine = _engine(storage_url)
-    for attempt in range(5):
-        try:
-            _stages().metadata.create_all(engine, checkfirst=True)
-            return engine
-        except DBAPIError:  # another worker created it between the check and ours
-            if attempt == 4:
-                raise
-    return engine
-
-
 def claim(storage_url: str, study_name: str, key: str, value: Any) -> Any:
     """Store ``value`` under ``key`` unless a value is there already; the stored value either way."""
     from sqlalchemy.exc import IntegrityError
 
     table = _stages()
-    engine = _created(storage_url)
+    engine = create_tables(storage_url, _stages().metadata)
     try:
         with engine.begin() as conn:
             conn.execute(
@@ -113,7 +79,7 @@ def read_all(storage_url: str, study_name: str) -> dict[str, Any]:
     if path is not None and not Path(path).exists():
         return {}
     table = _stages()
-    engine = _engine(storage_url)
+    engine = sql_engine(storage_url)
     if not inspect(engine).has_table(STAGES_TABLE):  # reading writes nothing
         return {}
     with engine.connect() as conn:

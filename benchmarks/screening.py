@@ -250,7 +250,10 @@ def _tau(a: dict[str, float], b: dict[str, float]) -> float:
     from scipy.stats import kendalltau
 
     names = sorted(set(a) & set(b))
-    return float(kendalltau([a[n] for n in names], [b[n] for n in names]).statistic)
+    # scores equal to 1e-6 are ties: constant features give the same LogME up to float round-off
+    return float(
+        kendalltau([round(a[n], 6) for n in names], [round(b[n], 6) for n in names]).statistic
+    )
 
 
 def quality(args: argparse.Namespace) -> None:

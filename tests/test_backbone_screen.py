@@ -160,6 +160,19 @@ def test_keras_tuner_refuses_backbone_screening_in_one_line(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
+def test_workers_racing_on_postgresql_go_on_with_one_decision(postgres_url: str) -> None:
+    """Eight threads store eight different decisions at once: every one of them reads back the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(
+            pool.map(lambda i: claim(postgres_url, "race", DECISION_KEY, {"kept": [i]}), range(8))
+        )
+    assert len({json.dumps(g) for g in got}) == 1
+    assert read_all(postgres_url, "race") == {DECISION_KEY: got[0]}
+
+
 # -- inside a search
 
 

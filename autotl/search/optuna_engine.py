@@ -415,7 +415,10 @@ class _TrialRunner:
                 return
             for name in names:
                 if name not in decision["kept"]:
-                    self.backbones.skipped[name] = f"screened out: {decision['reasons'][name]}"
+                    why = decision["reasons"].get(
+                        name, "not available when this study's screening decided"
+                    )
+                    self.backbones.skipped[name] = f"screened out: {why}"
             names = [b for b in names if b in decision["kept"]]
             estimates = decision.get("estimates", {})
         self.full = FullCaches(

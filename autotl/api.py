@@ -242,28 +242,29 @@ def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
     return [str(g).strip() for g in items if str(g).strip()]
 
 
+def _space_options(space: Any, kwargs: dict[str, Any]) -> Any:
+    """``space`` with the options that override its fields: two-stage, backbone screening, objectives."""
+    from autotl.search.space import apply_backbone_screening, apply_objectives, apply_screening
+
+    space = apply_screening(space, kwargs["screen"], kwargs["finalists"])
+    space = apply_backbone_screening(
+        space, kwargs.get("backbone_screening"), kwargs.get("screening_sample")
+    )
+    return apply_objectives(space, kwargs.get("objectives"))
+
+
 def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Event) -> _Plan:
     """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.space import (
-        SearchSpace,
-        apply_backbone_screening,
-        apply_objectives,
-        apply_screening,
-        load_space,
-    )
+    from autotl.search.space import SearchSpace, load_space
 
     if isinstance(space, SearchSpace):
         space_obj, space_file = space, None
     else:
         space_obj, path = load_space(space)
         space_file = str(path)
-    space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
-    space_obj = apply_backbone_screening(
-        space_obj, kwargs.get("backbone_screening"), kwargs.get("screening_sample")
-    )
-    space_obj = apply_objectives(space_obj, kwargs.get("objectives"))
+    space_obj = _space_options(space_obj, kwargs)
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
     space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)

@@ -160,6 +160,25 @@ def test_keras_tuner_refuses_backbone_screening_in_one_line(
     assert "\n" not in str(caught.value)
 
 
+def test_full_caches_are_built_cheapest_first_one_trial_apart_and_within_the_timeout() -> None:
+    from autotl.search.backbone_screen import FullCaches
+
+    built: list[str] = []
+    said: list[dict] = []
+    estimates = {"slow": 600.0, "fast": 5.0, "medium": 60.0}
+    full = FullCaches(
+        list(estimates), estimates, built.append, said.append, deadline=time.monotonic() + 120
+    )
+    assert full.pending == ["fast", "medium", "slow"]
+    assert full.due(0) and full.next(lambda: False) == "fast" and not full.due(0)
+    assert full.due(1) and full.next(lambda: False) == "medium"
+    assert full.next(lambda: False) is None  # 10:00 cannot finish in the 2:00 left: not started
+    assert built == ["fast", "medium"] and "slow" in full.refused
+    warning = [e["warning"] for e in said if "warning" in e]
+    assert len(warning) == 1 and "needs about 10:00" in warning[0] and "not started" in warning[0]
+    assert any("medium: building its full cache, about 1:00" == e.get("info") for e in said)
+
+
 @pytest.mark.slow
 def test_workers_racing_on_postgresql_go_on_with_one_decision(postgres_url: str) -> None:
     """Eight threads store eight different decisions at once: every one of them reads back the same."""

@@ -518,8 +518,18 @@ class _TrialRunner:
             f"{n} (full cache about {clock(e)})" if e else n
             for n, e in ((n, decision.get("estimates", {}).get(n)) for n in decision["kept"])
         )
+        left = "; ".join(
+            f"{n} ({why.removeprefix('dropped: ')})"
+            for n, why in decision["reasons"].items()
+            if n not in decision["kept"]
+        )
         when = "decided earlier in this study" if resumed else "decided"
-        self.on_event({"info": f"backbone screening {when}: on to all the data: {kept}"})
+        self.on_event(
+            {
+                "info": f"backbone screening {when}: on to all the data: {kept}"
+                + (f"; left out: {left}" if left else "")
+            }
+        )
         return decision
 
     def _features(self, name: str, data: Any = None) -> Any:

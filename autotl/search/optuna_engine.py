@@ -420,6 +420,8 @@ class _TrialRunner:
                     )
                     self.backbones.skipped[name] = f"screened out: {why}"
             names = [b for b in names if b in decision["kept"]]
+            # the bases of the backbones left out are not needed again: their memory goes back
+            self._bases = {k: v for k, v in self._bases.items() if k[0] in names}
             estimates = decision.get("estimates", {})
         self.full = FullCaches(
             names, estimates, lambda name: self._features(name), self.on_event, deadline

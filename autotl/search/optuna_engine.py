@@ -457,12 +457,14 @@ class _TrialRunner:
         if DECISION_KEY in stored:
             return self._say_decision(stored[DECISION_KEY], resumed=True)
         sample = sample_of(self.dataset, self.cfg.space)
-        self.on_event(
-            {
-                "info": f"backbone screening: {len(names)} backbones on a sample of "
-                f"{len(sample.train) + len(sample.val):,} images"
-            }
+        size = len(sample.train) + len(sample.val)
+        where = (
+            f"all {size:,} images (no more than the sample's {self.cfg.space.backbone_screening.sample:,}: "
+            "these caches are the full ones)"
+            if sample is self.dataset
+            else f"a stratified sample of {size:,} images"
         )
+        self.on_event({"info": f"backbone screening: {len(names)} backbones on {where}"})
         k = self.cfg.worker_index % max(len(names), 1)
         results = {n: stored[RESULT_KEY + n] for n in names if RESULT_KEY + n in stored}
         for name in names[k:] + names[:k]:

@@ -83,8 +83,8 @@ def test_the_sample_is_stratified_seeded_and_the_data_itself_when_small(tiny_dat
 # -- the decision
 
 
-def _result(accuracy: float, logme_value: float, n: int = 100) -> dict:
-    return {"accuracy": accuracy, "val_images": n, "logme": logme_value}
+def _result(accuracy: float, logme_value: float, n: int = 100, chance: float = 0.25) -> dict:
+    return {"accuracy": accuracy, "val_images": n, "logme": logme_value, "chance": chance}
 
 
 def test_margin_rule_keeps_what_is_not_shown_worse_and_drops_the_rest() -> None:
@@ -106,6 +106,11 @@ def test_margin_rule_keeps_what_is_not_shown_worse_and_drops_the_rest() -> None:
         BackboneScreening(rule="top", signal="logme", keep=1),
     )
     assert by_logme["kept"] == ["b"]
+    # a hard task: the best is not far above chance, so the margin alone would keep a worthless one
+    hard = {"real": _result(0.37, -0.59, 153), "random": _result(0.25, -0.73, 153)}
+    assert decide({"random": hard["random"]}, BackboneScreening())["kept"] == ["random"]
+    d = decide(hard, BackboneScreening())
+    assert d["kept"] == ["real"] and "not shown better than chance" in d["reasons"]["random"]
 
 
 def test_space_names_the_two_screenings_apart_and_keeps_the_old_spelling() -> None:

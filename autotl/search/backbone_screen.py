@@ -100,6 +100,8 @@ def score_features(feats: CachedFeatures, space: SearchSpace, n_classes: int) ->
     return {
         "accuracy": best["val_correct"] / max(len(val_labels), 1),
         "val_images": len(val_labels),
+        # what always answering the most frequent class scores: a backbone must be shown better
+        "chance": float(np.bincount(val_labels).max() / max(len(val_labels), 1)),
         "train_images": len(train),
         "heads": heads,
         "logme": logme(train, feats.train_labels),
@@ -122,6 +124,31 @@ def _shown(name: str, r: dict[str, Any], z: float) -> str:
     )
 
 
+def _verdict(
+    name: str, r: dict[str, Any], best: str, floor: float, full: bool, rule: BackboneScreening
+) -> str:
+    """Why ``name`` (sample result ``r``) goes on or not, given the best one's name and lower bound
+    ``floor``, and whether ``keep`` backbones are already ``full``: a reason starting "kept" or "dropped"."""
+    low, high = _interval(r, _z(rule.confidence))
+    if name == best:
+        return "kept: the best on the sample"
+    if low <= r.get("chance", -1.0):
+        return (
+            f"dropped: not shown better than chance: its sample accuracy's lower bound {low:.3f} "
+            f"is at most {r['chance']:.3f}, the most frequent class's share"
+        )
+    if full:
+        return f"dropped: not among the {rule.keep} best ({rule.rule} rule, keep {rule.keep})"
+    if rule.rule == "margin" and high < floor:
+        return (
+            f"dropped: its sample accuracy's upper bound {high:.3f} is below "
+            f"the best's lower bound {floor:.3f} ({best})"
+        )
+    if rule.rule == "margin":
+        return f"kept: within the best's {rule.confidence:.0%} margin"
+    return f"kept: among the {rule.keep} best by {rule.signal}"
+
+
 def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[str, Any]:
     """Which backbones go on to the full data, and why each does or does not: a function of the sample
     ``results`` (backbone -> :func:`score_features`' record, or ``{"error": ...}``) and ``rule`` alone,
@@ -129,10 +156,12 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
 
     ``margin``: a backbone goes on when the upper bound of its sample accuracy's
     interval reaches the lower bound of the best one's (it is not shown to be
-    worse).  ``top``: the ``keep`` best by ``signal``.  Ties are broken by the
-    other signal, then the name; at most ``keep`` go on, and the best always does.
+    worse).  ``top``: the ``keep`` best by ``signal``.  Either way, a backbone
+    whose interval's lower bound does not exceed chance (always answering the
+    sample's most frequent class) is not shown to be worth anything and is
+    dropped.  Ties are broken by the other signal, then the name; at most
+    ``keep`` go on, and the best always does.
     """
-    z = _z(rule.confidence)
     scored = {n: r for n, r in results.items() if "error" not in r}
     primary = "logme" if rule.rule == "top" and rule.signal == "logme" else "accuracy"
     secondary = "accuracy" if primary == "logme" else "logme"
@@ -143,34 +172,18 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
         if n not in scored
     }
     kept: list[str] = []
-    if ranked:
-        best = ranked[0]
-        floor = _interval(scored[best], z)[0]
-        for n in ranked:
-            if len(kept) >= rule.keep:
-                reasons[n] = (
-                    f"dropped: not among the {rule.keep} best ({rule.rule} rule, keep {rule.keep})"
-                )
-            elif rule.rule == "margin" and _interval(scored[n], z)[1] < floor:
-                reasons[n] = (
-                    f"dropped: its sample accuracy's upper bound {_interval(scored[n], z)[1]:.3f} is below "
-                    f"the best's lower bound {floor:.3f} ({best})"
-                )
-            else:
-                kept.append(n)
-                reasons[n] = (
-                    "kept: the best on the sample"
-                    if n == best
-                    else f"kept: within the best's {rule.confidence:.0%} margin"
-                    if rule.rule == "margin"
-                    else f"kept: among the {rule.keep} best by {primary}"
-                )
+    for name in ranked:
+        floor = _interval(scored[ranked[0]], _z(rule.confidence))[0]
+        why = _verdict(name, scored[name], ranked[0], floor, len(kept) >= rule.keep, rule)
+        reasons[name] = why
+        if why.startswith("kept"):
+            kept.append(name)
     return {
         "kept": kept,
         "ranking": ranked,
         "reasons": reasons,
         "rule": rule.model_dump(),
-        "z": z,
+        "z": _z(rule.confidence),
     }
 
 

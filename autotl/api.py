@@ -29,11 +29,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
+from autotl.checkup import doctor
 from autotl.errors import SearchStopped, UsageError, first_line
 from autotl.run.folder import KERAS_TUNER, OPTUNA, RunFolder
 from autotl.search.failures import MAX_FAILURES
 
-__all__ = ["search", "Run", "ENGINES", "TUNERS"]
+__all__ = ["search", "doctor", "Run", "ENGINES", "TUNERS"]
 
 Event = Callable[[dict[str, Any]], None]
 ENGINES = (OPTUNA, KERAS_TUNER)
@@ -110,6 +111,7 @@ def search(
     cache_dtype: str = "float16",
     mixed_precision: bool = False,
     artifacts: Optional[str] = None,
+    exclude: str | os.PathLike | None = None,
 ) -> Run:
     """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
 
@@ -141,6 +143,11 @@ def search(
     GPUs); ``artifacts`` (``s3://bucket/prefix`` or a folder) is where trials'
     layers, best models and exports go, so workers that share only the
     database can assemble any trial's model (default: the run folder).
+
+    ``exclude`` (a CSV with a ``path`` column, such as the ``issues.csv`` of
+    :func:`doctor`; or the space's ``exclude``) leaves those files out of every
+    split; the data folder is never changed.  Before the first trial the search
+    warns when images have a copy in another split (leakage).
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -173,6 +180,7 @@ def search(
         "cache_dtype": cache_dtype,
         "mixed_precision": mixed_precision,
         "artifacts": artifacts,
+        "exclude": os.fspath(exclude) if exclude is not None else None,
     }
     emit = on_event or (lambda _e: None)
     plan = _plan(space, kwargs, command, emit)
@@ -280,6 +288,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
     if kwargs["keep_models"] < 1:
         raise UsageError(f"keep_models must be at least 1, got {kwargs['keep_models']}")
     options = _scale_options(kwargs)
+    kwargs["exclude"] = _exclude(kwargs, space_obj, space_file)
     name = kwargs["sample"] or Path(kwargs["data"] or ".").resolve().name
     out = Path(kwargs["out"] or Path("runs") / name)
     dataset = _load_data(kwargs, space_obj, registry, out, emit)
@@ -309,6 +318,18 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
         unavailable,
         bool(kwargs["backbones"]),
     )
+
+
+def _exclude(kwargs: dict[str, Any], space: Any, space_file: Optional[str]) -> Optional[str]:
+    """The exclusion list's absolute path (``exclude``, else the space's), which only a data folder takes."""
+    from autotl.checkup import exclude_of
+
+    found = exclude_of(kwargs.get("exclude"), space, space_file)
+    if found and kwargs.get("sample"):
+        raise UsageError(
+            "--exclude names files of a data folder; a built-in sample (--sample) has none"
+        )
+    return os.path.abspath(found) if found else None
 
 
 def _default_command() -> str:
@@ -359,21 +380,10 @@ def _load_data(kwargs: dict[str, Any], space: Any, registry: Any, out: Path, emi
         dataset = data_mod.from_arrays(
             images, labels, names, f"sample:{sample}", space.val_fraction, space.seed
         )
-    else:
-        run = RunFolder(out)
-        run.prepare()
-        dataset = data_mod.load_folder(
-            data,
-            space.val_fraction,
-            space.seed,
-            manifest=run.manifest,
-            decode_workers=kwargs.get("decode_workers"),
-            progress=lambda done, total: emit(
-                {"scan": "reading images", "done": done, "total": total}
-            ),
-        )
-    folder = None if sample else str(Path(data).expanduser().resolve())
-    return add_test_split(dataset, folder, space.test_fraction, space.seed)
+        return add_test_split(dataset, None, space.test_fraction, space.seed)
+    from autotl.checkup import load_data
+
+    return load_data(data, space, out, kwargs.get("exclude"), kwargs.get("decode_workers"), emit)
 
 
 def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
@@ -452,7 +462,7 @@ def _available(
     return space.model_copy(update={"backbones": names}), unavailable
 
 
-def _config(plan: _Plan, worker_index: int = 0) -> Any:
+def _config(plan: _Plan, worker_index: int = 0, emit: Optional[Event] = None) -> Any:
     from autotl.export import measure_deploy_costs
     from autotl.search.optuna_engine import SearchConfig
 
@@ -474,7 +484,31 @@ def _config(plan: _Plan, worker_index: int = 0) -> Any:
         explicit=plan.explicit,
         deploy_costs=measure_deploy_costs,
         **{k: v for k, v in plan.scale_options.items() if k != "decode_workers"},
+        before_trials=_before_trials(plan, emit) if worker_index == 0 and emit else None,
     )
+
+
+def _before_trials(plan: _Plan, emit: Event) -> Callable[..., None]:
+    """Before the first trial: the exclusion list into the lineage tables, and a warning on leakage
+    (copies of an image in two splits), from the features the search has just cached: those of
+    ``backbone`` (the first one whose full cache is ready; default: the first usable)."""
+    from autotl.checkup import leakage_check, safely
+    from autotl.run.lineage import record_exclusions
+
+    def before(cache: Any, backbone: Optional[str] = None) -> None:
+        record_exclusions(RunFolder(plan.out).storage_url(plan.storage), plan.dataset.summary())
+        check = leakage_check(
+            plan.dataset,
+            plan.registry,
+            plan.weights,
+            backbone or _usable(plan)[0],
+            None if plan.sample else RunFolder(plan.out).manifest,
+            plan.space.augmentation,
+            plan.space.seed,
+        )
+        safely(check, emit)(cache)
+
+    return before
 
 
 def _keep_models(plan: _Plan) -> int:
@@ -495,7 +529,7 @@ def _run_optuna(
     """This process is worker ``worker_index``; with ``workers`` > 1 it starts the others and waits for them."""
     from autotl.search.optuna_engine import run_search
 
-    cfg = _config(plan, worker_index)
+    cfg = _config(plan, worker_index, emit)
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
@@ -634,7 +668,9 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
     from autotl.search.keras_tuner import (
         run_keras_tuner_search,  # TensorFlow: after the "info" event
     )
+    from autotl.training.cache import FeatureCache
 
+    _before_trials(plan, emit)(FeatureCache(run.cache_dir))
     records = run_keras_tuner_search(
         _checked_space(plan, emit),
         plan.dataset,
@@ -821,18 +857,52 @@ class Run:
         predict, names = load_predictor(self.best_model_file(), self.class_names)
         return predict_files(predict, names, [os.fspath(p) for p in images])
 
+    def data_issues(self, backbone: Optional[str] = None, refresh: bool = False) -> Any:
+        """The health of the run's data (``autotl.health.DataHealth``: duplicates, leakage, label issues,
+        outliers), as the search saw it: ``RUN_DIR/health/health.json`` when it describes this data, else
+        checked now with ``backbone``'s (default: the best trial's) cached features, and saved there with
+        ``issues.csv``.  ``refresh`` checks again."""
+        from autotl.backbones.registry import get_registry
+        from autotl.checkup import data_issues
+        from autotl.run.trial_models import weights_of_run
+
+        return data_issues(
+            self.folder,
+            self.study,
+            self._registry or get_registry(self.plugins),
+            weights_of_run(self.folder, self._weights),
+            backbone,
+            refresh,
+        )
+
+    def _try_data_issues(self) -> None:
+        """The data's health for the report; when it cannot be checked here, the report says why."""
+        try:
+            self.data_issues()
+        except Exception as exc:
+            self.folder.health_dir.mkdir(parents=True, exist_ok=True)
+            self.folder.write_json(
+                self.folder.health_file("skipped.json"),
+                {
+                    "fingerprint": (self.study.user_attrs.get("data") or {}).get("fingerprint"),
+                    "reason": first_line(exc),
+                },
+            )
+
     def report(self, evaluate: bool = True) -> dict[str, Path]:
         """Write report.html, report.md and report.json into the run folder; return their paths.
 
         The best model is made available here first (fetched from the study's
         artifact store, or assembled from the best trial's layers), so the
-        report evaluates it on any machine that reaches the study.
+        report evaluates it on any machine that reaches the study; the data's
+        health (:meth:`data_issues`) is checked first too, for its section.
         """
         from autotl.report import write_report
 
         state = self._study_state()
         if evaluate:
             self._fetch_best_model()
+            self._try_data_issues()
         self.report_paths = write_report(
             self.path, self.storage_url, self._base_name, evaluate=evaluate
         )
@@ -963,12 +1033,14 @@ class Run:
         pick: Optional[str] = None,
         ensemble: bool = False,
         tta: Optional[str] = None,
+        version: int | str | None = None,
     ) -> Any:
         """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
         ``"latency_ms<=15"``, or with ``ensemble`` the run's ensemble, see :meth:`ensemble`;
         ``tta="flip"`` builds flip test-time augmentation in) in ``formats`` into ``out`` (default
         RUN_DIR/export), each format checked against the Keras model; returns
-        ``autotl.export.ExportResult``."""
+        ``autotl.export.ExportResult``. ``version`` (a number, or ``"next"``) writes the new version
+        folder ``out/<version>/`` that a model server watching ``out`` loads."""
         from autotl.export import export
 
         if pick is not None:
@@ -994,6 +1066,7 @@ class Run:
             on_event=on_event,
             ensemble=ensemble,
             tta=tta,
+            version=version,
         )
         self._share_export(result)
         return result

@@ -180,9 +180,68 @@ def _search_parser(sub: Any) -> None:
         metavar="N",
         help="stop after N failed trials in a row (default 10); a backbone failing 3 times in a row is dropped",
     )
+    s.add_argument(
+        "--exclude",
+        metavar="CSV",
+        help="train without the files this CSV's path column lists (issues.csv of `autotl doctor`); "
+        "the data folder is never changed",
+    )
     _add_scale_args(s)
     _add_weights_args(s)
     _add_plugin_args(s)
+
+
+def _doctor_parser(sub: Any) -> None:
+    d = sub.add_parser(
+        "doctor",
+        help="find label errors, duplicates, leakage and outliers in a data folder",
+        description="Check DATA_DIR with one backbone's pooled features (from the feature cache of --out, or "
+        "added to it): exact and near duplicates, leakage between train/val/test, label issues (cleanlab on "
+        "out-of-fold heads), outliers, unreadable, tiny and odd-mode files. Writes RUN_DIR/health/issues.csv, "
+        "health.json and report.html; the data folder is only read.",
+    )
+    d.add_argument("data", metavar="DATA_DIR", help="folder of class subfolders, as for search")
+    d.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        help="run folder for the manifest, the feature cache and health/ (default: runs/<data name>, "
+        "where a search finds them again)",
+    )
+    d.add_argument(
+        "--backbone",
+        metavar="NAME",
+        help="whose pooled features to compare (default: the cheapest with pretrained weights here)",
+    )
+    d.add_argument(
+        "--space",
+        default="default",
+        metavar="NAME_OR_FILE",
+        help="the search space whose val_fraction, seed and test_fraction split the data (default: default)",
+    )
+    d.add_argument(
+        "--exclude", metavar="CSV", help="check the data without the files this CSV lists"
+    )
+    d.add_argument(
+        "--near",
+        type=float,
+        metavar="F",
+        help="near duplicates: closer than F x the median nearest-neighbour distance (default 0.35)",
+    )
+    d.add_argument(
+        "--folds", type=int, metavar="K", help="folds of the out-of-fold heads (default 5)"
+    )
+    d.add_argument(
+        "--top", type=int, default=5, metavar="N", help="findings shown per kind (default 5)"
+    )
+    d.add_argument("--cache-dir", metavar="DIR", help="the feature cache (default: RUN_DIR/cache)")
+    d.add_argument(
+        "--decode-workers",
+        type=int,
+        metavar="N",
+        help="processes that decode images (default: the cores; 0: in this process)",
+    )
+    _add_weights_args(d)
+    _add_plugin_args(d)
 
 
 def _add_scale_args(s: argparse.ArgumentParser) -> None:
@@ -225,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autotl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
+    _doctor_parser(sub)
 
     p = sub.add_parser(
         "predict", help="classify images with a run's best model or any exported model"
@@ -301,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", metavar="int8", help="also write a fully integer-quantized model_int8.tflite"
     )
     e.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export)")
+    e.add_argument(
+        "--version",
+        metavar="N|next",
+        help="write the new version folder DIR/N/ (next: one more than the highest there) for a model "
+        "server that watches DIR (serving/java, TF Serving); an existing version is never rewritten",
+    )
     e.add_argument(
         "--ensemble",
         action="store_true",
@@ -439,6 +505,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 cache_budget=args.cache_budget,
                 mixed_precision=args.mixed_precision,
                 artifacts=args.artifacts,
+                exclude=args.exclude,
             )
     except KeyboardInterrupt:
         err.print(f"stopped now: the running trial is marked failed; {resume}")
@@ -464,6 +531,57 @@ def cmd_search(args: argparse.Namespace) -> int:
             "no trial finished, so there is no best model yet; rerun the same command to resume"
         )
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from autotl.api import doctor
+    from autotl.ui import CountProgress, console, health_table
+
+    out, err = console(), console(stderr=True)
+    scans: list[CountProgress] = []
+
+    def on_event(e: dict[str, Any]) -> None:
+        if "scan" in e:
+            if not scans:
+                scans.append(CountProgress(err, e["scan"]))
+            if scans[-1].update(e["done"], e["total"]):
+                scans.clear()
+        elif "warning" in e:
+            err.print(f"[yellow]warning:[/] {e['warning']}")
+        elif "info" in e or "status" in e:
+            err.print(f"[dim]{e.get('info') or e['status']}[/]")
+
+    health = doctor(
+        args.data,
+        out=args.out,
+        space=args.space,
+        backbone=args.backbone,
+        weights_dir=args.weights_dir,
+        weights=args.weights,
+        plugins=args.plugin,
+        exclude=args.exclude,
+        decode_workers=args.decode_workers,
+        cache_dir=args.cache_dir,
+        near=args.near,
+        folds=args.folds,
+        on_event=on_event,
+    )
+    out.print(health_table(health, args.top))
+    folder = health_folder(args)
+    print(f"issues: {folder / 'issues.csv'}  ({len(health.findings)} rows)")
+    print(f"report: {folder / 'report.html'}")
+    if health.findings:
+        print(f"to train without them: autotl search {args.data} --exclude {folder / 'issues.csv'}")
+    return 0
+
+
+def health_folder(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from autotl.run.folder import RunFolder
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.data).resolve().name
+    return RunFolder(out).health_dir
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -647,6 +765,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         pick=args.pick,
         ensemble=args.ensemble,
         tta=args.tta,
+        version=args.version,
     )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -694,6 +813,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "search": cmd_search,
+    "doctor": cmd_doctor,
     "predict": cmd_predict,
     "plugins": cmd_plugins,
     "report": cmd_report,

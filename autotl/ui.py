@@ -23,6 +23,7 @@ __all__ = [
     "quiet_tensorflow",
     "quiet_tensorflow_imports",
     "CtrlC",
+    "health_table",
 ]
 
 
@@ -320,3 +321,31 @@ def ensemble_table(selection: Any) -> Any:
             "-" if ms is None else f"{ms:.2f}",
         )
     return table
+
+
+def health_table(health: Any, top: int = 5) -> Any:
+    """``autotl doctor``'s answer: findings per kind, and the surest ``top`` of each."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(
+        title=f"data health: {sum(health.images.values())} images, {health.backbone} features, "
+        f"{health.seconds.get('total', 0):.1f} s"
+    )
+    for col in ("kind", "found", "surest findings"):
+        table.add_column(col, justify="right" if col == "found" else "left")
+    for kind, count in health.counts().items():
+        lines = [escape(_finding_line(f)) for f in health.of_kind(kind)[:top]]
+        more = count - len(lines)
+        table.add_row(
+            kind, str(count), "\n".join(lines + ([f"... {more} more"] if more > 0 else []))
+        )
+    return table
+
+
+def _finding_line(f: Any) -> str:
+    if f.other:
+        return f"{f.path} ({f.split}) = {f.other} ({f.other_split}), {f.detail}"
+    if f.suggested:
+        return f"{f.path}: {f.label} -> {f.suggested} ({f.score:.2f})"
+    return f"{f.path}: {f.detail}"

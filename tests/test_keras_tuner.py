@@ -336,8 +336,8 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(
     registry, tiny_dataset, space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a trial that cannot go on (TrialFailed, e.g. a backbone giving NaN features): keras-tuner marks it failed, not the search
-    import autotl.search.keras_tuner as akt
     from autotl.errors import TrialFailed
+    from autotl.search import keras_tuner as akt
 
     def failing(*args, **kwargs):
         raise TrialFailed("backbone tiny gives non-finite features")

@@ -80,7 +80,8 @@ def built(request) -> Path:
 
 @pytest.fixture(scope="session")
 def run_and_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A real one-trial search on hymenoptera with MobileNet 0.25, exported as a SavedModel inside the run folder."""
+    """A real one-trial search on hymenoptera with MobileNet 0.25, exported as a SavedModel inside the run folder,
+    as version 1 of the base folder RUN/versions (``autotl export --version next``)."""
     run = tmp_path_factory.mktemp("serving") / "run"
     proc = run_cli(
         "search",
@@ -97,9 +98,19 @@ def run_and_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
         str(SHARED_WEIGHTS),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli("export", str(run), "--format", "savedmodel", "--out", str(run / "export"))
+    proc = run_cli(
+        "export",
+        str(run),
+        "--format",
+        "savedmodel",
+        "--out",
+        str(run / "versions"),
+        "--version",
+        "next",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run, run / "export"
+    assert sorted(p.name for p in (run / "versions").iterdir()) == ["1"]
+    return run, run / "versions" / "1"
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +171,7 @@ def free_port() -> int:
 class Reply:
     status: int
     body: bytes
+    version: Optional[str] = None  # the X-Model-Version header: the model version that answered
 
     @property
     def json(self) -> Any:
@@ -180,7 +192,7 @@ def http_request(
     try:
         conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
         r = conn.getresponse()
-        return Reply(r.status, r.read())
+        return Reply(r.status, r.read(), r.getheader("X-Model-Version"))
     finally:
         conn.close()
 
@@ -248,17 +260,24 @@ def start_native(
     return Service("native", port, log_file.read_text, terminate), proc
 
 
-@pytest.fixture(scope="module")
-def native(
-    built: Path, export_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    service, proc = start_native(export_dir, tmp_path_factory.mktemp("native") / "serve.log")
+@contextlib.contextmanager
+def running_native(model: Path, log_file: Path, *args: str) -> Iterator[Service]:
+    """``start_native`` for the length of a ``with`` block: killed after it if still running."""
+    service, proc = start_native(model, log_file, *args)
     try:
         yield service
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def native(
+    built: Path, export_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    with running_native(export_dir, tmp_path_factory.mktemp("native") / "serve.log") as service:
+        yield service
 
 
 # --------------------------------------------------------------------------- Docker
@@ -1111,6 +1130,36 @@ def test_container_serves_a_mounted_model(
     )
 
 
+def test_container_serves_a_mounted_base_folder_of_versions(
+    image: str, export_dir: Path, flip_version: Path, reference: Reference, flip_probs: np.ndarray
+) -> None:
+    """The container on a base folder of versions (mounted read-only), with batching and its metrics."""
+    with start_container(
+        image,
+        "--user",
+        "0:0",
+        "-v",
+        f"{export_dir.parent}:/models:ro",
+        cmd=("/models", "--version-policy", "all", "--enable-batching"),
+    ) as service:
+        status = http_request(service.port, "GET", "/v1/models/default").json
+        assert [(v["version"], v["state"]) for v in status["model_version_status"]] == [
+            ("2", "AVAILABLE"),
+            ("1", "AVAILABLE"),
+        ]
+        for version, want in (("1", reference.probs), ("2", flip_probs)):
+            r = post_json(
+                service.port,
+                f"/v1/models/default/versions/{version}:predict",
+                b64_instances(reference.data[:3]),
+            )
+            assert (r.status, r.version) == (200, version), r.body[:300]
+            assert np.abs(probabilities(r) - want[:3]).max() <= TOLERANCE
+        m = metrics(service.port)
+        assert m['autotl_serving_model_version{model="default"}'] == 2
+        assert m['autotl_serving_predictions_total{model="default",version="1"}'] == 1
+
+
 # --------------------------------------------------------------------------- lineage of deployments
 
 
@@ -1143,7 +1192,7 @@ def test_deployment_is_recorded_in_sqlite_lineage(
             latest["sha256"] == record["sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
         )
         assert (latest["url"], latest["host"], latest["port"], latest["stopped"]) == (
-            url,
+            url + "/versions/1",
             "127.0.0.1",
             service.port,
             None,
@@ -1151,7 +1200,7 @@ def test_deployment_is_recorded_in_sqlite_lineage(
         assert latest["service"].startswith("autotl-serving-java ") and latest["pid"] == proc.pid
         # and the service found the export's lineage record by the same hash
         meta = http_request(service.port, "GET", "/v1/models/default/metadata").json
-        assert meta["deployment"]["url"] == url
+        assert meta["deployment"]["url"] == url + "/versions/1"
         assert [
             (r["kind"], r["trial_number"], r["backbone"]) for r in meta["lineage"]["records"]
         ] == [("export", 0, "mobilenet-0.25")]
@@ -1206,7 +1255,12 @@ def test_deployment_is_recorded_in_postgresql_lineage(
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        ((), "MODEL_DIR is missing"),
+        ((), "MODEL_DIR (or BASE_DIR) is missing"),
+        (("{export}", "--version-policy", "newest"), "--version-policy newest: use latest"),
+        (("{export}", "--version-policy", "all"), "needs a BASE_DIR of version folders"),
+        (("{export}", "--label", "stable"), "--label stable: use NAME=VERSION"),
+        (("{export}", "--enable-batching=maybe"), "--enable-batching takes true or false"),
+        (("{export}/savedmodel/variables",), "neither saved_model.pb"),
         (("/no/such/folder",), "does not exist"),
         (("{export}", "--storage", "sqlite:////no/such/study.db"), "no such database file"),
         (("{export}", "--storage", "mysql://u@h/db"), "only sqlite:// and postgresql://"),
@@ -1225,3 +1279,429 @@ def test_command_line_mistakes_exit_2_with_one_line(
     )
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr.splitlines()[0], proc.stderr
+
+
+# --------------------------------------------------------------------------- versions, hot reload, batching, metrics
+
+
+@pytest.fixture(scope="session")
+def flip_version(run_and_export) -> Path:
+    """Version 2: the same trial exported with flip test-time augmentation built in, a real model whose
+    answers differ from version 1's (``autotl export --tta flip --version next``)."""
+    run, first = run_and_export
+    proc = run_cli(
+        "export",
+        str(run),
+        "--format",
+        "savedmodel",
+        "--tta",
+        "flip",
+        "--out",
+        str(first.parent),
+        "--version",
+        "next",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in first.parent.iterdir()) == ["1", "2"]
+    return first.parent / "2"
+
+
+@pytest.fixture(scope="session")
+def flip_probs(flip_version: Path, reference: Reference) -> np.ndarray:
+    """What the Python SavedModel of version 2 answers for each validation file."""
+    import tensorflow as tf
+
+    sig = tf.saved_model.load(str(flip_version / "savedmodel")).signatures["serving_bytes"]
+    probs = np.concatenate(
+        [
+            sig(image_bytes=tf.constant(reference.data[s : s + 16]))["probabilities"].numpy()
+            for s in range(0, len(reference.data), 16)
+        ]
+    )
+    assert np.abs(probs - reference.probs).max() > 1e-3  # the two versions can be told apart
+    return probs
+
+
+def install_version(base: Path, number: int, source: Path) -> Path:
+    """Put a version folder in place as ``autotl export --version`` does: staged hidden, renamed in one step."""
+    staging = base / f".{number}.partial-{os.getpid()}"
+    shutil.copytree(source, staging, copy_function=os.link)
+    target = base / str(number)
+    os.rename(staging, target)
+    return target
+
+
+def broken_version(base: Path, number: int) -> Path:
+    """A version folder whose graph is not a SavedModel."""
+    staging = base / f".{number}.partial-{os.getpid()}"
+    (staging / "savedmodel").mkdir(parents=True)
+    (staging / "savedmodel" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    os.rename(staging, base / str(number))
+    return base / str(number)
+
+
+def b64_instances(data: list[bytes]) -> dict:
+    return {"instances": [{"b64": base64.b64encode(d).decode()} for d in data]}
+
+
+def probabilities(r: Reply) -> np.ndarray:
+    """The probabilities of a :predict (row format) or /v1/classify answer."""
+    answer = r.json
+    if "predictions" in answer:
+        return np.array([p["probabilities"] for p in answer["predictions"]])
+    return np.array([[answer["probabilities"][c] for c in sorted(answer["probabilities"])]])
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The service's Prometheus text, sample by sample (name{labels} -> value)."""
+    r = http_request(port, "GET", "/monitoring/prometheus/metrics")
+    assert r.status == 200, r.body[:300]
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def versioned(
+    built: Path, export_dir: Path, flip_version: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """A base folder with versions 1 and 2, both served (policy all), labelled, with batching on."""
+    base = tmp_path_factory.mktemp("versioned") / "models"
+    base.mkdir()
+    install_version(base, 1, export_dir)
+    install_version(base, 2, flip_version)
+    with running_native(
+        base,
+        base.parent / "serve.log",
+        "--version-policy",
+        "all",
+        "--label",
+        "stable=1",
+        "--label",
+        "canary=2",
+        "--enable-batching",
+        "--batch-timeout-micros",
+        "20000",
+        "--max-batch",
+        "16",
+    ) as service:
+        yield service
+
+
+def test_versions_and_labels_the_tf_serving_way(
+    versioned: Service, reference: Reference, flip_probs: np.ndarray
+) -> None:
+    port = versioned.port
+    status = http_request(port, "GET", "/v1/models/default").json["model_version_status"]
+    assert [(v["version"], v["state"], v["status"]["error_code"]) for v in status] == [
+        ("2", "AVAILABLE", "OK"),
+        ("1", "AVAILABLE", "OK"),
+    ]
+    one = http_request(port, "GET", "/v1/models/default/versions/1").json["model_version_status"]
+    assert [v["version"] for v in one] == ["1"]
+    payload = b64_instances(reference.data[:4])
+    for where, version, want in (
+        ("/versions/1", "1", reference.probs),
+        ("/versions/2", "2", flip_probs),
+        ("/labels/stable", "1", reference.probs),
+        ("/labels/canary", "2", flip_probs),
+        ("", "2", flip_probs),  # no version: the newest
+    ):
+        r = post_json(port, f"/v1/models/default{where}:predict", payload)
+        assert (r.status, r.version) == (200, version), (where, r.body[:300])
+        assert np.abs(probabilities(r) - want[:4]).max() <= TOLERANCE, where
+        meta = http_request(port, "GET", f"/v1/models/default{where}/metadata").json
+        assert meta["model_spec"]["version"] == version
+    r = classify(port, reference.data[5])
+    assert r.json["model_version"] == "2" and r.version == "2"
+    assert np.abs(probabilities(r) - flip_probs[5]).max() <= TOLERANCE
+    for path, status_code, fragment in (
+        ("/v1/models/default/versions/3:predict", 404, "version 3"),
+        ("/v1/models/default/labels/nope:predict", 404, 'no label "nope"'),
+        ("/v1/models/default/versions/x:predict", 404, "whole numbers"),
+    ):
+        r = post_json(port, path, payload)
+        assert r.status == status_code and fragment in r.json["error"], (path, r.body[:300])
+    assert http_request(port, "GET", "/v1/models/default/versions/9").status == 404
+
+
+def test_batched_answers_equal_unbatched_ones(
+    versioned: Service, native: Service, reference: Reference
+) -> None:
+    """16 clients at once through the batching service: each answer equals the unbatched service's within 1e-5."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(reference.data[0])) as im:
+        pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    requests = [b64_instances([reference.data[i]]) for i in range(12)]
+    requests += [
+        {"instances": [pixels[:64, :80].tolist()]},
+        {"instances": [pixels[:50, :60].tolist()]},
+    ] * 2
+    unbatched = []
+    for payload in requests:  # one at a time, batching off: one TensorFlow run each
+        r = post_json(native.port, "/v1/models/default:predict", payload)
+        assert r.status == 200, r.body[:300]
+        unbatched.append(probabilities(r))
+    before = metrics(versioned.port)
+    go = threading.Barrier(len(requests))
+    batched: dict[int, Reply] = {}
+
+    def client(k: int) -> None:
+        go.wait(timeout=60)
+        batched[k] = post_json(versioned.port, "/v1/models/default/versions/1:predict", requests[k])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(batched) == len(requests)
+    for k, want in enumerate(unbatched):
+        assert batched[k].status == 200, batched[k].body[:300]
+        assert np.abs(probabilities(batched[k]) - want).max() <= 1e-5, k
+    after = metrics(versioned.port)
+    runs = after["autotl_serving_batch_size_count"] - before["autotl_serving_batch_size_count"]
+    images = after["autotl_serving_batch_size_sum"] - before["autotl_serving_batch_size_sum"]
+    assert images == len(requests) and runs < len(requests), (
+        runs,
+        images,
+    )  # some requests shared a run
+    assert (
+        after['autotl_serving_batch_size_bucket{le="16"}']
+        == after["autotl_serving_batch_size_count"]
+    )
+
+
+@contextlib.contextmanager
+def prometheus_scraping(target: int, folder: Path) -> Iterator[Callable[[str], list[dict]]]:
+    """A real Prometheus server on 127.0.0.1 scraping the service on port ``target`` every second; yields a
+    function that runs a query through its HTTP API."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("needs Debian's prometheus package (.ci/run installs it)")
+    port = free_port()
+    (folder / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: autotl\n"
+        "    metrics_path: /monitoring/prometheus/metrics\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+    )
+    log = (folder / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def query(expr: str) -> list[dict]:
+        from urllib.parse import urlencode
+
+        assert proc.poll() is None, (folder / "prometheus.log").read_text()[-2000:]
+        r = http_request(port, "GET", "/api/v1/query?" + urlencode({"query": expr}), timeout=10)
+        assert r.status == 200, r.body[:300]
+        return r.json["data"]["result"]
+
+    try:
+        yield query
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_prometheus_scrapes_the_service(
+    versioned: Service, reference: Reference, tmp_path: Path
+) -> None:
+    """A real Prometheus server scrapes the service on 127.0.0.1; the values are read back from its query API."""
+    for i in range(5):
+        assert classify(versioned.port, reference.data[i]).status == 200
+    want = metrics(versioned.port)[
+        'autotl_serving_requests_total{endpoint="classify",status="200"}'
+    ]
+    assert want >= 5
+    with prometheus_scraping(versioned.port, tmp_path) as query:
+        end = time.monotonic() + 120
+        seen: list[dict] = []
+        while not (seen and float(seen[0]["value"][1]) >= want) and time.monotonic() < end:
+            time.sleep(0.5)
+            with contextlib.suppress(OSError):  # Prometheus still starting
+                seen = query('autotl_serving_requests_total{endpoint="classify",status="200"}')
+        assert seen and float(seen[0]["value"][1]) >= want, seen
+        assert [float(r["value"][1]) for r in query('up{job="autotl"}')] == [1.0]
+        assert [float(r["value"][1]) for r in query("autotl_serving_model_version")] == [2.0]
+        states = query("autotl_serving_model_version_state")
+        assert {(r["metric"]["version"], r["metric"]["state"]) for r in states} == {
+            ("1", "AVAILABLE"),
+            ("2", "AVAILABLE"),
+        }
+        count = query('autotl_serving_request_duration_seconds_count{endpoint="classify"}')
+        assert float(count[0]["value"][1]) >= 5
+        loads = query("autotl_serving_model_load_seconds")
+        assert {r["metric"]["version"] for r in loads} == {"1", "2"}
+        assert all(float(r["value"][1]) > 0 for r in loads)
+        assert float(query("process_resident_memory_bytes")[0]["value"][1]) > 1e8
+
+
+class Traffic:
+    """LOAD_CLIENTS clients on keep-alive connections, alternating /v1/classify and :predict, until stopped
+    (bounded in requests and time); each answer is checked against the reference of the version that gave it."""
+
+    def __init__(self, port: int, reference: Reference, want: dict[str, np.ndarray]) -> None:
+        self.port, self.reference, self.want = port, reference, want
+        self.failures: list[str] = []
+        self.seen: list[list[str]] = [[] for _ in range(LOAD_CLIENTS)]
+        self.stopped = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.client, args=(c,)) for c in range(LOAD_CLIENTS)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def client(self, c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        data, end = self.reference.data, time.monotonic() + 600
+        try:
+            for k in range(2000):  # bounded: stop() ends it long before
+                if self.stopped.is_set() or time.monotonic() > end:
+                    break
+                i = (c * 31 + k) % len(data)
+                path, body = (
+                    ("/v1/classify", data[i])
+                    if k % 2 == 0
+                    else ("/v1/models/default:predict", json.dumps(b64_instances([data[i]])))
+                )
+                conn.request("POST", path, body=body)
+                r = conn.getresponse()
+                self.check(c, path, i, Reply(r.status, r.read(), r.getheader("X-Model-Version")))
+        except Exception as exc:
+            self.failures.append(repr(exc))
+        finally:
+            conn.close()
+
+    def check(self, c: int, path: str, i: int, reply: Reply) -> None:
+        if reply.status != 200 or reply.version not in self.want:
+            self.failures.append(f"{path} {reply.status} {reply.version} {reply.body[:200]!r}")
+        elif np.abs(probabilities(reply)[0] - self.want[reply.version][i]).max() > TOLERANCE:
+            self.failures.append(f"{path} image {i}: not version {reply.version}'s answer")
+        else:
+            self.seen[c].append(reply.version)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for t in self.threads:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in self.threads)
+
+    def count(self, version: str) -> int:
+        return sum(s.count(version) for s in self.seen)
+
+
+def wait_for_states(
+    service: Service, proc: subprocess.Popen, states: list[tuple[str, str]]
+) -> None:
+    """Until GET /v1/models/default lists exactly these (version, state) pairs, newest first."""
+
+    def now() -> list[tuple[str, str]]:
+        answer = http_request(service.port, "GET", "/v1/models/default").json
+        return [(v["version"], v["state"]) for v in answer["model_version_status"]]
+
+    end = time.monotonic() + 180
+    while now() != states:
+        assert time.monotonic() < end and proc.poll() is None, (now(), service.log()[-2000:])
+        time.sleep(0.2)
+
+
+def test_hot_reload_under_load_then_a_broken_version(
+    request,
+    built: Path,
+    run_and_export,
+    flip_version: Path,
+    reference: Reference,
+    flip_probs: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    """8 clients on keep-alive connections while version 2 appears, then a broken version 3: no request fails,
+    each answer is its version's, a client never goes back to version 1, and each version has its deployment row."""
+    run, first = run_and_export
+    shutil.copy(run / "study.db", tmp_path / "study.db")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    base = tmp_path / "models"
+    base.mkdir()
+    install_version(base, 1, first)
+    service, proc = start_native(base, tmp_path / "serve.log", "--storage", storage)
+    traffic = Traffic(service.port, reference, {"1": reference.probs, "2": flip_probs})
+    try:
+        time.sleep(3)
+        install_version(base, 2, flip_version)
+        wait_for_states(service, proc, [("2", "AVAILABLE"), ("1", "END")])
+        time.sleep(2)
+        broken_version(base, 3)
+        wait_for_states(service, proc, [("3", "END"), ("2", "AVAILABLE"), ("1", "END")])
+        time.sleep(2)
+        traffic.stop()
+        assert traffic.failures == [], traffic.failures[:5]
+        for (
+            versions
+        ) in traffic.seen:  # a client never goes back to the old version once it has seen the new
+            assert versions == sorted(versions), versions
+        assert traffic.count("1") > 0 and traffic.count("2") > 0
+        assert_reloads_shown(service, proc, base, storage)
+        report(
+            request.config,
+            f"hot reload under {LOAD_CLIENTS} clients: {traffic.count('1') + traffic.count('2')} requests, "
+            f"0 failed; version 1 answered {traffic.count('1')}, version 2 {traffic.count('2')}; "
+            "broken version 3 refused",
+        )
+    finally:
+        traffic.stopped.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_reloads_shown(
+    service: Service, proc: subprocess.Popen, base: Path, storage: str
+) -> None:
+    """The reload and the refusal in the status, the log, the metrics and the lineage; then a clean stop."""
+    from autotl.run.lineage import list_deployments
+
+    broken = http_request(service.port, "GET", "/v1/models/default/versions/3").json
+    assert broken["model_version_status"][0]["status"]["error_code"] == "UNKNOWN"
+    assert 'version 3 of "default" refused' in service.log()
+    m = metrics(service.port)
+    assert m['autotl_serving_model_version{model="default"}'] == 2
+    assert m['autotl_serving_predictions_total{model="default",version="1"}'] > 0
+    assert m['autotl_serving_predictions_total{model="default",version="2"}'] > 0
+    assert m['autotl_serving_model_loads_total{model="default",result="failed"}'] == 1
+    assert m['autotl_serving_model_unloads_total{model="default"}'] == 1
+    url = f"http://127.0.0.1:{service.port}/v1/models/default/versions/"
+    graph = "savedmodel/saved_model.pb"
+    sha = {v: hashlib.sha256((base / v / graph).read_bytes()).hexdigest() for v in "12"}
+    rows = {v: [d for d in list_deployments(storage, sha[v]) if d["url"] == url + v] for v in "12"}
+    assert len(rows["1"]) == 1 and rows["1"][0]["stopped"] is not None  # unloaded
+    assert len(rows["2"]) == 1 and rows["2"][0]["stopped"] is None  # serving
+    assert service.terminate() == 0 and proc.poll() == 0
+    assert list_deployments(storage, sha["2"])[0]["stopped"] is not None
+
+
+def test_export_version_mistakes_exit_2_and_change_nothing(run_and_export) -> None:
+    run, first = run_and_export
+    before = sorted(p.name for p in first.parent.iterdir())
+    for args, fragment in (
+        (("--version", "1"), "version 1 exists already"),
+        (("--version", "0"), "--version takes a whole number"),
+        (("--version", "next", "--out", str(first)), "is an export itself"),
+    ):
+        out = () if "--out" in args else ("--out", str(first.parent))
+        proc = run_cli("export", str(run), "--format", "savedmodel", *out, *args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert fragment in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert sorted(p.name for p in first.parent.iterdir()) == before

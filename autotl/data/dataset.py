@@ -167,6 +167,8 @@ class Dataset:
     test_split: str | None = None  # where they came from: "folder test/", "test_fraction=0.2 ..."
     test_fingerprint: str | None = None
     scan: dict[str, Any] = field(default_factory=dict)  # files listed, read, seconds, manifest
+    # files left out on purpose (autotl.data.exclude): the list, its hash and where it came from
+    exclusions: Optional[dict[str, Any]] = None
 
     @property
     def n_classes(self) -> int:
@@ -192,6 +194,7 @@ class Dataset:
                 if self.test is not None
                 else {}
             ),
+            **({"exclusions": self.exclusions} if self.exclusions else {}),
         }
 
 

@@ -62,8 +62,9 @@ def _read(path: str | os.PathLike) -> bytes:
         raise BadImage(f"cannot read: {exc.strerror or exc}") from None
 
 
-def _decode_bytes(data: bytes, max_side: int) -> np.ndarray:
-    """Decode in memory (the bytes are hashed too, so a file is read once)."""
+def _decode_bytes(data: bytes, max_side: int, facts: dict[str, Any] | None = None) -> np.ndarray:
+    """Decode in memory (the bytes are hashed too, so a file is read once); ``facts`` receives the
+    picture as stored (width, height, Pillow mode, format, frames), which data health reads."""
     from PIL import Image, UnidentifiedImageError
 
     if max_side < 1:
@@ -75,6 +76,13 @@ def _decode_bytes(data: bytes, max_side: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             if im.format == "EPS":  # loading it would run Ghostscript on untrusted input
                 raise BadImage("EPS is not decoded (it needs Ghostscript); convert it to PNG")
+            if facts is not None:
+                facts.update(
+                    width=im.width,
+                    height=im.height,
+                    mode=f"{im.format or '?'} {im.mode}"
+                    + (f" {im.n_frames} frames" if getattr(im, "n_frames", 1) > 1 else ""),
+                )
             orientation = _orientation(im)
             # JPEG only: decode at 1/2, 1/4 or 1/8 scale, still >= max_side, so a
             # 12000x12000 photo never exists at full size in memory.
@@ -154,12 +162,17 @@ def _high_depth_to_l(im: Any) -> Any:
 
 
 class Checked(NamedTuple):
-    """What the scan learns about one file: its stat key, the SHA-256 of its bytes, and why it is unusable (or None)."""
+    """What the scan learns about one file: its stat key, the SHA-256 of its bytes, why it is unusable
+    (or None), and the picture as stored: width, height and ``"FORMAT MODE"`` (e.g. ``"GIF P"``,
+    ``"JPEG CMYK"``, with ``" N frames"`` when animated), which data health reads (``autotl.health``)."""
 
     size: int
     mtime_ns: int
     sha256: str
     reason: str | None
+    width: int = 0
+    height: int = 0
+    mode: str = ""
 
 
 def check_file(path: str, max_side: int) -> Checked:
@@ -170,12 +183,13 @@ def check_file(path: str, max_side: int) -> Checked:
         size, mtime = st.st_size, st.st_mtime_ns
     except OSError:
         size, mtime = -1, -1
+    facts: dict[str, Any] = {}
     try:
         data = _read(path)
-        _decode_bytes(data, max_side)
+        _decode_bytes(data, max_side, facts)
     except BadImage as exc:
-        return Checked(size, mtime, "", str(exc))
-    return Checked(size, mtime, hashlib.sha256(data).hexdigest(), None)
+        return Checked(size, mtime, "", str(exc), **facts)
+    return Checked(size, mtime, hashlib.sha256(data).hexdigest(), None, **facts)
 
 
 def check_files(paths: list[str], max_side: int) -> list[Checked]:

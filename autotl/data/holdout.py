@@ -37,7 +37,14 @@ from autotl.errors import UsageError
 from autotl.scoring.metrics import classification_scores
 from autotl.scoring.stats import wilson_interval
 
-__all__ = ["add_test_split", "holdout_score", "recommendation", "TEST_DIR", "RECOMMEND_FROM"]
+__all__ = [
+    "add_test_split",
+    "holdout_score",
+    "recommendation",
+    "subset",
+    "TEST_DIR",
+    "RECOMMEND_FROM",
+]
 
 TEST_DIR = "test"
 #: With at least this many training images in every class and no test split, a test split is recommended.
@@ -159,8 +166,8 @@ def _carve(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     test_print = _digest(split, [(int(train.labels[i]), ids[i]) for i in held])
     return dataclasses.replace(
         dataset,
-        train=_subset(train, keep),
-        test=_subset(train, held),
+        train=subset(train, keep),
+        test=subset(train, held),
         test_split=split,
         test_fingerprint=test_print,
         fingerprint=_digest(dataset.fingerprint, [(0, test_print)]),
@@ -168,12 +175,24 @@ def _carve(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     )
 
 
-def _subset(images: ImageSet, idx: Sequence[int]) -> ImageSet:
-    labels = images.labels[list(idx)]
+def subset(images: ImageSet, idx: Sequence[int]) -> ImageSet:
+    """The images ``idx`` of ``images``, in that order (decoded the same way)."""
+    idx = list(idx)
+    labels = images.labels[idx]
     if images.paths is not None:
-        return ImageSet(labels, paths=[images.paths[i] for i in idx], max_side=images.max_side)
+        return ImageSet(
+            labels,
+            paths=[images.paths[i] for i in idx],
+            max_side=images.max_side,
+            decode_workers=images.decode_workers,
+        )
     arrays = images.arrays or []
-    return ImageSet(labels, arrays=[arrays[i] for i in idx], max_side=images.max_side)
+    return ImageSet(
+        labels,
+        arrays=[arrays[i] for i in idx],
+        max_side=images.max_side,
+        decode_workers=images.decode_workers,
+    )
 
 
 def _digest(head: str, items: Sequence[tuple[int, str]]) -> str:

@@ -8,7 +8,8 @@ files (a fraction of a second) and reads only the added and changed ones::
 
     {"manifest": 1, "root": "/data/images", "max_side": 1024}
     {"path": "ants/0001.jpg", "size": 10234, "mtime_ns": 1700000000000000000,
-     "sha256": "9f2c...", "class": "ants", "part": "", "split": "train", "reason": null}
+     "sha256": "9f2c...", "class": "ants", "part": "", "split": "train", "reason": null,
+     "width": 500, "height": 375, "mode": "JPEG RGB"}
     {"path": "bees/0042.jpg", ..., "sha256": "", "split": null, "reason": "truncated or corrupt: ..."}
 
 One JSON object per line: ``grep -v '"reason": null' RUN_DIR/manifest.jsonl``
@@ -17,7 +18,9 @@ when DATA_DIR has them), ``split`` where the file went.  While a long first scan
 runs, checked files are appended every few thousand, so an interrupted scan
 resumes where it stopped; later lines win over earlier ones for the same path.
 A file rewritten in place with the same size and modification time is not
-noticed (touch it, or delete the manifest).
+noticed (touch it, or delete the manifest).  Format 2 added each picture's
+width, height and ``"FORMAT MODE"`` as stored (data health's "tiny" and "odd
+mode"); a format-1 manifest is read again in full once.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from autotl.data.decoding import Checked, check_files, ordered
 
 __all__ = ["FORMAT", "Entry", "Scan", "check", "write", "read"]
 
-FORMAT = 1
+FORMAT = 2  # 2: width, height and mode of each picture
 CHUNK = 64  # files per task of a decoding worker
 JOURNAL_EVERY = 2000  # checked files appended to the manifest at least this often
 Progress = Callable[[int, int], None]
@@ -64,6 +67,9 @@ class Entry(NamedTuple):
     cls: str
     part: str
     split: Optional[str]
+    width: int = 0
+    height: int = 0
+    mode: str = ""
 
 
 def read(path: Optional[Path]) -> dict[str, Entry]:
@@ -88,6 +94,9 @@ def read(path: Optional[Path]) -> dict[str, Entry]:
                     shared.setdefault(e["class"], e["class"]),
                     shared.setdefault(e["part"], e["part"]),
                     shared.setdefault(e["split"], e["split"]),
+                    e.get("width", 0),
+                    e.get("height", 0),
+                    shared.setdefault(e.get("mode", ""), e.get("mode", "")),
                 )
             except (ValueError, KeyError, TypeError):  # torn by a kill, or edited: read again
                 continue
@@ -112,6 +121,9 @@ def _line(rel: str, c: Checked, cls: str, part: str, split: Optional[str] = None
         "part": part,
         "split": split,
         "reason": c.reason,
+        "width": c.width,
+        "height": c.height,
+        "mode": c.mode,
     }
     return json.dumps(entry, ensure_ascii=False) + "\n"
 
@@ -170,7 +182,7 @@ def _check_all(
             except OSError:
                 st = None
             if st is not None and (st.st_size, st.st_mtime_ns) == (old.size, old.mtime_ns):
-                result[i] = Checked(old.size, old.mtime_ns, old.sha256, old.reason)
+                result[i] = Checked(*old[:4], old.width, old.height, old.mode)
                 old_splits[i] = old.split
                 same = same and (old.cls, old.part) == (cls, part)
                 continue

@@ -37,7 +37,14 @@ from autotl.export._common import (
 from autotl.export._format import REPRESENTATIVE, Format, WriteContext
 from autotl.export._parity import _check_reproduces, verify_export
 from autotl.export._run import _dataset, _open_run, _Run
-from autotl.export._staging import check_out, install, quarantine, remove_stale, staging_dir
+from autotl.export._staging import (
+    check_out,
+    install,
+    quarantine,
+    remove_stale,
+    staging_dir,
+    version_folder,
+)
 from autotl.export._table import owned_files, parse_formats, select
 from autotl.export._test_score import test_split_score
 from autotl.export._variant import check_variant_args, check_variant_reproduces, open_variant
@@ -60,6 +67,7 @@ def export(
     on_event: Optional[Say] = None,
     ensemble: bool = False,
     tta: Optional[str] = None,
+    version: int | str | None = None,
 ) -> ExportResult:
     """Export one trial's model of a run (the best by default) in ``formats`` (default: the table's default
     formats), and prove every format predicts as the Keras model does.
@@ -78,6 +86,10 @@ def export(
     stored selection, or a new one), and ``tta="flip"`` a model that also
     averages over the mirror image (of the ensemble, or of the trial); see
     ``_variant``.
+
+    ``version`` (a whole number, or ``"next"``) writes ``out_dir/<version>/``, a new version
+    folder for a model server that watches ``out_dir`` (``serving/java``, TF Serving); an
+    existing version is refused, never rewritten.
     """
     _quiet()
     say = on_event or (lambda _msg: None)
@@ -85,7 +97,7 @@ def export(
     if trial is not None and trial < 0:
         raise UsageError(f"--trial must be a trial number (0 or more), got {trial}")
     tta = check_variant_args(trial, ensemble, tta)
-    out = check_out(Path(out_dir))
+    out = check_out(Path(out_dir) if version is None else version_folder(Path(out_dir), version))
     run = _open_run(Path(run_dir), trial, storage_url, study_name, plugins, registry, weights, say)
     notes: list[str] = []
     dataset, same_data = _dataset(run, data, plugins, notes)
@@ -106,7 +118,7 @@ def export(
         parity = _verify(staging, out, model, run, dataset, _exported(extra, run), say)
         facts = card_facts(staging, run, dataset, same_data, parity, size, rows, notes)
         (write_variant_card if run.variant else write_card)(facts)
-        install(staging, out, owned_files())
+        install(staging, out, owned_files(), new_only=version is not None)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -6,6 +6,13 @@ moment either absent, the previous complete export or the new one: a process
 killed at any point (even by SIGKILL) leaves no half-written ``OUT``, only a
 staging folder that the next export into ``OUT`` removes (its PID is dead).
 
+With a version (``autotl export --out BASE --version N``, or ``next``), ``OUT``
+is ``BASE/<N>/``, a new folder among the version folders a model server watches
+(TF Serving's layout; ``serving/java`` reloads them): it is staged as
+``BASE/.<N>.partial-<pid>`` (hidden, so no server loads it) and renamed into
+place only if no ``BASE/<N>`` exists by then, so a served version is never
+rewritten in place.
+
 ``OUT`` may be new, empty, or an earlier autotl export (it has autotl's
 ``parity.json``); an earlier export is replaced, the files autotl owns are
 dropped and any other file in it is kept.  Any other folder is refused, so
@@ -22,6 +29,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from autotl.errors import UsageError
 from autotl.export._common import PARITY_FILE
@@ -45,6 +53,48 @@ def is_export(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(parity, dict) and "autotl" in (parity.get("versions") or {})
+
+
+def version_numbers(base: Path) -> list[int]:
+    """The version folders of ``base`` (names that are whole numbers 1 or more), sorted."""
+    if not base.is_dir():
+        return []
+    found = (p for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(n for n in (int(p.name) for p in found) if n >= 1)
+
+
+def version_folder(base: Path, version: int | str) -> Path:
+    """``base/<n>``: ``version`` a whole number (1 or more), or ``"next"`` (one more than the highest there, else 1).
+
+    Refused in one line, with nothing created: ``base`` a file or itself an export, a bad number,
+    or a version that exists already.
+    """
+    if base.is_symlink():
+        base = base.resolve()
+    if base.exists() and not base.is_dir():
+        raise UsageError(
+            f"--out {base} is a file; with --version pass the base folder of the versions"
+        )
+    if is_export(base):
+        raise UsageError(
+            f"--out {base} is an export itself, not a base folder of versions: pass its parent folder, or a new one"
+        )
+    existing = version_numbers(base)
+    upcoming = (existing[-1] if existing else 0) + 1
+    if str(version) == "next":
+        number = upcoming
+    elif isinstance(version, int) or str(version).isdigit():
+        number = int(version)
+    else:
+        number = 0
+    if number < 1:
+        raise UsageError(f"--version takes a whole number (1 or more) or next, got {version}")
+    if number in existing:
+        raise UsageError(
+            f"version {number} exists already in {base}: a version is never rewritten in place, since a server "
+            f"may be serving it; pass --version next (it would be {upcoming})"
+        )
+    return base / str(number)
 
 
 def check_out(out: Path) -> Path:
@@ -136,8 +186,17 @@ def quarantine(staging: Path, out: Path) -> Path:
     return failed
 
 
-def install(staging: Path, out: Path, owned: Sequence[str]) -> None:
-    """Make the verified ``staging`` folder ``out``; an earlier export there keeps its files autotl does not own."""
+def install(staging: Path, out: Path, owned: Sequence[str], new_only: bool = False) -> None:
+    """Make the verified ``staging`` folder ``out``; an earlier export there keeps its files autotl does not own.
+
+    ``new_only`` (a version folder): ``out`` must not exist, even if another process made it meanwhile.
+    """
+    if new_only:
+        if not _rename_new(staging, out):
+            raise UsageError(
+                f"{out} appeared while this export ran (another export?); nothing was changed"
+            )
+        return
     if not out.exists():
         os.replace(staging, out)
         return
@@ -172,20 +231,38 @@ def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
-    if not sys.platform.startswith("linux"):
+    return _renameat2(a, b, 2) is True
+
+
+def _rename_new(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (``RENAME_NOREPLACE`` where Linux has it); False if it does."""
+    done = _renameat2(src, dst, 1)
+    if done is not None:
+        return done
+    if dst.exists():  # elsewhere: a short window remains between this check and the rename
         return False
+    os.rename(src, dst)
+    return True
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> Optional[bool]:
+    """Linux ``renameat2``: True when done, False when ``b`` exists (``EEXIST``), None where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
 
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # glibc before 2.28, musl
-        return False
-    at_fdcwd, rename_exchange = -100, 2
+        return None
+    at_fdcwd = -100
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
     renameat2.argtypes += [ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot swap
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot do it
+        return None
+    if err in (errno.EEXIST, errno.ENOTEMPTY):
         return False
     raise OSError(err, os.strerror(err), str(b))

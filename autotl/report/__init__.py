@@ -32,11 +32,12 @@ from autotl.report._html import render_html
 from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
 from autotl.report._sections import SECTIONS
-from autotl.report._write import write_report
+from autotl.report._write import write_health_page, write_report
 from autotl.scoring.stats import wilson_interval
 
 __all__ = [
     "write_report",
+    "write_health_page",
     "build_record",
     "wilson_interval",
     "SCHEMA",

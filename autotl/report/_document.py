@@ -90,6 +90,13 @@ class Thumbnails:
 
 
 @dataclass(frozen=True)
+class ThumbPairs:
+    """Pairs of thumbnails side by side: a file next to its twin (a duplicate, a leaked copy)."""
+
+    items: tuple[tuple[Thumb, Thumb], ...]
+
+
+@dataclass(frozen=True)
 class Preformatted:
     """Long verbatim text behind a summary line (the search space)."""
 
@@ -97,7 +104,9 @@ class Preformatted:
     text: str
 
 
-Fragment = Union[Paragraph, Note, Subheading, Facts, Table, Figure, Thumbnails, Preformatted]
+Fragment = Union[
+    Paragraph, Note, Subheading, Facts, Table, Figure, Thumbnails, ThumbPairs, Preformatted
+]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -152,10 +153,37 @@ def _test(model: Any, dataset: Any, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _without_leaked(
+    val: Any, source: str, y_true: Any, y_pred: Any, leaked: set[str]
+) -> Optional[dict[str, Any]]:
+    """Accuracy on the validation images that have no copy in another split (data health's leakage)."""
+    import numpy as np
+
+    if not leaked or val.paths is None:
+        return None
+    clean = np.array(
+        [os.path.relpath(p, source).replace(os.sep, "/") not in leaked for p in val.paths]
+    )
+    n, correct = int(clean.sum()), int((y_true == y_pred)[clean].sum())
+    return {
+        "leaked": len(clean) - n,
+        "images": n,
+        "correct": correct,
+        "accuracy": correct / n if n else None,
+        "ci95": list(wilson_interval(correct, n)) if n else None,
+    }
+
+
 def evaluate_best_model(
-    run: RunFolder, study: Any, summary: dict[str, Any], storage_url: str, images: dict[str, bytes]
+    run: RunFolder,
+    study: Any,
+    summary: dict[str, Any],
+    storage_url: str,
+    images: dict[str, bytes],
+    leaked: Optional[set[str]] = None,
 ) -> dict[str, Any]:
-    """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model file."""
+    """Confusion matrix, per-class precision/recall and the misclassified images of the study's best model
+    file, and its accuracy without the ``leaked`` validation images (relative paths) too."""
     import numpy as np
 
     engine = str(study.user_attrs.get("engine") or OPTUNA)
@@ -193,5 +221,8 @@ def evaluate_best_model(
         "misclassified_total": total,
         "misclassified": missed,
         "test": _test(model, dataset, study.user_attrs.get("data") or {}),
+        "without_leaked": _without_leaked(
+            dataset.val, dataset.source, y_true, y_pred, leaked or set()
+        ),
         "split": {"val_fraction": val_fraction, "seed": seed, "fingerprint": dataset.fingerprint},
     }

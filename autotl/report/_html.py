@@ -20,7 +20,9 @@ from autotl.report._document import (
     Strong,
     Subheading,
     Table,
+    Thumb,
     Thumbnails,
+    ThumbPairs,
     build_document,
 )
 from autotl.report._sections import SECTIONS
@@ -46,6 +48,8 @@ img.plot{max-width:100%;height:auto;border:1px solid #d0d7de;background:#fff;mar
 .grid{display:flex;flex-wrap:wrap;gap:8px}
 figure.thumb{margin:0;padding:4px;border:1px solid #d0d7de;background:#fff;width:92px;text-align:center;font-size:11px}
 figure.thumb img{width:64px;height:64px;object-fit:contain;image-rendering:pixelated}
+.pair{display:flex;gap:2px;padding:2px;border:1px solid #8c959f;background:#eaeef2}
+.pair figure.thumb{width:120px}
 .note{color:#57606a;font-style:italic}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 pre{background:#f6f8fa;border:1px solid #d0d7de;padding:8px;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
@@ -90,17 +94,22 @@ def _table(t: Table, images: Images) -> str:
     return "".join(out)
 
 
+def _thumb(m: Thumb, images: Images) -> str:
+    caption = "<br>".join(f"{_h(k)} <b>{_h(v)}</b>" for k, v in m.fields)
+    image = _img(images, m.image.rsplit("/", 1)[-1], m.label, "")
+    return (
+        f'<figure class="thumb" title="{_h(m.label)}">{image}'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
 def _thumbnails(t: Thumbnails, images: Images) -> str:
-    out = ['<div class="grid">']
-    for m in t.items:
-        caption = "<br>".join(f"{_h(k)} <b>{_h(v)}</b>" for k, v in m.fields)
-        image = _img(images, m.image.rsplit("/", 1)[-1], m.label, "")
-        out.append(
-            f'<figure class="thumb" title="{_h(m.label)}">{image}'
-            f"<figcaption>{caption}</figcaption></figure>"
-        )
-    out.append("</div>")
-    return "".join(out)
+    return '<div class="grid">' + "".join(_thumb(m, images) for m in t.items) + "</div>"
+
+
+def _pairs(t: ThumbPairs, images: Images) -> str:
+    pairs = (f'<div class="pair">{_thumb(a, images)}{_thumb(b, images)}</div>' for a, b in t.items)
+    return '<div class="grid">' + "".join(pairs) + "</div>"
 
 
 RENDER: dict[type, Callable[[Any, Images], str]] = {
@@ -115,6 +124,7 @@ RENDER: dict[type, Callable[[Any, Images], str]] = {
     Table: _table,
     Figure: lambda b, images: _img(images, b.name, b.alt, "plot"),
     Thumbnails: _thumbnails,
+    ThumbPairs: _pairs,
     Preformatted: lambda b, _: (
         f"<details><summary>{_h(b.summary)}</summary><pre>{_h(b.text)}</pre></details>"
     ),

@@ -22,6 +22,7 @@ from autotl.report._document import (
     Subheading,
     Table,
     Thumbnails,
+    ThumbPairs,
     build_document,
 )
 from autotl.report._sections import SECTIONS
@@ -79,6 +80,16 @@ def _thumbnails(t: Thumbnails, figs: Figures) -> list[str]:
     return _table(Table(columns, rows), figs)
 
 
+def _pairs(t: ThumbPairs, figs: Figures) -> list[str]:
+    """A table: each file and its twin, their fields, and both files."""
+    columns = ("image", "twin", *(k for k, _ in t.items[0][0].fields), "file", "twin file")
+    rows = tuple(
+        (f"![]({a.image})", f"![]({b.image})", *(v for _, v in a.fields), a.label, b.label)
+        for a, b in t.items
+    )
+    return _table(Table(tuple(Column(c) for c in columns), rows), figs)
+
+
 def _preformatted(b: Preformatted, _: Figures) -> list[str]:
     fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", b.text)), default=0))
     # collapsed where Markdown is rendered (as on GitHub), two short tag lines in a terminal
@@ -103,6 +114,7 @@ RENDER: dict[type, Callable[[Any, Figures], list[str]]] = {
         [f"![{_text(b.alt)}]({REPORT_FILES}/{b.name})"] if b.name in figs else []
     ),
     Thumbnails: _thumbnails,
+    ThumbPairs: _pairs,
     Preformatted: _preformatted,
 }
 

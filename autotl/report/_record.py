@@ -24,6 +24,7 @@ from autotl.report._common import (
 from autotl.report._engines import engines_compared
 from autotl.report._ensemble import ensemble_record
 from autotl.report._evaluate import evaluate_best_model
+from autotl.report._health import health_record
 from autotl.report._lineage import lineage_record
 from autotl.report._pareto import pareto_record
 from autotl.report._rows import best_row, state_counts, trial_rows, val_images
@@ -143,11 +144,12 @@ def _evaluation(
     storage_url: str,
     images: dict[str, bytes],
     evaluate: bool,
+    leaked: set[str],
 ) -> dict[str, Any]:
     if not evaluate:
         return {"skipped": "not asked"}
     try:
-        return evaluate_best_model(folder, study, summary, storage_url, images)
+        return evaluate_best_model(folder, study, summary, storage_url, images, leaked)
     except Exception as exc:  # a model that cannot load must not cost the rest of the report
         return {"skipped": f"evaluating the best model failed ({_described(exc)})"}
 
@@ -192,6 +194,8 @@ def build_record(
     trials, rows = trial_rows(study, space)
     summary = _summary(study, objectives, rows, data, run, trials)
     summary["skipped_backbones"] = _skipped_backbones(folder, trials)
+    health = health_record(folder, study, images)
+    leaked = set((health or {}).get("leaked_val") or ())
     screening = _backbone_screening(study, storage_url)
     for r in (screening or {}).get("rows", []):
         if not r["kept"]:
@@ -212,7 +216,8 @@ def build_record(
         "search": search_record(study, trials, rows, space, objectives),
         "backbone_screening": screening,
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
-        "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate),
+        "health": health,
+        "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate, leaked),
         "ensemble": ensemble_record(folder, study),
         "lineage": lineage_record(study, rows, run, summary, space, storage_url),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 from autotl.report._document import SectionFn
 from autotl.report._sections_ensemble import ensemble
 from autotl.report._sections_found import leaderboard, pareto_front, summary
+from autotl.report._sections_health import data_health
 from autotl.report._sections_model import evaluation, lineage
 from autotl.report._sections_search import (
     backbone_screening,
@@ -28,6 +29,7 @@ SECTIONS: list[SectionFn] = [
     the_search,
     backbone_screening,
     evaluation,
+    data_health,
     ensemble,
     lineage,
     engines_compared,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from autotl.report._common import TOP_CURVES
 from autotl.report._figures import render_figures
@@ -12,6 +13,9 @@ from autotl.report._html import render_html
 from autotl.report._markdown import render_markdown
 from autotl.report._record import build_record
 from autotl.run.folder import RunFolder, atomic_write
+
+if TYPE_CHECKING:
+    from autotl.health import DataHealth
 
 
 def write_report(
@@ -51,3 +55,24 @@ def write_report(
         paths["json"], (json.dumps(record, indent=2, allow_nan=False) + "\n").encode("utf-8")
     )
     return paths
+
+
+def write_health_page(path: Path, health: DataHealth) -> Path:
+    """``autotl doctor``'s page: the data-health section alone, its pictures inline (one self-contained file)."""
+    from autotl.report._document import build_document
+    from autotl.report._health import health_of
+    from autotl.report._html import html_page
+    from autotl.report._sections_health import data_health
+
+    images: dict[str, bytes] = {}
+    record = {"health": health_of(health, images), "summary": {"data": {"source": health.source}}}
+    doc = build_document(record, [data_health])
+    import datetime as _dt
+
+    when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    doc = dataclasses.replace(
+        doc,
+        title=f"autotl doctor: {health.source}",
+        subtitle=f"generated {when}; every finding is a row of issues.csv beside this page",
+    )
+    return atomic_write(Path(path), html_page(doc, images).encode("utf-8"))

@@ -16,6 +16,7 @@ it, and report, export, lineage and the Python API read it, all through
       manifest.jsonl          every data file once: size, mtime, SHA-256, class, split, why it was skipped
       cache/                  the frozen-feature cache (unless --cache-dir names another)
       deploy_costs.json       deploy costs (TFLite latency, size, parameters) per backbone and head shape
+      health/                 data health (`autotl doctor`, Run.data_issues()): issues.csv, health.json, report.html
       logs/                   the extra workers' output
       keras_tuner/            the keras-tuner engine's project, its best_model.keras and marker
       ensemble/               selection.json (the ensemble of the top trials), its .keras models and
@@ -83,6 +84,7 @@ class RunFolder:
     ENSEMBLE_PREDICTIONS = "predictions"
     MANIFEST = "manifest.jsonl"
     ARTIFACTS = "artifacts"
+    HEALTH = "health"
     REPORT_STAMP = "report.stamp.json"
     REPORT_HTML, REPORT_MD, REPORT_JSON, REPORT_FILES = (
         "report.html",
@@ -151,6 +153,15 @@ class RunFolder:
     def artifacts_dir(self) -> Path:
         """The default artifact store: a folder of the run."""
         return self.path / self.ARTIFACTS
+
+    @property
+    def health_dir(self) -> Path:
+        """Data health's files: ``issues.csv`` (one row per finding), ``health.json``, ``report.html``."""
+        return self.path / self.HEALTH
+
+    def health_file(self, name: str) -> Path:
+        """``issues.csv``, ``health.json`` or ``report.html`` of the data health check."""
+        return self.health_dir / name
 
     @property
     def report_stamp(self) -> Path:
@@ -377,6 +388,11 @@ class RunFolder:
             manifest = self.manifest if self.path.is_dir() else None
             dataset = data_mod.load_folder(source, val_fraction, seed, manifest=manifest)
         dataset = self._with_test_split(dataset, source, space, seed)
+        excluded = summary.get("exclusions") or record.get("exclusions")
+        if excluded:  # the files the search left out (autotl.data.exclude), left out again
+            from autotl.data.exclude import Exclusion, apply_exclusions
+
+            dataset = apply_exclusions(dataset, Exclusion.from_record(excluded))
         expected = record.get("data_fingerprint") or summary.get("fingerprint")
         return dataset, bool(expected) and dataset.fingerprint == expected
 
@@ -430,8 +446,13 @@ class RunFolder:
         old = self.record()
         if old:
             if old.get("data_fingerprint") != dataset.fingerprint:
+                what = (
+                    "the same folder with other files, another split or other files excluded"
+                    if old.get("source") == dataset.source
+                    else old.get("source")
+                )
                 raise UsageError(
-                    f"run folder {self.path} holds a search on other data ({old.get('source')}); "
+                    f"run folder {self.path} holds a search on other data ({what}); "
                     f"pass another --out for {dataset.source}"
                 )
             before = (old.get("engines") or {}).get(engine)
@@ -457,6 +478,7 @@ class RunFolder:
                 "class_names": list(dataset.class_names),
                 "source": dataset.source,
                 "split": dataset.split,
+                **({"exclusions": dataset.exclusions} if dataset.exclusions else {}),
                 "created": time.time(),
                 **record,
             }

@@ -8,6 +8,9 @@ the run folder by default, PostgreSQL when many workers share a study):
 * ``autotl_lineage``: for each artifact, the backbone and plugin, the weights'
   origin and SHA-256, the data set's fingerprint and source, the
   hyperparameters, metrics and phase times, and the software versions;
+* ``autotl_data_exclusions``: the files a search left out of its data
+  (``--exclude``, :mod:`autotl.data.exclude`), their list's SHA-256 and its
+  source, by the data fingerprint they produce, so a model's lineage names them;
 * ``autotl_deployments``: written by the Java inference service
   (``serving/java``) when it starts with ``--storage`` (model SHA-256, URL,
   host, port, machine, service version, start time; stop time on a clean
@@ -47,12 +50,16 @@ __all__ = [
     "lineage_of",
     "DEPLOYMENTS_TABLE",
     "list_deployments",
+    "EXCLUSIONS_TABLE",
+    "record_exclusions",
+    "exclusions_of",
     "describe_deployment",
 ]
 
 ARTIFACTS_TABLE = "autotl_artifacts"
 LINEAGE_TABLE = "autotl_lineage"
 DEPLOYMENTS_TABLE = "autotl_deployments"
+EXCLUSIONS_TABLE = "autotl_data_exclusions"
 ENSEMBLE_KIND = "ensemble_export"  # one row per member trial, same file
 KINDS = ("trial_weights", "trial_model", "best_model", "export", "ensemble_export")
 LIBRARIES = (
@@ -122,6 +129,17 @@ def _tables() -> Any:
             Column("seconds", JSON),
             Column("autotl_version", String(64)),
             Column("versions", JSON),
+        )
+        Table(
+            EXCLUSIONS_TABLE,
+            md,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("data_fingerprint", String(64), nullable=False, unique=True),
+            Column("list_sha256", String(64), nullable=False),
+            Column("source", Text),
+            Column("count", Integer, nullable=False),
+            Column("files", JSON, nullable=False),
+            Column("created", DateTime(timezone=True), nullable=False),
         )
         _schema = md
     return _schema
@@ -275,6 +293,50 @@ def record_model(
             )
         )
     return int(artifact_id)
+
+
+def record_exclusions(storage_url: str, data: dict[str, Any]) -> None:
+    """Record the files a search's data left out (``data`` is ``Dataset.summary()``), once per data fingerprint."""
+    from sqlalchemy import select
+
+    excluded = data.get("exclusions")
+    if not excluded:
+        return
+    engine = _ensure_tables(storage_url)
+    table = _tables().tables[EXCLUSIONS_TABLE]
+    with engine.begin() as conn:
+        if conn.execute(
+            select(table.c.id).where(table.c.data_fingerprint == data["fingerprint"])
+        ).first():
+            return
+        conn.execute(
+            table.insert().values(
+                data_fingerprint=data["fingerprint"],
+                list_sha256=excluded["sha256"],
+                source=excluded.get("source"),
+                count=len(excluded["files"]),
+                files=list(excluded["files"]),
+                created=_dt.datetime.now(_dt.timezone.utc),
+            )
+        )
+
+
+def exclusions_of(storage_url: str, fingerprint: Optional[str]) -> Optional[dict[str, Any]]:
+    """The files left out of the data with this fingerprint, their list's hash and source; None if none were."""
+    from sqlalchemy import inspect, select
+
+    if not fingerprint or _missing_sqlite(storage_url):
+        return None
+    engine = _engine(storage_url)
+    if not inspect(engine).has_table(EXCLUSIONS_TABLE):
+        return None
+    table = _tables().tables[EXCLUSIONS_TABLE]
+    with engine.connect() as conn:
+        row = conn.execute(select(table).where(table.c.data_fingerprint == fingerprint)).first()
+    if row is None:
+        return None
+    found = dict(row._mapping)
+    return {k: found[k] for k in ("list_sha256", "source", "count", "files")}
 
 
 def _row(r: Any) -> dict[str, Any]:
@@ -442,9 +504,10 @@ def describe_deployment(d: dict[str, Any]) -> str:
 
 
 def default_storage_for(model_path: str | os.PathLike) -> str:
-    """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
+    """``sqlite:///.../study.db`` beside the model file, or up to three folders up (run/trials/0003/model.keras,
+    run/export/savedmodel/saved_model.pb, run/versions/3/savedmodel/saved_model.pb)."""
     path = Path(model_path).resolve()
-    for folder in list(path.parents)[:3]:
+    for folder in list(path.parents)[:4]:
         if RunFolder(folder).study_db.is_file():
             return RunFolder(folder).default_storage_url()
     raise UsageError(
@@ -472,7 +535,11 @@ def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None)
             f"no lineage recorded for {path} (sha256 {sha256_file(path)[:12]}) in {safe_url(storage)}; "
             "was it made by another study?"
         )
-    return {**record, "deployments": list_deployments(storage, record["sha256"])}
+    return {
+        **record,
+        "exclusions": exclusions_of(storage, record.get("data_fingerprint")),
+        "deployments": list_deployments(storage, record["sha256"]),
+    }
 
 
 def _weights(record: dict[str, Any]) -> str:
@@ -493,12 +560,20 @@ def describe(record: dict[str, Any], shown_path: str) -> str:
         f"{shown_path}: {record['kind']} of trial {record['trial_number']} in study {record['study_name']!r}",
         f"backbone {record.get('backbone')} (plugin {record.get('plugin')})",
         f"weights {_weights(record)}",
-        f"data {data} from {record.get('data_source') or '?'}",
+        f"data {data} from {record.get('data_source') or '?'}{_excluded(record)}",
         f"val_accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "val_accuracy ?",
         f"autotl {record.get('autotl_version')}",
         f"recorded {record.get('created')}",
     ]
     return "; ".join(parts)
+
+
+def _excluded(record: dict[str, Any]) -> str:
+    """`` excluding N files (list sha256 ...)`` when the search left files out of its data."""
+    found = record.get("exclusions")
+    if not found:
+        return ""
+    return f" excluding {found['count']} files (list sha256 {found['list_sha256'][:12]}, {found.get('source')})"
 
 
 def _describe_ensemble(record: dict[str, Any], shown_path: str) -> str:
@@ -514,7 +589,7 @@ def _describe_ensemble(record: dict[str, Any], shown_path: str) -> str:
         [
             f"{shown_path}: ensemble export of trials {numbers} in study {record['study_name']!r}",
             each,
-            f"data {data} from {record.get('data_source') or '?'}",
+            f"data {data} from {record.get('data_source') or '?'}{_excluded(record)}",
             f"autotl {record.get('autotl_version')}",
             f"recorded {record.get('created')}",
         ]

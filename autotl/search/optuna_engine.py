@@ -99,6 +99,11 @@ class SearchConfig:
     mixed_precision: bool = False
     # the artifact store (default: the one the study records, else RUN_DIR/artifacts)
     artifacts: Optional[str] = None
+    # called with the feature cache once it holds every backbone's features, before the first trial
+    # (the API checks the data for leakage there)
+    before_trials: Optional[Callable[..., None]] = (
+        None  # (cache, backbone whose full cache is ready)
+    )
 
     @property
     def run(self) -> RunFolder:
@@ -917,6 +922,11 @@ def run_search(
     deadline = None if cfg.timeout is None else started + cfg.timeout
     if len(study.get_trials(deepcopy=False, states=counted)) < cfg.trials:
         runner.prepare(should_stop, deadline)
+        if cfg.before_trials is not None and not should_stop():
+            # the first kept backbone's full cache, which the check before the first trial reads
+            runner.build_due(0, should_stop, lambda: None)
+            ready = runner.full.ready if runner.full is not None else []
+            cfg.before_trials(runner.cache, ready[0] if ready else None)
     try:
         _loop(study, cfg, runner, emit, should_stop, deadline)
     finally:

@@ -213,6 +213,8 @@ class SearchSpace(_Strict):
     deploy: Deploy = Deploy()
     class_weight: Optional[Literal["balanced"]] = None  # weight the loss by class, in both phases
     test_fraction: float = Field(0.0, ge=0, lt=1)  # share of training images held out as test
+    # a CSV whose `path` column names files to leave out (issues.csv of `autotl doctor`), relative to this file
+    exclude: Optional[str] = None
     batch_size: int = Field(32, ge=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy, Optuna and TensorFlow all take it
     trials: int = Field(20, ge=1)

@@ -20,6 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <libpq-fe.h>
 #include <sqlite3.h>
 
@@ -202,6 +206,11 @@ JNIEXPORT void JNICALL Java_autotl_serving_Native_close(JNIEnv *env, jclass cls,
   TF_DeleteGraph(model->graph);
   TF_DeleteStatus(status);
   free(model);
+#ifdef __GLIBC__
+  /* A model version is closed after a hot reload: hand the freed weights and buffers back to the system,
+   * or glibc keeps them in its arenas and the resident memory never shrinks. */
+  malloc_trim(0);
+#endif
 }
 
 /* A TF_STRING tensor owns its TF_TStrings: free each one, then the array, when TensorFlow lets go of it. */

@@ -3,29 +3,26 @@ package autotl.serving;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.time.Instant;
-import java.time.temporal.ChronoUnit;
 import java.util.ArrayList;
-import java.util.Base64;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
 
-import autotl.serving.MetaGraph.Signature;
-import autotl.serving.Model.Input;
-
 /**
- * {@code serve MODEL_DIR [--port PORT] [--name NAME] [--storage URL] [--host HOST] ...}: load an
- * {@code autotl export} SavedModel once and serve it over HTTP until SIGTERM or SIGINT, which drain the
- * requests in flight, close the session, record the stop in the lineage and exit 0.
+ * {@code serve MODEL_DIR|BASE_DIR [--port PORT] [--name NAME] [--storage URL] [--host HOST] ...}: serve an
+ * {@code autotl export} SavedModel, or the versions of a base folder ({@link Manager}), over HTTP until
+ * SIGTERM or SIGINT, which drain the requests in flight, close the sessions, record the stops in the
+ * lineage and exit 0.
  */
 public final class Main {
     static final String SERVICE = "autotl-serving-java";
     private static final String USAGE = """
-            usage: serve MODEL_DIR [--port PORT] [--name NAME] [--storage URL] [--host HOST] [options]
+            usage: serve MODEL_DIR|BASE_DIR [--port PORT] [--name NAME] [--storage URL] [--host HOST] [options]
 
-              MODEL_DIR                 `autotl export` output folder, or its savedmodel/
+              MODEL_DIR                 `autotl export` output folder, or its savedmodel/: served as version 1
+              BASE_DIR                  a folder of version folders BASE_DIR/1/, BASE_DIR/2/, ... (`autotl export
+                                        --version`), watched: new versions are loaded, warmed up and swapped in
               --port PORT               TCP port (default 8501, TF Serving's REST port; 0 picks a free one)
               --name NAME               model name in /v1/models/NAME (default: default)
               --host HOST               address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
@@ -35,19 +32,22 @@ public final class Main {
               --max-body-mb MB          largest request body, in MB (default 10); larger is 413
               --max-pixels N            largest image, in pixels, by its header (default 25000000); larger is 413
               --max-request-pixels N    pixels of all images of one request (default 100000000)
-              --max-batch N             images in one request (default 64)
+              --max-batch N             images in one request, and in one batched TensorFlow run (default 64)
+              --enable-batching         gather concurrent requests into one TensorFlow run (as TF Serving's)
+              --batch-timeout-micros N  with batching: wait at most this long for more requests (default 1000)
+              --batch-threads N         with batching: batches run at once (default: the number of CPUs)
+              --version-policy P        latest (default), latest:N, all, or specific:N[,N...]
+              --label NAME=N            /v1/models/NAME/labels/NAME reaches version N (repeat for more labels)
+              --poll-seconds S          look for new version folders every S seconds (default 1; 0: never)
               --max-runs N              TensorFlow runs at once (default 4); others wait up to 30 s, then 503
               --drain-seconds S         on SIGTERM, wait this long for requests in flight (default 30)
               --intra-op-threads N      TensorFlow threads per operation (default 0: TensorFlow decides)
               --inter-op-threads N      TensorFlow operations at once (default 0: TensorFlow decides)
 
             A request's headers and body must arrive within 60 s (JAVA_OPTS=-Dsun.net.httpserver.maxReqTime=S).
+            Metrics for Prometheus: GET /monitoring/prometheus/metrics.
             SIGTERM or SIGINT: stop accepting, finish the requests in flight, close the model, exit 0.
             """;
-
-    /** A 2x2 PNG to warm the bytes signature up (the first run of a graph is slow). */
-    private static final byte[] WARM_PNG = Base64.getDecoder().decode(
-            "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAE0lEQVR4nGP438AARAwMDf+BCAAp8gX9AiY2+QAAAABJRU5ErkJggg==");
 
     private Main() {}
 
@@ -75,53 +75,46 @@ public final class Main {
 
     private static int run(String[] args) throws UsageException, IOException {
         Options o = Options.parse(args);
-        Path savedModel = Model.resolve(Path.of(o.modelDir));
+        Manager.Settings settings = o.settings();
         Lineage lineage = o.storage == null ? null : Lineage.open(o.storage);
-        Model model = Model.load(savedModel, o.configProto(), o.maxRuns, 30);
-        try {
-            warmUp(model);
-        } catch (HttpError | TfException e) {
-            model.close();
-            throw new IOException("the model fails on a tiny image: " + e.getMessage());
-        }
         String service = SERVICE + " " + version();
-        Map<String, Object> info = describe(model, service, lineage);
-        Service http = new Service(model, new Service.Config(o.name, o.threads, o.queue, o.maxBodyMb << 20,
-                new Rest.Limits(o.maxPixels, o.maxRequestPixels, o.maxBatch)), info);
+        Metrics metrics = new Metrics(o.name);
+        Manager manager = new Manager(settings, metrics, lineage, service);
+        manager.start();
+        Service http = new Service(manager, metrics, new Service.Config(o.name, o.threads, o.queue, o.maxBodyMb << 20));
         int port;
         try {
             port = http.start(o.host, o.port);
         } catch (IOException e) {
-            model.close();
+            manager.close();
             throw new UsageException("cannot listen on " + o.host + ":" + o.port + ": " + e.getMessage());
         }
         String url = "http://" + (o.host.contains(":") ? "[" + o.host + "]" : o.host) + ":" + port + "/v1/models/" + o.name;
-        long deployment = -1;
-        if (lineage != null) {
-            try {
-                deployment = lineage.recordStart(model, o.name, url, o.host, port, machine(), ProcessHandle.current().pid(),
-                        service, now());
-            } catch (DbException e) {
-                http.drain(0);
-                model.close();
-                throw new UsageException("cannot record the deployment in " + lineage.shown + ": " + e.getMessage());
-            }
-            synchronized (info) {
-                info.put("deployment", Map.of("id", deployment, "storage", lineage.shown, "url", url));
-            }
+        try {
+            manager.deployedAt(url, o.host, port, machine());
+        } catch (DbException e) {
+            http.drain(0);
+            manager.close();
+            throw new UsageException("cannot record the deployment in " + lineage.shown + ": " + e.getMessage());
         }
-        System.out.println(service + ": serving " + savedModel + " (sha256 " + model.sha256 + ") as \"" + o.name + "\" at "
-                + url + " with TensorFlow " + model.tensorflowVersion + ", signatures " + model.signatures.keySet()
-                + (lineage != null ? ", deployment " + deployment + " recorded in " + lineage.shown : ""));
+        Servable latest = manager.available().lastEntry().getValue();
+        System.out.println(service + ": serving \"" + o.name + "\" at " + url + ": version(s) " + manager.available().keySet()
+                + " of " + (settings.base() != null ? settings.base() + " (policy " + settings.policy()
+                + (settings.pollSeconds() > 0 ? ", polled every " + settings.pollSeconds() + " s)" : ", not polled)")
+                : latest.model.savedModel.toString()) + ", sha256 " + latest.model.sha256 + ", TensorFlow "
+                + latest.model.tensorflowVersion + ", signatures " + latest.model.signatures.keySet() + ", batching "
+                + (settings.batching().enabled() ? "on (up to " + o.maxBatch + " images, " + o.batchTimeoutMicros + " us, "
+                + o.batchThreads + " threads)" : "off")
+                + (lineage != null ? ", deployments recorded in " + lineage.shown : ""));
         System.out.flush();
 
         // SIGTERM and SIGINT start the JVM's shutdown: this hook drains, closes, records the stop, and
         // halts with status 0 (a signal would otherwise make it 143 or 130); the server runs on meanwhile.
-        long id = deployment;
         int drainSeconds = o.drainSeconds;
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             System.out.println(SERVICE + ": stopping: draining " + http.inFlight() + " request(s) in flight");
-            boolean clean = shutDown(http, model, lineage, id, drainSeconds);
+            boolean clean = http.drain(drainSeconds);
+            manager.close();
             System.out.println(SERVICE + ": stopped after " + http.served() + " request(s)"
                     + (clean ? "" : "; some were still running after " + drainSeconds + " s"));
             System.out.flush();
@@ -134,74 +127,6 @@ public final class Main {
             Thread.currentThread().interrupt();
         }
         return 0;
-    }
-
-    private static boolean shutDown(Service http, Model model, Lineage lineage, long deployment, int seconds) {
-        boolean clean = http.drain(seconds);
-        try {
-            model.close();
-        } catch (TfException e) {
-            System.err.println(SERVICE + ": " + e.getMessage());
-        }
-        if (lineage != null && deployment >= 0) {
-            try {
-                lineage.recordStop(deployment, now());
-            } catch (DbException e) {
-                System.err.println(SERVICE + ": cannot record the stop in " + lineage.shown + ": " + e.getMessage());
-            }
-        }
-        return clean;
-    }
-
-    /** One run of each image signature, so the first request does not pay for graph set-up; a failure is fatal. */
-    private static void warmUp(Model model) throws HttpError {
-        Signature pixels = model.find("serving_default", MetaGraph.DT_UINT8, 4);
-        if (pixels != null) {
-            long[] shape = {1, 32, 32, 3};
-            model.run(pixels, Map.of(pixels.inputs().keySet().iterator().next(), new Input(new byte[32 * 32 * 3], shape)));
-        }
-        Signature bytes = model.find("serving_bytes", MetaGraph.DT_STRING, 1);
-        if (bytes != null) {
-            model.run(bytes, Map.of(bytes.inputs().keySet().iterator().next(), new Input(new byte[][] {WARM_PNG}, new long[] {1})));
-        }
-    }
-
-    /** What /v1/models/NAME/metadata adds to the signatures: labels, hashes, versions, lineage. */
-    private static Map<String, Object> describe(Model model, String service, Lineage lineage) throws UsageException {
-        Map<String, Object> info = new LinkedHashMap<>();
-        info.put("labels", model.labels);
-        info.put("sha256", model.sha256);
-        info.put("sha256_of", Model.GRAPH_FILE);
-        info.put("model_path", model.savedModel.toString());
-        info.put("service", service);
-        info.put("tensorflow", model.tensorflowVersion);
-        info.put("java", System.getProperty("java.version"));
-        Map<String, Object> lin = new LinkedHashMap<>();
-        if (model.exportDir != null) {
-            Path parity = model.exportDir.resolve("parity.json");
-            try {
-                lin.put("export_parity", Lineage.jsonOrText(Model.readSmallFile(parity, 1 << 20)));
-            } catch (IOException e) {
-                lin.put("export_parity", "unreadable: " + e.getMessage());
-            }
-        }
-        if (lineage != null) {
-            lin.put("storage", lineage.shown);
-            try {
-                lin.put("records", lineage.describe(model.sha256));
-            } catch (DbException e) {
-                throw new UsageException("cannot read lineage from " + lineage.shown + ": " + e.getMessage());
-            }
-        } else {
-            lin.put("records", List.of());
-            lin.put("note", "start with --storage URL (the study's database) to look the model up in autotl's lineage");
-        }
-        info.put("lineage", lin);
-        return info;
-    }
-
-    private static String now() {
-        return Instant.now().truncatedTo(ChronoUnit.MILLIS).toString();
     }
 
     private static String machine() {
@@ -230,6 +155,12 @@ public final class Main {
         int drainSeconds = 30;
         int intraOp;
         int interOp;
+        boolean batching;
+        long batchTimeoutMicros = 1000;
+        int batchThreads = Runtime.getRuntime().availableProcessors();
+        VersionPolicy policy = VersionPolicy.LATEST;
+        Map<String, Long> labels = new LinkedHashMap<>();
+        int pollSeconds = 1;
 
         static Options parse(String[] args) throws UsageException {
             Options o = new Options();
@@ -242,6 +173,10 @@ public final class Main {
                 }
                 if (!a.startsWith("--")) {
                     positional.add(a);
+                    continue;
+                }
+                if (a.equals("--enable-batching") || a.startsWith("--enable-batching=")) {
+                    o.batching = flag(a);
                     continue;
                 }
                 String value;
@@ -270,11 +205,16 @@ public final class Main {
                     case "--drain-seconds" -> o.drainSeconds = number(a, value, 0, 3600);
                     case "--intra-op-threads" -> o.intraOp = number(a, value, 0, 1024);
                     case "--inter-op-threads" -> o.interOp = number(a, value, 0, 1024);
+                    case "--batch-timeout-micros" -> o.batchTimeoutMicros = number(a, value, 0, 10_000_000);
+                    case "--batch-threads" -> o.batchThreads = number(a, value, 1, 1024);
+                    case "--version-policy" -> o.policy = VersionPolicy.parse(value);
+                    case "--label" -> o.label(value);
+                    case "--poll-seconds" -> o.pollSeconds = number(a, value, 0, 86_400);
                     default -> throw new UsageException("unknown option " + a + "\n" + USAGE);
                 }
             }
             if (positional.size() != 1) {
-                throw new UsageException((positional.isEmpty() ? "MODEL_DIR is missing" : "one MODEL_DIR only, got " + positional)
+                throw new UsageException((positional.isEmpty() ? "MODEL_DIR (or BASE_DIR) is missing" : "one MODEL_DIR only, got " + positional)
                         + "\n" + USAGE);
             }
             o.modelDir = positional.get(0);
@@ -283,6 +223,58 @@ public final class Main {
             }
             o.maxRequestPixels = Math.max(o.maxRequestPixels, o.maxPixels);
             return o;
+        }
+
+        private static boolean flag(String arg) throws UsageException {
+            int eq = arg.indexOf('=');
+            String v = eq < 0 ? "true" : arg.substring(eq + 1);
+            if (v.equals("true") || v.equals("false")) {
+                return v.equals("true");
+            }
+            throw new UsageException(arg.substring(0, eq) + " takes true or false, got " + v);
+        }
+
+        private void label(String value) throws UsageException {
+            int eq = value.indexOf('=');
+            Long v = eq > 0 ? VersionPolicy.versionOf(value.substring(eq + 1)) : null;
+            String label = eq > 0 ? value.substring(0, eq) : value;
+            if (v == null || !label.matches("[A-Za-z][A-Za-z0-9._-]{0,63}")) {
+                throw new UsageException("--label " + value + ": use NAME=VERSION, e.g. --label stable=3 (a name of letters, "
+                        + "digits, '.', '_' and '-', a version of 1 or more)");
+            }
+            labels.put(label, v);
+        }
+
+        /** What the manager needs: the folder (one export, or a base folder of versions) and how to serve it. */
+        Manager.Settings settings() throws UsageException {
+            Path dir = Path.of(modelDir);
+            if (!Files.isDirectory(dir)) {
+                throw new UsageException("model folder " + dir + " does not exist");
+            }
+            Path single = null;
+            Path base = null;
+            if (Files.isRegularFile(dir.resolve(Model.GRAPH_FILE))
+                    || Files.isRegularFile(dir.resolve("savedmodel").resolve(Model.GRAPH_FILE))) {
+                single = dir.toAbsolutePath().normalize();
+                if (policy != VersionPolicy.LATEST) {
+                    throw new UsageException("--version-policy " + policy + " needs a BASE_DIR of version folders; "
+                            + dir + " is one export (served as version 1)");
+                }
+            } else {
+                base = dir.toAbsolutePath().normalize();
+                try {
+                    if (VersionPolicy.scan(base).isEmpty()) {
+                        throw new UsageException(dir + " holds neither saved_model.pb, savedmodel/saved_model.pb nor version "
+                                + "folders (1/, 2/, ...); pass the folder `autotl export` wrote, or a base folder of versions "
+                                + "(`autotl export --version`)");
+                    }
+                } catch (IOException e) {
+                    throw new UsageException("cannot read " + dir + ": " + e.getMessage());
+                }
+            }
+            return new Manager.Settings(name, base, single, policy, Map.copyOf(labels), pollSeconds, configProto(), maxRuns,
+                    new Rest.Limits(maxPixels, maxRequestPixels, maxBatch),
+                    new Batcher.Config(maxBatch, batchTimeoutMicros, batching ? batchThreads : 0));
         }
 
         private static int number(String flag, String value, int min, int max) throws UsageException {

@@ -14,6 +14,7 @@ import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.NavigableMap;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.Executor;
 import java.util.concurrent.RejectedExecutionException;
@@ -32,10 +33,12 @@ import autotl.serving.Model.Output;
  * The HTTP side: {@code com.sun.net.httpserver} on a bounded pool of worker threads.
  *
  * <ul>
- *   <li>{@code POST /v1/models/NAME:predict}: TensorFlow Serving's REST predict ({@link Rest});
+ *   <li>{@code POST /v1/models/NAME[/versions/N | /labels/LABEL]:predict}: TensorFlow Serving's REST predict
+ *       ({@link Rest}) on the newest version, or the one named ({@link Manager}), batched ({@link Batcher});
  *   <li>{@code POST /v1/classify}: raw JPEG/PNG/GIF/BMP bytes to {"label", "probability", "probabilities"};
- *   <li>{@code GET /healthz}, {@code GET /v1/models/NAME} (TF Serving's status),
- *       {@code GET /v1/models/NAME/metadata} (signatures, labels, SHA-256, lineage).
+ *   <li>{@code GET /healthz}, {@code GET /v1/models/NAME[/versions/N]} (TF Serving's status of each version),
+ *       {@code GET /v1/models/NAME[/versions/N]/metadata} (signatures, labels, SHA-256, lineage);
+ *   <li>{@code GET /monitoring/prometheus/metrics} ({@link Metrics}).
  * </ul>
  *
  * <p>Every answer is JSON; every error is {"error": "..."} with a 4xx or 5xx status, whatever the body.
@@ -51,12 +54,14 @@ final class Service {
     private static final int MAX_JSON_DEPTH = 32;
 
     /** Settings from the command line. */
-    record Config(String name, int threads, int queue, long maxBody, Rest.Limits limits) {}
+    record Config(String name, int threads, int queue, long maxBody) {}
 
-    private final Model model;
+    private static final String MODELS = "/v1/models/";
+    static final String METRICS_PATH = "/monitoring/prometheus/metrics";
+
+    private final Manager manager;
+    private final Metrics metrics;
     private final Config config;
-    private final Rest rest;
-    private final Map<String, Object> metadata;
     private final long startedNanos = System.nanoTime();
     private final AtomicInteger inFlight = new AtomicInteger();
     private final AtomicLong served = new AtomicLong();
@@ -68,11 +73,21 @@ final class Service {
     /** Set on the thread that runs an exchange: answer 503 at once (overloaded, or arrived while draining). */
     private static final ThreadLocal<String> REFUSE = new ThreadLocal<>();
 
-    Service(Model model, Config config, Map<String, Object> metadata) {
-        this.model = model;
+    Service(Manager manager, Metrics metrics, Config config) {
+        this.manager = manager;
+        this.metrics = metrics;
         this.config = config;
-        this.rest = new Rest(model, config.limits());
-        this.metadata = metadata;
+        metrics.gauge(this::gauges);
+    }
+
+    private String gauges() {
+        StringBuilder sb = new StringBuilder(256);
+        Metrics.header(sb, "autotl_serving_in_flight_requests", "gauge", "HTTP requests being read, run or answered");
+        sb.append("autotl_serving_in_flight_requests ").append(inFlight.get()).append('\n');
+        Metrics.header(sb, "autotl_serving_http_queue_depth", "gauge", "HTTP requests waiting for a worker thread");
+        ThreadPoolExecutor w = workers;
+        sb.append("autotl_serving_http_queue_depth ").append(w == null ? 0 : w.getQueue().size()).append('\n');
+        return sb.toString();
     }
 
     /** Bind and start; returns the port (useful with port 0). */
@@ -170,6 +185,7 @@ final class Service {
     // ------------------------------------------------------------------ routing
 
     private void handle(HttpExchange ex) {
+        long t0 = System.nanoTime();
         try {
             String refuse = REFUSE.get();
             if (refuse != null) {
@@ -198,57 +214,101 @@ final class Service {
         } finally {
             served.incrementAndGet();
             ex.close();
+            metrics.request(endpoint(ex.getRequestURI().getRawPath()), ex.getResponseCode(), (System.nanoTime() - t0) / 1e9);
         }
+    }
+
+    /** The endpoint label of a path, for the metrics (a small fixed set, whatever clients send). */
+    static String endpoint(String path) {
+        if (path.equals("/healthz")) {
+            return "healthz";
+        }
+        if (path.equals("/v1/classify")) {
+            return "classify";
+        }
+        if (path.equals(METRICS_PATH)) {
+            return "metrics";
+        }
+        if (!path.startsWith(MODELS)) {
+            return "other";
+        }
+        int colon = path.lastIndexOf(':');
+        if (colon >= 0) {
+            return path.substring(colon + 1).equals("predict") ? "predict" : "other";
+        }
+        return path.endsWith("/metadata") ? "metadata" : "status";
     }
 
     private void route(HttpExchange ex) throws Exception {
         String method = ex.getRequestMethod();
         String path = ex.getRequestURI().getRawPath();
-        String prefix = "/v1/models/";
         if (path.equals("/healthz")) {
             allow(method, "GET");
             health(ex);
         } else if (path.equals("/v1/classify")) {
             allow(method, "POST");
             classify(ex);
-        } else if (path.startsWith(prefix)) {
-            String rest = path.substring(prefix.length());
-            int colon = rest.lastIndexOf(':');
-            String verb = colon >= 0 ? rest.substring(colon + 1) : null;
-            String target = colon >= 0 ? rest.substring(0, colon) : rest;
-            String tail = "";
-            int slash = target.indexOf('/');
-            if (slash >= 0) {
-                tail = target.substring(slash);
-                target = target.substring(0, slash);
-            }
-            if (!target.equals(config.name())) {
-                throw new HttpError(404, "no model \"" + Json.clip(target) + "\"; this service serves \"" + config.name() + "\"");
-            }
-            if (tail.equals("/versions/1") || tail.equals("/labels/stable")) {
-                tail = "";
-            } else if (tail.startsWith("/versions/1/")) {
-                tail = tail.substring("/versions/1".length());
-            }
-            if (verb != null && tail.isEmpty()) {
-                if (!verb.equals("predict")) {
-                    throw new HttpError(404, "unsupported method :" + Json.clip(verb) + "; this service answers :predict");
-                }
-                allow(method, "POST");
-                predict(ex);
-            } else if (verb == null && tail.isEmpty()) {
-                allow(method, "GET");
-                send(ex, 200, Json.write(status()));
-            } else if (verb == null && tail.equals("/metadata")) {
-                allow(method, "GET");
-                send(ex, 200, Json.write(metadata()));
-            } else {
-                throw new HttpError(404, "no such resource " + Json.clip(path));
-            }
+        } else if (path.equals(METRICS_PATH)) {
+            allow(method, "GET");
+            sendText(ex, metrics.render());
+        } else if (path.startsWith(MODELS)) {
+            model(ex, method, path);
         } else {
             throw new HttpError(404, "no such resource " + Json.clip(path) + "; see GET /v1/models/" + config.name()
-                    + "/metadata, POST /v1/models/" + config.name() + ":predict, POST /v1/classify, GET /healthz");
+                    + "/metadata, POST /v1/models/" + config.name() + ":predict, POST /v1/classify, GET /healthz, GET "
+                    + METRICS_PATH);
         }
+    }
+
+    /** {@code /v1/models/NAME[/versions/N | /labels/LABEL][/metadata | :predict]}, as TF Serving's REST API. */
+    private void model(HttpExchange ex, String method, String path) throws Exception {
+        String rest = path.substring(MODELS.length());
+        int colon = rest.lastIndexOf(':');
+        String verb = colon >= 0 ? rest.substring(colon + 1) : null;
+        String[] parts = (colon >= 0 ? rest.substring(0, colon) : rest).split("/", -1);
+        if (!parts[0].equals(config.name())) {
+            throw new HttpError(404, "no model \"" + Json.clip(parts[0]) + "\"; this service serves \"" + config.name() + "\"");
+        }
+        Long version = null;
+        String label = null;
+        int next = 1;
+        if (parts.length >= 3 && parts[1].equals("versions")) {
+            version = VersionPolicy.versionOf(parts[2]);
+            if (version == null) {
+                throw new HttpError(404, "no version \"" + Json.clip(parts[2]) + "\": versions are whole numbers 1 or more");
+            }
+            next = 3;
+        } else if (parts.length >= 3 && parts[1].equals("labels")) {
+            label = parts[2];
+            next = 3;
+        }
+        String tail = String.join("/", java.util.Arrays.copyOfRange(parts, next, parts.length));
+        if (verb != null && tail.isEmpty()) {
+            if (!verb.equals("predict")) {
+                throw new HttpError(404, "unsupported method :" + Json.clip(verb) + "; this service answers :predict");
+            }
+            allow(method, "POST");
+            predict(ex, version, label);
+        } else if (verb == null && tail.isEmpty()) {
+            allow(method, "GET");
+            if (label != null) {
+                version = labelled(label);
+            }
+            send(ex, 200, Json.write(manager.status(version, draining)));
+        } else if (verb == null && tail.equals("metadata")) {
+            allow(method, "GET");
+            send(ex, 200, Json.write(metadata(version, label)));
+        } else {
+            throw new HttpError(404, "no such resource " + Json.clip(path));
+        }
+    }
+
+    private Long labelled(String label) throws HttpError {
+        Long v = manager.labels().get(label);
+        if (v == null) {
+            throw new HttpError(404, "no label \"" + Json.clip(label) + "\" for model \"" + config.name() + "\"");
+        }
+        return v;
     }
 
     private static void allow(String method, String allowed) throws HttpError {
@@ -260,47 +320,45 @@ final class Service {
     // ------------------------------------------------------------------ endpoints
 
     private void health(HttpExchange ex) throws IOException {
+        NavigableMap<Long, Servable> now = manager.available();
+        boolean ok = !draining && !now.isEmpty();
         Map<String, Object> out = new LinkedHashMap<>();
-        out.put("status", draining ? "draining" : "ok");
+        out.put("status", draining ? "draining" : now.isEmpty() ? "no version available" : "ok");
         out.put("model", config.name());
-        out.put("sha256", model.sha256);
+        out.put("version", now.isEmpty() ? null : Long.toString(now.lastKey()));
+        out.put("versions", now.keySet().stream().map(String::valueOf).toList());
+        out.put("sha256", now.isEmpty() ? null : now.lastEntry().getValue().model.sha256);
         out.put("in_flight", inFlight.get());
         out.put("served", served.get());
         out.put("uptime_seconds", (System.nanoTime() - startedNanos) / 1e9);
-        send(ex, draining ? 503 : 200, Json.write(out));
+        send(ex, ok ? 200 : 503, Json.write(out));
     }
 
-    private Map<String, Object> status() {
-        Map<String, Object> status = new LinkedHashMap<>();
-        status.put("error_code", "OK");
-        status.put("error_message", "");
-        Map<String, Object> version = new LinkedHashMap<>();
-        version.put("version", "1");
-        version.put("state", draining ? "UNLOADING" : "AVAILABLE");
-        version.put("status", status);
-        return Map.of("model_version_status", List.of(version));
-    }
-
-    private Map<String, Object> metadata() {
-        Map<String, Object> sigs = new LinkedHashMap<>();
-        for (Signature s : model.signatures.values()) {
-            Map<String, Object> one = new LinkedHashMap<>();
-            one.put("inputs", tensors(s.inputs()));
-            one.put("outputs", tensors(s.outputs()));
-            one.put("method_name", s.method());
-            sigs.put(s.name(), one);
+    private Map<String, Object> metadata(Long version, String label) throws HttpError {
+        Servable s = manager.lease(version, label);
+        try {
+            Map<String, Object> sigs = new LinkedHashMap<>();
+            for (Signature sig : s.model.signatures.values()) {
+                Map<String, Object> one = new LinkedHashMap<>();
+                one.put("inputs", tensors(sig.inputs()));
+                one.put("outputs", tensors(sig.outputs()));
+                one.put("method_name", sig.method());
+                sigs.put(sig.name(), one);
+            }
+            Map<String, Object> spec = new LinkedHashMap<>();
+            spec.put("name", config.name());
+            spec.put("signature_name", "");
+            spec.put("version", Long.toString(s.version));
+            Map<String, Object> out = new LinkedHashMap<>();
+            out.put("model_spec", spec);
+            out.put("metadata", Map.of("signature_def", Map.of("signature_def", sigs)));
+            synchronized (s.info) {
+                out.putAll(s.info);
+            }
+            return out;
+        } finally {
+            s.release();
         }
-        Map<String, Object> spec = new LinkedHashMap<>();
-        spec.put("name", config.name());
-        spec.put("signature_name", "");
-        spec.put("version", "1");
-        Map<String, Object> out = new LinkedHashMap<>();
-        out.put("model_spec", spec);
-        out.put("metadata", Map.of("signature_def", Map.of("signature_def", sigs)));
-        synchronized (metadata) {
-            out.putAll(metadata);
-        }
-        return out;
     }
 
     private static Map<String, Object> tensors(Map<String, TensorInfo> infos) {
@@ -326,29 +384,48 @@ final class Service {
         return out;
     }
 
-    private void predict(HttpExchange ex) throws Exception {
+    private void predict(HttpExchange ex, Long version, String label) throws Exception {
         byte[] body = readBody(ex);
         Object json = Json.parse(body, body.length, MAX_JSON_DEPTH);
         body = null; // let the bytes go before TensorFlow runs
-        Rest.Prepared p = rest.prepare(json);
-        json = null;
-        Map<String, Output> out = model.run(p.signature(), p.inputs());
-        send(ex, 200, Rest.answer(p, out));
+        Servable s = manager.lease(version, label);
+        try {
+            Rest.Prepared p = s.rest.prepare(json);
+            json = null;
+            Map<String, Output> out = s.batcher.run(p.signature(), p.inputs(), p.batch());
+            metrics.servedBy(s.version);
+            ex.getResponseHeaders().set("X-Model-Version", Long.toString(s.version));
+            send(ex, 200, Rest.answer(p, out));
+        } finally {
+            s.release();
+        }
     }
 
     private void classify(HttpExchange ex) throws Exception {
-        Signature sig = model.find("serving_bytes", MetaGraph.DT_STRING, 1);
-        if (sig == null) {
-            throw new HttpError(400, "this model has no signature taking encoded images (like serving_bytes); use :predict");
-        }
         byte[] body = readBody(ex);
         if (body.length == 0) {
             throw HttpError.bad("empty body: POST the bytes of one JPEG or PNG image");
         }
-        ImageHeader h = rest.checkImage(body, "body");
-        rest.checkRequestPixels(h.pixels());
+        Servable s = manager.lease(null, null);
+        try {
+            classify(ex, s, body);
+        } finally {
+            s.release();
+        }
+    }
+
+    private void classify(HttpExchange ex, Servable s, byte[] body) throws Exception {
+        Model model = s.model;
+        Signature sig = model.find("serving_bytes", MetaGraph.DT_STRING, 1);
+        if (sig == null) {
+            throw new HttpError(400, "this model has no signature taking encoded images (like serving_bytes); use :predict");
+        }
+        ImageHeader h = s.rest.checkImage(body, "body");
+        s.rest.checkRequestPixels(h.pixels());
         String key = sig.inputs().keySet().iterator().next();
-        Map<String, Output> out = model.run(sig, Map.of(key, new Input(new byte[][] {body}, new long[] {1})));
+        Map<String, Output> out = s.batcher.run(sig, Map.of(key, new Input(new byte[][] {body}, new long[] {1})), 1);
+        metrics.servedBy(s.version);
+        ex.getResponseHeaders().set("X-Model-Version", Long.toString(s.version));
         Output probs = out.get("probabilities");
         if (probs == null || !(probs.values() instanceof float[])) {
             probs = out.values().stream().filter(o -> o.values() instanceof float[]).findFirst()
@@ -374,7 +451,8 @@ final class Service {
             sb.append(": ");
             Json.number(sb, p[i]);
         }
-        send(ex, 200, sb.append("}}").toString());
+        sb.append("}, \"model_version\": \"").append(s.version).append('"');
+        send(ex, 200, sb.append('}').toString());
     }
 
     // ------------------------------------------------------------------ bodies and answers
@@ -420,6 +498,15 @@ final class Service {
         String size = declared >= 0 ? declared + " bytes" : "more than " + config.maxBody() + " bytes";
         return new HttpError(413, "request body of " + size + " is over the limit of " + config.maxBody()
                 + " bytes (--max-body-mb)", false, true);
+    }
+
+    private static void sendText(HttpExchange ex, String text) throws IOException {
+        byte[] bytes = text.getBytes(StandardCharsets.UTF_8);
+        ex.getResponseHeaders().set("Content-Type", Metrics.CONTENT_TYPE);
+        ex.sendResponseHeaders(200, bytes.length);
+        try (OutputStream out = ex.getResponseBody()) {
+            out.write(bytes);
+        }
     }
 
     private static void send(HttpExchange ex, int status, String json) throws IOException {

@@ -1,0 +1,253 @@
+"""How well ``autotl doctor`` finds what was planted, how long it takes, and what excluding its findings buys.
+
+For each real data set (hymenoptera from ../shared, scikit-learn's bundled digits, and patches of
+scikit-learn's two bundled sample photographs), a corrupted copy is built: a clean test/ split held
+out first (never corrupted), then in train/ and val/ a known share of labels flipped, exact copies,
+re-encoded (JPEG quality 60), resized (half size) and cropped (90 %) copies of training images put
+into val/ (leakage).  Then:
+
+* ``autotl.doctor`` on it: precision and recall of the label issues against the flipped files, recall of
+  the exact and of each kind of near copy, other findings, wall time (cold cache, then warm);
+* ``autotl.search`` on it without and with ``exclude=issues.csv``: accuracy of the best model on the
+  clean test images.
+
+    AUTOTL_SHARED=../shared AUTOTL_WEIGHTS_DIR=../shared/weights python benchmarks/doctor.py --root /tmp/doctor-bench
+
+Results go to ``ROOT/doctor.json`` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED = Path(os.environ.get("AUTOTL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+WEIGHTS = os.environ.get("AUTOTL_WEIGHTS_DIR", str(SHARED / "weights"))
+COPIES = ("exact", "reencoded", "resized", "cropped")
+
+
+def _h(text: str, seed: int) -> float:
+    return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+def hymenoptera() -> dict[str, list[tuple[str, Image.Image | Path]]]:
+    """class -> [(name, file)] of the whole shared set (train and val together)."""
+    out: dict[str, list] = {}
+    for f in sorted((SHARED / "data" / "hymenoptera").glob("*/*/*")):
+        out.setdefault(f.parent.name, []).append((f"{f.parent.parent.name}_{f.name}", f))
+    return out
+
+
+def digits() -> dict[str, list]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    out: dict[str, list] = {}
+    for i, (x, y) in enumerate(zip(d.images, d.target)):
+        pixels = (x * (255 / 16)).round().astype("uint8")
+        out.setdefault(str(y), []).append((f"{i:04d}.png", Image.fromarray(pixels).convert("RGB")))
+    return out
+
+
+def photo_patches() -> dict[str, list]:
+    """64 px patches, side by side, of the two photographs scikit-learn ships: class = the photograph."""
+    from sklearn.datasets import load_sample_images
+
+    data = load_sample_images()
+    out: dict[str, list] = {}
+    for name, image in zip(data.filenames, data.images):
+        cls = Path(name).stem
+        for r in range(0, image.shape[0] - 64 + 1, 64):
+            for c in range(0, image.shape[1] - 64 + 1, 64):
+                patch = Image.fromarray(image[r : r + 64, c : c + 64])
+                out.setdefault(cls, []).append((f"{cls}_{r:03d}_{c:03d}.png", patch))
+    return out
+
+
+def _open(item: Image.Image | Path) -> Image.Image:
+    return Image.open(item).convert("RGB") if isinstance(item, Path) else item
+
+
+def _save(item: Image.Image | Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(item, Path):
+        shutil.copy(item, target)
+    else:
+        item.save(target)
+
+
+def _variant(kind: str, item: Image.Image | Path, target: Path) -> Path:
+    im = _open(item)
+    if kind == "exact":
+        _save(item, target)
+        return target
+    if kind == "reencoded":
+        target = target.with_suffix(".jpg")
+        im.save(target, quality=60)
+    elif kind == "resized":
+        w, h = im.size
+        factor = 2 if max(w, h) < 32 else 0.5  # 8 px digits grow, photographs shrink
+        im.resize(
+            (max(1, int(w * factor)), max(1, int(h * factor))), Image.Resampling.BILINEAR
+        ).save(target.with_suffix(".png"))
+        target = target.with_suffix(".png")
+    else:  # cropped: 5 % off each side
+        w, h = im.size
+        dx, dy = max(1, round(w * 0.05)), max(1, round(h * 0.05))
+        im.crop((dx, dy, w - dx, h - dy)).save(target.with_suffix(".png"))
+        target = target.with_suffix(".png")
+    return target
+
+
+def build(source: dict[str, list], root: Path, seed: int, flip: float, copies: int) -> dict:
+    """The corrupted folder and what was planted in it (relative paths)."""
+    shutil.rmtree(root, ignore_errors=True)
+    classes = sorted(source)
+    planted: dict = {"flipped": [], **{k: [] for k in COPIES}}
+    train: list[tuple[str, str, object]] = []
+    for cls in classes:
+        for name, item in source[cls]:
+            u = _h(f"{cls}/{name}", seed)
+            part = "test" if u < 0.2 else "val" if u < 0.4 else "train"
+            if part == "test":
+                _save(item, root / "test" / cls / name)
+            else:
+                target = cls
+                if _h(f"flip/{cls}/{name}", seed) < flip:
+                    target = classes[(classes.index(cls) + 1) % len(classes)]
+                    planted["flipped"].append(f"{part}/{target}/{name}")
+                _save(item, root / part / target / name)
+                if part == "train":
+                    train.append((f"train/{target}/{name}", cls, item))
+    rng = np.random.default_rng(seed)
+    originals = [t for t in train if t[0].startswith("train/") and t[0] not in planted["flipped"]]
+    picks = rng.choice(
+        len(originals), size=min(len(originals), copies * len(COPIES)), replace=False
+    )
+    for k, index in enumerate(picks):
+        kind = COPIES[k % len(COPIES)]
+        rel, cls, item = originals[index]
+        target = _variant(
+            kind, item, root / "val" / rel.split("/")[1] / f"copy_{kind}_{k:03d}_{Path(rel).name}"
+        )
+        planted[kind].append((rel, str(target.relative_to(root))))
+    return planted
+
+
+def score(health, planted: dict) -> dict:
+    """Precision and recall of the label issues; recall of each kind of copy; other findings."""
+    found = {f.path for f in health.of_kind("label_issue")}
+    flipped = set(planted["flipped"])
+    hits = found & flipped
+    top = [f.path for f in health.of_kind("label_issue")][: len(flipped)]
+    pairs = {
+        frozenset((f.path, f.other))
+        for k in ("leakage", "exact_duplicate", "near_duplicate")
+        for f in health.of_kind(k)
+    }
+    out = {
+        "flipped": len(flipped),
+        "label_issues_found": len(found),
+        "label_precision": len(hits) / len(found) if found else None,
+        "label_recall": len(hits) / len(flipped) if flipped else None,
+        "label_precision_at_flipped": len(set(top) & flipped) / len(flipped) if flipped else None,
+        "counts": health.counts(),
+        "seconds": health.seconds,
+    }
+    for kind in COPIES:
+        got = sum(frozenset(p) in pairs for p in planted[kind])
+        out[f"recall_{kind}"] = f"{got}/{len(planted[kind])}"
+    planted_pairs = {frozenset(p) for k in COPIES for p in planted[k]}
+    out["other_pairs"] = len(pairs - planted_pairs)
+    return out
+
+
+def search_accuracy(root: Path, out: Path, exclude: Path | None, trials: int) -> dict:
+    import autotl
+
+    run = autotl.search(
+        root,
+        out=out,
+        space="fast",
+        backbones=["mobilenet-0.25"],
+        trials=trials,
+        weights_dir=WEIGHTS,
+        exclude=exclude,
+    )
+    record = json.loads(run.report_paths["json"].read_text())
+    test = record["evaluation"]["test"]
+    return {
+        "val_accuracy": run.best_value,
+        "test_accuracy": test["accuracy"],
+        "test_images": test["images"],
+        "test_correct": test["correct"],
+    }
+
+
+def main() -> None:
+    import autotl
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/tmp/autotl-doctor-bench")
+    parser.add_argument("--sets", default="hymenoptera,digits,photo_patches")
+    parser.add_argument("--flip", type=float, default=0.05)
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=8,
+        help="copies of each kind (exact, re-encoded, resized, cropped)",
+    )
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-search", action="store_true")
+    args = parser.parse_args()
+    root = Path(args.root)
+    results = {"load_average_start": os.getloadavg(), "sets": {}}
+    for name in args.sets.split(","):
+        data = root / name / "data"
+        planted = build(globals()[name](), data, args.seed, args.flip, args.copies)
+        out = root / name / "doctor"
+        shutil.rmtree(out, ignore_errors=True)
+        began = time.perf_counter()
+        health = autotl.doctor(data, out=out, weights_dir=WEIGHTS)
+        cold = time.perf_counter() - began
+        began = time.perf_counter()
+        autotl.doctor(data, out=out, weights_dir=WEIGHTS)
+        warm = time.perf_counter() - began
+        entry = {
+            "images": health.images,
+            "backbone": health.backbone,
+            "wall_cold": round(cold, 1),
+            "wall_warm": round(warm, 1),
+            **score(health, planted),
+        }
+        if not args.no_search:
+            # the test split stays whole, so both searches are scored on the same clean test images
+            issues = out / "health" / "issues-train-val.csv"
+            rows = (out / "health" / "issues.csv").read_text().splitlines()
+            issues.write_text(
+                "\n".join([rows[0], *(r for r in rows[1:] if ",test," not in r)]) + "\n"
+            )
+            entry["search_without"] = search_accuracy(
+                data, root / name / "run-all", None, args.trials
+            )
+            entry["search_excluded"] = search_accuracy(
+                data, root / name / "run-excluded", issues, args.trials
+            )
+        results["sets"][name] = entry
+        print(json.dumps({name: entry}, indent=1), flush=True)
+    results["load_average_end"] = os.getloadavg()
+    (root / "doctor.json").write_text(json.dumps(results, indent=2))
+    print(f"written {root / 'doctor.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -88,6 +88,8 @@ def search(
     objectives: Optional[Sequence[str] | str] = None,
     screen: Optional[int] = None,
     finalists: Optional[int] = None,
+    backbone_screening: Optional[str] = None,
+    screening_sample: Optional[int] = None,
     workers: int = 1,
     gpus: Optional[Sequence[str] | str] = None,
     heartbeat: int = 30,
@@ -121,6 +123,8 @@ def search(
     ``"accuracy,latency_ms"``) replaces the space's.  ``workers`` processes on this machine share the study
     (``gpus`` are given out in turn); ``storage`` (an Optuna URL) lets workers on
     other machines join.  ``screen``/``finalists`` turn on the two-stage search;
+    ``backbone_screening`` (``"on"``, ``"off"``, ``"auto"``) and ``screening_sample``
+    override the space's backbone screening (a sample stage before full caches);
     ``engine="keras-tuner"`` runs the space through keras-tuner's ``tuner``.
     ``on_event(dict)`` sees progress (the CLI draws it); ``should_stop()`` is
     asked between trials (Ctrl-C once).  When the search ends the best model is
@@ -167,6 +171,8 @@ def search(
         "objectives": objectives,
         "screen": screen,
         "finalists": finalists,
+        "backbone_screening": backbone_screening,
+        "screening_sample": screening_sample,
         "heartbeat": heartbeat,
         "timeout": timeout,
         "keep_models": keep_models,
@@ -286,19 +292,29 @@ def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
     return [str(g).strip() for g in items if str(g).strip()]
 
 
+def _space_options(space: Any, kwargs: dict[str, Any]) -> Any:
+    """``space`` with the options that override its fields: two-stage, backbone screening, objectives."""
+    from autotl.search.space import apply_backbone_screening, apply_objectives, apply_screening
+
+    space = apply_screening(space, kwargs["screen"], kwargs["finalists"])
+    space = apply_backbone_screening(
+        space, kwargs.get("backbone_screening"), kwargs.get("screening_sample")
+    )
+    return apply_objectives(space, kwargs.get("objectives"))
+
+
 def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Event) -> _Plan:
     """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.space import SearchSpace, apply_objectives, apply_screening, load_space
+    from autotl.search.space import SearchSpace, load_space
 
     if isinstance(space, SearchSpace):
         space_obj, space_file = space, None
     else:
         space_obj, path = load_space(space)
         space_file = str(path)
-    space_obj = apply_screening(space_obj, kwargs["screen"], kwargs["finalists"])
-    space_obj = apply_objectives(space_obj, kwargs.get("objectives"))
+    space_obj = _space_options(space_obj, kwargs)
     _check_deploy(space_obj)
     weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
     registry = get_registry(kwargs["plugins"])
@@ -524,26 +540,25 @@ def _config(plan: _Plan, worker_index: int = 0, emit: Optional[Event] = None) ->
     )
 
 
-def _before_trials(plan: _Plan, emit: Event) -> Callable[[Any], None]:
+def _before_trials(plan: _Plan, emit: Event) -> Callable[..., None]:
     """Before the first trial: the exclusion list into the lineage tables, and a warning on leakage
-    (copies of an image in two splits), from the features the search has just cached."""
+    (copies of an image in two splits), from the features the search has just cached: those of
+    ``backbone`` (the first one whose full cache is ready; default: the first usable)."""
     from autotl.checkup import leakage_check, safely
     from autotl.run.lineage import record_exclusions
 
-    check = leakage_check(
-        plan.dataset,
-        plan.registry,
-        plan.weights,
-        _usable(plan)[0],
-        None if plan.sample else RunFolder(plan.out).manifest,
-        plan.space.augmentation,
-        plan.space.seed,
-    )
-    warn = safely(check, emit)
-
-    def before(cache: Any) -> None:
+    def before(cache: Any, backbone: Optional[str] = None) -> None:
         record_exclusions(RunFolder(plan.out).storage_url(plan.storage), plan.dataset.summary())
-        warn(cache)
+        check = leakage_check(
+            plan.dataset,
+            plan.registry,
+            plan.weights,
+            backbone or _usable(plan)[0],
+            None if plan.sample else RunFolder(plan.out).manifest,
+            plan.space.augmentation,
+            plan.space.seed,
+        )
+        safely(check, emit)(cache)
 
     return before
 
@@ -639,7 +654,9 @@ def run_worker(
     space = SearchSpace.model_validate(kwargs.pop("space"))
     command = kwargs.pop("command", None)
     session = kwargs.pop("session", None)
-    kwargs.update(screen=None, finalists=None, objectives=None)  # already applied to the space
+    kwargs.update(
+        screen=None, finalists=None, objectives=None, backbone_screening=None, screening_sample=None
+    )  # already applied to the space
     emit = _print_event
     plan = _plan(space, kwargs, command, emit)
     if session:  # the same search: "in a row" counts the trials of all its workers
@@ -686,12 +703,13 @@ def _checked_space(plan: _Plan, emit: Event) -> Any:
 
 def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any]]:
     run = RunFolder(plan.out)
-    if plan.space.screening is not None:
+    if plan.space.two_stage is not None:
         emit(
             {
-                "warning": "the space's screening (two-stage search) is the Optuna engine's; keras-tuner runs every trial in full"
+                "warning": "the space's two-stage search (two_stage, formerly screening) is the Optuna engine's; keras-tuner runs every trial in full"
             }
         )
+    _keras_tuner_screening(plan.space, emit)
     emit(
         {
             "info": f"autotl: {plan.dataset.source}: {len(plan.dataset.class_names)} classes, {len(plan.dataset.train)} train / "
@@ -719,6 +737,22 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
     )
     emit({"records": records, "title": f"leaderboard: keras-tuner {tuner}"})
     return records
+
+
+def _keras_tuner_screening(space: Any, emit: Event) -> None:
+    """keras-tuner does not screen backbones: refused in one line when asked for, said once when ``auto``."""
+    screening = space.backbone_screening
+    if screening.enabled is True:
+        raise UsageError(
+            "backbone screening is the Optuna engine's; keras-tuner caches every backbone on all the "
+            "data: pass --backbone-screening off, or leave out --engine keras-tuner"
+        )
+    if screening.active(len(space.backbones)):
+        emit(
+            {
+                "warning": "backbone screening is the Optuna engine's; keras-tuner searches every backbone on all the data"
+            }
+        )
 
 
 class Run:
@@ -816,6 +850,18 @@ class Run:
         from autotl.search.pick import pick_trial
 
         return pick_trial(self.study, condition)
+
+    def screening(self) -> Any:
+        """Backbone screening as a pandas DataFrame, one row per backbone: its sample scores (head accuracy
+        and its interval, LogME), measured images/s, the full cache's estimated seconds, whether it went
+        on to all the data and why, and its best on all the data (empty when the search did not screen)."""
+        import pandas as pd
+
+        from autotl.search.backbone_screen import COLUMNS, screening_rows
+
+        return pd.DataFrame(
+            screening_rows(self.study, self.storage_url, self.study_name), columns=list(COLUMNS)
+        )
 
     def trials_dataframe(self, **kwargs: Any) -> Any:
         """Optuna's ``study.trials_dataframe()`` (needs pandas)."""

@@ -98,17 +98,31 @@ def _search_parser(sub: Any) -> None:
         "accuracy, balanced_accuracy, macro_f1, log_loss, latency_ms, size_mb, params)",
     )
     s.add_argument(
+        "--two-stage",
         "--screen",
+        dest="screen",
         type=int,
         metavar="N",
-        help="two-stage search: the first N trials screen settings with phase 1 only, "
-        "later trials fine-tune the best (overrides the space's screening; 0 turns it off)",
+        help="two-stage search: the first N trials try settings with phase 1 only, later trials "
+        "fine-tune the best (overrides the space's two_stage; 0 turns it off; --screen is its old name)",
     )
     s.add_argument(
         "--finalists",
         type=int,
         metavar="K",
-        help="with --screen: how many screened settings are fine-tuned, in turn (default 3)",
+        help="with --two-stage: how many phase-1 settings are fine-tuned, in turn (default 3)",
+    )
+    s.add_argument(
+        "--backbone-screening",
+        choices=["on", "off", "auto"],
+        help="score every backbone on a sample first and cache only those that earn it on all the "
+        "data (default: the space's backbone_screening, auto: on with 2+ backbones)",
+    )
+    s.add_argument(
+        "--screening-sample",
+        type=int,
+        metavar="N",
+        help="images in backbone screening's stratified sample (default: the space's, 600)",
     )
     s.add_argument(
         "--backbone",
@@ -513,6 +527,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 objectives=args.objectives,
                 screen=args.screen,
                 finalists=args.finalists,
+                backbone_screening=args.backbone_screening,
+                screening_sample=args.screening_sample,
                 workers=args.workers,
                 gpus=args.gpus,
                 heartbeat=args.heartbeat,

@@ -166,7 +166,7 @@ def test_keras_tuner_engine_runs_the_same_space(
         "leaderboard: keras-tuner random" in proc.stdout
         and (out / "keras_tuner" / "best_model.keras").is_file()
     )
-    assert "screening (two-stage search) is the Optuna engine's" in proc.stderr
+    assert "two-stage search (two_stage, formerly screening) is the Optuna engine's" in proc.stderr
     refused = search(
         str(image_folder),
         "--space",
@@ -224,7 +224,7 @@ def test_screen_flag_runs_a_two_stage_search_and_the_report_says_each_stage(
         str(out),
         "--trials",
         "3",
-        "--screen",
+        "--two-stage",
         "2",
         "--finalists",
         "1",
@@ -234,15 +234,15 @@ def test_screen_flag_runs_a_two_stage_search_and_the_report_says_each_stage(
         row["number"]: row["note"]
         for row in json.loads((out / "report.json").read_text())["leaderboard"]
     }
-    assert notes[0] == notes[1] == "screening: phase 1 only"
-    assert notes[2].startswith("finalist: fine-tunes the setting of screening trial ")
+    assert notes[0] == notes[1] == "two-stage: phase 1 only"
+    assert notes[2].startswith("finalist: fine-tunes the setting of phase-1 trial ")
     assert_one_line_error(
         search(str(image_folder), "--out", str(out), "--finalists", "2"),
         "--finalists needs a two-stage search",
     )
     assert_one_line_error(
-        search(str(image_folder), "--out", str(out), "--screen", "-1"),
-        "--screen must be 0 (off) or more",
+        search(str(image_folder), "--out", str(out), "--screen", "-1"),  # the old name still works
+        "--two-stage must be 0 (off) or more",
     )
 
 

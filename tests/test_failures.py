@@ -21,13 +21,18 @@ from autotl.errors import SearchStopped, UsageError
 TRACED = "faulty.traced"  # passes every check, fails in every trial (see its docstring)
 
 
-def space_file(folder: Path, backbones: list[str], trials: int = 2, extra: str = "") -> Path:
+def space_file(
+    folder: Path, backbones: list[str], trials: int = 2, extra: str = "", screening: bool = False
+) -> Path:
+    """The tiny space on ``backbones``; backbone screening off unless asked for (these tests are about
+    what happens in trials, and screening would drop a faulty backbone before its first trial)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "space.yaml"
     path.write_text(
         TINY_SPACE.replace("backbones: [tiny]", f"backbones: [{', '.join(backbones)}]").replace(
             "trials: 2", f"trials: {trials}"
         )
+        + f"backbone_screening: {{enabled: {str(screening).lower()}, sample: 20}}\n"
         + extra
     )
     return path
@@ -37,7 +42,9 @@ def api_search(tmp_path: Path, data: Path, names: list[str], plugins: list[str],
     """``autotl.search`` with the tiny space on backbones ``names``; returns (run or exception, warnings)."""
     warnings: list[str] = []
     kwargs.setdefault("trials", 2)
-    space = space_file(tmp_path, names, kwargs.pop("trials"))
+    space = space_file(
+        tmp_path, names, kwargs.pop("trials"), screening=kwargs.pop("screening", False)
+    )
     try:
         run = autotl.search(
             data,
@@ -337,13 +344,29 @@ def test_max_failures_stops_a_search_whatever_the_backbones(
     tmp_path: Path, image_folder: Path
 ) -> None:
     result, _ = api_search(
-        tmp_path, image_folder, ["faulty_traced", "faulty_traced_b"], [TRACED], max_failures=2
+        tmp_path,
+        image_folder,
+        ["faulty_traced", "faulty_traced_b"],
+        [TRACED],
+        max_failures=2,
     )
     assert isinstance(result, SearchStopped)
     assert "2 trials in a row failed (--max-failures 2); last: trial 1: NotImplementedError" in str(
         result
     )
     assert [t.state.name for t in study_trials(tmp_path / "run")] == ["FAIL", "FAIL"]
+
+
+def test_backbone_screening_drops_a_faulty_backbone_before_its_first_trial(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    run, _ = api_search(
+        tmp_path, image_folder, ["tiny", "faulty_traced"], ["autotl_tiny", TRACED], screening=True
+    )
+    assert {t.params["backbone"] for t in run.study.trials} == {"tiny"}
+    frame = run.screening().set_index("backbone")
+    assert not frame.loc["faulty_traced", "kept"]
+    assert "its sample failed (NotImplementedError" in frame.loc["faulty_traced", "reason"]
 
 
 def test_max_failures_below_one_is_one_line(image_folder: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from autotl.data import manifest as manifest_mod
-from autotl.data.decoding import BadImage, decode_files, decode_image, default_workers, ordered
+from autotl.data.decoding import BadImage, decode_files, decode_image, ordered, workers_for
 from autotl.errors import UsageError
 
 __all__ = [
@@ -122,7 +122,7 @@ class ImageSet:
                 yield [self.arrays[i] for i in span]
             return
         paths = self.paths or []
-        workers = default_workers() if self.decode_workers is None else self.decode_workers
+        workers = workers_for(len(paths), self.decode_workers)
         spans = (list(span) for span in spans)
         pending: deque[list[int]] = deque()
 
@@ -242,7 +242,7 @@ def load_folder(
             files += [(rel, full, c, part) for rel, full in listed]
             skipped += passed
     started = time.perf_counter()
-    workers = default_workers() if decode_workers is None else decode_workers
+    workers = workers_for(len(files), decode_workers)
     where = Path(manifest) if manifest is not None else None
     scan = manifest_mod.check(files, where, root, max_side, workers, progress)
     label_of = {c: k for k, c in enumerate(class_names)}

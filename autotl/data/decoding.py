@@ -21,7 +21,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -214,6 +214,19 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+#: Fewer files than this are decoded by threads in the search's process: starting processes (a spawn and
+#: their imports, a second or more on a busy machine) costs more than a few hundred images take to decode.
+THREADS_BELOW = 2000
+
+
+def workers_for(files: int, asked: Optional[int] = None) -> int:
+    """Decoding processes for ``files`` files: ``asked`` if given, else threads (0) for a few hundred,
+    else one per core."""
+    if asked is not None:
+        return asked
+    return 0 if files < THREADS_BELOW else default_workers()
 
 
 _POOLS: dict[int, Any] = {}

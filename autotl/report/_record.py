@@ -154,6 +154,26 @@ def _evaluation(
         return {"skipped": f"evaluating the best model failed ({_described(exc)})"}
 
 
+def _backbone_screening(study: Any, storage_url: str) -> Optional[dict[str, Any]]:
+    """What backbone screening decided and each backbone's scores (None: the search did not screen)."""
+    from autotl.run.stages import read
+    from autotl.search.backbone_screen import COLUMNS, DECISION_KEY, screening_rows
+
+    try:
+        rows = screening_rows(study, storage_url, study.study_name)
+        decision = read(storage_url, study.study_name, DECISION_KEY) if rows else None
+    except Exception as exc:  # a table that cannot be read must not cost the rest of the report
+        return {"skipped": f"backbone screening not read ({_described(exc)})"}
+    if not rows or decision is None:
+        return None
+    return {
+        "rule": decision.get("rule"),
+        "sample_images": decision.get("sample_images"),
+        "columns": dict(COLUMNS),
+        "rows": rows,
+    }
+
+
 def build_record(
     run_dir: Path,
     study: Any,
@@ -176,6 +196,10 @@ def build_record(
     summary["skipped_backbones"] = _skipped_backbones(folder, trials)
     health = health_record(folder, study, images)
     leaked = set((health or {}).get("leaked_val") or ())
+    screening = _backbone_screening(study, storage_url)
+    for r in (screening or {}).get("rows", []):
+        if not r["kept"]:
+            summary["skipped_backbones"].setdefault(r["backbone"], f"screened out: {r['reason']}")
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "generated": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -190,6 +214,7 @@ def build_record(
         "pareto": pareto_record(rows, objectives),
         "curves": _curves(trials, rows, top_curves),
         "search": search_record(study, trials, rows, space, objectives),
+        "backbone_screening": screening,
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
         "health": health,
         "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate, leaked),

@@ -18,13 +18,13 @@ def _note(a: dict[str, Any]) -> str:
     if not note and a.get("pruned_at"):
         note = f"pruned in phase {a['pruned_at'].get('phase')} at step {a['pruned_at'].get('step')}"
     if not note and a.get("stage") == "screen":
-        note = "screening: phase 1 only"
+        note = "two-stage: phase 1 only"
     if not note and a.get("gate") and a.get("gate") != PASSED:
         note = f"no fine-tuning: {a.get('gate_reason') or a['gate']}"
     if not note and a.get("gate") == PASSED and a.get("phase2_kept") is False:
         note = "fine-tuning did not improve on phase 1: phase-1 model kept"
     if a.get("stage") == "finalist" and a.get("finalist_of") is not None:
-        finalist = f"finalist: fine-tunes the setting of screening trial {a['finalist_of']}"
+        finalist = f"finalist: fine-tunes the setting of phase-1 trial {a['finalist_of']}"
         note = "; ".join(filter(None, [finalist, note]))
     return note
 

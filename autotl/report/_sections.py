@@ -13,7 +13,12 @@ from autotl.report._sections_ensemble import ensemble
 from autotl.report._sections_found import leaderboard, pareto_front, summary
 from autotl.report._sections_health import data_health
 from autotl.report._sections_model import evaluation, lineage
-from autotl.report._sections_search import engines_compared, learning_curves, the_search
+from autotl.report._sections_search import (
+    backbone_screening,
+    engines_compared,
+    learning_curves,
+    the_search,
+)
 
 #: The report, in order.  Sections with nothing to say are left out and the rest numbered from 1.
 SECTIONS: list[SectionFn] = [
@@ -22,6 +27,7 @@ SECTIONS: list[SectionFn] = [
     pareto_front,
     learning_curves,
     the_search,
+    backbone_screening,
     evaluation,
     data_health,
     ensemble,

@@ -10,6 +10,7 @@ from autotl.report._document import (
     Figure,
     Fragment,
     Note,
+    Paragraph,
     Section,
     Subheading,
     table,
@@ -127,3 +128,48 @@ def engines_compared(record: dict[str, Any]) -> Optional[Section]:
         Note(engines["note"]),
     ]
     return Section("engines", "Engines compared", tuple(blocks))
+
+
+# -- backbone screening
+
+SCREENING_NOTE = (
+    "Every backbone was cached on a stratified sample and scored there: the validation accuracy of "
+    "phase-1 heads fitted on the sample (with its interval) and LogME, a training-free estimate of how "
+    "well the features suit the labels (You et al., ICML 2021). Only the backbones kept went on to a full "
+    "feature cache; the images/s measured on the sample estimated each full cache's time before it was built."
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "kept":
+        return "yes" if value else "no"
+    if key in ("full_cache_seconds",):
+        return _fmt_seconds(value)
+    if isinstance(value, float):
+        return f"{value:,.1f}" if key == "images_per_second" else f"{value:.3f}"
+    return str(value)
+
+
+def backbone_screening(record: dict[str, Any]) -> Optional[Section]:
+    """Each backbone's sample scores and cost, whether it went on to all the data and why, and its best there."""
+    screening = record.get("backbone_screening")
+    if not screening:
+        return None
+    if "skipped" in screening:
+        return Section("screening", "Backbone screening", (Note(screening["skipped"]),))
+    columns = screening["columns"]
+    text = ("backbone", "reason", "kept")
+    headers = [Column(label, key not in text) for key, label in columns.items()]
+    rows = [[_cell(k, r.get(k)) for k in columns] for r in screening["rows"]]
+    rule = screening.get("rule") or {}
+    facts = (
+        f"sample: {screening.get('sample_images')} images; rule: {rule.get('rule')} "
+        f"(signal {rule.get('signal')}, keep at most {rule.get('keep')}, confidence {rule.get('confidence')})"
+    )
+    return Section(
+        "screening",
+        "Backbone screening",
+        (Paragraph(facts), table(headers, rows), Note(SCREENING_NOTE)),
+    )

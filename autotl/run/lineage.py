@@ -28,15 +28,13 @@ import datetime as _dt
 import json
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 from autotl.backbones.weights import sha256_file
 from autotl.errors import UsageError, first_line
 from autotl.run.folder import RunFolder
-from autotl.run.storage import engine_kwargs, safe_url, sqlite_path
+from autotl.run.storage import create_tables, engine_kwargs, safe_url, sql_engine, sqlite_path
 from autotl.scoring.objective import trial_metrics
 
 __all__ = [
@@ -75,9 +73,6 @@ LIBRARIES = (
     "pillow",
 )
 
-_lock = threading.Lock()
-_engines: dict[str, Any] = {}
-_ready: set[str] = set()
 _schema: Any = None
 _deployments: Any = None
 
@@ -151,46 +146,12 @@ def _tables() -> Any:
 
 
 def _engine(storage_url: str) -> Any:
-    """One engine per URL per process; SQLite waits for a busy writer instead of failing."""
-    from sqlalchemy import create_engine
-
-    if "://" not in str(storage_url):
-        raise UsageError(
-            f"storage {storage_url!r} is not a URL; pass e.g. sqlite:///runs/x/study.db or postgresql://user:pass@host/db"
-        )
-    with _lock:
-        if storage_url not in _engines:
-            try:
-                _engines[storage_url] = create_engine(storage_url, **engine_kwargs(storage_url))
-            except ModuleNotFoundError as exc:
-                raise UsageError(
-                    f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it"
-                ) from None
-            except Exception as exc:
-                raise UsageError(
-                    f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})"
-                ) from None
-        return _engines[storage_url]
+    return sql_engine(storage_url)
 
 
 def _ensure_tables(storage_url: str) -> Any:
     """Create the tables if absent; safe when several workers do it at once."""
-    from sqlalchemy.exc import DBAPIError
-
-    engine = _engine(storage_url)
-    if storage_url in _ready:
-        return engine
-    md = _tables()
-    for attempt in range(5):
-        try:
-            md.create_all(engine, checkfirst=True)
-            break
-        except DBAPIError:  # another worker created a table between our check and our CREATE
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    _ready.add(storage_url)
-    return engine
+    return create_tables(storage_url, _tables())
 
 
 def _missing_sqlite(storage_url: str) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -20,6 +22,8 @@ from autotl.errors import AutotlError, UsageError, first_line
 
 __all__ = [
     "engine_kwargs",
+    "sql_engine",
+    "create_tables",
     "sqlite_path",
     "check_database",
     "open_study",
@@ -269,3 +273,51 @@ class _one_line:
             f"cannot open storage {url!r} ({first_line(exc)}); pass a working Optuna storage URL "
             "such as sqlite:///study.db or postgresql://user:pass@host/db"
         ) from None
+
+
+_engine_lock = threading.Lock()
+_engines: dict[str, Any] = {}
+_created: set[tuple[str, int]] = set()
+
+
+def sql_engine(storage_url: str) -> Any:
+    """One SQLAlchemy engine per URL per process, for autotl's own tables beside the study's."""
+    from sqlalchemy import create_engine
+
+    if "://" not in str(storage_url):
+        raise UsageError(
+            f"storage {storage_url!r} is not a URL; pass e.g. sqlite:///runs/x/study.db or postgresql://user:pass@host/db"
+        )
+    with _engine_lock:
+        if storage_url not in _engines:
+            try:
+                _engines[storage_url] = create_engine(storage_url, **engine_kwargs(storage_url))
+            except ModuleNotFoundError as exc:
+                raise UsageError(
+                    f"storage {safe_url(storage_url)} needs the Python package {exc.name!r}; install it"
+                ) from None
+            except Exception as exc:
+                raise UsageError(
+                    f"cannot open storage {safe_url(storage_url)!r} ({first_line(exc)})"
+                ) from None
+        return _engines[storage_url]
+
+
+def create_tables(storage_url: str, metadata: Any) -> Any:
+    """The engine of ``storage_url`` with ``metadata``'s tables in place (once per process); safe when
+    several workers create them at once."""
+    from sqlalchemy.exc import DBAPIError
+
+    engine = sql_engine(storage_url)
+    if (storage_url, id(metadata)) in _created:
+        return engine
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            break
+        except DBAPIError:  # another worker created a table between our check and our CREATE
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    _created.add((storage_url, id(metadata)))
+    return engine

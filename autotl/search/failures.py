@@ -147,10 +147,17 @@ class SearchBackbones:
     skipped: dict[str, str]  # at start-up: weights missing, checks failed, not in the study
     not_asked: set[str] = field(default_factory=set)  # in the study, not asked for this time
     dropped: dict[str, str] = field(default_factory=dict)  # failed BACKBONE_FAILURES times in a row
+    # live, but not drawn yet: their full feature cache is still to be built (backbone screening)
+    waiting: set[str] = field(default_factory=set)
 
     def live(self) -> list[str]:
         gone = {*self.skipped, *self.not_asked, *self.dropped}
         return [b for b in self.choices if b not in gone]
+
+    def ready(self) -> list[str]:
+        """The live backbones the sampler may draw now (all live ones when none is ready)."""
+        live = self.live()
+        return [b for b in live if b not in self.waiting] or live
 
     def reasons(self) -> dict[str, str]:
         """Why each asked-for backbone is not searched (not the ones nobody asked for)."""
@@ -208,7 +215,7 @@ class LiveSampler:
     def _live(self, value: Any, trial: Any) -> Any:
         import random
 
-        live = self.backbones.live()
+        live = self.backbones.ready()
         if value in live or not live:
             return value
         return random.Random(f"{self.seed}:{trial.number}").choice(live)

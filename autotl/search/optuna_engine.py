@@ -13,7 +13,10 @@ marked failed with its reason and the search goes on; a backbone that fails
 three times in a row is dropped (the sampler is kept off it), and the search
 stops with :class:`autotl.errors.SearchStopped` when no backbone is left or
 ``max_failures`` trials in a row have failed.  Before the first trial every
-backbone is checked once (:mod:`autotl.search.prechecks`).
+backbone is checked once (:mod:`autotl.search.prechecks`) and, with two or more,
+screened on a sample (:mod:`autotl.search.backbone_screen`); the kept backbones'
+full feature caches are built one at a time between trials, and
+``best_model.keras`` is assembled whenever a trial becomes the best.
 
 When an objective or a constraint is a deploy cost (``latency_ms``,
 ``size_mb``, ``params``), each trial's costs are looked up (measured once per
@@ -41,6 +44,7 @@ from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, 
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
 from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
+from autotl.search.backbone_screen import FullCaches, estimate_seconds
 from autotl.search.failures import (
     COUNTED,
     FAIL_KIND,
@@ -58,8 +62,8 @@ from autotl.search.space import SearchSpace, trial_params
 __all__ = ["SearchConfig", "open_search_study", "run_search", "FULL", "SCREEN", "FINALIST"]
 
 Event = Callable[[dict[str, Any]], None]
-#: A trial's stage (user attribute ``stage``): an ordinary trial, a screening trial (phase 1 only),
-#: or a finalist's fine-tuning trial (see ``screening`` in the search space).
+#: A trial's stage (user attribute ``stage``): an ordinary trial, a two-stage search's phase-1-only
+#: trial, or a finalist's fine-tuning trial (see ``two_stage`` in the search space).
 FULL, SCREEN, FINALIST = "full", "screen", "finalist"
 #: The trial attribute holding its constraint values (``<= 0``: met), as Optuna's ``constraints_func`` reads them.
 CONSTRAINTS_ATTR = "constraints"
@@ -97,7 +101,9 @@ class SearchConfig:
     artifacts: Optional[str] = None
     # called with the feature cache once it holds every backbone's features, before the first trial
     # (the API checks the data for leakage there)
-    before_trials: Optional[Callable[[Any], None]] = None
+    before_trials: Optional[Callable[..., None]] = (
+        None  # (cache, backbone whose full cache is ready)
+    )
 
     @property
     def run(self) -> RunFolder:
@@ -232,6 +238,7 @@ class _TrialRunner:
         )
         self.store = cfg.run.artifact_store(cfg.artifacts)
         self._bases: dict[tuple, tuple[Any, list]] = {}
+        self.full: Optional[FullCaches] = None  # the kept backbones' full caches (``prepare``)
 
     def adopt(self, spec: Any, weights: Any, seed: int, base: Any) -> None:
         """Use ``base`` (built and checked at start-up) as this process's base for ``spec``."""
@@ -400,28 +407,148 @@ class _TrialRunner:
             ) from exc
         trial.set_user_attr("layers_artifact", artifact_id)
 
-    def prepare(self, should_stop: Callable[[], bool]) -> None:
-        """Compute every backbone's features before the first trial (the cache build, with its progress),
-        so a build that fails -- a full disk, say -- leaves the study without a failed trial.  Workers
-        start from different backbones, so they build different ones at once."""
+    def prepare(self, should_stop: Callable[[], bool], deadline: Optional[float] = None) -> None:
+        """Before the first trial: screen the backbones on a sample (when the space says so), then plan
+        the kept backbones' full caches (:class:`autotl.search.backbone_screen.FullCaches`), which
+        :meth:`build_due` builds one at a time between trials.  A build that fails -- a full disk,
+        say -- leaves the study without a failed trial.  Workers start from different backbones."""
         names = [b for b in self.cfg.space.backbones if b in self.backbones.live()]
-        k = self.cfg.worker_index % max(len(names), 1)
-        for name in names[k:] + names[:k]:
-            if should_stop():
+        estimates: dict[str, Optional[float]] = {}
+        if self.cfg.space.backbone_screening.active(len(names)):
+            decision = self._screen(names, should_stop)
+            if decision is None:  # stopped during the sample stage
                 return
-            try:
-                self._features(name)
-            except (UsageError, KeyboardInterrupt):
-                raise
-            except Exception:  # a backbone's own fault: its first trial fails with the reason
-                continue
+            for name in names:
+                if name not in decision["kept"]:
+                    why = decision["reasons"].get(
+                        name, "not available when this study's screening decided"
+                    )
+                    self.backbones.skipped[name] = f"screened out: {why}"
+            names = [b for b in names if b in decision["kept"]]
+            # the bases of the backbones left out are not needed again: their memory goes back
+            self._bases = {k: v for k, v in self._bases.items() if k[0] in names}
+            estimates = decision.get("estimates", {})
+        self.full = FullCaches(
+            names, estimates, lambda name: self._features(name), self.on_event, deadline
+        )
+        self.full.rotate(self.cfg.worker_index)
+        self.backbones.waiting = set(names)
 
-    def _features(self, name: str) -> None:
-        """Backbone ``name``'s phase-1 cache entry, and the boundaries the space may fine-tune from, as a trial builds them."""
+    def build_due(
+        self, trials_done: int, should_stop: Callable[[], bool], before: Callable[[], None]
+    ) -> None:
+        """Build the next kept backbone's full cache when it is due (none ready yet, or a trial since the
+        last), calling ``before()`` first (the best model so far is assembled then)."""
+        full = self.full
+        if full is not None and full.due(trials_done) and trials_done:
+            before()
+        while full is not None and full.due(trials_done) and not should_stop():
+            name = full.next(should_stop)
+            self.backbones.skipped.update(full.refused)
+            self.backbones.waiting = set(full.pending)
+            if name is not None or not full.ready:
+                return
+
+    def _screen(
+        self, names: list[str], should_stop: Callable[[], bool]
+    ) -> Optional[dict[str, Any]]:
+        """The sample stage: each backbone's sample scores (stored as soon as each exists, never computed twice
+        for a study), then the decision, stored once for every worker; None if stopped before it."""
+        from autotl.run.stages import claim, read_all
+        from autotl.search.backbone_screen import DECISION_KEY, RESULT_KEY, decide, sample_of
+
+        url, study = self.cfg.storage_url, self.cfg.study_name
+        stored = read_all(url, study)
+        if DECISION_KEY in stored:
+            return self._say_decision(stored[DECISION_KEY], resumed=True)
+        sample = sample_of(self.dataset, self.cfg.space)
+        size = len(sample.train) + len(sample.val)
+        where = (
+            f"all {size:,} images (no more than the sample's {self.cfg.space.backbone_screening.sample:,}: "
+            "these caches are the full ones)"
+            if sample is self.dataset
+            else f"a stratified sample of {size:,} images"
+        )
+        self.on_event({"info": f"backbone screening: {len(names)} backbones on {where}"})
+        k = self.cfg.worker_index % max(len(names), 1)
+        results = {n: stored[RESULT_KEY + n] for n in names if RESULT_KEY + n in stored}
+        for name in names[k:] + names[:k]:
+            if name in results:
+                continue
+            if should_stop():
+                return None
+            results[name] = claim(url, study, RESULT_KEY + name, self._sample_result(name, sample))
+            self._say_result(name, results[name])
+        decision = decide({n: results[n] for n in names}, self.cfg.space.backbone_screening)
+        images = len(self.dataset.train) + len(self.dataset.val)
+        decision["estimates"] = {
+            n: (0.0 if sample is self.dataset else estimate_seconds(results[n], images))
+            for n in decision["kept"]
+        }
+        decision["sample_images"] = len(sample.train) + len(sample.val)
+        return self._say_decision(claim(url, study, DECISION_KEY, decision), resumed=False)
+
+    def _sample_result(self, name: str, sample: Any) -> dict[str, Any]:
+        """One backbone's sample scores and measured cost, or ``{"error": reason}``."""
+        from autotl.search.backbone_screen import score_features
+
+        started = time.perf_counter()
+        try:
+            feats = self._features(name, sample)
+            result = score_features(feats, self.cfg.space, len(self.dataset.class_names))
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a backbone's own fault: dropped, with the reason
+            return {"error": failure_line(exc)}
+        stats = feats.stats or {}
+        result.update(
+            images_per_second=stats.get("images_per_second"),
+            cache_seconds=stats.get("seconds"),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return result
+
+    def _say_result(self, name: str, r: dict[str, Any]) -> None:
+        if "error" in r:
+            self.on_event({"info": f"  {name}: failed on the sample: {r['error']}", "sample": name})
+            return
+        self.on_event(
+            {
+                "info": f"  {name}: sample accuracy {r['accuracy']:.3f}, LogME {r['logme']:.3f}, "
+                f"{r.get('images_per_second') or 0:,.0f} img/s",
+                "sample": name,
+            }
+        )
+
+    def _say_decision(self, decision: dict[str, Any], resumed: bool) -> dict[str, Any]:
+        from autotl.search.backbone_screen import clock
+
+        kept = ", ".join(
+            f"{n} (full cache about {clock(e)})" if e else n
+            for n, e in ((n, decision.get("estimates", {}).get(n)) for n in decision["kept"])
+        )
+        left = "; ".join(
+            f"{n} ({why.removeprefix('dropped: ')})"
+            for n, why in decision["reasons"].items()
+            if n not in decision["kept"]
+        )
+        when = "decided earlier in this study" if resumed else "decided"
+        self.on_event(
+            {
+                "info": f"backbone screening {when}: on to all the data: {kept}"
+                + (f"; left out: {left}" if left else "")
+            }
+        )
+        return decision
+
+    def _features(self, name: str, data: Any = None) -> Any:
+        """Backbone ``name``'s phase-1 cache entry on ``data`` (default: all of it), and on all of it the
+        boundaries the space may fine-tune from, as a trial builds them."""
         import optuna
 
         from autotl.training.trainer import prefetch_cuts
 
+        data = self.dataset if data is None else data
         space, p2 = self.cfg.space, self.cfg.space.phase2
         fixed = {
             "backbone": name,
@@ -433,17 +560,20 @@ class _TrialRunner:
         params = trial_params(optuna.trial.FixedTrial(fixed), space)
         spec = self.registry.backbone(name)
         weights = resolve_weights(spec, self.cfg.weights)
-        self.cache.get(
+        where = "full cache" if data is self.dataset else "sample"
+        return self.cache.get(
             spec,
             lambda: self.base(spec, weights, params.seed),
             weights,
-            self.dataset,
+            data,
             None,
             batch_size=params.batch_size,
             augmentation=space.augmentation,
             seed=params.seed,
-            prefetch=lambda b: prefetch_cuts(spec, params, b),
-            say=lambda msg: self.on_event({"status": f"{name} | phase 1: {msg}", "backbone": name}),
+            prefetch=(lambda b: prefetch_cuts(spec, params, b))
+            if data is self.dataset
+            else (lambda _b: ()),
+            say=lambda msg: self.on_event({"status": f"{name} | {where}: {msg}", "backbone": name}),
         )
 
     def _reporter(
@@ -472,8 +602,9 @@ class _TrialRunner:
         return report
 
     def _stage(self, earlier: list[Any]) -> str:
-        """Screening while the screening trials among ``earlier`` (live trials before this one) leave room; finalists come enqueued."""
-        screening = self.cfg.space.screening
+        """Phase 1 only while the two-stage search's first trials among ``earlier`` (live trials before
+        this one) leave room; finalists come enqueued."""
+        screening = self.cfg.space.two_stage
         screened = sum(1 for t in earlier if t.user_attrs.get("stage") == SCREEN)
         return SCREEN if screening is not None and screened < screening.trials else FULL
 
@@ -508,6 +639,47 @@ def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
     return callback
 
 
+#: During a search, a new best trial's model is assembled once this many seconds have passed since the
+#: search started or last assembled one (saving a model costs about 0.4 s for MobileNetV2 0.35, several
+#: for bigger bases: a short search assembles only at its end); a waiting one is assembled before the
+#: next full cache is built, and when the search ends.  A kill in between loses no trial: the best
+#: trial's layers are stored, and ``Run.best_model()`` or a resume assembles it.
+BEST_MODEL_INTERVAL = 60.0
+
+
+class _BestSoFar:
+    """``best_model.keras`` follows the search, so a search stopped at any time (``--timeout``, Ctrl-C,
+    a kill) leaves the best model it found: assembled when a trial becomes the best (at most once every
+    ``BEST_MODEL_INTERVAL`` seconds, so a short search is not slowed), before each full cache is built
+    (minutes in which nothing else would do it), and when the search ends."""
+
+    def __init__(self, cfg: SearchConfig, runner: _TrialRunner, emit: Event) -> None:
+        self.cfg, self.runner, self.emit = cfg, runner, emit
+        self.last = time.monotonic()
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        ranked = ranked_trials(study)
+        if trial.state.name != "COMPLETE" or not ranked or ranked[0].number != trial.number:
+            return
+        if time.monotonic() - self.last >= BEST_MODEL_INTERVAL:
+            self.flush(study)
+
+    def flush(self, study: Any) -> None:
+        """Make ``best_model.keras`` the best trial's now (a no-op when it already is)."""
+        self.last = time.monotonic()
+        try:
+            update_best_model(
+                self.cfg.run,
+                study,
+                self.runner.registry,
+                self.cfg.weights,
+                self.cfg.storage_url,
+                self.runner.base,
+            )
+        except LayersNotHere as exc:  # kept elsewhere: assembled when the search ends
+            self.emit({"warning": f"best_model.keras not assembled here yet: {exc}"})
+
+
 def _finished_event(emit: Event) -> Callable[[Any, Any], None]:
     """The progress event of a finished trial: its state, value, and a failed one's reason."""
 
@@ -529,18 +701,18 @@ def _enqueue_finalist(
 ) -> bool:
     """Queue the next fine-tuning trial of a two-stage search, once its screening is done; whether one was queued.
 
-    Finalists are the best complete screening trials (by :func:`ranked_trials`'
+    Finalists are the best complete phase-1-only trials (by :func:`ranked_trials`'
     order) whose backbone is still ``live`` (all, if none is given), fine-tuned
     in turn; the sampler draws each one's unfreeze depth and fine-tuning rate.
     """
-    screening = space.screening
+    screening = space.two_stage
     screened = [t for t in trials if t.user_attrs.get("stage") == SCREEN]
     if screening is None or len(screened) < screening.trials:
         return False
     numbers = {t.number for t in screened}
     finalists = [t for t in ranked_trials(study) if t.number in numbers][: screening.finalists]
     finalists = [t for t in finalists if not live or t.params.get("backbone") in live]
-    if not finalists:  # every screening trial failed or was pruned: ordinary trials follow
+    if not finalists:  # every phase-1-only trial failed or was pruned: ordinary trials follow
         return False
     queued = sum(1 for t in trials if t.user_attrs.get("stage") == FINALIST)
     pick = finalists[queued % len(finalists)]
@@ -746,12 +918,17 @@ def run_search(
             "total": cfg.trials,
         }
     )
+    started = time.monotonic()
+    deadline = None if cfg.timeout is None else started + cfg.timeout
     if len(study.get_trials(deepcopy=False, states=counted)) < cfg.trials:
-        runner.prepare(should_stop)
+        runner.prepare(should_stop, deadline)
         if cfg.before_trials is not None and not should_stop():
-            cfg.before_trials(runner.cache)
+            # the first kept backbone's full cache, which the check before the first trial reads
+            runner.build_due(0, should_stop, lambda: None)
+            ready = runner.full.ready if runner.full is not None else []
+            cfg.before_trials(runner.cache, ready[0] if ready else None)
     try:
-        _loop(study, cfg, runner, emit, should_stop)
+        _loop(study, cfg, runner, emit, should_stop, deadline)
     finally:
         # the space's own sampler again, for whoever gets the study
         study.sampler = study.sampler.sampler
@@ -768,16 +945,18 @@ def _loop(
     runner: _TrialRunner,
     emit: Event,
     should_stop: Callable[[], bool],
+    deadline: Optional[float] = None,
 ) -> None:
-    """Take trials until the budget is full, the time is up, Ctrl-C, or the failure policy says stop."""
+    """Take trials until the budget is full, the time (``--timeout``, from the search's start) is up,
+    Ctrl-C, or the failure policy says stop; kept backbones' full caches are built between trials."""
     import optuna
     from optuna.trial import TrialState
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
-    callbacks = [_after_trial(cfg, runner.store), _finished_event(emit)]
-    started = time.monotonic()
+    best = _BestSoFar(cfg, runner, emit)
+    callbacks = [_after_trial(cfg, runner.store), best, _finished_event(emit)]
     while not should_stop():
-        if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
+        if deadline is not None and time.monotonic() > deadline:
             break
         everything = study.get_trials(deepcopy=False)
         trials = [
@@ -802,6 +981,9 @@ def _loop(
                 "same command to resume"
             )
         if waiting or done + running < cfg.trials:
+            runner.build_due(done, should_stop, lambda: best.flush(study))
+            if should_stop() or (deadline is not None and time.monotonic() > deadline):
+                break
             if not waiting:  # a two-stage search past its screening
                 _enqueue_finalist(study, cfg.space, trials, runner.backbones.live())
             study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)

@@ -25,6 +25,9 @@ __all__ = [
     "builtin_spaces",
     "trial_params",
     "apply_screening",
+    "apply_backbone_screening",
+    "TwoStage",
+    "BackboneScreening",
     "apply_objectives",
     "errors_line",
     "LR_RATIO",
@@ -126,18 +129,48 @@ class Augmentation(_Strict):
     zoom: float = Field(0.1, ge=0, lt=1)
 
 
-class Screening(_Strict):
-    """Two-stage search: screen backbones and heads cheaply, then fine-tune only the most promising.
+class TwoStage(_Strict):
+    """Two-stage search (``two_stage``; spelled ``screening`` before): try many settings cheaply, then
+    fine-tune only the most promising.
 
     The first ``trials`` trials of the budget run phase 1 only, on cached
     features (a fraction of a second each once a backbone's cache exists);
-    every later trial fine-tunes one of the ``finalists`` best screened
+    every later trial fine-tunes one of the ``finalists`` best phase-1
     settings (backbone, head width, dropout), in turn, with the unfreeze
     depth and fine-tuning rate drawn by the sampler.
     """
 
     trials: int = Field(ge=1)
     finalists: int = Field(3, ge=1)
+
+
+#: The old name of :class:`TwoStage` (a space's ``screening:`` field still loads as ``two_stage:``).
+Screening = TwoStage
+
+
+class BackboneScreening(_Strict):
+    """Backbone screening: every backbone is cached and scored on a stratified sample first, and only
+    those that earn it are cached on all the data (:mod:`autotl.search.backbone_screen`).
+
+    ``enabled: auto`` screens when the space has at least two backbones.
+    ``sample`` images (train and val in their proportions) are cached per
+    backbone; a phase-1 head per width of ``head.width`` (at most three) is
+    fitted on them and LogME is computed from the same features.  ``rule``
+    decides: ``margin`` keeps every backbone whose sample accuracy's upper
+    ``confidence`` bound reaches the best one's lower bound, ``top`` keeps the
+    ``keep`` best by ``signal``; both keep at most ``keep``, and at least one.
+    """
+
+    enabled: Union[bool, Literal["auto"]] = "auto"
+    sample: int = Field(600, ge=20)
+    rule: Literal["margin", "top"] = "margin"
+    signal: Literal["accuracy", "logme"] = "accuracy"
+    keep: int = Field(3, ge=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+
+    def active(self, backbones: int) -> bool:
+        """Whether a search of ``backbones`` backbones screens them."""
+        return self.enabled is True or (self.enabled == "auto" and backbones >= 2)
 
 
 class Deploy(_Strict):
@@ -171,7 +204,8 @@ class SearchSpace(_Strict):
     phase1: Phase1 = Phase1()
     phase2: Phase2 = Phase2()
     augmentation: Augmentation = Augmentation()
-    screening: Optional[Screening] = None  # off: every trial may fine-tune
+    two_stage: Optional[TwoStage] = None  # off: every trial may fine-tune (``screening:`` before)
+    backbone_screening: BackboneScreening = BackboneScreening()  # a sample stage before full caches
     ensemble: Ensemble = Ensemble()  # off: no ensemble at the end of a search
     sampler: str = DEFAULT_SAMPLER  # one of autotl.search.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
@@ -186,6 +220,24 @@ class SearchSpace(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy, Optuna and TensorFlow all take it
     trials: int = Field(20, ge=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spelling(cls, value: Any) -> Any:
+        """``screening:`` is the old name of ``two_stage:`` (a space may not give both)."""
+        if isinstance(value, dict) and "screening" in value:
+            if "two_stage" in value:
+                raise ValueError(
+                    "screening: is the old name of two_stage:; give one of them, not both"
+                )
+            value = {**value, "two_stage": value["screening"]}
+            del value["screening"]
+        return value
+
+    @property
+    def screening(self) -> Optional[TwoStage]:
+        """The old name of ``two_stage``."""
+        return self.two_stage
 
     @model_validator(mode="after")
     def _lr_rule(self) -> SearchSpace:
@@ -278,7 +330,7 @@ def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialP
     with ``suggest_categorical``, ``suggest_float`` and ``suggest_int`` (the keras-tuner engine's adapter).
 
     One mapping from a space to the trainer's parameters, for every engine.  A
-    screening trial (``screen``) asks only for the backbone and head: it runs
+    two-stage phase-1 trial (``screen``) asks only for the backbone and head: it runs
     phase 1 alone, so it draws no fine-tuning settings.
     """
     p2 = space.phase2
@@ -329,26 +381,48 @@ def apply_objectives(space: SearchSpace, objectives: Optional[Any]) -> SearchSpa
 def apply_screening(
     space: SearchSpace, screen: Optional[int], finalists: Optional[int]
 ) -> SearchSpace:
-    """``space`` with a two-stage search of ``screen`` screening trials and ``finalists`` (``screen=0``: off).
+    """``space`` with a two-stage search of ``screen`` phase-1-only trials and ``finalists`` (``screen=0``: off).
 
     ``None`` keeps the space's own setting; the space's validation states the limits.
     """
     if screen is None:
         if finalists is None:
             return space
-        if space.screening is None:
+        if space.two_stage is None:
             raise UsageError(
-                "--finalists needs a two-stage search: add --screen N (or screening in the space file)"
+                "--finalists needs a two-stage search: add --two-stage N (or two_stage in the space file)"
             )
-        screen = space.screening.trials
+        screen = space.two_stage.trials
     if screen < 0:
-        raise UsageError(f"--screen must be 0 (off) or more, got {screen}")
+        raise UsageError(f"--two-stage must be 0 (off) or more, got {screen}")
     if screen == 0:
-        return space.model_copy(update={"screening": None})
-    current = space.screening.model_dump() if space.screening is not None else {}
+        return space.model_copy(update={"two_stage": None})
+    current = space.two_stage.model_dump() if space.two_stage is not None else {}
     changes = {"trials": screen, **({"finalists": finalists} if finalists is not None else {})}
     try:
-        screening = Screening(**{**current, **changes})
+        two_stage = TwoStage(**{**current, **changes})
     except ValidationError as exc:
-        raise UsageError(f"--screen/--finalists: {errors_line(exc)}") from None
-    return space.model_copy(update={"screening": screening})
+        raise UsageError(f"--two-stage/--finalists: {errors_line(exc)}") from None
+    return space.model_copy(update={"two_stage": two_stage})
+
+
+def apply_backbone_screening(
+    space: SearchSpace, enabled: Optional[str], sample: Optional[int]
+) -> SearchSpace:
+    """``space`` with backbone screening ``enabled`` (``"on"``, ``"off"``, ``"auto"``) on ``sample`` images;
+    ``None`` keeps the space's own setting."""
+    changes: dict[str, Any] = {}
+    if enabled is not None:
+        flags = {"on": True, "off": False, "auto": "auto", True: True, False: False}
+        if enabled not in flags:
+            raise UsageError(f"--backbone-screening must be on, off or auto, got {enabled!r}")
+        changes["enabled"] = flags[enabled]
+    if sample is not None:
+        changes["sample"] = sample
+    if not changes:
+        return space
+    try:
+        screening = BackboneScreening(**{**space.backbone_screening.model_dump(), **changes})
+    except ValidationError as exc:
+        raise UsageError(f"--backbone-screening/--screening-sample: {errors_line(exc)}") from None
+    return space.model_copy(update={"backbone_screening": screening})

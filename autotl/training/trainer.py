@@ -48,9 +48,7 @@ class Gate(str, Enum):
     """The gate's verdict: whether phase 2 ran, and if not, which rule kept it shut (the reason says more)."""
 
     PASSED = "passed"
-    NOT_ASKED = (
-        "not_asked"  # the trial asked for no fine-tuning (unfreeze_blocks 0, or a screening trial)
-    )
+    NOT_ASKED = "not_asked"  # the trial asked for no fine-tuning (unfreeze_blocks 0, or a two-stage search's phase-1 trial)
     STILL_IMPROVING = "still_improving"  # the head's validation loss had not stopped improving
     HEAD_LOSS_HIGH = "head_loss_high"  # the head's training loss was not under the threshold
     NO_BOUNDARIES = "no_boundaries"  # the backbone declares no block boundary to unfreeze from

@@ -9,12 +9,14 @@ from __future__ import annotations
 from autotl import BackboneSpec, Preprocessing, hookimpl
 
 
-def build_tiny(input_shape, weights):
+def build_tiny(input_shape, weights, blind=False):
+    """``blind``: the pixels are multiplied by zero first, so every image gives the same features."""
     import keras
     from keras import layers
 
     inp = keras.Input(input_shape)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", name="stem_conv")(inp)
+    x = layers.Rescaling(0.0, name="blind")(inp) if blind else inp
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="stem_conv")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for i, ch in enumerate((8, 16, 16), start=1):

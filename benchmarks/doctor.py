@@ -27,61 +27,27 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _datasets import WEIGHTS, digits_items, hymenoptera_items, photo_patches_items
+from _datasets import save as _save
 from PIL import Image
 
-SHARED = Path(os.environ.get("AUTOTL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-WEIGHTS = os.environ.get("AUTOTL_WEIGHTS_DIR", str(SHARED / "weights"))
 COPIES = ("exact", "reencoded", "resized", "cropped")
+
+
+#: The sets this benchmark corrupts (digits light on dark, as first measured here).
+SOURCES = {
+    "hymenoptera": hymenoptera_items,
+    "digits": lambda: digits_items(dark_ink=False),
+    "photo_patches": photo_patches_items,
+}
 
 
 def _h(text: str, seed: int) -> float:
     return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:8], 16) / 2**32
 
 
-def hymenoptera() -> dict[str, list[tuple[str, Image.Image | Path]]]:
-    """class -> [(name, file)] of the whole shared set (train and val together)."""
-    out: dict[str, list] = {}
-    for f in sorted((SHARED / "data" / "hymenoptera").glob("*/*/*")):
-        out.setdefault(f.parent.name, []).append((f"{f.parent.parent.name}_{f.name}", f))
-    return out
-
-
-def digits() -> dict[str, list]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    out: dict[str, list] = {}
-    for i, (x, y) in enumerate(zip(d.images, d.target)):
-        pixels = (x * (255 / 16)).round().astype("uint8")
-        out.setdefault(str(y), []).append((f"{i:04d}.png", Image.fromarray(pixels).convert("RGB")))
-    return out
-
-
-def photo_patches() -> dict[str, list]:
-    """64 px patches, side by side, of the two photographs scikit-learn ships: class = the photograph."""
-    from sklearn.datasets import load_sample_images
-
-    data = load_sample_images()
-    out: dict[str, list] = {}
-    for name, image in zip(data.filenames, data.images):
-        cls = Path(name).stem
-        for r in range(0, image.shape[0] - 64 + 1, 64):
-            for c in range(0, image.shape[1] - 64 + 1, 64):
-                patch = Image.fromarray(image[r : r + 64, c : c + 64])
-                out.setdefault(cls, []).append((f"{cls}_{r:03d}_{c:03d}.png", patch))
-    return out
-
-
 def _open(item: Image.Image | Path) -> Image.Image:
     return Image.open(item).convert("RGB") if isinstance(item, Path) else item
-
-
-def _save(item: Image.Image | Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(item, Path):
-        shutil.copy(item, target)
-    else:
-        item.save(target)
 
 
 def _variant(kind: str, item: Image.Image | Path, target: Path) -> Path:
@@ -213,7 +179,7 @@ def main() -> None:
     results = {"load_average_start": os.getloadavg(), "sets": {}}
     for name in args.sets.split(","):
         data = root / name / "data"
-        planted = build(globals()[name](), data, args.seed, args.flip, args.copies)
+        planted = build(SOURCES[name](), data, args.seed, args.flip, args.copies)
         out = root / name / "doctor"
         shutil.rmtree(out, ignore_errors=True)
         began = time.perf_counter()

@@ -47,8 +47,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _datasets import SHARED, search_data
+
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("AUTOTL_SHARED", HERE.parent.parent / "shared"))
 DEFAULT_SIX = [
     "mobilenet_v2-0.35",
     "mobilenet_v2-1.0",
@@ -221,25 +222,6 @@ def _random_weights(root: Path, names: list[str]) -> Path:
     return folder
 
 
-def _rotations(root: Path) -> Path:
-    """The hymenoptera photos turned by 0, 90, 180 and 270 degrees: one class per angle."""
-    from PIL import Image, ImageOps
-
-    folder = root / "rotations"
-    if (folder / ".complete").exists():
-        return folder
-    for split in ("train", "val"):
-        files = sorted((SHARED / "data" / "hymenoptera" / split).rglob("*.jp*g"))
-        for i, f in enumerate(files):
-            angle = (i % 4) * 90
-            target = folder / split / f"r{angle:03d}" / f"{f.parent.name}_{i:04d}.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(f) as im:
-                ImageOps.exif_transpose(im).convert("RGB").rotate(angle, expand=True).save(target)
-    (folder / ".complete").write_text("done\n")
-    return folder
-
-
 def scores(stages: dict, key: str) -> dict[str, float]:
     """Backbone -> one field of its stored sample result."""
     prefix = "backbone_screening/sample/"
@@ -261,11 +243,7 @@ def quality(args: argparse.Namespace) -> None:
     env = _env(_random_weights(root, RANDOM))
     backbones = REAL + RANDOM
     for name in args.sets.split(","):
-        where = {"sample": "digits"} if name == "digits" else {}
-        if name == "hymenoptera":
-            where = {"data": str(SHARED / "data" / "hymenoptera")}
-        elif name == "rotations":
-            where = {"data": str(_rotations(root))}
+        where = search_data(name, root)
         sample = args.hymenoptera_sample if name == "hymenoptera" else args.sample
         cache = str(root / f"cache-{name}")
         results = {}

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from autotl.checkup import doctor
+from autotl.engine.failures import MAX_FAILURES
 from autotl.errors import SearchStopped, UsageError, first_line
 from autotl.run.folder import KERAS_TUNER, OPTUNA, RunFolder
-from autotl.search.failures import MAX_FAILURES
 
 __all__ = ["search", "doctor", "Run", "ENGINES", "TUNERS"]
 
@@ -72,7 +72,7 @@ class _Plan:
     explicit: bool = False  # backbones named with --backbone: each must be usable
     session: str = field(
         default_factory=lambda: uuid.uuid4().hex[:12]
-    )  # see autotl.search.failures
+    )  # see autotl.engine.failures
 
 
 def search(
@@ -294,7 +294,7 @@ def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
 
 def _space_options(space: Any, kwargs: dict[str, Any]) -> Any:
     """``space`` with the options that override its fields: two-stage, backbone screening, objectives."""
-    from autotl.search.space import apply_backbone_screening, apply_objectives, apply_screening
+    from autotl.engine.space import apply_backbone_screening, apply_objectives, apply_screening
 
     space = apply_screening(space, kwargs["screen"], kwargs["finalists"])
     space = apply_backbone_screening(
@@ -307,7 +307,7 @@ def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Even
     """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.space import SearchSpace, load_space
+    from autotl.engine.space import SearchSpace, load_space
 
     if isinstance(space, SearchSpace):
         space_obj, space_file = space, None
@@ -515,8 +515,8 @@ def _available(
 
 
 def _config(plan: _Plan, worker_index: int = 0, emit: Optional[Event] = None) -> Any:
+    from autotl.engine.optuna_engine import SearchConfig
     from autotl.export import measure_deploy_costs
-    from autotl.search.optuna_engine import SearchConfig
 
     return SearchConfig(
         out=plan.out,
@@ -579,7 +579,7 @@ def _run_optuna(
     worker_index: int = 0,
 ) -> Any:
     """This process is worker ``worker_index``; with ``workers`` > 1 it starts the others and waits for them."""
-    from autotl.search.optuna_engine import run_search
+    from autotl.engine.optuna_engine import run_search
 
     cfg = _config(plan, worker_index, emit)
     emit(
@@ -646,7 +646,7 @@ def run_worker(
     config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
 ) -> Any:
     """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
-    from autotl.search.space import SearchSpace
+    from autotl.engine.space import SearchSpace
     from autotl.training.allocator import return_large_buffers
 
     return_large_buffers()
@@ -681,7 +681,7 @@ def _usable(plan: _Plan) -> list[str]:
 
 def _checked_space(plan: _Plan, emit: Event) -> Any:
     """The space with only the backbones that have weights and pass their checks (keras-tuner's choices)."""
-    from autotl.search.prechecks import precheck_backbones
+    from autotl.engine.prechecks import precheck_backbones
 
     run = RunFolder(plan.out)
     run.prepare()
@@ -717,7 +717,7 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
             f"keras-tuner {tuner} in {run.engine_dir(KERAS_TUNER)}"
         }
     )
-    from autotl.search.keras_tuner import (
+    from autotl.engine.keras_tuner import (
         run_keras_tuner_search,  # TensorFlow: after the "info" event
     )
     from autotl.training.cache import FeatureCache
@@ -846,8 +846,8 @@ class Run:
         )
 
     def pick(self, condition: str) -> Any:
-        """The best complete trial that meets ``condition`` (``"latency_ms<=15"``, see :mod:`autotl.search.pick`)."""
-        from autotl.search.pick import pick_trial
+        """The best complete trial that meets ``condition`` (``"latency_ms<=15"``, see :mod:`autotl.engine.pick`)."""
+        from autotl.engine.pick import pick_trial
 
         return pick_trial(self.study, condition)
 
@@ -857,7 +857,7 @@ class Run:
         on to all the data and why, and its best on all the data (empty when the search did not screen)."""
         import pandas as pd
 
-        from autotl.search.backbone_screen import COLUMNS, screening_rows
+        from autotl.engine.backbone_screen import COLUMNS, screening_rows
 
         return pd.DataFrame(
             screening_rows(self.study, self.storage_url, self.study_name), columns=list(COLUMNS)

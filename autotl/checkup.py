@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from autotl.backbones.registry import Registry
     from autotl.backbones.weights import WeightsSource
     from autotl.data.dataset import Dataset
-    from autotl.search.space import SearchSpace
+    from autotl.engine.space import SearchSpace
 
 __all__ = [
     "doctor",
@@ -134,9 +134,9 @@ def doctor(
     """
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
+    from autotl.engine.space import SearchSpace, load_space
     from autotl.health import FOLDS, NEAR
     from autotl.report import write_health_page
-    from autotl.search.space import SearchSpace, load_space
 
     emit = on_event or (lambda _e: None)
     if near is not None and not 0.0 < near < 1.0:
@@ -190,9 +190,9 @@ def data_issues(
 ) -> DataHealth:
     """The health of a run's data (with the files its search left out, left out): ``RUN_DIR/health/health.json``
     when it describes this data (and ``backbone``), else checked now with the run's best backbone's features."""
+    from autotl.engine.space import SearchSpace
     from autotl.health import NEAR
     from autotl.scoring.objective import best_trial
-    from autotl.search.space import SearchSpace
 
     data = study.user_attrs.get("data") or {}
     stored = run.health_file(HEALTH)

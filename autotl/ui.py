@@ -268,7 +268,7 @@ def records_table(
 
     A record has ``number``, ``state`` (an Optuna state name), ``params`` and
     ``user_attrs`` (whose ``metrics`` the objectives read), as
-    :func:`autotl.search.keras_tuner.run_keras_tuner_search` returns them.
+    :func:`autotl.engine.keras_tuner.run_keras_tuner_search` returns them.
     """
     from rich.table import Table
 

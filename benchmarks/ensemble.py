@@ -235,7 +235,7 @@ def _latency_rounds(run, selection, rounds: int) -> dict[str, dict]:
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
     import autotl
-    from autotl.search.space import SearchSpace
+    from autotl.engine.space import SearchSpace
 
     root = Path(args.out) / f"{name}-seed{args.seed}"  # reused when there: the search resumes
     data, test = (_hymenoptera if name == "hymenoptera" else _digits)(root, args.seed)

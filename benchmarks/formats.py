@@ -47,7 +47,7 @@ FILES = {
 
 def bench_space() -> Any:
     """The fast space, MobileNetV2 0.35 alone, a quarter of the training images held out."""
-    from autotl.search.space import load_space
+    from autotl.engine.space import load_space
 
     return load_space("fast", {"backbones": ["mobilenet_v2-0.35"], "test_fraction": 0.25})[0]
 

@@ -50,8 +50,8 @@ def main() -> None:
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
     from autotl.data.dataset import load_folder
-    from autotl.search.optuna_engine import SearchConfig, run_search
-    from autotl.search.space import SearchSpace
+    from autotl.engine.optuna_engine import SearchConfig, run_search
+    from autotl.engine.space import SearchSpace
 
     dataset = load_folder(args.data)
     samples: list[tuple[int, float]] = []

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def load(overrides: dict[str, Any]) -> Any:
-    from autotl.search.space import load_space
+    from autotl.engine.space import load_space
 
     space, _ = load_space("default", overrides)
     return space

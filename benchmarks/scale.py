@@ -167,7 +167,7 @@ import numpy as np
 from autotl.training.cache import extractor
 from autotl.training.model import build_base
 from autotl.backbones.registry import get_registry
-from autotl.search.space import load_space, trial_params
+from autotl.engine.space import load_space, trial_params
 from autotl.training.trainer import prefetch_cuts
 from autotl.backbones.weights import WeightsSource, resolve_weights
 import optuna

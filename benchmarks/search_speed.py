@@ -70,8 +70,8 @@ def run_autotl(args: argparse.Namespace, phase2: bool) -> dict:
 
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.optuna_engine import SearchConfig, run_search
-    from autotl.search.space import SearchSpace
+    from autotl.engine.optuna_engine import SearchConfig, run_search
+    from autotl.engine.space import SearchSpace
 
     dataset = _load(args.data)
     raw, trials = _space(phase2), args.trials

@@ -22,14 +22,14 @@ import yaml
 from helpers import COLOURS, TINY_PLUGIN, TINY_SPACE, write_images
 
 from autotl.backbones.weights import WeightsSource
+from autotl.engine.backbone_screen import DECISION_KEY, RESULT_KEY, decide
+from autotl.engine.optuna_engine import SearchConfig, run_search
+from autotl.engine.space import BackboneScreening, SearchSpace, apply_backbone_screening
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.run.stages import claim, read_all
 from autotl.scoring.logme import evidence, logme
 from autotl.scoring.objective import ranked_trials
-from autotl.search.backbone_screen import DECISION_KEY, RESULT_KEY, decide
-from autotl.search.optuna_engine import SearchConfig, run_search
-from autotl.search.space import BackboneScreening, SearchSpace, apply_backbone_screening
 
 BLIND = "autotl_tiny_blind"
 
@@ -166,7 +166,7 @@ def test_keras_tuner_refuses_backbone_screening_in_one_line(
 
 
 def test_full_caches_are_built_cheapest_first_one_trial_apart_and_within_the_timeout() -> None:
-    from autotl.search.backbone_screen import FullCaches
+    from autotl.engine.backbone_screen import FullCaches
 
     built: list[str] = []
     said: list[dict] = []
@@ -318,8 +318,8 @@ sys.path.insert(0, sys.argv[3])
 from autotl.backbones.registry import get_registry
 from autotl.backbones.weights import WeightsSource
 from autotl.data.dataset import load_folder
-from autotl.search.optuna_engine import SearchConfig, run_search
-from autotl.search.space import SearchSpace
+from autotl.engine.optuna_engine import SearchConfig, run_search
+from autotl.engine.space import SearchSpace
 import json
 
 def on_event(e):

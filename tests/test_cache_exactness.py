@@ -103,7 +103,7 @@ def test_cached_path_equals_the_full_model(spec, pictures, tmp_path: Path) -> No
 def test_augmented_views_are_cached_beside_the_originals(
     registry, tiny_dataset, tmp_path: Path
 ) -> None:
-    from autotl.search.space import Augmentation
+    from autotl.engine.space import Augmentation
 
     spec = registry.backbone("tiny")
     base = build_base(spec, RANDOM)

@@ -240,8 +240,8 @@ def _search(out: Path, registry, dataset, trials: int, keep: int, extra: str = "
     import yaml
 
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.optuna_engine import SearchConfig, open_search_study, run_search
-    from autotl.search.space import SearchSpace
+    from autotl.engine.optuna_engine import SearchConfig, open_search_study, run_search
+    from autotl.engine.space import SearchSpace
 
     fields = {**yaml.safe_load(TINY_SPACE), "backbones": ["tiny", "tiny40"], "trials": trials}
     space = SearchSpace.model_validate({**fields, **yaml.safe_load(extra or "{}")})
@@ -604,7 +604,7 @@ def test_space_ensemble_runs_at_the_end_of_a_search_and_the_report_shows_it(
 
 
 def test_the_space_field_is_off_by_default_and_checked() -> None:
-    from autotl.search.space import SearchSpace, load_space
+    from autotl.engine.space import SearchSpace, load_space
 
     space, _ = load_space("fast")
     assert space.ensemble.enabled is False and space.ensemble.top_k == 8
@@ -622,7 +622,7 @@ def test_hymenoptera_search_with_ensemble_then_export_it_with_flip(tmp_path: Pat
     """The user's path on real data: a search whose space enables ensembles, then the ensemble exported."""
     import yaml
 
-    from autotl.search.space import load_space
+    from autotl.engine.space import load_space
 
     fast, _ = load_space("fast")
     space = {**fast.model_dump(), "trials": 4, "ensemble": {"enabled": True, "top_k": 4}}

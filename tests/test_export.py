@@ -18,6 +18,8 @@ import pytest
 from helpers import TINY_SPACE, call_cli, run_without_autotl
 
 from autotl.backbones.weights import WeightsSource
+from autotl.engine.optuna_engine import SearchConfig, run_search
+from autotl.engine.space import load_space
 from autotl.errors import UsageError
 from autotl.export import (
     FLOAT_TOLERANCE,
@@ -29,8 +31,6 @@ from autotl.export import (
     verify_export,
     wilson_interval,
 )
-from autotl.search.optuna_engine import SearchConfig, run_search
-from autotl.search.space import load_space
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 

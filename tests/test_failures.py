@@ -384,8 +384,8 @@ def test_a_dropped_backbone_is_dropped_once_and_never_tried_again(
 
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.optuna_engine import SearchConfig, run_search
-    from autotl.search.space import load_space
+    from autotl.engine.optuna_engine import SearchConfig, run_search
+    from autotl.engine.space import load_space
 
     space, _ = load_space(space_file(tmp_path, ["tiny", "faulty_traced"], trials=2))
     cfg = SearchConfig(tmp_path / "run", space, 2, WeightsSource("none"))
@@ -685,7 +685,7 @@ def test_the_keras_tuner_engine_fails_trials_with_their_reason_and_stops_in_one_
     )
 
 
-# --- the failure policy itself (autotl.search.failures), on plain records --------------------------------
+# --- the failure policy itself (autotl.engine.failures), on plain records --------------------------------
 
 
 class _T:
@@ -705,7 +705,7 @@ class _T:
 
 
 def test_only_failures_of_the_trial_itself_count_in_a_row() -> None:
-    from autotl.search.failures import dropped_backbones, stop_reason
+    from autotl.engine.failures import dropped_backbones, stop_reason
 
     trials = [
         _T(0, "FAIL", kind="trial"),
@@ -731,7 +731,7 @@ def test_only_failures_of_the_trial_itself_count_in_a_row() -> None:
 def test_every_worker_reaches_the_same_verdict_and_a_new_session_starts_afresh() -> None:
     import random
 
-    from autotl.search.failures import dropped_backbones, latest_session
+    from autotl.engine.failures import dropped_backbones, latest_session
 
     trials = [  # two workers, interleaved: b fails three times in a row, a succeeds in between
         _T(0, "FAIL", "b", "trial"),
@@ -761,7 +761,7 @@ SAMPLERS = {  # Optuna's own, started early so their model (or relative sampling
 def test_the_sampler_never_proposes_a_backbone_that_is_gone(sampler: str) -> None:
     import optuna
 
-    from autotl.search.failures import LiveSampler, SearchBackbones
+    from autotl.engine.failures import LiveSampler, SearchBackbones
 
     backbones = SearchBackbones(
         ["a", "b", "c"], {"b": "failed its checks"}, dropped={"c": "failed 3 times"}

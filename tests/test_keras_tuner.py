@@ -12,9 +12,9 @@ import pytest
 kt = pytest.importorskip("keras_tuner")
 
 from autotl.backbones.weights import WeightsSource  # noqa: E402 -- after importorskip
+from autotl.engine.keras_tuner import TransferHyperModel, run_keras_tuner_search  # noqa: E402 -- after importorskip
+from autotl.engine.space import FloatRange, SearchSpace, load_space  # noqa: E402 -- after importorskip
 from autotl.errors import UsageError  # noqa: E402 -- after importorskip
-from autotl.search.keras_tuner import TransferHyperModel, run_keras_tuner_search  # noqa: E402 -- after importorskip
-from autotl.search.space import FloatRange, SearchSpace, load_space  # noqa: E402 -- after importorskip
 
 pytestmark = pytest.mark.slow  # `make test-fast` skips this module
 
@@ -265,8 +265,8 @@ def test_engines_compared_in_one_report(
     """keras-tuner and Optuna search the same space in one run folder; the report compares them."""
     import optuna
 
+    from autotl.engine.optuna_engine import SearchConfig, run_search
     from autotl.report import write_report
-    from autotl.search.optuna_engine import SearchConfig, run_search
 
     out = tmp_path / "run"
     rows = run_keras_tuner_search(
@@ -336,8 +336,8 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(
     registry, tiny_dataset, space: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a trial that cannot go on (TrialFailed, e.g. a backbone giving NaN features): keras-tuner marks it failed, not the search
+    from autotl.engine import keras_tuner as akt
     from autotl.errors import TrialFailed
-    from autotl.search import keras_tuner as akt
 
     def failing(*args, **kwargs):
         raise TrialFailed("backbone tiny gives non-finite features")

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from autotl.backbones.weights import WeightsSource
+from autotl.engine.optuna_engine import SearchConfig, run_search
+from autotl.engine.space import load_space, trial_params
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.run.storage import load_study, open_study
-from autotl.search.optuna_engine import SearchConfig, run_search
-from autotl.search.space import load_space, trial_params
 
 BEST_MODEL = RunFolder.BEST_MODEL
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from autotl.engine.pick import parse_conditions, pick_trial
 from autotl.errors import UsageError
-from autotl.search.pick import parse_conditions, pick_trial
 
 
 def study_of(rows, objectives=("accuracy", "latency_ms"), constraints=None):

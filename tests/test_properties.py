@@ -144,8 +144,8 @@ def _one_line(exc: BaseException) -> None:
 def test_a_mutated_space_loads_into_a_runnable_space_or_is_one_line(
     tmp_path: Path, space: dict[str, Any], screen: Any
 ) -> None:
-    from autotl.search.samplers import make_sampler
-    from autotl.search.space import apply_screening, load_space, trial_params
+    from autotl.engine.samplers import make_sampler
+    from autotl.engine.space import apply_screening, load_space, trial_params
 
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
@@ -164,7 +164,7 @@ def test_a_mutated_space_loads_into_a_runnable_space_or_is_one_line(
 @FAST
 @given(text=st.text(max_size=200))
 def test_any_text_as_a_space_file_loads_or_is_one_line(tmp_path: Path, text: str) -> None:
-    from autotl.search.space import load_space
+    from autotl.engine.space import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text(text, encoding="utf-8")

@@ -39,8 +39,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory, registry):
     """ONE real tiny search (2 trials); the search itself records each trial's layers and the best model."""
     from autotl.backbones.weights import WeightsSource
     from autotl.data.dataset import load_folder
-    from autotl.search.optuna_engine import SearchConfig, run_search
-    from autotl.search.space import load_space
+    from autotl.engine.optuna_engine import SearchConfig, run_search
+    from autotl.engine.space import load_space
 
     root = tmp_path_factory.mktemp("report")
     dataset = load_folder(noisy_labels(root / "colours"), val_fraction=0.25, seed=0)
@@ -232,7 +232,7 @@ def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> No
     import optuna
 
     from autotl.cli import main
-    from autotl.search.space import trial_params
+    from autotl.engine.space import trial_params
 
     cfg, study = searched
     run = tmp_path / "run"

@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
+from autotl.engine.samplers import SAMPLERS, make_sampler
+from autotl.engine.space import SearchSpace
 from autotl.errors import UsageError
-from autotl.search.samplers import SAMPLERS, make_sampler
-from autotl.search.space import SearchSpace
 
 
 def draws(name: str, seed: int, n: int = 8) -> list[tuple]:
@@ -66,8 +66,8 @@ def test_the_space_sampler_drives_the_study(
     import optuna
 
     from autotl.backbones.weights import WeightsSource
-    from autotl.search.optuna_engine import SearchConfig, run_search
-    from autotl.search.space import load_space
+    from autotl.engine.optuna_engine import SearchConfig, run_search
+    from autotl.engine.space import load_space
 
     space, _ = load_space(tiny_space_file, {"sampler": "random"})
     study = run_search(

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from autotl.engine.space import builtin_spaces, load_space
 from autotl.errors import UsageError
-from autotl.search.space import builtin_spaces, load_space
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -108,7 +108,7 @@ def default_backbone(registry: Registry, source: WeightsSource, memo: Optional[P
     the weights folder, or, where Keras may download them, a backbone of the built-in ``fast`` space.
     ``memo`` (a JSON file) keeps each backbone's count, so the architectures are built once."""
     from autotl.backbones.weights import resolve_weights
-    from autotl.search.space import load_space
+    from autotl.engine.space import load_space
 
     candidates = []
     for name, spec in sorted(registry.backbones.items()):

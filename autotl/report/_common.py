@@ -7,11 +7,11 @@ import math
 from dataclasses import asdict
 from typing import Any, Optional
 
+from autotl.engine.samplers import DEFAULT_SAMPLER
 from autotl.errors import first_line
 from autotl.run.folder import RunFolder
 from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objective, Objectives
 from autotl.scoring.stats import wilson_interval
-from autotl.search.samplers import DEFAULT_SAMPLER
 
 REPORT_FILES = RunFolder.REPORT_FILES  # the plots' folder, as report.md and report.json name it
 #: 2: the record names the study's ``objectives`` and ``sampler``, and carries each score by objective

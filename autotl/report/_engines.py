@@ -2,7 +2,7 @@
 
 ``autotl search`` (Optuna) keeps its trials in the study ``autotl``;
 ``autotl search --engine keras-tuner`` records its trials in the same storage
-as the study ``autotl-keras-tuner`` (:mod:`autotl.search.keras_tuner`).  When a run
+as the study ``autotl-keras-tuner`` (:mod:`autotl.engine.keras_tuner`).  When a run
 folder has both, the report compares them on the same data and space.
 """
 

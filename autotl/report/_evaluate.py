@@ -35,7 +35,7 @@ def _model_trial(
     if number is not None:
         if engine == OPTUNA:
             return number
-        from autotl.search.keras_tuner_study import TRIAL_ID_ATTR
+        from autotl.engine.keras_tuner_study import TRIAL_ID_ATTR
 
         # the keras-tuner engine's marker names keras-tuner's trial; its study copy keeps that id
         for t in study.get_trials(deepcopy=False):

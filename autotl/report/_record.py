@@ -99,8 +99,8 @@ def _summary(
 
 def _skipped_backbones(folder: RunFolder, trials: list[Any]) -> dict[str, str]:
     """Backbone to why the search left it out: its checks or weights at start-up (``checks.json``), or
-    failures in a row in the latest search session (see :mod:`autotl.search.failures`)."""
-    from autotl.search.failures import dropped_backbones, latest_session
+    failures in a row in the latest search session (see :mod:`autotl.engine.failures`)."""
+    from autotl.engine.failures import dropped_backbones, latest_session
 
     out = {
         str(name): str(check.get("reason") or "failed its checks")
@@ -156,8 +156,8 @@ def _evaluation(
 
 def _backbone_screening(study: Any, storage_url: str) -> Optional[dict[str, Any]]:
     """What backbone screening decided and each backbone's scores (None: the search did not screen)."""
+    from autotl.engine.backbone_screen import COLUMNS, DECISION_KEY, screening_rows
     from autotl.run.stages import read
-    from autotl.search.backbone_screen import COLUMNS, DECISION_KEY, screening_rows
 
     try:
         rows = screening_rows(study, storage_url, study.study_name)

@@ -8,7 +8,7 @@ the same moment both go on with the first one's decision (the database's
 unique key settles it).  Rows are written as soon as each result exists, so a
 worker killed in the middle of a stage loses nothing that another finished.
 
-Backbone screening (:mod:`autotl.search.backbone_screen`) keeps one row per
+Backbone screening (:mod:`autotl.engine.backbone_screen`) keeps one row per
 backbone's sample result and one for the decision; the report reads them.
 """
 

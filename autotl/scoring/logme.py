@@ -9,7 +9,7 @@ LogME is that evidence per image, averaged over the classes.  Features that
 separate the classes score higher than features that do not, and the score
 costs one thin SVD of the feature matrix: milliseconds for a few hundred images.
 
-Backbone screening (:mod:`autotl.search.backbone_screen`) records it beside the
+Backbone screening (:mod:`autotl.engine.backbone_screen`) records it beside the
 sample head accuracy as a second, training-free signal.
 """
 

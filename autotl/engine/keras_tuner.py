@@ -9,7 +9,7 @@ always comes first, phase 2 runs only once the head has stabilised, and the
 fine-tuning rate stays at least 10 times below phase 1's::
 
     import keras_tuner as kt
-    from autotl.search.keras_tuner import TransferHyperModel
+    from autotl.engine.keras_tuner import TransferHyperModel
 
     hypermodel = TransferHyperModel(space, dataset, weights=WeightsSource.parse(weights_dir="weights"), cache_dir="cache")
     tuner = kt.BayesianOptimization(hypermodel, objective=hypermodel.objective, max_trials=20, directory="kt")
@@ -43,11 +43,11 @@ import keras_tuner
 
 from autotl.backbones.registry import Registry
 from autotl.backbones.weights import WeightsSource, resolve_weights
+from autotl.engine.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
+from autotl.engine.space import SearchSpace, errors_line, trial_params
 from autotl.errors import AutotlError, TrialFailed, UsageError, failure_line
 from autotl.run.folder import KERAS_TUNER, RunFolder
 from autotl.scoring.objective import Objectives
-from autotl.search.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
-from autotl.search.space import SearchSpace, errors_line, trial_params
 from autotl.training.model import HEAD_LAYERS
 from autotl.training.trainer import TrialParams, train_trial
 
@@ -76,7 +76,7 @@ def _pristine_key(spec: Any, resolved: Any, seed: int) -> tuple[Any, ...]:
 
 
 class _Suggest:
-    """``autotl.search.space.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
+    """``autotl.engine.space.trial_params`` asks an Optuna-like trial; this one declares keras-tuner hyperparameters.
 
     One mapping from a space to ``TrialParams`` for both engines.  A degenerate
     range (low == high) becomes ``hp.Fixed``: keras-tuner's Bayesian oracle
@@ -164,7 +164,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
     trial's model); the trainer has its own early stopping.
 
     Args:
-        space: the search space (``autotl.search.space.load_space``).
+        space: the search space (``autotl.engine.space.load_space``).
         dataset: an ``autotl.data.dataset.Dataset`` (``load_folder`` / ``from_arrays``).
         registry: the backbones (default: ``autotl.backbones.registry.get_registry()``).
         weights: where pretrained weights come from (default: ``WeightsSource.parse()``,

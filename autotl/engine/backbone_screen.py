@@ -37,7 +37,7 @@ from autotl.scoring.stats import wilson_interval
 
 if TYPE_CHECKING:
     from autotl.data.dataset import Dataset
-    from autotl.search.space import BackboneScreening, SearchSpace
+    from autotl.engine.space import BackboneScreening, SearchSpace
     from autotl.training.cache import CachedFeatures
 
 __all__ = [
@@ -193,7 +193,7 @@ class FullCaches:
     ``build(name, say)`` builds one (its progress is said through ``say``);
     ``estimates`` are seconds per backbone from the sample's measured images
     per second.  A backbone is *ready* once its full cache is there; the
-    sampler draws only ready ones while others wait (:class:`autotl.search.failures.SearchBackbones`).
+    sampler draws only ready ones while others wait (:class:`autotl.engine.failures.SearchBackbones`).
     """
 
     def __init__(

@@ -14,9 +14,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from autotl.engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autotl.errors import UsageError
 from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objectives
-from autotl.search.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autotl.training.trainer import LR_RATIO, TrialParams
 
 __all__ = [
@@ -150,7 +150,7 @@ Screening = TwoStage
 
 class BackboneScreening(_Strict):
     """Backbone screening: every backbone is cached and scored on a stratified sample first, and only
-    those that earn it are cached on all the data (:mod:`autotl.search.backbone_screen`).
+    those that earn it are cached on all the data (:mod:`autotl.engine.backbone_screen`).
 
     ``enabled: auto`` screens when the space has at least two backbones.
     ``sample`` images (train and val in their proportions) are cached per
@@ -207,7 +207,7 @@ class SearchSpace(_Strict):
     two_stage: Optional[TwoStage] = None  # off: every trial may fine-tune (``screening:`` before)
     backbone_screening: BackboneScreening = BackboneScreening()  # a sample stage before full caches
     ensemble: Ensemble = Ensemble()  # off: no ensemble at the end of a search
-    sampler: str = DEFAULT_SAMPLER  # one of autotl.search.samplers.SAMPLERS
+    sampler: str = DEFAULT_SAMPLER  # one of autotl.engine.samplers.SAMPLERS
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
     # bounds each trial must meet to count as best: at most (minimised) or at least (maximised)
     constraints: dict[str, float] = Field(default_factory=dict)

@@ -8,13 +8,13 @@ trials of this process.  The sampler is the space's (``sampler``), the
 objectives and constraints are the space's (``objectives``, ``constraints``),
 and every "best" is :func:`autotl.scoring.objective.ranked_trials`' order.
 
-Failures follow :mod:`autotl.search.failures`: a trial that raises anything is
+Failures follow :mod:`autotl.engine.failures`: a trial that raises anything is
 marked failed with its reason and the search goes on; a backbone that fails
 three times in a row is dropped (the sampler is kept off it), and the search
 stops with :class:`autotl.errors.SearchStopped` when no backbone is left or
 ``max_failures`` trials in a row have failed.  Before the first trial every
-backbone is checked once (:mod:`autotl.search.prechecks`) and, with two or more,
-screened on a sample (:mod:`autotl.search.backbone_screen`); the kept backbones'
+backbone is checked once (:mod:`autotl.engine.prechecks`) and, with two or more,
+screened on a sample (:mod:`autotl.engine.backbone_screen`); the kept backbones'
 full feature caches are built one at a time between trials, and
 ``best_model.keras`` is assembled whenever a trial becomes the best.
 
@@ -40,12 +40,8 @@ from typing import Any, NoReturn, Optional
 
 from autotl.backbones.registry import Registry
 from autotl.backbones.weights import WeightsSource, resolve_weights
-from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, first_line
-from autotl.run.folder import RunFolder
-from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
-from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
-from autotl.search.backbone_screen import FullCaches, estimate_seconds
-from autotl.search.failures import (
+from autotl.engine.backbone_screen import FullCaches, estimate_seconds
+from autotl.engine.failures import (
     COUNTED,
     FAIL_KIND,
     FAIL_REASON,
@@ -57,7 +53,11 @@ from autotl.search.failures import (
     SearchBackbones,
     stop_reason,
 )
-from autotl.search.space import SearchSpace, trial_params
+from autotl.engine.space import SearchSpace, trial_params
+from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, first_line
+from autotl.run.folder import RunFolder
+from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
+from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
 
 __all__ = ["SearchConfig", "open_search_study", "run_search", "FULL", "SCREEN", "FINALIST"]
 
@@ -85,7 +85,7 @@ class SearchConfig:
     heartbeat: int = 30  # seconds; a worker silent for 4 heartbeats is declared dead
     worker_index: int = 0  # offsets the sampler's seed, so workers draw different points
     max_failures: int = MAX_FAILURES  # stop after this many failed trials in a row
-    # one `autotl search` and the workers it started: "in a row" counts its trials (autotl.search.failures)
+    # one `autotl search` and the workers it started: "in a row" counts its trials (autotl.engine.failures)
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
     explicit: bool = False  # the backbones were named (--backbone): each must be usable
@@ -158,8 +158,8 @@ def open_search_study(cfg: SearchConfig) -> Any:
     """
     import optuna
 
+    from autotl.engine.samplers import make_sampler
     from autotl.run.storage import open_study
-    from autotl.search.samplers import make_sampler
 
     objectives = cfg.objectives
     pruner = (
@@ -307,7 +307,7 @@ class _TrialRunner:
         self._fail(trial, event, COUNTED, reason)
 
     def _fail(self, trial: Any, event: dict[str, Any], kind: str, reason: str) -> NoReturn:
-        """Record why ``trial`` failed (and whether it counts, see :mod:`autotl.search.failures`), say it, fail it."""
+        """Record why ``trial`` failed (and whether it counts, see :mod:`autotl.engine.failures`), say it, fail it."""
         trial.set_user_attr(FAIL_KIND, kind)
         trial.set_user_attr(FAIL_REASON, reason)
         if event:
@@ -409,7 +409,7 @@ class _TrialRunner:
 
     def prepare(self, should_stop: Callable[[], bool], deadline: Optional[float] = None) -> None:
         """Before the first trial: screen the backbones on a sample (when the space says so), then plan
-        the kept backbones' full caches (:class:`autotl.search.backbone_screen.FullCaches`), which
+        the kept backbones' full caches (:class:`autotl.engine.backbone_screen.FullCaches`), which
         :meth:`build_due` builds one at a time between trials.  A build that fails -- a full disk,
         say -- leaves the study without a failed trial.  Workers start from different backbones."""
         names = [b for b in self.cfg.space.backbones if b in self.backbones.live()]
@@ -454,8 +454,8 @@ class _TrialRunner:
     ) -> Optional[dict[str, Any]]:
         """The sample stage: each backbone's sample scores (stored as soon as each exists, never computed twice
         for a study), then the decision, stored once for every worker; None if stopped before it."""
+        from autotl.engine.backbone_screen import DECISION_KEY, RESULT_KEY, decide, sample_of
         from autotl.run.stages import claim, read_all
-        from autotl.search.backbone_screen import DECISION_KEY, RESULT_KEY, decide, sample_of
 
         url, study = self.cfg.storage_url, self.cfg.study_name
         stored = read_all(url, study)
@@ -490,7 +490,7 @@ class _TrialRunner:
 
     def _sample_result(self, name: str, sample: Any) -> dict[str, Any]:
         """One backbone's sample scores and measured cost, or ``{"error": reason}``."""
-        from autotl.search.backbone_screen import score_features
+        from autotl.engine.backbone_screen import score_features
 
         started = time.perf_counter()
         try:
@@ -521,7 +521,7 @@ class _TrialRunner:
         )
 
     def _say_decision(self, decision: dict[str, Any], resumed: bool) -> dict[str, Any]:
-        from autotl.search.backbone_screen import clock
+        from autotl.engine.backbone_screen import clock
 
         kept = ", ".join(
             f"{n} (full cache about {clock(e)})" if e else n
@@ -854,8 +854,8 @@ def _backbones_of(study: Any, cfg: SearchConfig, emit: Event) -> SearchBackbones
 
 def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> tuple[Any, Any]:
     """Claim the run folder, open the study, check each backbone once; ``(study, runner)``."""
+    from autotl.engine.prechecks import precheck_backbones
     from autotl.run.storage import check_database
-    from autotl.search.prechecks import precheck_backbones
 
     check_database(cfg.storage_url, create=True)  # before anything is written into the folder
     cfg.run.claim(
@@ -902,7 +902,7 @@ def run_search(
     (its heartbeat stopped, so Optuna failed it and queued a retry).  The budget
     counts trials of the whole study, so N workers make ``cfg.trials`` trials
     in total, not N times that.  Failed trials do not count toward it; the
-    failure policy (:mod:`autotl.search.failures`) ends a search that cannot make
+    failure policy (:mod:`autotl.engine.failures`) ends a search that cannot make
     progress with :class:`SearchStopped`.  When it ends, ``best_model.keras``
     is the best trial's model.
     """

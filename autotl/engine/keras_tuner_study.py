@@ -1,6 +1,6 @@
 """The keras-tuner engine's trials as an Optuna study, beside the Optuna engine's, for ``autotl report`` to compare.
 
-:func:`autotl.search.keras_tuner.run_keras_tuner_search` adds every finished keras-tuner
+:func:`autotl.engine.keras_tuner.run_keras_tuner_search` adds every finished keras-tuner
 trial to the study ``<study_name>-keras-tuner`` in the run folder's storage, with
 the parameters, distributions and trial attributes an Optuna trial of the same
 space has.  This module imports Optuna, not keras-tuner or TensorFlow.
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from autotl.engine.space import SearchSpace, trial_params
 from autotl.scoring.objective import Objectives
-from autotl.search.space import SearchSpace, trial_params
 
 __all__ = ["KerasTunerStudy", "TRIAL_ID_ATTR"]
 
@@ -26,9 +26,9 @@ TRIAL_ID_ATTR = "keras_tuner_trial_id"
 
 
 class _Distributions:
-    """Asked as :func:`autotl.search.space.trial_params` asks an Optuna trial: records each parameter's distribution.
+    """Asked as :func:`autotl.engine.space.trial_params` asks an Optuna trial: records each parameter's distribution.
 
-    The same mapping from a space as the Optuna engine's (and ``autotl.search.keras_tuner._Suggest``'s), so the
+    The same mapping from a space as the Optuna engine's (and ``autotl.engine.keras_tuner._Suggest``'s), so the
     keras-tuner trials' Optuna copy has exactly the distributions an Optuna search of the space has.
     """
 

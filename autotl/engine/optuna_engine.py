@@ -40,7 +40,8 @@ from typing import Any, NoReturn, Optional
 
 from autotl.backbones.registry import Registry
 from autotl.backbones.weights import WeightsSource, resolve_weights
-from autotl.engine.backbone_screen import FullCaches, estimate_seconds
+from autotl.engine.backbone_screen import FullCaches, clock, estimate_seconds
+from autotl.engine.depth import DEPTH_ATTR, widened_high
 from autotl.engine.failures import (
     COUNTED,
     FAIL_KIND,
@@ -285,7 +286,9 @@ class _TrialRunner:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         stage = trial.user_attrs.get("stage") or self._stage(earlier)
         trial.set_user_attr("stage", stage)
-        params = trial_params(trial, self.cfg.space, screen=stage == SCREEN)
+        params = trial_params(
+            trial, self.cfg.space, screen=stage == SCREEN, deepest=widened_high(trial.study)
+        )
         event = {"trial": trial.number, "backbone": params.backbone}
         if (
             params.backbone not in self.backbones.live()
@@ -723,6 +726,66 @@ def _enqueue_finalist(
     return True
 
 
+def _deepen(study: Any, space: SearchSpace, runner: _TrialRunner, emit: Event) -> None:
+    """Widen ``unfreeze_blocks`` once the trials call for it (:mod:`autotl.engine.depth`): record the
+    decision in the study, say what the deeper boundaries will cost the cache, and queue the best
+    trial at deeper depths."""
+    from autotl.engine.depth import decide, probe_depths
+
+    if space.phase2.deepen is None or widened_high(study) is not None:
+        return
+    ranked = ranked_trials(study)
+    decision = decide(ranked, space)
+    if decision is None:
+        return
+    # tried deeper: the trial whose fine-tuning gain decided it, else the best that drew a depth
+    number = decision["evidence"].get("trial")
+    best = next(
+        t
+        for t in ranked
+        if t.number == number or (number is None and t.params.get("unfreeze_blocks") is not None)
+    )
+    decision["after_trial"] = max(t.number for t in ranked)
+    decision["cost"] = _depth_cost(runner, best, decision["from"], decision["high"])
+    decision["probes"] = probe_depths(decision["from"], decision["high"])
+    study.set_user_attr(DEPTH_ATTR, decision)
+    cost = decision["cost"]
+    emit(
+        {
+            "info": f"fine-tuning depth widened to {space.phase2.unfreeze_blocks.low}..{decision['high']} "
+            f"blocks: {decision['reason']}; {best.params['backbone']}'s {len(cost['cuts'])} deeper "
+            f"boundaries take up to {cost['bytes'] / 1e6:,.0f} MB of cache"
+            + (f" and about {clock(cost['seconds_each'])} each" if cost.get("seconds_each") else "")
+            + ", each built when a trial first fine-tunes from it"
+        }
+    )
+    fixed = {k: best.params[k] for k in ("backbone", "head_width", "dropout", "finetune_lr")}
+    for blocks in decision["probes"]:
+        study.enqueue_trial(
+            {**fixed, "unfreeze_blocks": blocks},
+            user_attrs={"stage": FULL, "depth_probe_of": best.number},
+            skip_if_exists=True,
+        )
+
+
+def _depth_cost(runner: _TrialRunner, best: Any, old_high: int, new_high: int) -> dict[str, Any]:
+    """The deeper boundaries' cache cost for the best trial's backbone: their bytes, and the seconds of
+    one build at the rate its pooled features were cached (a deeper cut runs less of the base: at most that)."""
+    from autotl.engine.depth import boundary_cost
+
+    spec = runner.registry.backbone(best.params["backbone"])
+    weights = resolve_weights(spec, runner.cfg.weights)
+    base = runner.base(spec, weights, runner.cfg.space.seed)
+    rows = len(runner.dataset.train) + len(runner.dataset.val)
+    views = runner.cfg.space.augmentation
+    rows += len(runner.dataset.train) * (views.views if views.enabled else 0)
+    cost = boundary_cost(runner.cache, base, spec.block_pattern, old_high, new_high, rows)
+    build = ((best.user_attrs.get("cache") or {}).get("phase1") or {}).get("build") or {}
+    if build.get("images_per_second"):
+        cost["seconds_each"] = round(rows / build["images_per_second"], 1)
+    return cost
+
+
 def _artifact_store(study: Any, cfg: SearchConfig) -> Optional[str]:
     """The study's artifact store: the one it records (a worker given another is refused), else ``cfg.artifacts``."""
     from autotl.errors import UsageError
@@ -872,7 +935,7 @@ def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> 
         [b for b in backbones.choices if b not in backbones.not_asked],
         cfg.weights,
         cfg.space.seed,
-        0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        0 if p2.unfreeze_all else p2.deepest,
         cfg.explicit,
         emit,
         skipped=backbones.skipped,
@@ -984,8 +1047,9 @@ def _loop(
             runner.build_due(done, should_stop, lambda: best.flush(study))
             if should_stop() or (deadline is not None and time.monotonic() > deadline):
                 break
-            if not waiting:  # a two-stage search past its screening
+            if not waiting:  # a two-stage search past its screening; a range that just widened
                 _enqueue_finalist(study, cfg.space, trials, runner.backbones.live())
+                _deepen(study, cfg.space, runner, emit)
             study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
         else:  # the others' running trials may fill the budget; wait in case one of them dies
             time.sleep(min(5.0, cfg.heartbeat))

@@ -28,6 +28,7 @@ __all__ = [
     "apply_backbone_screening",
     "TwoStage",
     "BackboneScreening",
+    "Deepen",
     "apply_objectives",
     "errors_line",
     "LR_RATIO",
@@ -105,18 +106,49 @@ class Phase1(_Strict):
     head_loss_threshold: float = Field(0.5, gt=0)
 
 
+class Deepen(_Strict):
+    """Widen ``unfreeze_blocks`` up to ``high`` once the search's own trials show the data needs deeper
+    fine-tuning (:mod:`autotl.engine.depth` states the rule; the README measures it).
+
+    The rule looks once ``after`` fine-tuning trials are complete: it widens when
+    the best frozen head's validation accuracy is under ``weak_head`` (data far
+    from the backbone's pretraining), or when the best trial so far fine-tuned the
+    range's deepest blocks, kept them, and cut its validation loss by at least
+    ``gain`` of the frozen head's.  Deeper boundaries are cached only when a trial
+    first uses one, with the cost said before it is paid.
+    """
+
+    high: int = Field(8, ge=1)
+    after: int = Field(5, ge=1)
+    weak_head: float = Field(0.0, ge=0, le=1)
+    gain: float = Field(0.1, ge=0, lt=1)
+
+
 class Phase2(_Strict):
     unfreeze_blocks: IntRange = IntRange(low=0, high=3)
     unfreeze_all: bool = False  # unfreeze the whole base: only when the space asks
     learning_rate: FloatRange = FloatRange(low=1e-6, high=1e-4, log=True)
     epochs: int = Field(20, ge=0)
     patience: int = Field(3, ge=1)
+    deepen: Optional[Deepen] = None  # off: unfreeze_blocks keeps its range
 
     @model_validator(mode="after")
     def _positive(self) -> Phase2:
         if self.learning_rate.low <= 0:
             raise ValueError(f"learning_rate: must be > 0, got low={self.learning_rate.low}")
+        if self.deepen is not None and self.deepen.high <= self.unfreeze_blocks.high:
+            raise ValueError(
+                f"deepen.high must be above unfreeze_blocks.high, but got "
+                f"(deepen.high={self.deepen.high}, unfreeze_blocks.high={self.unfreeze_blocks.high})"
+            )
+        if self.deepen is not None and self.unfreeze_all:
+            raise ValueError("deepen: the whole base is unfrozen already (unfreeze_all); drop one")
         return self
+
+    @property
+    def deepest(self) -> int:
+        """The most blocks any trial of this space may unfreeze (``deepen.high`` when it may widen)."""
+        return self.deepen.high if self.deepen is not None else self.unfreeze_blocks.high
 
 
 class Augmentation(_Strict):
@@ -325,22 +357,27 @@ def load_space(
         raise UsageError(f"search space {path}: {errors_line(exc)}") from None
 
 
-def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialParams:
+def trial_params(
+    trial: Any, space: SearchSpace, screen: bool = False, deepest: Optional[int] = None
+) -> TrialParams:
     """Ask ``trial`` for one point of ``space``: an Optuna trial (or ``optuna.trial.FixedTrial``), or anything
     with ``suggest_categorical``, ``suggest_float`` and ``suggest_int`` (the keras-tuner engine's adapter).
 
     One mapping from a space to the trainer's parameters, for every engine.  A
     two-stage phase-1 trial (``screen``) asks only for the backbone and head: it runs
-    phase 1 alone, so it draws no fine-tuning settings.
+    phase 1 alone, so it draws no fine-tuning settings.  ``deepest`` is the top of
+    ``unfreeze_blocks`` once :mod:`autotl.engine.depth` widened it; the boundaries
+    cached in phase 1's pass stay the space's own range (deeper ones are cached when used).
     """
     p2 = space.phase2
+    top = max(p2.unfreeze_blocks.high, min(deepest or 0, p2.deepest))
     return TrialParams(
         backbone=trial.suggest_categorical("backbone", list(space.backbones)),
         head_width=trial.suggest_categorical("head_width", list(space.head.width)),
         dropout=trial.suggest_float("dropout", space.head.dropout.low, space.head.dropout.high),
         unfreeze_blocks=0
         if screen
-        else trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, p2.unfreeze_blocks.high),
+        else trial.suggest_int("unfreeze_blocks", p2.unfreeze_blocks.low, top),
         unfreeze_all=p2.unfreeze_all and not screen,
         finetune_lr=p2.learning_rate.low
         if screen

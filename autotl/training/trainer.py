@@ -38,7 +38,7 @@ from autotl.training.fitting import (
 )
 from autotl.training.seeding import set_random_seed
 
-__all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
+__all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "restored_epoch", "LR_RATIO"]
 
 #: The fine-tuning learning rate must be at least this many times below phase 1's.
 LR_RATIO = 10.0
@@ -124,7 +124,7 @@ class TrialResult:
 VAL_SCORES = ("balanced_accuracy", "macro_f1")
 
 
-def _best(history: dict[str, list[float]]) -> tuple[int, float, float]:
+def restored_epoch(history: dict[str, list[float]]) -> tuple[int, float, float]:
     """The epoch early stopping restored: the first whose loss later epochs never beat by MIN_DELTA."""
     losses = history["val_loss"]
     i = 0
@@ -297,7 +297,7 @@ def _phase1(
         class_weight,
     )
     seconds["phase1"] = time.perf_counter() - start
-    best_epoch, best_loss, best_acc = _best(h1)
+    best_epoch, best_loss, best_acc = restored_epoch(h1)
     plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
     val = (feats.val, np.asarray(feats.val_labels))
     return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued, val, class_weight)
@@ -456,7 +456,7 @@ def _phase2(
         p1.class_weight,
     )
     seconds["phase2"] = time.perf_counter() - start
-    _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
+    _, loss2, acc2 = restored_epoch(h2) if h2 else (0, math.inf, 0.0)
     kept = loss2 < p1.best_loss
     probs = None
     if kept:

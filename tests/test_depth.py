@@ -1,0 +1,171 @@
+"""Fine-tuning depth that follows the data (``phase2.deepen``, :mod:`autotl.engine.depth`).
+
+The rule's decision is tested on real tiny searches: ``tiny_blind`` (a backbone
+whose features say nothing, so its frozen head is weak) must widen the range,
+say the deeper boundary's cost before a trial builds it, and try the best
+trial deeper; ``tiny`` on colour pictures (a strong frozen head) with a gain
+it cannot reach must not, and its cache must hold only the boundaries its
+range uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import TINY_PLUGIN, TINY_SPACE
+
+from autotl.backbones.weights import WeightsSource
+from autotl.engine.depth import DEPTH_ATTR, decide, gain, probe_depths
+from autotl.engine.optuna_engine import SearchConfig, run_search
+from autotl.engine.space import SearchSpace, load_space, trial_params
+from autotl.errors import UsageError
+
+BLIND = "autotl_tiny_blind"
+
+
+def _space_file(tmp_path: Path, backbone: str, deepen: dict) -> Path:
+    raw = yaml.safe_load(TINY_SPACE)
+    raw["backbones"] = [backbone]
+    raw["phase2"]["unfreeze_blocks"] = {"low": 0, "high": 1}
+    raw["phase2"]["deepen"] = deepen
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _search(tmp_path: Path, backbone: str, deepen: dict, trials: int):
+    from autotl.backbones.registry import get_registry
+
+    space, _ = load_space(_space_file(tmp_path, backbone, deepen))
+    events: list[dict] = []
+    cfg = SearchConfig(
+        out=tmp_path / "run", space=space, trials=trials, weights=WeightsSource("none")
+    )
+    registry = get_registry([TINY_PLUGIN, BLIND], autoload=False)
+    return cfg, events, registry
+
+
+def _cached_cuts(cfg: SearchConfig) -> dict[str, Path]:
+    """Cut name (``None`` for the pooled features) to its entry folder in the run's feature cache."""
+    out = {}
+    for meta in Path(cfg.run.cache_dir).glob("*/meta.json"):
+        out[json.loads(meta.read_text())["cut"]] = meta.parent
+    return out
+
+
+def test_a_weak_frozen_head_widens_the_range_says_the_cost_first_and_probes_deeper(
+    tiny_dataset, tmp_path: Path
+) -> None:
+    cfg, events, registry = _search(
+        tmp_path, "tiny_blind", {"high": 2, "after": 2, "weak_head": 0.9}, trials=5
+    )
+    study = run_search(cfg, registry, tiny_dataset, on_event=events.append)
+    widening = study.user_attrs[DEPTH_ATTR]
+    assert widening["high"] == 2 and widening["from"] == 1
+    assert "weak_head" in widening["reason"] and widening["evidence"]["frozen_accuracy"] < 0.9
+    assert widening["after_trial"] == 1  # decided as soon as `after` trials were complete
+    trials = study.trials
+    assert all(t.params["unfreeze_blocks"] <= 1 for t in trials[:2])
+    probe = trials[2]
+    assert probe.params["unfreeze_blocks"] == 2 and probe.user_attrs["depth_probe_of"] in (0, 1)
+    best = trials[probe.user_attrs["depth_probe_of"]]
+    assert {k: probe.params[k] for k in ("head_width", "dropout", "finetune_lr")} == {
+        k: best.params[k] for k in ("head_width", "dropout", "finetune_lr")
+    }
+    # the deeper boundary was cached by the probe, after the cost was said, and the cost was right
+    said = [i for i, e in enumerate(events) if "widened" in str(e.get("info", ""))]
+    built = [
+        i
+        for i, e in enumerate(events)
+        if e.get("trial") == probe.number and "block1_out" in str(e.get("status", ""))
+    ]
+    assert said and built and said[0] < built[0]
+    assert probe.user_attrs["cache"]["phase2"]["built"] is True
+    entry = _cached_cuts(cfg)["block1_out"]
+    on_disk = sum(f.stat().st_size for f in entry.glob("*.npy"))
+    assert widening["cost"]["cuts"] == ["block1_out"]
+    assert 0.9 * on_disk <= widening["cost"]["bytes"] <= 1.1 * on_disk
+
+
+def test_a_strong_frozen_head_keeps_the_range_and_the_cache_holds_only_its_boundaries(
+    tiny_dataset, tmp_path: Path
+) -> None:
+    cfg, events, registry = _search(
+        tmp_path, "tiny", {"high": 2, "after": 2, "weak_head": 0.5, "gain": 0.9999}, trials=4
+    )
+    study = run_search(cfg, registry, tiny_dataset, on_event=events.append)
+    assert DEPTH_ATTR not in study.user_attrs
+    assert not [e for e in events if "widened" in str(e.get("info", ""))]
+    assert all(t.params["unfreeze_blocks"] <= 1 for t in study.trials)
+    assert all(decide(study.trials[:n], cfg.space) is None for n in range(1, 5))
+    assert set(_cached_cuts(cfg)) == {None, "block2_out"}  # pooled, and the one boundary used
+
+
+def test_the_gain_rule_widens_when_fine_tuning_near_the_top_took_enough_off(
+    tiny_dataset, tmp_path: Path
+) -> None:
+    """``decide`` on a real search's trials, their attributes as the trainer recorded them."""
+    cfg, _events, registry = _search(
+        tmp_path, "tiny", {"high": 2, "after": 1, "weak_head": 0.0, "gain": 0.0}, trials=2
+    )
+    study = run_search(cfg, registry, tiny_dataset)
+    first = study.trials[0]
+    kept, blocks = first.user_attrs["phase2_kept"], first.params["unfreeze_blocks"]
+    assert gain(first) > 0 if kept else gain(first) == 0
+    decision = decide([first], cfg.space)
+    assert (decision is not None) == (kept and blocks >= 1)
+    # decided before the second trial, from the first; the second then drew from the widened range
+    assert (study.user_attrs.get(DEPTH_ATTR) is not None) == (decision is not None)
+    if decision is not None:
+        assert decision["evidence"]["trial"] == 0 and decision["evidence"]["gain"] >= 0.0
+        assert study.trials[1].params["unfreeze_blocks"] == 2  # the probe, one block deeper
+        deepen = cfg.space.phase2.deepen.model_copy(update={"gain": round(gain(first), 4) + 1e-3})
+        stricter = cfg.space.phase2.model_copy(update={"deepen": deepen})
+        assert decide([first], cfg.space.model_copy(update={"phase2": stricter})) is None
+
+
+def test_trial_params_draw_the_widened_range_but_prefetch_only_the_spaces_own(
+    tmp_path: Path,
+) -> None:
+    from autotl.engine.optuna_engine import _Recorder
+
+    space, _ = load_space(_space_file(tmp_path, "tiny", {"high": 2}))
+    for deepest, high in ((None, 1), (2, 2), (9, 2)):
+        recorder = _Recorder()
+        params = trial_params(recorder, space, deepest=deepest)
+        assert recorder.distributions["unfreeze_blocks"].high == high
+        assert params.prefetch_blocks == 1
+
+
+@pytest.mark.parametrize(
+    "deepen, fragment",
+    [
+        ({"high": 1}, "deepen.high must be above unfreeze_blocks.high"),
+        ({"high": 4, "gain": 1.5}, "phase2.deepen.gain"),
+        ({"high": 4, "after": 0}, "phase2.deepen.after"),
+    ],
+)
+def test_a_bad_deepen_is_refused_naming_the_field(
+    tmp_path: Path, deepen: dict, fragment: str
+) -> None:
+    with pytest.raises(UsageError, match=fragment.replace(".", r"\.")):
+        load_space(_space_file(tmp_path, "tiny", deepen))
+    with pytest.raises(UsageError, match="unfreeze_all"):
+        raw = yaml.safe_load(_space_file(tmp_path, "tiny", {"high": 4}).read_text())
+        raw["phase2"]["unfreeze_all"] = True
+        (tmp_path / "all.yaml").write_text(yaml.safe_dump(raw))
+        load_space(tmp_path / "all.yaml")
+
+
+def test_probes_cover_the_middle_and_the_top_of_the_new_part() -> None:
+    assert probe_depths(3, 8) == [6, 8]
+    assert probe_depths(1, 2) == [2]
+
+
+def test_the_default_space_deepens() -> None:
+    space, _ = load_space("default")
+    assert isinstance(space, SearchSpace) and space.phase2.deepen is not None
+    assert space.phase2.deepest > space.phase2.unfreeze_blocks.high

@@ -47,6 +47,7 @@ from autotl.errors import AutotlError, TrialFailed, UsageError, failure_line
 from autotl.run.folder import KERAS_TUNER, RunFolder
 from autotl.scoring.objective import Objectives
 from autotl.search.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
+from autotl.search.options import choices
 from autotl.search.space import SearchSpace, errors_line, trial_params
 from autotl.training.model import HEAD_LAYERS
 from autotl.training.trainer import TrialParams, train_trial
@@ -54,7 +55,7 @@ from autotl.training.trainer import TrialParams, train_trial
 __all__ = ["TransferHyperModel", "run_keras_tuner_search", "TUNERS", "TRIAL_ID_ATTR"]
 
 #: The tuners :func:`run_keras_tuner_search` knows.
-TUNERS = ("random", "bayesian", "hyperband")
+TUNERS = choices("tuner")
 PROJECT = "autotl"
 RECORD_FILE = "autotl.json"  # per trial, in keras-tuner's trial folder: what the trainer did
 # keras-tuner's TrialStatus to the Optuna state names the Optuna leaderboard shows.

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autotl.errors import UsageError
 from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objectives
 from autotl.search.samplers import DEFAULT_SAMPLER, SAMPLERS
-from autotl.training.trainer import LR_RATIO, TrialParams
+from autotl.training.params import LR_RATIO, TrialParams
 
 __all__ = [
     "SearchSpace",

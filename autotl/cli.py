@@ -22,6 +22,9 @@ from autotl.search.options import GROUPS, Flag, SearchOptions, choices, flags
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
+    from rich.console import Console
+
+    from autotl.api import Run
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -125,8 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autotl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _search_parser(sub)
+    for add in (
+        _search_parser,
+        _predict_parser,
+        _plugins_parser,
+        _report_parser,
+        _lineage_parser,
+        _export_parser,
+        _ensemble_parser,
+    ):
+        add(sub)
+    return parser
 
+
+def _predict_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "predict", help="classify images with a run's best model or any exported model"
     )
@@ -137,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
+
+def _plugins_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     pl = sub.add_parser(
         "plugins",
         help="list the backbones and samples that plugins provide, or check one",
@@ -155,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_args(pl)
     _add_weights_args(pl)
 
+
+def _report_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     r = sub.add_parser(
         "report",
         help="write report.html, report.md and report.json for a run",
@@ -164,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run", metavar="RUN_DIR")
     _add_study_args(r)
 
+
+def _lineage_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     ln = sub.add_parser(
         "lineage",
         help="say which trial, backbone, weights and data made a model file",
@@ -177,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ln.add_argument("--json", action="store_true", help="print the whole record as JSON")
 
+
+def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     e = sub.add_parser(
         "export",
         help="export a run's model for production, with parity checked",
@@ -220,11 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_args(e)
     _add_plugin_args(e)
     _add_weights_args(e, " -- default: what the search used")
-    _ensemble_parser(sub)
-    return parser
 
 
-def _ensemble_parser(sub: Any) -> None:
+def _ensemble_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     en = sub.add_parser(
         "ensemble",
         help="choose an ensemble of a run's top trials and compare it with the best single model",
@@ -272,43 +293,16 @@ def _ensemble_parser(sub: Any) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from autotl.api import search
-    from autotl.ui import (
-        CountProgress,
-        CtrlC,
-        SearchProgress,
-        console,
-        leaderboard,
-        records_table,
-    )
+    from autotl.ui import CtrlC, SearchView, console
 
     out, err = console(), console(stderr=True)
     presses = CtrlC(err.print)
-    progress: list[SearchProgress] = []
-    scans: list[CountProgress] = []
-
-    def on_event(e: dict[str, Any]) -> None:
-        if "scan" in e:  # the data files being read, before anything else
-            if not scans:
-                scans.append(CountProgress(err, e["scan"]))
-            if scans[-1].update(e["done"], e["total"]):
-                scans.clear()
-        elif "warning" in e:
-            err.print(f"[yellow]warning:[/] {e['warning']}")
-        elif "info" in e:
-            out.print(e["info"])
-        elif "records" in e:
-            out.print(records_table(e["records"], 10, e["title"]))
-        elif e.get("start"):
-            progress.append(SearchProgress(out, e["total"]).__enter__())
-            progress[-1].event(e)
-        elif progress:
-            progress[-1].event(e)
-
+    view = SearchView(out, err)
     resume = "finished trials are saved; rerun the same command to resume"
     try:
         with presses:
             run = search(
-                on_event=on_event,
+                on_event=view,
                 should_stop=presses.pressed,
                 command=shlex.join(["autotl", *sys.argv[1:]]),
                 **search_options(args),
@@ -317,11 +311,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         err.print(f"stopped now: the running trial is marked failed; {resume}")
         return EXIT_INTERRUPTED
     finally:
-        for bar in progress:
-            bar.__exit__(None, None, None)
+        view.close()
     if presses.pressed():
         err.print(f"stopped after the current trial; {resume}")
         return EXIT_INTERRUPTED
+    _say_found(run, out)
+    return 0
+
+
+def _say_found(run: Run, out: Console) -> None:
+    """The end of a search: its leaderboard, where the report and the best model are, or why there is none."""
+    from autotl.ui import leaderboard
+
     if run.engine == "optuna":
         out.print(leaderboard(run.study))
     if run.report_paths:
@@ -336,7 +337,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         out.print(
             "no trial finished, so there is no best model yet; rerun the same command to resume"
         )
-    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

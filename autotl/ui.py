@@ -15,6 +15,7 @@ from autotl._stderr import stderr_silenced
 from autotl.scoring.objective import Objectives, trial_metrics
 
 __all__ = [
+    "SearchView",
     "SearchProgress",
     "CountProgress",
     "leaderboard",
@@ -241,6 +242,38 @@ COLUMNS = (
     "finetune lr",
     "head stable",
 )
+
+
+class SearchView:
+    """What ``autotl search`` shows of a search's events: the scan's bar, warnings and notes, the
+    trials' bar, keras-tuner's leaderboard.  Call it with each event; ``close()`` ends the bars."""
+
+    def __init__(self, out: Any, err: Any) -> None:
+        self.out, self.err = out, err
+        self.progress: list[SearchProgress] = []
+        self.scans: list[CountProgress] = []
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        if "scan" in e:  # the data files being read, before anything else
+            if not self.scans:
+                self.scans.append(CountProgress(self.err, e["scan"]))
+            if self.scans[-1].update(e["done"], e["total"]):
+                self.scans.clear()
+        elif "warning" in e:
+            self.err.print(f"[yellow]warning:[/] {e['warning']}")
+        elif "info" in e:
+            self.out.print(e["info"])
+        elif "records" in e:
+            self.out.print(records_table(e["records"], 10, e["title"]))
+        elif e.get("start"):
+            self.progress.append(SearchProgress(self.out, e["total"]).__enter__())
+            self.progress[-1].event(e)
+        elif self.progress:
+            self.progress[-1].event(e)
+
+    def close(self) -> None:
+        for bar in self.progress:
+            bar.__exit__(None, None, None)
 
 
 def leaderboard(study: Any, top: int = 10) -> Any:

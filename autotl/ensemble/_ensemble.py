@@ -81,6 +81,35 @@ Say = Callable[[str], None]
 Measure = Callable[[Path], dict[str, Any]]
 
 
+@dataclass
+class _Models:
+    """Where the candidates' ``.keras`` files come from: the run and its study, and what assembles a
+    trial's model where the search's files are not at hand (the plugins' ``registry``, ``weights``)."""
+
+    run: RunFolder
+    study: Any
+    registry: Any
+    weights: Any
+    plugins: tuple[str, ...]
+    say: Say
+
+    def model(self, trial: Any) -> Path:
+        """Trial ``trial``'s ``.keras`` file, assembled from its stored layers if needed."""
+        return trial_model(
+            self.run,
+            self.study,
+            trial,
+            self.registry,
+            self.weights,
+            plugins=self.plugins,
+            say=self.say,
+        )
+
+    def files(self, trials: Sequence[Any]) -> dict[int, Callable[[], Path]]:
+        """Each trial's ``.keras`` file, assembled only when first asked for."""
+        return {t.number: (lambda t=t: self.model(t)) for t in trials}
+
+
 # -- 1. candidates
 
 
@@ -155,21 +184,16 @@ class _Seen:
 
 
 def _variants(
-    best: int,
-    members: dict[int, float],
-    ttas: Sequence[Optional[str]],
-    sizes: Sizes,
-    size: tuple[int, int],
-    val: _Seen,
-    test: Optional[_Seen],
+    members: dict[int, float], views: _Views, val: _Seen, test: Optional[_Seen]
 ) -> list[Variant]:
     """The best single model and the ensemble, each without and with every TTA, scored on val and test."""
+    best = views.order[0]
     out = []
     for base, chosen, view, at in (
-        (BEST, {best: 1.0}, "own", sizes[best]),
-        (ENSEMBLE, members, "joint", size),
+        (BEST, {best: 1.0}, "own", views.sizes[best]),
+        (ENSEMBLE, members, "joint", views.size),
     ):
-        for tta in ttas:
+        for tta in views.ttas:
             scores = [
                 None if s is None else Score.of(mix(getattr(s, view), chosen, tta), s.labels)
                 for s in (val, test)
@@ -234,6 +258,7 @@ def select_ensemble(
     is the search's data set when the caller has already loaded it.
     """
     tta = check_tta(tta)
+    settings = {"init": init, "bags": bags, "max_steps": max_steps}
     if init < 1 or bags < 0 or max_steps < 0:
         raise UsageError(
             f"init must be at least 1 and bags and max_steps at least 0, got init={init}, bags={bags}, "
@@ -241,6 +266,48 @@ def select_ensemble(
         )
     trials, notes = candidates(run, study, k)
     dataset = _dataset(run, study, data, plugins, registry, dataset)
+    test, test_source = _test_split(dataset, test, test_source, notes)
+    models = _Models(run, study, registry, weights, tuple(plugins), say)
+    views = _Views(
+        order=[t.number for t in trials],
+        ttas=[None, tta] if tta else [None],
+        sizes=input_sizes(trials, registry, plugins),
+    )
+    files = models.files(trials)
+    val, on_test = (
+        None if images is None else _seen(models, files, images, name, dataset, views)
+        for name, images in (("val", dataset.val), ("test", test))
+    )
+    selection = _select(study, views, (val, on_test), settings, k)
+    selection.notes = notes + selection.notes
+    selection.settings["tta"] = tta or "none"
+    selection.data_fingerprint = dataset.fingerprint
+    if test is not None:
+        selection.test = {"source": test_source or "passed as test=", "images": len(test)}
+    if measure is not None:
+        _time(models, selection, measure)
+    save_selection(run, selection)
+    return selection
+
+
+@dataclass
+class _Views:
+    """The candidates in order (best first), the TTA views scored, and each one's input size."""
+
+    order: list[int]
+    ttas: list[Optional[str]]
+    sizes: Sizes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The ensemble's input size: the largest of its candidates'."""
+        return largest(self.sizes)
+
+
+def _test_split(
+    dataset: Any, test: Any, test_source: Optional[str], notes: list[str]
+) -> tuple[Any, Optional[str]]:
+    """The test images the scores use: those given, else the data set's test split; none is noted."""
     if test is None and getattr(dataset, "test", None) is not None:
         test, test_source = dataset.test, test_source or "the data set's test split"
     if test is None:
@@ -248,106 +315,78 @@ def select_ensemble(
             "no test split: every score is on the validation images that also chose the trials and the "
             "ensemble, so all of them are optimistic"
         )
-    ttas = [None, tta] if tta else [None]
-    models = {t.number: _model_file(run, study, t, registry, weights, plugins, say) for t in trials}
-    sizes = input_sizes(trials, registry, plugins)
-    order, size = [t.number for t in trials], largest(sizes)
-    val, on_test = (
-        None
-        if images is None
-        else _seen(run, study, models, images, name, dataset, ttas, sizes, size, order[0], say)
-        for name, images in (("val", dataset.val), ("test", test))
-    )
-    metric, scorer, more = _scorer(study)
+    return test, test_source
+
+
+def _select(
+    study: Any,
+    views: _Views,
+    seen: tuple[_Seen, Optional[_Seen]],
+    settings: dict[str, int],
+    top_k: int,
+) -> EnsembleSelection:
+    """Ensemble selection on the validation probabilities (:mod:`autotl.ensemble.caruana`), and every
+    variant scored on ``seen`` (validation, and test if any); the caller fills in what it knows of the data."""
+    (val, on_test), (metric, scorer, more) = seen, _scorer(study)
+    order = views.order
     chosen = caruana.select(
-        np.stack([val.joint[(t, None)] for t in order]),
-        val.labels,
-        scorer,
-        init=init,
-        bags=bags,
-        max_steps=max_steps,
+        np.stack([val.joint[(t, None)] for t in order]), val.labels, scorer, **settings
     )
     members = {order[i]: chosen.weights[i] for i in chosen.members}
-    selection = EnsembleSelection(
-        top_k=k,
+    return EnsembleSelection(
+        top_k=top_k,
         candidates=order,
         members=members,
         counts={order[i]: chosen.counts[i] for i in chosen.members},
         objective=metric,
-        variants=_variants(order[0], members, ttas, sizes, size, val, on_test),
-        test=None
-        if test is None
-        else {"source": test_source or "passed as test=", "images": len(test)},
-        settings={"init": init, "bags": bags, "max_steps": max_steps, "tta": tta or "none"},
+        variants=_variants(members, views, val, on_test),
+        test=None,
+        settings=dict(settings),
         steps=[{**s, "add": [order[i] for i in s["add"]]} for s in chosen.steps],
-        notes=notes + more,
+        notes=more,
         study_name=study.study_name,
-        data_fingerprint=dataset.fingerprint,
-        input_size=size,
+        data_fingerprint=None,
+        input_size=views.size,
     )
-    if measure is not None:
-        _time(run, study, selection, measure, registry, weights, plugins, say)
-    save_selection(run, selection)
-    return selection
 
 
 def _seen(
-    run: RunFolder,
-    study: Any,
-    models: dict[int, Callable[[], Path]],
+    models: _Models,
+    files: dict[int, Callable[[], Path]],
     images: Any,
     name: str,
     dataset: Any,
-    ttas: Sequence[Optional[str]],
-    sizes: Sizes,
-    size: tuple[int, int],
-    best: int,
-    say: Say,
+    views: _Views,
 ) -> _Seen:
     """The candidates' probabilities on ``images`` (the validation or test images), cached: all at the
-    ensemble's ``size``, and the best trial at its own (the same files when the sizes are equal)."""
+    ensemble's size, and the best trial at its own (the same files when the sizes are equal)."""
+    run, study, best = models.run, models.study, views.order[0]
     n_classes = len(run.class_names(study))
     fingerprint = dataset.fingerprint if name == "val" else None
     key = split_key(name, images, study.study_name, fingerprint)
-    joint = predictions(run, models, images, key, n_classes, ttas, dict.fromkeys(models, size), say)
-    own = predictions(
-        run, {best: models[best]}, images, key, n_classes, ttas, {best: sizes[best]}, say
-    )
+    at = {"n_classes": n_classes, "ttas": views.ttas, "say": models.say}
+    joint = predictions(run, files, images, key, sizes=dict.fromkeys(files, views.size), **at)
+    own = predictions(run, {best: files[best]}, images, key, sizes={best: views.sizes[best]}, **at)
     return _Seen(own, joint, np.asarray(images.labels))
 
 
-def _time(
-    run: RunFolder,
-    study: Any,
-    selection: EnsembleSelection,
-    measure: Measure,
-    registry: Any,
-    weights: Any,
-    plugins: Sequence[str],
-    say: Say,
-) -> None:
+def _time(models: _Models, selection: EnsembleSelection, measure: Measure) -> None:
     """Each variant's model built (if it is not a trial's own file) and timed by ``measure``."""
+    run = models.run
     for v in selection.variants:
         path = variant_model(
-            run, study, selection, v.name, registry, weights, plugins, say, save=False
+            run,
+            models.study,
+            selection,
+            v.name,
+            registry=models.registry,
+            weights=models.weights,
+            plugins=models.plugins,
+            say=models.say,
+            save=False,
         )
-        say(f"timing {v.name} ({run.relative(path)}) through TFLite")
+        models.say(f"timing {v.name} ({run.relative(path)}) through TFLite")
         v.latency = measure(path)
-
-
-def _model_file(
-    run: RunFolder,
-    study: Any,
-    trial: Any,
-    registry: Any,
-    weights: Any,
-    plugins: Sequence[str],
-    say: Say,
-) -> Callable[[], Path]:
-    """Trial ``trial``'s ``.keras`` file, assembled from its stored layers only when first asked for."""
-    return lambda: trial_model(
-        run, study, trial, registry, weights, plugins=tuple(plugins), say=say
-    )
 
 
 # -- 5. models
@@ -376,11 +415,13 @@ def variant_model(
     if v.name == BEST:
         (only,) = v.members
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == only)
-        path = trial_model(run, study, trial, registry, weights, plugins=tuple(plugins), say=say)
+        path = _Models(run, study, registry, weights, tuple(plugins), say).model(trial)
     elif v.model and (run.path / v.model).is_file():
         return run.path / v.model
     else:
-        path = build_model(run, study, v, registry, weights, plugins, say)
+        path = build_model(
+            run, study, v, registry=registry, weights=weights, plugins=plugins, say=say
+        )
     v.model = run.relative(path)
     if save:
         save_selection(run, selection)
@@ -406,10 +447,9 @@ def build_model(
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     say(f"building {v.name}: trials {', '.join(map(str, v.members))} in one model")
     members = []
+    models = _Models(run, study, registry, weights, tuple(plugins), say)
     for number, weight in v.members.items():
-        file = trial_model(
-            run, study, by_number[number], registry, weights, plugins=tuple(plugins), say=say
-        )
+        file = models.model(by_number[number])
         members.append((f"trial_{number}", keras.saving.load_model(file, safe_mode=True), weight))
     model = combined_model(members, v.tta, v.input_size, name=f"autotl_{v.name.replace('+', '_')}")
     path = run.ensemble_model(v.name.replace("+", "-"))
@@ -472,10 +512,17 @@ def trial_variant(
     if tta is None:
         raise ValueError("trial_variant needs a test-time augmentation")
     size = input_sizes([trial], registry, plugins)[trial.number]
-    models = {trial.number: _model_file(run, study, trial, registry, weights, plugins, say)}
+    files = _Models(run, study, registry, weights, tuple(plugins), say).files([trial])
     key = split_key("val", dataset.val, study.study_name, dataset.fingerprint)
     probs = predictions(
-        run, models, dataset.val, key, dataset.n_classes, [None, tta], {trial.number: size}, say
+        run,
+        files,
+        dataset.val,
+        key,
+        n_classes=dataset.n_classes,
+        ttas=[None, tta],
+        sizes={trial.number: size},
+        say=say,
     )
     members = {trial.number: 1.0}
     v = Variant(
@@ -485,7 +532,8 @@ def trial_variant(
         Score.of(mix(probs, members, tta), np.asarray(dataset.val.labels)),
         input_size=size,
     )
-    v.model = run.relative(build_model(run, study, v, registry, weights, plugins, say))
+    built = build_model(run, study, v, registry=registry, weights=weights, plugins=plugins, say=say)
+    v.model = run.relative(built)
     return v
 
 
@@ -502,9 +550,11 @@ def member_scores(
     """Each member alone on the validation images, at its own size (what the search scored it on)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     trials = [by_number[n] for n in members]
-    models = {t.number: _model_file(run, study, t, registry, weights, plugins, say) for t in trials}
+    files = _Models(run, study, registry, weights, tuple(plugins), say).files(trials)
     key = split_key("val", dataset.val, study.study_name, dataset.fingerprint)
     sizes = input_sizes(trials, registry, plugins)
-    probs = predictions(run, models, dataset.val, key, dataset.n_classes, [None], sizes, say)
+    probs = predictions(
+        run, files, dataset.val, key, n_classes=dataset.n_classes, ttas=[None], sizes=sizes, say=say
+    )
     y = np.asarray(dataset.val.labels)
     return {n: Score.of(probs[(n, None)], y) for n in members}

@@ -78,17 +78,17 @@ def card_facts(
         counts, split = {}, "not recorded"
         fingerprint, source = expected or "not recorded", run.record.get("source", "?")
     return CardFacts(
-        folder,
-        run,
-        parity,
-        size,
-        tuple(written),
-        notes,
-        same_data,
-        counts,
-        split,
-        fingerprint,
-        source,
+        folder=folder,
+        run=run,
+        parity=parity,
+        size=size,
+        written=tuple(written),
+        notes=notes,
+        same_data=same_data,
+        counts=counts,
+        split=split,
+        fingerprint=fingerprint,
+        source=source,
     )
 
 

@@ -71,15 +71,15 @@ def _open_run(
     )
     record = folder.record()
     return _Run(
-        folder,
-        url,
-        study,
-        chosen,
-        model_file,
-        folder.class_names(study),
-        record,
-        study.user_attrs.get("space") or record.get("space") or {},
-        study.user_attrs.get("data") or {},
+        folder=folder,
+        storage_url=url,
+        study=study,
+        trial=chosen,
+        model_file=model_file,
+        class_names=folder.class_names(study),
+        record=record,
+        space=study.user_attrs.get("space") or record.get("space") or {},
+        data_summary=study.user_attrs.get("data") or {},
     )
 
 

@@ -79,19 +79,10 @@ def trial_model(
     """The ``.keras`` file of ``trial`` (a FrozenTrial of ``study``): already there, the best model's copy,
     or assembled from its stored layers now.  ``make_base(spec, weights, seed)``, if given, returns a
     pristine base to build on (the search passes its own, to save building one)."""
-    for path in (
-        run.path / str(trial.user_attrs.get("model_path", "-")),
-        run.trial_model(trial.number),
-    ):
-        if path.is_file():
-            return path
-    for engine in (OPTUNA,):
-        if run.best_trial_number(engine) == trial.number:
-            return run.best_model(engine)
     store = study_store(run, study)
-    fetched = _best_model_artifact(run, study, trial, store)
-    if fetched is not None:
-        return fetched
+    found = _model_here(run, study, trial, store)
+    if found is not None:
+        return found
     stored = run.trial_layers(trial, store)
     if stored is None:
         kept = run.kept_trials()
@@ -101,27 +92,9 @@ def trial_model(
             "s3://bucket/prefix or a shared folder holds them); "
             f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
         )
-    if registry is None:
-        from autotl.backbones.registry import get_registry
-
-        registry = get_registry(list(plugins))
-    name = trial.params["backbone"]
-    if name not in registry.backbones:
-        raise UsageError(
-            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
-            "which is not installed here; install it or pass --plugin MODULE"
-        )
-    from autotl.backbones.weights import resolve_weights
     from autotl.training.model import restore_model
 
-    spec = registry.backbone(name)
-    resolved = resolve_weights(spec, weights_of_run(run, weights))
-    trained_on = trial.user_attrs.get("weights_sha256")
-    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
-        raise UsageError(
-            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
-            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
-        )
+    spec, resolved = _backbone_of(run, trial, registry, weights, plugins)
     say(f"assembling trial {trial.number}'s model from its stored layers")
     seed = int((study.user_attrs.get("space") or {}).get("seed", 0))
     model = restore_model(
@@ -140,6 +113,47 @@ def trial_model(
     model.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _model_here(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[Path]:
+    """``trial``'s ``.keras`` file when there is one already: its own, the best model, or the best model
+    another machine put in the artifact store."""
+    for path in (
+        run.path / str(trial.user_attrs.get("model_path", "-")),
+        run.trial_model(trial.number),
+    ):
+        if path.is_file():
+            return path
+    if run.best_trial_number(OPTUNA) == trial.number:
+        return run.best_model(OPTUNA)
+    return _best_model_artifact(run, study, trial, store)
+
+
+def _backbone_of(
+    run: RunFolder, trial: Any, registry: Any, weights: Any, plugins: tuple[str, ...]
+) -> tuple[Any, Any]:
+    """The trial's backbone spec and its weights here, which must be the bytes it was trained on."""
+    from autotl.backbones.weights import resolve_weights
+
+    if registry is None:
+        from autotl.backbones.registry import get_registry
+
+        registry = get_registry(list(plugins))
+    name = trial.params["backbone"]
+    if name not in registry.backbones:
+        raise UsageError(
+            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
+            "which is not installed here; install it or pass --plugin MODULE"
+        )
+    spec = registry.backbone(name)
+    resolved = resolve_weights(spec, weights_of_run(run, weights))
+    trained_on = trial.user_attrs.get("weights_sha256")
+    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
+        raise UsageError(
+            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
+            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
+        )
+    return spec, resolved
 
 
 def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[Path]:

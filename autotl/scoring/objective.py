@@ -104,10 +104,18 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("macro_f1", "val_macro_f1", MAXIMIZE, "validation macro F1", "val macro F1"),
         Objective("log_loss", "val_loss", MINIMIZE, "validation log loss", "val log loss"),
         Objective(
-            "latency_ms", "latency_ms", MINIMIZE, "TFLite latency (ms)", "latency ms", ".2f", DEPLOY
+            "latency_ms",
+            "latency_ms",
+            MINIMIZE,
+            "TFLite latency (ms)",
+            "latency ms",
+            fmt=".2f",
+            kind=DEPLOY,
         ),
-        Objective("size_mb", "size_mb", MINIMIZE, "TFLite file (MB)", "size MB", ".2f", DEPLOY),
-        Objective("params", "params", MINIMIZE, "parameters", "params", ",.0f", DEPLOY),
+        Objective(
+            "size_mb", "size_mb", MINIMIZE, "TFLite file (MB)", "size MB", fmt=".2f", kind=DEPLOY
+        ),
+        Objective("params", "params", MINIMIZE, "parameters", "params", fmt=",.0f", kind=DEPLOY),
     )
 }
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy",)

@@ -74,7 +74,7 @@ class _Plan:
 
 
 def search(
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike[str] | None = None,
     *,
     on_event: Optional[Event] = None,
     should_stop: Optional[Callable[[], bool]] = None,
@@ -248,7 +248,8 @@ def _load_data(
         raise UsageError(
             "give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)"
         )
-    if sample:
+    if data is None:  # a sample: exactly one of the two is given
+        assert sample is not None
         images, labels, names = registry.sample(sample).load()
         dataset = data_mod.from_arrays(
             images, labels, names, f"sample:{sample}", space.val_fraction, space.seed
@@ -270,7 +271,7 @@ def _load_data(
     return add_test_split(dataset, folder, space.test_fraction, space.seed)
 
 
-def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
+def _say_skipped(dataset: Dataset, out: Path, emit: Event, shown: int = 10) -> None:
     """A warning per skipped file, up to ``shown`` of them; the rest counted (the manifest lists them all)."""
     for path, reason in dataset.skipped[:shown]:
         emit({"warning": f"skipped {path}: {reason}"})
@@ -284,7 +285,7 @@ def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
         )
 
 
-def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
+def _data_advice(dataset: Dataset, space: Any, emit: Event) -> None:
     """One line each: class imbalance (recommending balanced accuracy), and no test split where one could be spared."""
     from autotl.data.holdout import recommendation
     from autotl.data.imbalance import imbalance_warning
@@ -297,7 +298,7 @@ def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
         emit({"warning": advice})
 
 
-def _test_count(dataset: Any) -> str:
+def _test_count(dataset: Dataset) -> str:
     """`` / 60 test`` when the data has a test split (``test_split`` says where from), else nothing."""
     test = getattr(dataset, "test", None)
     return "" if test is None else f" / {len(test)} test ({dataset.test_split})"
@@ -318,7 +319,7 @@ def _keras_tuner_objectives(space: Any) -> None:
 
 
 def _available(
-    space: Any, registry: Any, weights: Any, explicit: Sequence[str], emit: Event
+    space: Any, registry: Registry, weights: Any, explicit: Sequence[str], emit: Event
 ) -> tuple[Any, dict[str, str]]:
     """The space with the asked-for backbones, and which of them have no weights (warned, skipped).
 
@@ -417,7 +418,7 @@ def _run_optuna(
                 emit({"warning": f"a worker exited with code {proc.returncode}; see {log.name}"})
 
 
-def _scanned(dataset: Any) -> str:
+def _scanned(dataset: Dataset) -> str:
     """How much of the data the scan read (the manifest knew the rest)."""
     scan = getattr(dataset, "scan", None) or {}
     if not scan.get("files"):
@@ -466,7 +467,7 @@ def worker_config(plan: _Plan) -> dict[str, Any]:
 
 
 def run_worker(
-    config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
+    config_file: str | os.PathLike[str], index: int, should_stop: Callable[[], bool] = lambda: False
 ) -> Any:
     """Worker ``index`` of a search whose options ``_spawn_workers`` wrote to ``config_file``."""
     from autotl.training.allocator import return_large_buffers
@@ -564,14 +565,14 @@ class Run:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         storage: Optional[str] = None,
         study_name: str = "autotl",
         plugins: Sequence[str] = (),
-        weights_dir: str | os.PathLike | None = None,
-        weights: Any = None,
-        registry: Any = None,
+        weights_dir: str | os.PathLike[str] | None = None,
+        weights: Optional[WeightsSource] = None,
+        registry: Optional[Registry] = None,
         engine: str = OPTUNA,
     ) -> None:
         from autotl.backbones.weights import WeightsSource
@@ -583,12 +584,12 @@ class Run:
         self.plugins = list(plugins)
         self.engine = engine
         self._registry = registry
+        self._weights: Optional[WeightsSource] = None
         if isinstance(weights, WeightsSource):
             self._weights = weights
-        else:
-            self._weights = (
-                WeightsSource.parse(weights_dir, weights) if (weights_dir or weights) else None
-            )
+        elif weights_dir or weights:
+            where = os.fspath(weights_dir) if weights_dir is not None else None
+            self._weights = WeightsSource.parse(where, weights)
         self.report_paths: Optional[dict[str, Path]] = None
         self.ensemble_selection: Any = (
             None  # what the search's ensemble chose (``ensemble.enabled``)
@@ -686,7 +687,7 @@ class Run:
         return keras.saving.load_model(self.best_model_file(), safe_mode=True)
 
     def predict(
-        self, images: Iterable[str | os.PathLike]
+        self, images: Iterable[str | os.PathLike[str]]
     ) -> list[tuple[str, str, Optional[float]]]:
         """``(file, class, probability)`` per image file with the best model; ``(file, reason, None)`` if unreadable."""
         from autotl.export import load_predictor
@@ -828,7 +829,7 @@ class Run:
     def export(
         self,
         formats: str | Sequence[str] | None = None,
-        out: str | os.PathLike | None = None,
+        out: str | os.PathLike[str] | None = None,
         *,
         trial: Optional[int] = None,
         quantize: Optional[str] = None,
@@ -888,7 +889,7 @@ class Run:
         except Exception as exc:  # the export is in place; only its shared copy is missing
             result.warnings.append(f"export not put in the artifact store: {first_line(exc)}")
 
-    def lineage(self, model_file: str | os.PathLike | None = None) -> Any:
+    def lineage(self, model_file: str | os.PathLike[str] | None = None) -> Any:
         """The lineage record of ``model_file`` (default: the best model), or, with ``model_file=None`` and no best
         model yet, every model the run recorded."""
         from autotl.run.lineage import lineage_of, list_models

@@ -589,9 +589,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("autotl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the environment failed us: say it in one line, if it is one we know
-        message = _environment_error(exc)
-        if message is None:
+        known = _environment_error(exc)
+        if known is None:
             raise
+        message = known
     one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     print(f"autotl: error: {one_line}", file=sys.stderr)
     return EXIT_USAGE

@@ -446,17 +446,20 @@ def check_pretrained(
         _fail(spec, "fields", "; ".join(problems))
     resolved = resolve_weights(spec, source)
     passed = []
-    if source.kind == "dir":
+    if source.kind == "dir" and resolved.argument is not None:
         problem = weight_file_problem(resolved.argument)
         if problem:
             _fail(spec, "weights file", problem)
-        passed.append(f"ok: weights file {resolved.origin} (sha256 {resolved.sha256[:12]}...)")
+        passed.append(
+            f"ok: weights file {resolved.origin} (sha256 {(resolved.sha256 or '')[:12]}...)"
+        )
     passed += check_preprocessing(spec)
     try:
         base = build_base(spec, resolved, seed=seed)
     except TrialFailed as exc:
         _fail(spec, "build", f"{exc} (weights: {resolved.origin})")
-    x, y, line = _check_base(spec, base, tuple(spec.input_size), f"weights {resolved.origin}")
+    size = (spec.input_size[0], spec.input_size[1])
+    x, y, line = _check_base(spec, base, size, f"weights {resolved.origin}")
     passed.append(line)
     lines, _ = _check_blocks(spec, base, x, y, top=blocks)
     return base, passed + lines

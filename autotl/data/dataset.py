@@ -123,17 +123,17 @@ class ImageSet:
             return
         paths = self.paths or []
         workers = default_workers() if self.decode_workers is None else self.decode_workers
-        spans = (list(span) for span in spans)
+        lists = (list(span) for span in spans)
         pending: deque[list[int]] = deque()
 
         def tasks() -> Iterator[tuple[list[str], int]]:
-            for span in spans:
+            for span in lists:
                 pending.append(span)
                 yield [paths[i] for i in span], self.max_side
 
         for images in ordered(decode_files, tasks(), workers):
-            span = pending.popleft()
-            for i, image in zip(span, images):
+            indices = pending.popleft()
+            for i, image in zip(indices, images):
                 if isinstance(image, str):
                     raise _changed(paths[i], image)
             yield images
@@ -172,7 +172,7 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.class_names)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """JSON-able record of the data a search used."""
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
         counts = {
@@ -206,13 +206,13 @@ class _Item:
 
 
 def load_folder(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     val_fraction: float = 0.2,
     seed: int = 0,
     min_per_class: int = 1,
     max_side: int = 1024,
     *,
-    manifest: str | os.PathLike | None = None,
+    manifest: str | os.PathLike[str] | None = None,
     decode_workers: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dataset:
@@ -269,7 +269,7 @@ class _Layout:
     notes: list[str]
 
 
-def _folder_layout(path: str | os.PathLike, val_fraction: float, seed: int) -> _Layout:
+def _folder_layout(path: str | os.PathLike[str], val_fraction: float, seed: int) -> _Layout:
     """DATA_DIR's layout (see the module doc), or one line saying what is wrong with it."""
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isdir(root):

@@ -25,10 +25,11 @@ trials, their epochs and the ensemble: optimistic, and labelled so.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -49,6 +50,14 @@ from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import trial_model
 from autotl.scoring.objective import Objectives, ranked_trials
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -87,13 +96,13 @@ class _Models:
     trial's model where the search's files are not at hand (the plugins' ``registry``, ``weights``)."""
 
     run: RunFolder
-    study: Any
-    registry: Any
-    weights: Any
+    study: Study
+    registry: Optional[Registry]
+    weights: Optional[WeightsSource]
     plugins: tuple[str, ...]
     say: Say
 
-    def model(self, trial: Any) -> Path:
+    def model(self, trial: FrozenTrial) -> Path:
         """Trial ``trial``'s ``.keras`` file, assembled from its stored layers if needed."""
         return trial_model(
             self.run,
@@ -107,13 +116,13 @@ class _Models:
 
     def files(self, trials: Sequence[Any]) -> dict[int, Callable[[], Path]]:
         """Each trial's ``.keras`` file, assembled only when first asked for."""
-        return {t.number: (lambda t=t: self.model(t)) for t in trials}
+        return {t.number: functools.partial(self.model, t) for t in trials}
 
 
 # -- 1. candidates
 
 
-def _has_model(run: RunFolder, trial: Any) -> bool:
+def _has_model(run: RunFolder, trial: FrozenTrial) -> bool:
     return (
         run.trial_layers(trial) is not None
         or run.trial_model(trial.number).is_file()
@@ -121,7 +130,7 @@ def _has_model(run: RunFolder, trial: Any) -> bool:
     )
 
 
-def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]]:
+def candidates(run: RunFolder, study: Study, k: int) -> tuple[list[Any], list[str]]:
     """The top ``k`` complete trials with a stored model, best first, and notes on what was missing."""
     if k < 2:
         raise UsageError(f"an ensemble needs top_k of at least 2, got {k}")
@@ -147,7 +156,7 @@ def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]
 # -- 2 (predictions: autotl.ensemble.predictions), 3 and 4. selection and scores
 
 
-def _scorer(study: Any) -> tuple[str, Callable[[np.ndarray, np.ndarray], float], list[str]]:
+def _scorer(study: Study) -> tuple[str, Callable[[np.ndarray, np.ndarray], float], list[str]]:
     """The metric selection maximises: the study's first objective when probabilities measure it, else accuracy."""
     primary = Objectives.of_study(study).primary
     if primary.metric in SCORERS:
@@ -194,21 +203,24 @@ def _variants(
         (ENSEMBLE, members, "joint", views.size),
     ):
         for tta in views.ttas:
-            scores = [
-                None if s is None else Score.of(mix(getattr(s, view), chosen, tta), s.labels)
-                for s in (val, test)
-            ]
-            out.append(Variant(variant_name(base, tta), dict(chosen), tta, *scores, input_size=at))
+            on_val = Score.of(mix(getattr(val, view), chosen, tta), val.labels)
+            on_test = (
+                None
+                if test is None
+                else Score.of(mix(getattr(test, view), chosen, tta), test.labels)
+            )
+            name = variant_name(base, tta)
+            out.append(Variant(name, dict(chosen), tta, on_val, on_test, input_size=at))
     return out
 
 
 def _dataset(
     run: RunFolder,
-    study: Any,
+    study: Study,
     data: Optional[str],
     plugins: Sequence[str],
-    registry: Any,
-    dataset: Any = None,
+    registry: Optional[Registry],
+    dataset: Optional[Dataset] = None,
 ) -> Any:
     """The search's data again (or ``dataset``, already loaded); other data would not be the images the
     trials were scored on."""
@@ -224,7 +236,7 @@ def _dataset(
     return dataset
 
 
-def _fingerprint(run: RunFolder, study: Any) -> Optional[str]:
+def _fingerprint(run: RunFolder, study: Study) -> Optional[str]:
     """The fingerprint of the search's data, as the study or run.json recorded it."""
     recorded = (study.user_attrs.get("data") or {}).get("fingerprint")
     return recorded or run.record().get("data_fingerprint")
@@ -232,7 +244,7 @@ def _fingerprint(run: RunFolder, study: Any) -> Optional[str]:
 
 def select_ensemble(
     run: RunFolder,
-    study: Any,
+    study: Study,
     *,
     k: int = DEFAULT_TOP_K,
     tta: Optional[str] = "flip",
@@ -242,9 +254,9 @@ def select_ensemble(
     bags: int = 0,
     max_steps: int = 50,
     data: Optional[str] = None,
-    dataset: Any = None,
-    registry: Any = None,
-    weights: Any = None,
+    dataset: Optional[Dataset] = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     measure: Optional[Measure] = None,
     say: Say = lambda _m: None,
@@ -274,10 +286,8 @@ def select_ensemble(
         sizes=input_sizes(trials, registry, plugins),
     )
     files = models.files(trials)
-    val, on_test = (
-        None if images is None else _seen(models, files, images, name, dataset, views)
-        for name, images in (("val", dataset.val), ("test", test))
-    )
+    val = _seen(models, files, dataset.val, "val", dataset, views)
+    on_test = None if test is None else _seen(models, files, test, "test", dataset, views)
     selection = _select(study, views, (val, on_test), settings, k)
     selection.notes = notes + selection.notes
     selection.settings["tta"] = tta or "none"
@@ -305,7 +315,7 @@ class _Views:
 
 
 def _test_split(
-    dataset: Any, test: Any, test_source: Optional[str], notes: list[str]
+    dataset: Dataset, test: Any, test_source: Optional[str], notes: list[str]
 ) -> tuple[Any, Optional[str]]:
     """The test images the scores use: those given, else the data set's test split; none is noted."""
     if test is None and getattr(dataset, "test", None) is not None:
@@ -319,7 +329,7 @@ def _test_split(
 
 
 def _select(
-    study: Any,
+    study: Study,
     views: _Views,
     seen: tuple[_Seen, Optional[_Seen]],
     settings: dict[str, int],
@@ -355,7 +365,7 @@ def _seen(
     files: dict[int, Callable[[], Path]],
     images: Any,
     name: str,
-    dataset: Any,
+    dataset: Dataset,
     views: _Views,
 ) -> _Seen:
     """The candidates' probabilities on ``images`` (the validation or test images), cached: all at the
@@ -364,9 +374,26 @@ def _seen(
     n_classes = len(run.class_names(study))
     fingerprint = dataset.fingerprint if name == "val" else None
     key = split_key(name, images, study.study_name, fingerprint)
-    at = {"n_classes": n_classes, "ttas": views.ttas, "say": models.say}
-    joint = predictions(run, files, images, key, sizes=dict.fromkeys(files, views.size), **at)
-    own = predictions(run, {best: files[best]}, images, key, sizes={best: views.sizes[best]}, **at)
+    joint = predictions(
+        run,
+        files,
+        images,
+        key,
+        n_classes=n_classes,
+        ttas=views.ttas,
+        sizes=dict.fromkeys(files, views.size),
+        say=models.say,
+    )
+    own = predictions(
+        run,
+        {best: files[best]},
+        images,
+        key,
+        n_classes=n_classes,
+        ttas=views.ttas,
+        sizes={best: views.sizes[best]},
+        say=models.say,
+    )
     return _Seen(own, joint, np.asarray(images.labels))
 
 
@@ -394,11 +421,11 @@ def _time(models: _Models, selection: EnsembleSelection, measure: Measure) -> No
 
 def variant_model(
     run: RunFolder,
-    study: Any,
+    study: Study,
     selection: EnsembleSelection,
     name: str,
-    registry: Any = None,
-    weights: Any = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
     save: bool = True,
@@ -406,12 +433,7 @@ def variant_model(
     """The ``.keras`` file of variant ``name`` of ``selection``: the best trial's own file for ``best``, else
     the members combined at the variant's input size (built now unless the selection names a file that is
     there)."""
-    v = selection.variant(name)
-    if v is None:
-        raise UsageError(
-            f"the run's ensemble has no variant {name!r}; it has {', '.join(x.name for x in selection.variants)} "
-            "(run `autotl ensemble RUN_DIR --tta flip` to measure test-time augmentation)"
-        )
+    v = selection.named(name)
     if v.name == BEST:
         (only,) = v.members
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == only)
@@ -430,10 +452,10 @@ def variant_model(
 
 def build_model(
     run: RunFolder,
-    study: Any,
+    study: Study,
     v: Variant,
-    registry: Any = None,
-    weights: Any = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> Path:
@@ -465,7 +487,7 @@ def build_model(
 
 def current_selection(
     run: RunFolder,
-    study: Any,
+    study: Study,
     k: Optional[int] = None,
     need: Optional[str] = None,
     **kwargs: Any,
@@ -486,7 +508,7 @@ def current_selection(
     return select_ensemble(run, study, k=space_top_k(study) if k is None else k, **kwargs)
 
 
-def space_top_k(study: Any) -> int:
+def space_top_k(study: Study) -> int:
     """``ensemble.top_k`` of the study's search space, else :data:`DEFAULT_TOP_K`."""
     ensemble = (study.user_attrs.get("space") or {}).get("ensemble") or {}
     return int(ensemble.get("top_k") or DEFAULT_TOP_K)
@@ -497,19 +519,19 @@ def space_top_k(study: Any) -> int:
 
 def trial_variant(
     run: RunFolder,
-    study: Any,
-    trial: Any,
+    study: Study,
+    trial: FrozenTrial,
     tta: str,
-    dataset: Any,
-    registry: Any = None,
-    weights: Any = None,
+    dataset: Dataset,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> Variant:
     """Trial ``trial`` with test-time augmentation ``tta``: scored on the validation images (cached
     predictions) and built as one ``.keras`` file (``Variant.model``)."""
-    tta = check_tta(tta)
-    if tta is None:
+    mode = check_tta(tta)
+    if mode is None:
         raise ValueError("trial_variant needs a test-time augmentation")
     size = input_sizes([trial], registry, plugins)[trial.number]
     files = _Models(run, study, registry, weights, tuple(plugins), say).files([trial])
@@ -520,16 +542,16 @@ def trial_variant(
         dataset.val,
         key,
         n_classes=dataset.n_classes,
-        ttas=[None, tta],
+        ttas=[None, mode],
         sizes={trial.number: size},
         say=say,
     )
     members = {trial.number: 1.0}
     v = Variant(
-        f"trial_{trial.number}+{tta}",
+        f"trial_{trial.number}+{mode}",
         members,
-        tta,
-        Score.of(mix(probs, members, tta), np.asarray(dataset.val.labels)),
+        mode,
+        Score.of(mix(probs, members, mode), np.asarray(dataset.val.labels)),
         input_size=size,
     )
     built = build_model(run, study, v, registry=registry, weights=weights, plugins=plugins, say=say)
@@ -539,11 +561,11 @@ def trial_variant(
 
 def member_scores(
     run: RunFolder,
-    study: Any,
+    study: Study,
     members: Sequence[int],
-    dataset: Any,
-    registry: Any = None,
-    weights: Any = None,
+    dataset: Dataset,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> dict[int, Score]:

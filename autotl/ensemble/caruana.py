@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,9 @@ class Selected:
 
     weights: tuple[float, ...]  # per model, summing to 1 (counts / total without bagging)
     counts: tuple[int, ...]  # per model, times picked (over all bags)
-    steps: list[dict] = field(default_factory=list)  # each addition: model, score, loss (first bag)
+    steps: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # each addition: model, score, loss (first bag)
 
     @property
     def members(self) -> list[int]:
@@ -78,7 +81,7 @@ def _forward(
     library: Sequence[int],
     init: int,
     max_steps: int,
-) -> tuple[np.ndarray, list[dict]]:
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One greedy forward selection over the models ``library``; counts per model of ``probs``."""
     counts = np.zeros(len(probs), np.int64)
     alone = sorted(library, key=lambda j: (*_key(probs[j], labels, score), j))
@@ -137,7 +140,8 @@ def select(
         )
     rng = np.random.default_rng(seed)
     size = min(m, max(2, round(bag_fraction * m)))
-    weights, total, first = np.zeros(m), np.zeros(m, np.int64), []
+    weights, total = np.zeros(m), np.zeros(m, np.int64)
+    first: list[dict[str, Any]] = []
     for _ in range(bags):
         library = sorted(rng.choice(m, size=size, replace=False).tolist())
         counts, steps = _forward(probs, labels, score, library, init, max_steps)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from autotl.ensemble import caruana
+from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.scoring.stats import wilson_interval
 
@@ -89,6 +90,16 @@ class EnsembleSelection:
 
     def variant(self, name: str) -> Optional[Variant]:
         return next((v for v in self.variants if v.name == name), None)
+
+    def named(self, name: str) -> Variant:
+        """Variant ``name``, or one line saying which there are."""
+        v = self.variant(name)
+        if v is None:
+            raise UsageError(
+                f"the run's ensemble has no variant {name!r}; it has {', '.join(x.name for x in self.variants)} "
+                "(run `autotl ensemble RUN_DIR --tta flip` to measure test-time augmentation)"
+            )
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}

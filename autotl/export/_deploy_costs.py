@@ -24,11 +24,14 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotl.run.folder import RunFolder
+
+if TYPE_CHECKING:
+    from autotl.spec import BackboneSpec
 
 __all__ = ["measure_deploy_costs", "shape_key", "CALIBRATION_IMAGES"]
 
@@ -47,7 +50,11 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def shape_key(
-    spec: Any, weights_id: str, head_width: int, n_classes: int, settings: Mapping[str, Any]
+    spec: BackboneSpec,
+    weights_id: str,
+    head_width: int,
+    n_classes: int,
+    settings: Mapping[str, Any],
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a measurement, and what it is made of (everything the costs depend on)."""
     parts = {
@@ -63,7 +70,7 @@ def shape_key(
 
 
 def _measure(
-    spec: Any, base: Any, head_width: int, n_classes: int, settings: Mapping[str, Any]
+    spec: BackboneSpec, base: Any, head_width: int, n_classes: int, settings: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Assemble, convert and time one shape; the metrics and how they were measured."""
     from autotl.export._latency import measure_tflite_latency
@@ -77,7 +84,7 @@ def _measure(
         rng = np.random.default_rng(0)
         shape = (CALIBRATION_IMAGES, *spec.input_size, 3)
         representative = rng.uniform(0.0, 255.0, shape).astype(np.float32)
-    tflite = convert(model, tuple(spec.input_size), representative)
+    tflite = convert(model, (spec.input_size[0], spec.input_size[1]), representative)
     latency = measure_tflite_latency(
         tflite, threads=settings["threads"], warmup=settings["warmup"], runs=settings["runs"]
     )
@@ -102,7 +109,7 @@ def _measure(
 
 def measure_deploy_costs(
     run: RunFolder,
-    spec: Any,
+    spec: BackboneSpec,
     weights: Any,
     make_base: Callable[[], Any],
     head_width: int,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -43,12 +43,17 @@ from autotl.export._table import owned_files, parse_formats, select
 from autotl.export._test_score import test_split_score
 from autotl.export._variant import check_variant_args, check_variant_reproduces, open_variant
 
+if TYPE_CHECKING:
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
+
 Say = Callable[[str], None]
 
 
 def export(
-    run_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     formats: str | Sequence[str] | None = None,
     trial: Optional[int] = None,
     quantize: Optional[str] = None,
@@ -56,8 +61,8 @@ def export(
     study_name: str = "autotl",
     data: Optional[str] = None,
     plugins: Sequence[str] = (),
-    weights: Any = None,
-    registry: Any = None,
+    weights: Optional[WeightsSource] = None,
+    registry: Optional[Registry] = None,
     on_event: Optional[Say] = None,
     ensemble: bool = False,
     tta: Optional[str] = None,
@@ -111,8 +116,8 @@ class _Where(NamedTuple):
     study_name: str
     data: Optional[str]  # the search's data folder, if it moved
     plugins: tuple[str, ...]
-    registry: Any
-    weights: Any
+    registry: Optional[Registry]
+    weights: Optional[WeightsSource]
 
 
 @dataclass
@@ -121,7 +126,7 @@ class _Job:
     input size it resizes to, the formats to write, and what to note and say on the way."""
 
     run: _Run
-    dataset: Any
+    dataset: Dataset
     same_data: bool  # the data is the search's (so the search's scores must be reproduced)
     model: Any
     size: tuple[int, int]
@@ -259,7 +264,7 @@ def _stage(staging: Path, job: _Job) -> dict[str, float]:
     return seconds
 
 
-def _representative(dataset: Any, size: tuple[int, int], say: Say) -> np.ndarray:
+def _representative(dataset: Dataset, size: tuple[int, int], say: Say) -> np.ndarray:
     """Training images resized as the model's Resizing layer does: what a quantized format calibrates on."""
     chosen = _evenly(len(dataset.train), REPRESENTATIVE_IMAGES)
     say(f"taking {len(chosen)} training images to calibrate quantization")
@@ -285,7 +290,9 @@ def _verify(staging: Path, out: Path, job: _Job, extra: dict[str, Any]) -> dict[
     return _write_parity(staging, {**parity, **extra}, run, dataset)
 
 
-def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any) -> dict[str, Any]:
+def _write_parity(
+    folder: Path, parity: dict[str, Any], run: _Run, dataset: Dataset
+) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -323,7 +330,7 @@ def _files(out: Path, rows: Sequence[Format]) -> dict[str, Path]:
 
 
 def _record_lineage(
-    run: _Run, out: Path, rows: Sequence[Format], dataset: Any, notes: list[str]
+    run: _Run, out: Path, rows: Sequence[Format], dataset: Dataset, notes: list[str]
 ) -> None:
     """Record the exported files in the study's lineage tables (``autotl lineage FILE`` finds them); never fails the export."""
     try:

@@ -23,6 +23,7 @@ from autotl.export._table import formats
 from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
     from autotl.export._run import _Run
 
 
@@ -78,7 +79,7 @@ def check_parity(
 
 
 def verify_export(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     reference: Any,
     images: Sequence[np.ndarray],
     labels: Optional[np.ndarray] = None,
@@ -149,7 +150,7 @@ def _raise_broken(name: str, file: str, exc: Exception, record: dict[str, Any]) 
 
 
 def _check_reproduces(
-    model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool
+    model: Any, run: _Run, dataset: Dataset, size: tuple[int, int], same_data: bool
 ) -> dict[str, Any]:
     """The model's accuracy and loss on the whole validation split must be the ones the search recorded for the trial.
 

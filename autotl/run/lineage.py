@@ -28,13 +28,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.backbones.weights import sha256_file
 from autotl.errors import UsageError, first_line
 from autotl.run.folder import RunFolder
 from autotl.run.storage import engine_kwargs, safe_url, sqlite_path
 from autotl.scoring.objective import trial_metrics
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 __all__ = [
     "ARTIFACTS_TABLE",
@@ -229,8 +232,8 @@ def _study_data(storage_url: str, study_name: str) -> dict[str, Any]:
 def record_model(
     storage_url: str,
     study_name: str,
-    trial: Any,
-    model_path: str | os.PathLike,
+    trial: FrozenTrial,
+    model_path: str | os.PathLike[str],
     kind: str = "trial_model",
     data: Optional[dict[str, Any]] = None,
 ) -> int:
@@ -271,7 +274,7 @@ def record_model(
     return int(artifact_id)
 
 
-def _lineage_row(trial: Any, data: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _lineage_row(trial: FrozenTrial, data: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What made a trial's model: backbone, plugin, weights, data, parameters, scores, times, versions."""
     from autotl._version import __version__
 
@@ -377,7 +380,7 @@ def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
         ) from None
 
 
-def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
+def find_model(storage_url: str, model_path: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
     """The lineage record of a model file, found by the SHA-256 of its bytes; None if unknown.
 
     When several records have the same bytes (a trial's model and its copy as the best model),
@@ -488,7 +491,7 @@ def describe_deployment(d: dict[str, Any]) -> str:
     )
 
 
-def default_storage_for(model_path: str | os.PathLike) -> str:
+def default_storage_for(model_path: str | os.PathLike[str]) -> str:
     """``sqlite:///.../study.db`` beside the model file, or one or two folders up (run/trials/0003/model.keras)."""
     path = Path(model_path).resolve()
     for folder in list(path.parents)[:3]:
@@ -499,7 +502,9 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
     )
 
 
-def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None) -> dict[str, Any]:
+def lineage_of(
+    model_path: str | os.PathLike[str], storage_url: Optional[str] = None
+) -> dict[str, Any]:
     """The lineage record of a model file (see :func:`find_model`); a one-line UsageError when there is none."""
     from autotl.run.storage import check_database
 

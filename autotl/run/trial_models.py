@@ -17,11 +17,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.errors import UsageError, first_line
 from autotl.run.folder import OPTUNA, RunFolder
 from autotl.scoring.objective import best_trial
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
 
 __all__ = [
     "LayersNotHere",
@@ -42,12 +49,12 @@ class LayersNotHere(UsageError):
     """A trial's stored layers are neither in this run folder nor in the study's artifact store."""
 
 
-def study_store(run: RunFolder, study: Any) -> Any:
+def study_store(run: RunFolder, study: Study) -> Any:
     """The artifact store ``study`` records (another machine's S3 bucket, say), else the run folder's."""
     return run.artifact_store((getattr(study, "user_attrs", None) or {}).get(ARTIFACTS_ATTR))
 
 
-def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
+def weights_of_run(run: RunFolder, weights: Optional[WeightsSource] = None) -> Any:
     """Where the run's backbones came from: ``weights`` (a ``WeightsSource``) if given, else what run.json records."""
     from autotl.backbones.weights import WeightsSource
 
@@ -68,10 +75,10 @@ def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
 
 def trial_model(
     run: RunFolder,
-    study: Any,
-    trial: Any,
-    registry: Any = None,
-    weights: Any = None,
+    study: Study,
+    trial: FrozenTrial,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     make_base: Optional[MakeBase] = None,
     plugins: tuple[str, ...] = (),
     say: Callable[[str], None] = lambda _m: None,
@@ -115,7 +122,7 @@ def trial_model(
     return path
 
 
-def _model_here(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[Path]:
+def _model_here(run: RunFolder, study: Study, trial: FrozenTrial, store: Any) -> Optional[Path]:
     """``trial``'s ``.keras`` file when there is one already: its own, the best model, or the best model
     another machine put in the artifact store."""
     for path in (
@@ -130,7 +137,11 @@ def _model_here(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[
 
 
 def _backbone_of(
-    run: RunFolder, trial: Any, registry: Any, weights: Any, plugins: tuple[str, ...]
+    run: RunFolder,
+    trial: FrozenTrial,
+    registry: Optional[Registry],
+    weights: Optional[WeightsSource],
+    plugins: tuple[str, ...],
 ) -> tuple[Any, Any]:
     """The trial's backbone spec and its weights here, which must be the bytes it was trained on."""
     from autotl.backbones.weights import resolve_weights
@@ -156,7 +167,9 @@ def _backbone_of(
     return spec, resolved
 
 
-def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[Path]:
+def _best_model_artifact(
+    run: RunFolder, study: Study, trial: FrozenTrial, store: Any
+) -> Optional[Path]:
     """The best model another machine assembled for ``trial`` and put in the artifact store, fetched; else None."""
     from optuna.artifacts.exceptions import ArtifactNotFound
 
@@ -171,7 +184,7 @@ def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> 
         return None
 
 
-def share_best_model(run: RunFolder, study: Any, trial: Any, path: Path) -> None:
+def share_best_model(run: RunFolder, study: Study, trial: FrozenTrial, path: Path) -> None:
     """Put the best model in the study's artifact store (once per trial), so any machine can report and export it;
     the previous best's copy is removed."""
     from autotl.run.artifacts import remove, upload
@@ -188,9 +201,9 @@ def share_best_model(run: RunFolder, study: Any, trial: Any, path: Path) -> None
 
 def update_best_model(
     run: RunFolder,
-    study: Any,
-    registry: Any,
-    weights: Any,
+    study: Study,
+    registry: Optional[Registry],
+    weights: Optional[WeightsSource],
     storage_url: Optional[str] = None,
     make_base: Optional[MakeBase] = None,
 ) -> Optional[Path]:
@@ -216,7 +229,9 @@ def update_best_model(
     return path
 
 
-def record_artifact(storage_url: str, study: Any, trial: Any, path: Path, kind: str) -> None:
+def record_artifact(
+    storage_url: str, study: Study, trial: FrozenTrial, path: Path, kind: str
+) -> None:
     """Lineage of a stored file in the study's database; it must never cost a finished trial (a warning instead)."""
     from autotl.run.lineage import record_model
 

@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import keras_tuner
 
@@ -51,6 +51,10 @@ from autotl.search.options import choices
 from autotl.search.space import SearchSpace, errors_line, trial_params
 from autotl.training.model import HEAD_LAYERS
 from autotl.training.trainer import TrialParams, train_trial
+
+if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
+    from autotl.spec import BackboneSpec
 
 __all__ = ["TransferHyperModel", "run_keras_tuner_search", "TUNERS", "TRIAL_ID_ATTR"]
 
@@ -72,7 +76,7 @@ _STATES = {
 _PRISTINE: dict[tuple[Any, ...], list[Any]] = {}
 
 
-def _pristine_key(spec: Any, resolved: Any, seed: int) -> tuple[Any, ...]:
+def _pristine_key(spec: BackboneSpec, resolved: Any, seed: int) -> tuple[Any, ...]:
     return (spec.name, spec.plugin, resolved.argument, resolved.sha256, seed)
 
 
@@ -113,7 +117,7 @@ def _is_keras_tuner_callback(cb: Any) -> bool:
     return type(cb).__module__.startswith("keras_tuner")
 
 
-def _pristine(spec: Any, resolved: Any, seed: int) -> list[Any]:
+def _pristine(spec: BackboneSpec, resolved: Any, seed: int) -> list[Any]:
     """The pretrained base's weights (built once per backbone, weights and seed)."""
     from autotl.training.model import build_base
 
@@ -213,10 +217,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def __init__(
         self,
         space: SearchSpace,
-        dataset: Any,
+        dataset: Dataset,
         registry: Optional[Registry] = None,
         weights: Optional[WeightsSource] = None,
-        cache_dir: Optional[str | os.PathLike] = None,
+        cache_dir: Optional[str | os.PathLike[str]] = None,
         *,
         max_epochs: Optional[int] = None,
         name: str = "autotl_transfer",
@@ -305,8 +309,9 @@ class TransferHyperModel(keras_tuner.HyperModel):
         result = self._train(spec, params, base, resolved)
         self._load_trained(model, base, result.trained_weights())
         metrics = {k: float(v) for k, v in result.attrs()["metrics"].items()}
+        trial_id: Optional[str] = trial.trial_id if trial is not None else None
         record = {
-            "trial_id": trial.trial_id if trial is not None else None,
+            "trial_id": trial_id,
             "params": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
             "trial_params": asdict(params),
             "budget": {
@@ -324,7 +329,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
                 "started": started,
             },
         }
-        self.records[record["trial_id"]] = record
+        self.records[trial_id] = record
         if tuner is not None:
             _write_record(Path(tuner.get_trial_dir(trial.trial_id)) / RECORD_FILE, record)
         _checkpoint(callbacks, model, result, metrics)
@@ -349,7 +354,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
             stacklevel=3,
         )
 
-    def _train(self, spec: Any, params: TrialParams, base: Any, resolved: Any) -> Any:
+    def _train(self, spec: BackboneSpec, params: TrialParams, base: Any, resolved: Any) -> Any:
         """One trial through the trainer; its failures as keras-tuner's (a failed trial, or a fatal one)."""
         try:
             return train_trial(
@@ -525,7 +530,7 @@ def _search_error(exc: BaseException, folder: Path) -> BaseException:
 
 def run_keras_tuner_search(
     space: SearchSpace,
-    dataset: Any,
+    dataset: Dataset,
     registry: Optional[Registry],
     weights: Optional[WeightsSource],
     out: Path,

@@ -297,7 +297,7 @@ def accepted(name: str) -> object:
     nested = [m for a in get_args(info.annotation) for m in getattr(a, "__metadata__", ())]
     for meta in [*info.metadata, *nested]:
         if isinstance(meta, BeforeValidator) and meta.func is _fspath:
-            return Union[info.annotation, os.PathLike]
+            return Union[info.annotation, os.PathLike[str]]
         if isinstance(meta, BeforeValidator) and meta.func in _ACCEPTS:
             kind = _ACCEPTS[meta.func]
             return Optional[kind] if info.default is None else kind

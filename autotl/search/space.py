@@ -7,9 +7,10 @@ rate, and the whole base is unfrozen only when the space says so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Protocol, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -270,7 +271,17 @@ def load_space(
         raise UsageError(f"search space {path}: {errors_line(exc)}") from None
 
 
-def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialParams:
+class Suggests(Protocol):
+    """What :func:`trial_params` asks a point of: Optuna's ``Trial`` (or ``FixedTrial``), or an adapter."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+
+def trial_params(trial: Suggests, space: SearchSpace, screen: bool = False) -> TrialParams:
     """Ask ``trial`` for one point of ``space``: an Optuna trial (or ``optuna.trial.FixedTrial``), or anything
     with ``suggest_categorical``, ``suggest_float`` and ``suggest_int`` (the keras-tuner engine's adapter).
 

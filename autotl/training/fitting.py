@@ -53,7 +53,7 @@ __all__ = [
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
 MAX_TRAINERS = 16  # compiled models kept per process (least recently used dropped)
-_TRAINERS: OrderedDict[tuple, Any] = OrderedDict()
+_TRAINERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Schedule:
         0  # the step of the phase's first epoch on the trial's one axis (phase 2: after phase 1's)
     )
     report: Optional[Report] = None
-    class_weight: Optional[Sequence[float]] = None
+    class_weight: Optional[Sequence[float] | np.ndarray] = None
 
 
 def _reporter(report: Optional[Report], offset: int) -> Any:
@@ -81,7 +81,7 @@ def _reporter(report: Optional[Report], offset: int) -> Any:
     import keras
 
     class Forward(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        def on_epoch_end(self, epoch: int, logs: Optional[dict[str, Any]] = None) -> None:
             logs = logs or {}
             if not all(math.isfinite(float(v)) for v in logs.values()):
                 raise TrialFailed(
@@ -185,7 +185,11 @@ def fit(model: Any, train: Source, val: Source, schedule: Schedule) -> dict[str,
 
 
 def trainer(
-    key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_classes: int, owner: Any = None
+    key: tuple[Any, ...],
+    body: Callable[[], tuple[Any, Any]],
+    width: int,
+    n_classes: int,
+    owner: Any = None,
 ) -> Any:
     """The compiled training model for ``key``: ``body()`` gives (input, features), a head goes on top.
 

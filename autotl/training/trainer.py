@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -39,6 +39,10 @@ from autotl.training.fitting import (
 )
 from autotl.training.params import LR_RATIO, TrialParams
 from autotl.training.seeding import set_random_seed
+
+if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
+    from autotl.spec import BackboneSpec
 
 __all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
 
@@ -124,10 +128,10 @@ class _Trial:
     """What both phases of one trial share: the backbone and its settings, the data, the cache, and
     where the trial reports, says what it does and records its times and cache entries."""
 
-    spec: Any
+    spec: BackboneSpec
     params: TrialParams
     base: Callable[[], Any]  # the frozen base, built on first call
-    dataset: Any
+    dataset: Dataset
     cache: Any
     weights: Any
     report: Optional[Report]
@@ -166,10 +170,10 @@ class _Phase2:
 
 
 def train_trial(
-    spec: Any,
+    spec: BackboneSpec,
     params: TrialParams,
     make_base: Callable[[], Any],
-    dataset: Any,
+    dataset: Dataset,
     cache: Any,
     weights: Any,
     report: Optional[Report] = None,
@@ -306,7 +310,7 @@ def _phase1(trial: _Trial) -> _Phase1:
     )
 
 
-def prefetch_cuts(spec: Any, params: TrialParams, base: Any) -> list[str]:
+def prefetch_cuts(spec: BackboneSpec, params: TrialParams, base: Any) -> list[str]:
     """The block boundaries fine-tuning may start from in this space: cached in phase 1's forward pass."""
     from autotl.training.model import block_boundaries
 
@@ -326,7 +330,7 @@ def _cache_record(feats: Any, **more: Any) -> dict[str, Any]:
 
 
 def _gate(
-    spec: Any, params: TrialParams, p1: _Phase1, base: Callable[[], Any]
+    spec: BackboneSpec, params: TrialParams, p1: _Phase1, base: Callable[[], Any]
 ) -> tuple[Gate, str, list[str]]:
     """Whether phase 2 may run: the head stabilised (plateau, and training loss under the threshold).
 

@@ -217,8 +217,14 @@ def _plan(options: SearchOptions, command: Optional[str], emit: Event) -> _Plan:
 
 
 def _space(options: SearchOptions) -> tuple[SearchSpace, Optional[str]]:
-    """The options' space, loaded, with their screening and objectives applied; and its file."""
-    from autotl.search.space import SearchSpace, apply_objectives, apply_screening, load_space
+    """The options' space, loaded, with their screening, objectives and test split applied; and its file."""
+    from autotl.search.space import (
+        SearchSpace,
+        apply_objectives,
+        apply_screening,
+        apply_test_fraction,
+        load_space,
+    )
 
     if isinstance(options.space, SearchSpace):
         space, space_file = options.space, None
@@ -226,6 +232,7 @@ def _space(options: SearchOptions) -> tuple[SearchSpace, Optional[str]]:
         space, path = load_space(options.space)
         space_file = str(path)
     space = apply_screening(space, options.screen, options.finalists)
+    space = apply_test_fraction(space, options.test_fraction)
     return apply_objectives(space, options.objectives), space_file
 
 
@@ -451,7 +458,7 @@ def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
 
 def worker_config(plan: _Plan) -> dict[str, Any]:
     """What an extra worker runs: the options with the space and trial budget as resolved here (the
-    space's file, screening and objectives already applied), one worker each, and this search's session."""
+    space's file, screening, objectives and test split already applied), one worker each, and this search's session."""
     options = plan.options.but(
         out=str(plan.out),
         space=plan.space,
@@ -459,6 +466,7 @@ def worker_config(plan: _Plan) -> dict[str, Any]:
         screen=None,
         finalists=None,
         objectives=None,
+        test_fraction=None,
         workers=1,
         gpus=(),
         report=False,

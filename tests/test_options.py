@@ -22,7 +22,12 @@ FIELDS = list(SearchOptions.model_fields)
 def _other_value(name: str) -> object:
     """A valid value for option ``name`` that is not its default, read from its type."""
     info = SearchOptions.model_fields[name]
-    special = {"space": "fast", "cache_budget": 20_000_000_000, "weights_dir": "/tmp"}
+    special = {
+        "space": "fast",
+        "cache_budget": 20_000_000_000,
+        "weights_dir": "/tmp",
+        "test_fraction": 0.2,
+    }
     if name in special:
         return special[name]
     if choices(name):
@@ -78,6 +83,17 @@ def test_every_option_is_a_keyword_of_search_with_the_models_default_and_type() 
     assert set(params) == set(FIELDS) | callers
 
 
+def test_the_readmes_table_of_search_options_names_every_flag() -> None:
+    from helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("`autotl search` options:") :].split("\n\n")[1]
+    missing = [
+        f.flag(n) for n, f in flags().items() if not f.positional and f"`{f.flag(n)}" not in table
+    ]
+    assert not missing, f"README's `autotl search` options table lacks {missing}"
+
+
 def test_an_unknown_keyword_is_a_type_error_and_a_bad_value_one_line() -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'heartbeats'"):
         autotl.search(sample="digits", heartbeats=3)
@@ -116,7 +132,13 @@ def test_a_workers_configuration_is_the_options_with_the_space_resolved(
 
     space = load_space("fast")[0].model_copy(update={"backbones": ["tiny"]})
     options = SearchOptions.parse(
-        data=str(tmp_path), space="fast", screen=2, objectives="accuracy", workers=3, heartbeat=7
+        data=str(tmp_path),
+        space="fast",
+        screen=2,
+        objectives="accuracy",
+        test_fraction=0.2,
+        workers=3,
+        heartbeat=7,
     )
     plan = _Plan(
         options=options,
@@ -133,11 +155,10 @@ def test_a_workers_configuration_is_the_options_with_the_space_resolved(
     assert set(config["options"]) == set(FIELDS)
     again = SearchOptions.parse(**config["options"])
     assert again.space == space and again.trials == 5 and again.heartbeat == 7
-    assert (again.screen, again.objectives, again.workers) == (
-        None,
-        None,
+    # applied to the space here already, and one worker each
+    assert (again.screen, again.objectives, again.test_fraction, again.workers) == (None,) * 3 + (
         1,
-    )  # applied here already
+    )
     assert config["session"] == plan.session and config["command"] == "autotl search"
 
 

@@ -49,6 +49,7 @@ from autotl.ensemble.record import (
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import trial_model
+from autotl.scoring.metrics import accuracy, log_loss
 from autotl.scoring.objective import Objectives, ranked_trials
 
 if TYPE_CHECKING:
@@ -83,8 +84,8 @@ __all__ = [
 DEFAULT_TOP_K = 8
 #: What ensemble selection can maximise, by the metric an objective records: computed from probabilities.
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "val_accuracy": caruana.accuracy,
-    "val_loss": lambda p, y: -caruana.log_loss(p, y),
+    "val_accuracy": accuracy,
+    "val_loss": lambda p, y: -log_loss(p, y),
 }
 Say = Callable[[str], None]
 Measure = Callable[[Path], dict[str, Any]]

@@ -26,22 +26,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Selected", "accuracy", "log_loss", "select", "combine"]
+from autotl.scoring.metrics import accuracy, log_loss
+
+__all__ = ["Selected", "select", "combine"]
 
 Score = Callable[[np.ndarray, np.ndarray], float]
 #: A log-loss decrease smaller than this is not an improvement (float noise, endless re-additions).
 MIN_LOSS_GAIN = 1e-6
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Share of rows whose highest probability is the label."""
-    return float((np.asarray(probs).argmax(1) == np.asarray(labels)).mean())
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log probability of the label (clipped at 1e-7, as Keras clips)."""
-    p = np.asarray(probs, np.float64)[np.arange(len(labels)), np.asarray(labels)]
-    return float(-np.log(np.clip(p, 1e-7, 1.0)).mean())
 
 
 def combine(probs: np.ndarray, weights: Sequence[float]) -> np.ndarray:

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl.ensemble import caruana
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
+from autotl.scoring.metrics import log_loss
 from autotl.scoring.stats import wilson_interval
 
 __all__ = [
@@ -47,9 +47,7 @@ class Score:
     def of(cls, probs: np.ndarray, labels: np.ndarray) -> Score:
         correct = int((probs.argmax(1) == labels).sum())
         lo, hi = wilson_interval(correct, len(labels))
-        return cls(
-            len(labels), correct, correct / len(labels), (lo, hi), caruana.log_loss(probs, labels)
-        )
+        return cls(len(labels), correct, correct / len(labels), (lo, hi), log_loss(probs, labels))
 
 
 @dataclass

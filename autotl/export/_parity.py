@@ -20,6 +20,7 @@ from autotl.export._common import (
 from autotl.export._format import Format
 from autotl.export._keras import keras_predictor
 from autotl.export._table import formats
+from autotl.scoring.metrics import accuracy, log_loss
 from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def check_parity(
         "quantized": quantized,
     }
     if labels is not None and finite:
-        record["accuracy"] = float((candidate.argmax(1) == np.asarray(labels)).mean())
+        record["accuracy"] = accuracy(candidate, labels)
     if quantized:
         record["tolerance"] = {"min_top1_agreement": INT8_MIN_AGREEMENT}
         ok = finite and agree / n >= INT8_MIN_AGREEMENT
@@ -103,7 +104,7 @@ def verify_export(
         "passed": False,
     }
     if labels is not None:
-        record["reference_accuracy"] = float((ref.argmax(1) == np.asarray(labels)).mean())
+        record["reference_accuracy"] = accuracy(ref, labels)
     for fmt in formats():
         if (out / fmt.main).exists():
             _check_format(fmt, out / fmt.main, ref, images, labels, record)
@@ -172,8 +173,7 @@ def _check_reproduces(
     )
     y = np.asarray(dataset.val.labels)
     n = len(y)
-    acc = float((probs.argmax(1) == y).mean())
-    loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
+    acc, loss = accuracy(probs, y), log_loss(probs, y)
     record = {
         "images": n,
         "accuracy": acc,

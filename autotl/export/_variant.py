@@ -32,6 +32,7 @@ from autotl.ensemble.model import check_tta
 from autotl.errors import UsageError
 from autotl.export._common import REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, ExportParityError
 from autotl.export._run import _Run
+from autotl.scoring.metrics import accuracy, log_loss
 from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
@@ -161,8 +162,7 @@ def check_variant_reproduces(
     )
     y = np.asarray(dataset.val.labels)
     n = len(y)
-    acc = float((probs.argmax(1) == y).mean())
-    loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
+    acc, loss = accuracy(probs, y), log_loss(probs, y)
     want = run.chosen_variant()["val"]
     record = {
         "images": n,

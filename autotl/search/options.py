@@ -35,8 +35,9 @@ from pydantic import (
 )
 
 from autotl.errors import UsageError
+from autotl.scoring.objective import OBJECTIVES
 from autotl.search.failures import BACKBONE_FAILURES, MAX_FAILURES
-from autotl.search.space import SearchSpace
+from autotl.search.space import Screening, SearchSpace
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
@@ -152,7 +153,7 @@ class SearchOptions(BaseModel):
     objectives: Annotated[Optional[Names], Flag("LIST")] = Field(
         None,
         description="comma-separated objectives, e.g. accuracy,latency_ms (overrides the space's; "
-        "accuracy, balanced_accuracy, macro_f1, log_loss, latency_ms, size_mb, params)",
+        f"{', '.join(OBJECTIVES)})",
     )
     screen: Annotated[Optional[int], Flag("N")] = Field(
         None,
@@ -161,7 +162,13 @@ class SearchOptions(BaseModel):
     )
     finalists: Annotated[Optional[int], Flag("K")] = Field(
         None,
-        description="with --screen: how many screened settings are fine-tuned, in turn (default 3)",
+        description="with --screen: how many screened settings are fine-tuned, in turn "
+        f"(default {Screening.model_fields['finalists'].default})",
+    )
+    test_fraction: Annotated[Optional[float], Flag("F")] = Field(
+        None,
+        description="share of each class's training images held out as the test split, scored once "
+        "after the search (overrides the space's test_fraction; a test/ folder wins)",
     )
     engine: Literal["optuna", "keras-tuner"] = Field(
         "optuna",

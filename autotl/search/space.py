@@ -27,6 +27,7 @@ __all__ = [
     "trial_params",
     "apply_screening",
     "apply_objectives",
+    "apply_test_fraction",
     "errors_line",
     "LR_RATIO",
 ]
@@ -332,6 +333,16 @@ def apply_objectives(space: SearchSpace, objectives: Optional[Any]) -> SearchSpa
         return SearchSpace.model_validate({**space.model_dump(), "objectives": names})
     except ValidationError as exc:
         raise UsageError(f"--objectives: {errors_line(exc)}") from None
+
+
+def apply_test_fraction(space: SearchSpace, fraction: Optional[float]) -> SearchSpace:
+    """``space`` holding out ``fraction`` of the training images as the test split; ``None`` keeps the space's."""
+    if fraction is None:
+        return space
+    try:
+        return SearchSpace.model_validate({**space.model_dump(), "test_fraction": fraction})
+    except ValidationError as exc:
+        raise UsageError(f"--test-fraction: {errors_line(exc)}") from None
 
 
 def apply_screening(

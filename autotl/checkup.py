@@ -110,17 +110,17 @@ def write_health(run: RunFolder, health: DataHealth) -> dict[str, Path]:
 
 
 def doctor(
-    data: str | os.PathLike,
+    data: str | os.PathLike[str],
     *,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike[str] | None = None,
     space: Any = "default",
     backbone: Optional[str] = None,
-    weights_dir: str | os.PathLike | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
     weights: Optional[str] = None,
     plugins: tuple[str, ...] | list[str] = (),
     exclude: Optional[str] = None,
     decode_workers: Optional[int] = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     near: Optional[float] = None,
     folds: Optional[int] = None,
     on_event: Optional[Event] = None,

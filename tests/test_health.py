@@ -162,7 +162,8 @@ def test_the_pair_rules(tmp_path: Path) -> None:
     """Pairs keep the copy in the more valuable split; near pairs are bounded by the median neighbour distance."""
     from autotl.data.decoding import Checked
     from autotl.health import Subject
-    from autotl.health._duplicates import exact_duplicates, near_pairs, neighbours
+    from autotl.health._duplicates import exact_duplicates, near_pairs
+    from autotl.health._neighbours import nearest
 
     facts = [Checked(1, 1, h, None, 40, 40, "PNG RGB") for h in ("a", "a", "a", "b")]
     subject = Subject(
@@ -184,8 +185,34 @@ def test_the_pair_rules(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 8))
     x[7] = x[3] + 0.001  # a near copy of image 3
-    pairs = list(near_pairs(neighbours(x)))
+    pairs = list(near_pairs(nearest(x)))
     assert [(i, j) for i, j, _ in pairs] == [(3, 7)] and pairs[0][2] < 1e-3
+
+
+@pytest.mark.parametrize("block", [7, 64, 2048])
+def test_the_blockwise_neighbours_are_scikit_learns_exact_ones(block: int) -> None:
+    """Any block size (smaller than k, uneven, larger than the data) gives the exact cosine neighbours,
+    itself excluded, copies at distance 0, in float16 too; cleanlab's outlier scores read the graph."""
+    from cleanlab.outlier import OutOfDistribution
+    from sklearn.neighbors import NearestNeighbors
+
+    from autotl.health._neighbours import nearest
+
+    rng = np.random.default_rng(block)
+    x = rng.gamma(1.0, 1.0, (300, 16)).astype(np.float32)
+    x[5], x[9] = x[17], 2 * x[17]  # same direction: cosine distance 0
+    want_d, want_i = NearestNeighbors(n_neighbors=10, metric="cosine").fit(x).kneighbors()
+    graph = nearest(x, block=block)
+    np.testing.assert_allclose(graph.distances, want_d, atol=1e-5)
+    assert (graph.indices == want_i).mean() > 0.99  # the rest are ties in distance
+    assert set(graph.indices[17, :2]) == {5, 9} and graph.distances[17, 1] < 1e-5
+    assert not (graph.indices == np.arange(300)[:, None]).any()
+    half = nearest(x.astype(np.float16), block=block)
+    assert np.abs(half.distances - want_d).max() < 2e-3
+    scores = OutOfDistribution(params={"knn": graph}).score(features=x)
+    expected = OutOfDistribution().fit_score(features=x, verbose=False)
+    assert np.corrcoef(scores, expected)[0, 1] > 0.99
+    assert nearest(x[:2]).indices.tolist() == [[1], [0]]
 
 
 def test_exclusion_changes_the_fingerprint_and_is_applied_to_every_split(checked) -> None:

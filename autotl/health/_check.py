@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from autotl.health._duplicates import NEAR, exact_duplicates, near_duplicates, neighbours
+from autotl.health._duplicates import NEAR, exact_duplicates, near_duplicates
 from autotl.health._findings import DataHealth, Finding, sort_findings
 from autotl.health._labels import FOLDS, label_issues, out_of_fold
+from autotl.health._neighbours import Neighbours, nearest
 from autotl.health._outliers import odd_modes, outliers, tiny, unreadable
 from autotl.health._subject import Subject, subject_of
 
@@ -40,20 +41,18 @@ class Settings:
 
 
 def duplicates_only(
-    subject: Subject, features: Optional[np.ndarray], near: float = NEAR
+    subject: Subject,
+    features: Optional[np.ndarray],
+    near: float = NEAR,
+    graph: Optional[Neighbours] = None,
 ) -> list[Finding]:
     """Exact and near duplicates, and leakage: what a search checks before its first trial.  Without
     ``features`` (a backbone with random weights, whose features say nothing of likeness) only the
-    hashes are compared."""
-    near_found = (
-        [] if features is None else near_duplicates(subject, neighbours(_unit(features)), near)
-    )
+    hashes are compared; ``graph`` is their nearest neighbours when already found."""
+    if features is not None and graph is None:
+        graph = nearest(features)
+    near_found = [] if graph is None else near_duplicates(subject, graph, near)
     return sort_findings([*exact_duplicates(subject), *near_found])
-
-
-def _unit(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
 
 
 def find_findings(
@@ -69,14 +68,21 @@ def find_findings(
         seconds[name] = round(now - clock, 3)
         clock = now
 
-    found = duplicates_only(subject, features, settings.near)
+    graph = nearest(features)
+    lap("neighbours")
+    found = duplicates_only(subject, features, settings.near, graph)
     lap("duplicates")
     probs = out_of_fold(
         features, subject.labels, len(subject.class_names), settings.folds, settings.seed
     )
     found += label_issues(subject, probs)
     lap("label_issues")
-    found += outliers(subject, features) + unreadable(subject) + tiny(subject) + odd_modes(subject)
+    found += (
+        outliers(subject, features, graph)
+        + unreadable(subject)
+        + tiny(subject)
+        + odd_modes(subject)
+    )
     lap("outliers")
     return sort_findings(found)
 

@@ -215,6 +215,36 @@ def test_the_blockwise_neighbours_are_scikit_learns_exact_ones(block: int) -> No
     assert nearest(x[:2]).indices.tolist() == [[1], [0]]
 
 
+def test_past_the_neighbour_limit_only_hashes_compare_and_a_note_says_so() -> None:
+    """More images than ``neighbour_limit``: no near duplicates nor outliers, exact copies still found, one note."""
+    from autotl.data.decoding import Checked
+    from autotl.health import Settings, Subject, find_findings
+
+    rng = np.random.default_rng(0)
+    n = 60
+    x = rng.gamma(1.0, 1.0, (n, 64)).astype(np.float16)
+    x[1] = x[0]  # the same features and bytes: an exact copy; a near copy with other bytes
+    x[3] = x[2]
+    hashes = [f"{i}" for i in range(n)]
+    hashes[1] = hashes[0]
+    subject = Subject(
+        "/d", ["a", "b"], [f"train/a/{i}.png" for i in range(n)], [f"/d/{i}" for i in range(n)],
+        ["train"] * n, np.arange(n) % 2, [Checked(1, 1, h, None, 40, 40, "PNG RGB") for h in hashes],
+        [], "f",
+    )  # fmt: skip
+    kinds = {}
+    for limit in (n, n - 1):
+        notes: list[str] = []
+        found = find_findings(subject, x, Settings(neighbour_limit=limit), {}, notes)
+        kinds[limit] = ({(f.kind, f.path) for f in found if f.kind.endswith("duplicate")}, notes)
+    assert kinds[n] == (
+        {("exact_duplicate", "train/a/1.png"), ("near_duplicate", "train/a/3.png")},
+        [],
+    )
+    assert kinds[n - 1][0] == {("exact_duplicate", "train/a/1.png")}
+    assert len(kinds[n - 1][1]) == 1 and "60 images are over 59" in kinds[n - 1][1][0]
+
+
 def test_exclusion_changes_the_fingerprint_and_is_applied_to_every_split(checked) -> None:
     from autotl.data.dataset import load_folder
     from autotl.data.exclude import apply_exclusions, read_exclusions

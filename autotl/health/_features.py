@@ -49,9 +49,11 @@ def pooled_features(
     hold augmented views after the originals) is found rather than built again.
     """
     feats = cache.get(spec, base, weights, dataset, None, augmentation=augmentation, say=say)
+    assert feats is not None  # required (the default): built, never None
     parts = [(feats.train, 0, len(dataset.train)), (feats.val, 0, len(feats.val))]
     if dataset.test is not None and len(dataset.test):
         held = cache.get(spec, base, weights, _test_view(dataset), None, say=say)
+        assert held is not None
         cut = len(held.train)
         parts += [(held.train, 0, cut), (held.val, 0, len(dataset.test) - cut)]
     out = np.empty((sum(stop for _, _, stop in parts), feats.val.shape[1]), feats.val.dtype)

@@ -22,7 +22,6 @@ __all__ = ["Neighbours", "nearest", "NEIGHBOURS"]
 
 NEIGHBOURS = 10
 BLOCK = 2048
-PROBE = 256  # columns whose k-th best similarity first bounds the candidates of a row
 
 
 @dataclass(frozen=True)
@@ -82,14 +81,7 @@ def _offer(
 ) -> None:
     """Block ``sims`` (rows ``r0:`` along ``axis``, columns ``c0:`` along the other): the similarities above
     a row's k-th best join it.  ``axis=0`` offers the block's transpose without copying it."""
-    k = best.shape[1]
     bound = best[r0 : r0 + sims.shape[1 - axis], -1]
-    if np.isneginf(
-        bound
-    ).any():  # no k candidates yet: the k-th best of a slice of this block bounds
-        probe = sims[:, :PROBE] if axis == 1 else sims[:PROBE]
-        if probe.shape[axis] >= k:
-            bound = np.maximum(bound, np.take(np.partition(probe, -k, axis=axis), -k, axis=axis))
     rows_in = np.flatnonzero(sims.max(axis=axis) >= bound)  # most rows have nothing new late on
     if (
         len(rows_in) > len(bound) // 2
@@ -98,17 +90,35 @@ def _offer(
         sub = sims
     else:
         sub = sims[rows_in] if axis == 1 else sims[:, rows_in]
-    if axis == 1:
-        r, c = np.nonzero(sub >= bound[rows_in, None])
-    else:
-        c, r = np.nonzero(sub >= bound[None, rows_in])
-    s = sub[r, c] if axis == 1 else sub[c, r]
+    r, c, s = _candidates(sub, bound[rows_in], best.shape[1], axis)
     keep = np.isfinite(s)
     if keep.any():
         rows = slice(r0, r0 + len(bound))
         best[rows], where[rows] = _merge(
             best[rows], where[rows], rows_in[r[keep]], c[keep] + c0, s[keep]
         )
+
+
+def _candidates(
+    sub: np.ndarray, bound: np.ndarray, k: int, axis: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, column, similarity)`` of ``sub``'s entries at or above their row's ``bound`` (rows along
+    ``axis``).  Where rows have many (no k yet, or a block of their own class), each row's k best first."""
+    above = sub >= (bound[:, None] if axis == 1 else bound[None, :])
+    if sub.shape[axis] > k and np.count_nonzero(above) > 4 * k * len(bound):
+        top = np.argpartition(sub, -k, axis=axis)
+        top = top[:, -k:] if axis == 1 else top[-k:]
+        values = np.take_along_axis(sub, top, axis=axis)
+        rows = np.arange(len(bound))
+        r = np.repeat(rows, k) if axis == 1 else np.tile(rows, k)
+        c, s = top.ravel(), values.ravel()
+        keep = s >= bound[r]
+        return r[keep], c[keep], s[keep]
+    if axis == 1:
+        r, c = np.nonzero(above)
+        return r, c, sub[r, c]
+    c, r = np.nonzero(above)
+    return r, c, sub[c, r]
 
 
 def _merge(

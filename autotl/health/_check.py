@@ -26,7 +26,7 @@ __all__ = ["Settings", "check_data", "find_findings", "duplicates_only"]
 
 Say = Callable[[str], None]
 #: Beyond this many images, near duplicates and outliers are not searched: the neighbour search's time grows
-#: with the square of the images (414 s at 100,000 on a loaded 2-core machine; its memory stays flat).
+#: with the square of the images (249 s at 100,000 on a loaded 2-core machine; its memory stays flat).
 NEIGHBOUR_LIMIT = 100_000
 
 

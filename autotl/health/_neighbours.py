@@ -60,9 +60,8 @@ def nearest(features: np.ndarray, k: int = NEIGHBOURS, block: int = BLOCK) -> Ne
     """
     n = len(features)
     k = max(1, min(k, n - 1))
-    best = np.full(
-        (n, k), -np.inf, np.float32
-    )  # each row's k highest similarities so far, highest first
+    # each row's k highest similarities so far, highest first, and their columns
+    best = np.full((n, k), -np.inf, np.float32)
     where = np.full((n, k), -1, np.int64)
     for r0 in range(0, n, block):
         x = _unit(features[r0 : r0 + block])
@@ -82,10 +81,10 @@ def _offer(
     """Block ``sims`` (rows ``r0:`` along ``axis``, columns ``c0:`` along the other): the similarities above
     a row's k-th best join it.  ``axis=0`` offers the block's transpose without copying it."""
     bound = best[r0 : r0 + sims.shape[1 - axis], -1]
-    rows_in = np.flatnonzero(sims.max(axis=axis) >= bound)  # most rows have nothing new late on
-    if (
-        len(rows_in) > len(bound) // 2
-    ):  # most have: comparing the whole block beats gathering rows first
+    # most rows have nothing new in a late block; where most have, comparing the whole block beats
+    # gathering their rows first
+    rows_in = np.flatnonzero(sims.max(axis=axis) >= bound)
+    if len(rows_in) > len(bound) // 2:
         rows_in = np.arange(len(bound))
         sub = sims
     else:

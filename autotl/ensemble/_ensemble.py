@@ -26,12 +26,13 @@ trials, their epochs and the ensemble: optimistic, and labelled so.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from autotl.engine.refit import Refit
 from autotl.ensemble import caruana
 from autotl.ensemble.model import check_tta
 from autotl.ensemble.predictions import Probs, Sizes, input_sizes, largest, predictions, split_key
@@ -66,6 +67,7 @@ __all__ = [
     "Variant",
     "EnsembleSelection",
     "candidates",
+    "refit_missing",
     "select_ensemble",
     "load_selection",
     "variant_model",
@@ -93,26 +95,56 @@ def _has_model(run: RunFolder, trial: Any) -> bool:
 
 
 def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]]:
-    """The top ``k`` complete trials with a stored model, best first, and notes on what was missing."""
+    """The top ``k`` complete trials, best first, and notes; those whose layers were not kept are
+    refitted when the ensemble needs them (:func:`refit_missing`)."""
     if k < 2:
         raise UsageError(f"an ensemble needs top_k of at least 2, got {k}")
     top = ranked_trials(study)[:k]
-    kept = [t for t in top if _has_model(run, t)]
-    if len(kept) < 2:
+    if len(top) < 2:
         raise UsageError(
-            f"an ensemble needs at least 2 trials with stored layers among the top {k}, but {run.path} has "
-            f"{len(kept)} (a search keeps the --keep-models best, default 3); search with --keep-models {k} "
-            "or ensemble.enabled in the space"
+            f"an ensemble needs at least 2 complete trials, but {run.path} has {len(top)}"
         )
     notes = []
-    if len(kept) < len(top):
-        notes.append(
-            f"only {len(kept)} of the top {len(top)} trials kept their layers (--keep-models); "
-            "the ensemble is chosen among those"
-        )
-    elif len(top) < k:
+    if len(top) < k:
         notes.append(f"the study has {len(top)} complete trials, fewer than top_k {k}")
-    return kept, notes
+    return top, notes
+
+
+def refit_missing(
+    run: RunFolder,
+    study: Any,
+    trials: Sequence[Any],
+    dataset: Any,
+    registry: Any = None,
+    weights: Any = None,
+    plugins: Sequence[str] = (),
+    say: Say = lambda _m: None,
+) -> tuple[list[Any], dict[int, Refit]]:
+    """``trials`` with a model: kept by the search, refitted earlier, or refitted now from the feature
+    cache (:mod:`autotl.engine.refit`); a refit that does not reproduce its trial's record is left out.
+    Returns the usable trials, in order, and every refit by trial number."""
+    from autotl.engine.refit import Bases, refit_trial, stored_refit
+
+    usable, refits, bases = [], {}, Bases()
+    for t in trials:
+        refit = stored_refit(run, t.number)
+        if refit is None and not _has_model(run, t):
+            if registry is None:
+                from autotl.backbones.registry import get_registry
+
+                registry = get_registry(list(plugins))
+            refit = refit_trial(run, study, t, dataset, registry, weights, bases, say)
+        if refit is not None:
+            refits[t.number] = refit
+        if refit is None or refit.passed:
+            usable.append(t)
+    if len(usable) < 2:
+        raise UsageError(
+            f"an ensemble needs at least 2 trials with a model among the top {len(trials)}, but only "
+            f"{len(usable)} could be kept or refitted: "
+            + "; ".join(r.line() for r in refits.values() if not r.passed)
+        )
+    return usable, refits
 
 
 # -- 2 (predictions: autotl.ensemble.predictions), 3 and 4. selection and scores
@@ -241,6 +273,8 @@ def select_ensemble(
         )
     trials, notes = candidates(run, study, k)
     dataset = _dataset(run, study, data, plugins, registry, dataset)
+    trials, refits = refit_missing(run, study, trials, dataset, registry, weights, plugins, say)
+    notes += [r.line() for r in refits.values()]
     if test is None and getattr(dataset, "test", None) is not None:
         test, test_source = dataset.test, test_source or "the data set's test split"
     if test is None:
@@ -280,7 +314,8 @@ def select_ensemble(
         else {"source": test_source or "passed as test=", "images": len(test)},
         settings={"init": init, "bags": bags, "max_steps": max_steps, "tta": tta or "none"},
         steps=[{**s, "add": [order[i] for i in s["add"]]} for s in chosen.steps],
-        notes=notes + more,
+        notes=notes + more + _refitted_members(members, refits),
+        refits={n: asdict(r) for n, r in refits.items()},
         study_name=study.study_name,
         data_fingerprint=dataset.fingerprint,
         input_size=size,
@@ -289,6 +324,18 @@ def select_ensemble(
         _time(run, study, selection, measure, registry, weights, plugins, say)
     save_selection(run, selection)
     return selection
+
+
+def _refitted_members(members: dict[int, float], refits: dict[int, Refit]) -> list[str]:
+    """A note naming the ensemble's members that were refitted, and what their refits cost."""
+    refitted = [n for n in members if n in refits and refits[n].passed]
+    if not refitted:
+        return []
+    seconds = sum(refits[n].seconds for n in refitted if not refits[n].reused)
+    return [
+        f"ensemble members refitted from the feature cache: {', '.join(map(str, refitted))} "
+        f"({seconds:.1f} s of refitting in this call)"
+    ]
 
 
 def _seen(
@@ -440,10 +487,16 @@ def current_selection(
         and stored.data_fingerprint == _fingerprint(run, study)
         and (k is None or stored.top_k == k)
         and (need is None or stored.variant(need) is not None)
-        and [t.number for t in candidates(run, study, stored.top_k)[0]] == stored.candidates
+        and _usable(candidates(run, study, stored.top_k)[0], stored) == stored.candidates
     ):
         return stored
     return select_ensemble(run, study, k=space_top_k(study) if k is None else k, **kwargs)
+
+
+def _usable(top: Sequence[Any], stored: EnsembleSelection) -> list[int]:
+    """The numbers of ``top`` but those whose refit ``stored`` refused."""
+    refused = {int(n) for n, r in stored.refits.items() if not r.get("passed")}
+    return [t.number for t in top if t.number not in refused]
 
 
 def space_top_k(study: Any) -> int:

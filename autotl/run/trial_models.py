@@ -25,6 +25,7 @@ from autotl.scoring.objective import best_trial
 
 __all__ = [
     "LayersNotHere",
+    "trial_backbone",
     "trial_model",
     "update_best_model",
     "weights_of_run",
@@ -66,6 +67,38 @@ def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
     )
 
 
+def trial_backbone(
+    run: RunFolder,
+    trial: Any,
+    registry: Any = None,
+    weights: Any = None,
+    plugins: tuple[str, ...] = (),
+) -> tuple[Any, Any]:
+    """``(spec, resolved weights)`` of ``trial``'s backbone, as it was trained: its plugin installed here,
+    and the very weights file (by SHA-256); else a one-line UsageError saying what to pass."""
+    from autotl.backbones.weights import resolve_weights
+
+    if registry is None:
+        from autotl.backbones.registry import get_registry
+
+        registry = get_registry(list(plugins))
+    name = trial.params["backbone"]
+    if name not in registry.backbones:
+        raise UsageError(
+            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
+            "which is not installed here; install it or pass --plugin MODULE"
+        )
+    spec = registry.backbone(name)
+    resolved = resolve_weights(spec, weights_of_run(run, weights))
+    trained_on = trial.user_attrs.get("weights_sha256")
+    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
+        raise UsageError(
+            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
+            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
+        )
+    return spec, resolved
+
+
 def trial_model(
     run: RunFolder,
     study: Any,
@@ -101,27 +134,9 @@ def trial_model(
             "s3://bucket/prefix or a shared folder holds them); "
             f"trials with a model: {', '.join(map(str, kept)) or 'none'}"
         )
-    if registry is None:
-        from autotl.backbones.registry import get_registry
-
-        registry = get_registry(list(plugins))
-    name = trial.params["backbone"]
-    if name not in registry.backbones:
-        raise UsageError(
-            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
-            "which is not installed here; install it or pass --plugin MODULE"
-        )
-    from autotl.backbones.weights import resolve_weights
     from autotl.training.model import restore_model
 
-    spec = registry.backbone(name)
-    resolved = resolve_weights(spec, weights_of_run(run, weights))
-    trained_on = trial.user_attrs.get("weights_sha256")
-    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
-        raise UsageError(
-            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
-            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
-        )
+    spec, resolved = trial_backbone(run, trial, registry, weights, plugins)
     say(f"assembling trial {trial.number}'s model from its stored layers")
     seed = int((study.user_attrs.get("space") or {}).get("seed", 0))
     model = restore_model(

@@ -132,11 +132,24 @@ def test_the_ensemble_chooses_among_the_top_k_refitting_what_was_not_kept(
     assert len(sel.candidates) == TRIALS  # every top trial, though the search kept one
     assert len(sel.refits) == TRIALS - 1 and all(r["passed"] for r in sel.refits.values())
     assert sum("refitted in" in n for n in sel.notes) == TRIALS - 1
+    # each refitted member is marked in the title and in the ensemble row (the best trial was kept)
+    assert _table(sel).count("(refitted)") == 2 * sum(n in sel.refits for n in sel.members)
     again = select_ensemble(
         run, study, k=TRIALS, tta=None, dataset=tiny_dataset, registry=registry, weights=None
     )
     assert all(r["reused"] for r in again.refits.values())  # stored: not refitted twice
     assert again.members == sel.members
+
+
+def _table(selection) -> str:
+    """``autotl ensemble``'s table as text."""
+    from rich.console import Console
+
+    from autotl.ui import ensemble_table
+
+    console = Console(record=True, width=240)
+    console.print(ensemble_table(selection))
+    return console.export_text()
 
 
 def _forge_seed(run, number: int) -> None:

@@ -107,6 +107,10 @@ def _digits(root: Path, seed: int):
     return data, ImageSet(np.array([labels[i] for i in held]), arrays=[images[i] for i in held])
 
 
+#: Each data set's builder: ``(root, seed) -> (search folder, held-out test ImageSet)``.
+LOADERS = {"hymenoptera": _hymenoptera, "digits": _digits}
+
+
 def _row(v) -> dict:
     def acc(s):
         return (
@@ -240,7 +244,7 @@ def search(name: str, args: argparse.Namespace) -> tuple[Path, object, object, f
     from autotl.engine.space import SearchSpace
 
     root = Path(args.out) / f"{name}-seed{args.seed}"
-    data, test = (_hymenoptera if name == "hymenoptera" else _digits)(root, args.seed)
+    data, test = LOADERS[name](root, args.seed)
     space = SearchSpace.model_validate({**SPACE, "seed": args.seed, "trials": args.trials})
     start = time.perf_counter()
     run = autotl.search(

@@ -15,7 +15,10 @@ A search keeps the layers of its ``--keep-models`` best trials only (default
    best single model (as ``benchmarks/ensemble.py`` reports them), and the
    refit time per member.
 
-    python benchmarks/ensemble_refit.py [--data hymenoptera,digits] [--trials 20] [--top-k 8] [--seed 0]
+    python benchmarks/ensemble_refit.py [--data hymenoptera,digits,rotations] [--trials 20] [--top-k 8] [--seed 0]
+
+``rotations`` (far from ImageNet: the class is the angle a photograph was
+turned by) is built here from ``../shared/data/hymenoptera``.
 
 Writes ``ensemble-refit-<data>-seed<seed>.json`` in ``--out``; rerunning with
 the same ``--out`` reuses the search.
@@ -31,7 +34,41 @@ from pathlib import Path
 
 import ensemble
 import numpy as np
-from ensemble import _reference_rows, search
+from ensemble import SHARED, _held_out, _reference_rows, search
+
+
+def _rotations(root: Path, seed: int):
+    """Far from ImageNet: the hymenoptera photographs turned by 0, 90, 180 or 270 degrees, the class being
+    the angle (the i-th photo of a split by ``(i % 4) * 90``, as the depth branch's
+    ``benchmarks/_datasets.py`` builds it); train/ as is, val/ halved by hash into the search's val/ and
+    the held-out test set."""
+    from PIL import Image, ImageOps
+
+    from autotl.data.dataset import ImageSet
+
+    src, data, held = SHARED / "data" / "hymenoptera", root / "data", root / "test"
+    rotated = []  # (split, class, file name, source)
+    for split in ("train", "val"):
+        for i, f in enumerate(sorted((src / split).rglob("*.jp*g"))):
+            rotated.append((split, f"r{(i % 4) * 90:03d}", f"{f.parent.name}_{i:04d}.jpg", f))
+    classes = sorted({c for _, c, _, _ in rotated})
+    val = [r for r in rotated if r[0] == "val"]
+    test = _held_out([n for _, _, n, _ in val], [classes.index(c) for _, c, _, _ in val], 0.5, seed)
+    tested = {val[i][2] for i in test}
+    if not data.exists():
+        for split, cls, name, f in rotated:
+            out = (held if name in tested and split == "val" else data / split) / cls / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(f) as im:
+                angle = int(cls[1:])
+                ImageOps.exif_transpose(im).convert("RGB").rotate(angle, expand=True).save(out)
+    files = sorted((c, p) for c in classes for p in (held / c).iterdir())
+    return data, ImageSet(
+        np.array([classes.index(c) for c, _ in files]), paths=[str(p) for _, p in files]
+    )
+
+
+ensemble.LOADERS["rotations"] = _rotations
 
 
 def _layers(path: Path) -> dict[str, np.ndarray]:
@@ -63,11 +100,14 @@ def _ensemble(run, args, test) -> tuple[object, float]:
 def _without_layers(src: Path, dst: Path, keep: int) -> Path:
     """A copy of run folder ``src`` as a search with ``--keep-models 1`` leaves it: only trial ``keep``'s
     layers (and no ensemble yet); the feature cache is the original's (run.json names it)."""
+    from autotl.run.folder import RunFolder
+
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("cache", "ensemble", "artifacts"))
-    for trial in (dst / "trials").iterdir():
-        if trial.name != str(keep):
+    kept = RunFolder(dst).trial_dir(keep)
+    for trial in kept.parent.iterdir():
+        if trial != kept:
             shutil.rmtree(trial)
     return dst
 
@@ -83,9 +123,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     refit_run = autotl.Run(copy, weights_dir=args.weights_dir)
     refit, refit_seconds = _ensemble(refit_run, args, test)
     _, paired = _reference_rows(refit_run, refit, test)
-    layers = RunFolder.TRIAL_LAYERS
     gaps = {
-        n: _weight_gap(root / "run" / "trials" / str(n) / layers, copy / "trials" / str(n) / layers)
+        n: _weight_gap(
+            *(RunFolder(f).trial_dir(n) / RunFolder.TRIAL_LAYERS for f in (root / "run", copy))
+        )
         for n, r in refit.refits.items()
         if r["passed"]
     }

@@ -31,15 +31,17 @@ $(EXTRAS): $(STAMP)
 install: $(EXTRAS)
 
 demo: $(STAMP)
-	$(BIN)/autotl search --sample digits --space fast --out runs/digits
+	$(BIN)/autotl search --sample digits --space fast --test-fraction 0.2 --out runs/digits
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
+# coverage of the package by the unit tests (tests marked slow run untraced: see tests/conftest.py)
 test: lint $(EXTRAS)
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest --durations=15 --cov --cov-report=term
 
 # the inner loop: the same checks, and every test not marked slow (under two minutes)
 test-fast: lint $(EXTRAS)

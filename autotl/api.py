@@ -18,6 +18,7 @@ Errors a user can fix raise :class:`autotl.UsageError` with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -27,18 +28,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.checkup import doctor
-from autotl.engine.failures import MAX_FAILURES
+from autotl.engine.options import SearchOptions, accepted, choices
 from autotl.errors import SearchStopped, UsageError, first_line
 from autotl.run.folder import KERAS_TUNER, OPTUNA, RunFolder
 
-__all__ = ["search", "doctor", "Run", "ENGINES", "TUNERS"]
+if TYPE_CHECKING:
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
+    from autotl.engine.optuna_engine import SearchConfig
+    from autotl.engine.space import SearchSpace
+
+__all__ = ["search", "doctor", "Run", "SearchOptions", "ENGINES", "TUNERS"]
 
 Event = Callable[[dict[str, Any]], None]
-ENGINES = (OPTUNA, KERAS_TUNER)
-TUNERS = ("bayesian", "random", "hyperband")
+ENGINES = choices("engine")
+TUNERS = choices("tuner")
 WORKER_CONFIG = "worker-config.json"
 
 
@@ -46,75 +54,39 @@ WORKER_CONFIG = "worker-config.json"
 class _Plan:
     """A search's inputs, resolved and checked (what every worker of the search runs)."""
 
-    data: Optional[str]
-    sample: Optional[str]
+    options: SearchOptions
     out: Path
-    space_file: Optional[str]
-    space: Any  # SearchSpace
-    trials: int
-    storage: Optional[str]
-    study_name: str
-    keep_models: int
-    timeout: Optional[float]
-    heartbeat: int
-    scale_options: dict[
-        str, Any
-    ]  # decode workers, cache dir/budget/dtype, mixed precision, artifacts
-    weights: Any  # WeightsSource
-    plugins: list[str]
-    registry: Any
-    dataset: Any
+    space: SearchSpace
+    space_file: Optional[str]  # the space's YAML file, when it came from one
+    trials: int  # the options', else the space's
+    weights: WeightsSource
+    registry: Registry
+    dataset: Dataset
     command: str
-    kwargs: dict[str, Any] = field(
-        default_factory=dict
-    )  # the JSON-able arguments, for extra workers
     unavailable: dict[str, str] = field(default_factory=dict)  # backbone -> why it is left out
-    explicit: bool = False  # backbones named with --backbone: each must be usable
     session: str = field(
         default_factory=lambda: uuid.uuid4().hex[:12]
     )  # see autotl.engine.failures
 
+    @property
+    def explicit(self) -> bool:
+        """Backbones named with --backbone: each must be usable."""
+        return bool(self.options.backbones)
+
 
 def search(
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike[str] | None = None,
     *,
-    sample: Optional[str] = None,
-    out: str | os.PathLike | None = None,
-    space: Any = "default",
-    trials: Optional[int] = None,
-    storage: Optional[str] = None,
-    study_name: str = "autotl",
-    backbones: Sequence[str] = (),
-    objectives: Optional[Sequence[str] | str] = None,
-    screen: Optional[int] = None,
-    finalists: Optional[int] = None,
-    backbone_screening: Optional[str] = None,
-    screening_sample: Optional[int] = None,
-    workers: int = 1,
-    gpus: Optional[Sequence[str] | str] = None,
-    heartbeat: int = 30,
-    timeout: Optional[float] = None,
-    keep_models: int = 3,
-    engine: str = OPTUNA,
-    tuner: str = "bayesian",
-    weights_dir: str | os.PathLike | None = None,
-    weights: Optional[str] = None,
-    plugins: Sequence[str] = (),
-    max_failures: int = MAX_FAILURES,
-    report: bool = True,
     on_event: Optional[Event] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     command: Optional[str] = None,
-    decode_workers: Optional[int] = None,
-    cache_dir: str | os.PathLike | None = None,
-    cache_budget: str | int | None = None,
-    cache_dtype: str = "float16",
-    mixed_precision: bool = False,
-    artifacts: Optional[str] = None,
-    mlflow: Optional[str] = None,
-    exclude: str | os.PathLike | None = None,
+    **options: Any,
 ) -> Run:
     """Run, or resume, a search of ``space`` on ``data`` (a folder of class subfolders) or ``sample`` (e.g. ``"digits"``).
+
+    Every keyword but the three callers' ones is a field of :class:`SearchOptions`, with the
+    same name, default and checks as the ``autotl search`` flag (``autotl search --help``
+    lists them; ``inspect.signature(autotl.search)`` shows them all).
 
     The study lives in ``out`` (default ``runs/<data name>``); rerunning the same
     call resumes it, and ``trials`` counts the finished trials the study should
@@ -127,81 +99,37 @@ def search(
     override the space's backbone screening (a sample stage before full caches);
     ``engine="keras-tuner"`` runs the space through keras-tuner's ``tuner``.
     ``on_event(dict)`` sees progress (the CLI draws it); ``should_stop()`` is
-    asked between trials (Ctrl-C once).  When the search ends the best model is
+    asked between trials (Ctrl-C once); ``command`` is what the run records as
+    the command that started it.  When the search ends the best model is
     ``best_model.keras`` in ``out`` and, with ``report``, the report is written
     (unless it already shows the study as it is).
 
     A trial that fails is recorded with its reason and the search goes on; a
     backbone that fails 3 times in a row is dropped, and when no backbone is
     left or ``max_failures`` trials in a row failed, :class:`autotl.errors.SearchStopped`
-    is raised (after the report is written), saying why.
-
-    At scale: ``decode_workers`` processes decode images (default: the cores;
-    0: threads in this process); the feature cache lives in ``cache_dir``
-    (default ``out/cache``), holds at most ``cache_budget`` bytes (``"20GB"``;
-    default: the disk's free space) in ``cache_dtype`` (float16, or float32 for
-    exact entries), its forward pass in float16 with ``mixed_precision`` (for
-    GPUs); ``artifacts`` (``s3://bucket/prefix`` or a folder) is where trials'
-    layers, best models and exports go, so workers that share only the
-    database can assemble any trial's model (default: the run folder).
-
-    ``mlflow`` (a tracking URI, ``pip install 'autotl[mlflow]'``) logs each
-    trial as an MLflow run as it finishes, nested under a run for the study,
-    and the best model to the registry when the search ends (see
-    :meth:`Run.log_mlflow`).
-
-    ``exclude`` (a CSV with a ``path`` column, such as the ``issues.csv`` of
-    :func:`doctor`; or the space's ``exclude``) leaves those files out of every
-    split; the data folder is never changed.  Before the first trial the search
-    warns when images have a copy in another split (leakage).
+    is raised (after the report is written), saying why.  What each other option does
+    (scale, artifacts, ``exclude``, ``mlflow``, ...) is its field's description in
+    :class:`SearchOptions`.
     """
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    opts = SearchOptions.parse(data=data, **options)
     from autotl.training.allocator import return_large_buffers
 
     return_large_buffers()  # memory flat in the data's size (see autotl/training/allocator.py)
-    kwargs = {
-        "data": os.fspath(data) if data is not None else None,
-        "sample": sample,
-        "out": os.fspath(out) if out is not None else None,
-        "trials": trials,
-        "storage": storage,
-        "study_name": study_name,
-        "backbones": list(backbones),
-        "objectives": objectives,
-        "screen": screen,
-        "finalists": finalists,
-        "backbone_screening": backbone_screening,
-        "screening_sample": screening_sample,
-        "heartbeat": heartbeat,
-        "timeout": timeout,
-        "keep_models": keep_models,
-        "weights_dir": os.fspath(weights_dir) if weights_dir is not None else None,
-        "weights": weights,
-        "plugins": list(plugins),
-        "max_failures": max_failures,
-        "decode_workers": decode_workers,
-        "cache_dir": os.fspath(cache_dir) if cache_dir is not None else None,
-        "cache_budget": cache_budget,
-        "cache_dtype": cache_dtype,
-        "mixed_precision": mixed_precision,
-        "artifacts": artifacts,
-        "exclude": os.fspath(exclude) if exclude is not None else None,
-    }
     emit = on_event or (lambda _e: None)
-    plan = _plan(space, kwargs, command, emit)
-    if mlflow is not None:
-        emit = _mlflow_events(plan, engine, mlflow, emit)
+    stop = should_stop or (lambda: False)
+    plan = _plan(opts, command, emit)
+    if opts.mlflow is not None:
+        emit = _mlflow_events(plan, opts.mlflow, emit)
     try:
-        _run_engine(plan, engine, tuner, workers, gpus, timeout, emit, should_stop)
+        _run_engine(plan, emit, stop)
     except SearchStopped:  # what did finish is reported, then the reason is said
-        if report:
+        if opts.report:
             with contextlib.suppress(Exception):
-                _finish(plan, engine, emit, lambda: False, report=True)
+                _finish(plan, emit, lambda: False)
         raise
-    run = _finish(plan, engine, emit, should_stop or (lambda: False), report=report)
-    if mlflow is not None:
-        _log_mlflow(run, mlflow, emit)
+    run = _finish(plan, emit, stop)
+    if opts.mlflow is not None:
+        _log_mlflow(run, opts.mlflow, emit)
     return run
 
 
@@ -223,61 +151,66 @@ def _log_mlflow(run: Run, uri: str, emit: Event) -> None:
     )
 
 
-def _mlflow_events(plan: _Plan, engine: str, uri: str, emit: Event) -> Event:
+def _mlflow_events(plan: _Plan, uri: str, emit: Event) -> Event:
     """``emit``, also logging each finished trial to MLflow at ``uri`` (checked reachable now)."""
     from autotl.integrations.mlflow import check_server, search_hook
 
-    if engine != OPTUNA:
+    if plan.options.engine != OPTUNA:
         raise UsageError(
             "mlflow logging follows the Optuna engine's study; drop --engine keras-tuner"
         )
     check_server(uri)
     folder = RunFolder(plan.out)
-    return search_hook(uri, folder, folder.storage_url(plan.storage), plan.study_name, emit)
+    return search_hook(
+        uri, folder, folder.storage_url(plan.options.storage), plan.options.study_name, emit
+    )
 
 
-def _run_engine(
-    plan: _Plan,
-    engine: str,
-    tuner: str,
-    workers: int,
-    gpus: Optional[Sequence[str] | str],
-    timeout: Optional[float],
-    emit: Event,
-    should_stop: Optional[Callable[[], bool]],
-) -> None:
-    if engine == KERAS_TUNER:
+def _signature() -> inspect.Signature:
+    """``search``'s signature with every option as a keyword, its type and default (what ``help()`` shows)."""
+    own = inspect.signature(search).parameters
+    options = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=info.default, annotation=accepted(name)
+        )
+        for name, info in SearchOptions.model_fields.items()
+        if name != "data"
+    ]
+    return inspect.Signature(
+        [own["data"], *options, own["on_event"], own["should_stop"], own["command"]],
+        return_annotation=inspect.signature(search).return_annotation,
+    )
+
+
+search.__signature__ = _signature()  # type: ignore[attr-defined]
+
+
+def _run_engine(plan: _Plan, emit: Event, should_stop: Callable[[], bool]) -> None:
+    options = plan.options
+    if options.engine == KERAS_TUNER:
         _keras_tuner_objectives(plan.space)
-        if timeout is not None or workers > 1 or gpus:
-            raise UsageError(
-                "timeout, workers and gpus are the Optuna engine's; with engine keras-tuner the search "
-                "runs in one process and lives in RUN_DIR/keras_tuner"
-            )
-        _run_keras_tuner(plan, tuner, emit)
+        _run_keras_tuner(plan, emit)
     else:
-        if workers < 1:
-            raise UsageError(f"workers must be at least 1, got {workers}")
-        _run_optuna(plan, emit, should_stop or (lambda: False), workers, _gpu_list(gpus))
+        _run_optuna(plan, emit, should_stop)
 
 
-def _finish(
-    plan: _Plan, engine: str, emit: Event, should_stop: Callable[[], bool], report: bool
-) -> Run:
+def _finish(plan: _Plan, emit: Event, should_stop: Callable[[], bool]) -> Run:
     """The run, opened; unless ``should_stop()`` says the search was stopped, its ensemble chosen (when
-    the space asks) and, with ``report``, its report written."""
+    the space asks) and, with the ``report`` option, its report written."""
+    options = plan.options
     run = Run(
         plan.out,
-        storage=plan.storage,
-        study_name=plan.study_name,
-        plugins=plan.plugins,
+        storage=options.storage,
+        study_name=options.study_name,
+        plugins=options.plugins,
         registry=plan.registry,
         weights=plan.weights,
-        engine=engine,
+        engine=options.engine,
     )
-    stopped = bool(should_stop and should_stop())
-    if engine == OPTUNA and plan.space.ensemble.enabled and not stopped:
+    stopped = should_stop()
+    if options.engine == OPTUNA and plan.space.ensemble.enabled and not stopped:
         run.ensemble_selection = run._try_ensemble(plan.space.ensemble, emit)
-    if report and not stopped:
+    if options.report and not stopped:
         if run._report_stale() or run.ensemble_selection is not None:
             run.report_paths = run._try_report(emit)
         else:
@@ -285,85 +218,64 @@ def _finish(
     return run
 
 
-def _gpu_list(gpus: Optional[Sequence[str] | str]) -> list[str]:
-    if not gpus:
-        return []
-    items = gpus.split(",") if isinstance(gpus, str) else list(gpus)
-    return [str(g).strip() for g in items if str(g).strip()]
-
-
-def _space_options(space: Any, kwargs: dict[str, Any]) -> Any:
-    """``space`` with the options that override its fields: two-stage, backbone screening, objectives."""
-    from autotl.engine.space import apply_backbone_screening, apply_objectives, apply_screening
-
-    space = apply_screening(space, kwargs["screen"], kwargs["finalists"])
-    space = apply_backbone_screening(
-        space, kwargs.get("backbone_screening"), kwargs.get("screening_sample")
-    )
-    return apply_objectives(space, kwargs.get("objectives"))
-
-
-def _plan(space: Any, kwargs: dict[str, Any], command: Optional[str], emit: Event) -> _Plan:
+def _plan(options: SearchOptions, command: Optional[str], emit: Event) -> _Plan:
     """Load and check everything a search needs before its first trial (fail at start-up, not in trial 17)."""
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
-    from autotl.engine.space import SearchSpace, load_space
 
-    if isinstance(space, SearchSpace):
-        space_obj, space_file = space, None
-    else:
-        space_obj, path = load_space(space)
-        space_file = str(path)
-    space_obj = _space_options(space_obj, kwargs)
-    _check_deploy(space_obj)
-    weights = WeightsSource.parse(kwargs["weights_dir"], kwargs["weights"])
-    registry = get_registry(kwargs["plugins"])
-    space_obj, unavailable = _available(space_obj, registry, weights, kwargs["backbones"], emit)
+    space, space_file = _space(options)
+    _check_deploy(space)
+    weights = WeightsSource.parse(options.weights_dir, options.weights)
+    registry = get_registry(list(options.plugins))
+    space, unavailable = _available(space, registry, weights, options.backbones, emit)
     for message in registry.warnings:  # after: asking for a broken plugin's backbone is one line
         emit({"warning": message})
-    if kwargs.get("max_failures", MAX_FAILURES) < 1:
-        raise UsageError(f"max_failures must be at least 1, got {kwargs['max_failures']}")
-    trials = kwargs["trials"]
-    if trials is not None and trials < 1:
-        raise UsageError(f"trials must be at least 1, got {trials}")
-    if kwargs["heartbeat"] < 1:
-        raise UsageError(f"heartbeat must be at least 1 second, got {kwargs['heartbeat']}")
-    if kwargs["keep_models"] < 1:
-        raise UsageError(f"keep_models must be at least 1, got {kwargs['keep_models']}")
-    options = _scale_options(kwargs)
-    kwargs["exclude"] = _exclude(kwargs, space_obj, space_file)
-    name = kwargs["sample"] or Path(kwargs["data"] or ".").resolve().name
-    out = Path(kwargs["out"] or Path("runs") / name)
-    dataset = _load_data(kwargs, space_obj, registry, out, emit)
+    options = options.but(exclude=_exclude(options, space, space_file))
+    name = options.sample or Path(options.data or ".").resolve().name
+    out = Path(options.out or Path("runs") / name)
+    dataset = _load_data(options, space, registry, out, emit)
     _say_skipped(dataset, out, emit)
     for message in dataset.warnings:
         emit({"warning": message})
-    _data_advice(dataset, space_obj, emit)
+    _data_advice(dataset, space, emit)
     return _Plan(
-        kwargs["data"],
-        kwargs["sample"],
-        out,
-        space_file,
-        space_obj,
-        trials or space_obj.trials,
-        kwargs["storage"],
-        kwargs["study_name"],
-        kwargs["keep_models"],
-        kwargs["timeout"],
-        kwargs["heartbeat"],
-        options,
-        weights,
-        kwargs["plugins"],
-        registry,
-        dataset,
-        command or _default_command(),
-        kwargs,
-        unavailable,
-        bool(kwargs["backbones"]),
+        options=options,
+        out=out,
+        space=space,
+        space_file=space_file,
+        trials=options.trials or space.trials,
+        weights=weights,
+        registry=registry,
+        dataset=dataset,
+        command=command or _default_command(),
+        unavailable=unavailable,
     )
 
 
-def _check_deploy(space: Any) -> None:
+def _space(options: SearchOptions) -> tuple[SearchSpace, Optional[str]]:
+    """The options' space, loaded, with the options that override its fields applied (two-stage search,
+    backbone screening, objectives, test split); and its file."""
+    from autotl.engine.space import (
+        SearchSpace,
+        apply_backbone_screening,
+        apply_objectives,
+        apply_screening,
+        apply_test_fraction,
+        load_space,
+    )
+
+    if isinstance(options.space, SearchSpace):
+        space, space_file = options.space, None
+    else:
+        space, path = load_space(options.space)
+        space_file = str(path)
+    space = apply_screening(space, options.screen, options.finalists)
+    space = apply_backbone_screening(space, options.backbone_screening, options.screening_sample)
+    space = apply_test_fraction(space, options.test_fraction)
+    return apply_objectives(space, options.objectives), space_file
+
+
+def _check_deploy(space: SearchSpace) -> None:
     """Deploy costs in a format whose optional extra is missing (``deploy: {format: onnx}``): one line now."""
     from autotl.export._deploy_costs import check_deploy_format
     from autotl.scoring.objective import Objectives
@@ -372,12 +284,15 @@ def _check_deploy(space: Any) -> None:
         check_deploy_format(space.deploy.model_dump())
 
 
-def _exclude(kwargs: dict[str, Any], space: Any, space_file: Optional[str]) -> Optional[str]:
-    """The exclusion list's absolute path (``exclude``, else the space's), which only a data folder takes."""
+def _exclude(
+    options: SearchOptions, space: SearchSpace, space_file: Optional[str]
+) -> Optional[str]:
+    """The exclusion list's absolute path (the ``exclude`` option, else the space's), which only a data
+    folder takes."""
     from autotl.checkup import exclude_of
 
-    found = exclude_of(kwargs.get("exclude"), space, space_file)
-    if found and kwargs.get("sample"):
+    found = exclude_of(options.exclude, space, space_file)
+    if found and options.sample:
         raise UsageError(
             "--exclude names files of a data folder; a built-in sample (--sample) has none"
         )
@@ -390,44 +305,21 @@ def _default_command() -> str:
     return shlex.join([Path(sys.argv[0]).name or "python", *sys.argv[1:]])
 
 
-def _scale_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The scale options, checked: decode workers, cache folder, budget and dtype, mixed precision, artifact store."""
-    from autotl.training.cache import DTYPES, parse_bytes
-
-    workers = kwargs.get("decode_workers")
-    if workers is not None and workers < 0:
-        raise UsageError(
-            f"decode_workers must be 0 (decode in this process) or more, got {workers}"
-        )
-    budget = parse_bytes(kwargs.get("cache_budget"))
-    if budget is not None and budget <= 0:
-        raise UsageError(f"cache_budget must be positive, got {kwargs.get('cache_budget')}")
-    dtype = kwargs.get("cache_dtype") or "float16"
-    if dtype not in DTYPES:
-        raise UsageError(f"cache_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    cache_dir = kwargs.get("cache_dir")
-    return {
-        "decode_workers": workers,
-        "cache_dir": Path(cache_dir).resolve() if cache_dir else None,
-        "cache_budget": budget,
-        "cache_dtype": dtype,
-        "mixed_precision": bool(kwargs.get("mixed_precision")),
-        "artifacts": kwargs.get("artifacts"),
-    }
-
-
-def _load_data(kwargs: dict[str, Any], space: Any, registry: Any, out: Path, emit: Event) -> Any:
+def _load_data(
+    options: SearchOptions, space: SearchSpace, registry: Registry, out: Path, emit: Event
+) -> Dataset:
     """The data set with its test split (``test/`` or the space's ``test_fraction``); a folder is
     scanned with the run folder's manifest, so only new or changed files are read."""
     from autotl.data import dataset as data_mod
     from autotl.data.holdout import add_test_split
 
-    data, sample = kwargs["data"], kwargs["sample"]
+    data, sample = options.data, options.sample
     if (data is None) == (sample is None):
         raise UsageError(
             "give either DATA_DIR or --sample NAME (e.g. `autotl search --sample digits`)"
         )
-    if sample:
+    if data is None:  # a sample: exactly one of the two is given
+        assert sample is not None
         images, labels, names = registry.sample(sample).load()
         dataset = data_mod.from_arrays(
             images, labels, names, f"sample:{sample}", space.val_fraction, space.seed
@@ -435,10 +327,10 @@ def _load_data(kwargs: dict[str, Any], space: Any, registry: Any, out: Path, emi
         return add_test_split(dataset, None, space.test_fraction, space.seed)
     from autotl.checkup import load_data
 
-    return load_data(data, space, out, kwargs.get("exclude"), kwargs.get("decode_workers"), emit)
+    return load_data(data, space, out, options.exclude, options.decode_workers, emit)
 
 
-def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
+def _say_skipped(dataset: Dataset, out: Path, emit: Event, shown: int = 10) -> None:
     """A warning per skipped file, up to ``shown`` of them; the rest counted (the manifest lists them all)."""
     for path, reason in dataset.skipped[:shown]:
         emit({"warning": f"skipped {path}: {reason}"})
@@ -452,7 +344,7 @@ def _say_skipped(dataset: Any, out: Path, emit: Event, shown: int = 10) -> None:
         )
 
 
-def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
+def _data_advice(dataset: Dataset, space: Any, emit: Event) -> None:
     """One line each: class imbalance (recommending balanced accuracy), and no test split where one could be spared."""
     from autotl.data.holdout import recommendation
     from autotl.data.imbalance import imbalance_warning
@@ -465,7 +357,7 @@ def _data_advice(dataset: Any, space: Any, emit: Event) -> None:
         emit({"warning": advice})
 
 
-def _test_count(dataset: Any) -> str:
+def _test_count(dataset: Dataset) -> str:
     """`` / 60 test`` when the data has a test split (``test_split`` says where from), else nothing."""
     test = getattr(dataset, "test", None)
     return "" if test is None else f" / {len(test)} test ({dataset.test_split})"
@@ -486,7 +378,7 @@ def _keras_tuner_objectives(space: Any) -> None:
 
 
 def _available(
-    space: Any, registry: Any, weights: Any, explicit: Sequence[str], emit: Event
+    space: Any, registry: Registry, weights: Any, explicit: Sequence[str], emit: Event
 ) -> tuple[Any, dict[str, str]]:
     """The space with the asked-for backbones, and which of them have no weights (warned, skipped).
 
@@ -514,28 +406,35 @@ def _available(
     return space.model_copy(update={"backbones": names}), unavailable
 
 
-def _config(plan: _Plan, worker_index: int = 0, emit: Optional[Event] = None) -> Any:
+def _config(plan: _Plan, worker_index: int = 0, emit: Optional[Event] = None) -> SearchConfig:
+    """The Optuna engine's settings: each option :class:`SearchConfig` has by name, as the plan resolved it."""
+    from dataclasses import fields
+
     from autotl.engine.optuna_engine import SearchConfig
     from autotl.export import measure_deploy_costs
 
+    options = plan.options
+    shared = {
+        f.name: getattr(options, f.name)
+        for f in fields(SearchConfig)
+        if f.name in SearchOptions.model_fields
+    }
+    resolved = {
+        "out": plan.out,
+        "space": plan.space,
+        "trials": plan.trials,
+        "weights": plan.weights,
+        "keep_models": _keep_models(plan),
+        "cache_dir": Path(options.cache_dir) if options.cache_dir else None,
+    }
     return SearchConfig(
-        out=plan.out,
-        space=plan.space,
-        trials=plan.trials,
-        weights=plan.weights,
-        storage=plan.storage,
-        study_name=plan.study_name,
-        keep_models=_keep_models(plan),
-        timeout=plan.timeout,
-        record={"command": plan.command},
-        heartbeat=plan.heartbeat,
+        **{**shared, **resolved},
+        record={"command": plan.command, "options": options.record()},
         worker_index=worker_index,
-        max_failures=plan.kwargs.get("max_failures", MAX_FAILURES),
         session=plan.session,
         unavailable=dict(plan.unavailable),
         explicit=plan.explicit,
         deploy_costs=measure_deploy_costs,
-        **{k: v for k, v in plan.scale_options.items() if k != "decode_workers"},
         before_trials=_before_trials(plan, emit) if worker_index == 0 and emit else None,
     )
 
@@ -548,15 +447,17 @@ def _before_trials(plan: _Plan, emit: Event) -> Callable[..., None]:
     from autotl.run.lineage import record_exclusions
 
     def before(cache: Any, backbone: Optional[str] = None) -> None:
-        record_exclusions(RunFolder(plan.out).storage_url(plan.storage), plan.dataset.summary())
+        record_exclusions(
+            RunFolder(plan.out).storage_url(plan.options.storage), plan.dataset.summary()
+        )
         check = leakage_check(
-            plan.dataset,
-            plan.registry,
-            plan.weights,
-            backbone or _usable(plan)[0],
-            None if plan.sample else RunFolder(plan.out).manifest,
-            plan.space.augmentation,
-            plan.space.seed,
+            dataset=plan.dataset,
+            registry=plan.registry,
+            weights=plan.weights,
+            backbone=backbone or _usable(plan)[0],
+            manifest=None if plan.options.sample else RunFolder(plan.out).manifest,
+            augmentation=plan.space.augmentation,
+            seed=plan.space.seed,
         )
         safely(check, emit)(cache)
 
@@ -567,20 +468,18 @@ def _keep_models(plan: _Plan) -> int:
     """``--keep-models``, raised to the space's ``ensemble.top_k`` when ensembles are on (an ensemble of the
     top K trials needs their layers)."""
     ensemble = plan.space.ensemble
-    return max(plan.keep_models, ensemble.top_k) if ensemble.enabled else plan.keep_models
+    keep = plan.options.keep_models
+    return max(keep, ensemble.top_k) if ensemble.enabled else keep
 
 
 def _run_optuna(
-    plan: _Plan,
-    emit: Event,
-    should_stop: Callable[[], bool],
-    workers: int,
-    gpus: list[str],
-    worker_index: int = 0,
+    plan: _Plan, emit: Event, should_stop: Callable[[], bool], worker_index: int = 0
 ) -> Any:
-    """This process is worker ``worker_index``; with ``workers`` > 1 it starts the others and waits for them."""
+    """This process is worker ``worker_index``; with the ``workers`` option > 1 it starts the others and
+    waits for them (an extra worker's options say 1)."""
     from autotl.engine.optuna_engine import run_search
 
+    workers, gpus = plan.options.workers, list(plan.options.gpus)
     cfg = _config(plan, worker_index, emit)
     emit(
         {
@@ -604,7 +503,7 @@ def _run_optuna(
                 emit({"warning": f"a worker exited with code {proc.returncode}; see {log.name}"})
 
 
-def _scanned(dataset: Any) -> str:
+def _scanned(dataset: Dataset) -> str:
     """How much of the data the scan read (the manifest knew the rest)."""
     scan = getattr(dataset, "scan", None) or {}
     if not scan.get("files"):
@@ -613,21 +512,14 @@ def _scanned(dataset: Any) -> str:
 
 
 def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
-    """Start workers 1..N-1 (``python -m autotl.worker``) with this search's arguments; this process is worker 0."""
+    """Start workers 1..N-1 (``python -m autotl.worker``) with this search's options; this process is worker 0."""
     import subprocess
 
     run = RunFolder(plan.out)
     run.prepare()
     run.logs_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        **plan.kwargs,
-        "space": plan.space.model_dump(),
-        "trials": plan.trials,
-        "command": plan.command,
-        "session": plan.session,
-    }
     path = run.logs_dir / WORKER_CONFIG
-    run.write_json(path, config)
+    run.write_json(path, worker_config(plan))
     procs = []
     for i in range(1, workers):
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
@@ -642,26 +534,40 @@ def _spawn_workers(plan: _Plan, workers: int, gpus: list[str]) -> list[Any]:
     return procs
 
 
+def worker_config(plan: _Plan) -> dict[str, Any]:
+    """What an extra worker runs: the options with the space and trial budget as resolved here (the
+    space's file, screening, objectives and test split already applied), one worker each, and this search's session."""
+    options = plan.options.but(
+        out=str(plan.out),
+        space=plan.space,
+        trials=plan.trials,
+        screen=None,
+        finalists=None,
+        backbone_screening=None,
+        screening_sample=None,
+        objectives=None,
+        test_fraction=None,
+        workers=1,
+        gpus=(),
+        report=False,
+    )
+    return {"options": options.record(), "command": plan.command, "session": plan.session}
+
+
 def run_worker(
-    config_file: str | os.PathLike, index: int, should_stop: Callable[[], bool] = lambda: False
+    config_file: str | os.PathLike[str], index: int, should_stop: Callable[[], bool] = lambda: False
 ) -> Any:
-    """Worker ``index`` of a search whose arguments ``_spawn_workers`` wrote to ``config_file``."""
-    from autotl.engine.space import SearchSpace
+    """Worker ``index`` of a search whose options ``_spawn_workers`` wrote to ``config_file``."""
     from autotl.training.allocator import return_large_buffers
 
     return_large_buffers()
-    kwargs = json.loads(Path(config_file).read_text())
-    space = SearchSpace.model_validate(kwargs.pop("space"))
-    command = kwargs.pop("command", None)
-    session = kwargs.pop("session", None)
-    kwargs.update(
-        screen=None, finalists=None, objectives=None, backbone_screening=None, screening_sample=None
-    )  # already applied to the space
+    config = json.loads(Path(config_file).read_text())
+    options = SearchOptions.parse(**config["options"])
     emit = _print_event
-    plan = _plan(space, kwargs, command, emit)
-    if session:  # the same search: "in a row" counts the trials of all its workers
-        plan.session = session
-    return _run_optuna(plan, emit, should_stop, 1, [], worker_index=index)
+    plan = _plan(options, config.get("command"), emit)
+    if config.get("session"):  # the same search: "in a row" counts the trials of all its workers
+        plan.session = config["session"]
+    return _run_optuna(plan, emit, should_stop, worker_index=index)
 
 
 def _print_event(e: dict[str, Any]) -> None:
@@ -691,18 +597,18 @@ def _checked_space(plan: _Plan, emit: Event) -> Any:
         plan.registry,
         plan.space.backbones,
         plan.weights,
-        plan.space.seed,
-        0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
-        plan.explicit,
-        emit,
+        seed=plan.space.seed,
+        blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        explicit=plan.explicit,
+        emit=emit,
         skipped=plan.unavailable,
     )
     keep = [b for b in plan.space.backbones if b not in checked.skipped]
     return plan.space.model_copy(update={"backbones": keep})
 
 
-def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any]]:
-    run = RunFolder(plan.out)
+def _run_keras_tuner(plan: _Plan, emit: Event) -> list[dict[str, Any]]:
+    run, tuner = RunFolder(plan.out), plan.options.tuner
     if plan.space.two_stage is not None:
         emit(
             {
@@ -730,10 +636,10 @@ def _run_keras_tuner(plan: _Plan, tuner: str, emit: Event) -> list[dict[str, Any
         plan.weights,
         plan.out,
         plan.trials,
-        tuner,
+        tuner=tuner,
         verbose=1,
-        storage_url=plan.storage,
-        study_name=plan.study_name,
+        storage_url=plan.options.storage,
+        study_name=plan.options.study_name,
     )
     emit({"records": records, "title": f"leaderboard: keras-tuner {tuner}"})
     return records
@@ -766,14 +672,14 @@ class Run:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         storage: Optional[str] = None,
         study_name: str = "autotl",
         plugins: Sequence[str] = (),
-        weights_dir: str | os.PathLike | None = None,
-        weights: Any = None,
-        registry: Any = None,
+        weights_dir: str | os.PathLike[str] | None = None,
+        weights: Optional[WeightsSource] = None,
+        registry: Optional[Registry] = None,
         engine: str = OPTUNA,
     ) -> None:
         from autotl.backbones.weights import WeightsSource
@@ -785,12 +691,12 @@ class Run:
         self.plugins = list(plugins)
         self.engine = engine
         self._registry = registry
+        self._weights: Optional[WeightsSource] = None
         if isinstance(weights, WeightsSource):
             self._weights = weights
-        else:
-            self._weights = (
-                WeightsSource.parse(weights_dir, weights) if (weights_dir or weights) else None
-            )
+        elif weights_dir or weights:
+            where = os.fspath(weights_dir) if weights_dir is not None else None
+            self._weights = WeightsSource.parse(where, weights)
         self.report_paths: Optional[dict[str, Path]] = None
         self.ensemble_selection: Any = (
             None  # what the search's ensemble chose (``ensemble.enabled``)
@@ -900,7 +806,7 @@ class Run:
         return keras.saving.load_model(self.best_model_file(), safe_mode=True)
 
     def predict(
-        self, images: Iterable[str | os.PathLike]
+        self, images: Iterable[str | os.PathLike[str]]
     ) -> list[tuple[str, str, Optional[float]]]:
         """``(file, class, probability)`` per image file with the best model; ``(file, reason, None)`` if unreadable."""
         from autotl.export import load_predictor
@@ -1026,9 +932,9 @@ class Run:
         on_event: Optional[Callable[[str], None]] = None,
     ) -> Any:
         """Choose an ensemble of the top ``k`` trials (default: the space's ``ensemble.top_k``, else 8) by
-        ensemble selection on the validation images (a trial whose layers were not kept is refitted from the
-        feature cache, and left out if its refit does not reproduce its recorded score), and score it beside the best single model, each with
-        and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.dataset.ImageSet`` in
+        ensemble selection on the validation images (a trial whose layers were not kept is refitted from
+        the feature cache, and left out if its refit does not reproduce its recorded score), and score it
+        beside the best single model, each with and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.dataset.ImageSet`` in
         the run's class order, described by ``test_source``; default: the data set's test split, if it has
         one).  With ``latency``, each
         is timed through TFLite.  ``init`` best models start the selection; ``bags`` > 0 bags it.
@@ -1087,7 +993,7 @@ class Run:
     def export(
         self,
         formats: str | Sequence[str] | None = None,
-        out: str | os.PathLike | None = None,
+        out: str | os.PathLike[str] | None = None,
         *,
         trial: Optional[int] = None,
         quantize: Optional[str] = None,
@@ -1161,7 +1067,7 @@ class Run:
         except Exception as exc:  # the export is in place; only its shared copy is missing
             result.warnings.append(f"export not put in the artifact store: {first_line(exc)}")
 
-    def lineage(self, model_file: str | os.PathLike | None = None) -> Any:
+    def lineage(self, model_file: str | os.PathLike[str] | None = None) -> Any:
         """The lineage record of ``model_file`` (default: the best model), or, with ``model_file=None`` and no best
         model yet, every model the run recorded."""
         from autotl.run.lineage import lineage_of, list_models

@@ -12,10 +12,19 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, get_args
+
+from pydantic import BeforeValidator
 
 from autotl._version import __version__
+from autotl.engine.options import GROUPS, Flag, SearchOptions, choices, flags
 from autotl.errors import AutotlError, PluginError, UsageError, first_line
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+    from rich.console import Console
+
+    from autotl.api import Run
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -28,176 +37,91 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"autotl: error: {message}; see `{self.prog} --help`\n")
 
 
+def _add_option(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    help: Optional[str] = None,
+    *,
+    default_from_model: bool = False,
+) -> None:
+    """The flag of the search option ``name``, derived from :class:`SearchOptions` (type, choices, help).
+
+    Left out, a search's flag is absent from the namespace, so the model's default applies
+    (``default_from_model``); other commands that share the flag get the model's default.
+    """
+    info = SearchOptions.model_fields[name]
+    flag = flags()[name]
+    text = (help or info.description or "").replace("%", "%%")
+    shown = info.default not in (None, ()) and not isinstance(info.default, bool)
+    shown = shown and "default" not in text
+    kwargs: dict[str, Any] = {
+        "help": f"{text} (default {info.default})" if shown else text,
+        "default": argparse.SUPPRESS if default_from_model else _plain(info.default),
+    }
+    if flag.positional:
+        p.add_argument(name, nargs="?", metavar=flag.metavar, **kwargs)
+        return
+    if info.annotation is bool:
+        kwargs["action"] = "store_false" if info.default else "store_true"
+    else:
+        kwargs.update(_value_kwargs(name, info, flag))
+    p.add_argument(flag.flag(name), *flag.aliases, dest=name, **kwargs)
+
+
+def _value_kwargs(name: str, info: FieldInfo, flag: Flag) -> dict[str, Any]:
+    """How a flag with a value reads it: its choices, else int, float or the text (which the model parses)."""
+    out: dict[str, Any] = {"metavar": flag.metavar}
+    if flag.repeat:
+        out["action"] = "append"
+    if choices(name):
+        out["choices"] = list(choices(name))
+        out.pop("metavar") if flag.metavar is None else None
+        return out
+    own_parser = any(isinstance(m, BeforeValidator) for m in info.metadata)
+    kinds = {a for a in get_args(info.annotation) if a is not type(None)} or {info.annotation}
+    if not own_parser and kinds in ({int}, {float}):
+        out["type"] = kinds.pop()
+    return out
+
+
+def _plain(value: object) -> object:
+    """A default argparse can hold: a list for a tuple (an appending flag adds to it)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE as an autotl plugin (repeatable)",
-    )
+    _add_option(p, "plugins")
 
 
 def _add_weights_args(p: argparse.ArgumentParser, what: str = "") -> None:
-    p.add_argument(
-        "--weights-dir",
-        metavar="DIR",
-        help="folder of Keras weight files (default: $AUTOTL_WEIGHTS_DIR, "
-        f"else Keras downloads ImageNet weights{what})",
-    )
-    p.add_argument(
-        "--weights",
-        choices=["imagenet", "none"],
-        help="'none' starts from random weights (for tests)",
-    )
+    info = SearchOptions.model_fields["weights_dir"].description or ""
+    _add_option(p, "weights_dir", info.removesuffix(")") + what + ")" if what else None)
+    _add_option(p, "weights")
 
 
 def _add_study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the run folder)"
-    )
-    p.add_argument(
-        "--study-name", default="autotl", help="study name in the storage (default: autotl)"
-    )
+    _add_option(p, "storage")
+    _add_option(p, "study_name")
 
 
-def _search_parser(sub: Any) -> None:
+def _search_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``autotl search``: one flag per field of :class:`SearchOptions`, in the model's groups."""
     s = sub.add_parser(
         "search",
         help="run or resume a search",
         description="Create the study in --out, or resume it, and run trials until it holds --trials finished ones.",
     )
-    s.add_argument(
-        "data",
-        nargs="?",
-        metavar="DATA_DIR",
-        help="folder of class subfolders (with train/ and val/ inside, they are used as they are)",
-    )
-    s.add_argument(
-        "--sample",
-        metavar="NAME",
-        help="use a built-in sample data set instead of DATA_DIR (e.g. digits)",
-    )
-    s.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data name>)")
-    s.add_argument(
-        "--trials",
-        type=int,
-        metavar="N",
-        help="finished trials the study should hold in total (default: the space's)",
-    )
-    s.add_argument(
-        "--space",
-        default="default",
-        metavar="NAME_OR_FILE",
-        help="search space: 'default', 'fast' or a YAML file",
-    )
-    s.add_argument(
-        "--objectives",
-        metavar="LIST",
-        help="comma-separated objectives, e.g. accuracy,latency_ms (overrides the space's; "
-        "accuracy, balanced_accuracy, macro_f1, log_loss, latency_ms, size_mb, params)",
-    )
-    s.add_argument(
-        "--two-stage",
-        "--screen",
-        dest="screen",
-        type=int,
-        metavar="N",
-        help="two-stage search: the first N trials try settings with phase 1 only, later trials "
-        "fine-tune the best (overrides the space's two_stage; 0 turns it off; --screen is its old name)",
-    )
-    s.add_argument(
-        "--finalists",
-        type=int,
-        metavar="K",
-        help="with --two-stage: how many phase-1 settings are fine-tuned, in turn (default 3)",
-    )
-    s.add_argument(
-        "--backbone-screening",
-        choices=["on", "off", "auto"],
-        help="score every backbone on a sample first and cache only those that earn it on all the "
-        "data (default: the space's backbone_screening, auto: on with 2+ backbones)",
-    )
-    s.add_argument(
-        "--screening-sample",
-        type=int,
-        metavar="N",
-        help="images in backbone screening's stratified sample (default: the space's, 600)",
-    )
-    s.add_argument(
-        "--backbone",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="search only these backbones (repeatable)",
-    )
-    _add_study_args(s)
-    s.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long"
-    )
-    s.add_argument(
-        "--keep-models",
-        type=int,
-        default=3,
-        metavar="K",
-        help="keep the saved models of the K best trials (default 3)",
-    )
-    s.add_argument(
-        "--engine",
-        choices=["optuna", "keras-tuner"],
-        default="optuna",
-        help="search engine (default optuna); keras-tuner keeps its project in RUN_DIR/keras_tuner",
-    )
-    s.add_argument(
-        "--tuner",
-        choices=["bayesian", "random", "hyperband"],
-        default="bayesian",
-        help="keras-tuner's tuner, with --engine keras-tuner (default bayesian)",
-    )
-    s.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes on this machine, sharing the study (default 1)",
-    )
-    s.add_argument(
-        "--gpus",
-        metavar="0,1,...",
-        help="give worker i the GPU gpus[i %% len(gpus)] (CUDA_VISIBLE_DEVICES)",
-    )
-    s.add_argument(
-        "--heartbeat",
-        type=int,
-        default=30,
-        metavar="SECONDS",
-        help="worker heartbeat; a worker silent for 4 is declared dead and its trial retried (default 30)",
-    )
-    s.add_argument(
-        "--max-failures",
-        type=int,
-        default=10,
-        metavar="N",
-        help="stop after N failed trials in a row (default 10); a backbone failing 3 times in a row is dropped",
-    )
-    s.add_argument(
-        "--exclude",
-        metavar="CSV",
-        help="train without the files this CSV's path column lists (issues.csv of `autotl doctor`); "
-        "the data folder is never changed",
-    )
-    s.add_argument(
-        "--mlflow",
-        metavar="URI",
-        help="log each trial to this MLflow tracking server as it finishes, and register the best "
-        "model (pip install 'autotl[mlflow]')",
-    )
-    _add_scale_args(s)
-    _add_weights_args(s)
-    _add_plugin_args(s)
+    groups = {key: s.add_argument_group(title) for key, title in GROUPS.items()}
+    for name, flag in flags().items():
+        _add_option(groups[flag.group], name, default_from_model=True)
 
 
-def _doctor_parser(sub: Any) -> None:
+def search_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The search options the command line gave (the others keep the model's defaults)."""
+    return {name: value for name, value in vars(args).items() if name in SearchOptions.model_fields}
+
+
+def _doctor_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     d = sub.add_parser(
         "doctor",
         help="find label errors, duplicates, leakage and outliers in a data folder",
@@ -250,38 +174,6 @@ def _doctor_parser(sub: Any) -> None:
     _add_plugin_args(d)
 
 
-def _add_scale_args(s: argparse.ArgumentParser) -> None:
-    """Options for large data sets and for workers that share only the database."""
-    s.add_argument(
-        "--decode-workers",
-        type=int,
-        metavar="N",
-        help="processes that decode images (default: the cores; 0: in this process)",
-    )
-    s.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="where the feature cache lives (default: RUN_DIR/cache); runs on the same data can share it",
-    )
-    s.add_argument(
-        "--cache-budget",
-        metavar="SIZE",
-        help="most bytes the feature cache may hold, e.g. 20GB (default: the disk's free space); "
-        "a block boundary that does not fit is not cached and fine-tuning from it streams from the images",
-    )
-    s.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="run the cache's forward pass in float16 (for GPUs; the features then match the float32 model less closely)",
-    )
-    s.add_argument(
-        "--artifacts",
-        metavar="URL",
-        help="where trials' layers, best models and exports go: s3://bucket/prefix (endpoint from "
-        "AWS_ENDPOINT_URL) or a shared folder (default: RUN_DIR/artifacts, or what the study records)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="autotl",
@@ -289,9 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autotl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _search_parser(sub)
-    _doctor_parser(sub)
+    for add in (
+        _search_parser,
+        _doctor_parser,
+        _predict_parser,
+        _plugins_parser,
+        _report_parser,
+        _lineage_parser,
+        _export_parser,
+        _ensemble_parser,
+        _integration_parsers,
+    ):
+        add(sub)
+    return parser
 
+
+def _predict_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "predict", help="classify images with a run's best model or any exported model"
     )
@@ -302,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
+
+def _plugins_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     pl = sub.add_parser(
         "plugins",
         help="list the backbones and samples that plugins provide, or check one",
@@ -320,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_args(pl)
     _add_weights_args(pl)
 
+
+def _report_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     r = sub.add_parser(
         "report",
         help="write report.html, report.md and report.json for a run",
@@ -329,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run", metavar="RUN_DIR")
     _add_study_args(r)
 
+
+def _lineage_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     ln = sub.add_parser(
         "lineage",
         help="say which trial, backbone, weights and data made a model file",
@@ -342,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ln.add_argument("--json", action="store_true", help="print the whole record as JSON")
 
+
+def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     e = sub.add_parser(
         "export",
         help="export a run's model for production, with parity checked",
@@ -400,12 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_args(e)
     _add_plugin_args(e)
     _add_weights_args(e, " -- default: what the search used")
-    _ensemble_parser(sub)
-    _integration_parsers(sub)
-    return parser
 
 
-def _integration_parsers(sub: Any) -> None:
+def _integration_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``autotl mlflow`` and ``autotl dashboard``: a run in the user's other tools."""
     m = sub.add_parser(
         "mlflow",
@@ -432,7 +342,7 @@ def _integration_parsers(sub: Any) -> None:
     _add_study_args(d)
 
 
-def _ensemble_parser(sub: Any) -> None:
+def _ensemble_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     en = sub.add_parser(
         "ensemble",
         help="choose an ensemble of a run's top trials and compare it with the best single model",
@@ -481,87 +391,37 @@ def _ensemble_parser(sub: Any) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from autotl.api import search
-    from autotl.ui import (
-        CountProgress,
-        CtrlC,
-        SearchProgress,
-        console,
-        leaderboard,
-        records_table,
-    )
+    from autotl.ui import CtrlC, SearchView, console
 
     out, err = console(), console(stderr=True)
     presses = CtrlC(err.print)
-    progress: list[SearchProgress] = []
-    scans: list[CountProgress] = []
-
-    def on_event(e: dict[str, Any]) -> None:
-        if "scan" in e:  # the data files being read, before anything else
-            if not scans:
-                scans.append(CountProgress(err, e["scan"]))
-            if scans[-1].update(e["done"], e["total"]):
-                scans.clear()
-        elif "warning" in e:
-            err.print(f"[yellow]warning:[/] {e['warning']}")
-        elif "info" in e:
-            out.print(e["info"])
-        elif "records" in e:
-            out.print(records_table(e["records"], 10, e["title"]))
-        elif e.get("start"):
-            progress.append(SearchProgress(out, e["total"]).__enter__())
-            progress[-1].event(e)
-        elif progress:
-            progress[-1].event(e)
-
+    view = SearchView(out, err)
     resume = "finished trials are saved; rerun the same command to resume"
     try:
         with presses:
             run = search(
-                args.data,
-                sample=args.sample,
-                out=args.out,
-                space=args.space,
-                trials=args.trials,
-                storage=args.storage,
-                study_name=args.study_name,
-                backbones=args.backbone,
-                objectives=args.objectives,
-                screen=args.screen,
-                finalists=args.finalists,
-                backbone_screening=args.backbone_screening,
-                screening_sample=args.screening_sample,
-                workers=args.workers,
-                gpus=args.gpus,
-                heartbeat=args.heartbeat,
-                timeout=args.timeout,
-                keep_models=args.keep_models,
-                engine=args.engine,
-                tuner=args.tuner,
-                weights_dir=args.weights_dir,
-                weights=args.weights,
-                plugins=args.plugin,
-                max_failures=args.max_failures,
-                on_event=on_event,
+                on_event=view,
                 should_stop=presses.pressed,
                 command=shlex.join(["autotl", *sys.argv[1:]]),
-                decode_workers=args.decode_workers,
-                cache_dir=args.cache_dir,
-                cache_budget=args.cache_budget,
-                mixed_precision=args.mixed_precision,
-                artifacts=args.artifacts,
-                exclude=args.exclude,
-                mlflow=args.mlflow,
+                **search_options(args),
             )
     except KeyboardInterrupt:
         err.print(f"stopped now: the running trial is marked failed; {resume}")
         return EXIT_INTERRUPTED
     finally:
-        for bar in progress:
-            bar.__exit__(None, None, None)
+        view.close()
     if presses.pressed():
         err.print(f"stopped after the current trial; {resume}")
         return EXIT_INTERRUPTED
-    if args.engine == "optuna":
+    _say_found(run, out)
+    return 0
+
+
+def _say_found(run: Run, out: Console) -> None:
+    """The end of a search: its leaderboard, where the report and the best model are, or why there is none."""
+    from autotl.ui import leaderboard
+
+    if run.engine == "optuna":
         out.print(leaderboard(run.study))
     if run.report_paths:
         out.print(f"report: {run.report_paths['html']}")
@@ -575,7 +435,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         out.print(
             "no trial finished, so there is no best model yet; rerun the same command to resume"
         )
-    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -603,7 +462,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         weights_dir=args.weights_dir,
         weights=args.weights,
-        plugins=args.plugin,
+        plugins=args.plugins,
         exclude=args.exclude,
         decode_workers=args.decode_workers,
         cache_dir=args.cache_dir,
@@ -650,7 +509,7 @@ def _check_targets(args: argparse.Namespace) -> list[Any]:
         raise UsageError(
             "give a backbone name or a plugin module: autotl plugins check NAME_OR_MODULE"
         )
-    registry = get_registry(args.plugin)
+    registry = get_registry(args.plugins)
     for message in registry.warnings:  # a broken installed plugin: said, and the check goes on
         print(f"warning: {message}", file=sys.stderr)
     if args.target in registry.backbones:
@@ -659,7 +518,7 @@ def _check_targets(args: argparse.Namespace) -> list[Any]:
         f"{args.target!r} is neither a backbone name nor a plugin module that provides backbones"
     )
     try:
-        registry = get_registry([*args.plugin, args.target])
+        registry = get_registry([*args.plugins, args.target])
     except PluginError:
         raise
     except UsageError as exc:  # no such module
@@ -719,7 +578,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from autotl.backbones.weights import WeightsMismatch, WeightsSource, resolve_weights
     from autotl.ui import console
 
-    registry = get_registry(args.plugin)
+    registry = get_registry(args.plugins)
     for message in registry.warnings:
         console(stderr=True).print(f"[yellow]warning:[/] {message}")
     weights = WeightsSource.parse(args.weights_dir, args.weights)
@@ -787,9 +646,9 @@ def _open_run(args: argparse.Namespace) -> Any:
         args.run,
         storage=args.storage,
         study_name=args.study_name,
-        plugins=getattr(args, "plugin", []),
-        weights_dir=getattr(args, "weights_dir", None),
-        weights=getattr(args, "weights", None),
+        plugins=args.plugins,
+        weights_dir=args.weights_dir,
+        weights=args.weights,
     )
 
 
@@ -915,9 +774,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("autotl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the environment failed us: say it in one line, if it is one we know
-        message = _environment_error(exc)
-        if message is None:
+        known = _environment_error(exc)
+        if known is None:
             raise
+        message = known
     one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     print(f"autotl: error: {one_line}", file=sys.stderr)
     return EXIT_USAGE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ["predict_files", "predict_any", "Prediction", "PREDICT_CHUNK"]
 
@@ -12,7 +12,7 @@ PREDICT_CHUNK = (
     64  # images decoded and predicted together (bounded memory: at most 1024 px a side each)
 )
 #: ``(file, class, probability)``; an unreadable file gives ``(file, reason, None)``.
-Prediction = tuple[str, str, float] | tuple[str, str, None]
+Prediction = tuple[str, str, Optional[float]]  # (file, class, probability) or (file, reason, None)
 
 
 def predict_files(
@@ -28,7 +28,7 @@ def predict_files(
 
     from autotl.data.dataset import BadImage, decode_image
 
-    out: list = [None] * len(files)
+    out: list[tuple[str, str, Optional[float]]] = [("", "", None)] * len(files)
     for start in range(0, len(files), PREDICT_CHUNK):
         readable: list[int] = []
         pixels = []

@@ -127,78 +127,94 @@ def check_preprocessing(
     ``reference`` gets a copy of the pixels: Keras' ``preprocess_input``
     changes float arrays in place.
     """
+    from autotl.spec import Preprocessing
+
+    p = spec.preprocessing
+    if not isinstance(p, Preprocessing):
+        _fail(
+            spec, _CHECK, f"preprocessing must be an autotl.Preprocessing, got {type(p).__name__}"
+        )
+    x = _pixels((2, 8, 8, 3))
+    baked, passed = _baked(spec, x)
+    reference = reference if reference is not None else spec.preprocess_input
+    if reference is not None:
+        passed.append(_same_as_reference(spec, x, baked, reference))
+    passed.append(_in_range(spec, baked))
+    return passed
+
+
+_CHECK = "preprocessing"
+
+
+def _baked(spec: BackboneSpec, x: Any) -> tuple[Any, list[str]]:
+    """What the baked-in layer gives pixels ``x``, checked against ``Preprocessing.apply``."""
     import numpy as np
 
     from autotl.backbones.preprocess import preprocessing_layer
-    from autotl.spec import Preprocessing
 
-    check = "preprocessing"
     p = spec.preprocessing
-    if not isinstance(p, Preprocessing):
-        _fail(spec, check, f"preprocessing must be an autotl.Preprocessing, got {type(p).__name__}")
-    passed = []
-    x = _pixels((2, 8, 8, 3))
     try:
         layer = preprocessing_layer(p)
         baked = x if layer is None else np.asarray(layer(x))
     except Exception as exc:
-        _fail(spec, check, f"preprocessing_layer({p!r}) does not run: {_first_line(exc)}")
+        _fail(spec, _CHECK, f"preprocessing_layer({p!r}) does not run: {_first_line(exc)}")
     if baked.shape != x.shape:
-        _fail(spec, check, f"the baked-in layer maps pixels of shape {x.shape} to {baked.shape}")
+        _fail(spec, _CHECK, f"the baked-in layer maps pixels of shape {x.shape} to {baked.shape}")
     diff = _max_diff(baked, p.apply(x))
     if not diff <= TOLERANCE:
         _fail(
             spec,
-            check,
+            _CHECK,
             f"the baked-in layer differs from Preprocessing.apply by {diff:.3g} (> {TOLERANCE:g})",
         )
     kind = "identity" if layer is None else type(layer).__name__
-    passed.append(
+    return baked, [
         f"ok: preprocessing {p.describe()} bakes into {kind}, equal to Preprocessing.apply"
-    )
+    ]
 
-    reference = reference if reference is not None else spec.preprocess_input
-    if reference is not None:
-        try:
-            expected = np.asarray(reference(x.copy()))
-        except Exception as exc:
-            _fail(
-                spec,
-                check,
-                f"preprocess_input does not run on 0..255 float pixels: {_first_line(exc)}",
-            )
-        if expected.shape != x.shape:
-            _fail(
-                spec, check, f"preprocess_input maps pixels of shape {x.shape} to {expected.shape}"
-            )
-        diff = _max_diff(baked, expected)
-        if not diff <= TOLERANCE:
-            _fail(
-                spec,
-                check,
-                f"the baked-in {p.describe()} differs from preprocess_input by {diff:.3g} (> {TOLERANCE:g}) "
-                f"on the same pixels; preprocessing does not describe what preprocess_input does",
-            )
-        name = getattr(reference, "__qualname__", None) or type(reference).__name__
-        passed.append(
-            f"ok: baked-in preprocessing equals {getattr(reference, '__module__', '')}.{name} (max diff {diff:.1g})"
+
+def _same_as_reference(
+    spec: BackboneSpec, x: Any, baked: Any, reference: Callable[[Any], Any]
+) -> str:
+    """The baked-in layer equals ``reference`` (the backbone's own ``preprocess_input``) on the same pixels."""
+    import numpy as np
+
+    try:
+        expected = np.asarray(reference(x.copy()))
+    except Exception as exc:
+        _fail(
+            spec,
+            _CHECK,
+            f"preprocess_input does not run on 0..255 float pixels: {_first_line(exc)}",
         )
+    if expected.shape != x.shape:
+        _fail(spec, _CHECK, f"preprocess_input maps pixels of shape {x.shape} to {expected.shape}")
+    diff = _max_diff(baked, expected)
+    if not diff <= TOLERANCE:
+        _fail(
+            spec,
+            _CHECK,
+            f"the baked-in {spec.preprocessing.describe()} differs from preprocess_input by {diff:.3g} (> {TOLERANCE:g}) "
+            f"on the same pixels; preprocessing does not describe what preprocess_input does",
+        )
+    name = getattr(reference, "__qualname__", None) or type(reference).__name__
+    return f"ok: baked-in preprocessing equals {getattr(reference, '__module__', '')}.{name} (max diff {diff:.1g})"
 
-    bounds = PREPROCESSING_RANGES.get(p.mode)
+
+def _in_range(spec: BackboneSpec, baked: Any) -> str:
+    """0..255 goes into the range of the preprocessing's mode (``PREPROCESSING_RANGES``), if it has one."""
+    mode = spec.preprocessing.mode
+    bounds = PREPROCESSING_RANGES.get(mode)
     if bounds is None:
-        passed.append(f"ok: preprocessing mode {p.mode!r} has no known range; range not checked")
-    else:
-        low, high = float(baked.min()), float(baked.max())
-        if low < bounds[0] - 1e-3 or high > bounds[1] + 1e-3:
-            _fail(
-                spec,
-                check,
-                f"mode {p.mode!r} must send 0..255 into [{bounds[0]:g}, {bounds[1]:g}], but it gives [{low:.4g}, {high:.4g}]",
-            )
-        passed.append(
-            f"ok: 0..255 maps into [{low:.4g}, {high:.4g}], inside [{bounds[0]:g}, {bounds[1]:g}] for mode {p.mode!r}"
+        return f"ok: preprocessing mode {mode!r} has no known range; range not checked"
+    low, high = float(baked.min()), float(baked.max())
+    if low < bounds[0] - 1e-3 or high > bounds[1] + 1e-3:
+        _fail(
+            spec,
+            _CHECK,
+            f"mode {mode!r} must send 0..255 into [{bounds[0]:g}, {bounds[1]:g}], but it gives [{low:.4g}, {high:.4g}]",
         )
-    return passed
+    return f"ok: 0..255 maps into [{low:.4g}, {high:.4g}], inside [{bounds[0]:g}, {bounds[1]:g}] for mode {mode!r}"
 
 
 def _build(spec: BackboneSpec, size: Optional[tuple[int, int]]) -> tuple[Any, tuple[int, int]]:
@@ -430,17 +446,20 @@ def check_pretrained(
         _fail(spec, "fields", "; ".join(problems))
     resolved = resolve_weights(spec, source)
     passed = []
-    if source.kind == "dir":
+    if source.kind == "dir" and resolved.argument is not None:
         problem = weight_file_problem(resolved.argument)
         if problem:
             _fail(spec, "weights file", problem)
-        passed.append(f"ok: weights file {resolved.origin} (sha256 {resolved.sha256[:12]}...)")
+        passed.append(
+            f"ok: weights file {resolved.origin} (sha256 {(resolved.sha256 or '')[:12]}...)"
+        )
     passed += check_preprocessing(spec)
     try:
         base = build_base(spec, resolved, seed=seed)
     except TrialFailed as exc:
         _fail(spec, "build", f"{exc} (weights: {resolved.origin})")
-    x, y, line = _check_base(spec, base, tuple(spec.input_size), f"weights {resolved.origin}")
+    size = (spec.input_size[0], spec.input_size[1])
+    x, y, line = _check_base(spec, base, size, f"weights {resolved.origin}")
     passed.append(line)
     lines, _ = _check_blocks(spec, base, x, y, top=blocks)
     return base, passed + lines

@@ -9,12 +9,21 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from optuna import Study
+
+    #: What ``signal.signal`` returns and takes back: a handler, SIG_DFL/SIG_IGN, or None.
+    _Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 
 from autotl._stderr import stderr_silenced
 from autotl.scoring.objective import Objectives, trial_metrics
 
 __all__ = [
+    "SearchView",
     "SearchProgress",
     "CountProgress",
     "leaderboard",
@@ -55,17 +64,19 @@ class _QuietTensorFlowFinder:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "tensorflow":
             return None
+        import importlib.abc
         import importlib.machinery
+        import types
 
         sys.meta_path.remove(self)
         quiet_tensorflow()  # imports it, with stderr closed
         module = sys.modules["tensorflow"]
 
-        class _Loaded:
-            def create_module(self, spec: Any) -> Any:
+        class _Loaded(importlib.abc.Loader):
+            def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
                 return module
 
-            def exec_module(self, module: Any) -> None:
+            def exec_module(self, module: types.ModuleType) -> None:
                 return None
 
         return importlib.machinery.ModuleSpec(
@@ -97,7 +108,8 @@ class CtrlC:
     """Ctrl-C once: finish the running trial, then stop.  Twice: stop now (KeyboardInterrupt)."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
-        self.say, self.count, self.previous = say, 0, None
+        self.say, self.count = say, 0
+        self.previous: _Handler = None
 
     def __enter__(self) -> CtrlC:
         import signal
@@ -110,7 +122,7 @@ class CtrlC:
 
         signal.signal(signal.SIGINT, self.previous)
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self.count += 1
         if self.count > 1:
             raise KeyboardInterrupt
@@ -244,7 +256,39 @@ COLUMNS = (
 )
 
 
-def leaderboard(study: Any, top: int = 10) -> Any:
+class SearchView:
+    """What ``autotl search`` shows of a search's events: the scan's bar, warnings and notes, the
+    trials' bar, keras-tuner's leaderboard.  Call it with each event; ``close()`` ends the bars."""
+
+    def __init__(self, out: Any, err: Any) -> None:
+        self.out, self.err = out, err
+        self.progress: list[SearchProgress] = []
+        self.scans: list[CountProgress] = []
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        if "scan" in e:  # the data files being read, before anything else
+            if not self.scans:
+                self.scans.append(CountProgress(self.err, e["scan"]))
+            if self.scans[-1].update(e["done"], e["total"]):
+                self.scans.clear()
+        elif "warning" in e:
+            self.err.print(f"[yellow]warning:[/] {e['warning']}")
+        elif "info" in e:
+            self.out.print(e["info"])
+        elif "records" in e:
+            self.out.print(records_table(e["records"], 10, e["title"]))
+        elif e.get("start"):
+            self.progress.append(SearchProgress(self.out, e["total"]).__enter__())
+            self.progress[-1].event(e)
+        elif self.progress:
+            self.progress[-1].event(e)
+
+    def close(self) -> None:
+        for bar in self.progress:
+            bar.__exit__(None, None, None)
+
+
+def leaderboard(study: Study, top: int = 10) -> Any:
     """The best trials of a study as a rich table."""
     records = (
         {

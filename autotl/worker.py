@@ -1,7 +1,8 @@
 """``python -m autotl.worker CONFIG INDEX``: one extra worker of a search started with ``workers`` > 1.
 
-``autotl.search(..., workers=N)`` writes its arguments to ``RUN_DIR/logs/worker-config.json``
-and starts N-1 of these; each joins the same study and logs to ``RUN_DIR/logs/worker-I.log``.
+``autotl.search(..., workers=N)`` writes its options (``autotl.SearchOptions`` as JSON, with the
+space and trial budget it resolved, and its session) to ``RUN_DIR/logs/worker-config.json`` and
+starts N-1 of these; each joins the same study and logs to ``RUN_DIR/logs/worker-I.log``.
 Ctrl-C behaves as in ``autotl search``: once finishes the running trial, twice stops at once.
 """
 

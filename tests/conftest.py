@@ -20,6 +20,31 @@ sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 from helpers import COLOURS, TINY_PLUGIN, TINY_SPACE, write_images
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Coverage (``make test``) traces the unit tests; a test marked slow runs untraced, its
+    subprocesses too.  On Python 3.11 tracing slows TensorFlow's and Keras' own Python by a third or
+    more, and the end-to-end tests are mostly that.  ``AUTOTL_COVER_SLOW=1`` traces them as well."""
+    cov = None
+    if item.get_closest_marker("slow") and not os.environ.get("AUTOTL_COVER_SLOW"):
+        try:
+            from coverage import Coverage
+        except ImportError:
+            Coverage = None
+        cov = Coverage.current() if Coverage is not None else None
+    if cov is None:
+        yield
+        return
+    cov.stop()
+    subprocesses = os.environ.pop("COVERAGE_PROCESS_CONFIG", None)  # coverage's subprocess patch
+    try:
+        yield
+    finally:
+        if subprocesses is not None:
+            os.environ["COVERAGE_PROCESS_CONFIG"] = subprocesses
+        cov.start()
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three classes, 16 images each, no train/val split (autotl splits)."""

@@ -39,6 +39,14 @@ def test_search_returns_a_run_with_its_study_and_best_trial(api_run) -> None:
     # progress went to the caller's callback, not to a terminal
     assert any(e.get("start") for e in events) and sum("finished" in e for e in events) == 2
     assert run.report_paths and run.report_paths["html"].is_file()
+    # the run records every option the search was given (autotl.SearchOptions), defaults included
+    options = run.folder.record()["options"]
+    assert set(options) == set(autotl.SearchOptions.model_fields)
+    assert (
+        options["trials"] == 2
+        and options["plugins"] == [TINY_PLUGIN]
+        and options["heartbeat"] == 30
+    )
 
 
 def test_trials_dataframe_is_optunas(api_run) -> None:

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from autotl.ensemble import caruana
 from autotl.errors import UsageError
+from autotl.scoring.metrics import accuracy, log_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
@@ -71,12 +72,12 @@ def test_selection_combines_models_whose_mistakes_differ() -> None:
     b = _onehot([0, 0, 1, 0, 1, 1, 1, 1, 0, 1], p=0.7)
     c = _onehot([1, 1, 1, 1, 0, 0, 0, 0, 1, 0], p=0.9)
     chosen = caruana.select(np.stack([a, b, c]), y)
-    assert caruana.accuracy(a, y) == 0.8 and caruana.accuracy(b, y) == 0.9
+    assert accuracy(a, y) == 0.8 and accuracy(b, y) == 0.9
     assert chosen.members == [0, 1] and chosen.counts[2] == 0
     assert sum(chosen.weights) == pytest.approx(1.0)
     assert chosen.weights == pytest.approx([c / sum(chosen.counts) for c in chosen.counts])
     mixed = caruana.combine(np.stack([a, b, c]), chosen.weights)
-    assert caruana.accuracy(mixed, y) == 1.0  # better than either member
+    assert accuracy(mixed, y) == 1.0  # better than either member
     assert chosen.steps[0]["add"] == [1]  # started from the best model alone
 
 
@@ -89,7 +90,7 @@ def test_selection_stops_when_no_addition_improves() -> None:
 
 
 def _key(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    return -caruana.accuracy(probs, y), caruana.log_loss(probs, y)
+    return -accuracy(probs, y), log_loss(probs, y)
 
 
 def test_init_and_bagging() -> None:
@@ -126,14 +127,12 @@ def test_the_ensemble_is_never_worse_than_its_starting_point(
     chosen = caruana.select(probs, y, init=init)
     start = caruana.combine(probs, np.bincount(chosen.steps[0]["add"], minlength=models))
     final = caruana.combine(probs, chosen.weights)
-    key = (-caruana.accuracy(final, y), caruana.log_loss(final, y))
-    first = (-caruana.accuracy(start, y), caruana.log_loss(start, y))
+    key = (-accuracy(final, y), log_loss(final, y))
+    first = (-accuracy(start, y), log_loss(start, y))
     assert key <= first
     assert all(w >= 0 for w in chosen.weights) and sum(chosen.weights) == pytest.approx(1.0)
-    best_alone = min(
-        range(models), key=lambda j: (-caruana.accuracy(probs[j], y), caruana.log_loss(probs[j], y))
-    )
-    assert caruana.accuracy(final, y) >= caruana.accuracy(probs[best_alone], y)
+    best_alone = min(range(models), key=lambda j: (-accuracy(probs[j], y), log_loss(probs[j], y)))
+    assert accuracy(final, y) >= accuracy(probs[best_alone], y)
 
 
 # --------------------------------------------------------------------------- the combined Keras model
@@ -305,7 +304,7 @@ def test_run_ensemble_scores_what_its_models_predict(selected, test_images) -> N
     for v in sel.variants:  # every score is the variant's own model on the test images
         probs = _probs(run.path / v.model, test_images)
         assert int((probs.argmax(1) == test_images.labels).sum()) == v.test.correct, v.name
-        assert v.test.loss == pytest.approx(caruana.log_loss(probs, test_images.labels), abs=1e-4)
+        assert v.test.loss == pytest.approx(log_loss(probs, test_images.labels), abs=1e-4)
         assert v.latency["threads"] == 1 and v.latency["median_ms"] > 0
         lo, hi = v.test.ci95
         assert lo <= v.test.accuracy <= hi

@@ -867,22 +867,11 @@ def _cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     )
 
 
-def _as_a_user() -> tuple[str, ...]:
-    """A prefix that runs a command without root's power to write anywhere (file modes then hold for root too)."""
-    import shutil
-
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: a read-only folder would still be writable")
-    return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
-
-
 @pytest.mark.slow
 def test_bad_export_inputs_through_the_real_cli(run_dir: Path, tmp_path: Path, exported) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from helpers import assert_one_line_error, run_cli
+    from helpers import as_a_user, assert_one_line_error, run_cli
 
     cases = bad_export_cases(tmp_path, run_dir, exported)
     read_only = tmp_path / "earlier_export"  # an earlier export the user made read-only
@@ -898,7 +887,7 @@ def test_bad_export_inputs_through_the_real_cli(run_dir: Path, tmp_path: Path, e
             "keras",
             "--out",
             str(read_only),
-            prefix=_as_a_user(),
+            prefix=as_a_user(),
         )
         _, err = proc.communicate(timeout=600)
     for (_, fragments), result in zip(cases, done):

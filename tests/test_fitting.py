@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autotl.errors import TrialFailed
-from autotl.training.fitting import MIN_DELTA, _head_trainer, fit_head
+from autotl.training.fitting import MIN_DELTA, Schedule, _head_trainer, fit_head
 from autotl.training.model import build_head
 
 
@@ -45,9 +45,16 @@ def test_restores_the_best_epoch_and_reports_every_epoch() -> None:
     train, val = task(96, 48, 24, 3, 0)
     head = head_for(24, 16, 3, dropout=0.2)
     reports: list[tuple[int, float]] = []
-    hist = fit_head(
-        head, 0.2, 1e-2, train, val, 60, 3, 16, lambda s, v: reports.append((s, v)), 5, seed=0
+    schedule = Schedule(
+        lr=1e-2,
+        epochs=60,
+        patience=3,
+        batch_size=16,
+        dropout=0.2,
+        offset=5,
+        report=lambda s, v: reports.append((s, v)),
     )
+    hist = fit_head(head, train, val, schedule)
     assert set(hist) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     n = len(hist["val_loss"])
     assert [s for s, _ in reports] == list(range(5, 5 + n))  # on the caller's step axis
@@ -70,7 +77,7 @@ def test_update_is_keras_adam() -> None:
 
     (x, y), _ = task(32, 0, 12, 2, 2)
     ours, ref = head_for(12, 8, 2, seed=3), head_for(12, 8, 2, seed=3)
-    fit_head(ours, 0.0, 1e-2, (x, y), (x, y), 1, 1, 32, None, 0, seed=0)
+    fit_head(ours, (x, y), (x, y), Schedule(lr=1e-2, epochs=1, patience=1, batch_size=32))
     model = keras.Sequential(ref)
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     model.train_on_batch(x, y)
@@ -83,11 +90,11 @@ def test_update_is_keras_adam() -> None:
 def test_one_trace_serves_every_width_feature_size_and_class_count() -> None:
     trainer = _head_trainer()
     train, val = task(8, 4, 3, 2, 0)
-    fit_head(head_for(3, 2, 2), 0.0, 1e-3, train, val, 1, 1, 8, None, 0, seed=0)  # the trace
+    fit_head(head_for(3, 2, 2), train, val, Schedule(1e-3, 1, 1, batch_size=8))  # the trace
     before = trainer.epoch.experimental_get_tracing_count()
     for dim, width, n_classes in ((20, 8, 2), (36, 32, 5), (20, 8, 2)):
         train, val = task(40, 20, dim, n_classes, dim)
-        fit_head(head_for(dim, width, n_classes), 0.1, 1e-3, train, val, 3, 2, 8, None, 0, seed=0)
+        fit_head(head_for(dim, width, n_classes), train, val, Schedule(1e-3, 3, 2, 8, dropout=0.1))
     assert trainer.epoch.experimental_get_tracing_count() == before
 
 
@@ -98,7 +105,7 @@ def test_same_seed_same_head_different_seed_different_shuffle() -> None:
         head = head_for(16, 8, 2, dropout=0.3)
         runs.append(
             (
-                fit_head(head, 0.3, 1e-2, train, val, 5, 5, 8, None, 0, seed=seed),
+                fit_head(head, train, val, Schedule(1e-2, 5, 5, 8, dropout=0.3, seed=seed)),
                 head[1].get_weights()[0],
             )
         )
@@ -111,4 +118,4 @@ def test_divergence_fails_the_trial_in_one_line() -> None:
     train, val = task(32, 16, 8, 2, 6)
     train = (train[0] * 1e30, train[1])  # float32 overflows in the first matmul
     with pytest.raises(TrialFailed, match=r"diverged at epoch 1.*lower the learning rate"):
-        fit_head(head_for(8, 4, 2), 0.0, 1e-3, train, val, 5, 2, 8, None, 0, seed=0)
+        fit_head(head_for(8, 4, 2), train, val, Schedule(1e-3, 5, 2, batch_size=8))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autotl.scoring import metrics
 from autotl.scoring.metrics import balanced_class_weights, classification_scores
 
 
@@ -35,6 +36,8 @@ def test_scores_agree_with_scikit_learn(n: int, k: int, seed: int) -> None:
             assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
     assert got["log_loss"] == pytest.approx(log_loss(y, p, labels=list(range(k))), rel=1e-6)
+    # the one accuracy and log loss every caller uses (ensemble selection, export's checks)
+    assert (metrics.accuracy(p, y), metrics.log_loss(p, y)) == (got["accuracy"], got["log_loss"])
 
 
 def test_balanced_accuracy_is_not_fooled_by_the_big_class() -> None:

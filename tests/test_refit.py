@@ -59,7 +59,7 @@ def test_a_refit_reproduces_the_recorded_score_and_is_stored(one_kept, registry,
     assert run.record()["cache"]["dtype"] == "float16"
     assert any(t.user_attrs["phase2_kept"] for t in missing)  # a refit replays phase 2 too
     for trial in missing:
-        refit = refit_trial(run, study, trial, tiny_dataset, registry)
+        refit = refit_trial(run, study, trial, tiny_dataset, registry=registry)
         recorded = trial_metrics(trial)
         assert refit.passed, refit.reason
         assert refit.refitted["val_accuracy"] == recorded["val_accuracy"]
@@ -84,7 +84,7 @@ def test_a_refitted_model_scores_on_images_what_the_search_recorded(
 
     run, study = one_kept
     trial = next(t for t in _not_kept(run, study) if t.user_attrs["phase2_kept"])
-    assert refit_trial(run, study, trial, tiny_dataset, registry).passed
+    assert refit_trial(run, study, trial, tiny_dataset, registry=registry).passed
     model = keras.saving.load_model(trial_model(run, study, trial, registry), safe_mode=True)
     size = registry.backbone(trial.params["backbone"]).input_size
     probs = np.concatenate([np.asarray(model(b)) for b in tiny_dataset.val.batches(size, 32)])
@@ -111,7 +111,7 @@ def test_a_tampered_record_is_refused_and_nothing_stored(one_kept, registry, tin
     trial = next(t for t in _not_kept(run, study) if t.user_attrs["phase2_kept"])
     forged = copy.deepcopy(trial)
     tamper(forged)
-    refit = refit_trial(run, study, forged, tiny_dataset, registry)
+    refit = refit_trial(run, study, forged, tiny_dataset, registry=registry)
     assert not refit.passed
     assert "the search recorded" in refit.reason or "in the search" in refit.reason
     assert "\n" not in refit.line() and "refused" in refit.line()

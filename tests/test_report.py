@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -226,6 +227,67 @@ def test_html_renders_in_headless_chromium_offline(report, tmp_path: Path) -> No
     print(f"\nscreenshot of report.html: {shot}")
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert console == [] and requested == []
+
+
+def _widths(page: str, tmp: Path, width: int) -> dict[str, float]:
+    """How wide ``page`` lays out in headless Chromium at ``width`` pixels: the page's scroll width, the
+    viewport's, and the right edge of its widest table (measured by a script in a copy of the page
+    whose policy lets that one script run)."""
+    measure = (
+        "<script>var t=[...document.querySelectorAll('table')].map(e=>e.getBoundingClientRect().right);"
+        "document.title=JSON.stringify({scroll:document.documentElement.scrollWidth,"
+        "viewport:document.documentElement.clientWidth,table:Math.max(0,...t)})</script>"
+    )
+    copy = tmp / "measured.html"
+    copy.write_text(
+        page.replace(
+            "default-src 'none'", "default-src 'none'; script-src 'unsafe-inline'"
+        ).replace("</body>", measure + "</body>")
+    )
+    proc = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'profile-measure'}",
+            f"--window-size={width},900",
+            "--dump-dom",
+            copy.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    found = re.search(r"<title>(\{.*?\})</title>", proc.stdout)
+    assert found, proc.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install -y chromium)"
+)
+def test_long_weight_paths_wrap_inside_the_page(synthetic_record, tmp_path: Path) -> None:
+    """The lineage's per-trial weights table holds weight-file paths and hashes without spaces: they wrap,
+    and no table pushes the page wider than the window."""
+    from autotl.report import render_html
+
+    folder = (
+        "/srv/shared/models/keras-applications/imagenet/"
+        + "mobilenet_v2_weights_tf_dim_ordering" * 3
+    )
+    record = json.loads(json.dumps(synthetic_record))
+    for t in record["lineage"]["trials"]:
+        t["weights_origin"] = f"{folder}/mobilenet_v2_1.0_224_no_top.h5"
+        t["weights_sha256"] = "f" * 64
+    page = render_html(record, {}, {})
+    assert folder in page
+    for width in (1280, 800):
+        seen = _widths(page, tmp_path, width)
+        assert seen["table"] > 0 and seen["scroll"] <= seen["viewport"], (width, seen)
+        assert seen["table"] <= seen["viewport"], (width, seen)
 
 
 def test_report_while_a_trial_is_running(searched, tmp_path: Path, capsys) -> None:

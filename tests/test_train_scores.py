@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import COLOURS, tiny_trial, write_images
 
-from autotl.training.fitting import fit_head
+from autotl.training.fitting import Schedule, fit_head
 from autotl.training.model import build_head
 from autotl.training.trainer import Gate
 
@@ -59,12 +60,13 @@ def head(n_classes: int) -> list:
 
 def test_class_weights_weight_the_head_trainers_loss() -> None:
     train, val = separable(90, 3, 0), separable(60, 3, 1)
-    plain = fit_head(head(3), 0.0, 1e-2, train, val, 30, 30, 16, None, 0, 0)
-    ones = fit_head(head(3), 0.0, 1e-2, train, val, 30, 30, 16, None, 0, 0, [1.0, 1.0, 1.0])
+    schedule = Schedule(lr=1e-2, epochs=30, patience=30, batch_size=16)
+    plain = fit_head(head(3), train, val, schedule)
+    ones = fit_head(head(3), train, val, replace(schedule, class_weight=[1.0, 1.0, 1.0]))
     assert ones == plain  # unit weights are no weights
     # a class weighing nothing is never learnt: the head stops predicting it
     ignored = head(3)
-    fit_head(ignored, 0.0, 1e-2, train, val, 30, 30, 16, None, 0, 0, [0.0, 1.0, 1.0])
+    fit_head(ignored, train, val, replace(schedule, class_weight=[0.0, 1.0, 1.0]))
     w1, b1 = ignored[1].get_weights()
     w2, b2 = ignored[2].get_weights()
     predicted = (np.maximum(val[0] @ w1 + b1, 0) @ w2 + b2).argmax(1)
@@ -75,7 +77,7 @@ def test_class_weights_weight_the_head_trainers_loss() -> None:
 def test_class_weights_weight_keras_fit_for_phase2() -> None:
     import keras
 
-    from autotl.training.fitting import Rows, fit
+    from autotl.training.fitting import Rows, Schedule, fit
 
     train, val = separable(90, 3, 0), separable(60, 3, 1)
     keras.utils.set_random_seed(0)
@@ -85,7 +87,10 @@ def test_class_weights_weight_keras_fit_for_phase2() -> None:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    fit(model, Rows(*train), Rows(*val), 30, 30, 16, None, 0, 0, class_weight=[0.0, 1.0, 1.0])
+    schedule = Schedule(
+        lr=1e-2, epochs=30, patience=30, batch_size=16, class_weight=[0.0, 1.0, 1.0]
+    )
+    fit(model, Rows(*train), Rows(*val), schedule)
     predicted = np.asarray(model(val[0])).argmax(1)
     assert (predicted[val[1] == 0] == 0).mean() < 0.2
     assert (predicted[val[1] != 0] == val[1][val[1] != 0]).mean() > 0.9

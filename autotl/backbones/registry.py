@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
 from autotl import hookspec
 from autotl.errors import PluginError, UsageError, first_line
 from autotl.spec import BackboneSpec, SampleSpec
+
+_Spec = TypeVar("_Spec", BackboneSpec, SampleSpec)
 
 __all__ = [
     "Registry",
@@ -231,7 +233,7 @@ class Registry:
         return dict(self.distributions)
 
 
-def hook_items(plugin: str, hook_name: str, kind: type, function: Any) -> list[Any]:
+def hook_items(plugin: str, hook_name: str, kind: type[_Spec], function: Any) -> list[_Spec]:
     """Call one plugin's hook; anything but a list (or tuple) of ``kind`` is the plugin's error."""
     try:
         items = function()
@@ -251,7 +253,7 @@ def hook_items(plugin: str, hook_name: str, kind: type, function: Any) -> list[A
     return list(items)
 
 
-def _checked(plugin: str, item: Any, found: dict, kind: type) -> Any:
+def _checked(plugin: str, item: _Spec, found: Mapping[str, _Spec], kind: type[_Spec]) -> _Spec:
     try:
         item = replace(item, plugin=plugin)
         problems = item.validate()
@@ -270,8 +272,10 @@ def _checked(plugin: str, item: Any, found: dict, kind: type) -> Any:
     return item
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, kind: type, loaded: _Loaded) -> dict:
-    found: dict = {}
+def _collect(
+    pm: pluggy.PluginManager, hook_name: str, kind: type[_Spec], loaded: _Loaded
+) -> dict[str, _Spec]:
+    found: dict[str, _Spec] = {}
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
         plugin = impl.plugin_name

@@ -33,7 +33,7 @@ SUMS_FILE = "SHA256SUMS"
 _hash_memo: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file, remembered per (path, size, mtime) within a process."""
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
@@ -149,7 +149,7 @@ def resolve_weights(spec: BackboneSpec, source: WeightsSource) -> ResolvedWeight
 _MAGIC = {".keras": b"PK\x03\x04", ".h5": b"\x89HDF\r\n\x1a\n", ".hdf5": b"\x89HDF\r\n\x1a\n"}
 
 
-def weight_file_problem(path: str | os.PathLike) -> Optional[str]:
+def weight_file_problem(path: str | os.PathLike[str]) -> Optional[str]:
     """What is wrong with a weight file's format (its name's ending or its first bytes), or None.
 
     ``keras.Model.load_weights`` picks its reader by the ending (see

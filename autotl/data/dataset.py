@@ -123,17 +123,17 @@ class ImageSet:
             return
         paths = self.paths or []
         workers = workers_for(len(paths), self.decode_workers)
-        spans = (list(span) for span in spans)
+        lists = (list(span) for span in spans)
         pending: deque[list[int]] = deque()
 
         def tasks() -> Iterator[tuple[list[str], int]]:
-            for span in spans:
+            for span in lists:
                 pending.append(span)
                 yield [paths[i] for i in span], self.max_side
 
         for images in ordered(decode_files, tasks(), workers):
-            span = pending.popleft()
-            for i, image in zip(span, images):
+            indices = pending.popleft()
+            for i, image in zip(indices, images):
                 if isinstance(image, str):
                     raise _changed(paths[i], image)
             yield images
@@ -174,7 +174,7 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.class_names)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """JSON-able record of the data a search used."""
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
         counts = {
@@ -209,13 +209,13 @@ class _Item:
 
 
 def load_folder(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     val_fraction: float = 0.2,
     seed: int = 0,
     min_per_class: int = 1,
     max_side: int = 1024,
     *,
-    manifest: str | os.PathLike | None = None,
+    manifest: str | os.PathLike[str] | None = None,
     decode_workers: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Dataset:
@@ -228,49 +228,26 @@ def load_folder(
     process); ``progress(done, total)`` follows the files being read.
     """
     _check_fraction(val_fraction)
-    root = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if not os.path.isdir(root):
-        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
-        raise UsageError(f"data folder {root} {what}; pass a folder of class subfolders ({LAYOUT})")
-    parts, split, notes = _layout(root, val_fraction, seed)
-    class_names, classes = _classes(root, parts, notes)
-    files: list[tuple[str, str, str, str]] = []  # (relative path, path, class, part)
-    skipped: list[tuple[str, str]] = []
-    for part, folder in parts.items():
-        for c in classes[part]:
-            listed, passed = _walk(root, os.path.join(folder, c))
-            files += [(rel, full, c, part) for rel, full in listed]
-            skipped += passed
+    layout = _folder_layout(path, val_fraction, seed)
+    files, skipped = _list_files(layout)
     started = time.perf_counter()
     workers = workers_for(len(files), decode_workers)
     where = Path(manifest) if manifest is not None else None
-    scan = manifest_mod.check(files, where, root, max_side, workers, progress)
-    label_of = {c: k for k, c in enumerate(class_names)}
-    found: dict[tuple[str, int], list[_Item]] = {
-        (p, k): [] for p in parts for k in range(len(class_names))
-    }
-    tried = dict.fromkeys(found, 0)
-    for i, ((rel, full, c, part), result) in enumerate(zip(files, scan.checked)):
-        tried[(part, label_of[c])] += 1
-        if result.reason is None:
-            found[(part, label_of[c])].append(_Item(rel, label_of[c], result.sha256, i, path=full))
-        else:
-            skipped.append((rel, result.reason))
-    skipped.sort()
-    _check_found(root, parts, class_names, classes, found, tried, split, min_per_class)
-    if split == "folders":
+    scan = manifest_mod.check(files, where, layout.root, max_side, workers, progress)
+    found, tried = _usable(layout, files, scan, skipped)
+    _check_found(layout, found, tried, min_per_class)
+    if layout.split == "folders":
         train = [i for (p, _), items in found.items() if p == "train" for i in items]
         val = [i for (p, _), items in found.items() if p == "val" for i in items]
     else:
-        train, val = _stratify(
-            [i for items in found.values() for i in items], class_names, val_fraction, seed, notes
-        )
+        everything = [i for items in found.values() for i in items]
+        train, val = _stratify(everything, layout.class_names, val_fraction, seed, layout.notes)
     del found
     if where is not None:
-        _save_manifest(where, root, max_side, files, scan, train, val)
+        _save_manifest(where, layout.root, max_side, files, scan, (train, val))
     n_files, reread = len(files), scan.reread
     del files, scan  # the scan's bookkeeping goes before the data set is built
-    dataset = _finish(class_names, train, val, root, split, skipped, notes, max_side)
+    dataset = _finish(layout, train, val, skipped=sorted(skipped), max_side=max_side)
     dataset.scan = {
         "files": n_files,
         "read": reread,
@@ -282,18 +259,74 @@ def load_folder(
     return dataset
 
 
+@dataclass
+class _Layout:
+    """A data folder's shape: where it is, its parts (``{"train": .., "val": ..}`` or ``{"": DATA_DIR}``),
+    how it is split, its classes (all, and each part's folders), and what was noticed on the way."""
+
+    root: str  # the folder (the source's name, for in-memory images)
+    parts: dict[str, str]
+    split: str
+    class_names: list[str]
+    classes: dict[str, list[str]]
+    notes: list[str]
+
+
+def _folder_layout(path: str | os.PathLike[str], val_fraction: float, seed: int) -> _Layout:
+    """DATA_DIR's layout (see the module doc), or one line saying what is wrong with it."""
+    root = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.isdir(root):
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise UsageError(f"data folder {root} {what}; pass a folder of class subfolders ({LAYOUT})")
+    parts, split, notes = _layout(root, val_fraction, seed)
+    class_names, classes = _classes(root, parts, notes)
+    return _Layout(root, parts, split, class_names, classes, notes)
+
+
+Files = list[tuple[str, str, str, str]]  # (relative path, path, class, part)
+Found = dict[tuple[str, int], list["_Item"]]  # (part, label) -> the usable images
+
+
+def _list_files(layout: _Layout) -> tuple[Files, list[tuple[str, str]]]:
+    """Every file in the class folders, and those passed over while walking them (with why)."""
+    files: Files = []
+    skipped: list[tuple[str, str]] = []
+    for part, folder in layout.parts.items():
+        for c in layout.classes[part]:
+            listed, passed = _walk(layout.root, os.path.join(folder, c))
+            files += [(rel, full, c, part) for rel, full in listed]
+            skipped += passed
+    return files, skipped
+
+
+def _usable(
+    layout: _Layout, files: Files, scan: Any, skipped: list[tuple[str, str]]
+) -> tuple[Found, dict[tuple[str, int], int]]:
+    """The images the scan found usable, by part and class, and how many files each had; the
+    others join ``skipped`` with their reason."""
+    label_of = {c: k for k, c in enumerate(layout.class_names)}
+    found: Found = {(p, k): [] for p in layout.parts for k in range(len(layout.class_names))}
+    tried = dict.fromkeys(found, 0)
+    for i, ((rel, full, c, part), result) in enumerate(zip(files, scan.checked)):
+        tried[(part, label_of[c])] += 1
+        if result.reason is None:
+            found[(part, label_of[c])].append(_Item(rel, label_of[c], result.sha256, i, path=full))
+        else:
+            skipped.append((rel, result.reason))
+    return found, tried
+
+
 def _save_manifest(
     where: Path,
     root: str,
     max_side: int,
     files: list[tuple[str, str, str, str]],
     scan: Any,
-    train: list[_Item],
-    val: list[_Item],
+    split: tuple[list[_Item], list[_Item]],
 ) -> None:
     """The manifest, rewritten with the split each file went to (unless it already says so)."""
     splits: list[Optional[str]] = [None] * len(files)
-    for name, items in (("train", train), ("val", val)):
+    for name, items in zip(("train", "val"), split):
         for item in items:
             splits[item.index] = name
     manifest_mod.write(where, root, max_side, files, scan, splits)
@@ -326,16 +359,18 @@ def _classes(
 
 
 def _check_found(
-    root: str,
-    parts: dict[str, str],
-    class_names: list[str],
-    classes: dict[str, list[str]],
-    found: dict[tuple[str, int], list[_Item]],
+    layout: _Layout,
+    found: Found,
     tried: dict[tuple[str, int], int],
-    split: str,
     min_per_class: int,
 ) -> None:
     """Every class has usable images in every part, and at least ``min_per_class``; else one line."""
+    root, parts, class_names, classes = (
+        layout.root,
+        layout.parts,
+        layout.class_names,
+        layout.classes,
+    )
     problems = []
     for (part, label), items in found.items():
         shown = (_rel(root, parts[part]) + "/" if part else "") + class_names[label] + "/"
@@ -348,7 +383,7 @@ def _check_found(
     if problems:
         need = (
             "every class needs images in train/ and in val/"
-            if split == "folders"
+            if layout.split == "folders"
             else "every class needs images"
         )
         raise UsageError("; ".join(problems) + f"; {need}: add some, or remove the class folder")
@@ -465,7 +500,8 @@ def from_arrays(
     notes: list[str] = []
     train, val = _stratify(items, names, val_fraction, seed, notes)
     split = f"stratified, val_fraction={val_fraction:g}, seed={seed}"
-    return _finish(names, train, val, source, split, [], notes, 1024)
+    layout = _Layout(source, {}, split, names, {}, notes)
+    return _finish(layout, train, val, skipped=[], max_side=1024)
 
 
 def _as_rgb_uint8(a: np.ndarray, what: str) -> np.ndarray:
@@ -527,16 +563,15 @@ def _stratify(
 
 
 def _finish(
-    class_names: list[str],
+    layout: _Layout,
     train: list[_Item],
     val: list[_Item],
-    source: str,
-    split: str,
+    *,
     skipped: list[tuple[str, str]],
-    notes: list[str],
     max_side: int,
 ) -> Dataset:
     """Order, duplicate check, fingerprint, and the two ImageSets."""
+    class_names, split, notes = layout.class_names, layout.split, layout.notes
     by_name = operator.attrgetter("label", "rel")
     parts = {"train": sorted(train, key=by_name), "val": sorted(val, key=by_name)}
     first: dict[str, tuple[str, _Item]] = {}
@@ -575,12 +610,12 @@ def _finish(
         return ImageSet(labels, paths=[i.path for i in items], max_side=max_side)  # type: ignore[misc]
 
     return Dataset(
-        class_names,
-        image_set(parts["train"]),
-        image_set(parts["val"]),
-        source,
-        split,
-        h.hexdigest(),
-        skipped,
-        notes,
+        class_names=class_names,
+        train=image_set(parts["train"]),
+        val=image_set(parts["val"]),
+        source=layout.root,
+        split=split,
+        fingerprint=h.hexdigest(),
+        skipped=skipped,
+        warnings=notes,
     )

@@ -42,14 +42,14 @@ class BadImage(Exception):
     """One file cannot be used; ``str()`` is the short reason."""
 
 
-def decode_image(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
+def decode_image(path: str | os.PathLike[str], max_side: int = 1024) -> np.ndarray:
     """Decode one file to a uint8 HxWx3 RGB array, or raise BadImage(reason)."""
     with warnings.catch_warnings():  # Pillow's EXIF/bomb warnings: the reason is what counts
         warnings.simplefilter("ignore")
         return _decode_bytes(_read(path), max_side)
 
 
-def _read(path: str | os.PathLike) -> bytes:
+def _read(path: str | os.PathLike[str]) -> bytes:
     """The file's bytes; a missing or special file (a FIFO would block) is a BadImage."""
     if not os.path.exists(path):
         raise BadImage("missing (broken link?)")
@@ -306,7 +306,7 @@ def shutdown() -> None:
 
 
 def ordered(
-    fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, depth: int | None = None
+    fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], workers: int, depth: int | None = None
 ) -> Iterator[Any]:
     """``fn(*task)`` for every task, run by ``workers`` processes (0: threads here), results in task order.
 

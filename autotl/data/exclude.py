@@ -55,7 +55,7 @@ class Exclusion:
         return cls.of(list(record.get("files") or []), str(record.get("source") or ""))
 
 
-def read_exclusions(csv_path: str | os.PathLike, data_root: str) -> Exclusion:
+def read_exclusions(csv_path: str | os.PathLike[str], data_root: str) -> Exclusion:
     """The files ``csv_path`` names under ``data_root``; one line for a row that cannot be used."""
     shown = os.fspath(csv_path)
     try:
@@ -113,7 +113,7 @@ def apply_exclusions(dataset: Dataset, exclusion: Exclusion) -> Dataset:
         return dataset
     gone = set(exclusion.files)
     removed: dict[str, int] = {}
-    parts: dict[str, ImageSet] = {}
+    parts: dict[str, Any] = {}  # replace() checks each split by name
     for name in ("train", "val", "test"):
         images = getattr(dataset, name)
         if images is None:

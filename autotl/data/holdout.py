@@ -212,7 +212,8 @@ def recommendation(dataset: Dataset) -> Optional[str]:
     where = "add DATA_DIR/test/CLASS/IMAGE or " if dataset.split == "folders" else ""
     return (
         f"no test split: the chosen model's validation score is optimistic (the validation images "
-        f"also chose it); {where}set test_fraction: 0.2 in the search space for an honest test score"
+        f"also chose it); {where}pass --test-fraction 0.2 (test_fraction: 0.2 in the search space) "
+        "for an honest test score"
     )
 
 

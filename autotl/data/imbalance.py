@@ -9,7 +9,10 @@ balanced`` makes both training phases weigh every class the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
 
 __all__ = ["IMBALANCE_RATIO", "imbalance_warning"]
 
@@ -18,7 +21,7 @@ IMBALANCE_RATIO = 5.0
 
 
 def imbalance_warning(
-    dataset: Any, objectives: Sequence[str], class_weight: Optional[str] = None
+    dataset: Dataset, objectives: Sequence[str], class_weight: Optional[str] = None
 ) -> Optional[str]:
     """A one-line warning when the training split is imbalanced and the search does not already
     optimise balanced accuracy; None otherwise."""

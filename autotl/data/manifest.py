@@ -87,16 +87,16 @@ def read(path: Optional[Path]) -> dict[str, Entry]:
             try:
                 e = loads(line)
                 entries[e["path"]] = Entry(
-                    e["size"],
-                    e["mtime_ns"],
-                    e["sha256"],
-                    e["reason"],
-                    shared.setdefault(e["class"], e["class"]),
-                    shared.setdefault(e["part"], e["part"]),
-                    shared.setdefault(e["split"], e["split"]),
-                    e.get("width", 0),
-                    e.get("height", 0),
-                    shared.setdefault(e.get("mode", ""), e.get("mode", "")),
+                    size=e["size"],
+                    mtime_ns=e["mtime_ns"],
+                    sha256=e["sha256"],
+                    reason=e["reason"],
+                    cls=shared.setdefault(e["class"], e["class"]),
+                    part=shared.setdefault(e["part"], e["part"]),
+                    split=shared.setdefault(e["split"], e["split"]),
+                    width=e.get("width", 0),
+                    height=e.get("height", 0),
+                    mode=shared.setdefault(e.get("mode", ""), e.get("mode", "")),
                 )
             except (ValueError, KeyError, TypeError):  # torn by a kill, or edited: read again
                 continue
@@ -153,10 +153,15 @@ def check(
     manifest.  The others are read by ``workers`` decoding processes.
     """
     if manifest is None:
-        return _check_all(files, None, root, max_side, workers, progress, {})
+        return _check_all(
+            files, None, root, max_side, workers=workers, progress=progress, previous={}
+        )
     manifest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(manifest):
-        return _check_all(files, manifest, root, max_side, workers, progress, read(manifest))
+        previous = read(manifest)
+        return _check_all(
+            files, manifest, root, max_side, workers=workers, progress=progress, previous=previous
+        )
 
 
 def _check_all(
@@ -164,6 +169,7 @@ def _check_all(
     manifest: Optional[Path],
     root: str,
     max_side: int,
+    *,
     workers: int,
     progress: Optional[Progress],
     previous: dict[str, Entry],

@@ -67,7 +67,7 @@ def score_features(feats: CachedFeatures, space: SearchSpace, n_classes: int) ->
     """The sample scores of one backbone's cached pooled features: the best phase-1 head's validation
     accuracy (one head per width, at most three, lowest dropout) and LogME on the training rows."""
     from autotl.scoring.logme import logme
-    from autotl.training.fitting import fit_head, head_probabilities
+    from autotl.training.fitting import Schedule, fit_head, head_probabilities
     from autotl.training.model import build_head
     from autotl.training.seeding import set_random_seed
 
@@ -81,19 +81,15 @@ def score_features(feats: CachedFeatures, space: SearchSpace, n_classes: int) ->
         head[1].build((None, train.shape[1]))
         head[2].build((None, width))
         p1 = space.phase1
-        fit_head(
-            head,
-            space.head.dropout.low,
-            p1.learning_rate,
-            (train, feats.train_labels),
-            (val, val_labels),
-            p1.epochs,
-            p1.patience,
-            space.batch_size,
-            None,
-            0,
-            space.seed,
+        schedule = Schedule(
+            lr=p1.learning_rate,
+            epochs=p1.epochs,
+            patience=p1.patience,
+            batch_size=space.batch_size,
+            dropout=space.head.dropout.low,
+            seed=space.seed,
         )
+        fit_head(head, (train, feats.train_labels), (val, val_labels), schedule)
         hits = int(np.sum(head_probabilities(head, val).argmax(axis=1) == val_labels))
         heads.append({"head_width": width, "val_correct": hits})
     best = max(heads, key=lambda h: (h["val_correct"], -h["head_width"]))

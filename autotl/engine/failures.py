@@ -30,7 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
 
 __all__ = [
     "BACKBONE_FAILURES",
@@ -70,7 +74,7 @@ def _session_trials(trials: Iterable[Any], session: Optional[str]) -> list[Any]:
     )
 
 
-def _counts(trial: Any) -> Optional[bool]:
+def _counts(trial: FrozenTrial) -> Optional[bool]:
     """True: a failure that counts; False: a success, which ends a run of failures; None: neither."""
     if trial.state.name != "FAIL":
         return False
@@ -202,17 +206,21 @@ class LiveSampler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sampler, name)
 
-    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: Any
+    ) -> dict[str, Any]:
         params = self.sampler.sample_relative(study, trial, search_space)
         if self.PARAM in params:
             params = {**params, self.PARAM: self._live(params[self.PARAM], trial)}
         return params
 
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, name: str, distribution: Any
+    ) -> Any:
         value = self.sampler.sample_independent(study, trial, name, distribution)
         return self._live(value, trial) if name == self.PARAM else value
 
-    def _live(self, value: Any, trial: Any) -> Any:
+    def _live(self, value: Any, trial: FrozenTrial) -> Any:
         import random
 
         live = self.backbones.ready()

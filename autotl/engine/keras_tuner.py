@@ -34,16 +34,17 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import keras_tuner
 
 from autotl.backbones.registry import Registry
 from autotl.backbones.weights import WeightsSource, resolve_weights
 from autotl.engine.keras_tuner_study import TRIAL_ID_ATTR, KerasTunerStudy
+from autotl.engine.options import choices
 from autotl.engine.space import SearchSpace, errors_line, trial_params
 from autotl.errors import AutotlError, TrialFailed, UsageError, failure_line
 from autotl.run.folder import KERAS_TUNER, RunFolder
@@ -51,10 +52,14 @@ from autotl.scoring.objective import Objectives
 from autotl.training.model import HEAD_LAYERS
 from autotl.training.trainer import TrialParams, train_trial
 
+if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
+    from autotl.spec import BackboneSpec
+
 __all__ = ["TransferHyperModel", "run_keras_tuner_search", "TUNERS", "TRIAL_ID_ATTR"]
 
 #: The tuners :func:`run_keras_tuner_search` knows.
-TUNERS = ("random", "bayesian", "hyperband")
+TUNERS = choices("tuner")
 PROJECT = "autotl"
 RECORD_FILE = "autotl.json"  # per trial, in keras-tuner's trial folder: what the trainer did
 # keras-tuner's TrialStatus to the Optuna state names the Optuna leaderboard shows.
@@ -71,7 +76,7 @@ _STATES = {
 _PRISTINE: dict[tuple[Any, ...], list[Any]] = {}
 
 
-def _pristine_key(spec: Any, resolved: Any, seed: int) -> tuple[Any, ...]:
+def _pristine_key(spec: BackboneSpec, resolved: Any, seed: int) -> tuple[Any, ...]:
     return (spec.name, spec.plugin, resolved.argument, resolved.sha256, seed)
 
 
@@ -110,6 +115,33 @@ def _tuner_of(callbacks: Sequence[Any]) -> tuple[Any, Any]:
 
 def _is_keras_tuner_callback(cb: Any) -> bool:
     return type(cb).__module__.startswith("keras_tuner")
+
+
+def _pristine(spec: BackboneSpec, resolved: Any, seed: int) -> list[Any]:
+    """The pretrained base's weights (built once per backbone, weights and seed)."""
+    from autotl.training.model import build_base
+
+    key = _pristine_key(spec, resolved, seed)
+    if key not in _PRISTINE:
+        _PRISTINE[key] = build_base(spec, resolved, seed=seed).get_weights()
+    return _PRISTINE[key]
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """The trial's record beside keras-tuner's own files, written whole or not at all."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _checkpoint(callbacks: list[Any], model: Any, result: Any, metrics: dict[str, float]) -> None:
+    """keras-tuner checkpoints the trial's model from its own callbacks' ``on_epoch_end``: one "epoch", the result."""
+    history = result.history
+    last = len(history["phase1"].get("loss", ())) + len(history["phase2"].get("loss", ())) - 1
+    for cb in callbacks:
+        if _is_keras_tuner_callback(cb):
+            cb.set_model(model)
+            cb.on_epoch_end(max(last, 0), logs=dict(metrics))
 
 
 class TransferHyperModel(keras_tuner.HyperModel):
@@ -185,10 +217,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def __init__(
         self,
         space: SearchSpace,
-        dataset: Any,
+        dataset: Dataset,
         registry: Optional[Registry] = None,
         weights: Optional[WeightsSource] = None,
-        cache_dir: Optional[str | os.PathLike] = None,
+        cache_dir: Optional[str | os.PathLike[str]] = None,
         *,
         max_epochs: Optional[int] = None,
         name: str = "autotl_transfer",
@@ -259,25 +291,11 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Train ``model`` (from :meth:`build`) in two phases; return its validation accuracy and loss."""
-        from autotl.training.model import build_base
-
         callbacks = list(kwargs.pop("callbacks", None) or [])
         epochs = kwargs.pop("epochs", None)
         kwargs.pop("initial_epoch", None)
         kwargs.pop("verbose", None)
-        ignored = [cb for cb in callbacks if not _is_keras_tuner_callback(cb)]
-        if (args or kwargs or ignored) and not self._warned:
-            self._warned = True
-            what = (
-                [f"{len(args)} positional argument(s)"] * bool(args)
-                + sorted(kwargs)
-                + [type(cb).__name__ for cb in ignored]
-            )
-            warnings.warn(
-                f"TransferHyperModel.fit ignores {', '.join(what)}: it trains on its own data set with autotl's "
-                f"two-phase trainer; call tuner.search() without data arguments",
-                stacklevel=2,
-            )
+        self._warn_ignored(args, kwargs, callbacks)
         tuner, trial = _tuner_of(callbacks)
         params = self._budget(self.params(hp), epochs, tuner)
         spec = self._spec(params.backbone)
@@ -286,33 +304,14 @@ class TransferHyperModel(keras_tuner.HyperModel):
         if "tuner/trial_id" in hp.values:
             # Hyperband loaded an earlier trial's checkpoint into the model: the trainer needs the
             # pretrained base (the cache is keyed by it, and its top is fine-tuned from it).
-            key = _pristine_key(spec, resolved, params.seed)
-            if key not in _PRISTINE:
-                _PRISTINE[key] = build_base(spec, resolved, seed=params.seed).get_weights()
-            base.set_weights(_PRISTINE[key])
+            base.set_weights(_pristine(spec, resolved, params.seed))
         start, started = time.perf_counter(), time.time()
-        try:
-            result = train_trial(
-                spec,
-                params,
-                lambda: base,
-                self.dataset,
-                self.cache,
-                resolved,
-                augmentation=self.space.augmentation,
-            )
-        except TrialFailed as exc:
-            raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
-        except AutotlError as exc:
-            raise keras_tuner.errors.FatalValueError(str(exc)) from exc
-        except (
-            Exception
-        ) as exc:  # whatever a plugin or a library raises: this trial fails, with its reason
-            raise keras_tuner.errors.FailedTrialError(failure_line(exc)) from exc
+        result = self._train(spec, params, base, resolved)
         self._load_trained(model, base, result.trained_weights())
         metrics = {k: float(v) for k, v in result.attrs()["metrics"].items()}
+        trial_id: Optional[str] = trial.trial_id if trial is not None else None
         record = {
-            "trial_id": trial.trial_id if trial is not None else None,
+            "trial_id": trial_id,
             "params": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
             "trial_params": asdict(params),
             "budget": {
@@ -330,23 +329,51 @@ class TransferHyperModel(keras_tuner.HyperModel):
                 "started": started,
             },
         }
-        self.records[record["trial_id"]] = record
+        self.records[trial_id] = record
         if tuner is not None:
-            path = Path(tuner.get_trial_dir(trial.trial_id)) / RECORD_FILE
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(record, indent=1, default=str))
-            os.replace(tmp, path)
-        # keras-tuner checkpoints the trial's model from its own callbacks' on_epoch_end: one "epoch", the result.
-        last = (
-            len(result.history["phase1"].get("loss", ()))
-            + len(result.history["phase2"].get("loss", ()))
-            - 1
-        )
-        for cb in callbacks:
-            if _is_keras_tuner_callback(cb):
-                cb.set_model(model)
-                cb.on_epoch_end(max(last, 0), logs=dict(metrics))
+            _write_record(Path(tuner.get_trial_dir(trial.trial_id)) / RECORD_FILE, record)
+        _checkpoint(callbacks, model, result, metrics)
         return metrics
+
+    def _warn_ignored(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], callbacks: list[Any]
+    ) -> None:
+        """Once: what ``tuner.search(...)`` passed on that the trainer does not use (data, other callbacks)."""
+        ignored = [cb for cb in callbacks if not _is_keras_tuner_callback(cb)]
+        if not (args or kwargs or ignored) or self._warned:
+            return
+        self._warned = True
+        what = (
+            [f"{len(args)} positional argument(s)"] * bool(args)
+            + sorted(kwargs)
+            + [type(cb).__name__ for cb in ignored]
+        )
+        warnings.warn(
+            f"TransferHyperModel.fit ignores {', '.join(what)}: it trains on its own data set with autotl's "
+            f"two-phase trainer; call tuner.search() without data arguments",
+            stacklevel=3,
+        )
+
+    def _train(self, spec: BackboneSpec, params: TrialParams, base: Any, resolved: Any) -> Any:
+        """One trial through the trainer; its failures as keras-tuner's (a failed trial, or a fatal one)."""
+        try:
+            return train_trial(
+                spec,
+                params,
+                lambda: base,
+                self.dataset,
+                self.cache,
+                resolved,
+                augmentation=self.space.augmentation,
+            )
+        except TrialFailed as exc:
+            raise keras_tuner.errors.FailedTrialError(str(exc)) from exc
+        except AutotlError as exc:
+            raise keras_tuner.errors.FatalValueError(str(exc)) from exc
+        except (
+            Exception
+        ) as exc:  # whatever a plugin or a library raises: this trial fails, with its reason
+            raise keras_tuner.errors.FailedTrialError(failure_line(exc)) from exc
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -397,26 +424,23 @@ class TransferHyperModel(keras_tuner.HyperModel):
 
 
 def _make_tuner(
-    kind: str,
-    hypermodel: TransferHyperModel,
-    folder: Path,
-    trials: int,
-    seed: int,
-    max_epochs: int,
-    factor: int,
+    kind: str, hypermodel: TransferHyperModel, folder: Path, trials: int, budget: tuple[int, int]
 ) -> Any:
+    """keras-tuner's tuner ``kind`` over ``folder``, resumed if it is there, seeded by the space;
+    ``budget`` is Hyperband's ``(max_epochs, factor)``."""
     common = {
         "objective": hypermodel.objective,
         "directory": str(folder),
         "project_name": PROJECT,
         "overwrite": False,
-        "seed": seed,
+        "seed": hypermodel.space.seed,
     }
     if kind == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=trials, **common)
     if kind == "bayesian":
         return keras_tuner.BayesianOptimization(hypermodel, max_trials=trials, **common)
     # Hyperband counts no trials by itself: as many iterations as needed, stopped at `trials` (promotions count).
+    max_epochs, factor = budget
     tuner = keras_tuner.Hyperband(
         hypermodel, max_epochs=max_epochs, factor=factor, hyperband_iterations=None, **common
     )
@@ -425,6 +449,12 @@ def _make_tuner(
 
 
 def _records(tuner: Any) -> list[dict[str, Any]]:
+    """One row per trial, in trial order, shaped like the Optuna leaderboard's: ``number``,
+    ``params`` (backbone, head_width, dropout, unfreeze_blocks, finetune_lr), ``val_accuracy``,
+    ``val_loss``, ``state`` (``COMPLETE``, ``FAIL``, ``RUNNING``), and ``user_attrs`` (the trainer's
+    gate, history, head_stable_epoch, seconds_total, ...), plus ``trial_id``, ``hyperband``
+    (keras-tuner's ``tuner/*`` values), ``trial_params`` (every ``TrialParams`` field the trial ran
+    with), ``budget`` and, for a failed trial, ``message``."""
     rows = []
     for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda kv: int(kv[0])):
         values = dict(trial.hyperparameters.values)
@@ -500,7 +530,7 @@ def _search_error(exc: BaseException, folder: Path) -> BaseException:
 
 def run_keras_tuner_search(
     space: SearchSpace,
-    dataset: Any,
+    dataset: Dataset,
     registry: Optional[Registry],
     weights: Optional[WeightsSource],
     out: Path,
@@ -526,20 +556,10 @@ def run_keras_tuner_search(
     ``classes.json`` beside it (``autotl predict out/keras_tuner IMAGE``).
 
     Returns one row per trial, in trial order, shaped like the Optuna
-    leaderboard's: ``number``, ``params`` (backbone, head_width, dropout,
-    unfreeze_blocks, finetune_lr), ``val_accuracy``, ``val_loss``, ``state``
-    (``COMPLETE``, ``FAIL``, ``RUNNING``), and ``user_attrs`` (the trainer's
-    gate, history, head_stable_epoch, seconds_total, ...), plus ``trial_id``,
-    ``hyperband`` (keras-tuner's ``tuner/*`` values), ``trial_params`` (every
-    ``autotl.training.trainer.TrialParams`` field the trial ran with), ``budget`` and,
-    for a failed trial, ``message``.
-
+    leaderboard's (``number``, ``params``, ``val_accuracy``, ``val_loss``,
+    ``state``, ``user_attrs``, and keras-tuner's own: see :func:`_records`).
     Every finished trial is also added, once, to the study
-    ``<study_name>-keras-tuner`` in ``storage_url`` (default: the run folder's
-    ``study.db``, where ``autotl search`` keeps its Optuna study ``<study_name>``):
-    the space's Optuna distributions, the value ``val_accuracy``, and the
-    trainer's attributes under the keys the Optuna engine's trials use, plus
-    ``keras_tuner_trial_id``.  A resumed search adds only the trials not yet there.
+    ``<study_name>-keras-tuner`` in ``storage_url`` (see :func:`_study_copy`).
     """
     if tuner not in TUNERS:
         raise UsageError(f"unknown keras-tuner tuner {tuner!r}; use one of: {', '.join(TUNERS)}")
@@ -555,33 +575,62 @@ def run_keras_tuner_search(
         run.cache_dir,
         max_epochs=max_epochs if tuner == "hyperband" else None,
     )
-    record = {"space": hypermodel.space.model_dump(), "weights": hypermodel.weights.describe()}
-    run.claim(
-        dataset,
-        record,
-        engine=KERAS_TUNER,
-        must_match={
-            "tuner": tuner,
-            "space": {k: v for k, v in hypermodel.space.model_dump().items() if k != "trials"},
-        },
+    _claim(run, hypermodel, tuner)
+    copy = _study_copy(run, hypermodel, tuner, storage_url, study_name)
+    budget = (max_epochs, factor)
+    kt = _search(
+        lambda: _make_tuner(tuner, hypermodel, folder, trials, budget), copy, folder, verbose
     )
-    copy = KerasTunerStudy(
+    records = _records(kt)
+    copy.add(records)
+    best = _save_best(kt, run, records, Objectives.of(hypermodel.space.objectives))
+    copy.record_best(best, run.best_trial_number(KERAS_TUNER))
+    return records
+
+
+def _study_copy(
+    run: RunFolder,
+    hypermodel: TransferHyperModel,
+    tuner: str,
+    storage_url: Optional[str],
+    study_name: str,
+) -> KerasTunerStudy:
+    """The Optuna study ``<study_name>-keras-tuner`` in ``storage_url`` (default: the run folder's
+    ``study.db``, where ``autotl search`` keeps its Optuna study ``<study_name>``) that mirrors the
+    search: the space's Optuna distributions, the value ``val_accuracy``, and the trainer's
+    attributes under the keys the Optuna engine's trials use, plus ``keras_tuner_trial_id``.  A
+    resumed search adds only the trials not yet there."""
+    return KerasTunerStudy(
         run.storage_url(storage_url),
         RunFolder.study_name(study_name, KERAS_TUNER),
         hypermodel.space,
-        dataset,
+        hypermodel.dataset,
         tuner,
         run.relative(run.best_model(KERAS_TUNER)),
     )
+
+
+def _claim(run: RunFolder, hypermodel: TransferHyperModel, tuner: str) -> None:
+    """Tie the run folder to the data, and to this tuner and space (a resume must bring the same)."""
+    space = hypermodel.space.model_dump()
+    run.claim(
+        hypermodel.dataset,
+        {"space": space, "weights": hypermodel.weights.describe()},
+        engine=KERAS_TUNER,
+        must_match={"tuner": tuner, "space": {k: v for k, v in space.items() if k != "trials"}},
+    )
+
+
+def _search(make: Callable[[], Any], copy: KerasTunerStudy, folder: Path, verbose: int) -> Any:
+    """The tuner ``make()`` gives, after its search; when the search stops early, the trials that
+    finished are kept and keras-tuner's error is said in one line."""
     kt = None
     debug = keras_tuner.src.config.DEBUG
     keras_tuner.src.config.DEBUG = (
         False  # a failed trial is recorded with its reason, not a traceback
     )
     try:
-        kt = _make_tuner(
-            tuner, hypermodel, folder, trials, hypermodel.space.seed, max_epochs, factor
-        )
+        kt = make()
         kt.search(verbose=verbose)
     except BaseException as exc:
         if (
@@ -595,8 +644,4 @@ def run_keras_tuner_search(
         raise error from None
     finally:
         keras_tuner.src.config.DEBUG = debug
-    records = _records(kt)
-    copy.add(records)
-    best = _save_best(kt, run, records, Objectives.of(hypermodel.space.objectives))
-    copy.record_best(best, run.best_trial_number(KERAS_TUNER))
-    return records
+    return kt

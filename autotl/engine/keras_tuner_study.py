@@ -14,10 +14,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.engine.space import SearchSpace, trial_params
 from autotl.scoring.objective import Objectives
+
+if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
 
 __all__ = ["KerasTunerStudy", "TRIAL_ID_ATTR"]
 
@@ -69,7 +72,7 @@ class KerasTunerStudy:
         storage_url: str,
         study_name: str,
         space: SearchSpace,
-        dataset: Any,
+        dataset: Dataset,
         tuner: str,
         best_model: str,
     ) -> None:

@@ -17,10 +17,13 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotl.errors import UsageError
 from autotl.scoring.objective import OBJECTIVES, Objectives, complete_trials, trial_metrics
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 __all__ = ["Condition", "parse_conditions", "pick_trial", "OPERATORS"]
 
@@ -76,7 +79,7 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def pick_trial(study: Any, text: str) -> Any:
+def pick_trial(study: Study, text: str) -> Any:
     """The best complete trial of ``study`` that meets ``text``'s conditions and the study's
     constraints; a one-line UsageError names what no trial meets."""
     conditions = parse_conditions(text)

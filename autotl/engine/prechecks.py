@@ -23,11 +23,15 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotl.backbones.weights import WeightsMismatch, WeightsMissing, resolve_weights
 from autotl.errors import UsageError, failure_line, first_line
 from autotl.run.folder import RunFolder
+
+if TYPE_CHECKING:
+    from autotl.backbones.registry import Registry
+    from autotl.spec import BackboneSpec
 
 __all__ = ["Prechecked", "precheck_backbones", "check_key"]
 
@@ -42,7 +46,7 @@ class Prechecked:
     skipped: dict[str, str] = field(default_factory=dict)  # backbone -> why it is not searched
 
 
-def check_key(spec: Any, weights: Any, blocks: int | None) -> str:
+def check_key(spec: BackboneSpec, weights: Any, blocks: int | None) -> str:
     """What a recorded pass depends on: the spec's declared fields, the weights' bytes, the checks asked."""
     from autotl._version import __version__
 
@@ -62,12 +66,14 @@ def check_key(spec: Any, weights: Any, blocks: int | None) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def _check_one(spec: Any, source: Any, seed: int, blocks: int | None) -> tuple[Any, dict[str, Any]]:
+def _check_one(
+    spec: BackboneSpec, source: Any, seed: int, blocks: int | None
+) -> tuple[Any, dict[str, Any]]:
     """``(base or None, record)`` for one backbone; a wrong hash is never skipped over (it raises)."""
     from autotl.testing import check_pretrained
 
     start = time.perf_counter()
-    base, record = None, {"passed": False}
+    base, record = None, dict[str, object](passed=False)
     try:
         base, lines = check_pretrained(spec, source, seed, blocks)
         record = {"passed": True, "lines": lines}
@@ -86,7 +92,7 @@ def _check_one(spec: Any, source: Any, seed: int, blocks: int | None) -> tuple[A
 
 def precheck_backbones(
     run: RunFolder,
-    registry: Any,
+    registry: Registry,
     names: Sequence[str],
     source: Any,
     seed: int = 0,

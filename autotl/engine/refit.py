@@ -20,12 +20,22 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from autotl.engine.space import SearchSpace, trial_params
 from autotl.errors import TrialFailed, UsageError, first_line
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import trial_backbone
 from autotl.scoring.objective import trial_metrics
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
+    from autotl.training.params import TrialParams
 
 __all__ = ["Bases", "Refit", "REFIT_FILE", "refit_trial", "stored_refit", "LOSS_ATOL", "LOSS_RTOL"]
 
@@ -68,7 +78,7 @@ def stored_refit(run: RunFolder, number: int) -> Optional[Refit]:
     import json
 
     path = run.trial_dir(number) / REFIT_FILE
-    if not path.is_file() or run.trial_layers(number) is None:
+    if not path.is_file() or not (run.trial_dir(number) / run.TRIAL_LAYERS).is_file():
         return None
     try:
         record = json.loads(path.read_text())
@@ -81,7 +91,7 @@ class Bases:
     """One pristine base per backbone and seed for a series of refits, reset before each (as the search's)."""
 
     def __init__(self) -> None:
-        self._bases: dict[tuple, tuple[Any, list]] = {}
+        self._bases: dict[tuple[str, str, int], tuple[Any, list[Any]]] = {}
 
     def __call__(self, spec: Any, weights: Any, seed: int) -> Any:
         from autotl.training.model import build_base
@@ -98,11 +108,12 @@ class Bases:
 
 def refit_trial(
     run: RunFolder,
-    study: Any,
-    trial: Any,
-    dataset: Any,
-    registry: Any,
-    weights: Any = None,
+    study: Study,
+    trial: FrozenTrial,
+    dataset: Dataset,
+    *,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     bases: Optional[Bases] = None,
     say: Say = lambda _m: None,
 ) -> Refit:
@@ -127,9 +138,8 @@ def refit_trial(
             dataset,
             cache,
             resolved,
-            None,
-            lambda msg: say(f"refit of trial {trial.number}: {msg}"),
-            space.augmentation,
+            progress=lambda msg: say(f"refit of trial {trial.number}: {msg}"),
+            augmentation=space.augmentation,
         )
     except TrialFailed as exc:  # it diverged, which the recorded trial did not
         return Refit(trial.number, False, round(time.perf_counter() - start, 3), reason=str(exc))
@@ -141,14 +151,17 @@ def refit_trial(
 
 
 def _setup(
-    run: RunFolder, study: Any, trial: Any, registry: Any, weights: Any
-) -> tuple[Any, Any, Any, Any]:
+    run: RunFolder,
+    study: Study,
+    trial: FrozenTrial,
+    registry: Optional[Registry],
+    weights: Optional[WeightsSource],
+) -> tuple[Any, Any, TrialParams, SearchSpace]:
     """The trial's backbone spec, resolved weights (checked against its record), parameters and space."""
     import optuna
     from pydantic import ValidationError
 
     from autotl.engine.optuna_engine import SCREEN, SEED_ATTR
-    from autotl.engine.space import SearchSpace, trial_params
 
     try:
         space = SearchSpace.model_validate(study.user_attrs.get("space") or {})

@@ -7,9 +7,10 @@ rate, and the whole base is unfrozen only when the space says so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Protocol, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autotl.engine.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autotl.errors import UsageError
 from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objectives
-from autotl.training.trainer import LR_RATIO, TrialParams
+from autotl.training.params import LR_RATIO, TrialParams
 
 __all__ = [
     "SearchSpace",
@@ -29,6 +30,7 @@ __all__ = [
     "TwoStage",
     "BackboneScreening",
     "apply_objectives",
+    "apply_test_fraction",
     "errors_line",
     "LR_RATIO",
 ]
@@ -325,7 +327,17 @@ def load_space(
         raise UsageError(f"search space {path}: {errors_line(exc)}") from None
 
 
-def trial_params(trial: Any, space: SearchSpace, screen: bool = False) -> TrialParams:
+class Suggests(Protocol):
+    """What :func:`trial_params` asks a point of: Optuna's ``Trial`` (or ``FixedTrial``), or an adapter."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+
+def trial_params(trial: Suggests, space: SearchSpace, screen: bool = False) -> TrialParams:
     """Ask ``trial`` for one point of ``space``: an Optuna trial (or ``optuna.trial.FixedTrial``), or anything
     with ``suggest_categorical``, ``suggest_float`` and ``suggest_int`` (the keras-tuner engine's adapter).
 
@@ -376,6 +388,16 @@ def apply_objectives(space: SearchSpace, objectives: Optional[Any]) -> SearchSpa
         return SearchSpace.model_validate({**space.model_dump(), "objectives": names})
     except ValidationError as exc:
         raise UsageError(f"--objectives: {errors_line(exc)}") from None
+
+
+def apply_test_fraction(space: SearchSpace, fraction: Optional[float]) -> SearchSpace:
+    """``space`` holding out ``fraction`` of the training images as the test split; ``None`` keeps the space's."""
+    if fraction is None:
+        return space
+    try:
+        return SearchSpace.model_validate({**space.model_dump(), "test_fraction": fraction})
+    except ValidationError as exc:
+        raise UsageError(f"--test-fraction: {errors_line(exc)}") from None
 
 
 def apply_screening(

@@ -25,10 +25,11 @@ trials, their epochs and the ensemble: optimistic, and labelled so.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -49,7 +50,16 @@ from autotl.ensemble.record import (
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import trial_model
+from autotl.scoring.metrics import accuracy, log_loss
 from autotl.scoring.objective import Objectives, ranked_trials
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -76,17 +86,54 @@ __all__ = [
 DEFAULT_TOP_K = 8
 #: What ensemble selection can maximise, by the metric an objective records: computed from probabilities.
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "val_accuracy": caruana.accuracy,
-    "val_loss": lambda p, y: -caruana.log_loss(p, y),
+    "val_accuracy": accuracy,
+    "val_loss": lambda p, y: -log_loss(p, y),
 }
 Say = Callable[[str], None]
 Measure = Callable[[Path], dict[str, Any]]
 
 
+@dataclass
+class _Models:
+    """Where the candidates' ``.keras`` files come from: the run and its study, and what assembles a
+    trial's model where the search's files are not at hand (the plugins' ``registry``, ``weights``)."""
+
+    run: RunFolder
+    study: Study
+    registry: Optional[Registry]
+    weights: Optional[WeightsSource]
+    plugins: tuple[str, ...]
+    say: Say
+
+    def model(self, trial: FrozenTrial) -> Path:
+        """Trial ``trial``'s ``.keras`` file, assembled from its stored layers if needed."""
+        return trial_model(
+            self.run,
+            self.study,
+            trial,
+            self.registry,
+            self.weights,
+            plugins=self.plugins,
+            say=self.say,
+        )
+
+    def plugin_registry(self) -> Registry:
+        """The plugins' registry (loaded from ``plugins`` once, when none was given)."""
+        if self.registry is None:
+            from autotl.backbones.registry import get_registry
+
+            self.registry = get_registry(list(self.plugins))
+        return self.registry
+
+    def files(self, trials: Sequence[Any]) -> dict[int, Callable[[], Path]]:
+        """Each trial's ``.keras`` file, assembled only when first asked for."""
+        return {t.number: functools.partial(self.model, t) for t in trials}
+
+
 # -- 1. candidates
 
 
-def _has_model(run: RunFolder, trial: Any) -> bool:
+def _has_model(run: RunFolder, trial: FrozenTrial) -> bool:
     return (
         run.trial_layers(trial) is not None
         or run.trial_model(trial.number).is_file()
@@ -94,7 +141,7 @@ def _has_model(run: RunFolder, trial: Any) -> bool:
     )
 
 
-def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]]:
+def candidates(run: RunFolder, study: Study, k: int) -> tuple[list[Any], list[str]]:
     """The top ``k`` complete trials, best first, and notes; those whose layers were not kept are
     refitted when the ensemble needs them (:func:`refit_missing`)."""
     if k < 2:
@@ -104,36 +151,36 @@ def candidates(run: RunFolder, study: Any, k: int) -> tuple[list[Any], list[str]
         raise UsageError(
             f"an ensemble needs at least 2 complete trials, but {run.path} has {len(top)}"
         )
-    notes = []
+    notes: list[str] = []
     if len(top) < k:
         notes.append(f"the study has {len(top)} complete trials, fewer than top_k {k}")
     return top, notes
 
 
 def refit_missing(
-    run: RunFolder,
-    study: Any,
-    trials: Sequence[Any],
-    dataset: Any,
-    registry: Any = None,
-    weights: Any = None,
-    plugins: Sequence[str] = (),
-    say: Say = lambda _m: None,
-) -> tuple[list[Any], dict[int, Refit]]:
+    models: _Models, trials: Sequence[FrozenTrial], dataset: Dataset
+) -> tuple[list[FrozenTrial], dict[int, Refit]]:
     """``trials`` with a model: kept by the search, refitted earlier, or refitted now from the feature
     cache (:mod:`autotl.engine.refit`); a refit that does not reproduce its trial's record is left out.
     Returns the usable trials, in order, and every refit by trial number."""
     from autotl.engine.refit import Bases, refit_trial, stored_refit
 
-    usable, refits, bases = [], {}, Bases()
+    usable: list[FrozenTrial] = []
+    refits: dict[int, Refit] = {}
+    bases, run = Bases(), models.run
     for t in trials:
         refit = stored_refit(run, t.number)
         if refit is None and not _has_model(run, t):
-            if registry is None:
-                from autotl.backbones.registry import get_registry
-
-                registry = get_registry(list(plugins))
-            refit = refit_trial(run, study, t, dataset, registry, weights, bases, say)
+            refit = refit_trial(
+                run,
+                models.study,
+                t,
+                dataset,
+                registry=models.plugin_registry(),
+                weights=models.weights,
+                bases=bases,
+                say=models.say,
+            )
         if refit is not None:
             refits[t.number] = refit
         if refit is None or refit.passed:
@@ -150,7 +197,7 @@ def refit_missing(
 # -- 2 (predictions: autotl.ensemble.predictions), 3 and 4. selection and scores
 
 
-def _scorer(study: Any) -> tuple[str, Callable[[np.ndarray, np.ndarray], float], list[str]]:
+def _scorer(study: Study) -> tuple[str, Callable[[np.ndarray, np.ndarray], float], list[str]]:
     """The metric selection maximises: the study's first objective when probabilities measure it, else accuracy."""
     primary = Objectives.of_study(study).primary
     if primary.metric in SCORERS:
@@ -187,36 +234,34 @@ class _Seen:
 
 
 def _variants(
-    best: int,
-    members: dict[int, float],
-    ttas: Sequence[Optional[str]],
-    sizes: Sizes,
-    size: tuple[int, int],
-    val: _Seen,
-    test: Optional[_Seen],
+    members: dict[int, float], views: _Views, val: _Seen, test: Optional[_Seen]
 ) -> list[Variant]:
     """The best single model and the ensemble, each without and with every TTA, scored on val and test."""
+    best = views.order[0]
     out = []
     for base, chosen, view, at in (
-        (BEST, {best: 1.0}, "own", sizes[best]),
-        (ENSEMBLE, members, "joint", size),
+        (BEST, {best: 1.0}, "own", views.sizes[best]),
+        (ENSEMBLE, members, "joint", views.size),
     ):
-        for tta in ttas:
-            scores = [
-                None if s is None else Score.of(mix(getattr(s, view), chosen, tta), s.labels)
-                for s in (val, test)
-            ]
-            out.append(Variant(variant_name(base, tta), dict(chosen), tta, *scores, input_size=at))
+        for tta in views.ttas:
+            on_val = Score.of(mix(getattr(val, view), chosen, tta), val.labels)
+            on_test = (
+                None
+                if test is None
+                else Score.of(mix(getattr(test, view), chosen, tta), test.labels)
+            )
+            name = variant_name(base, tta)
+            out.append(Variant(name, dict(chosen), tta, on_val, on_test, input_size=at))
     return out
 
 
 def _dataset(
     run: RunFolder,
-    study: Any,
+    study: Study,
     data: Optional[str],
     plugins: Sequence[str],
-    registry: Any,
-    dataset: Any = None,
+    registry: Optional[Registry],
+    dataset: Optional[Dataset] = None,
 ) -> Any:
     """The search's data again (or ``dataset``, already loaded); other data would not be the images the
     trials were scored on."""
@@ -232,7 +277,7 @@ def _dataset(
     return dataset
 
 
-def _fingerprint(run: RunFolder, study: Any) -> Optional[str]:
+def _fingerprint(run: RunFolder, study: Study) -> Optional[str]:
     """The fingerprint of the search's data, as the study or run.json recorded it."""
     recorded = (study.user_attrs.get("data") or {}).get("fingerprint")
     return recorded or run.record().get("data_fingerprint")
@@ -240,7 +285,7 @@ def _fingerprint(run: RunFolder, study: Any) -> Optional[str]:
 
 def select_ensemble(
     run: RunFolder,
-    study: Any,
+    study: Study,
     *,
     k: int = DEFAULT_TOP_K,
     tta: Optional[str] = "flip",
@@ -250,9 +295,9 @@ def select_ensemble(
     bags: int = 0,
     max_steps: int = 50,
     data: Optional[str] = None,
-    dataset: Any = None,
-    registry: Any = None,
-    weights: Any = None,
+    dataset: Optional[Dataset] = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     measure: Optional[Measure] = None,
     say: Say = lambda _m: None,
@@ -266,6 +311,7 @@ def select_ensemble(
     is the search's data set when the caller has already loaded it.
     """
     tta = check_tta(tta)
+    settings = {"init": init, "bags": bags, "max_steps": max_steps}
     if init < 1 or bags < 0 or max_steps < 0:
         raise UsageError(
             f"init must be at least 1 and bags and max_steps at least 0, got init={init}, bags={bags}, "
@@ -273,8 +319,49 @@ def select_ensemble(
         )
     trials, notes = candidates(run, study, k)
     dataset = _dataset(run, study, data, plugins, registry, dataset)
-    trials, refits = refit_missing(run, study, trials, dataset, registry, weights, plugins, say)
+    models = _Models(run, study, registry, weights, tuple(plugins), say)
+    trials, refits = refit_missing(models, trials, dataset)
     notes += [r.line() for r in refits.values()]
+    test, test_source = _test_split(dataset, test, test_source, notes)
+    views = _Views(
+        order=[t.number for t in trials],
+        ttas=[None, tta] if tta else [None],
+        sizes=input_sizes(trials, registry, plugins),
+    )
+    files = models.files(trials)
+    val = _seen(models, files, dataset.val, "val", dataset, views)
+    on_test = None if test is None else _seen(models, files, test, "test", dataset, views)
+    selection = _select(study, views, (val, on_test), settings, k)
+    selection.notes = notes + selection.notes + _refitted_members(selection.members, refits)
+    selection.refits = {n: asdict(r) for n, r in refits.items()}
+    selection.settings["tta"] = tta or "none"
+    selection.data_fingerprint = dataset.fingerprint
+    if test is not None:
+        selection.test = {"source": test_source or "passed as test=", "images": len(test)}
+    if measure is not None:
+        _time(models, selection, measure)
+    save_selection(run, selection)
+    return selection
+
+
+@dataclass
+class _Views:
+    """The candidates in order (best first), the TTA views scored, and each one's input size."""
+
+    order: list[int]
+    ttas: list[Optional[str]]
+    sizes: Sizes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The ensemble's input size: the largest of its candidates'."""
+        return largest(self.sizes)
+
+
+def _test_split(
+    dataset: Dataset, test: Any, test_source: Optional[str], notes: list[str]
+) -> tuple[Any, Optional[str]]:
+    """The test images the scores use: those given, else the data set's test split; none is noted."""
     if test is None and getattr(dataset, "test", None) is not None:
         test, test_source = dataset.test, test_source or "the data set's test split"
     if test is None:
@@ -282,48 +369,39 @@ def select_ensemble(
             "no test split: every score is on the validation images that also chose the trials and the "
             "ensemble, so all of them are optimistic"
         )
-    ttas = [None, tta] if tta else [None]
-    models = {t.number: _model_file(run, study, t, registry, weights, plugins, say) for t in trials}
-    sizes = input_sizes(trials, registry, plugins)
-    order, size = [t.number for t in trials], largest(sizes)
-    val, on_test = (
-        None
-        if images is None
-        else _seen(run, study, models, images, name, dataset, ttas, sizes, size, order[0], say)
-        for name, images in (("val", dataset.val), ("test", test))
-    )
-    metric, scorer, more = _scorer(study)
+    return test, test_source
+
+
+def _select(
+    study: Study,
+    views: _Views,
+    seen: tuple[_Seen, Optional[_Seen]],
+    settings: dict[str, int],
+    top_k: int,
+) -> EnsembleSelection:
+    """Ensemble selection on the validation probabilities (:mod:`autotl.ensemble.caruana`), and every
+    variant scored on ``seen`` (validation, and test if any); the caller fills in what it knows of the data."""
+    (val, on_test), (metric, scorer, more) = seen, _scorer(study)
+    order = views.order
     chosen = caruana.select(
-        np.stack([val.joint[(t, None)] for t in order]),
-        val.labels,
-        scorer,
-        init=init,
-        bags=bags,
-        max_steps=max_steps,
+        np.stack([val.joint[(t, None)] for t in order]), val.labels, scorer, **settings
     )
     members = {order[i]: chosen.weights[i] for i in chosen.members}
-    selection = EnsembleSelection(
-        top_k=k,
+    return EnsembleSelection(
+        top_k=top_k,
         candidates=order,
         members=members,
         counts={order[i]: chosen.counts[i] for i in chosen.members},
         objective=metric,
-        variants=_variants(order[0], members, ttas, sizes, size, val, on_test),
-        test=None
-        if test is None
-        else {"source": test_source or "passed as test=", "images": len(test)},
-        settings={"init": init, "bags": bags, "max_steps": max_steps, "tta": tta or "none"},
+        variants=_variants(members, views, val, on_test),
+        test=None,
+        settings=dict(settings),
         steps=[{**s, "add": [order[i] for i in s["add"]]} for s in chosen.steps],
-        notes=notes + more + _refitted_members(members, refits),
-        refits={n: asdict(r) for n, r in refits.items()},
+        notes=more,
         study_name=study.study_name,
-        data_fingerprint=dataset.fingerprint,
-        input_size=size,
+        data_fingerprint=None,
+        input_size=views.size,
     )
-    if measure is not None:
-        _time(run, study, selection, measure, registry, weights, plugins, say)
-    save_selection(run, selection)
-    return selection
 
 
 def _refitted_members(members: dict[int, float], refits: dict[int, Refit]) -> list[str]:
@@ -339,62 +417,59 @@ def _refitted_members(members: dict[int, float], refits: dict[int, Refit]) -> li
 
 
 def _seen(
-    run: RunFolder,
-    study: Any,
-    models: dict[int, Callable[[], Path]],
+    models: _Models,
+    files: dict[int, Callable[[], Path]],
     images: Any,
     name: str,
-    dataset: Any,
-    ttas: Sequence[Optional[str]],
-    sizes: Sizes,
-    size: tuple[int, int],
-    best: int,
-    say: Say,
+    dataset: Dataset,
+    views: _Views,
 ) -> _Seen:
     """The candidates' probabilities on ``images`` (the validation or test images), cached: all at the
-    ensemble's ``size``, and the best trial at its own (the same files when the sizes are equal)."""
+    ensemble's size, and the best trial at its own (the same files when the sizes are equal)."""
+    run, study, best = models.run, models.study, views.order[0]
     n_classes = len(run.class_names(study))
     fingerprint = dataset.fingerprint if name == "val" else None
     key = split_key(name, images, study.study_name, fingerprint)
-    joint = predictions(run, models, images, key, n_classes, ttas, dict.fromkeys(models, size), say)
+    joint = predictions(
+        run,
+        files,
+        images,
+        key,
+        n_classes=n_classes,
+        ttas=views.ttas,
+        sizes=dict.fromkeys(files, views.size),
+        say=models.say,
+    )
     own = predictions(
-        run, {best: models[best]}, images, key, n_classes, ttas, {best: sizes[best]}, say
+        run,
+        {best: files[best]},
+        images,
+        key,
+        n_classes=n_classes,
+        ttas=views.ttas,
+        sizes={best: views.sizes[best]},
+        say=models.say,
     )
     return _Seen(own, joint, np.asarray(images.labels))
 
 
-def _time(
-    run: RunFolder,
-    study: Any,
-    selection: EnsembleSelection,
-    measure: Measure,
-    registry: Any,
-    weights: Any,
-    plugins: Sequence[str],
-    say: Say,
-) -> None:
+def _time(models: _Models, selection: EnsembleSelection, measure: Measure) -> None:
     """Each variant's model built (if it is not a trial's own file) and timed by ``measure``."""
+    run = models.run
     for v in selection.variants:
         path = variant_model(
-            run, study, selection, v.name, registry, weights, plugins, say, save=False
+            run,
+            models.study,
+            selection,
+            v.name,
+            registry=models.registry,
+            weights=models.weights,
+            plugins=models.plugins,
+            say=models.say,
+            save=False,
         )
-        say(f"timing {v.name} ({run.relative(path)}) through TFLite")
+        models.say(f"timing {v.name} ({run.relative(path)}) through TFLite")
         v.latency = measure(path)
-
-
-def _model_file(
-    run: RunFolder,
-    study: Any,
-    trial: Any,
-    registry: Any,
-    weights: Any,
-    plugins: Sequence[str],
-    say: Say,
-) -> Callable[[], Path]:
-    """Trial ``trial``'s ``.keras`` file, assembled from its stored layers only when first asked for."""
-    return lambda: trial_model(
-        run, study, trial, registry, weights, plugins=tuple(plugins), say=say
-    )
 
 
 # -- 5. models
@@ -402,11 +477,11 @@ def _model_file(
 
 def variant_model(
     run: RunFolder,
-    study: Any,
+    study: Study,
     selection: EnsembleSelection,
     name: str,
-    registry: Any = None,
-    weights: Any = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
     save: bool = True,
@@ -414,20 +489,17 @@ def variant_model(
     """The ``.keras`` file of variant ``name`` of ``selection``: the best trial's own file for ``best``, else
     the members combined at the variant's input size (built now unless the selection names a file that is
     there)."""
-    v = selection.variant(name)
-    if v is None:
-        raise UsageError(
-            f"the run's ensemble has no variant {name!r}; it has {', '.join(x.name for x in selection.variants)} "
-            "(run `autotl ensemble RUN_DIR --tta flip` to measure test-time augmentation)"
-        )
+    v = selection.named(name)
     if v.name == BEST:
         (only,) = v.members
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == only)
-        path = trial_model(run, study, trial, registry, weights, plugins=tuple(plugins), say=say)
+        path = _Models(run, study, registry, weights, tuple(plugins), say).model(trial)
     elif v.model and (run.path / v.model).is_file():
         return run.path / v.model
     else:
-        path = build_model(run, study, v, registry, weights, plugins, say)
+        path = build_model(
+            run, study, v, registry=registry, weights=weights, plugins=plugins, say=say
+        )
     v.model = run.relative(path)
     if save:
         save_selection(run, selection)
@@ -436,10 +508,10 @@ def variant_model(
 
 def build_model(
     run: RunFolder,
-    study: Any,
+    study: Study,
     v: Variant,
-    registry: Any = None,
-    weights: Any = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> Path:
@@ -453,10 +525,9 @@ def build_model(
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     say(f"building {v.name}: trials {', '.join(map(str, v.members))} in one model")
     members = []
+    models = _Models(run, study, registry, weights, tuple(plugins), say)
     for number, weight in v.members.items():
-        file = trial_model(
-            run, study, by_number[number], registry, weights, plugins=tuple(plugins), say=say
-        )
+        file = models.model(by_number[number])
         members.append((f"trial_{number}", keras.saving.load_model(file, safe_mode=True), weight))
     model = combined_model(members, v.tta, v.input_size, name=f"autotl_{v.name.replace('+', '_')}")
     path = run.ensemble_model(v.name.replace("+", "-"))
@@ -472,7 +543,7 @@ def build_model(
 
 def current_selection(
     run: RunFolder,
-    study: Any,
+    study: Study,
     k: Optional[int] = None,
     need: Optional[str] = None,
     **kwargs: Any,
@@ -493,13 +564,13 @@ def current_selection(
     return select_ensemble(run, study, k=space_top_k(study) if k is None else k, **kwargs)
 
 
-def _usable(top: Sequence[Any], stored: EnsembleSelection) -> list[int]:
+def _usable(top: Sequence[FrozenTrial], stored: EnsembleSelection) -> list[int]:
     """The numbers of ``top`` but those whose refit ``stored`` refused."""
     refused = {int(n) for n, r in stored.refits.items() if not r.get("passed")}
     return [t.number for t in top if t.number not in refused]
 
 
-def space_top_k(study: Any) -> int:
+def space_top_k(study: Study) -> int:
     """``ensemble.top_k`` of the study's search space, else :data:`DEFAULT_TOP_K`."""
     ensemble = (study.user_attrs.get("space") or {}).get("ensemble") or {}
     return int(ensemble.get("top_k") or DEFAULT_TOP_K)
@@ -510,54 +581,64 @@ def space_top_k(study: Any) -> int:
 
 def trial_variant(
     run: RunFolder,
-    study: Any,
-    trial: Any,
+    study: Study,
+    trial: FrozenTrial,
     tta: str,
-    dataset: Any,
-    registry: Any = None,
-    weights: Any = None,
+    dataset: Dataset,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> Variant:
     """Trial ``trial`` with test-time augmentation ``tta``: scored on the validation images (cached
     predictions) and built as one ``.keras`` file (``Variant.model``)."""
-    tta = check_tta(tta)
-    if tta is None:
+    mode = check_tta(tta)
+    if mode is None:
         raise ValueError("trial_variant needs a test-time augmentation")
     size = input_sizes([trial], registry, plugins)[trial.number]
-    models = {trial.number: _model_file(run, study, trial, registry, weights, plugins, say)}
+    files = _Models(run, study, registry, weights, tuple(plugins), say).files([trial])
     key = split_key("val", dataset.val, study.study_name, dataset.fingerprint)
     probs = predictions(
-        run, models, dataset.val, key, dataset.n_classes, [None, tta], {trial.number: size}, say
+        run,
+        files,
+        dataset.val,
+        key,
+        n_classes=dataset.n_classes,
+        ttas=[None, mode],
+        sizes={trial.number: size},
+        say=say,
     )
     members = {trial.number: 1.0}
     v = Variant(
-        f"trial_{trial.number}+{tta}",
+        f"trial_{trial.number}+{mode}",
         members,
-        tta,
-        Score.of(mix(probs, members, tta), np.asarray(dataset.val.labels)),
+        mode,
+        Score.of(mix(probs, members, mode), np.asarray(dataset.val.labels)),
         input_size=size,
     )
-    v.model = run.relative(build_model(run, study, v, registry, weights, plugins, say))
+    built = build_model(run, study, v, registry=registry, weights=weights, plugins=plugins, say=say)
+    v.model = run.relative(built)
     return v
 
 
 def member_scores(
     run: RunFolder,
-    study: Any,
+    study: Study,
     members: Sequence[int],
-    dataset: Any,
-    registry: Any = None,
-    weights: Any = None,
+    dataset: Dataset,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> dict[int, Score]:
     """Each member alone on the validation images, at its own size (what the search scored it on)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     trials = [by_number[n] for n in members]
-    models = {t.number: _model_file(run, study, t, registry, weights, plugins, say) for t in trials}
+    files = _Models(run, study, registry, weights, tuple(plugins), say).files(trials)
     key = split_key("val", dataset.val, study.study_name, dataset.fingerprint)
     sizes = input_sizes(trials, registry, plugins)
-    probs = predictions(run, models, dataset.val, key, dataset.n_classes, [None], sizes, say)
+    probs = predictions(
+        run, files, dataset.val, key, n_classes=dataset.n_classes, ttas=[None], sizes=sizes, say=say
+    )
     y = np.asarray(dataset.val.labels)
     return {n: Score.of(probs[(n, None)], y) for n in members}

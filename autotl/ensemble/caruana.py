@@ -22,25 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Selected", "accuracy", "log_loss", "select", "combine"]
+from autotl.scoring.metrics import accuracy, log_loss
+
+__all__ = ["Selected", "select", "combine"]
 
 Score = Callable[[np.ndarray, np.ndarray], float]
 #: A log-loss decrease smaller than this is not an improvement (float noise, endless re-additions).
 MIN_LOSS_GAIN = 1e-6
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Share of rows whose highest probability is the label."""
-    return float((np.asarray(probs).argmax(1) == np.asarray(labels)).mean())
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log probability of the label (clipped at 1e-7, as Keras clips)."""
-    p = np.asarray(probs, np.float64)[np.arange(len(labels)), np.asarray(labels)]
-    return float(-np.log(np.clip(p, 1e-7, 1.0)).mean())
 
 
 def combine(probs: np.ndarray, weights: Sequence[float]) -> np.ndarray:
@@ -55,7 +47,9 @@ class Selected:
 
     weights: tuple[float, ...]  # per model, summing to 1 (counts / total without bagging)
     counts: tuple[int, ...]  # per model, times picked (over all bags)
-    steps: list[dict] = field(default_factory=list)  # each addition: model, score, loss (first bag)
+    steps: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # each addition: model, score, loss (first bag)
 
     @property
     def members(self) -> list[int]:
@@ -78,7 +72,7 @@ def _forward(
     library: Sequence[int],
     init: int,
     max_steps: int,
-) -> tuple[np.ndarray, list[dict]]:
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One greedy forward selection over the models ``library``; counts per model of ``probs``."""
     counts = np.zeros(len(probs), np.int64)
     alone = sorted(library, key=lambda j: (*_key(probs[j], labels, score), j))
@@ -137,7 +131,8 @@ def select(
         )
     rng = np.random.default_rng(seed)
     size = min(m, max(2, round(bag_fraction * m)))
-    weights, total, first = np.zeros(m), np.zeros(m, np.int64), []
+    weights, total = np.zeros(m), np.zeros(m, np.int64)
+    first: list[dict[str, Any]] = []
     for _ in range(bags):
         library = sorted(rng.choice(m, size=size, replace=False).tolist())
         counts, steps = _forward(probs, labels, score, library, init, max_steps)

@@ -13,12 +13,15 @@ import hashlib
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder, atomic_write
+
+if TYPE_CHECKING:
+    from autotl.backbones.registry import Registry
 
 __all__ = ["Probs", "Sizes", "split_key", "input_sizes", "largest", "predictions"]
 
@@ -60,7 +63,9 @@ Probs = dict[tuple[int, Optional[str]], np.ndarray]
 Sizes = dict[int, tuple[int, int]]
 
 
-def input_sizes(trials: Sequence[Any], registry: Any = None, plugins: Sequence[str] = ()) -> Sizes:
+def input_sizes(
+    trials: Sequence[Any], registry: Optional[Registry] = None, plugins: Sequence[str] = ()
+) -> Sizes:
     """Each trial's own input size, from its backbone's plugin (no model is loaded)."""
     if registry is None:
         from autotl.backbones.registry import get_registry

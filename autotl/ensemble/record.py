@@ -12,8 +12,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from autotl.ensemble import caruana
+from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
+from autotl.scoring.metrics import log_loss
 from autotl.scoring.stats import wilson_interval
 
 __all__ = [
@@ -46,9 +47,7 @@ class Score:
     def of(cls, probs: np.ndarray, labels: np.ndarray) -> Score:
         correct = int((probs.argmax(1) == labels).sum())
         lo, hi = wilson_interval(correct, len(labels))
-        return cls(
-            len(labels), correct, correct / len(labels), (lo, hi), caruana.log_loss(probs, labels)
-        )
+        return cls(len(labels), correct, correct / len(labels), (lo, hi), log_loss(probs, labels))
 
 
 @dataclass
@@ -91,6 +90,16 @@ class EnsembleSelection:
 
     def variant(self, name: str) -> Optional[Variant]:
         return next((v for v in self.variants if v.name == name), None)
+
+    def named(self, name: str) -> Variant:
+        """Variant ``name``, or one line saying which there are."""
+        v = self.variant(name)
+        if v is None:
+            raise UsageError(
+                f"the run's ensemble has no variant {name!r}; it has {', '.join(x.name for x in self.variants)} "
+                "(run `autotl ensemble RUN_DIR --tta flip` to measure test-time augmentation)"
+            )
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}

@@ -22,6 +22,7 @@ from autotl.scoring.objective import TIE_BREAK, Objectives, trial_metrics
 from autotl.scoring.stats import wilson_interval
 
 if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
     from autotl.export._run import _Run
 
 Lines = list[str]
@@ -55,7 +56,7 @@ class CardFacts:
 def card_facts(
     folder: Path,
     run: _Run,
-    dataset: Any,
+    dataset: Dataset,
     same_data: bool,
     parity: dict[str, Any],
     size: tuple[int, int],
@@ -78,17 +79,17 @@ def card_facts(
         counts, split = {}, "not recorded"
         fingerprint, source = expected or "not recorded", run.record.get("source", "?")
     return CardFacts(
-        folder,
-        run,
-        parity,
-        size,
-        tuple(written),
-        notes,
-        same_data,
-        counts,
-        split,
-        fingerprint,
-        source,
+        folder=folder,
+        run=run,
+        parity=parity,
+        size=size,
+        written=tuple(written),
+        notes=notes,
+        same_data=same_data,
+        counts=counts,
+        split=split,
+        fingerprint=fingerprint,
+        source=source,
     )
 
 

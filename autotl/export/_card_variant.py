@@ -41,7 +41,7 @@ def _title(v: dict[str, Any]) -> str:
 
 
 def _header(c: CardFacts) -> Lines:
-    v, names = c.run.variant, c.run.class_names
+    v, names = c.run.chosen_variant(), c.run.class_names
     versions = ", ".join(f"{k} {x}" for k, x in c.parity.get("versions", {}).items())
     return [
         f"# Model card: {len(names)}-class image classifier (autotl {_title(v)})",
@@ -62,7 +62,7 @@ def _score(s: Optional[dict[str, Any]]) -> str:
 
 def _metrics(c: CardFacts) -> Lines:
     """The scores the selection measured for every model compared, then what export re-checked."""
-    v = c.run.variant
+    v = c.run.chosen_variant()
     lines = ["## Metrics", ""]
     scores = v.get("scores") or {v["name"]: {"val": v["val"], "test": v["test"]}}
     test = v.get("test")
@@ -94,7 +94,7 @@ def _metrics(c: CardFacts) -> Lines:
 
 def _model(c: CardFacts) -> Lines:
     """The members (each its own backbone, preprocessing and head) and how their outputs combine."""
-    v, (h, w) = c.run.variant, c.size
+    v, (h, w) = c.run.chosen_variant(), c.size
     by_number = {t.number: t for t in c.run.study.get_trials(deepcopy=False)}
     flip = (
         " and on its horizontal mirror (`keras.ops.flip` on the width axis), the two averaged"

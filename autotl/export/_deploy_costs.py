@@ -26,11 +26,14 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autotl.run.folder import RunFolder
+
+if TYPE_CHECKING:
+    from autotl.spec import BackboneSpec
 
 __all__ = ["measure_deploy_costs", "check_deploy_format", "shape_key", "CALIBRATION_IMAGES"]
 
@@ -49,7 +52,11 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def shape_key(
-    spec: Any, weights_id: str, head_width: int, n_classes: int, settings: Mapping[str, Any]
+    spec: BackboneSpec,
+    weights_id: str,
+    head_width: int,
+    n_classes: int,
+    settings: Mapping[str, Any],
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of a measurement, and what it is made of (everything the costs depend on)."""
     parts = {
@@ -99,7 +106,7 @@ def _timed(content: bytes, size: tuple[int, int], settings: Mapping[str, Any]) -
 
 
 def _measure(
-    spec: Any, base: Any, head_width: int, n_classes: int, settings: Mapping[str, Any]
+    spec: BackboneSpec, base: Any, head_width: int, n_classes: int, settings: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Assemble, convert and time one shape; the metrics and how they were measured."""
     from autotl.training.model import assemble, build_head
@@ -130,7 +137,7 @@ def _measure(
 
 def measure_deploy_costs(
     run: RunFolder,
-    spec: Any,
+    spec: BackboneSpec,
     weights: Any,
     make_base: Callable[[], Any],
     head_width: int,

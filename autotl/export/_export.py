@@ -14,8 +14,9 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -49,12 +50,17 @@ from autotl.export._table import owned_files, parse_formats, select
 from autotl.export._test_score import test_split_score
 from autotl.export._variant import check_variant_args, check_variant_reproduces, open_variant
 
+if TYPE_CHECKING:
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
+
 Say = Callable[[str], None]
 
 
 def export(
-    run_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     formats: str | Sequence[str] | None = None,
     trial: Optional[int] = None,
     quantize: Optional[str] = None,
@@ -62,8 +68,8 @@ def export(
     study_name: str = "autotl",
     data: Optional[str] = None,
     plugins: Sequence[str] = (),
-    weights: Any = None,
-    registry: Any = None,
+    weights: Optional[WeightsSource] = None,
+    registry: Optional[Registry] = None,
     on_event: Optional[Say] = None,
     ensemble: bool = False,
     tta: Optional[str] = None,
@@ -82,14 +88,10 @@ def export(
     search's); then every format must predict what the Keras model predicts.
     Raises UsageError for bad arguments and ExportParityError otherwise.
 
-    ``ensemble`` exports the run's ensemble instead (``autotl.ensemble``: the
-    stored selection, or a new one), and ``tta="flip"`` a model that also
-    averages over the mirror image (of the ensemble, or of the trial); see
-    ``_variant``.
-
+    ``ensemble`` exports the run's ensemble instead (the stored selection, or a new one), and
+    ``tta="flip"`` a model that also averages over the mirror image (see ``_variant``).
     ``version`` (a whole number, or ``"next"``) writes ``out_dir/<version>/``, a new version
-    folder for a model server that watches ``out_dir`` (``serving/java``, TF Serving); an
-    existing version is refused, never rewritten.
+    folder for a model server that watches ``out_dir``; an existing version is never rewritten.
     """
     _quiet()
     say = on_event or (lambda _msg: None)
@@ -98,34 +100,127 @@ def export(
         raise UsageError(f"--trial must be a trial number (0 or more), got {trial}")
     tta = check_variant_args(trial, ensemble, tta)
     out = check_out(Path(out_dir) if version is None else version_folder(Path(out_dir), version))
-    run = _open_run(Path(run_dir), trial, storage_url, study_name, plugins, registry, weights, say)
+    where = _Where(storage_url, study_name, data, tuple(plugins), registry, weights)
+    job = _open(Path(run_dir), trial, where, (ensemble, tta), rows, say)
+    parity = _write(out, job, new_only=version is not None)
+    run = job.run
+    _record_lineage(run, out, rows, job.dataset, job.notes)
+    return ExportResult(
+        out_dir=out,
+        trial=run.trial.number,
+        class_names=run.class_names,
+        files=_files(out, rows),
+        parity=parity,
+        input_size=job.size,
+        warnings=job.notes,
+        variant=run.variant,
+    )
+
+
+class _Where(NamedTuple):
+    """Where an export finds the run's study, its data, and what assembles a trial's model."""
+
+    storage_url: Optional[str]
+    study_name: str
+    data: Optional[str]  # the search's data folder, if it moved
+    plugins: tuple[str, ...]
+    registry: Optional[Registry]
+    weights: Optional[WeightsSource]
+
+
+@dataclass
+class _Job:
+    """One export, opened: the run (or its ensemble or TTA variant), its data, the Keras model and the
+    input size it resizes to, the formats to write, and what to note and say on the way."""
+
+    run: _Run
+    dataset: Dataset
+    same_data: bool  # the data is the search's (so the search's scores must be reproduced)
+    model: Any
+    size: tuple[int, int]
+    rows: Sequence[Format]
+    notes: list[str]
+    say: Say
+
+
+def _open(
+    run_dir: Path,
+    trial: Optional[int],
+    where: _Where,
+    variant: tuple[bool, Optional[str]],
+    rows: Sequence[Format],
+    say: Say,
+) -> _Job:
+    """The run and the trial (or, with ``variant`` = (ensemble, tta), its variant), its data and model."""
+    run = _open_run(
+        run_dir,
+        trial,
+        where.storage_url,
+        where.study_name,
+        plugins=where.plugins,
+        registry=where.registry,
+        weights=where.weights,
+        say=say,
+    )
     notes: list[str] = []
-    dataset, same_data = _dataset(run, data, plugins, notes)
+    dataset, same_data = _dataset(run, where.data, where.plugins, notes)
+    ensemble, tta = variant
     if ensemble or tta:
-        run = open_variant(run, dataset, ensemble, tta, registry, weights, plugins, say)
+        run = open_variant(
+            run,
+            dataset,
+            ensemble,
+            tta,
+            registry=where.registry,
+            weights=where.weights,
+            plugins=where.plugins,
+            say=say,
+        )
     model, size = _load_model(run, say)
+    return _Job(
+        run=run,
+        dataset=dataset,
+        same_data=same_data,
+        model=model,
+        size=size,
+        rows=rows,
+        notes=notes,
+        say=say,
+    )
+
+
+def _write(out: Path, job: _Job, new_only: bool = False) -> dict[str, Any]:
+    """Check the model reproduces the search's score, score it on the test split, then stage every
+    format, verify it, write the card and install it all in ``out``; the parity record."""
+    run, say = job.run, job.say
     say(f"checking the model reproduces {_what(run)}'s validation score")
     check = check_variant_reproduces if run.variant else _check_reproduces
-    reproduced = check(model, run, dataset, size, same_data)
+    reproduced = check(job.model, run, job.dataset, job.size, job.same_data)
     say(f"scoring {_what(run)} on the test split, once")
-    test_score = test_split_score(model, run, dataset, size)
+    test_score = test_split_score(job.model, run, job.dataset, job.size)
     for stale in remove_stale(out):
         say(f"removed {stale}, left by an export that did not finish")
     staging = staging_dir(out)
     try:
-        seconds = _stage(staging, model, run, dataset, size, rows, say)
+        seconds = _stage(staging, job)
         extra = {"search_score": reproduced, "test_score": test_score, "seconds": seconds}
-        parity = _verify(staging, out, model, run, dataset, _exported(extra, run), say)
-        facts = card_facts(staging, run, dataset, same_data, parity, size, rows, notes)
+        parity = _verify(staging, out, job, _exported(extra, run))
+        facts = card_facts(
+            staging,
+            run,
+            job.dataset,
+            job.same_data,
+            parity=parity,
+            size=job.size,
+            written=job.rows,
+            notes=job.notes,
+        )
         (write_variant_card if run.variant else write_card)(facts)
-        install(staging, out, owned_files(), new_only=version is not None)
+        install(staging, out, owned_files(), new_only=new_only)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _record_lineage(run, out, rows, dataset, notes)
-    return ExportResult(
-        out, run.trial.number, run.class_names, _files(out, rows), parity, size, notes, run.variant
-    )
+    return parity
 
 
 def _what(run: _Run) -> str:
@@ -156,57 +251,43 @@ def _evenly(n: int, k: int) -> list[int]:
     return list(range(n)) if n <= k else sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
-def _stage(
-    staging: Path,
-    model: Any,
-    run: _Run,
-    dataset: Any,
-    size: tuple[int, int],
-    rows: Sequence[Format],
-    say: Say,
-) -> dict[str, float]:
+def _stage(staging: Path, job: _Job) -> dict[str, float]:
     """``labels.txt`` and every selected format written into ``staging``; the seconds each format took."""
+    run, size, say = job.run, job.size, job.say
     staging.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     labels = staging / LABELS_FILE
     labels.write_text("".join(f"{c}\n" for c in run.class_names), encoding="utf-8")
     representative = None
-    if any(REPRESENTATIVE in f.needs for f in rows):
-        representative = _representative(dataset, size, say)
+    if any(REPRESENTATIVE in f.needs for f in job.rows):
+        representative = _representative(job.dataset, size, say)
     ctx = WriteContext(staging, run.model_file, run.class_names, size, labels, representative)
     seconds: dict[str, float] = {}
-    for fmt in rows:
+    for fmt in job.rows:
         say(f"writing {fmt.name}: {', '.join(fmt.files)}")
         start = time.perf_counter()
-        fmt.write(model, ctx)
+        fmt.write(job.model, ctx)
         seconds[fmt.name] = time.perf_counter() - start
     return seconds
 
 
-def _representative(dataset: Any, size: tuple[int, int], say: Say) -> np.ndarray:
+def _representative(dataset: Dataset, size: tuple[int, int], say: Say) -> np.ndarray:
     """Training images resized as the model's Resizing layer does: what a quantized format calibrates on."""
     chosen = _evenly(len(dataset.train), REPRESENTATIVE_IMAGES)
     say(f"taking {len(chosen)} training images to calibrate quantization")
     return np.concatenate([resize_images(dataset.train.load(i)[None], size) for i in chosen])
 
 
-def _verify(
-    staging: Path,
-    out: Path,
-    model: Any,
-    run: _Run,
-    dataset: Any,
-    extra: dict[str, Any],
-    say: Say,
-) -> dict[str, Any]:
+def _verify(staging: Path, out: Path, job: _Job, extra: dict[str, Any]) -> dict[str, Any]:
     """Parity of every staged format on validation images, written to ``parity.json``; a failure moves the
     staging folder to ``OUT.unverified`` and raises."""
+    run, dataset, say = job.run, job.dataset, job.say
     picked = _evenly(len(dataset.val), PARITY_IMAGES)
     images = [dataset.val.load(i) for i in picked]
     say(f"checking parity on {len(images)} validation images")
     try:
-        parity = verify_export(staging, model, images, dataset.val.labels[picked])
+        parity = verify_export(staging, job.model, images, dataset.val.labels[picked])
     except ExportParityError as exc:
         failed = {**(exc.parity or {}), **extra, "error": str(exc)}
         parity = _write_parity(staging, failed, run, dataset)
@@ -217,7 +298,9 @@ def _verify(
     return _write_parity(staging, {**parity, **extra}, run, dataset)
 
 
-def _write_parity(folder: Path, parity: dict[str, Any], run: _Run, dataset: Any) -> dict[str, Any]:
+def _write_parity(
+    folder: Path, parity: dict[str, Any], run: _Run, dataset: Dataset
+) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -255,7 +338,7 @@ def _files(out: Path, rows: Sequence[Format]) -> dict[str, Path]:
 
 
 def _record_lineage(
-    run: _Run, out: Path, rows: Sequence[Format], dataset: Any, notes: list[str]
+    run: _Run, out: Path, rows: Sequence[Format], dataset: Dataset, notes: list[str]
 ) -> None:
     """Record the exported files in the study's lineage tables (``autotl lineage FILE`` finds them); never fails the export."""
     try:

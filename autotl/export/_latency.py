@@ -44,7 +44,7 @@ __all__ = ["measure_tflite_latency", "measure_onnx_latency", "tflite_latency", "
 WARMUP = 5  # untimed invocations first
 RUNS = 30  # timed invocations; their median is the latency
 
-Model = Union[bytes, str, os.PathLike]
+Model = Union[bytes, str, os.PathLike[str]]
 
 
 @contextlib.contextmanager
@@ -166,7 +166,7 @@ def measure_onnx_latency(
 
 
 def tflite_latency(
-    model_file: str | os.PathLike, threads: int = 1, warmup: int = 10, runs: int = 50
+    model_file: str | os.PathLike[str], threads: int = 1, warmup: int = 10, runs: int = 50
 ) -> dict[str, Any]:
     """Median ms of one image through ``model_file`` as a float ``model.tflite`` (what export writes), with the
     settings (:func:`measure_tflite_latency`) and the TFLite file's size."""

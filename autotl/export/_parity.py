@@ -20,9 +20,11 @@ from autotl.export._common import (
 from autotl.export._format import Format
 from autotl.export._keras import keras_predictor
 from autotl.export._table import formats
+from autotl.scoring.metrics import accuracy, log_loss
 from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
     from autotl.export._run import _Run
 
 
@@ -57,7 +59,7 @@ def check_parity(
         "quantized": quantized,
     }
     if labels is not None and finite:
-        record["accuracy"] = float((candidate.argmax(1) == np.asarray(labels)).mean())
+        record["accuracy"] = accuracy(candidate, labels)
     if quantized:
         record["tolerance"] = {"min_top1_agreement": INT8_MIN_AGREEMENT}
         ok = finite and agree / n >= INT8_MIN_AGREEMENT
@@ -78,7 +80,7 @@ def check_parity(
 
 
 def verify_export(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     reference: Any,
     images: Sequence[np.ndarray],
     labels: Optional[np.ndarray] = None,
@@ -102,7 +104,7 @@ def verify_export(
         "passed": False,
     }
     if labels is not None:
-        record["reference_accuracy"] = float((ref.argmax(1) == np.asarray(labels)).mean())
+        record["reference_accuracy"] = accuracy(ref, labels)
     for fmt in formats():
         if (out / fmt.main).exists():
             _check_format(fmt, out / fmt.main, ref, images, labels, record)
@@ -149,7 +151,7 @@ def _raise_broken(name: str, file: str, exc: Exception, record: dict[str, Any]) 
 
 
 def _check_reproduces(
-    model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool
+    model: Any, run: _Run, dataset: Dataset, size: tuple[int, int], same_data: bool
 ) -> dict[str, Any]:
     """The model's accuracy and loss on the whole validation split must be the ones the search recorded for the trial.
 
@@ -171,8 +173,7 @@ def _check_reproduces(
     )
     y = np.asarray(dataset.val.labels)
     n = len(y)
-    acc = float((probs.argmax(1) == y).mean())
-    loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
+    acc, loss = accuracy(probs, y), log_loss(probs, y)
     record = {
         "images": n,
         "accuracy": acc,

@@ -16,7 +16,7 @@ from autotl.run.folder import RunFolder
 
 
 def load_predictor(
-    path: str | os.PathLike, class_names: Sequence[str] | None = None
+    path: str | os.PathLike[str], class_names: Sequence[str] | None = None
 ) -> tuple[Predict, list[str]]:
     """``(predict, class_names)`` for any model autotl writes; ``predict(list of uint8 HxWx3 arrays)`` gives float32 ``[n, classes]``.
 

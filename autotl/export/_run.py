@@ -5,20 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import trial_model
 from autotl.scoring.objective import best_trial, complete_trials
 
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+
 
 @dataclass
 class _Run:
     folder: RunFolder
     storage_url: str
-    study: Any
-    trial: Any
+    study: Study
+    trial: FrozenTrial
     model_file: Path
     class_names: list[str]
     record: dict[str, Any]  # run.json
@@ -27,6 +34,12 @@ class _Run:
     #: When the model exported is not ``trial``'s own (the run's ensemble, or TTA): what it is and must
     #: reproduce (``_variant.open_variant``); ``trial`` is then the best trial, or the one given.
     variant: Optional[dict[str, Any]] = None
+
+    def chosen_variant(self) -> dict[str, Any]:
+        """``variant``, for the steps that run only when one is exported."""
+        if self.variant is None:
+            raise ValueError(f"no ensemble or TTA model is exported from {self.run_dir}")
+        return self.variant
 
     @property
     def run_dir(self) -> Path:
@@ -39,8 +52,8 @@ def _open_run(
     storage_url: Optional[str],
     study_name: str,
     plugins: Sequence[str] = (),
-    registry: Any = None,
-    weights: Any = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> _Run:
     folder = RunFolder(run_dir)
@@ -71,15 +84,15 @@ def _open_run(
     )
     record = folder.record()
     return _Run(
-        folder,
-        url,
-        study,
-        chosen,
-        model_file,
-        folder.class_names(study),
-        record,
-        study.user_attrs.get("space") or record.get("space") or {},
-        study.user_attrs.get("data") or {},
+        folder=folder,
+        storage_url=url,
+        study=study,
+        trial=chosen,
+        model_file=model_file,
+        class_names=folder.class_names(study),
+        record=record,
+        space=study.user_attrs.get("space") or record.get("space") or {},
+        data_summary=study.user_attrs.get("data") or {},
     )
 
 

@@ -222,7 +222,7 @@ def _carry(src: Path, dst: Path) -> None:
         _link_or_copy(src, dst)
 
 
-def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     try:
         os.link(src, dst)
     except OSError:

@@ -10,10 +10,13 @@ from autotl.data.holdout import holdout_score
 from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
     from autotl.export._run import _Run
 
 
-def test_split_score(model: Any, run: _Run, dataset: Any, size: tuple[int, int]) -> dict[str, Any]:
+def test_split_score(
+    model: Any, run: _Run, dataset: Dataset, size: tuple[int, int]
+) -> dict[str, Any]:
     """Accuracy (with its 95% Wilson interval), balanced accuracy, macro F1 and log loss of ``model`` on
     the run's test split, beside the trial's validation accuracy; or why there is none."""
     validation = trial_metrics(run.trial).get("val_accuracy")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -32,7 +32,13 @@ from autotl.ensemble.model import check_tta
 from autotl.errors import UsageError
 from autotl.export._common import REPRODUCE_LOSS_ATOL, REPRODUCE_LOSS_RTOL, ExportParityError
 from autotl.export._run import _Run
+from autotl.scoring.metrics import accuracy, log_loss
 from autotl.scoring.objective import trial_metrics
+
+if TYPE_CHECKING:
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
 
 Say = Callable[[str], None]
 
@@ -49,11 +55,11 @@ def check_variant_args(trial: Optional[int], ensemble: bool, tta: Optional[str])
 
 def open_variant(
     run: _Run,
-    dataset: Any,
+    dataset: Dataset,
     ensemble: bool,
     tta: Optional[str],
-    registry: Any = None,
-    weights: Any = None,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     plugins: Sequence[str] = (),
     say: Say = lambda _m: None,
 ) -> _Run:
@@ -72,7 +78,7 @@ def open_variant(
         selection = current_selection(
             folder, study, need=name, tta=tta or "flip", dataset=dataset, **kw
         )
-        v = selection.variant(name)
+        v = selection.named(name)
         path = variant_model(folder, study, selection, name, **kw)
         info = {
             "top_k": selection.top_k,
@@ -119,7 +125,7 @@ def _check_members(run: _Run) -> list[dict[str, Any]]:
     """Each member alone must score what the search recorded for it (else: other weights, or a wrong file)."""
     by_number = {t.number: t for t in run.study.get_trials(deepcopy=False)}
     out = []
-    for number, s in run.variant["member_val"].items():
+    for number, s in run.chosen_variant()["member_val"].items():
         recorded = trial_metrics(by_number[int(number)])
         rec_acc, rec_loss = float(recorded["val_accuracy"]), recorded.get("val_loss")
         ok = _agrees(s["accuracy"], s["loss"], rec_acc, rec_loss, s["images"])
@@ -143,7 +149,7 @@ def _check_members(run: _Run) -> list[dict[str, Any]]:
 
 
 def check_variant_reproduces(
-    model: Any, run: _Run, dataset: Any, size: tuple[int, int], same_data: bool
+    model: Any, run: _Run, dataset: Dataset, size: tuple[int, int], same_data: bool
 ) -> dict[str, Any]:
     """The members reproduce the search's scores, and the combined model the score their predictions give."""
     if not same_data:
@@ -156,9 +162,8 @@ def check_variant_reproduces(
     )
     y = np.asarray(dataset.val.labels)
     n = len(y)
-    acc = float((probs.argmax(1) == y).mean())
-    loss = float(-np.log(np.clip(probs[np.arange(n), y], 1e-7, 1.0)).mean())
-    want = run.variant["val"]
+    acc, loss = accuracy(probs, y), log_loss(probs, y)
+    want = run.chosen_variant()["val"]
     record = {
         "images": n,
         "accuracy": acc,
@@ -170,7 +175,7 @@ def check_variant_reproduces(
     }
     if not record["passed"]:
         raise ExportParityError(
-            f"the {run.variant['name']} model ({run.model_file.name}) scores accuracy {acc:.4f}, loss {loss:.4f} on "
+            f"the {run.chosen_variant()['name']} model ({run.model_file.name}) scores accuracy {acc:.4f}, loss {loss:.4f} on "
             f"the {n} validation images, but its members' predictions give {want['accuracy']:.4f}, "
             f"{want['loss']:.4f}: it is not the model selected; nothing was exported",
             {"search_score": record, "passed": False},

@@ -47,10 +47,12 @@ def pooled_features(
     hold augmented views after the originals) is found rather than built again.
     """
     feats = cache.get(spec, base, weights, dataset, None, augmentation=augmentation, say=say)
+    assert feats is not None  # required (the default): built, never None
     n = len(dataset.train)
     rows = [np.asarray(feats.train[0:n], np.float32), np.asarray(feats.val.rows(), np.float32)]
     if dataset.test is not None and len(dataset.test):
         held = cache.get(spec, base, weights, _test_view(dataset), None, say=say)
+        assert held is not None
         test = np.concatenate([np.asarray(held.train.rows()), np.asarray(held.val.rows())])
         rows.append(np.asarray(test[: len(dataset.test)], np.float32))
     return np.concatenate(rows)

@@ -46,7 +46,7 @@ def _fold(
     x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, held: np.ndarray, seed: int
 ) -> np.ndarray:
     """A head trained on ``train`` (an eighth of it stops the training), scored on ``held``."""
-    from autotl.training.fitting import fit_head, head_probabilities
+    from autotl.training.fitting import Schedule, fit_head, head_probabilities
     from autotl.training.model import build_head
     from autotl.training.seeding import set_random_seed
 
@@ -58,19 +58,15 @@ def _fold(
     for layer in head[1:]:
         layer.build((None, x.shape[1] if layer is head[1] else HEAD_WIDTH))
     batch = int(np.clip(len(fit) // 100, 32, 512))
-    fit_head(
-        head,
-        DROPOUT,
-        LEARNING_RATE,
-        (x[fit], y[fit]),
-        (x[stop], y[stop]),
-        EPOCHS,
-        PATIENCE,
-        batch,
-        None,
-        0,
-        seed,
+    schedule = Schedule(
+        lr=LEARNING_RATE,
+        epochs=EPOCHS,
+        patience=PATIENCE,
+        batch_size=batch,
+        dropout=DROPOUT,
+        seed=seed,
     )
+    fit_head(head, (x[fit], y[fit]), (x[stop], y[stop]), schedule)
     return head_probabilities(head, x[held])
 
 

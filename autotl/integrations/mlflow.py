@@ -280,9 +280,9 @@ class StudyLogger:
         if best is None or not path.is_file():
             return None
         sha = sha256_file(path)
-        for version in self.client.search_model_versions(f"name = '{self.model_name}'"):
-            if version.tags.get(SHA_TAG) == sha:
-                return str(version.version)
+        for found in self.client.search_model_versions(f"name = '{self.model_name}'"):
+            if found.tags.get(SHA_TAG) == sha:
+                return str(found.version)
         version = log_keras(self.uri, self.parent, path, self.model_name)
         tags = {SHA_TAG: sha, **lineage_tags(storage_url, path, best)}
         for key, value in tags.items():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.engine.samplers import DEFAULT_SAMPLER
 from autotl.errors import first_line
 from autotl.run.folder import RunFolder
 from autotl.scoring.objective import DEFAULT_OBJECTIVES, OBJECTIVES, Objective, Objectives
 from autotl.scoring.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 REPORT_FILES = RunFolder.REPORT_FILES  # the plots' folder, as report.md and report.json name it
 #: 2: the record names the study's ``objectives`` and ``sampler``, and carries each score by objective
@@ -108,7 +111,7 @@ def _score(objective: dict[str, Any] | Objective, value: Any) -> str:
     return _fmt(value, fmt)
 
 
-def sampler_of(study: Any, space: dict[str, Any]) -> str:
+def sampler_of(study: Study, space: dict[str, Any]) -> str:
     """The sampler's name as the engine recorded it (``tpe``, ``keras-tuner random``, ...)."""
     return str(study.user_attrs.get("sampler") or space.get("sampler") or DEFAULT_SAMPLER)
 

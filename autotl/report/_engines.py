@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.report._common import ACCURACY, accuracy_ci
 from autotl.report._rows import best_row, history, state_counts, trial_rows, val_images
 from autotl.run.folder import RunFolder
 from autotl.scoring.objective import Objectives
 
+if TYPE_CHECKING:
+    from optuna import Study
+
 NOTE = (
     "Each engine searched the same space on the same data and validation split with the same two-phase trainer; "
     "only the choice of the trials differs. Times are the trials' own training times."
 )
+
+
+def _value_of(name: str) -> Callable[[dict[str, Any]], Any]:
+    """A row's value of the objective ``name`` (None when it has none)."""
+    return lambda r: r["values"].get(name)
 
 
 def _complete(rows: list[dict[str, Any]], pick: Callable[[dict[str, Any]], Any]) -> list[float]:
@@ -41,12 +49,10 @@ def _best(best: dict[str, Any], n_val: Optional[int]) -> dict[str, Any]:
 
 
 def _engine_summary(
-    study: Any, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool
+    study: Study, engine: str, rows: list[dict[str, Any]], n_val: Optional[int], reported: bool
 ) -> dict[str, Any]:
     objectives = Objectives.of_study(study)
-    by_objective = {
-        o.name: _complete(rows, lambda r, o=o: r["values"].get(o.name)) for o in objectives
-    }
+    by_objective = {o.name: _complete(rows, _value_of(o.name)) for o in objectives}
     accuracies = _complete(rows, lambda r: r["metrics"].get(ACCURACY))
     best = best_row(rows, objectives)
     states = state_counts(rows)
@@ -74,7 +80,7 @@ def _engine_summary(
 
 
 def engines_compared(
-    run: RunFolder, storage_url: str, study: Any, rows: list[dict[str, Any]], n_val: Optional[int]
+    run: RunFolder, storage_url: str, study: Study, rows: list[dict[str, Any]], n_val: Optional[int]
 ) -> Optional[dict[str, Any]]:
     """Per engine's study of this run: trials complete and failed, best (with its Wilson interval), mean, median, time,
     history; ``None`` when the storage holds only one engine's study."""

@@ -7,13 +7,16 @@ search runs); it shows the stored selection when there is one for this study.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.ensemble.record import load_selection
 from autotl.run.folder import RunFolder
 
+if TYPE_CHECKING:
+    from optuna import Study
 
-def ensemble_record(folder: RunFolder, study: Any) -> Optional[dict[str, Any]]:
+
+def ensemble_record(folder: RunFolder, study: Study) -> Optional[dict[str, Any]]:
     """The stored selection as plain data, or None when the run has none for this study."""
     selection = load_selection(folder)
     if selection is None or selection.study_name != study.study_name:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.data.holdout import holdout_score
 from autotl.errors import first_line
 from autotl.report._common import MAX_MISCLASSIFIED, REPORT_FILES, THUMB
 from autotl.run.folder import ENGINES, OPTUNA, RunFolder
 from autotl.scoring.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from optuna import Study
+
+    from autotl.data.dataset import Dataset
 
 
 def _thumbnail(pixels: Any) -> bytes:
@@ -28,7 +33,7 @@ def _thumbnail(pixels: Any) -> bytes:
 
 
 def _model_trial(
-    run: RunFolder, study: Any, engine: str, model_file: Path, storage_url: str
+    run: RunFolder, study: Study, engine: str, model_file: Path, storage_url: str
 ) -> Optional[int]:
     """Which trial of ``study`` the best-model file is: by its marker, else by its lineage record."""
     number = run.best_trial_number(engine)
@@ -53,7 +58,7 @@ def _model_trial(
 
 
 def _reloaded(
-    run: RunFolder, study: Any, summary: dict[str, Any], model_file: Path
+    run: RunFolder, study: Study, summary: dict[str, Any], model_file: Path
 ) -> tuple[Any, Optional[str]]:
     """The search's dataset, reloaded, or why the validation split cannot be re-created."""
     source, fingerprint = summary["data"]["source"], summary["data"]["fingerprint"]
@@ -136,7 +141,7 @@ def _misclassified(
     return len(wrong), missed
 
 
-def _test(model: Any, dataset: Any, data: dict[str, Any]) -> dict[str, Any]:
+def _test(model: Any, dataset: Dataset, data: dict[str, Any]) -> dict[str, Any]:
     """The best model on the test split, scored once (the search never saw these images), or why not."""
     if dataset.test is None:
         return {
@@ -176,7 +181,7 @@ def _without_leaked(
 
 def evaluate_best_model(
     run: RunFolder,
-    study: Any,
+    study: Study,
     summary: dict[str, Any],
     storage_url: str,
     images: dict[str, bytes],

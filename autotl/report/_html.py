@@ -36,14 +36,14 @@ main{max-width:1180px;margin:0 auto;padding:16px 24px 48px}
 h1{font-size:1.5em;margin:.4em 0 .1em}h2{font-size:1.2em;border-bottom:2px solid #d0d7de;padding-bottom:4px;margin-top:1.8em}
 h3{font-size:1em;margin:1.2em 0 .4em}
 .sub{color:#57606a;margin:0 0 1em}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0;background:#fff}
-th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0;background:#fff;max-width:100%}
+th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f0f3f6}th.num{text-align:right}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.best td{background:#e6f4ea;font-weight:600}
 tr.failed td{color:#8c1d18}tr.running td{color:#0550ae;font-style:italic}tr.pruned td{color:#6e7781}
-dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:.5em 0}
-dl.facts dt{font-weight:600;color:#57606a}dl.facts dd{margin:0}
+dl.facts{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:4px 16px;margin:.5em 0}
+dl.facts dt{font-weight:600;color:#57606a}dl.facts dd{margin:0;overflow-wrap:anywhere}
 img.plot{max-width:100%;height:auto;border:1px solid #d0d7de;background:#fff;margin:4px 0}
 .grid{display:flex;flex-wrap:wrap;gap:8px}
 figure.thumb{margin:0;padding:4px;border:1px solid #d0d7de;background:#fff;width:92px;text-align:center;font-size:11px}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotl.errors import first_line
 from autotl.report._common import sampler_of
 from autotl.run.folder import RunFolder
 from autotl.scoring.objective import Objectives
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 
 def _importable(name: str) -> bool:
@@ -72,7 +75,7 @@ def _trial_weights(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def lineage_record(
-    study: Any,
+    study: Study,
     rows: list[dict[str, Any]],
     run: dict[str, Any],
     summary: dict[str, Any],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.report._common import (
     ACCURACY,
@@ -31,6 +31,9 @@ from autotl.report._rows import best_row, state_counts, trial_rows, val_images
 from autotl.report._search import search_record
 from autotl.run.folder import RunFolder
 from autotl.scoring.objective import Objectives
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 
 def _best(best: dict[str, Any], n_val: Optional[int]) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def _best(best: dict[str, Any], n_val: Optional[int]) -> dict[str, Any]:
     }
 
 
-def _data(study: Any, data: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def _data(study: Study, data: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Where the data came from and how it was split, from the study (the run folder's record as fallback)."""
     counts = data.get("counts") or {}
     return {
@@ -76,7 +79,7 @@ def _data(study: Any, data: dict[str, Any], run: dict[str, Any]) -> dict[str, An
 
 
 def _summary(
-    study: Any,
+    study: Study,
     objectives: Objectives,
     rows: list[dict[str, Any]],
     data: dict[str, Any],
@@ -114,7 +117,7 @@ def _skipped_backbones(folder: RunFolder, trials: list[Any]) -> dict[str, str]:
 def _curves(trials: list[Any], rows: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Both phases' epoch histories of the ``top`` best complete trials that have them."""
     by_number = {t.number: t for t in trials}
-    out = []
+    out: list[dict[str, Any]] = []
     for r in rows:
         if len(out) >= top:
             break
@@ -139,7 +142,7 @@ def _curves(trials: list[Any], rows: list[dict[str, Any]], top: int) -> list[dic
 
 def _evaluation(
     folder: RunFolder,
-    study: Any,
+    study: Study,
     summary: dict[str, Any],
     storage_url: str,
     images: dict[str, bytes],
@@ -176,7 +179,7 @@ def _backbone_screening(study: Any, storage_url: str) -> Optional[dict[str, Any]
 
 def build_record(
     run_dir: Path,
-    study: Any,
+    study: Study,
     storage_url: str,
     images: Optional[dict[str, bytes]] = None,
     top_curves: int = TOP_CURVES,
@@ -217,7 +220,15 @@ def build_record(
         "backbone_screening": screening,
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
         "health": health,
-        "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate, leaked),
+        "evaluation": _evaluation(
+            folder=folder,
+            study=study,
+            summary=summary,
+            storage_url=storage_url,
+            images=images,
+            evaluate=evaluate,
+            leaked=leaked,
+        ),
         "ensemble": ensemble_record(folder, study),
         "lineage": lineage_record(study, rows, run, summary, space, storage_url),
     }

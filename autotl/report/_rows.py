@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.report._common import STATES, _epochs
 from autotl.scoring.objective import Objectives, trial_metrics
 from autotl.training.trainer import Gate
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 PASSED = Gate.PASSED.value
 
@@ -92,10 +95,10 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
 _STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "failed": 4}
 
 
-def _rank_keys(rows: list[dict[str, Any]], objectives: Objectives) -> dict[int, tuple]:
+def _rank_keys(rows: list[dict[str, Any]], objectives: Objectives) -> dict[int, tuple[Any, ...]]:
     """Leaderboard order by trial number: by state (complete first), then the objectives' order
     within the state (constraints met, Pareto level, objectives; unscored rows last)."""
-    out: dict[int, tuple] = {}
+    out: dict[int, tuple[Any, ...]] = {}
     for state in {r["state"] for r in rows}:
         group = [r for r in rows if r["state"] == state]
         keys = objectives.keys([(r["metrics"], r["number"]) for r in group])
@@ -153,7 +156,7 @@ def history(rows: list[dict[str, Any]], objectives: Objectives) -> list[dict[str
     return out
 
 
-def trial_rows(study: Any, space: dict[str, Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+def trial_rows(study: Study, space: dict[str, Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """The study's trials, and their leaderboard rows ranked best first (each with its ``rank``)."""
     objectives = Objectives.of_study(study)
     trials = list(study.get_trials(deepcopy=False))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotl.report._common import _described
 from autotl.report._rows import history
 from autotl.scoring.objective import Objective, Objectives
 
+if TYPE_CHECKING:
+    from optuna import Study
 
-def _importances(study: Any, trials: list[Any]) -> dict[str, Any]:
+
+def _importances(study: Study, trials: list[Any]) -> dict[str, Any]:
     """fANOVA importances of the parameters that varied, or why there are none."""
     done = [t for t in trials if t.state.name == "COMPLETE" and t.values]  # the complete rows
     names = sorted({k for t in done for k in t.params})
@@ -69,7 +72,7 @@ def _ranges(space: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def search_record(
-    study: Any,
+    study: Study,
     trials: list[Any],
     rows: list[dict[str, Any]],
     space: dict[str, Any],

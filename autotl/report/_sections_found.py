@@ -189,6 +189,11 @@ def summary(record: dict[str, Any]) -> Optional[Section]:
 Cell = Callable[[dict[str, Any]], str]
 
 
+def _score_cell(o: dict[str, Any]) -> Cell:
+    """A row's value of objective ``o``, formatted."""
+    return lambda r: _score(o, r["values"].get(o["name"]))
+
+
 def leaderboard_columns(record: dict[str, Any]) -> list[tuple[Column, Cell]]:
     """The leaderboard's columns: the trial's settings, one score column per objective, then the rest."""
     columns: list[tuple[Column, Cell]] = [
@@ -203,10 +208,7 @@ def leaderboard_columns(record: dict[str, Any]) -> list[tuple[Column, Cell]]:
         (Column("epochs p1", True), lambda r: _fmt(r["epochs_phase1"])),
         (Column("epochs p2", True), lambda r: _fmt(r["epochs_phase2"])),
     ]
-    for o in objectives_of(record):
-        columns.append(
-            (Column(o["short"], True), lambda r, o=o: _score(o, r["values"].get(o["name"])))
-        )
+    columns += [(Column(o["short"], True), _score_cell(o)) for o in objectives_of(record)]
     if TIE_BREAK not in shown_metrics(record):
         columns.append(
             (Column("val loss", True), lambda r: _fmt(r["metrics"].get(TIE_BREAK), ".4f"))

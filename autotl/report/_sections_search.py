@@ -118,7 +118,8 @@ def engines_compared(record: dict[str, Any]) -> Optional[Section]:
         return None
     o = objectives_of(record)[0]
     ci = "95% CI" if o["metric"] == ACCURACY else "accuracy 95% CI"
-    headers = ["engine", "study", *(Column(h, True) for h in ("trials", "complete", "failed"))]
+    headers: list[Column | str] = ["engine", "study"]
+    headers += [Column(h, True) for h in ("trials", "complete", "failed")]
     headers += [
         Column(h, True) for h in (f"best {o['short']}", ci, "mean", "median", "time in trials")
     ]

@@ -21,9 +21,12 @@ import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 from autotl.errors import UsageError, first_line
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 __all__ = ["describe", "open_store", "upload", "download", "remove", "upload_folder"]
 
@@ -136,7 +139,7 @@ def remove(store: Any, artifact_id: str) -> None:
         pass
 
 
-def upload_folder(store: Any, study: Any, folder: Path, name: str) -> str:
+def upload_folder(store: Any, study: Study, folder: Path, name: str) -> str:
     """Put ``folder`` (an export) in ``store`` as one ``name.tar`` artifact of ``study``; its id."""
     with tempfile.TemporaryDirectory(prefix="autotl-artifact-") as tmp:
         archive = Path(tmp) / f"{name}.tar"

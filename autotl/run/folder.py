@@ -37,9 +37,16 @@ import shutil
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.errors import UsageError
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.data.dataset import Dataset
 
 __all__ = ["RunFolder", "ENGINES", "OPTUNA", "KERAS_TUNER", "atomic_write"]
 
@@ -93,7 +100,7 @@ class RunFolder:
         "report_files",
     )
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
     def __repr__(self) -> str:
@@ -301,7 +308,7 @@ class RunFolder:
         found = self._read_json(self.checks_file)
         return found if isinstance(found, dict) else {}
 
-    def class_names(self, study: Any = None, engine: str = OPTUNA) -> list[str]:
+    def class_names(self, study: Optional[Study] = None, engine: str = OPTUNA) -> list[str]:
         """The classes the run's models predict, in output order: from the study, run.json or classes.json."""
         names = (getattr(study, "user_attrs", None) or {}).get("class_names") or self.record().get(
             "class_names"
@@ -322,7 +329,7 @@ class RunFolder:
         trial = self._read_json(self.best_marker(engine)).get("trial")
         return int(trial) if isinstance(trial, int) else None
 
-    def trial_layers(self, trial: Any, store: Any = None) -> Optional[Path]:
+    def trial_layers(self, trial: FrozenTrial, store: Any = None) -> Optional[Path]:
         """The stored layers of ``trial`` (a FrozenTrial or its number), or None when they were not kept.
 
         Layers another machine stored are fetched from the artifact ``store``
@@ -359,8 +366,8 @@ class RunFolder:
         self,
         source: Optional[str] = None,
         plugins: Iterable[str] = (),
-        registry: Any = None,
-        study: Any = None,
+        registry: Optional[Registry] = None,
+        study: Optional[Study] = None,
     ) -> tuple[Any, bool]:
         """``(dataset, same)``: the search's data set again, split the same way, and whether it is exactly the
         search's (its fingerprint is the recorded one).  ``source`` replaces a data folder that moved."""
@@ -397,7 +404,7 @@ class RunFolder:
         return dataset, bool(expected) and dataset.fingerprint == expected
 
     @staticmethod
-    def _with_test_split(dataset: Any, source: str, space: Mapping[str, Any], seed: int) -> Any:
+    def _with_test_split(dataset: Dataset, source: str, space: Mapping[str, Any], seed: int) -> Any:
         """The search's test split again (``autotl.data.holdout``): its ``test/`` folder or ``test_fraction``."""
         from autotl.data.holdout import add_test_split
 
@@ -430,7 +437,7 @@ class RunFolder:
 
     def claim(
         self,
-        dataset: Any,
+        dataset: Dataset,
         record: Mapping[str, Any],
         *,
         engine: str = OPTUNA,

@@ -29,13 +29,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.backbones.weights import sha256_file
 from autotl.errors import UsageError, first_line
 from autotl.run.folder import RunFolder
 from autotl.run.storage import create_tables, engine_kwargs, safe_url, sql_engine, sqlite_path
 from autotl.scoring.objective import trial_metrics
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 __all__ = [
     "ARTIFACTS_TABLE",
@@ -75,6 +78,23 @@ LIBRARIES = (
 
 _schema: Any = None
 _deployments: Any = None
+
+
+def _exclusions_table(md: Any) -> None:
+    """The exclusion lists a search trained without (``--exclude``), one row per data fingerprint."""
+    from sqlalchemy import JSON, Column, DateTime, Integer, String, Table, Text
+
+    Table(
+        EXCLUSIONS_TABLE,
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("data_fingerprint", String(64), nullable=False, unique=True),
+        Column("list_sha256", String(64), nullable=False),
+        Column("source", Text),
+        Column("count", Integer, nullable=False),
+        Column("files", JSON, nullable=False),
+        Column("created", DateTime(timezone=True), nullable=False),
+    )
 
 
 def _tables() -> Any:
@@ -130,17 +150,7 @@ def _tables() -> Any:
             Column("autotl_version", String(64)),
             Column("versions", JSON),
         )
-        Table(
-            EXCLUSIONS_TABLE,
-            md,
-            Column("id", Integer, primary_key=True, autoincrement=True),
-            Column("data_fingerprint", String(64), nullable=False, unique=True),
-            Column("list_sha256", String(64), nullable=False),
-            Column("source", Text),
-            Column("count", Integer, nullable=False),
-            Column("files", JSON, nullable=False),
-            Column("created", DateTime(timezone=True), nullable=False),
-        )
+        _exclusions_table(md)
         _schema = md
     return _schema
 
@@ -208,8 +218,8 @@ def _study_data(storage_url: str, study_name: str) -> dict[str, Any]:
 def record_model(
     storage_url: str,
     study_name: str,
-    trial: Any,
-    model_path: str | os.PathLike,
+    trial: FrozenTrial,
+    model_path: str | os.PathLike[str],
     kind: str = "trial_model",
     data: Optional[dict[str, Any]] = None,
 ) -> int:
@@ -219,24 +229,43 @@ def record_model(
     ``data`` is the data set's ``summary()``; without it the study's "data" user attribute is read.
     Recording the same file (same bytes, path and kind) twice returns the first id.
     """
-    from sqlalchemy import select
-
-    from autotl._version import __version__
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(model_path).resolve()
     if not path.is_file():
         raise UsageError(f"cannot record lineage of {path}: no such file")
-    sha = sha256_file(path)
+    artifact = {
+        "kind": kind,
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "trial_number": getattr(trial, "number", None),
+        "study_name": study_name,
+    }
+    lineage = _lineage_row(
+        trial, data if data is not None else _study_data(storage_url, study_name)
+    )
     engine = _ensure_tables(storage_url)
-    md = _tables()
-    art, lin = md.tables[ARTIFACTS_TABLE], md.tables[LINEAGE_TABLE]
+    with engine.begin() as conn:
+        existing = _recorded(conn, artifact)
+        if existing is not None:
+            return existing
+        art, lin = (_tables().tables[name] for name in (ARTIFACTS_TABLE, LINEAGE_TABLE))
+        values = {
+            **artifact,
+            "size": path.stat().st_size,
+            "created": _dt.datetime.now(_dt.timezone.utc),
+        }
+        artifact_id = conn.execute(art.insert().values(**values)).inserted_primary_key[0]
+        conn.execute(lin.insert().values(artifact_id=artifact_id, **lineage))
+    return int(artifact_id)
+
+
+def _lineage_row(trial: FrozenTrial, data: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What made a trial's model: backbone, plugin, weights, data, parameters, scores, times, versions."""
+    from autotl._version import __version__
+
     attrs = dict(getattr(trial, "user_attrs", {}) or {})
     params = dict(getattr(trial, "params", {}) or {})
-    number = getattr(trial, "number", None)
-    if data is None:
-        data = _study_data(storage_url, study_name)
     history = attrs.get("history") or {}
     metrics = {
         **trial_metrics(trial),
@@ -248,51 +277,40 @@ def record_model(
         "epochs": {phase: len((h or {}).get("val_loss", [])) for phase, h in history.items()},
     }
     seconds = {**(attrs.get("seconds") or {}), "total": attrs.get("seconds_total")}
-    with engine.begin() as conn:
-        existing = conn.execute(
-            select(art.c.id)
-            .where(
-                art.c.sha256 == sha,
-                art.c.path == str(path),
-                art.c.kind == kind,
-                art.c.study_name == study_name,
-                # an ensemble's file is recorded once per member trial
-                art.c.trial_number == number
-                if number is not None
-                else art.c.trial_number.is_(None),
-            )
-            .order_by(art.c.id)
-        ).first()
-        if existing is not None:
-            return int(existing[0])
-        artifact_id = conn.execute(
-            art.insert().values(
-                kind=kind,
-                path=str(path),
-                sha256=sha,
-                size=path.stat().st_size,
-                trial_number=number,
-                study_name=study_name,
-                created=_dt.datetime.now(_dt.timezone.utc),
-            )
-        ).inserted_primary_key[0]
-        conn.execute(
-            lin.insert().values(
-                artifact_id=artifact_id,
-                backbone=params.get("backbone"),
-                plugin=attrs.get("plugin"),
-                weights_origin=attrs.get("weights_origin"),
-                weights_sha256=attrs.get("weights_sha256"),
-                data_fingerprint=(data or {}).get("fingerprint"),
-                data_source=(data or {}).get("source"),
-                params=_jsonable(params),
-                metrics=_jsonable(metrics),
-                seconds=_jsonable(seconds),
-                autotl_version=__version__,
-                versions=library_versions(),
-            )
+    return {
+        "backbone": params.get("backbone"),
+        "plugin": attrs.get("plugin"),
+        "weights_origin": attrs.get("weights_origin"),
+        "weights_sha256": attrs.get("weights_sha256"),
+        "data_fingerprint": (data or {}).get("fingerprint"),
+        "data_source": (data or {}).get("source"),
+        "params": _jsonable(params),
+        "metrics": _jsonable(metrics),
+        "seconds": _jsonable(seconds),
+        "autotl_version": __version__,
+        "versions": library_versions(),
+    }
+
+
+def _recorded(conn: Any, artifact: dict[str, Any]) -> Optional[int]:
+    """The id of the same file (bytes, path, kind, study and trial) recorded before, if it was."""
+    from sqlalchemy import select
+
+    art = _tables().tables[ARTIFACTS_TABLE]
+    number = artifact["trial_number"]
+    found = conn.execute(
+        select(art.c.id)
+        .where(
+            art.c.sha256 == artifact["sha256"],
+            art.c.path == artifact["path"],
+            art.c.kind == artifact["kind"],
+            art.c.study_name == artifact["study_name"],
+            # an ensemble's file is recorded once per member trial
+            art.c.trial_number == number if number is not None else art.c.trial_number.is_(None),
         )
-    return int(artifact_id)
+        .order_by(art.c.id)
+    ).first()
+    return None if found is None else int(found[0])
 
 
 def record_exclusions(storage_url: str, data: dict[str, Any]) -> None:
@@ -392,7 +410,7 @@ def _query(storage_url: str, where: Any) -> list[dict[str, Any]]:
         ) from None
 
 
-def find_model(storage_url: str, model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
+def find_model(storage_url: str, model_path: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
     """The lineage record of a model file, found by the SHA-256 of its bytes; None if unknown.
 
     When several records have the same bytes (a trial's model and its copy as the best model),
@@ -503,7 +521,7 @@ def describe_deployment(d: dict[str, Any]) -> str:
     )
 
 
-def default_storage_for(model_path: str | os.PathLike) -> str:
+def default_storage_for(model_path: str | os.PathLike[str]) -> str:
     """``sqlite:///.../study.db`` beside the model file, or up to three folders up (run/trials/0003/model.keras,
     run/export/savedmodel/saved_model.pb, run/versions/3/savedmodel/saved_model.pb)."""
     path = Path(model_path).resolve()
@@ -515,7 +533,9 @@ def default_storage_for(model_path: str | os.PathLike) -> str:
     )
 
 
-def lineage_of(model_path: str | os.PathLike, storage_url: Optional[str] = None) -> dict[str, Any]:
+def lineage_of(
+    model_path: str | os.PathLike[str], storage_url: Optional[str] = None
+) -> dict[str, Any]:
     """The lineage record of a model file (see :func:`find_model`); a one-line UsageError when there is none."""
     from autotl.run.storage import check_database
 

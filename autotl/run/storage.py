@@ -16,9 +16,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from types import TracebackType
+from typing import Any, Literal, Optional
 
 from autotl.errors import AutotlError, UsageError, first_line
+from autotl.scoring.objective import Direction
 
 __all__ = [
     "engine_kwargs",
@@ -172,7 +174,7 @@ def open_study(
     storage_url: str,
     study_name: str,
     *,
-    directions: Sequence[str] = ("maximize",),
+    directions: Sequence[Direction] = ("maximize",),
     sampler: Any = None,
     pruner: Any = None,
     heartbeat: Optional[int] = None,
@@ -250,7 +252,12 @@ class _one_line:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> Literal[False]:
         if (
             exc is None
             or isinstance(exc, (AutotlError, KeyboardInterrupt))

@@ -17,11 +17,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.errors import UsageError, first_line
 from autotl.run.folder import OPTUNA, RunFolder
 from autotl.scoring.objective import best_trial
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from autotl.backbones.registry import Registry
+    from autotl.backbones.weights import WeightsSource
 
 __all__ = [
     "LayersNotHere",
@@ -43,12 +50,12 @@ class LayersNotHere(UsageError):
     """A trial's stored layers are neither in this run folder nor in the study's artifact store."""
 
 
-def study_store(run: RunFolder, study: Any) -> Any:
+def study_store(run: RunFolder, study: Study) -> Any:
     """The artifact store ``study`` records (another machine's S3 bucket, say), else the run folder's."""
     return run.artifact_store((getattr(study, "user_attrs", None) or {}).get(ARTIFACTS_ATTR))
 
 
-def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
+def weights_of_run(run: RunFolder, weights: Optional[WeightsSource] = None) -> Any:
     """Where the run's backbones came from: ``weights`` (a ``WeightsSource``) if given, else what run.json records."""
     from autotl.backbones.weights import WeightsSource
 
@@ -67,44 +74,12 @@ def weights_of_run(run: RunFolder, weights: Any = None) -> Any:
     )
 
 
-def trial_backbone(
-    run: RunFolder,
-    trial: Any,
-    registry: Any = None,
-    weights: Any = None,
-    plugins: tuple[str, ...] = (),
-) -> tuple[Any, Any]:
-    """``(spec, resolved weights)`` of ``trial``'s backbone, as it was trained: its plugin installed here,
-    and the very weights file (by SHA-256); else a one-line UsageError saying what to pass."""
-    from autotl.backbones.weights import resolve_weights
-
-    if registry is None:
-        from autotl.backbones.registry import get_registry
-
-        registry = get_registry(list(plugins))
-    name = trial.params["backbone"]
-    if name not in registry.backbones:
-        raise UsageError(
-            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
-            "which is not installed here; install it or pass --plugin MODULE"
-        )
-    spec = registry.backbone(name)
-    resolved = resolve_weights(spec, weights_of_run(run, weights))
-    trained_on = trial.user_attrs.get("weights_sha256")
-    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
-        raise UsageError(
-            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
-            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
-        )
-    return spec, resolved
-
-
 def trial_model(
     run: RunFolder,
-    study: Any,
-    trial: Any,
-    registry: Any = None,
-    weights: Any = None,
+    study: Study,
+    trial: FrozenTrial,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
     make_base: Optional[MakeBase] = None,
     plugins: tuple[str, ...] = (),
     say: Callable[[str], None] = lambda _m: None,
@@ -112,19 +87,10 @@ def trial_model(
     """The ``.keras`` file of ``trial`` (a FrozenTrial of ``study``): already there, the best model's copy,
     or assembled from its stored layers now.  ``make_base(spec, weights, seed)``, if given, returns a
     pristine base to build on (the search passes its own, to save building one)."""
-    for path in (
-        run.path / str(trial.user_attrs.get("model_path", "-")),
-        run.trial_model(trial.number),
-    ):
-        if path.is_file():
-            return path
-    for engine in (OPTUNA,):
-        if run.best_trial_number(engine) == trial.number:
-            return run.best_model(engine)
     store = study_store(run, study)
-    fetched = _best_model_artifact(run, study, trial, store)
-    if fetched is not None:
-        return fetched
+    found = _model_here(run, study, trial, store)
+    if found is not None:
+        return found
     stored = run.trial_layers(trial, store)
     if stored is None:
         kept = run.kept_trials()
@@ -157,7 +123,55 @@ def trial_model(
     return path
 
 
-def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> Optional[Path]:
+def _model_here(run: RunFolder, study: Study, trial: FrozenTrial, store: Any) -> Optional[Path]:
+    """``trial``'s ``.keras`` file when there is one already: its own, the best model, or the best model
+    another machine put in the artifact store."""
+    for path in (
+        run.path / str(trial.user_attrs.get("model_path", "-")),
+        run.trial_model(trial.number),
+    ):
+        if path.is_file():
+            return path
+    if run.best_trial_number(OPTUNA) == trial.number:
+        return run.best_model(OPTUNA)
+    return _best_model_artifact(run, study, trial, store)
+
+
+def trial_backbone(
+    run: RunFolder,
+    trial: FrozenTrial,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
+    plugins: tuple[str, ...] = (),
+) -> tuple[Any, Any]:
+    """The trial's backbone spec and its weights here, which must be the bytes it was trained on (its
+    plugin installed, its weights file by SHA-256); else a one-line UsageError saying what to pass."""
+    from autotl.backbones.weights import resolve_weights
+
+    if registry is None:
+        from autotl.backbones.registry import get_registry
+
+        registry = get_registry(list(plugins))
+    name = trial.params["backbone"]
+    if name not in registry.backbones:
+        raise UsageError(
+            f"trial {trial.number} used backbone {name!r} from plugin {trial.user_attrs.get('plugin', '?')!r}, "
+            "which is not installed here; install it or pass --plugin MODULE"
+        )
+    spec = registry.backbone(name)
+    resolved = resolve_weights(spec, weights_of_run(run, weights))
+    trained_on = trial.user_attrs.get("weights_sha256")
+    if trained_on and resolved.sha256 and trained_on != resolved.sha256:
+        raise UsageError(
+            f"trial {trial.number} was trained on {name} weights with SHA-256 {trained_on[:12]}..., but "
+            f"{resolved.origin} has {resolved.sha256[:12]}...; pass the --weights-dir the search used"
+        )
+    return spec, resolved
+
+
+def _best_model_artifact(
+    run: RunFolder, study: Study, trial: FrozenTrial, store: Any
+) -> Optional[Path]:
     """The best model another machine assembled for ``trial`` and put in the artifact store, fetched; else None."""
     from optuna.artifacts.exceptions import ArtifactNotFound
 
@@ -172,7 +186,7 @@ def _best_model_artifact(run: RunFolder, study: Any, trial: Any, store: Any) -> 
         return None
 
 
-def share_best_model(run: RunFolder, study: Any, trial: Any, path: Path) -> None:
+def share_best_model(run: RunFolder, study: Study, trial: FrozenTrial, path: Path) -> None:
     """Put the best model in the study's artifact store (once per trial), so any machine can report and export it;
     the previous best's copy is removed."""
     from autotl.run.artifacts import remove, upload
@@ -189,9 +203,9 @@ def share_best_model(run: RunFolder, study: Any, trial: Any, path: Path) -> None
 
 def update_best_model(
     run: RunFolder,
-    study: Any,
-    registry: Any,
-    weights: Any,
+    study: Study,
+    registry: Optional[Registry],
+    weights: Optional[WeightsSource],
     storage_url: Optional[str] = None,
     make_base: Optional[MakeBase] = None,
 ) -> Optional[Path]:
@@ -217,7 +231,9 @@ def update_best_model(
     return path
 
 
-def record_artifact(storage_url: str, study: Any, trial: Any, path: Path, kind: str) -> None:
+def record_artifact(
+    storage_url: str, study: Study, trial: FrozenTrial, path: Path, kind: str
+) -> None:
     """Lineage of a stored file in the study's database; it must never cost a finished trial (a warning instead)."""
     from autotl.run.lineage import record_model
 

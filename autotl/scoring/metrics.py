@@ -16,9 +16,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_scores", "class_counts", "balanced_class_weights", "EPSILON"]
+__all__ = [
+    "accuracy",
+    "log_loss",
+    "classification_scores",
+    "class_counts",
+    "balanced_class_weights",
+    "EPSILON",
+]
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1] before the log, as Keras does
+
+
+def accuracy(probabilities: Any, labels: Any) -> float:
+    """Share of rows whose highest probability is the label."""
+    return float((np.asarray(probabilities).argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def log_loss(probabilities: Any, labels: Any) -> float:
+    """Mean negative log probability of the label, clipped at ``EPSILON`` (as Keras clips)."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    true_p = np.asarray(probabilities, dtype=np.float64)[np.arange(len(y)), y]
+    return float(-np.log(np.clip(true_p, EPSILON, 1.0)).mean())
 
 
 def class_counts(labels: Any, n_classes: int) -> np.ndarray:
@@ -59,10 +78,9 @@ def classification_scores(probabilities: Any, labels: Any) -> dict[str, float]:
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros(k), where=both > 0)
     seen = present | (predicted > 0)
-    true_p = np.clip(p[np.arange(len(y)), y], EPSILON, 1.0)
     return {
         "accuracy": float(hits.sum() / len(y)),
         "balanced_accuracy": float(recall[present].mean()),
         "macro_f1": float(f1[seen].mean()),
-        "log_loss": float(-np.log(true_p).mean()),
+        "log_loss": log_loss(p, y),
     }

@@ -31,9 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Final, Literal, Optional
 
 from autotl.errors import UsageError
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
 
 __all__ = [
     "Objective",
@@ -51,7 +55,10 @@ __all__ = [
     "best_trial",
 ]
 
-MAXIMIZE, MINIMIZE = "maximize", "minimize"
+#: An objective's direction, as Optuna spells it.
+Direction = Literal["maximize", "minimize"]
+MAXIMIZE: Final = "maximize"
+MINIMIZE: Final = "minimize"
 #: Who measures an objective's metric: the trainer on the validation split, or the deploy-cost measurement.
 VALIDATION, DEPLOY = "validation", "deploy"
 #: The metric that breaks ties between equal objective values (lower is better), then the earlier trial wins.
@@ -64,7 +71,7 @@ class Objective:
 
     name: str
     metric: str
-    direction: str
+    direction: Direction
     label: str  # "validation accuracy": in sentences
     short: str  # "val acc": in table headers
     fmt: str = ".4f"
@@ -104,10 +111,18 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("macro_f1", "val_macro_f1", MAXIMIZE, "validation macro F1", "val macro F1"),
         Objective("log_loss", "val_loss", MINIMIZE, "validation log loss", "val log loss"),
         Objective(
-            "latency_ms", "latency_ms", MINIMIZE, "TFLite latency (ms)", "latency ms", ".2f", DEPLOY
+            "latency_ms",
+            "latency_ms",
+            MINIMIZE,
+            "TFLite latency (ms)",
+            "latency ms",
+            fmt=".2f",
+            kind=DEPLOY,
         ),
-        Objective("size_mb", "size_mb", MINIMIZE, "TFLite file (MB)", "size MB", ".2f", DEPLOY),
-        Objective("params", "params", MINIMIZE, "parameters", "params", ",.0f", DEPLOY),
+        Objective(
+            "size_mb", "size_mb", MINIMIZE, "TFLite file (MB)", "size MB", fmt=".2f", kind=DEPLOY
+        ),
+        Objective("params", "params", MINIMIZE, "parameters", "params", fmt=",.0f", kind=DEPLOY),
     )
 }
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy",)
@@ -125,7 +140,7 @@ def get_objective(name: str) -> Objective:
         ) from None
 
 
-def _value(trial: Any) -> Optional[list[float]]:
+def _value(trial: FrozenTrial) -> Optional[list[float]]:
     """A trial's objective values (``values``), or None (running, failed, or an engine's record)."""
     values = getattr(trial, "values", None)
     if values is None:
@@ -137,7 +152,7 @@ def _value(trial: Any) -> Optional[list[float]]:
     return list(values) if values else None
 
 
-def trial_metrics(trial: Any) -> dict[str, float]:
+def trial_metrics(trial: FrozenTrial | Mapping[str, Any]) -> dict[str, float]:
     """The metrics a trial recorded: its ``metrics`` user attribute (autotl's trainer writes it).
 
     Trials of runs made before that attribute existed have their value and a
@@ -212,7 +227,9 @@ def pareto_levels(vectors: Sequence[Sequence[float]]) -> list[int]:
         return [0] * len(vectors)
     v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
     level = np.zeros(len(v), dtype=np.int64)
-    dominates = (v[:, None, :] <= v[None, :, :]).all(-1) & (v[:, None, :] < v[None, :, :]).any(-1)
+    dominates = np.asarray(
+        (v[:, None, :] <= v[None, :, :]).all(-1) & (v[:, None, :] < v[None, :, :]).any(-1)
+    )
     remaining, current = np.ones(len(v), dtype=bool), 0
     while remaining.any():
         idx = np.flatnonzero(remaining)
@@ -241,7 +258,7 @@ class Objectives:
         return cls(tuple(get_objective(n) for n in names), _constraints(constraints, names))
 
     @classmethod
-    def of_study(cls, study: Any) -> Objectives:
+    def of_study(cls, study: Study) -> Objectives:
         """The objectives and constraints a study was created with (its ``objectives`` and ``constraints``
         attributes; accuracy alone for older studies)."""
         attrs = getattr(study, "user_attrs", None) or {}
@@ -258,7 +275,7 @@ class Objectives:
         return [o.name for o in self.items]
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         """Optuna's ``directions``."""
         return [o.direction for o in self.items]
 
@@ -283,7 +300,7 @@ class Objectives:
             raise KeyError(f"the trial recorded no {', '.join(missing)}")
         return [float(metrics[o.metric]) for o in self.items]
 
-    def value(self, trial: Any, objective: Optional[Objective] = None) -> Optional[float]:
+    def value(self, trial: FrozenTrial, objective: Optional[Objective] = None) -> Optional[float]:
         """A trial's value of ``objective`` (default: the primary one), or None if it has none."""
         found = trial_metrics(trial).get((objective or self.primary).metric)
         return None if found is None or not math.isfinite(found) else found
@@ -331,7 +348,7 @@ class Objectives:
                     levels[i] = lv
         return [self.key(m, n, lv) for (m, n), lv in zip(pairs, levels)]
 
-    def trial_key(self, trial: Any) -> tuple[float, ...]:
+    def trial_key(self, trial: FrozenTrial) -> tuple[float, ...]:
         """The key of one trial ranked alone (level 0): comparable with :meth:`key`, not a Pareto level."""
         number = trial["number"] if isinstance(trial, Mapping) else trial.number
         return self.key(trial_metrics(trial), number)
@@ -359,12 +376,12 @@ class Objectives:
         return [t for t, k in zip(ranked, self.keys(pairs)) if k[0] == 0 and k[1] == 0]
 
 
-def complete_trials(study: Any) -> list[Any]:
+def complete_trials(study: Study) -> list[Any]:
     """The study's complete trials (Optuna's ``FrozenTrial``s, not copied)."""
     return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
 
 
-def ranked_trials(study: Any) -> list[Any]:
+def ranked_trials(study: Study) -> list[Any]:
     """Complete trials, best first by the study's objectives (then lower validation loss, then earlier).
 
     One ordering for everything that says "best" (the best model, the kept
@@ -374,6 +391,6 @@ def ranked_trials(study: Any) -> list[Any]:
     return Objectives.of_study(study).rank(complete_trials(study))
 
 
-def best_trial(study: Any) -> Any:
+def best_trial(study: Study) -> Any:
     """The best complete trial by :func:`ranked_trials` that meets the study's constraints, or ``None``."""
     return Objectives.of_study(study).best(complete_trials(study))

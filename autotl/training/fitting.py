@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -38,6 +39,7 @@ from autotl.training.model import HEAD_LAYERS, apply_head, build_head
 __all__ = [
     "MIN_DELTA",
     "Report",
+    "Schedule",
     "Rows",
     "Pixels",
     "fit",
@@ -51,7 +53,27 @@ __all__ = [
 Report = Callable[[int, float], None]
 MIN_DELTA = 1e-3  # a validation-loss change smaller than this is not an improvement
 MAX_TRAINERS = 16  # compiled models kept per process (least recently used dropped)
-_TRAINERS: OrderedDict[tuple, Any] = OrderedDict()
+_TRAINERS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one phase trains: a fresh Adam at ``lr``, dropout ``dropout``, shuffled batches seeded by
+    ``seed``, early stopping after ``patience`` epochs without a better validation loss (by
+    ``MIN_DELTA``), at most ``epochs``; ``report(offset + epoch, val_accuracy)`` after each epoch, and
+    ``class_weight`` (one weight per class) on the training loss."""
+
+    lr: float
+    epochs: int
+    patience: int
+    batch_size: int = 32
+    dropout: float = 0.0
+    seed: int = 0
+    offset: int = (
+        0  # the step of the phase's first epoch on the trial's one axis (phase 2: after phase 1's)
+    )
+    report: Optional[Report] = None
+    class_weight: Optional[Sequence[float] | np.ndarray] = None
 
 
 def _reporter(report: Optional[Report], offset: int) -> Any:
@@ -59,7 +81,7 @@ def _reporter(report: Optional[Report], offset: int) -> Any:
     import keras
 
     class Forward(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        def on_epoch_end(self, epoch: int, logs: Optional[dict[str, Any]] = None) -> None:
             logs = logs or {}
             if not all(math.isfinite(float(v)) for v in logs.values()):
                 raise TrialFailed(
@@ -136,43 +158,38 @@ def _pipeline(source: Source, batch_size: int, seed: Optional[int]) -> Any:
     return pipeline.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 
 
-def fit(
-    model: Any,
-    train: Source,
-    val: Source,
-    epochs: int,
-    patience: int,
-    batch_size: int,
-    report: Optional[Report],
-    offset: int,
-    seed: int = 0,
-    class_weight: Optional[Sequence[float]] = None,
-) -> dict[str, list[float]]:
+def fit(model: Any, train: Source, val: Source, schedule: Schedule) -> dict[str, list[float]]:
     """``model.fit`` with early stopping on validation loss, best weights restored, inputs read
-    batch by batch; ``class_weight`` (one weight per class) weights the training loss, not the
-    validation loss."""
+    batch by batch; the schedule's ``class_weight`` weights the training loss, not the validation loss.
+    (The model's optimizer and dropout are the caller's: see :func:`train_head_through`.)"""
     import keras
 
     # "Stopped improving" means by less than MIN_DELTA: on separable data the loss creeps towards 0 forever.
     stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=patience, min_delta=MIN_DELTA, restore_best_weights=True
+        monitor="val_loss",
+        patience=schedule.patience,
+        min_delta=MIN_DELTA,
+        restore_best_weights=True,
     )
+    weights = schedule.class_weight
     hist = model.fit(
-        _pipeline(train, batch_size, seed),
-        validation_data=_pipeline(val, max(batch_size, 64), None),
-        epochs=epochs,
+        _pipeline(train, schedule.batch_size, schedule.seed),
+        validation_data=_pipeline(val, max(schedule.batch_size, 64), None),
+        epochs=schedule.epochs,
         verbose=0,
         shuffle=False,
-        callbacks=[stop, _reporter(report, offset)],
-        class_weight=None
-        if class_weight is None
-        else {i: float(w) for i, w in enumerate(class_weight)},
+        callbacks=[stop, _reporter(schedule.report, schedule.offset)],
+        class_weight=None if weights is None else {i: float(w) for i, w in enumerate(weights)},
     )
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 
 def trainer(
-    key: tuple, body: Callable[[], tuple[Any, Any]], width: int, n_classes: int, owner: Any = None
+    key: tuple[Any, ...],
+    body: Callable[[], tuple[Any, Any]],
+    width: int,
+    n_classes: int,
+    owner: Any = None,
 ) -> Any:
     """The compiled training model for ``key``: ``body()`` gives (input, features), a head goes on top.
 
@@ -232,27 +249,16 @@ def copy_head(src: Any, dst: Any, head: Sequence[Any]) -> None:
 
 
 def train_head_through(
-    model: Any,
-    head: Sequence[Any],
-    dropout: float,
-    lr: float,
-    train: Source,
-    val: Source,
-    epochs: int,
-    patience: int,
-    batch_size: int,
-    report: Optional[Report],
-    offset: int,
-    seed: int,
-    class_weight: Optional[Sequence[float]] = None,
+    model: Any, head: Sequence[Any], train: Source, val: Source, schedule: Schedule
 ) -> dict[str, list[float]]:
-    """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at ``lr`` and dropout ``dropout``."""
+    """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at the schedule's
+    rate and its dropout."""
     copy_head(None, model, head)
-    model.get_layer(HEAD_LAYERS[0]).restart(dropout, seed)
+    model.get_layer(HEAD_LAYERS[0]).restart(schedule.dropout, schedule.seed)
     for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
         var.assign(np.zeros(var.shape, dtype=var.dtype))
-    model.optimizer.learning_rate = lr
-    return fit(model, train, val, epochs, patience, batch_size, report, offset, seed, class_weight)
+    model.optimizer.learning_rate = schedule.lr
+    return fit(model, train, val, schedule)
 
 
 _HEAD_TRAINER: Any = None  # fit_head's variables and traced epoch, one per process
@@ -429,41 +435,61 @@ class _HeadTrainer:
 
 def fit_head(
     head: Sequence[Any],
-    dropout: float,
-    lr: float,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
-    epochs: int,
-    patience: int,
-    batch_size: int,
-    report: Optional[Report],
-    offset: int,
-    seed: int,
-    class_weight: Optional[Sequence[float]] = None,
+    schedule: Schedule,
 ) -> dict[str, list[float]]:
     """Train ``head`` (built: Dropout, Dense relu, Dense softmax) on cached features from its current weights.
 
-    The same contract as :func:`fit`: a fresh Adam at ``lr``, shuffled
+    The same contract as :func:`fit`: a fresh Adam at the schedule's rate, shuffled
     mini-batches, early stopping on validation loss (by ``MIN_DELTA``) with
     the best epoch's weights restored into ``head``, a history with Keras'
     keys, and ``report(offset + epoch, val_accuracy)`` after every epoch.
-    ``class_weight`` (one weight per class) weights the training loss.
     """
-    import tensorflow as tf
-
     trainer = _head_trainer()
     trainer.start([a for layer in head[1:] for a in layer.get_weights()])
+    inputs = _head_inputs(train, val, int(head[2].units), schedule)
+    epoch_fn = trainer.epochs[inputs["x"].dtype.name]
+    epoch_fn.get_concrete_function()  # the one trace for this feature dtype, for every shape
+    history, best_w = _head_epochs(trainer, epoch_fn, inputs, schedule)
+    head[1].set_weights(best_w[:2])
+    head[2].set_weights(best_w[2:])
+    return history
+
+
+def _head_inputs(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    n_classes: int,
+    schedule: Schedule,
+) -> dict[str, Any]:
+    """The traced epoch's arguments that stay the same every epoch: features, labels, rate, dropout, weights."""
+    import tensorflow as tf
+
     x, xv = _features(train[0]), _features(val[0])
     if x.dtype != xv.dtype:
         x, xv = tf.cast(x, tf.float32), tf.cast(xv, tf.float32)
-    epoch_fn = trainer.epochs[x.dtype.name]
-    epoch_fn.get_concrete_function()  # the one trace for this feature dtype, for every shape
-    y, yv = tf.constant(np.asarray(train[1], np.int32)), tf.constant(np.asarray(val[1], np.int32))
-    consts = [tf.constant(lr, tf.float32), tf.constant(dropout, tf.float32)]
-    n_classes = int(head[2].units)
-    weights = tf.constant(
-        np.ones(n_classes) if class_weight is None else np.asarray(class_weight), tf.float32
-    )
+    weights = schedule.class_weight
+    return {
+        "lr": tf.constant(schedule.lr, tf.float32),
+        "rate": tf.constant(schedule.dropout, tf.float32),
+        "x": x,
+        "y": tf.constant(np.asarray(train[1], np.int32)),
+        "xv": xv,
+        "yv": tf.constant(np.asarray(val[1], np.int32)),
+        "batch_size": tf.constant(schedule.batch_size, tf.int32),
+        "class_weight": tf.constant(
+            np.ones(n_classes) if weights is None else np.asarray(weights), tf.float32
+        ),
+    }
+
+
+def _head_epochs(
+    trainer: _HeadTrainer, epoch_fn: Any, inputs: dict[str, Any], schedule: Schedule
+) -> tuple[dict[str, list[float]], list[np.ndarray]]:
+    """Epochs until early stopping: the history, and the weights of the best epoch."""
+    import tensorflow as tf
+
     history: dict[str, list[float]] = {
         "loss": [],
         "accuracy": [],
@@ -471,35 +497,24 @@ def fit_head(
         "val_accuracy": [],
     }
     best, best_w, wait = math.inf, trainer.weights(), 0
-    for e in range(epochs):
-        logs = epoch_fn(
-            *consts,
-            x,
-            y,
-            xv,
-            yv,
-            tf.constant([seed % 2**31, e], tf.int32),
-            tf.constant(batch_size, tf.int32),
-            weights,
-        )
-        values = [float(t) for t in logs.numpy()]
+    for e in range(schedule.epochs):
+        seed = tf.constant([schedule.seed % 2**31, e], tf.int32)
+        values = [float(t) for t in epoch_fn(seed=seed, **inputs).numpy()]
         for key, value in zip(history, values):
             history[key].append(value)
         if not all(math.isfinite(t) for t in values):
             raise TrialFailed(
                 f"training diverged at epoch {e + 1} (loss {values[0]}); lower the learning rate"
             )
-        if report is not None:
-            report(offset + e, values[3])
+        if schedule.report is not None:
+            schedule.report(schedule.offset + e, values[3])
         if values[2] < best - MIN_DELTA:
             best, best_w, wait = values[2], trainer.weights(), 0
         else:
             wait += 1
-            if wait >= patience:
+            if wait >= schedule.patience:
                 break
-    head[1].set_weights(best_w[:2])
-    head[2].set_weights(best_w[2:])
-    return history
+    return history, best_w
 
 
 def head_probabilities(head: Sequence[Any], features: Any, batch: int = 4096) -> np.ndarray:

@@ -218,7 +218,8 @@ def save_layer_weights(path: Any, weights: dict[str, list[Any]]) -> None:
 
     import numpy as np
 
-    arrays = {
+    # Any: numpy's stub types savez's keywords as its allow_pickle flag; these are arrays
+    arrays: dict[str, Any] = {
         f"{name}::{i}": np.asarray(w) for name, ws in weights.items() for i, w in enumerate(ws)
     }
     tmp = f"{path}.tmp{os.getpid()}.npz"

@@ -27,7 +27,7 @@ __all__ = ["NpyWriter", "NpyRows"]
 class NpyWriter:
     """Rows of one ``.npy`` file of known ``shape`` and ``dtype``, appended in order."""
 
-    def __init__(self, path: str | os.PathLike, shape: Sequence[int], dtype: Any) -> None:
+    def __init__(self, path: str | os.PathLike[str], shape: Sequence[int], dtype: Any) -> None:
         self.path = os.fspath(path)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
@@ -56,7 +56,7 @@ class NpyWriter:
             raise ValueError(
                 f"{self.path}: rows of shape {rows.shape} do not continue {self.shape} at row {self.rows}"
             )
-        self._file.write(memoryview(rows).cast("B"))
+        self._file.write(rows.data.cast("B"))
         self.rows += len(rows)
 
     def close(self) -> None:
@@ -75,7 +75,7 @@ class NpyWriter:
 class NpyRows:
     """A ``.npy`` file read by rows: ``rows(start, stop)``, ``take(indices)``; ``np.asarray`` reads it all."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -103,7 +103,7 @@ class NpyRows:
     def _read_into(self, out: np.ndarray, start: int) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         done = 0
         while done < len(view):
             got = os.preadv(self._fd, [view[done:]], self.offset + start * self.row_bytes + done)

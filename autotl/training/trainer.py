@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -30,18 +30,21 @@ from autotl.training.fitting import (
     Pixels,
     Report,
     Rows,
+    Schedule,
     copy_head,
     fit_head,
     head_probabilities,
     train_head_through,
     trainer,
 )
+from autotl.training.params import LR_RATIO, TrialParams
 from autotl.training.seeding import set_random_seed
 
-__all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
+if TYPE_CHECKING:
+    from autotl.data.dataset import Dataset
+    from autotl.spec import BackboneSpec
 
-#: The fine-tuning learning rate must be at least this many times below phase 1's.
-LR_RATIO = 10.0
+__all__ = ["TrialParams", "TrialResult", "Gate", "train_trial", "LR_RATIO"]
 
 
 class Gate(str, Enum):
@@ -52,36 +55,6 @@ class Gate(str, Enum):
     STILL_IMPROVING = "still_improving"  # the head's validation loss had not stopped improving
     HEAD_LOSS_HIGH = "head_loss_high"  # the head's training loss was not under the threshold
     NO_BOUNDARIES = "no_boundaries"  # the backbone declares no block boundary to unfreeze from
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    """One trial's settings; the defaults follow the transfer-learning literature."""
-
-    backbone: str
-    head_width: int = 128
-    dropout: float = 0.2
-    unfreeze_blocks: int = 2  # 0: feature extraction only
-    unfreeze_all: bool = False
-    phase1_lr: float = 1e-3
-    finetune_lr: float = 1e-5
-    phase1_epochs: int = 100
-    phase1_patience: int = 5
-    phase2_epochs: int = 20
-    phase2_patience: int = 3
-    head_loss_threshold: float = 0.5
-    batch_size: int = 32
-    seed: int = 0
-    prefetch_blocks: int = 0  # cache this many top boundaries in phase 1's forward pass
-    class_weight: Optional[str] = None  # "balanced": each class weighs n / (classes * its count)
-    # ... except the top ones a trial never cuts at (unfreeze_blocks.low)
-    prefetch_min_blocks: int = 1
-
-    def __post_init__(self) -> None:
-        if self.finetune_lr * LR_RATIO > self.phase1_lr * (1 + 1e-9):
-            raise ValueError(
-                f"finetune_lr must be at least {LR_RATIO:g} times below phase1_lr, but got (finetune_lr={self.finetune_lr:g}, phase1_lr={self.phase1_lr:g})"
-            )
 
 
 @dataclass
@@ -148,11 +121,57 @@ class _Phase1:
     class_weight: Optional[np.ndarray]  # per class, when the space asks for balanced weights
 
 
+@dataclass
+class _Trial:
+    """What both phases of one trial share: the backbone and its settings, the data, the cache, and
+    where the trial reports, says what it does and records its times and cache entries."""
+
+    spec: BackboneSpec
+    params: TrialParams
+    base: Callable[[], Any]  # the frozen base, built on first call
+    dataset: Dataset
+    cache: Any
+    weights: Any
+    report: Optional[Report]
+    say: Callable[[str], None]
+    augmentation: Any
+    seconds: dict[str, float] = field(default_factory=dict)
+    cache_info: dict[str, Any] = field(default_factory=dict)
+
+    def schedule(self, phase2: bool, class_weight: Optional[np.ndarray]) -> Schedule:
+        """A phase's training settings; phase 2's epochs continue phase 1's on the report's axis."""
+        p = self.params
+        return Schedule(
+            lr=p.finetune_lr if phase2 else p.phase1_lr,
+            epochs=p.phase2_epochs if phase2 else p.phase1_epochs,
+            patience=p.phase2_patience if phase2 else p.phase1_patience,
+            batch_size=p.batch_size,
+            dropout=p.dropout,
+            seed=p.seed,
+            offset=p.phase1_epochs if phase2 else 0,
+            report=self.report,
+            class_weight=class_weight,
+        )
+
+
+@dataclass
+class _Phase2:
+    """What fine-tuning leaves behind: its history, how many layers trained, whether it was kept, the
+    trial's best validation loss and accuracy, and (when kept) the validation probabilities."""
+
+    history: dict[str, list[float]]
+    unfrozen: int
+    kept: bool
+    best_loss: float
+    best_acc: float
+    probs: Optional[np.ndarray]
+
+
 def train_trial(
-    spec: Any,
+    spec: BackboneSpec,
     params: TrialParams,
     make_base: Callable[[], Any],
-    dataset: Any,
+    dataset: Dataset,
     cache: Any,
     weights: Any,
     report: Optional[Report] = None,
@@ -167,43 +186,41 @@ def train_trial(
     """
     import functools
 
+    set_random_seed(params.seed)
+    trial = _Trial(
+        spec=spec,
+        params=params,
+        base=functools.cache(make_base),
+        dataset=dataset,
+        cache=cache,
+        weights=weights,
+        report=report,
+        say=progress or (lambda _msg: None),
+        augmentation=augmentation,
+    )
+    p1 = _phase1(trial)
+    gate, reason, boundaries = _gate(spec, params, p1, trial.base)
+    cut: Optional[str] = None
+    p2 = None
+    if gate is Gate.PASSED:
+        if not params.unfreeze_all:
+            cut = boundaries[-min(params.unfreeze_blocks, len(boundaries))]
+        p2 = _phase2(trial, p1, cut)
+    return _result(trial, p1, (gate, reason), cut, p2)
+
+
+def _result(
+    trial: _Trial,
+    p1: _Phase1,
+    verdict: tuple[Gate, str],
+    cut: Optional[str],
+    p2: Optional[_Phase2],
+) -> TrialResult:
+    """The trial's result: the better phase's scores, both histories, and how to rebuild what it trained."""
     from autotl.training.model import assemble, top_layer_weights
 
-    say = progress or (lambda _msg: None)
-    set_random_seed(params.seed)
-    base = functools.cache(make_base)
-    seconds: dict[str, float] = {}
-    cache_info: dict[str, Any] = {}
-    p1 = _phase1(
-        spec, params, base, dataset, cache, weights, report, say, augmentation, seconds, cache_info
-    )
-    gate, reason, boundaries = _gate(spec, params, p1, base)
-    history = {"phase1": p1.history, "phase2": {}}
-    best_loss, best_acc = p1.best_loss, p1.best_acc
-    cut: Optional[str] = None
-    unfrozen, kept, probs = 0, False, None
-    if gate is Gate.PASSED:
-        cut = (
-            None
-            if params.unfreeze_all
-            else boundaries[-min(params.unfreeze_blocks, len(boundaries))]
-        )
-        h2, unfrozen, kept, best_loss, best_acc, probs = _phase2(
-            spec,
-            params,
-            base,
-            dataset,
-            cache,
-            weights,
-            report,
-            say,
-            augmentation,
-            p1,
-            cut,
-            seconds,
-            cache_info,
-        )
-        history["phase2"] = h2
+    kept = p2 is not None and p2.kept
+    base, spec = trial.base, trial.spec
 
     def trained_weights() -> dict[str, list[np.ndarray]]:
         """Layer name to weights, for every layer this trial changed: the head, and the top if phase 2 was kept."""
@@ -212,41 +229,28 @@ def train_trial(
             out.update(top_layer_weights(base(), cut))
         return out
 
-    stable_epoch = p1.best_epoch if p1.plateaued else None
+    probs = p2.probs if p2 is not None else None
     if probs is None:  # phase 2 not run or not kept: the phase-1 head, at its restored epoch
         probs = head_probabilities(p1.head, p1.val[0])
-    scores = classification_scores(probs, p1.val[1])
     return TrialResult(
-        best_acc,
-        best_loss,
-        history,
-        stable_epoch,
-        gate,
-        reason,
-        kept,
-        cut,
-        unfrozen,
-        seconds,
-        cache_info,
-        lambda: assemble(spec, base(), p1.head),
-        trained_weights,
-        scores,
+        val_accuracy=p2.best_acc if p2 is not None else p1.best_acc,
+        val_loss=p2.best_loss if p2 is not None else p1.best_loss,
+        history={"phase1": p1.history, "phase2": p2.history if p2 is not None else {}},
+        head_stable_epoch=p1.best_epoch if p1.plateaued else None,
+        gate=verdict[0],
+        gate_reason=verdict[1],
+        phase2_kept=kept,
+        cut=cut,
+        unfrozen_layers=p2.unfrozen if p2 is not None else 0,
+        seconds=trial.seconds,
+        cache=trial.cache_info,
+        build_model=lambda: assemble(spec, base(), p1.head),
+        trained_weights=trained_weights,
+        val_scores=classification_scores(probs, p1.val[1]),
     )
 
 
-def _phase1(
-    spec: Any,
-    params: TrialParams,
-    base: Callable[[], Any],
-    dataset: Any,
-    cache: Any,
-    weights: Any,
-    report: Optional[Report],
-    say: Callable[[str], None],
-    augmentation: Any,
-    seconds: dict[str, float],
-    cache_info: dict[str, Any],
-) -> _Phase1:
+def _phase1(trial: _Trial) -> _Phase1:
     """Feature extraction: the head trains on the frozen base's cached pooled features.
 
     The same forward pass stores the block boundaries that fine-tuning trials
@@ -254,25 +258,26 @@ def _phase1(
     """
     from autotl.training.model import build_head
 
+    spec, params, say = trial.spec, trial.params, trial.say
     say("phase 1: features")
-    feats = cache.get(
+    feats = trial.cache.get(
         spec,
-        base,
-        weights,
-        dataset,
+        trial.base,
+        trial.weights,
+        trial.dataset,
         None,
         batch_size=params.batch_size,
-        augmentation=augmentation,
+        augmentation=trial.augmentation,
         seed=params.seed,
         prefetch=lambda b: prefetch_cuts(spec, params, b),
         say=lambda msg: say(f"phase 1: {msg}"),
     )
-    cache_info["phase1"] = _cache_record(feats)
+    trial.cache_info["phase1"] = _cache_record(feats)
     start = time.perf_counter()
     # seeded again here: whether the base was just built (drawing from the same generators) or came
     # from a cache or an earlier trial, the head starts from the same weights for the same seed
     set_random_seed(params.seed)
-    n_classes = len(dataset.class_names)
+    n_classes = len(trial.dataset.class_names)
     head = build_head(n_classes, params.head_width, params.dropout)
     class_weight = (
         balanced_class_weights(feats.train_labels, n_classes)
@@ -284,26 +289,26 @@ def _phase1(
         layer.build((None, feats.train.shape[1] if layer is head[1] else params.head_width))
     h1 = fit_head(
         head,
-        params.dropout,
-        params.phase1_lr,
         (feats.train, feats.train_labels),
         (feats.val, feats.val_labels),
-        params.phase1_epochs,
-        params.phase1_patience,
-        params.batch_size,
-        report,
-        0,
-        params.seed,
-        class_weight,
+        trial.schedule(phase2=False, class_weight=class_weight),
     )
-    seconds["phase1"] = time.perf_counter() - start
+    trial.seconds["phase1"] = time.perf_counter() - start
     best_epoch, best_loss, best_acc = _best(h1)
     plateaued = len(h1["val_loss"]) - 1 - best_epoch >= params.phase1_patience
-    val = (feats.val, np.asarray(feats.val_labels))
-    return _Phase1(head, h1, best_epoch, best_loss, best_acc, plateaued, val, class_weight)
+    return _Phase1(
+        head=head,
+        history=h1,
+        best_epoch=best_epoch,
+        best_loss=best_loss,
+        best_acc=best_acc,
+        plateaued=plateaued,
+        val=(feats.val, np.asarray(feats.val_labels)),
+        class_weight=class_weight,
+    )
 
 
-def prefetch_cuts(spec: Any, params: TrialParams, base: Any) -> list[str]:
+def prefetch_cuts(spec: BackboneSpec, params: TrialParams, base: Any) -> list[str]:
     """The block boundaries fine-tuning may start from in this space: cached in phase 1's forward pass."""
     from autotl.training.model import block_boundaries
 
@@ -323,7 +328,7 @@ def _cache_record(feats: Any, **more: Any) -> dict[str, Any]:
 
 
 def _gate(
-    spec: Any, params: TrialParams, p1: _Phase1, base: Callable[[], Any]
+    spec: BackboneSpec, params: TrialParams, p1: _Phase1, base: Callable[[], Any]
 ) -> tuple[Gate, str, list[str]]:
     """Whether phase 2 may run: the head stabilised (plateau, and training loss under the threshold).
 
@@ -358,121 +363,112 @@ def _gate(
     return Gate.PASSED, "passed", boundaries
 
 
-def _phase2(
-    spec: Any,
-    params: TrialParams,
-    base: Callable[[], Any],
-    dataset: Any,
-    cache: Any,
-    weights: Any,
-    report: Optional[Report],
-    say: Callable[[str], None],
-    augmentation: Any,
-    p1: _Phase1,
-    cut: Optional[str],
-    seconds: dict[str, float],
-    cache_info: dict[str, Any],
-) -> tuple[dict[str, list[float]], int, bool, float, float, Optional[np.ndarray]]:
+def _phase2(trial: _Trial, p1: _Phase1, cut: Optional[str]) -> _Phase2:
     """Fine-tuning: the top blocks above ``cut`` (the whole base for ``None``) train with the head at the low rate.
 
     BatchNormalization stays frozen.  If fine-tuning does not beat the phase-1
-    head, the head and the pretrained top are put back.  Returns the history,
-    how many weight layers trained, whether phase 2 was kept, the best
-    validation loss and accuracy of the trial, and (when kept) the validation
-    probabilities of the restored epoch.
+    head, the head and the pretrained top are put back.
     """
-    import keras
+    from autotl.training.model import freeze_below, top_layer_weights
 
-    from autotl.backbones.preprocess import apply_preprocessing
-    from autotl.training.model import freeze_below, submodel, top_layer_weights
-
-    say(f"phase 2: features at {cut or 'input'}")
-    acts = (
-        cache.get(
-            spec,
-            base,
-            weights,
-            dataset,
-            cut,
-            batch_size=params.batch_size,
-            augmentation=augmentation,
-            seed=params.seed,
-            say=lambda msg: say(f"phase 2: {msg}"),
-            required=False,
-        )
-        if cut
-        else None
-    )
-    if acts is not None:
-        cache_info["phase2"] = _cache_record(acts, cut=cut)
+    base = trial.base
+    trial.say(f"phase 2: features at {cut or 'input'}")
+    inputs = _phase2_inputs(trial, cut)
     start = time.perf_counter()
     snapshot = top_layer_weights(base(), cut)  # what fine-tuning may change, to undo it
     unfrozen = freeze_below(base(), cut)
-    if acts is not None:
-        shape = tuple(acts.train.shape[1:])
-
-        def features(x: Any) -> Any:
-            return submodel(base(), cut, None)(x, training=False)
-
-        train_xy, val_xy = Rows(acts.train, acts.train_labels), Rows(acts.val, acts.val_labels)
-    else:  # the whole base unfrozen, or its boundary not cached: train from pixels, batch by batch
-        shape = (*spec.input_size, 3)
-        if cut is not None:
-            cache_info["phase2"] = {"streamed": True, "cut": cut}
-
-        def features(x: Any) -> Any:
-            return base()(apply_preprocessing(spec.preprocessing, x), training=False)
-
-        train_xy = Pixels(dataset.train, spec.input_size)
-        val_xy = Pixels(dataset.val, spec.input_size)
-
-    def body() -> tuple[Any, Any]:
-        x_in = keras.Input(shape)
-        return x_in, keras.layers.GlobalAveragePooling2D()(features(x_in))
-
-    n_classes = len(dataset.class_names)
-    # the base object is one per backbone and process, so its id names the layers this model trains
-    model = trainer(
-        ("top", id(base()), cut, tuple(shape), params.head_width, n_classes),
-        body,
-        params.head_width,
-        n_classes,
-        owner=base(),
-    )
-    say("phase 2: fine-tuning")
+    model = _fine_tuning_model(trial, cut, inputs)
+    trial.say("phase 2: fine-tuning")
     h2 = train_head_through(
-        model,
-        p1.head,
-        params.dropout,
-        params.finetune_lr,
-        train_xy,
-        val_xy,
-        params.phase2_epochs,
-        params.phase2_patience,
-        params.batch_size,
-        report,
-        params.phase1_epochs,
-        params.seed,
-        p1.class_weight,
+        model, p1.head, inputs.train, inputs.val, trial.schedule(True, p1.class_weight)
     )
-    seconds["phase2"] = time.perf_counter() - start
+    trial.seconds["phase2"] = time.perf_counter() - start
     _, loss2, acc2 = _best(h2) if h2 else (0, math.inf, 0.0)
     kept = loss2 < p1.best_loss
     probs = None
     if kept:
-        # eager calls: Keras' predict would trace a function per trial and batch shape, and keep it
-        # batch by batch from the cache's rows or the images: the split is never one array
-        probs = np.concatenate(
-            [
-                np.asarray(model(x, training=False), np.float64)
-                for x, _ in val_xy.batches(np.arange(len(val_xy)), 256)
-            ]
-        )
+        probs = _probabilities(model, inputs.val)
         copy_head(model, None, p1.head)
     else:  # fine-tuning made things worse: keep the phase-1 head (untouched) and go back to the pretrained top
         for name, ws in snapshot.items():
             base().get_layer(name).set_weights(ws)
-    base().trainable = False
-    if not kept:
         loss2, acc2 = p1.best_loss, p1.best_acc
-    return h2, unfrozen, kept, loss2, acc2, probs
+    base().trainable = False
+    return _Phase2(h2, unfrozen, kept, loss2, acc2, probs)
+
+
+@dataclass
+class _Inputs:
+    """Phase 2's input: its shape, the frozen part below the cut as a function, and the two splits."""
+
+    shape: tuple[int, ...]
+    features: Callable[[Any], Any]
+    train: Any  # Rows (cached activations) or Pixels (images)
+    val: Any
+
+
+def _phase2_inputs(trial: _Trial, cut: Optional[str]) -> _Inputs:
+    """The boundary's cached activations, or, with the whole base unfrozen or the boundary not
+    cached, the images, batch by batch."""
+    from autotl.backbones.preprocess import apply_preprocessing
+    from autotl.training.model import submodel
+
+    spec, params, base, dataset = trial.spec, trial.params, trial.base, trial.dataset
+    acts = None
+    if cut:
+        acts = trial.cache.get(
+            spec,
+            base,
+            trial.weights,
+            dataset,
+            cut,
+            batch_size=params.batch_size,
+            augmentation=trial.augmentation,
+            seed=params.seed,
+            say=lambda msg: trial.say(f"phase 2: {msg}"),
+            required=False,
+        )
+    if acts is not None:
+        trial.cache_info["phase2"] = _cache_record(acts, cut=cut)
+        return _Inputs(
+            tuple(acts.train.shape[1:]),
+            lambda x: submodel(base(), cut, None)(x, training=False),
+            Rows(acts.train, acts.train_labels),
+            Rows(acts.val, acts.val_labels),
+        )
+    if cut is not None:
+        trial.cache_info["phase2"] = {"streamed": True, "cut": cut}
+    return _Inputs(
+        (*spec.input_size, 3),
+        lambda x: base()(apply_preprocessing(spec.preprocessing, x), training=False),
+        Pixels(dataset.train, spec.input_size),
+        Pixels(dataset.val, spec.input_size),
+    )
+
+
+def _fine_tuning_model(trial: _Trial, cut: Optional[str], inputs: _Inputs) -> Any:
+    """The compiled model that trains the top above ``cut`` with a head (one per shape and process)."""
+    import keras
+
+    base = trial.base
+
+    def body() -> tuple[Any, Any]:
+        x_in = keras.Input(inputs.shape)
+        return x_in, keras.layers.GlobalAveragePooling2D()(inputs.features(x_in))
+
+    width, n_classes = trial.params.head_width, len(trial.dataset.class_names)
+    # the base object is one per backbone and process, so its id names the layers this model trains
+    key = ("top", id(base()), cut, tuple(inputs.shape), width, n_classes)
+    return trainer(key, body, width, n_classes, owner=base())
+
+
+def _probabilities(model: Any, val: Any) -> np.ndarray:
+    """The validation probabilities of the restored epoch, batch by batch from the cache's rows or the
+    images (the split is never one array); eager calls: Keras' predict would trace a function per trial
+    and batch shape, and keep it."""
+    return np.concatenate(
+        [
+            np.asarray(model(x, training=False), np.float64)
+            for x, _ in val.batches(np.arange(len(val)), 256)
+        ]
+    )

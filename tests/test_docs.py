@@ -107,3 +107,18 @@ def test_the_api_reference_names_the_public_api() -> None:
         "autotl.errors",
     }
     assert wanted <= objects, f"the API reference lacks {sorted(wanted - objects)}"
+
+
+def test_sphinx_roles_become_code_spans_and_placeholders_stay_text() -> None:
+    pytest.importorskip("griffe")  # the `docs` extra (`make docs` installs it)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rst_roles", DOCS / "_griffe" / "rst_roles.py")
+    assert spec is not None and spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    text = "Returns a :class:`Run` (see :func:`~autotl.api.search`); default runs/<data name>."
+    assert roles.markdown_roles(text) == (
+        "Returns a `Run` (see `autotl.api.search`); default runs/&lt;data name>."
+    )
+    assert roles.markdown_roles("``runs/<name>`` and `a<b`") == "``runs/<name>`` and `a<b`"

@@ -107,26 +107,9 @@ def search(
     A trial that fails is recorded with its reason and the search goes on; a
     backbone that fails 3 times in a row is dropped, and when no backbone is
     left or ``max_failures`` trials in a row failed, :class:`autotl.errors.SearchStopped`
-    is raised (after the report is written), saying why.
-
-    At scale: ``decode_workers`` processes decode images (default: the cores;
-    0: threads in this process); the feature cache lives in ``cache_dir``
-    (default ``out/cache``), holds at most ``cache_budget`` bytes (``"20GB"``;
-    default: the disk's free space) in ``cache_dtype`` (float16, or float32 for
-    exact entries), its forward pass in float16 with ``mixed_precision`` (for
-    GPUs); ``artifacts`` (``s3://bucket/prefix`` or a folder) is where trials'
-    layers, best models and exports go, so workers that share only the
-    database can assemble any trial's model (default: the run folder).
-
-    ``mlflow`` (a tracking URI, ``pip install 'autotl[mlflow]'``) logs each
-    trial as an MLflow run as it finishes, nested under a run for the study,
-    and the best model to the registry when the search ends (see
-    :meth:`Run.log_mlflow`).
-
-    ``exclude`` (a CSV with a ``path`` column, such as the ``issues.csv`` of
-    :func:`doctor`; or the space's ``exclude``) leaves those files out of every
-    split; the data folder is never changed.  Before the first trial the search
-    warns when images have a copy in another split (leakage).
+    is raised (after the report is written), saying why.  What each other option does
+    (scale, artifacts, ``exclude``, ``mlflow``, ...) is its field's description in
+    :class:`SearchOptions`.
     """
     opts = SearchOptions.parse(data=data, **options)
     from autotl.training.allocator import return_large_buffers
@@ -468,13 +451,13 @@ def _before_trials(plan: _Plan, emit: Event) -> Callable[..., None]:
             RunFolder(plan.out).storage_url(plan.options.storage), plan.dataset.summary()
         )
         check = leakage_check(
-            plan.dataset,
-            plan.registry,
-            plan.weights,
-            backbone or _usable(plan)[0],
-            None if plan.options.sample else RunFolder(plan.out).manifest,
-            plan.space.augmentation,
-            plan.space.seed,
+            dataset=plan.dataset,
+            registry=plan.registry,
+            weights=plan.weights,
+            backbone=backbone or _usable(plan)[0],
+            manifest=None if plan.options.sample else RunFolder(plan.out).manifest,
+            augmentation=plan.space.augmentation,
+            seed=plan.space.seed,
         )
         safely(check, emit)(cache)
 

@@ -135,17 +135,11 @@ def doctor(
     from autotl.backbones.registry import get_registry
     from autotl.backbones.weights import WeightsSource
     from autotl.engine.space import SearchSpace, load_space
-    from autotl.health import FOLDS, NEAR
     from autotl.report import write_health_page
 
     emit = on_event or (lambda _e: None)
-    if near is not None and not 0.0 < near < 1.0:
-        raise UsageError(
-            f"near must be between 0 and 1 (a share of the median neighbour distance), got {near}"
-        )
-    if folds is not None and folds < 2:
-        raise UsageError(f"folds must be at least 2, got {folds}")
     space_obj, space_file = (space, None) if isinstance(space, SearchSpace) else load_space(space)
+    settings = _settings(backbone, near, folds, space_obj.seed, cache_dir)
     registry = get_registry(list(plugins))
     source = WeightsSource.parse(os.fspath(weights_dir) if weights_dir else None, weights)
     if backbone is not None:
@@ -159,25 +153,43 @@ def doctor(
         decode_workers,
         emit,
     )
-    settings = Settings(
-        backbone,
-        NEAR if near is None else near,
-        FOLDS if folds is None else folds,
-        space_obj.seed,
-        Path(cache_dir).resolve() if cache_dir else None,
-    )
     health = check_data(
-        dataset,
-        registry,
-        source,
-        folder.cache_dir,
-        folder.manifest,
-        settings,
-        lambda m: emit({"status": m}),
+        dataset=dataset,
+        registry=registry,
+        weights=source,
+        cache_root=folder.cache_dir,
+        manifest=folder.manifest,
+        settings=settings,
+        say=lambda m: emit({"status": m}),
     )
     write_health(folder, health)
     write_health_page(folder.health_file(PAGE), health)
     return health
+
+
+def _settings(
+    backbone: Optional[str],
+    near: Optional[float],
+    folds: Optional[int],
+    seed: int,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Settings:
+    """The check's settings, the defaults filled in; a ``near`` or ``folds`` out of range is one line."""
+    from autotl.health import FOLDS, NEAR
+
+    if near is not None and not 0.0 < near < 1.0:
+        raise UsageError(
+            f"near must be between 0 and 1 (a share of the median neighbour distance), got {near}"
+        )
+    if folds is not None and folds < 2:
+        raise UsageError(f"folds must be at least 2, got {folds}")
+    return Settings(
+        backbone,
+        NEAR if near is None else near,
+        FOLDS if folds is None else folds,
+        seed,
+        Path(cache_dir).resolve() if cache_dir else None,
+    )
 
 
 def data_issues(

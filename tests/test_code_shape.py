@@ -17,11 +17,7 @@ MAX_POSITIONAL = 6
 #: Calls whose positional arguments are a list of like things (a table's columns, a row's cells),
 #: not an argument list to remember.
 VARIADIC = {"Table", "select", "add_row"}
-#: Being rewritten on another branch (backbone screening); to be cleared once it is merged.
-KNOWN = {"autotl/engine/optuna_engine.py", "autotl/training/cache.py"}
-FILES = sorted(
-    p for p in (ROOT / "autotl").rglob("*.py") if p.relative_to(ROOT).as_posix() not in KNOWN
-)
+FILES = sorted((ROOT / "autotl").rglob("*.py"))
 
 
 def _name(call: ast.Call) -> str:

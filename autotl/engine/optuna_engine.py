@@ -237,7 +237,7 @@ class _TrialRunner:
             warn=lambda msg: on_event({"warning": msg}),
         )
         self.store = cfg.run.artifact_store(cfg.artifacts)
-        self._bases: dict[tuple, tuple[Any, list]] = {}
+        self._bases: dict[tuple[Any, ...], tuple[Any, list[Any]]] = {}
         self.full: Optional[FullCaches] = None  # the kept backbones' full caches (``prepare``)
 
     def adopt(self, spec: Any, weights: Any, seed: int, base: Any) -> None:
@@ -329,15 +329,15 @@ class _TrialRunner:
         start = time.perf_counter()
         costs = self._deploy_costs(trial, spec, weights, params, event)
         result = train_trial(
-            spec,
-            params,
-            lambda: self.base(spec, weights, params.seed),
-            self.dataset,
-            self.cache,
-            weights,
-            self._reporter(trial, params, event),
-            lambda msg: self.on_event({**event, "status": msg}),
-            self.cfg.space.augmentation,
+            spec=spec,
+            params=params,
+            make_base=lambda: self.base(spec, weights, params.seed),
+            dataset=self.dataset,
+            cache=self.cache,
+            weights=weights,
+            report=self._reporter(trial, params, event),
+            progress=lambda msg: self.on_event({**event, "status": msg}),
+            augmentation=self.cfg.space.augmentation,
         )
         metrics = {**result.attrs()["metrics"], **costs}
         for key, value in {**result.attrs(), "metrics": metrics}.items():
@@ -366,13 +366,13 @@ class _TrialRunner:
         self.on_event({**event, "status": "deploy costs"})
         try:
             costs = self.cfg.deploy_costs(
-                self.cfg.run,
-                spec,
-                weights,
-                lambda: self.base(spec, weights, params.seed),
-                params.head_width,
-                len(self.dataset.class_names),
-                self.cfg.space.deploy.model_dump(),
+                run=self.cfg.run,
+                spec=spec,
+                weights=weights,
+                make_base=lambda: self.base(spec, weights, params.seed),
+                head_width=params.head_width,
+                n_classes=len(self.dataset.class_names),
+                settings=self.cfg.space.deploy.model_dump(),
             )
         except UsageError:
             raise
@@ -867,14 +867,14 @@ def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> 
     backbones = _backbones_of(study, cfg, emit)
     p2 = cfg.space.phase2
     checked = precheck_backbones(
-        cfg.run,
-        registry,
-        [b for b in backbones.choices if b not in backbones.not_asked],
-        cfg.weights,
-        cfg.space.seed,
-        0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
-        cfg.explicit,
-        emit,
+        run=cfg.run,
+        registry=registry,
+        names=[b for b in backbones.choices if b not in backbones.not_asked],
+        source=cfg.weights,
+        seed=cfg.space.seed,
+        blocks=0 if p2.unfreeze_all else p2.unfreeze_blocks.high,
+        explicit=cfg.explicit,
+        emit=emit,
         skipped=backbones.skipped,
     )
     backbones.skipped.update(checked.skipped)

@@ -88,14 +88,10 @@ def export(
     search's); then every format must predict what the Keras model predicts.
     Raises UsageError for bad arguments and ExportParityError otherwise.
 
-    ``ensemble`` exports the run's ensemble instead (``autotl.ensemble``: the
-    stored selection, or a new one), and ``tta="flip"`` a model that also
-    averages over the mirror image (of the ensemble, or of the trial); see
-    ``_variant``.
-
+    ``ensemble`` exports the run's ensemble instead (the stored selection, or a new one), and
+    ``tta="flip"`` a model that also averages over the mirror image (see ``_variant``).
     ``version`` (a whole number, or ``"next"``) writes ``out_dir/<version>/``, a new version
-    folder for a model server that watches ``out_dir`` (``serving/java``, TF Serving); an
-    existing version is refused, never rewritten.
+    folder for a model server that watches ``out_dir``; an existing version is never rewritten.
     """
     _quiet()
     say = on_event or (lambda _msg: None)

@@ -110,28 +110,28 @@ def check_data(
     cache = FeatureCache(settings.cache_dir or cache_root, settings.cache_dtype)
     began = time.perf_counter()
     features = pooled_features(
-        dataset,
-        spec,
-        resolved,
-        cache,
-        lambda: build_base(spec, resolved, seed=settings.seed),
-        settings.augmentation,
-        say,
+        dataset=dataset,
+        spec=spec,
+        weights=resolved,
+        cache=cache,
+        base=lambda: build_base(spec, resolved, seed=settings.seed),
+        augmentation=settings.augmentation,
+        say=say,
     )
     seconds["features"] = round(time.perf_counter() - began, 3)
     findings = find_findings(subject, features, settings, seconds)
     seconds["total"] = round(time.perf_counter() - start, 3)
     return DataHealth(
-        findings,
-        dataset.source,
-        dataset.fingerprint,
-        name,
-        subject.counts(),
-        {
+        findings=findings,
+        source=dataset.source,
+        fingerprint=dataset.fingerprint,
+        backbone=name,
+        images=subject.counts(),
+        settings={
             "near": settings.near,
             "folds": settings.folds,
             "seed": settings.seed,
             "weights": resolved.origin,
         },
-        seconds,
+        seconds=seconds,
     )

@@ -54,15 +54,15 @@ def subject_of(dataset: Dataset, manifest: Optional[Path]) -> Subject:
     known = manifest_mod.read(manifest)
     facts = _facts(rels, paths, known, dataset.train.max_side)
     return Subject(
-        dataset.source,
-        list(dataset.class_names),
-        rels,
-        paths,
-        [s for s, images in parts for _ in range(len(images))],
-        np.concatenate([np.asarray(images.labels, dtype=np.int64) for _, images in parts]),
-        facts,
-        list(dataset.skipped),
-        dataset.fingerprint,
+        source=dataset.source,
+        class_names=list(dataset.class_names),
+        rels=rels,
+        paths=paths,
+        splits=[s for s, images in parts for _ in range(len(images))],
+        labels=np.concatenate([np.asarray(images.labels, dtype=np.int64) for _, images in parts]),
+        facts=facts,
+        skipped=list(dataset.skipped),
+        fingerprint=dataset.fingerprint,
     )
 
 

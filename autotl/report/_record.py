@@ -220,7 +220,15 @@ def build_record(
         "backbone_screening": screening,
         "engines": engines_compared(folder, storage_url, study, rows, val_images(data)),
         "health": health,
-        "evaluation": _evaluation(folder, study, summary, storage_url, images, evaluate, leaked),
+        "evaluation": _evaluation(
+            folder=folder,
+            study=study,
+            summary=summary,
+            storage_url=storage_url,
+            images=images,
+            evaluate=evaluate,
+            leaked=leaked,
+        ),
         "ensemble": ensemble_record(folder, study),
         "lineage": lineage_record(study, rows, run, summary, space, storage_url),
     }

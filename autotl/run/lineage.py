@@ -80,6 +80,23 @@ _schema: Any = None
 _deployments: Any = None
 
 
+def _exclusions_table(md: Any) -> None:
+    """The exclusion lists a search trained without (``--exclude``), one row per data fingerprint."""
+    from sqlalchemy import JSON, Column, DateTime, Integer, String, Table, Text
+
+    Table(
+        EXCLUSIONS_TABLE,
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("data_fingerprint", String(64), nullable=False, unique=True),
+        Column("list_sha256", String(64), nullable=False),
+        Column("source", Text),
+        Column("count", Integer, nullable=False),
+        Column("files", JSON, nullable=False),
+        Column("created", DateTime(timezone=True), nullable=False),
+    )
+
+
 def _tables() -> Any:
     """The MetaData with both tables, built once (SQLAlchemy is imported lazily)."""
     global _schema
@@ -133,17 +150,7 @@ def _tables() -> Any:
             Column("autotl_version", String(64)),
             Column("versions", JSON),
         )
-        Table(
-            EXCLUSIONS_TABLE,
-            md,
-            Column("id", Integer, primary_key=True, autoincrement=True),
-            Column("data_fingerprint", String(64), nullable=False, unique=True),
-            Column("list_sha256", String(64), nullable=False),
-            Column("source", Text),
-            Column("count", Integer, nullable=False),
-            Column("files", JSON, nullable=False),
-            Column("created", DateTime(timezone=True), nullable=False),
-        )
+        _exclusions_table(md)
         _schema = md
     return _schema
 

@@ -61,7 +61,7 @@ def _maximised(s2: np.ndarray, z: np.ndarray, y2: float, n: int, d: int) -> floa
         alpha, beta = max(new_alpha, _EPS), new_beta
         if converged:
             break
-    return evidence(s2, z, y2, n, d, alpha, beta)
+    return evidence(s2=s2, z=z, y2=y2, n=n, d=d, alpha=alpha, beta=beta)
 
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:

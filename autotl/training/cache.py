@@ -218,8 +218,8 @@ def extractor(
     size: tuple[int, int],
     mixed_precision: bool = False,
     dtype: str = "float32",
-) -> Callable[[np.ndarray], tuple[list[Any], Any, Any]]:
-    """The cache's forward pass, traced once for every batch size: float32 pixels ``(b, h, w, 3)`` 0..255 ->
+) -> Any:
+    """The cache's forward pass (a ``tf.function``), traced once for every batch size: float32 pixels ``(b, h, w, 3)`` 0..255 ->
     ``(activations at every cut in dtype, all finite, largest magnitude)`` (cut ``None``: the pooled output).
 
     The conversion and the checks run in the graph, so the build's own thread
@@ -291,7 +291,7 @@ class FeatureCache:
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike[str],
         dtype: str = "float16",
         budget: Optional[int] = None,
         mixed_precision: bool = False,
@@ -364,26 +364,23 @@ class FeatureCache:
         ``say`` follows the build: images done, images/s and time left.
         """
         start = time.perf_counter()
-        size = tuple(input_size or spec.input_size)
-        weights_id = weights.sha256 or weights.origin
-        views = augmentation.views if augmentation is not None and augmentation.enabled else 0
-        # the seed draws random weights and augmented views; pretrained features do not depend on it
-        seeded = seed if weights.argument is None or views else None
-
-        def folder_of(c: Optional[str]) -> Path:
-            return self.root / self.key(
-                spec, weights_id, size, dataset.fingerprint, c, augmentation, seeded
-            )
-
+        job = self._job(spec, weights, input_size, batch_size, augmentation, seed)
+        folder_of = self._folder_of(job, weights, dataset.fingerprint)
         folder = folder_of(cut)
         built = False
         if not (folder / "meta.json").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             with _locked(self.root / f"{folder.name}.lock"):
                 if not (folder / "meta.json").is_file():
-                    job = _Job(spec, size, batch_size, views, augmentation, seed, weights_id)
                     if not self._compute(
-                        folder_of, cut, base, dataset, prefetch, job, say, required
+                        folder_of=folder_of,
+                        cut=cut,
+                        base=base,
+                        dataset=dataset,
+                        prefetch=prefetch,
+                        job=job,
+                        say=say,
+                        required=required,
                     ):
                         return None
                     built = True
@@ -392,15 +389,57 @@ class FeatureCache:
     def _open(self, folder: Path, built: bool, seconds: float) -> CachedFeatures:
         meta = json.loads((folder / "meta.json").read_text())
         return CachedFeatures(
-            folder.name,
-            NpyRows(folder / "train.npy"),
-            np.load(folder / "train_labels.npy"),
-            NpyRows(folder / "val.npy"),
-            np.load(folder / "val_labels.npy"),
-            built,
-            seconds,
-            meta.get("build", {}),
+            key=folder.name,
+            train=NpyRows(folder / "train.npy"),
+            train_labels=np.load(folder / "train_labels.npy"),
+            val=NpyRows(folder / "val.npy"),
+            val_labels=np.load(folder / "val_labels.npy"),
+            built=built,
+            seconds=seconds,
+            stats=meta.get("build", {}),
         )
+
+    @staticmethod
+    def _job(
+        spec: BackboneSpec,
+        weights: ResolvedWeights,
+        input_size: Optional[tuple[int, int]],
+        batch_size: int,
+        augmentation: Any,
+        seed: int,
+    ) -> _Job:
+        """What building an entry needs: the input size, augmented views and seed, the weights' identity."""
+        views = augmentation.views if augmentation is not None and augmentation.enabled else 0
+        size = input_size or spec.input_size
+        return _Job(
+            spec=spec,
+            size=(int(size[0]), int(size[1])),
+            batch_size=batch_size,
+            views=views,
+            augmentation=augmentation,
+            seed=seed,
+            weights_id=weights.sha256 or weights.origin,
+        )
+
+    def _folder_of(
+        self, job: _Job, weights: ResolvedWeights, fingerprint: str
+    ) -> Callable[[Optional[str]], Path]:
+        """The entry folder of each cut for this job and data."""
+        # the seed draws random weights and augmented views; pretrained features do not depend on it
+        seeded = job.seed if weights.argument is None or job.views else None
+
+        def folder_of(cut: Optional[str]) -> Path:
+            return self.root / self.key(
+                spec=job.spec,
+                weights_id=job.weights_id,
+                input_size=job.size,
+                data_fingerprint=fingerprint,
+                cut=cut,
+                augmentation=job.augmentation,
+                seed=seeded,
+            )
+
+        return folder_of
 
     def _compute(
         self,
@@ -429,12 +468,28 @@ class FeatureCache:
                 return False
             folders = {c: folder_of(c) for c in cuts}
             try:
-                self._build(folders, model, dataset, stream, job, self.dtype, say)
+                self._build(
+                    folders=folders,
+                    model=model,
+                    dataset=dataset,
+                    stream=stream,
+                    job=job,
+                    dtype=self.dtype,
+                    say=say,
+                )
             except _Overflow:
                 stream.close()
                 stream = job.stream(dataset)
                 self.warn(f"{job.spec.name} activations exceed float16's range: cached in float32")
-                self._build(folders, model, dataset, stream, job, "float32", say)
+                self._build(
+                    folders=folders,
+                    model=model,
+                    dataset=dataset,
+                    stream=stream,
+                    job=job,
+                    dtype="float32",
+                    say=say,
+                )
         finally:
             stream.close()
         return True
@@ -502,7 +557,15 @@ class FeatureCache:
         forward.get_concrete_function()  # traced before the clock starts: a fixed cost, not throughput
         tmps = {c: f.with_name(f"{f.name}.tmp{os.getpid()}") for c, f in folders.items()}
         try:
-            stats = _fill(tmps, forward, dataset, stream, job, dtype, say)
+            stats = _fill(
+                tmps=tmps,
+                forward=forward,
+                dataset=dataset,
+                stream=stream,
+                job=job,
+                dtype=dtype,
+                say=say,
+            )
         except BaseException as exc:  # a failed or interrupted build leaves nothing behind
             for tmp in tmps.values():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -590,7 +653,7 @@ def _fill(
                 row = copy * n
                 while row < (copy + 1) * n:
                     batch = next(stream)
-                    if copy:
+                    if copy and augment is not None:  # copies after the first exist only with views
                         batch = augment(batch, training=True)
                     began = time.perf_counter()
                     result, finite, peak = forward(np.asarray(batch))

@@ -62,16 +62,24 @@ def test_the_readme_is_a_front_page_of_at_most_250_lines() -> None:
     assert "docs/getting-started.md" in text
 
 
+def anchors(page: Path) -> set[str]:
+    """The ids of a page's headings, made as mkdocs' toc (and GitHub, for these headings) makes them."""
+    headings = re.findall(r"^#{1,6} (.+)$", FENCE.sub("", page.read_text()), re.M)
+    slugs = (re.sub(r"[^\w\s-]", "", h.replace("`", "")).strip().lower() for h in headings)
+    return {re.sub(r"[-\s]+", "-", s) for s in slugs}
+
+
 @pytest.mark.parametrize(
     "source", [ROOT / "README.md", *pages()], ids=lambda p: str(p.relative_to(ROOT))
 )
-def test_every_relative_link_points_to_a_file_that_exists(source: Path) -> None:
+def test_every_relative_link_points_to_a_file_and_heading_that_exist(source: Path) -> None:
     broken = []
     for target in relative_links(source.read_text()):
-        path = target.split("#", 1)[0]
-        if not (source.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        file = source.parent / path
+        if not file.exists() or (anchor and anchor not in anchors(file)):
             broken.append(target)
-    assert not broken, f"{source.relative_to(ROOT)} links to missing files: {broken}"
+    assert not broken, f"{source.relative_to(ROOT)} links to missing files or headings: {broken}"
 
 
 def test_every_page_is_in_the_nav_and_every_nav_entry_is_a_page() -> None:
@@ -82,6 +90,12 @@ def test_every_page_is_in_the_nav_and_every_nav_entry_is_a_page() -> None:
         f"nav entries without a page: {sorted(set(nav) - on_disk)}"
     )
     assert len(nav) == len(set(nav)), "a page is in the nav twice"
+
+
+def test_heading_anchors_are_made_as_mkdocs_makes_them() -> None:
+    made = anchors(DOCS / "guide" / "mlflow.md")
+    assert {"mlflow-tracking-and-the-model-registry", "optuna-dashboard"} <= made
+    assert "measured-batching-reloads-memory" in anchors(DOCS / "guide" / "serving.md")
 
 
 def test_the_link_check_sees_links_and_skips_code_and_urls() -> None:

@@ -645,9 +645,9 @@ def _open_run(args: argparse.Namespace) -> Any:
         args.run,
         storage=args.storage,
         study_name=args.study_name,
-        plugins=args.plugins,
-        weights_dir=args.weights_dir,
-        weights=args.weights,
+        plugins=getattr(args, "plugins", ()),  # commands without --plugin/--weights-dir
+        weights_dir=getattr(args, "weights_dir", None),
+        weights=getattr(args, "weights", None),
     )
 
 

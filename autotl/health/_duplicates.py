@@ -4,7 +4,7 @@ A near copy (re-encoded, resized, lightly cropped) is found by cosine distance
 between pooled features, with scikit-learn's ``NearestNeighbors``: a pair is a
 near duplicate when its distance is under ``near`` times the data set's median
 nearest-neighbour distance (the rule of cleanlab's Datalab, which uses 0.13;
-0.35 here, measured in the README to catch most resized and cropped copies
+0.35 here, measured in docs/guide/data-health.md to catch most resized and cropped copies
 while no two different photos of the shared ants-and-bees set pass it).  Every
 pair whose two files are in different splits is *leakage*.
 

@@ -347,7 +347,8 @@ def _ensemble_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "ensemble",
         help="choose an ensemble of a run's top trials and compare it with the best single model",
         description="Greedy forward selection with replacement (Caruana et al., 2004) over the validation "
-        "probabilities of the run's top K kept trials; prints the best single model, the ensemble and each with "
+        "probabilities of the run's top K trials (those whose layers were not kept are refitted from the feature "
+        "cache and checked against their recorded score); prints the best single model, the ensemble and each with "
         "flip TTA side by side (validation and test accuracy, TFLite latency) and saves the selection for "
         "`autotl export --ensemble` and the report.",
     )

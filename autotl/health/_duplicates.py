@@ -5,7 +5,7 @@ between pooled features, among each image's nearest neighbours
 (:func:`autotl.health._neighbours.nearest`, exact, in blocks): a pair is a
 near duplicate when its distance is under ``near`` times the data set's median
 nearest-neighbour distance (the rule of cleanlab's Datalab, which uses 0.13;
-0.35 here, measured in the README to catch most resized and cropped copies
+0.35 here, measured in docs/guide/data-health.md to catch most resized and cropped copies
 while no two different photos of the shared ants-and-bees set pass it).  Every
 pair whose two files are in different splits is *leakage*.
 

@@ -8,7 +8,7 @@ multiplies each pair of blocks of ``BLOCK`` unit vectors once (the similarity is
 symmetric), keeps each row's ``k`` best, and looks in later blocks only at
 similarities above its current ``k``-th best.  Its memory is a few blocks and the ``(images, k)`` graph,
 whatever the number of images; its time is the matrix products, quadratic in
-the images (see the README's "Data health" costs).
+the images (``docs/guide/data-health.md``, "Cost at scale").
 """
 
 from __future__ import annotations

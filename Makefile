@@ -3,11 +3,13 @@
 #   make test   -> the same virtualenv with the test extras (and the onnx, mlflow, dashboard extras),
 #                  then lint, import layers and the whole test suite
 #   make serving -> the Java inference service (serving/java) over an exported SavedModel
+#   make docs   -> the documentation site (docs/, mkdocs.yml) built with --strict into site/
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := $(VENV)/.installed-extras
+DOCS   := $(VENV)/.installed-docs
 
 # Offline machines: weights come from AUTOTL_WEIGHTS_DIR; the sibling ../shared/weights is used when present.
 SHARED_WEIGHTS := $(wildcard $(abspath ..)/shared/weights)
@@ -15,7 +17,7 @@ ifneq ($(SHARED_WEIGHTS),)
 export AUTOTL_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
 endif
 
-.PHONY: demo test test-fast lint bench install serving clean
+.PHONY: demo test test-fast lint bench install serving docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,15 @@ $(EXTRAS): $(STAMP)
 	touch $(EXTRAS)
 
 install: $(EXTRAS)
+
+# mkdocs-material and mkdocstrings-python (the `docs` extra); griffe reads autotl's source without
+# importing it, so the build needs no TensorFlow at run time and no network
+$(DOCS): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(DOCS)
+
+docs: $(DOCS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 demo: $(STAMP)
 	$(BIN)/autotl search --sample digits --space fast --test-fraction 0.2 --out runs/digits
@@ -54,4 +65,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/search_speed.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

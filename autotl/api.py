@@ -932,8 +932,9 @@ class Run:
         on_event: Optional[Callable[[str], None]] = None,
     ) -> Any:
         """Choose an ensemble of the top ``k`` trials (default: the space's ``ensemble.top_k``, else 8) by
-        ensemble selection on the validation images, and score it beside the best single model, each with
-        and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.dataset.ImageSet`` in
+        ensemble selection on the validation images (a trial whose layers were not kept is refitted from
+        the feature cache, and left out if its refit does not reproduce its recorded score), and score it
+        beside the best single model, each with and without ``tta`` ("flip" or None), on validation and on ``test`` (an ``autotl.data.dataset.ImageSet`` in
         the run's class order, described by ``test_source``; default: the data set's test split, if it has
         one).  With ``latency``, each
         is timed through TFLite.  ``init`` best models start the selection; ``bags`` > 0 bags it.

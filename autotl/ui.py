@@ -349,7 +349,14 @@ def ensemble_table(selection: Any) -> Any:
     def acc(s: Any) -> str:
         return "-" if s is None else f"{s.accuracy:.4f} ({s.ci95[0]:.3f}-{s.ci95[1]:.3f})"
 
-    members = ", ".join(f"{n} x{w:.2f}" for n, w in selection.members.items())
+    refitted = {
+        int(n) for n, r in (getattr(selection, "refits", None) or {}).items() if r["passed"]
+    }
+
+    def trial(n: int) -> str:
+        return f"{n} (refitted)" if n in refitted else str(n)
+
+    members = ", ".join(f"{trial(n)} x{w:.2f}" for n, w in selection.members.items())
     table = Table(
         title=f"ensemble of the top {selection.top_k} trials by {selection.objective}: {members}"
     )
@@ -359,7 +366,7 @@ def ensemble_table(selection: Any) -> Any:
         ms = (v.latency or {}).get("median_ms")
         table.add_row(
             v.name,
-            ", ".join(map(str, v.members)),
+            ", ".join(map(trial, v.members)),
             acc(v.val),
             acc(v.test),
             "-" if ms is None else f"{ms:.2f}",

@@ -8,8 +8,9 @@ into val/ (leakage).  Then:
 
 * ``autotl.doctor`` on it: precision and recall of the label issues against the flipped files, recall of
   the exact and of each kind of near copy, other findings, wall time (cold cache, then warm);
-* ``autotl.search`` on it without and with ``exclude=issues.csv``: accuracy of the best model on the
-  clean test images.
+* ``autotl.search`` on it without and with ``exclude=issues.csv`` (its train and val rows: the test
+  split stays whole): each best model on the same clean test images, paired per image (right by one
+  and not the other), with the exact McNemar p-value.
 
     AUTOTL_SHARED=../shared AUTOTL_WEIGHTS_DIR=../shared/weights python benchmarks/doctor.py --root /tmp/doctor-bench
 
@@ -137,6 +138,7 @@ def score(health, planted: dict) -> dict:
 
 
 def search_accuracy(root: Path, out: Path, exclude: Path | None, trials: int) -> dict:
+    """The search's best validation score, and its best model on each clean test image (right or not)."""
     import autotl
 
     run = autotl.search(
@@ -148,14 +150,52 @@ def search_accuracy(root: Path, out: Path, exclude: Path | None, trials: int) ->
         weights_dir=WEIGHTS,
         exclude=exclude,
     )
-    record = json.loads(run.report_paths["json"].read_text())
-    test = record["evaluation"]["test"]
+    files = sorted((root / "test").glob("*/*"))
+    right = {
+        str(Path(f).relative_to(root)): cls == Path(f).parent.name
+        for f, cls, _ in run.predict(files)
+    }
     return {
         "val_accuracy": run.best_value,
-        "test_accuracy": test["accuracy"],
-        "test_images": test["images"],
-        "test_correct": test["correct"],
+        "test_images": len(right),
+        "test_correct": sum(right.values()),
+        "test_accuracy": sum(right.values()) / len(right),
+        "right": right,
     }
+
+
+def paired(without: dict, excluded: dict) -> dict:
+    """Both searches on the same test images: how many each got right that the other did not, and the
+    exact McNemar test's p-value on those (the chance of so lopsided a split if neither were better)."""
+    from scipy.stats import binomtest
+
+    a, b = without.pop("right"), excluded.pop("right")
+    assert a.keys() == b.keys(), "both searches must be scored on the same test images"
+    only_without = sum(a[f] and not b[f] for f in a)
+    only_excluded = sum(b[f] and not a[f] for f in a)
+    discordant = only_without + only_excluded
+    return {
+        "images": len(a),
+        "both_right": sum(a[f] and b[f] for f in a),
+        "only_without_right": only_without,
+        "only_excluded_right": only_excluded,
+        "both_wrong": sum(not (a[f] or b[f]) for f in a),
+        "mcnemar_p": binomtest(only_excluded, discordant).pvalue if discordant else 1.0,
+    }
+
+
+def train_val_rows(issues: Path, target: Path) -> Path:
+    """``issues.csv``'s rows whose file is in train/ or val/: the test split stays whole, so both searches
+    are scored on the same clean test images."""
+    import csv
+
+    with open(issues, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(target, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["split"] != "test")
+    return target
 
 
 def main() -> None:
@@ -196,11 +236,8 @@ def main() -> None:
             **score(health, planted),
         }
         if not args.no_search:
-            # the test split stays whole, so both searches are scored on the same clean test images
-            issues = out / "health" / "issues-train-val.csv"
-            rows = (out / "health" / "issues.csv").read_text().splitlines()
-            issues.write_text(
-                "\n".join([rows[0], *(r for r in rows[1:] if ",test," not in r)]) + "\n"
+            issues = train_val_rows(
+                out / "health" / "issues.csv", out / "health" / "issues-train-val.csv"
             )
             entry["search_without"] = search_accuracy(
                 data, root / name / "run-all", None, args.trials
@@ -208,8 +245,10 @@ def main() -> None:
             entry["search_excluded"] = search_accuracy(
                 data, root / name / "run-excluded", issues, args.trials
             )
+            entry["test_paired"] = paired(entry["search_without"], entry["search_excluded"])
         results["sets"][name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)
+        (root / "doctor.json").write_text(json.dumps(results, indent=2))  # each set as it is done
     results["load_average_end"] = os.getloadavg()
     (root / "doctor.json").write_text(json.dumps(results, indent=2))
     print(f"written {root / 'doctor.json'}")

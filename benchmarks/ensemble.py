@@ -107,6 +107,10 @@ def _digits(root: Path, seed: int):
     return data, ImageSet(np.array([labels[i] for i in held]), arrays=[images[i] for i in held])
 
 
+#: Each data set's builder: ``(root, seed) -> (search folder, held-out test ImageSet)``.
+LOADERS = {"hymenoptera": _hymenoptera, "digits": _digits}
+
+
 def _row(v) -> dict:
     def acc(s):
         return (
@@ -233,12 +237,14 @@ def _latency_rounds(run, selection, rounds: int) -> dict[str, dict]:
     }
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
+def search(name: str, args: argparse.Namespace) -> tuple[Path, object, object, float]:
+    """``(folder, run, held-out test images, seconds)``: data set ``name``'s search keeping the top K trials'
+    layers, in ``--out`` (reused when there: the search resumes)."""
     import autotl
     from autotl.engine.space import SearchSpace
 
-    root = Path(args.out) / f"{name}-seed{args.seed}"  # reused when there: the search resumes
-    data, test = (_hymenoptera if name == "hymenoptera" else _digits)(root, args.seed)
+    root = Path(args.out) / f"{name}-seed{args.seed}"
+    data, test = LOADERS[name](root, args.seed)
     space = SearchSpace.model_validate({**SPACE, "seed": args.seed, "trials": args.trials})
     start = time.perf_counter()
     run = autotl.search(
@@ -250,7 +256,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         weights_dir=args.weights_dir,
         report=False,
     )
-    searched = time.perf_counter() - start
+    return root, run, test, time.perf_counter() - start
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    _, run, test, searched = search(name, args)
     start = time.perf_counter()
     selection = run.ensemble(
         args.top_k,
@@ -323,8 +333,9 @@ def _print(r: dict) -> None:
         )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(doc: str = __doc__, run=None, out: str = "/tmp/autotl-bench-ensemble") -> None:
+    """Parse the options (shared with ``ensemble_refit.py``, which passes its own ``run``) and run each set."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--data", default="hymenoptera,digits")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--top-k", type=int, default=8)
@@ -332,11 +343,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (default 5)")
     p.add_argument("--weights-dir", default=str(SHARED / "weights"))
-    p.add_argument("--out", default="/tmp/autotl-bench-ensemble")
+    p.add_argument("--out", default=out)
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for name in args.data.split(","):
-        run_one(name.strip(), args)
+        (run or run_one)(name.strip(), args)
 
 
 if __name__ == "__main__":

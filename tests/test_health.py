@@ -162,7 +162,8 @@ def test_the_pair_rules(tmp_path: Path) -> None:
     """Pairs keep the copy in the more valuable split; near pairs are bounded by the median neighbour distance."""
     from autotl.data.decoding import Checked
     from autotl.health import Subject
-    from autotl.health._duplicates import exact_duplicates, near_pairs, neighbours
+    from autotl.health._duplicates import exact_duplicates, near_pairs
+    from autotl.health._neighbours import nearest
 
     facts = [Checked(1, 1, h, None, 40, 40, "PNG RGB") for h in ("a", "a", "a", "b")]
     subject = Subject(
@@ -184,8 +185,64 @@ def test_the_pair_rules(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 8))
     x[7] = x[3] + 0.001  # a near copy of image 3
-    pairs = list(near_pairs(neighbours(x)))
+    pairs = list(near_pairs(nearest(x)))
     assert [(i, j) for i, j, _ in pairs] == [(3, 7)] and pairs[0][2] < 1e-3
+
+
+@pytest.mark.parametrize("block", [7, 64, 2048])
+def test_the_blockwise_neighbours_are_scikit_learns_exact_ones(block: int) -> None:
+    """Any block size (smaller than k, uneven, larger than the data) gives the exact cosine neighbours,
+    itself excluded, copies at distance 0, in float16 too; cleanlab's outlier scores read the graph."""
+    from cleanlab.outlier import OutOfDistribution
+    from sklearn.neighbors import NearestNeighbors
+
+    from autotl.health._neighbours import nearest
+
+    rng = np.random.default_rng(block)
+    x = rng.gamma(1.0, 1.0, (300, 16)).astype(np.float32)
+    x[5], x[9] = x[17], 2 * x[17]  # same direction: cosine distance 0
+    want_d, want_i = NearestNeighbors(n_neighbors=10, metric="cosine").fit(x).kneighbors()
+    graph = nearest(x, block=block)
+    np.testing.assert_allclose(graph.distances, want_d, atol=1e-5)
+    assert (graph.indices == want_i).mean() > 0.99  # the rest are ties in distance
+    assert set(graph.indices[17, :2]) == {5, 9} and graph.distances[17, 1] < 1e-5
+    assert not (graph.indices == np.arange(300)[:, None]).any()
+    half = nearest(x.astype(np.float16), block=block)
+    assert np.abs(half.distances - want_d).max() < 2e-3
+    scores = OutOfDistribution(params={"knn": graph}).score(features=x)
+    expected = OutOfDistribution().fit_score(features=x, verbose=False)
+    assert np.corrcoef(scores, expected)[0, 1] > 0.99
+    assert nearest(x[:2]).indices.tolist() == [[1], [0]]
+
+
+def test_past_the_neighbour_limit_only_hashes_compare_and_a_note_says_so() -> None:
+    """More images than ``neighbour_limit``: no near duplicates nor outliers, exact copies still found, one note."""
+    from autotl.data.decoding import Checked
+    from autotl.health import Settings, Subject, find_findings
+
+    rng = np.random.default_rng(0)
+    n = 60
+    x = rng.gamma(1.0, 1.0, (n, 64)).astype(np.float16)
+    x[1] = x[0]  # the same features and bytes: an exact copy; a near copy with other bytes
+    x[3] = x[2]
+    hashes = [f"{i}" for i in range(n)]
+    hashes[1] = hashes[0]
+    subject = Subject(
+        "/d", ["a", "b"], [f"train/a/{i}.png" for i in range(n)], [f"/d/{i}" for i in range(n)],
+        ["train"] * n, np.arange(n) % 2, [Checked(1, 1, h, None, 40, 40, "PNG RGB") for h in hashes],
+        [], "f",
+    )  # fmt: skip
+    kinds = {}
+    for limit in (n, n - 1):
+        notes: list[str] = []
+        found = find_findings(subject, x, Settings(neighbour_limit=limit), {}, notes)
+        kinds[limit] = ({(f.kind, f.path) for f in found if f.kind.endswith("duplicate")}, notes)
+    assert kinds[n] == (
+        {("exact_duplicate", "train/a/1.png"), ("near_duplicate", "train/a/3.png")},
+        [],
+    )
+    assert kinds[n - 1][0] == {("exact_duplicate", "train/a/1.png")}
+    assert len(kinds[n - 1][1]) == 1 and "60 images are over 59" in kinds[n - 1][1][0]
 
 
 def test_exclusion_changes_the_fingerprint_and_is_applied_to_every_split(checked) -> None:

@@ -83,15 +83,15 @@ def test_every_option_is_a_keyword_of_search_with_the_models_default_and_type() 
     assert set(params) == set(FIELDS) | callers
 
 
-def test_the_readmes_table_of_search_options_names_every_flag() -> None:
+def test_the_docs_table_of_search_options_names_every_flag() -> None:
     from helpers import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("`autotl search` options:") :].split("\n\n")[1]
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    table = page[page.index("`autotl search` options:") :].split("\n\n")[1]
     missing = [
         f.flag(n) for n, f in flags().items() if not f.positional and f"`{f.flag(n)}" not in table
     ]
-    assert not missing, f"README's `autotl search` options table lacks {missing}"
+    assert not missing, f"docs/getting-started.md's `autotl search` options table lacks {missing}"
 
 
 def test_an_unknown_keyword_is_a_type_error_and_a_bad_value_one_line() -> None:

@@ -67,7 +67,7 @@ def report(config: pytest.Config, line: str) -> None:
 
 @pytest.fixture(scope="session")
 def built(request) -> Path:
-    """``make -C serving/java``, as the README says."""
+    """``make -C serving/java``, as docs/guide/serving.md says."""
     start = time.perf_counter()
     proc = subprocess.run(["make", "-C", str(SERVING)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -68,6 +68,8 @@ Event = Callable[[dict[str, Any]], None]
 FULL, SCREEN, FINALIST = "full", "screen", "finalist"
 #: The trial attribute holding its constraint values (``<= 0``: met), as Optuna's ``constraints_func`` reads them.
 CONSTRAINTS_ATTR = "constraints"
+#: The trial attribute holding the seed it trained with, which a refit (:mod:`autotl.engine.refit`) replays.
+SEED_ATTR = "seed"
 
 
 @dataclass
@@ -327,6 +329,7 @@ class _TrialRunner:
             ("weights_sha256", weights.sha256),
             ("weights_origin", weights.origin),
             ("plugin", spec.plugin),
+            (SEED_ATTR, params.seed),
         ):
             trial.set_user_attr(key, value)
         start = time.perf_counter()
@@ -921,9 +924,14 @@ def _start(cfg: SearchConfig, registry: Registry, dataset: Any, emit: Event) -> 
     from autotl.run.storage import check_database
 
     check_database(cfg.storage_url, create=True)  # before anything is written into the folder
-    cfg.run.claim(
-        dataset, {**cfg.record, "space": cfg.space.model_dump(), "weights": cfg.weights.describe()}
-    )
+    # the feature cache, recorded so a refit (autotl.engine.refit) reads the activations the trials read
+    cache = {
+        "dir": str(Path(cfg.cache_dir or cfg.run.cache_dir).resolve()),
+        "dtype": cfg.cache_dtype,
+        "mixed_precision": cfg.mixed_precision,
+    }
+    record = {"space": cfg.space.model_dump(), "weights": cfg.weights.describe(), "cache": cache}
+    cfg.run.claim(dataset, {**cfg.record, **record})
     study = open_search_study(cfg)
     cfg.artifacts = _artifact_store(study, cfg)
     cfg.run.artifact_store(cfg.artifacts)  # reachable, or one line now rather than after a trial

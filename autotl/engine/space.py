@@ -154,7 +154,7 @@ class Phase2(_Strict):
 
 
 class Augmentation(_Strict):
-    """Random flips, small rotations and zooms in phase 1 (see the README on its cost)."""
+    """Random flips, small rotations and zooms in phase 1 (see docs/guide/scale.md on its cost)."""
 
     enabled: bool = False
     views: int = Field(4, ge=1, le=32)  # cached augmented views per training image
@@ -222,8 +222,8 @@ class Deploy(_Strict):
 class Ensemble(_Strict):
     """An ensemble of the top trials, chosen when the search ends (``autotl ensemble`` does it any time).
 
-    Off by default: on the data sets measured (README, "Ensembles and
-    test-time augmentation") it did not reliably beat the best single model.
+    Off by default: on the data sets measured (docs/guide/ensembles.md) it did not
+    reliably beat the best single model.
     On, the search keeps at least ``top_k`` trials' layers.
     """
 

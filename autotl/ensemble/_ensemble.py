@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from autotl.engine.refit import Refit
 from autotl.ensemble import caruana
 from autotl.ensemble.model import check_tta
 from autotl.ensemble.predictions import Probs, Sizes, input_sizes, largest, predictions, split_key
@@ -76,6 +77,7 @@ __all__ = [
     "Variant",
     "EnsembleSelection",
     "candidates",
+    "refit_missing",
     "select_ensemble",
     "load_selection",
     "variant_model",
@@ -115,6 +117,14 @@ class _Models:
             say=self.say,
         )
 
+    def plugin_registry(self) -> Registry:
+        """The plugins' registry (loaded from ``plugins`` once, when none was given)."""
+        if self.registry is None:
+            from autotl.backbones.registry import get_registry
+
+            self.registry = get_registry(list(self.plugins))
+        return self.registry
+
     def files(self, trials: Sequence[Any]) -> dict[int, Callable[[], Path]]:
         """Each trial's ``.keras`` file, assembled only when first asked for."""
         return {t.number: functools.partial(self.model, t) for t in trials}
@@ -132,26 +142,56 @@ def _has_model(run: RunFolder, trial: FrozenTrial) -> bool:
 
 
 def candidates(run: RunFolder, study: Study, k: int) -> tuple[list[Any], list[str]]:
-    """The top ``k`` complete trials with a stored model, best first, and notes on what was missing."""
+    """The top ``k`` complete trials, best first, and notes; those whose layers were not kept are
+    refitted when the ensemble needs them (:func:`refit_missing`)."""
     if k < 2:
         raise UsageError(f"an ensemble needs top_k of at least 2, got {k}")
     top = ranked_trials(study)[:k]
-    kept = [t for t in top if _has_model(run, t)]
-    if len(kept) < 2:
+    if len(top) < 2:
         raise UsageError(
-            f"an ensemble needs at least 2 trials with stored layers among the top {k}, but {run.path} has "
-            f"{len(kept)} (a search keeps the --keep-models best, default 3); search with --keep-models {k} "
-            "or ensemble.enabled in the space"
+            f"an ensemble needs at least 2 complete trials, but {run.path} has {len(top)}"
         )
-    notes = []
-    if len(kept) < len(top):
-        notes.append(
-            f"only {len(kept)} of the top {len(top)} trials kept their layers (--keep-models); "
-            "the ensemble is chosen among those"
-        )
-    elif len(top) < k:
+    notes: list[str] = []
+    if len(top) < k:
         notes.append(f"the study has {len(top)} complete trials, fewer than top_k {k}")
-    return kept, notes
+    return top, notes
+
+
+def refit_missing(
+    models: _Models, trials: Sequence[FrozenTrial], dataset: Dataset
+) -> tuple[list[FrozenTrial], dict[int, Refit]]:
+    """``trials`` with a model: kept by the search, refitted earlier, or refitted now from the feature
+    cache (:mod:`autotl.engine.refit`); a refit that does not reproduce its trial's record is left out.
+    Returns the usable trials, in order, and every refit by trial number."""
+    from autotl.engine.refit import Bases, refit_trial, stored_refit
+
+    usable: list[FrozenTrial] = []
+    refits: dict[int, Refit] = {}
+    bases, run = Bases(), models.run
+    for t in trials:
+        refit = stored_refit(run, t.number)
+        if refit is None and not _has_model(run, t):
+            refit = refit_trial(
+                run,
+                models.study,
+                t,
+                dataset,
+                registry=models.plugin_registry(),
+                weights=models.weights,
+                bases=bases,
+                say=models.say,
+            )
+        if refit is not None:
+            refits[t.number] = refit
+        if refit is None or refit.passed:
+            usable.append(t)
+    if len(usable) < 2:
+        raise UsageError(
+            f"an ensemble needs at least 2 trials with a model among the top {len(trials)}, but only "
+            f"{len(usable)} could be kept or refitted: "
+            + "; ".join(r.line() for r in refits.values() if not r.passed)
+        )
+    return usable, refits
 
 
 # -- 2 (predictions: autotl.ensemble.predictions), 3 and 4. selection and scores
@@ -279,8 +319,10 @@ def select_ensemble(
         )
     trials, notes = candidates(run, study, k)
     dataset = _dataset(run, study, data, plugins, registry, dataset)
-    test, test_source = _test_split(dataset, test, test_source, notes)
     models = _Models(run, study, registry, weights, tuple(plugins), say)
+    trials, refits = refit_missing(models, trials, dataset)
+    notes += [r.line() for r in refits.values()]
+    test, test_source = _test_split(dataset, test, test_source, notes)
     views = _Views(
         order=[t.number for t in trials],
         ttas=[None, tta] if tta else [None],
@@ -290,7 +332,8 @@ def select_ensemble(
     val = _seen(models, files, dataset.val, "val", dataset, views)
     on_test = None if test is None else _seen(models, files, test, "test", dataset, views)
     selection = _select(study, views, (val, on_test), settings, k)
-    selection.notes = notes + selection.notes
+    selection.notes = notes + selection.notes + _refitted_members(selection.members, refits)
+    selection.refits = {n: asdict(r) for n, r in refits.items()}
     selection.settings["tta"] = tta or "none"
     selection.data_fingerprint = dataset.fingerprint
     if test is not None:
@@ -359,6 +402,18 @@ def _select(
         data_fingerprint=None,
         input_size=views.size,
     )
+
+
+def _refitted_members(members: dict[int, float], refits: dict[int, Refit]) -> list[str]:
+    """A note naming the ensemble's members that were refitted, and what their refits cost."""
+    refitted = [n for n in members if n in refits and refits[n].passed]
+    if not refitted:
+        return []
+    seconds = sum(refits[n].seconds for n in refitted if not refits[n].reused)
+    return [
+        f"ensemble members refitted from the feature cache: {', '.join(map(str, refitted))} "
+        f"({seconds:.1f} s of refitting in this call)"
+    ]
 
 
 def _seen(
@@ -503,10 +558,16 @@ def current_selection(
         and stored.data_fingerprint == _fingerprint(run, study)
         and (k is None or stored.top_k == k)
         and (need is None or stored.variant(need) is not None)
-        and [t.number for t in candidates(run, study, stored.top_k)[0]] == stored.candidates
+        and _usable(candidates(run, study, stored.top_k)[0], stored) == stored.candidates
     ):
         return stored
     return select_ensemble(run, study, k=space_top_k(study) if k is None else k, **kwargs)
+
+
+def _usable(top: Sequence[FrozenTrial], stored: EnsembleSelection) -> list[int]:
+    """The numbers of ``top`` but those whose refit ``stored`` refused."""
+    refused = {int(n) for n, r in stored.refits.items() if not r.get("passed")}
+    return [t.number for t in top if t.number not in refused]
 
 
 def space_top_k(study: Study) -> int:

@@ -85,6 +85,8 @@ class EnsembleSelection:
     study_name: str = "autotl"
     data_fingerprint: Optional[str] = None
     input_size: Optional[tuple[int, int]] = None  # the ensemble's: its largest candidate's
+    # candidates whose layers were not kept, refitted (autotl.engine.refit.Refit as a dict), by trial
+    refits: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def variant(self, name: str) -> Optional[Variant]:
         return next((v for v in self.variants if v.name == name), None)
@@ -127,6 +129,7 @@ class EnsembleSelection:
                 **fields,
                 "members": _int_keys(d["members"]),
                 "counts": _int_keys(d["counts"]),
+                "refits": _int_keys(d.get("refits") or {}),
                 "variants": variants,
             }
         )

@@ -6,11 +6,12 @@ features for every image (read from the frozen-feature cache, or added to it),
 then
 
 * exact duplicates from the manifest's SHA-256, and near duplicates by cosine
-  similarity of the features (scikit-learn's ``NearestNeighbors``); a pair
-  spanning train, val and test is *leakage*, counted apart (:mod:`._duplicates`);
+  similarity of the features (an exact nearest-neighbour graph built in
+  blocks, :mod:`._neighbours`, so memory stays flat); a pair spanning train,
+  val and test is *leakage*, counted apart (:mod:`._duplicates`);
 * label issues: cleanlab's ``find_label_issues`` on out-of-fold probabilities
   of K-fold heads on the features (:mod:`._labels`);
-* outliers: cleanlab's out-of-distribution scores on the features, and what
+* outliers: cleanlab's out-of-distribution scores on the same graph, and what
   the manifest knows: unreadable files, tiny pictures, rare formats and
   colour modes (:mod:`._outliers`).
 

@@ -1,10 +1,11 @@
 """Duplicates: the same bytes (the manifest's SHA-256), and near copies found by feature similarity.
 
 A near copy (re-encoded, resized, lightly cropped) is found by cosine distance
-between pooled features, with scikit-learn's ``NearestNeighbors``: a pair is a
+between pooled features, among each image's nearest neighbours
+(:func:`autotl.health._neighbours.nearest`, exact, in blocks): a pair is a
 near duplicate when its distance is under ``near`` times the data set's median
 nearest-neighbour distance (the rule of cleanlab's Datalab, which uses 0.13;
-0.35 here, measured in the README to catch most resized and cropped copies
+0.35 here, measured in docs/guide/data-health.md to catch most resized and cropped copies
 while no two different photos of the shared ants-and-bees set pass it).  Every
 pair whose two files are in different splits is *leakage*.
 
@@ -17,28 +18,19 @@ as they are; within a split, the first by name is kept.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autotl.health._findings import Finding
 
 if TYPE_CHECKING:
+    from autotl.health._neighbours import Neighbours
     from autotl.health._subject import Subject
 
 #: A pair is near when its cosine distance is under this times the median nearest-neighbour distance.
 NEAR = 0.35
-NEIGHBOURS = 10
 _KEEP_FIRST = {"test": 0, "val": 1, "train": 2}
-
-
-def neighbours(features: np.ndarray, k: int = NEIGHBOURS) -> Any:
-    """scikit-learn's ``NearestNeighbors`` (cosine, exact) fitted on ``features``."""
-    from sklearn.neighbors import NearestNeighbors
-
-    return NearestNeighbors(n_neighbors=max(1, min(k, len(features) - 1)), metric="cosine").fit(
-        features
-    )
 
 
 def _pair(subject: Subject, i: int, j: int, kind: str, score: float, detail: str) -> Finding:
@@ -75,7 +67,7 @@ def exact_duplicates(subject: Subject) -> list[Finding]:
     return out
 
 
-def near_pairs(knn: Any, near: float = NEAR) -> Iterator[tuple[int, int, float]]:
+def near_pairs(knn: Neighbours, near: float = NEAR) -> Iterator[tuple[int, int, float]]:
     """``(i, j, cosine distance)``, ``i < j``, once each, of neighbours closer than ``near`` x the median
     nearest-neighbour distance (exact copies, at distance 0, left out of the median)."""
     distances, indices = knn.kneighbors()
@@ -84,18 +76,17 @@ def near_pairs(knn: Any, near: float = NEAR) -> Iterator[tuple[int, int, float]]
     if not len(positive):
         return
     bound = near * float(np.median(positive))
+    rows, ranks = np.nonzero(distances < bound)
     seen: set[tuple[int, int]] = set()
-    for i, (row_d, row_i) in enumerate(zip(distances, indices)):
-        for d, j in zip(row_d, row_i):
-            if d >= bound:
-                break
-            pair = (min(i, int(j)), max(i, int(j)))
-            if pair not in seen:
-                seen.add(pair)
-                yield (*pair, float(d))
+    for i, rank in zip(rows.tolist(), ranks.tolist()):
+        j = int(indices[i, rank])
+        pair = (min(i, j), max(i, j))
+        if pair not in seen:
+            seen.add(pair)
+            yield (*pair, float(distances[i, rank]))
 
 
-def near_duplicates(subject: Subject, knn: Any, near: float = NEAR) -> list[Finding]:
+def near_duplicates(subject: Subject, knn: Neighbours, near: float = NEAR) -> list[Finding]:
     """Pairs close in feature space that are not the same bytes."""
     out = []
     for i, j, d in near_pairs(knn, near):

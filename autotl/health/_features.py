@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["pooled_features", "default_backbone", "multiply_adds"]
 
 Say = Callable[[str], None]
+BLOCK = 8192  # rows copied from the cache at a time
 
 
 def pooled_features(
@@ -41,21 +42,28 @@ def pooled_features(
     augmentation: Any = None,
     say: Optional[Say] = None,
 ) -> np.ndarray:
-    """float32 ``(images, channels)``: train, val, then test rows, in the order the splits store them.
+    """``(images, channels)`` in the cache's dtype (float16 by default: half the memory, and every step
+    computes in float32 a block at a time): train, val, then test rows, in the order the splits store them.
 
     ``augmentation`` is the search space's, so its entry (whose training rows
     hold augmented views after the originals) is found rather than built again.
     """
     feats = cache.get(spec, base, weights, dataset, None, augmentation=augmentation, say=say)
     assert feats is not None  # required (the default): built, never None
-    n = len(dataset.train)
-    rows = [np.asarray(feats.train[0:n], np.float32), np.asarray(feats.val.rows(), np.float32)]
+    parts = [(feats.train, 0, len(dataset.train)), (feats.val, 0, len(feats.val))]
     if dataset.test is not None and len(dataset.test):
         held = cache.get(spec, base, weights, _test_view(dataset), None, say=say)
         assert held is not None
-        test = np.concatenate([np.asarray(held.train.rows()), np.asarray(held.val.rows())])
-        rows.append(np.asarray(test[: len(dataset.test)], np.float32))
-    return np.concatenate(rows)
+        cut = len(held.train)
+        parts += [(held.train, 0, cut), (held.val, 0, len(dataset.test) - cut)]
+    out = np.empty((sum(stop for _, _, stop in parts), feats.val.shape[1]), feats.val.dtype)
+    row = 0
+    for rows, start, stop in parts:  # a block at a time: the cache is never read whole into a copy
+        for first in range(start, stop, BLOCK):
+            last = min(first + BLOCK, stop)
+            out[row : row + last - first] = rows[first:last]
+            row += last - first
+    return out
 
 
 @dataclasses.dataclass

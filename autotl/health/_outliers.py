@@ -12,6 +12,7 @@ import numpy as np
 from autotl.health._findings import Finding
 
 if TYPE_CHECKING:
+    from autotl.health._neighbours import Neighbours
     from autotl.health._subject import Subject
 
 #: An image is an outlier when its mean distance to its neighbours is beyond Q3 + FENCE x IQR of the data
@@ -23,15 +24,17 @@ TINY = 0.25
 ODD = 0.05
 
 
-def outliers(subject: Subject, features: np.ndarray) -> list[Finding]:
-    """cleanlab's ``OutOfDistribution`` scores (lower: less typical); those past the fence are findings."""
+def outliers(subject: Subject, features: np.ndarray, graph: Neighbours) -> list[Finding]:
+    """cleanlab's ``OutOfDistribution`` scores (lower: less typical); those past the fence are findings.
+    ``graph`` is the features' nearest neighbours (the near-duplicate search's), so none are searched again."""
     from cleanlab.outlier import OutOfDistribution
 
     if len(features) < 12:  # too few to say what is typical
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scores = OutOfDistribution().fit_score(features=features, verbose=False)
+        ood = OutOfDistribution(params={"knn": graph})
+        scores = ood.score(features=features)
     far = -np.log(np.clip(scores, 1e-12, 1.0))  # the mean neighbour distance, rescaled
     q1, q3 = np.quantile(far, [0.25, 0.75])
     bound = q3 + FENCE * (q3 - q1)

@@ -53,6 +53,7 @@ def health_of(health: DataHealth, images: dict[str, bytes]) -> dict[str, Any]:
         "images": dict(health.images),
         "settings": dict(health.settings),
         "seconds": dict(health.seconds),
+        "notes": list(health.notes),
         "counts": health.counts(),
         "leakage_by_splits": health.leakage_by_splits(),
         "leaked_val": sorted(health.leaked("val")),

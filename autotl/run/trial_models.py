@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LayersNotHere",
+    "trial_backbone",
     "trial_model",
     "update_best_model",
     "weights_of_run",
@@ -101,7 +102,7 @@ def trial_model(
         )
     from autotl.training.model import restore_model
 
-    spec, resolved = _backbone_of(run, trial, registry, weights, plugins)
+    spec, resolved = trial_backbone(run, trial, registry, weights, plugins)
     say(f"assembling trial {trial.number}'s model from its stored layers")
     seed = int((study.user_attrs.get("space") or {}).get("seed", 0))
     model = restore_model(
@@ -136,14 +137,15 @@ def _model_here(run: RunFolder, study: Study, trial: FrozenTrial, store: Any) ->
     return _best_model_artifact(run, study, trial, store)
 
 
-def _backbone_of(
+def trial_backbone(
     run: RunFolder,
     trial: FrozenTrial,
-    registry: Optional[Registry],
-    weights: Optional[WeightsSource],
-    plugins: tuple[str, ...],
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
+    plugins: tuple[str, ...] = (),
 ) -> tuple[Any, Any]:
-    """The trial's backbone spec and its weights here, which must be the bytes it was trained on."""
+    """The trial's backbone spec and its weights here, which must be the bytes it was trained on (its
+    plugin installed, its weights file by SHA-256); else a one-line UsageError saying what to pass."""
     from autotl.backbones.weights import resolve_weights
 
     if registry is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -467,29 +468,14 @@ class FeatureCache:
             if cut not in cuts:
                 return False
             folders = {c: folder_of(c) for c in cuts}
+            build = functools.partial(self._build, folders, model, dataset, job=job, say=say)
             try:
-                self._build(
-                    folders=folders,
-                    model=model,
-                    dataset=dataset,
-                    stream=stream,
-                    job=job,
-                    dtype=self.dtype,
-                    say=say,
-                )
+                build(stream=stream, dtype=self.dtype)
             except _Overflow:
                 stream.close()
                 stream = job.stream(dataset)
                 self.warn(f"{job.spec.name} activations exceed float16's range: cached in float32")
-                self._build(
-                    folders=folders,
-                    model=model,
-                    dataset=dataset,
-                    stream=stream,
-                    job=job,
-                    dtype="float32",
-                    say=say,
-                )
+                build(stream=stream, dtype="float32")
         finally:
             stream.close()
         return True

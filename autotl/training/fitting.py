@@ -204,11 +204,17 @@ def trainer(
         return _TRAINERS[key][0]
 
     class RateDropout(keras.layers.Layer):
-        """Dropout whose rate is a variable, so one compiled model serves every rate."""
+        """Dropout whose rate is a variable, so one compiled model serves every rate; its masks restart
+        from the trial's seed (:meth:`restart`), so a trial's phase 2 never depends on the trials that
+        used this model before it (a refit replays it exactly)."""
 
         def build(self, input_shape: Any) -> None:
             self.rate = self.add_weight(shape=(), initializer="zeros", trainable=False, name="rate")
             self.seed = keras.random.SeedGenerator(0)
+
+        def restart(self, rate: float, seed: int) -> None:
+            self.rate.assign(rate)
+            self.seed.state.assign(np.array([seed % 2**31, 0], self.seed.state.dtype))
 
         def call(self, x: Any, training: bool = False) -> Any:
             if not training:
@@ -248,7 +254,7 @@ def train_head_through(
     """Train ``model`` from ``head``'s current (built, phase-1) weights, a fresh Adam at the schedule's
     rate and its dropout."""
     copy_head(None, model, head)
-    model.get_layer(HEAD_LAYERS[0]).rate.assign(schedule.dropout)
+    model.get_layer(HEAD_LAYERS[0]).restart(schedule.dropout, schedule.seed)
     for var in model.optimizer.variables:  # a fresh Adam: no moments, step 0
         var.assign(np.zeros(var.shape, dtype=var.dtype))
     model.optimizer.learning_rate = schedule.lr

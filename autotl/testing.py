@@ -294,7 +294,13 @@ def _check_blocks(
             f"ok: block_pattern matches {len(matched)} layers but none is a single-tensor cut: "
             f"no block boundaries, so autotl trains only the head (phase 2 skipped)"
         ], []
-    checked = boundaries if top is None else boundaries[len(boundaries) - top :] if top > 0 else []
+    checked = (
+        boundaries
+        if top is None
+        else boundaries[max(len(boundaries) - top, 0) :]
+        if top > 0
+        else []
+    )
     if checked:
         _check_cuts(spec, base, x, y, checked)
     which = "each" if checked == boundaries else f"the top {len(checked)} (all a search may use)"

@@ -172,3 +172,17 @@ def test_the_default_space_deepens() -> None:
     space, _ = load_space("default")
     assert isinstance(space, SearchSpace) and space.phase2.deepen is not None
     assert space.phase2.deepest > space.phase2.unfreeze_blocks.high
+
+
+def test_the_start_up_check_covers_every_boundary_when_a_space_asks_for_more_than_there_are() -> (
+    None
+):
+    """``deepen.high`` may exceed a backbone's boundaries (tiny has 2): all of them are checked, not a wrapped slice."""
+    from autotl.backbones.registry import get_registry
+    from autotl.testing import check_pretrained
+
+    spec = get_registry([TINY_PLUGIN], autoload=False).backbone("tiny")
+    _base, lines = check_pretrained(spec, WeightsSource("none"), 0, 3)
+    assert any(
+        "2 block boundaries" in line and ", each a single-tensor cut" in line for line in lines
+    )

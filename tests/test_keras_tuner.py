@@ -289,6 +289,7 @@ def test_engines_compared_in_one_report(
             "stage",
             "session",
             "layers_artifact",
+            "seed",  # what a refit replays (engine.refit): the Optuna engine's trials only
         } <= set(t.user_attrs)
         assert t.distributions == study.trials[0].distributions
         assert (

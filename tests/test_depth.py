@@ -133,11 +133,11 @@ def test_the_gain_rule_widens_when_fine_tuning_near_the_top_took_enough_off(
 def test_trial_params_draw_the_widened_range_but_prefetch_only_the_spaces_own(
     tmp_path: Path,
 ) -> None:
-    from autotl.engine.optuna_engine import _Recorder
+    from autotl.engine.space import Distributions
 
     space, _ = load_space(_space_file(tmp_path, "tiny", {"high": 2}))
     for deepest, high in ((None, 1), (2, 2), (9, 2)):
-        recorder = _Recorder()
+        recorder = Distributions()
         params = trial_params(recorder, space, deepest=deepest)
         assert recorder.distributions["unfreeze_blocks"].high == high
         assert params.prefetch_blocks == 1

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from autotl.engine.space import SearchSpace, trial_params
+from autotl.engine.space import Distributions, SearchSpace, trial_params
 from autotl.scoring.objective import Objectives
 
 if TYPE_CHECKING:
@@ -26,35 +26,6 @@ __all__ = ["KerasTunerStudy", "TRIAL_ID_ATTR"]
 
 #: The user attribute that names a trial's keras-tuner trial id in the Optuna copy of the search.
 TRIAL_ID_ATTR = "keras_tuner_trial_id"
-
-
-class _Distributions:
-    """Asked as :func:`autotl.engine.space.trial_params` asks an Optuna trial: records each parameter's distribution.
-
-    The same mapping from a space as the Optuna engine's (and ``autotl.engine.keras_tuner._Suggest``'s), so the
-    keras-tuner trials' Optuna copy has exactly the distributions an Optuna search of the space has.
-    """
-
-    def __init__(self) -> None:
-        self.found: dict[str, Any] = {}
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        from optuna.distributions import CategoricalDistribution
-
-        self.found[name] = CategoricalDistribution(list(choices))
-        return choices[0]
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        from optuna.distributions import FloatDistribution
-
-        self.found[name] = FloatDistribution(low, high, log=log)
-        return low
-
-    def suggest_int(self, name: str, low: int, high: int) -> int:
-        from optuna.distributions import IntDistribution
-
-        self.found[name] = IntDistribution(low, high)
-        return low
 
 
 class KerasTunerStudy:
@@ -83,9 +54,9 @@ class KerasTunerStudy:
         self.objectives = Objectives.of(space.objectives)
         # a bad --storage fails before any trial
         self.study = open_study(storage_url, study_name, directions=self.objectives.directions)
-        asked = _Distributions()
+        asked = Distributions()
         trial_params(asked, space)
-        self.distributions = asked.found
+        self.distributions = asked.distributions
         self.phase1_epochs = space.phase1.epochs
         self.data = dataset.summary()
         attrs = {

@@ -54,7 +54,7 @@ from autotl.engine.failures import (
     SearchBackbones,
     stop_reason,
 )
-from autotl.engine.space import SearchSpace, trial_params
+from autotl.engine.space import Distributions, SearchSpace, trial_params
 from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, first_line
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
@@ -826,31 +826,6 @@ def _describe_study(study: Any, cfg: SearchConfig, dataset: Any) -> None:
         study.set_user_attr(key, value)
 
 
-class _Recorder:
-    """Stands in for a trial to read which distribution each parameter of a space gets."""
-
-    def __init__(self) -> None:
-        self.distributions: dict[str, Any] = {}
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        from optuna.distributions import CategoricalDistribution
-
-        self.distributions[name] = CategoricalDistribution(list(choices))
-        return choices[0]
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        from optuna.distributions import FloatDistribution
-
-        self.distributions[name] = FloatDistribution(low, high, log=log)
-        return low
-
-    def suggest_int(self, name: str, low: int, high: int) -> int:
-        from optuna.distributions import IntDistribution
-
-        self.distributions[name] = IntDistribution(low, high)
-        return low
-
-
 def _check_resumable(study: Any, cfg: SearchConfig) -> dict[str, Any]:
     """The study's distributions by parameter; a space Optuna cannot mix with them is a UsageError.
 
@@ -863,7 +838,7 @@ def _check_resumable(study: Any, cfg: SearchConfig) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for t in study.get_trials(deepcopy=False):
         seen.update(t.distributions)
-    recorder = _Recorder()
+    recorder = Distributions()
     for screen in (False, True):
         trial_params(recorder, cfg.space, screen=screen)
     for name, new in recorder.distributions.items():

@@ -25,6 +25,7 @@ __all__ = [
     "load_space",
     "builtin_spaces",
     "trial_params",
+    "Distributions",
     "apply_screening",
     "apply_backbone_screening",
     "TwoStage",
@@ -367,6 +368,32 @@ class Suggests(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
 
     def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+
+class Distributions:
+    """Stands in for an Optuna trial in :func:`trial_params` and records the distribution each parameter
+    gets: what an Optuna search of a space uses (the keras-tuner study's copy, a resumed study's check)."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        from optuna.distributions import CategoricalDistribution
+
+        self.distributions[name] = CategoricalDistribution(list(choices))
+        return choices[0]
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        from optuna.distributions import FloatDistribution
+
+        self.distributions[name] = FloatDistribution(low, high, log=log)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        from optuna.distributions import IntDistribution
+
+        self.distributions[name] = IntDistribution(low, high)
+        return low
 
 
 def trial_params(

@@ -148,9 +148,7 @@ def _doctor_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="NAME_OR_FILE",
         help="the search space whose val_fraction, seed and test_fraction split the data (default: default)",
     )
-    d.add_argument(
-        "--exclude", metavar="CSV", help="check the data without the files this CSV lists"
-    )
+    _add_option(d, "exclude", "check the data without the files this CSV's path column lists")
     d.add_argument(
         "--near",
         type=float,
@@ -163,13 +161,8 @@ def _doctor_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument(
         "--top", type=int, default=5, metavar="N", help="findings shown per kind (default 5)"
     )
-    d.add_argument("--cache-dir", metavar="DIR", help="the feature cache (default: RUN_DIR/cache)")
-    d.add_argument(
-        "--decode-workers",
-        type=int,
-        metavar="N",
-        help="processes that decode images (default: the cores; 0: in this process)",
-    )
+    _add_option(d, "cache_dir")
+    _add_option(d, "decode_workers")
     _add_weights_args(d)
     _add_plugin_args(d)
 

@@ -252,6 +252,17 @@ def _plan(options: SearchOptions, command: Optional[str], emit: Event) -> _Plan:
     )
 
 
+#: The options that override fields of the space (applied by :func:`_space`; an extra worker gets the space as applied).
+SPACE_OPTIONS = (
+    "screen",
+    "finalists",
+    "backbone_screening",
+    "screening_sample",
+    "test_fraction",
+    "objectives",
+)
+
+
 def _space(options: SearchOptions) -> tuple[SearchSpace, Optional[str]]:
     """The options' space, loaded, with the options that override its fields applied (two-stage search,
     backbone screening, objectives, test split); and its file."""
@@ -541,12 +552,7 @@ def worker_config(plan: _Plan) -> dict[str, Any]:
         out=str(plan.out),
         space=plan.space,
         trials=plan.trials,
-        screen=None,
-        finalists=None,
-        backbone_screening=None,
-        screening_sample=None,
-        objectives=None,
-        test_fraction=None,
+        **dict.fromkeys(SPACE_OPTIONS),  # applied to the space already
         workers=1,
         gpus=(),
         report=False,

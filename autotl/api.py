@@ -1010,6 +1010,7 @@ class Run:
         tta: Optional[str] = None,
         mlflow: Optional[str] = None,
         version: int | str | None = None,
+        refit: bool = True,
     ) -> Any:
         """Export the best trial's model (or ``trial``'s, or the best that meets ``pick``, e.g.
         ``"latency_ms<=15"``, or with ``ensemble`` the run's ensemble, see :meth:`ensemble`;
@@ -1018,7 +1019,8 @@ class Run:
         ``autotl.export.ExportResult``. ``version`` (a number, or ``"next"``) writes the new version
         folder ``out/<version>/`` that a model server watching ``out`` loads.  With ``mlflow`` (a
         tracking URI) each exported format is registered in MLflow's model registry
-        (``result.registered``)."""
+        (``result.registered``).  A trial whose layers the search did not keep is refitted from the
+        feature cache (and refused if it does not reproduce its record); ``refit=False`` refuses it."""
         from autotl.export import export
 
         if mlflow is not None:
@@ -1049,6 +1051,7 @@ class Run:
             ensemble=ensemble,
             tta=tta,
             version=version,
+            refit=refit,
         )
         self._share_export(result)
         if mlflow is not None:

@@ -299,6 +299,13 @@ def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="the search's data folder, if it moved (parity runs on its validation images)",
     )
     e.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="refuse a trial whose layers the search did not keep instead of refitting it from the "
+        "feature cache (a refit must reproduce the trial's recorded score, and is stored for the next export)",
+    )
+    e.add_argument(
         "--mlflow",
         metavar="URI",
         help="register each exported format in this MLflow server's model registry",
@@ -666,6 +673,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         tta=args.tta,
         version=args.version,
         mlflow=args.mlflow,
+        refit=args.refit,
     )
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}")

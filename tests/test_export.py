@@ -644,8 +644,8 @@ def test_bad_inputs_are_one_line_usage_errors(run_dir: Path, tmp_path: Path, exp
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("cache", "export", "artifacts"))
     other = 1 - exported.trial
     shutil.rmtree(copy / "trials" / f"{other:04d}")
-    with pytest.raises(UsageError) as exc:
-        export(copy, tmp_path / "x", trial=other)
+    with pytest.raises(UsageError) as exc:  # refused, not refitted (tests/test_refit.py refits)
+        export(copy, tmp_path / "x", trial=other, refit=False)
     assert_one_line(
         exc, f"trial {other} has no saved model", f"trials with a model: {exported.trial}"
     )

@@ -190,3 +190,97 @@ def test_a_refused_refit_leaves_the_member_out_and_says_so(
     assert victim.number not in sel.candidates and victim.number not in sel.members
     assert not sel.refits[victim.number]["passed"] and run.trial_layers(victim.number) is None
     assert any(f"trial {victim.number} left out" in n for n in sel.notes)
+
+
+# --------------------------------------------------------------------------- autotl export --trial N
+
+
+def _export(run_dir: Path, trial: int, out: Path, *more: str) -> int:
+    """``autotl export RUN --trial N --format keras --out OUT`` in this process, with its exit code."""
+    from autotl.cli import main
+
+    argv = ["export", str(run_dir), "--trial", str(trial), "--format", "keras", "--out", str(out)]
+    return main([*argv, "--plugin", "autotl_tiny", *more])
+
+
+def _error_line(err: str) -> str:
+    """The one ``autotl: error:`` line a refused command printed."""
+    lines = [line for line in err.splitlines() if line.startswith("autotl: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _copy(run, tmp_path: Path, forget: int):
+    """A copy of the run, with its own feature cache (run.json names it), that forgot ``forget``'s layers."""
+    import shutil
+
+    from autotl.run.folder import RunFolder
+
+    copy = RunFolder(shutil.copytree(run.path, tmp_path / "run"))
+    shutil.copytree(run.record()["cache"]["dir"], copy.path / "own-cache")
+    record = json.loads(copy.run_file.read_text())
+    record["cache"]["dir"] = str(copy.path / "own-cache")
+    copy.run_file.write_text(json.dumps(record))
+    copy.drop_trial(forget)
+    return copy
+
+
+@pytest.mark.slow
+def test_export_of_a_trial_not_kept_refits_it_once_with_parity(
+    one_kept, tmp_path: Path, capfd
+) -> None:
+    """Exported like a kept trial, its model scoring what the search recorded; a second export reuses it."""
+    from autotl.engine.refit import REFIT_FILE
+    from autotl.scoring.objective import trial_metrics
+
+    run, study = one_kept
+    trial = next(t for t in _not_kept(run, study) if t.user_attrs["phase2_kept"])
+    assert _export(run.path, trial.number, tmp_path / "out") == 0
+    err = capfd.readouterr().err
+    assert f"trial {trial.number} refitted in" in err and "from the feature cache" in err
+    parity = json.loads((tmp_path / "out" / "parity.json").read_text())
+    score = parity["search_score"]
+    assert score["passed"] and score["accuracy"] == trial_metrics(trial)["val_accuracy"]
+    assert parity["trial"] == trial.number and (tmp_path / "out" / "model.keras").is_file()
+    refit_file = run.trial_dir(trial.number) / REFIT_FILE
+    stamp = refit_file.stat().st_mtime_ns
+    assert _export(run.path, trial.number, tmp_path / "again") == 0
+    err = capfd.readouterr().err
+    assert f"trial {trial.number} refitted earlier" in err and "refitting" not in err
+    assert refit_file.stat().st_mtime_ns == stamp  # not trained a second time
+    again = json.loads((tmp_path / "again" / "parity.json").read_text())["search_score"]
+    assert again["passed"] and again["accuracy"] == score["accuracy"]
+
+
+@pytest.mark.slow
+def test_export_of_a_tampered_trial_is_refused_in_one_line(one_kept, tmp_path: Path, capfd) -> None:
+    from autotl.scoring.objective import ranked_trials
+
+    run, study = one_kept
+    victim = ranked_trials(study)[-1]
+    copy = _copy(run, tmp_path, victim.number)
+    _forge_seed(copy, victim.number)
+    assert _export(copy.path, victim.number, tmp_path / "out") == 2
+    line = _error_line(capfd.readouterr().err)
+    assert f"trial {victim.number}'s layers were not kept" in line and "refused" in line
+    assert "the search recorded" in line or "in the search" in line
+    assert not (tmp_path / "out").exists() and copy.trial_layers(victim.number) is None
+
+
+@pytest.mark.slow
+def test_export_without_refit_or_without_the_cache_says_what_to_do(
+    one_kept, tmp_path: Path, capfd
+) -> None:
+    import shutil
+
+    run, study = one_kept
+    victim = _not_kept(run, study)[0]
+    copy = _copy(run, tmp_path, victim.number)
+    assert _export(copy.path, victim.number, tmp_path / "out", "--no-refit") == 2
+    line = _error_line(capfd.readouterr().err)
+    assert f"trial {victim.number} has no saved model here" in line and "--keep-models" in line
+    shutil.rmtree(copy.path / "own-cache")
+    assert _export(copy.path, victim.number, tmp_path / "out") == 2
+    line = _error_line(capfd.readouterr().err)
+    assert "no longer holds its backbone's features" in line and "--keep-models" in line
+    assert not (tmp_path / "out").exists() and copy.trial_layers(victim.number) is None

@@ -11,6 +11,9 @@ to the image and the same loss within export parity's tolerance.  A refit that
 disagrees is refused (:attr:`Refit.passed` False, :attr:`Refit.reason` says
 why in one line) and nothing is stored; one that agrees stores its layers like
 a kept trial's, with ``refit.json`` beside them, so the next ensemble reuses it.
+
+:func:`refit_model` is the same for one trial a user asks for (``autotl export
+--trial N``): its ``.keras`` file, refitted first when its layers were not kept.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from autotl.engine.space import SearchSpace, trial_params
 from autotl.errors import TrialFailed, UsageError, first_line
 from autotl.run.folder import RunFolder
-from autotl.run.trial_models import trial_backbone
+from autotl.run.trial_models import LayersNotHere, trial_backbone, trial_model
 from autotl.scoring.objective import trial_metrics
 
 if TYPE_CHECKING:
@@ -37,7 +40,17 @@ if TYPE_CHECKING:
     from autotl.data.dataset import Dataset
     from autotl.training.params import TrialParams
 
-__all__ = ["Bases", "Refit", "REFIT_FILE", "refit_trial", "stored_refit", "LOSS_ATOL", "LOSS_RTOL"]
+__all__ = [
+    "Bases",
+    "Refit",
+    "RefitRefused",
+    "REFIT_FILE",
+    "refit_model",
+    "refit_trial",
+    "stored_refit",
+    "LOSS_ATOL",
+    "LOSS_RTOL",
+]
 
 #: The refit's validation loss against the recorded one: export parity's tolerance
 #: (``autotl.export._common.REPRODUCE_LOSS_*``); the accuracy must match to the image.
@@ -46,6 +59,10 @@ LOSS_ATOL, LOSS_RTOL = 1e-4, 1e-3
 REFIT_FILE = "refit.json"
 
 Say = Callable[[str], None]
+
+
+class RefitRefused(UsageError):
+    """A trial's refit did not reproduce what the search recorded; nothing was stored."""
 
 
 @dataclass
@@ -148,6 +165,78 @@ def refit_trial(
         run.save_trial_layers(trial.number, result.trained_weights())
         run.write_json(run.trial_dir(trial.number) / REFIT_FILE, asdict(refit))
     return refit
+
+
+def refit_model(
+    run: RunFolder,
+    study: Study,
+    trial: FrozenTrial,
+    dataset: Callable[[], tuple[Dataset, bool]],
+    *,
+    registry: Optional[Registry] = None,
+    weights: Optional[WeightsSource] = None,
+    plugins: tuple[str, ...] = (),
+    say: Say = lambda _m: None,
+) -> Path:
+    """``trial``'s ``.keras`` file as :func:`autotl.run.trial_models.trial_model` finds it, or, when its
+    layers were not kept, refitted from the feature cache first (once: the refit is stored).
+
+    ``dataset()`` returns the search's data set again and whether it is the search's (only that one
+    refits).  Raises :class:`RefitRefused` when the refit disagrees with the record, and
+    :class:`~autotl.run.trial_models.LayersNotHere` when the cache no longer holds the trial's features.
+    """
+
+    def model() -> Path:
+        return trial_model(run, study, trial, registry, weights, plugins=plugins, say=say)
+
+    try:
+        path = model()
+    except LayersNotHere:  # not kept: refitted below, if the cache still can
+        _check_cache(run, trial)
+    else:
+        earlier = stored_refit(run, trial.number)
+        if earlier is not None:
+            say(earlier.line())
+        return path
+    data, same = dataset()
+    if not same:
+        raise UsageError(
+            f"trial {trial.number}'s layers were not kept and it cannot be refitted: the data at "
+            f"{data.source} is not the search's (its fingerprint differs); pass the search's data with --data"
+        )
+    if registry is None:
+        from autotl.backbones.registry import get_registry
+
+        registry = get_registry(list(plugins))
+    refit = refit_trial(run, study, trial, data, registry=registry, weights=weights, say=say)
+    if not refit.passed:
+        raise RefitRefused(
+            f"trial {trial.number}'s layers were not kept and its refit from the feature cache was "
+            f"refused: {refit.reason}"
+        )
+    say(refit.line())
+    return model()
+
+
+def _check_cache(run: RunFolder, trial: FrozenTrial) -> None:
+    """A one-line LayersNotHere unless the feature cache still holds every entry ``trial`` trained on."""
+    cache = _cache(run)
+    used = [
+        entry["key"]
+        for entry in (trial.user_attrs.get("cache") or {}).values()
+        if isinstance(entry, dict) and entry.get("key")
+    ]
+    gone = [key for key in used if not (cache.root / key / "meta.json").is_file()]
+    if not gone and used:
+        return
+    where = f"the feature cache {cache.root} no longer holds its backbone's features"
+    if not used:
+        where = "the search recorded no feature cache entry for it"
+    raise LayersNotHere(
+        f"trial {trial.number}'s layers were not kept and it cannot be refitted: {where}; rerun the "
+        f"search with --keep-models covering it (or keep its cache), or pick a trial with a model "
+        f"({', '.join(map(str, run.kept_trials())) or 'none'})"
+    )
 
 
 def _setup(

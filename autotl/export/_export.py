@@ -74,6 +74,7 @@ def export(
     ensemble: bool = False,
     tta: Optional[str] = None,
     version: int | str | None = None,
+    refit: bool = True,
 ) -> ExportResult:
     """Export one trial's model of a run (the best by default) in ``formats`` (default: the table's default
     formats), and prove every format predicts as the Keras model does.
@@ -81,7 +82,10 @@ def export(
     A trial other than the best has its model assembled from its stored layers,
     which needs its backbone's plugin (``plugins`` or ``registry``) and weights
     (``weights``, an ``autotl.backbones.weights.WeightsSource``; default: what run.json
-    records).  ``data`` replaces the search's data folder when it moved.
+    records).  ``data`` replaces the search's data folder when it moved.  A trial whose layers the
+    search did not keep is refitted from the feature cache first, and refused when the refit does
+    not reproduce the search's record (:func:`autotl.engine.refit.refit_model`); ``refit=False``
+    refuses it at once.
 
     Before anything is written, the Keras model must reproduce the validation
     accuracy and loss the search recorded for the trial (when the data is the
@@ -100,7 +104,7 @@ def export(
         raise UsageError(f"--trial must be a trial number (0 or more), got {trial}")
     tta = check_variant_args(trial, ensemble, tta)
     out = check_out(Path(out_dir) if version is None else version_folder(Path(out_dir), version))
-    where = _Where(storage_url, study_name, data, tuple(plugins), registry, weights)
+    where = _Where(storage_url, study_name, data, tuple(plugins), registry, weights, refit)
     job = _open(Path(run_dir), trial, where, (ensemble, tta), rows, say)
     parity = _write(out, job, new_only=version is not None)
     run = job.run
@@ -126,6 +130,7 @@ class _Where(NamedTuple):
     plugins: tuple[str, ...]
     registry: Optional[Registry]
     weights: Optional[WeightsSource]
+    refit: bool = True  # a trial whose layers were not kept is refitted from the feature cache
 
 
 @dataclass
@@ -152,6 +157,15 @@ def _open(
     say: Say,
 ) -> _Job:
     """The run and the trial (or, with ``variant`` = (ensemble, tta), its variant), its data and model."""
+    notes: list[str] = []
+    loaded: list[tuple[Dataset, bool]] = []
+
+    def data(run: _Run) -> tuple[Dataset, bool]:
+        """The search's data set again (loaded once: a refit needs it before the export does)."""
+        if not loaded:
+            loaded.append(_dataset(run, where.data, where.plugins, notes))
+        return loaded[0]
+
     run = _open_run(
         run_dir,
         trial,
@@ -161,9 +175,9 @@ def _open(
         registry=where.registry,
         weights=where.weights,
         say=say,
+        data=data if where.refit else None,
     )
-    notes: list[str] = []
-    dataset, same_data = _dataset(run, where.data, where.plugins, notes)
+    dataset, same_data = data(run)
     ensemble, tta = variant
     if ensemble or tta:
         run = open_variant(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from autotl.backbones.registry import Registry
     from autotl.backbones.weights import WeightsSource
+    from autotl.data.dataset import Dataset
 
 
 @dataclass
@@ -55,45 +56,69 @@ def _open_run(
     registry: Optional[Registry] = None,
     weights: Optional[WeightsSource] = None,
     say: Callable[[str], None] = lambda _m: None,
+    data: Optional[Callable[[_Run], tuple[Dataset, bool]]] = None,
 ) -> _Run:
+    """The run and its chosen trial with that trial's model file.  With ``data`` (the search's data set
+    again, and whether it is the search's), a trial whose layers were not kept is refitted from the
+    feature cache (:func:`autotl.engine.refit.refit_model`); without, it is refused (``LayersNotHere``)."""
     folder = RunFolder(run_dir)
     study, url = folder.open_study(storage_url, study_name)
-    trials = study.get_trials(deepcopy=False)
-    complete = complete_trials(study)
-    if trial is None:
-        chosen = best_trial(study)  # the trial best_model.keras holds
-        if chosen is None:
-            raise UsageError(
-                f"the study in {run_dir} has no complete trial yet; finish a search first"
-            )
-    else:
-        found = [t for t in trials if t.number == trial]
-        if not found:
-            raise UsageError(
-                f"no trial {trial} in the study ({len(trials)} trials, numbered 0..{len(trials) - 1}); "
-                "pass one of them to --trial"
-            )
-        chosen = found[0]
-        if chosen.number not in {t.number for t in complete}:
-            raise UsageError(
-                f"trial {trial} is {chosen.state.name.lower()}, not complete; complete trials: "
-                f"{', '.join(str(t.number) for t in complete) or 'none'}"
-            )
-    model_file = trial_model(
-        folder, study, chosen, registry, weights, plugins=tuple(plugins), say=say
-    )
+    chosen = _chosen(study, trial, run_dir)
     record = folder.record()
-    return _Run(
+    run = _Run(
         folder=folder,
         storage_url=url,
         study=study,
         trial=chosen,
-        model_file=model_file,
+        model_file=folder.trial_model(chosen.number),  # where it is assembled, replaced below
         class_names=folder.class_names(study),
         record=record,
         space=study.user_attrs.get("space") or record.get("space") or {},
         data_summary=study.user_attrs.get("data") or {},
     )
+    if data is None:
+        run.model_file = trial_model(
+            folder, study, chosen, registry, weights, plugins=tuple(plugins), say=say
+        )
+    else:
+        from autotl.engine.refit import refit_model
+
+        run.model_file = refit_model(
+            folder,
+            study,
+            chosen,
+            lambda: data(run),
+            registry=registry,
+            weights=weights,
+            plugins=tuple(plugins),
+            say=say,
+        )
+    return run
+
+
+def _chosen(study: Study, trial: Optional[int], run_dir: Path) -> FrozenTrial:
+    """Trial ``trial`` of ``study`` (default: the best), which must be complete."""
+    complete = complete_trials(study)
+    if trial is None:
+        best = best_trial(study)  # the trial best_model.keras holds
+        if best is None:
+            raise UsageError(
+                f"the study in {run_dir} has no complete trial yet; finish a search first"
+            )
+        return best
+    trials = study.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == trial]
+    if not found:
+        raise UsageError(
+            f"no trial {trial} in the study ({len(trials)} trials, numbered 0..{len(trials) - 1}); "
+            "pass one of them to --trial"
+        )
+    if found[0].number not in {t.number for t in complete}:
+        raise UsageError(
+            f"trial {trial} is {found[0].state.name.lower()}, not complete; complete trials: "
+            f"{', '.join(str(t.number) for t in complete) or 'none'}"
+        )
+    return found[0]
 
 
 def _dataset(

@@ -242,6 +242,9 @@ def test_export_of_a_trial_not_kept_refits_it_once_with_parity(
     score = parity["search_score"]
     assert score["passed"] and score["accuracy"] == trial_metrics(trial)["val_accuracy"]
     assert parity["trial"] == trial.number and (tmp_path / "out" / "model.keras").is_file()
+    refit = parity["refit"]  # what the refit measured, beside what the export re-measured
+    assert refit["passed"] and refit["refitted"]["val_accuracy"] == score["accuracy"]
+    assert "refitted from the feature cache" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
     refit_file = run.trial_dir(trial.number) / REFIT_FILE
     stamp = refit_file.stat().st_mtime_ns
     assert _export(run.path, trial.number, tmp_path / "again") == 0

@@ -224,6 +224,17 @@ def _test_line(test: dict[str, Any]) -> str:
     )
 
 
+def _refitted(c: CardFacts) -> str:
+    """How the source model came to be when the search did not keep its layers (else nothing)."""
+    refit = c.run.refit
+    if not refit or c.run.variant:
+        return ""
+    return (
+        f", assembled from layers refitted from the feature cache in {refit['seconds']:.1f} s (the "
+        "search did not keep them), which reproduced the search's validation accuracy and loss"
+    )
+
+
 def _model(c: CardFacts) -> Lines:
     """Backbone, its weights and the source file, then every hyperparameter."""
     t, a, space = c.run.trial, c.run.trial.user_attrs, c.run.space
@@ -235,7 +246,7 @@ def _model(c: CardFacts) -> Lines:
         f"- Backbone: `{t.params.get('backbone')}` (plugin `{a.get('plugin', '?')}`), input resized to "
         f"{h}x{w} with bilinear interpolation; the backbone's preprocessing is inside the model.",
         f"- Backbone weights: {a.get('weights_origin', '?')}; SHA-256 `{weights_hash}`.",
-        f"- Source model file: `{c.run.model_file.relative_to(c.run.run_dir)}`.",
+        f"- Source model file: `{c.run.model_file.relative_to(c.run.run_dir)}`{_refitted(c)}.",
         "",
         "### Hyperparameters",
         "",

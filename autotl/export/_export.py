@@ -243,7 +243,10 @@ def _what(run: _Run) -> str:
 
 
 def _exported(extra: dict[str, Any], run: _Run) -> dict[str, Any]:
-    """parity.json's extra fields: for an ensemble or TTA model, what it is (``exported``)."""
+    """parity.json's extra fields: for an ensemble or TTA model, what it is (``exported``); for a trial
+    refitted from the feature cache, what its refit measured (``refit``)."""
+    if run.refit and not run.variant:
+        extra = {**extra, "refit": run.refit}
     return {**extra, "exported": run.variant} if run.variant else extra
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -35,6 +35,8 @@ class _Run:
     #: When the model exported is not ``trial``'s own (the run's ensemble, or TTA): what it is and must
     #: reproduce (``_variant.open_variant``); ``trial`` is then the best trial, or the one given.
     variant: Optional[dict[str, Any]] = None
+    #: When ``trial``'s layers are a refit's (its own were not kept): what the refit measured (``refit.json``).
+    refit: Optional[dict[str, Any]] = None
 
     def chosen_variant(self) -> dict[str, Any]:
         """``variant``, for the steps that run only when one is exported."""
@@ -76,13 +78,13 @@ def _open_run(
         space=study.user_attrs.get("space") or record.get("space") or {},
         data_summary=study.user_attrs.get("data") or {},
     )
+    from autotl.engine.refit import refit_model, stored_refit
+
     if data is None:
         run.model_file = trial_model(
             folder, study, chosen, registry, weights, plugins=tuple(plugins), say=say
         )
     else:
-        from autotl.engine.refit import refit_model
-
         run.model_file = refit_model(
             folder,
             study,
@@ -93,6 +95,8 @@ def _open_run(
             plugins=tuple(plugins),
             say=say,
         )
+    refit = stored_refit(folder, chosen.number)
+    run.refit = asdict(refit) if refit is not None else None
     return run
 
 

@@ -250,7 +250,7 @@ def leakage_check(
 
     def check(cache: Any) -> Optional[str]:
         from autotl.backbones.weights import resolve_weights
-        from autotl.health import duplicates_only, pooled_features, subject_of
+        from autotl.health import GRAPHS, duplicates_only, pooled_features, subject_of
         from autotl.training.model import build_base
 
         if dataset.train.paths is None:
@@ -271,7 +271,9 @@ def leakage_check(
         )
         leaks = [
             f
-            for f in duplicates_only(subject_of(dataset, manifest), features)
+            for f in duplicates_only(
+                subject_of(dataset, manifest), features, folder=Path(cache.root) / GRAPHS
+            )
             if f.kind == "leakage"
         ]
         if not leaks:

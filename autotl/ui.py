@@ -105,7 +105,8 @@ def console(stderr: bool = False) -> Any:
 
 
 class CtrlC:
-    """Ctrl-C once: finish the running trial, then stop.  Twice: stop now (KeyboardInterrupt)."""
+    """Ctrl-C once: finish the running trial (a feature cache build stops at its next batch), then stop.
+    Twice: stop now (KeyboardInterrupt)."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say, self.count = say, 0
@@ -127,7 +128,8 @@ class CtrlC:
         if self.count > 1:
             raise KeyboardInterrupt
         self.say(
-            "Ctrl-C: finishing the running trial, then stopping (press Ctrl-C again to stop now)"
+            "Ctrl-C: finishing the running trial, then stopping (a feature cache being built stops at its "
+            "next batch and is built again on resume; press Ctrl-C again to stop now)"
         )
 
     def pressed(self) -> bool:

@@ -172,7 +172,11 @@ def test_full_caches_are_built_cheapest_first_one_trial_apart_and_within_the_tim
     said: list[dict] = []
     estimates = {"slow": 600.0, "fast": 5.0, "medium": 60.0}
     full = FullCaches(
-        list(estimates), estimates, built.append, said.append, deadline=time.monotonic() + 120
+        list(estimates),
+        estimates,
+        lambda name, _stop: built.append(name),
+        said.append,
+        deadline=time.monotonic() + 120,
     )
     assert full.pending == ["fast", "medium", "slow"]
     assert full.due(0) and full.next(lambda: False) == "fast" and not full.due(0)
@@ -182,6 +186,24 @@ def test_full_caches_are_built_cheapest_first_one_trial_apart_and_within_the_tim
     warning = [e["warning"] for e in said if "warning" in e]
     assert len(warning) == 1 and "needs about 10:00" in warning[0] and "not started" in warning[0]
     assert any("medium: building its full cache, about 1:00" == e.get("info") for e in said)
+
+
+def test_a_stopped_full_cache_build_is_put_back_and_a_broken_one_does_not_stop_the_search() -> None:
+    from autotl.engine.backbone_screen import FullCaches
+    from autotl.training.cache import BuildStopped
+
+    def build(name: str, stop) -> None:
+        if stop():
+            raise BuildStopped(name)
+        if name == "broken":
+            raise RuntimeError("a plugin's own fault")
+
+    full = FullCaches(["a", "broken"], {}, build, lambda _e: None)
+    assert full.next(lambda: False) == "a"
+    stopping = iter([False, True])  # the loop's check passes; the build's first batch sees Ctrl-C
+    assert full.next(lambda: next(stopping)) is None
+    assert full.pending == ["broken"] and full.ready == ["a"]  # not built, not lost: next time
+    assert full.next(lambda: False) == "broken"  # its first trial fails with the reason
 
 
 @pytest.mark.slow
@@ -310,6 +332,46 @@ def test_ctrl_c_during_a_full_cache_leaves_the_best_model_so_far(
     assert finished == [0] and run.best_trial_number() == 0 and run.best_model().is_file()
     cache = cfg.out / "cache"
     assert not list(cache.glob("*.tmp*"))  # the interrupted build left nothing half-written
+
+
+def test_ctrl_c_once_during_a_full_cache_stops_the_build_at_once_and_a_resume_builds_it(
+    two_registry, colours_data, tmp_path: Path
+) -> None:
+    """Ctrl-C once (``should_stop``) at the first batch of the second full cache: the build stops there,
+    keeps nothing, the search returns with trial 0's best model; rerunning builds it and goes on."""
+    finished: list[int] = []
+    builds: list[str] = []
+    pressed: list[bool] = []
+
+    def on_event(e: dict) -> None:
+        if "finished" in e:
+            finished.append(e["finished"])
+        status = str(e.get("status", ""))
+        if "full cache:" in status:
+            builds.append(status)
+            if finished:  # the second build: its first batch is done
+                pressed.append(True)
+
+    cfg = _config(tmp_path / "run", trials=4, enabled=False)
+    cfg.space = cfg.space.model_copy(update={"batch_size": 8})  # several batches per build
+    run_search(cfg, two_registry, colours_data, on_event, should_stop=lambda: bool(pressed))
+    run = RunFolder(cfg.out)
+    assert finished == [0] and run.best_trial_number() == 0 and run.best_model().is_file()
+    cache = cfg.out / "cache"
+    assert not list(cache.glob("*.tmp*"))
+    cached = [json.loads(f.read_text())["backbone"] for f in cache.glob("*/meta.json")]
+    assert len(set(cached)) == 1  # the first backbone's entries only
+    total = len(colours_data.train) + len(colours_data.val)
+    second = [b for b in builds if b.startswith(builds[-1].split(" |")[0])]
+    assert second[-1].split("features ")[1].startswith("8/")  # stopped after its first batch
+
+    pressed.clear()
+    finished.clear()
+    study = run_search(cfg, two_registry, colours_data, on_event)
+    assert finished == [1, 2, 3] and len(study.trials) == 4
+    cached = [json.loads(f.read_text())["backbone"] for f in cache.glob("*/meta.json")]
+    assert set(cached) == {"tiny", "tiny_blind"}
+    assert total > 8
 
 
 _KILLED = """

@@ -215,6 +215,25 @@ def test_the_blockwise_neighbours_are_scikit_learns_exact_ones(block: int) -> No
     assert nearest(x[:2]).indices.tolist() == [[1], [0]]
 
 
+def test_a_stored_graph_is_read_back_for_the_same_features_only(tmp_path: Path) -> None:
+    from autotl.health._neighbours import nearest, stored_nearest
+
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float16)
+    graph = stored_nearest(x, tmp_path)
+    np.testing.assert_array_equal(graph.indices, nearest(x).indices)
+    (path,) = tmp_path.glob("*.npz")
+    np.savez(path, distances=graph.distances + 1, indices=graph.indices)  # what is stored is read
+    np.testing.assert_array_equal(stored_nearest(x, tmp_path).distances, graph.distances + 1)
+    y = x.copy()
+    y[3, 0] += 1
+    assert (stored_nearest(y, tmp_path).distances < 1).all()  # other features: their own graph
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    stored_nearest(x.astype(np.float32), tmp_path)  # another dtype is other features too
+    path.write_bytes(b"half-written")  # a damaged file is found again, not trusted
+    np.testing.assert_array_equal(stored_nearest(x, tmp_path).distances, graph.distances)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
 def test_past_the_neighbour_limit_only_hashes_compare_and_a_note_says_so() -> None:
     """More images than ``neighbour_limit``: no near duplicates nor outliers, exact copies still found, one note."""
     from autotl.data.decoding import Checked
@@ -371,6 +390,8 @@ def test_a_search_warns_of_leakage_reports_it_and_trains_without_the_excluded_fi
     clean = record["evaluation"]["without_leaked"]
     assert clean["leaked"] == 2 and clean["images"] == record["evaluation"]["images"] - 2
     assert "Data health" in run.report_paths["md"].read_text()
+    # the report's check read the graph the check before trial 0 found: one graph, not two
+    assert len(list((tmp_path / "leaky" / "cache" / "neighbours").glob("*.npz"))) == 1
 
     issues = doctor_out / "health" / "issues.csv"
     events.clear()

@@ -34,6 +34,7 @@ import numpy as np
 
 from autotl.errors import UsageError
 from autotl.scoring.stats import wilson_interval
+from autotl.training.cache import BuildStopped
 
 if TYPE_CHECKING:
     from autotl.data.dataset import Dataset
@@ -186,7 +187,7 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
 class FullCaches:
     """The kept backbones' full caches, built one at a time between trials, cheapest first.
 
-    ``build(name, say)`` builds one (its progress is said through ``say``);
+    ``build(name, stop)`` builds one (abandoned, with nothing kept, once ``stop()`` says so);
     ``estimates`` are seconds per backbone from the sample's measured images
     per second.  A backbone is *ready* once its full cache is there; the
     sampler draws only ready ones while others wait (:class:`autotl.engine.failures.SearchBackbones`).
@@ -196,7 +197,7 @@ class FullCaches:
         self,
         pending: Sequence[str],
         estimates: dict[str, Optional[float]],
-        build: Callable[[str], None],
+        build: Callable[[str, Callable[[], bool]], None],
         emit: Event,
         deadline: Optional[float] = None,
     ) -> None:
@@ -232,7 +233,10 @@ class FullCaches:
             if estimate and estimate >= 1:
                 self.emit({"info": f"{name}: building its full cache, about {clock(estimate)}"})
             try:
-                self.build(name)
+                self.build(name, should_stop)
+            except BuildStopped:  # Ctrl-C: built again on resume
+                self.pending.insert(0, name)
+                return None
             except (UsageError, KeyboardInterrupt):
                 raise
             except Exception:  # a backbone's own fault: its first trial fails with the reason

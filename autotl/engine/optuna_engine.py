@@ -59,6 +59,7 @@ from autotl.errors import SearchStopped, TrialFailed, UsageError, failure_line, 
 from autotl.run.folder import RunFolder
 from autotl.run.trial_models import LayersNotHere, record_artifact, update_best_model
 from autotl.scoring.objective import DEPLOY, Objectives, ranked_trials, trial_metrics
+from autotl.training.cache import BuildStopped
 
 __all__ = ["SearchConfig", "open_search_study", "run_search", "FULL", "SCREEN", "FINALIST"]
 
@@ -435,7 +436,11 @@ class _TrialRunner:
             self._bases = {k: v for k, v in self._bases.items() if k[0] in names}
             estimates = decision.get("estimates", {})
         self.full = FullCaches(
-            names, estimates, lambda name: self._features(name), self.on_event, deadline
+            names,
+            estimates,
+            lambda name, stop: self._features(name, stop=stop),
+            self.on_event,
+            deadline,
         )
         self.full.rotate(self.cfg.worker_index)
         self.backbones.waiting = set(names)
@@ -483,7 +488,11 @@ class _TrialRunner:
                 continue
             if should_stop():
                 return None
-            results[name] = claim(url, study, RESULT_KEY + name, self._sample_result(name, sample))
+            try:
+                result = self._sample_result(name, sample, should_stop)
+            except BuildStopped:  # Ctrl-C: this backbone's sample is built again on resume
+                return None
+            results[name] = claim(url, study, RESULT_KEY + name, result)
             self._say_result(name, results[name])
         decision = decide({n: results[n] for n in names}, self.cfg.space.backbone_screening)
         images = len(self.dataset.train) + len(self.dataset.val)
@@ -494,15 +503,15 @@ class _TrialRunner:
         decision["sample_images"] = len(sample.train) + len(sample.val)
         return self._say_decision(claim(url, study, DECISION_KEY, decision), resumed=False)
 
-    def _sample_result(self, name: str, sample: Any) -> dict[str, Any]:
+    def _sample_result(self, name: str, sample: Any, stop: Callable[[], bool]) -> dict[str, Any]:
         """One backbone's sample scores and measured cost, or ``{"error": reason}``."""
         from autotl.engine.backbone_screen import score_features
 
         started = time.perf_counter()
         try:
-            feats = self._features(name, sample)
+            feats = self._features(name, sample, stop)
             result = score_features(feats, self.cfg.space, len(self.dataset.class_names))
-        except (UsageError, KeyboardInterrupt):
+        except (UsageError, KeyboardInterrupt, BuildStopped):
             raise
         except Exception as exc:  # a backbone's own fault: dropped, with the reason
             return {"error": failure_line(exc)}
@@ -547,7 +556,9 @@ class _TrialRunner:
         )
         return decision
 
-    def _features(self, name: str, data: Any = None) -> Any:
+    def _features(
+        self, name: str, data: Any = None, stop: Callable[[], bool] = lambda: False
+    ) -> Any:
         """Backbone ``name``'s phase-1 cache entry on ``data`` (default: all of it), and on all of it the
         boundaries the space may fine-tune from, as a trial builds them."""
         import optuna
@@ -580,6 +591,7 @@ class _TrialRunner:
             if data is self.dataset
             else (lambda _b: ()),
             say=lambda msg: self.on_event({"status": f"{name} | {where}: {msg}", "backbone": name}),
+            stop=stop,
         )
 
     def _reporter(
@@ -972,7 +984,8 @@ def run_search(
             # the first kept backbone's full cache, which the check before the first trial reads
             runner.build_due(0, should_stop, lambda: None)
             ready = runner.full.ready if runner.full is not None else []
-            cfg.before_trials(runner.cache, ready[0] if ready else None)
+            if not should_stop():
+                cfg.before_trials(runner.cache, ready[0] if ready else None)
     try:
         _loop(study, cfg, runner, emit, should_stop, deadline)
     finally:

@@ -21,7 +21,7 @@ that ``autotl search --exclude`` reads.  Nothing in the data folder is ever
 changed, moved or deleted.
 """
 
-from autotl.health._check import Settings, check_data, duplicates_only, find_findings
+from autotl.health._check import GRAPHS, Settings, check_data, duplicates_only, find_findings
 from autotl.health._duplicates import NEAR
 from autotl.health._features import default_backbone, pooled_features
 from autotl.health._findings import COLUMNS, KINDS, PAIR_KINDS, DataHealth, Finding
@@ -30,6 +30,7 @@ from autotl.health._subject import Subject, subject_of
 
 __all__ = [
     "check_data",
+    "GRAPHS",
     "Settings",
     "DataHealth",
     "Finding",

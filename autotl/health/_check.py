@@ -13,7 +13,7 @@ import numpy as np
 from autotl.health._duplicates import NEAR, exact_duplicates, near_duplicates
 from autotl.health._findings import DataHealth, Finding, sort_findings
 from autotl.health._labels import FOLDS, label_issues, out_of_fold
-from autotl.health._neighbours import Neighbours, nearest
+from autotl.health._neighbours import Neighbours, stored_nearest
 from autotl.health._outliers import odd_modes, outliers, tiny, unreadable
 from autotl.health._subject import Subject, subject_of
 
@@ -28,6 +28,8 @@ Say = Callable[[str], None]
 #: Beyond this many images, near duplicates and outliers are not searched: the neighbour search's time grows
 #: with the square of the images (249 s at 100,000 on a loaded 2-core machine; its memory stays flat).
 NEIGHBOUR_LIMIT = 100_000
+#: Beside the feature cache's entries: the neighbour graphs checks found, by a hash of their features.
+GRAPHS = "neighbours"
 
 
 @dataclass(frozen=True)
@@ -50,19 +52,26 @@ def duplicates_only(
     near: float = NEAR,
     graph: Optional[Neighbours] = None,
     limit: int = NEIGHBOUR_LIMIT,
+    folder: Optional[Path] = None,
 ) -> list[Finding]:
     """Exact and near duplicates, and leakage: what a search checks before its first trial.  Without
     ``features`` (a backbone with random weights, whose features say nothing of likeness), or with more
-    than ``limit`` images, only the hashes are compared; ``graph`` is their nearest neighbours when found."""
+    than ``limit`` images, only the hashes are compared; ``graph`` is their nearest neighbours when found
+    (else found, or read from ``folder`` where an earlier check stored it)."""
     if graph is None:
-        graph = graph_of(features, limit)
+        graph = graph_of(features, limit, folder)
     near_found = [] if graph is None else near_duplicates(subject, graph, near)
     return sort_findings([*exact_duplicates(subject), *near_found])
 
 
-def graph_of(features: Optional[np.ndarray], limit: int) -> Optional[Neighbours]:
-    """The features' nearest-neighbour graph, or None without features or past ``limit`` images."""
-    return None if features is None or len(features) > limit else nearest(features)
+def graph_of(
+    features: Optional[np.ndarray], limit: int, folder: Optional[Path] = None
+) -> Optional[Neighbours]:
+    """The features' nearest-neighbour graph (kept in ``folder`` for the next check of the same features),
+    or None without features or past ``limit`` images."""
+    if features is None or len(features) > limit:
+        return None
+    return stored_nearest(features, folder)
 
 
 def find_findings(
@@ -71,9 +80,11 @@ def find_findings(
     settings: Settings,
     seconds: dict[str, float],
     notes: Optional[list[str]] = None,
+    folder: Optional[Path] = None,
 ) -> list[Finding]:
     """Every kind of finding of ``subject``, whose pooled features are ``features``; the time of each step
-    goes into ``seconds``, and a step left out is said in ``notes``."""
+    goes into ``seconds``, and a step left out is said in ``notes``.  The neighbour graph is read from
+    ``folder`` when a check of the same features stored it there (else found and stored)."""
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -82,7 +93,7 @@ def find_findings(
         seconds[name] = round(now - clock, 3)
         clock = now
 
-    graph = graph_of(features, settings.neighbour_limit)
+    graph = graph_of(features, settings.neighbour_limit, folder)
     if graph is None and notes is not None:
         notes.append(
             f"near duplicates and outliers not searched: {len(features):,} images are over "
@@ -142,7 +153,7 @@ def check_data(
     )
     seconds["features"] = round(time.perf_counter() - began, 3)
     notes: list[str] = []
-    findings = find_findings(subject, features, settings, seconds, notes)
+    findings = find_findings(subject, features, settings, seconds, notes, cache.root / GRAPHS)
     seconds["total"] = round(time.perf_counter() - start, 3)
     return DataHealth(
         findings=findings,

@@ -13,12 +13,15 @@ the images (``docs/guide/data-health.md``, "Cost at scale").
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Neighbours", "nearest", "NEIGHBOURS"]
+__all__ = ["Neighbours", "nearest", "stored_nearest", "NEIGHBOURS"]
 
 NEIGHBOURS = 10
 BLOCK = 2048
@@ -73,6 +76,31 @@ def nearest(features: np.ndarray, k: int = NEIGHBOURS, block: int = BLOCK) -> Ne
             if c0 != r0:
                 _offer(best, where, sims, c0, r0, 0)
     return Neighbours(np.clip(1.0 - best, 0.0, 2.0), where)
+
+
+def stored_nearest(
+    features: np.ndarray, folder: Optional[Path], k: int = NEIGHBOURS, block: int = BLOCK
+) -> Neighbours:
+    """:func:`nearest`, kept in ``folder`` under a hash of the features and ``k``: the check before a
+    search's first trial and its report's data-health section read the same features, and at 100,000
+    images the graph costs minutes.  A stored graph is plain arrays (``.npz``, no pickle)."""
+    if folder is None:
+        return nearest(features, k, block)
+    digest = hashlib.sha256(f"neighbours-1 {features.shape} {features.dtype} {k}".encode())
+    for r0 in range(0, len(features), block):
+        digest.update(np.ascontiguousarray(features[r0 : r0 + block]).tobytes())
+    path = Path(folder) / f"{digest.hexdigest()[:32]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return Neighbours(stored["distances"], stored["indices"])
+    except (OSError, ValueError, KeyError):  # not there yet, or a half-written or damaged file
+        pass
+    graph = nearest(features, k, block)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, distances=graph.distances, indices=graph.indices)
+    os.replace(tmp, path)
+    return graph
 
 
 def _offer(

@@ -46,6 +46,7 @@ from autotl.training.npyfile import NpyRows, NpyWriter
 __all__ = [
     "FeatureCache",
     "CachedFeatures",
+    "BuildStopped",
     "FLOAT16_TOLERANCE",
     "MIXED_TOLERANCE",
     "parse_bytes",
@@ -268,6 +269,8 @@ class _Job:
     augmentation: Any
     seed: int
     weights_id: str
+    #: Asked before every batch: True abandons the build (:class:`BuildStopped`), leaving nothing behind.
+    stop: Callable[[], bool] = field(default=lambda: False, compare=False)
 
     def stream(self, dataset: Any) -> _Prefetch:
         """The build's batches, decoded ahead from now on (up to 64 MB of resized batches: enough to
@@ -279,6 +282,10 @@ class _Job:
 
 class _Overflow(Exception):
     """Activations beyond float16's range: the entry is built again in float32."""
+
+
+class BuildStopped(Exception):
+    """A build abandoned because its ``stop()`` said so (Ctrl-C once): nothing of it was kept."""
 
 
 class FeatureCache:
@@ -353,6 +360,7 @@ class FeatureCache:
         prefetch: Callable[[Any], Sequence[str]] = lambda _base: (),
         say: Optional[Say] = None,
         required: bool = True,
+        stop: Callable[[], bool] = lambda: False,
     ) -> Optional[CachedFeatures]:
         """Read the entry for ``cut`` (``None``: the pooled output), computing it first if absent.
 
@@ -362,10 +370,12 @@ class FeatureCache:
         those that would not fit the disk or the budget are left out (a warning).
         An entry for ``cut`` that would not fit raises a one-line UsageError, or
         with ``required=False`` returns None (the caller streams instead).
-        ``say`` follows the build: images done, images/s and time left.
+        ``say`` follows the build: images done, images/s and time left.  ``stop()`` is asked
+        before every batch: when it says so the build is abandoned (:class:`BuildStopped`), so
+        a Ctrl-C does not wait for an hour-long build.
         """
         start = time.perf_counter()
-        job = self._job(spec, weights, input_size, batch_size, augmentation, seed)
+        job = self._job(spec, weights, input_size, batch_size, augmentation, seed=seed, stop=stop)
         folder_of = self._folder_of(job, weights, dataset.fingerprint)
         folder = folder_of(cut)
         built = False
@@ -408,6 +418,7 @@ class FeatureCache:
         batch_size: int,
         augmentation: Any,
         seed: int,
+        stop: Callable[[], bool],
     ) -> _Job:
         """What building an entry needs: the input size, augmented views and seed, the weights' identity."""
         views = augmentation.views if augmentation is not None and augmentation.enabled else 0
@@ -420,6 +431,7 @@ class FeatureCache:
             augmentation=augmentation,
             seed=seed,
             weights_id=weights.sha256 or weights.origin,
+            stop=stop,
         )
 
     def _folder_of(
@@ -591,9 +603,9 @@ class _Meter:
         self.forward = 0.0
 
     def add(self, n: int) -> None:
-        self.done += n
+        first, self.done = not self.done, self.done + n
         now = time.perf_counter()
-        if self.say is not None and (now - self.last > 2.0 or self.done == self.total):
+        if self.say is not None and (first or now - self.last > 2.0 or self.done == self.total):
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             left = (self.total - self.done) / max(rate, 1e-9)
@@ -638,6 +650,8 @@ def _fill(
             for copy in range(copies):
                 row = copy * n
                 while row < (copy + 1) * n:
+                    if job.stop():
+                        raise BuildStopped(f"the build of {job.spec.name}'s features was stopped")
                     batch = next(stream)
                     if copy and augment is not None:  # copies after the first exist only with views
                         batch = augment(batch, training=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import TINY_SPACE
+from helpers import COLOURS, TINY_SPACE, write_images
 
 #: Four trials, one kept; phase 2 opens (high threshold) and dropout varies, so a refit replays both.
 TRIALS = 4
@@ -271,7 +271,7 @@ def test_export_of_a_tampered_trial_is_refused_in_one_line(one_kept, tmp_path: P
 
 
 @pytest.mark.slow
-def test_export_without_refit_or_without_the_cache_says_what_to_do(
+def test_export_without_refit_the_cache_or_the_data_says_what_to_do(
     one_kept, tmp_path: Path, capfd
 ) -> None:
     import shutil
@@ -282,6 +282,10 @@ def test_export_without_refit_or_without_the_cache_says_what_to_do(
     assert _export(copy.path, victim.number, tmp_path / "out", "--no-refit") == 2
     line = _error_line(capfd.readouterr().err)
     assert f"trial {victim.number} has no saved model here" in line and "--keep-models" in line
+    other = write_images(tmp_path / "other", COLOURS, 10)  # the same classes, other images
+    assert _export(copy.path, victim.number, tmp_path / "out", "--data", str(other)) == 2
+    line = _error_line(capfd.readouterr().err)
+    assert "cannot be refitted" in line and "is not the search's" in line and "--data" in line
     shutil.rmtree(copy.path / "own-cache")
     assert _export(copy.path, victim.number, tmp_path / "out") == 2
     line = _error_line(capfd.readouterr().err)

@@ -186,6 +186,11 @@ def test_full_caches_are_built_cheapest_first_one_trial_apart_and_within_the_tim
     warning = [e["warning"] for e in said if "warning" in e]
     assert len(warning) == 1 and "needs about 10:00" in warning[0] and "not started" in warning[0]
     assert any("medium: building its full cache, about 1:00" == e.get("info") for e in said)
+    # no sample stage, so no measured rate: the smallest base goes first
+    unmeasured = FullCaches(
+        ["b", "c", "a"], {}, lambda *_: None, said.append, sizes={"a": 9, "c": 2}
+    )
+    assert unmeasured.pending == ["b", "c", "a"]
 
 
 def test_a_stopped_full_cache_build_is_put_back_and_a_broken_one_does_not_stop_the_search() -> None:

@@ -188,6 +188,7 @@ class FullCaches:
     """The kept backbones' full caches, built one at a time between trials, cheapest first.
 
     ``build(name, stop)`` builds one (abandoned, with nothing kept, once ``stop()`` says so);
+    ``sizes`` (backbone -> its base's parameter count) orders those without an estimate;
     ``estimates`` are seconds per backbone from the sample's measured images
     per second.  A backbone is *ready* once its full cache is there; the
     sampler draws only ready ones while others wait (:class:`autotl.engine.failures.SearchBackbones`).
@@ -200,8 +201,11 @@ class FullCaches:
         build: Callable[[str, Callable[[], bool]], None],
         emit: Event,
         deadline: Optional[float] = None,
+        sizes: Optional[dict[str, int]] = None,
     ) -> None:
-        self.pending = sorted(pending, key=lambda n: (estimates.get(n) or 0.0, n))
+        # without a measured rate (no sample stage), the base's parameter count stands in for its cost
+        known = sizes or {}
+        self.pending = sorted(pending, key=lambda n: (estimates.get(n) or 0.0, known.get(n, 0), n))
         self.estimates, self.build, self.emit, self.deadline = estimates, build, emit, deadline
         self.ready: list[str] = []
         self.refused: dict[str, str] = {}

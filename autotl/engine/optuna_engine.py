@@ -441,6 +441,7 @@ class _TrialRunner:
             lambda name, stop: self._features(name, stop=stop),
             self.on_event,
             deadline,
+            sizes={key[0]: base.count_params() for key, (base, _w) in self._bases.items()},
         )
         self.full.rotate(self.cfg.worker_index)
         self.backbones.waiting = set(names)

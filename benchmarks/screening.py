@@ -15,8 +15,9 @@ fresh process per search, timed from the process's start):
     (``two_stage`` trials = the budget, no block boundaries cached): time to
     the first trial and wall time, with backbone screening (``after``) and, for
     the sizes in ``--before``, without it (``before``).  The floor of a search
-    is the sample stage's forward passes plus the kept backbones' on all the
-    data, from the measured rates (kept in ``ROOT/throughput.json``;
+    is the sample stage's forward passes (the pilot's for every backbone, the
+    sample's for those past it) plus the kept backbones' on all the data, from
+    the measured rates (kept in ``ROOT/throughput.json``;
     ``--remeasure`` measures them again).
 
 ``quality``
@@ -181,7 +182,17 @@ def cost(args: argparse.Namespace) -> None:
             decision = r["stages"].get("backbone_screening/decision")
             kept = decision["kept"] if decision else DEFAULT_SIX
             sample = decision["sample_images"] if decision else 0
-            floor = sum(n / rates[b] for b in kept) + sum(sample / rates[b] for b in DEFAULT_SIX)
+            pilot = {  # backbone -> images of its pilot (none without a pilot rung)
+                k.rsplit("/", 1)[1]: v["train_images"] + v["val_images"]
+                for k, v in r["stages"].items()
+                if k.startswith("backbone_screening/pilot/") and "accuracy" in v
+            }
+            on = r["stages"].get("backbone_screening/pilot_decision", {}).get("kept", DEFAULT_SIX)
+            floor = (
+                sum(n / rates[b] for b in kept)
+                + sum(sample / rates[b] for b in on)
+                + sum(p / rates[b] for b, p in pilot.items())
+            )
             print(
                 json.dumps(
                     {
@@ -190,6 +201,7 @@ def cost(args: argparse.Namespace) -> None:
                         "first_trial_s": round(r["first_trial"] or -1, 1),
                         "wall_s": round(r["wall"], 1),
                         "kept": kept,
+                        "past_pilot": on if pilot else None,
                         "floor_s_one_core": round(floor, 1),
                         "best": r["best"],
                     }
@@ -223,9 +235,13 @@ def _random_weights(root: Path, names: list[str]) -> Path:
 
 
 def scores(stages: dict, key: str) -> dict[str, float]:
-    """Backbone -> one field of its stored sample result."""
-    prefix = "backbone_screening/sample/"
-    return {k[len(prefix) :]: v.get(key) for k, v in stages.items() if k.startswith(prefix)}
+    """Backbone -> one field of its stored sample result (its pilot's, when the pilot dropped it)."""
+    found = {}
+    for prefix in ("backbone_screening/pilot/", "backbone_screening/sample/"):  # the sample's win
+        found.update(
+            {k[len(prefix) :]: v.get(key) for k, v in stages.items() if k.startswith(prefix)}
+        )
+    return found
 
 
 def _tau(a: dict[str, float], b: dict[str, float]) -> float:

@@ -317,6 +317,43 @@ def test_screening_drops_the_blind_backbone_the_same_way_for_a_seed_and_resumes_
     assert frame.loc[1, "accuracy_high"] < frame.loc[0, "accuracy_low"]
 
 
+@pytest.fixture(scope="module")
+def colours_300(tmp_path_factory: pytest.TempPathFactory):
+    from autotl.data.dataset import load_folder
+
+    return load_folder(
+        write_images(tmp_path_factory.mktemp("colours100"), COLOURS, 100), val_fraction=0.25, seed=0
+    )
+
+
+@pytest.mark.slow
+def test_the_pilot_drops_a_worthless_backbone_before_its_sample_is_cached(
+    two_registry, colours_300, tmp_path: Path
+) -> None:
+    """A pilot of 120 images, then a sample of 240: the blind backbone is scored on the pilot only."""
+    from autotl.api import Run
+    from autotl.engine.backbone_screen import PILOT_DECISION_KEY, PILOT_KEY
+
+    cfg = _config(tmp_path / "run", trials=1, sample=240, pilot=120)
+    events: list[dict] = []
+    run_search(cfg, two_registry, colours_300, events.append)
+    stored = read_all(cfg.storage_url, cfg.study_name)
+    cut, decision = stored[PILOT_DECISION_KEY], stored[DECISION_KEY]
+    assert cut["kept"] == ["tiny"] and cut["reasons"]["tiny_blind"].startswith("dropped at the pilot")
+    assert RESULT_KEY + "tiny_blind" not in stored and PILOT_KEY + "tiny_blind" in stored
+    pilot = stored[PILOT_KEY + "tiny"]
+    assert pilot["train_images"] + pilot["val_images"] == 120
+    assert decision["kept"] == ["tiny"] and decision["sample_images"] == 240
+    assert decision["reasons"]["tiny_blind"] == cut["reasons"]["tiny_blind"]
+    built = [json.loads(f.read_text()) for f in (cfg.out / "cache").glob("*/meta.json")]
+    assert {m["build"]["images"] for m in built if m["backbone"] == "tiny_blind"} == {120}
+    assert {m["build"]["images"] for m in built if m["backbone"] == "tiny"} >= {120, 240, 300}
+    assert any("after a pilot of 120" in str(e.get("info")) for e in events)
+    frame = Run(cfg.out).screening()
+    assert list(frame["backbone"]) == ["tiny", "tiny_blind"]
+    assert list(frame["sample_images"]) == [240, 120] and list(frame["kept"]) == [True, False]
+
+
 def test_ctrl_c_during_a_full_cache_leaves_the_best_model_so_far(
     two_registry, colours_data, tmp_path: Path
 ) -> None:

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 __all__ = [
     "RESULT_KEY",
     "DECISION_KEY",
+    "PILOT_KEY",
+    "PILOT_DECISION_KEY",
+    "decide_pilot",
+    "pilot_of",
     "COLUMNS",
     "score_features",
     "decide",
@@ -53,6 +57,8 @@ __all__ = [
 ]
 
 RESULT_KEY, DECISION_KEY = "backbone_screening/sample/", "backbone_screening/decision"
+#: The pilot rung's results and its cut, before the sample (``backbone_screening.pilot``).
+PILOT_KEY, PILOT_DECISION_KEY = "backbone_screening/pilot/", "backbone_screening/pilot_decision"
 Event = Callable[[dict[str, Any]], None]
 
 
@@ -184,6 +190,46 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
     }
 
 
+def decide_pilot(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[str, Any]:
+    """Which backbones go on from the pilot rung to the sample: all but those shown worse than the best
+    at ``rule.pilot_confidence`` (and those whose pilot failed).  No chance rule and no ``keep`` cut
+    here: on a few hundred images the intervals are wide, and the sample decides the rest."""
+    scored = {n: r for n, r in results.items() if "error" not in r}
+    ranked = sorted(scored, key=lambda n: (-scored[n]["accuracy"], -scored[n]["logme"], n))
+    reasons = {
+        n: f"dropped at the pilot: it failed ({r['error']})"
+        for n, r in results.items()
+        if n not in scored
+    }
+    z = _z(rule.pilot_confidence)
+    floor = _interval(scored[ranked[0]], z)[0] if ranked else 0.0
+    for name in ranked:
+        high = _interval(scored[name], z)[1]
+        images = scored[name]["val_images"] + scored[name]["train_images"]
+        reasons[name] = (
+            f"dropped at the pilot ({images:,} images): its accuracy's upper bound {high:.3f} is below "
+            f"the best's lower bound {floor:.3f} ({ranked[0]}) at {rule.pilot_confidence:.0%}"
+            if name != ranked[0] and high < floor
+            else "on to the sample"
+        )
+    return {
+        "kept": [n for n in ranked if reasons[n] == "on to the sample"],
+        "reasons": reasons,
+        "z": z,
+    }
+
+
+def pilot_of(dataset: Dataset, space: SearchSpace, sample: Dataset) -> Optional[Dataset]:
+    """The pilot rung's stratified sample, or None when the space asks for none or it would not be
+    smaller than the sample (whose images it is drawn from)."""
+    from autotl.data.sample import stratified_sample
+
+    n = space.backbone_screening.pilot
+    if n <= 0 or n >= len(sample.train) + len(sample.val):
+        return None
+    return stratified_sample(sample, n, space.seed)
+
+
 class FullCaches:
     """The kept backbones' full caches, built one at a time between trials, cheapest first.
 
@@ -266,6 +312,7 @@ def sample_of(dataset: Dataset, space: SearchSpace) -> Dataset:
 #: The columns of :func:`screening_rows` (``Run.screening()``'s DataFrame, the report's table).
 COLUMNS = {
     "backbone": "backbone",
+    "sample_images": "sample images",
     "sample_accuracy": "sample head accuracy",
     "accuracy_low": "interval low",
     "accuracy_high": "interval high",
@@ -295,11 +342,13 @@ def screening_rows(study: Any, storage_url: str, study_name: str) -> list[dict[s
     failed = [n for n in decision["reasons"] if n not in decision["ranking"]]
     rows = []
     for name in [*decision["ranking"], *failed]:
-        r = stored.get(RESULT_KEY + name, {})
+        # a backbone dropped at the pilot has its pilot's scores only
+        r = stored.get(RESULT_KEY + name) or stored.get(PILOT_KEY + name, {})
         lo, hi = _interval(r, z) if "accuracy" in r else (None, None)
         rows.append(
             {
                 "backbone": name,
+                "sample_images": (r["val_images"] + r["train_images"]) if "accuracy" in r else None,
                 "sample_accuracy": r.get("accuracy"),
                 "accuracy_low": lo,
                 "accuracy_high": hi,

@@ -465,37 +465,44 @@ class _TrialRunner:
         self, names: list[str], should_stop: Callable[[], bool]
     ) -> Optional[dict[str, Any]]:
         """The sample stage: each backbone's sample scores (stored as soon as each exists, never computed twice
-        for a study), then the decision, stored once for every worker; None if stopped before it."""
-        from autotl.engine.backbone_screen import DECISION_KEY, RESULT_KEY, decide, sample_of
+        for a study), after the pilot rung's cut when the space has one, then the decision, stored once for
+        every worker; None if stopped before it."""
+        from autotl.engine.backbone_screen import (
+            DECISION_KEY,
+            PILOT_DECISION_KEY,
+            PILOT_KEY,
+            RESULT_KEY,
+            decide,
+            decide_pilot,
+            pilot_of,
+            sample_of,
+        )
         from autotl.run.stages import claim, read_all
 
-        url, study = self.cfg.storage_url, self.cfg.study_name
+        url, study, rule = (
+            self.cfg.storage_url,
+            self.cfg.study_name,
+            self.cfg.space.backbone_screening,
+        )
         stored = read_all(url, study)
         if DECISION_KEY in stored:
             return self._say_decision(stored[DECISION_KEY], resumed=True)
         sample = sample_of(self.dataset, self.cfg.space)
-        size = len(sample.train) + len(sample.val)
-        where = (
-            f"all {size:,} images (no more than the sample's {self.cfg.space.backbone_screening.sample:,}: "
-            "these caches are the full ones)"
-            if sample is self.dataset
-            else f"a stratified sample of {size:,} images"
-        )
-        self.on_event({"info": f"backbone screening: {len(names)} backbones on {where}"})
-        k = self.cfg.worker_index % max(len(names), 1)
-        results = {n: stored[RESULT_KEY + n] for n in names if RESULT_KEY + n in stored}
-        for name in names[k:] + names[:k]:
-            if name in results:
-                continue
-            if should_stop():
+        pilot = pilot_of(self.dataset, self.cfg.space, sample)
+        self._say_stage(names, sample, pilot)
+        on, dropped = names, {}
+        if pilot is not None:
+            scores = self._rung(names, pilot, PILOT_KEY, stored, should_stop)
+            if scores is None:
                 return None
-            try:
-                result = self._sample_result(name, sample, should_stop)
-            except BuildStopped:  # Ctrl-C: this backbone's sample is built again on resume
-                return None
-            results[name] = claim(url, study, RESULT_KEY + name, result)
-            self._say_result(name, results[name])
-        decision = decide({n: results[n] for n in names}, self.cfg.space.backbone_screening)
+            cut = claim(url, study, PILOT_DECISION_KEY, decide_pilot(scores, rule))
+            on = [n for n in names if n in cut["kept"]]
+            dropped = {n: why for n, why in cut["reasons"].items() if n not in cut["kept"]}
+        results = self._rung(on, sample, RESULT_KEY, stored, should_stop)
+        if results is None:
+            return None
+        decision = decide(results, rule)
+        decision["reasons"].update(dropped)
         images = len(self.dataset.train) + len(self.dataset.val)
         decision["estimates"] = {
             n: (0.0 if sample is self.dataset else estimate_seconds(results[n], images))
@@ -503,6 +510,46 @@ class _TrialRunner:
         }
         decision["sample_images"] = len(sample.train) + len(sample.val)
         return self._say_decision(claim(url, study, DECISION_KEY, decision), resumed=False)
+
+    def _say_stage(self, names: list[str], sample: Any, pilot: Any) -> None:
+        size = len(sample.train) + len(sample.val)
+        where = (
+            f"all {size:,} images (no more than the sample's {self.cfg.space.backbone_screening.sample:,}: "
+            "these caches are the full ones)"
+            if sample is self.dataset
+            else f"a stratified sample of {size:,} images"
+        )
+        if pilot is not None:
+            where += f", after a pilot of {len(pilot.train) + len(pilot.val):,}"
+        self.on_event({"info": f"backbone screening: {len(names)} backbones on {where}"})
+
+    def _rung(
+        self,
+        names: list[str],
+        data: Any,
+        prefix: str,
+        stored: dict[str, Any],
+        should_stop: Callable[[], bool],
+    ) -> Optional[dict[str, dict[str, Any]]]:
+        """Each of ``names``' scores on ``data`` (read from ``stored`` under ``prefix``, or computed and
+        stored there at once); workers start from different backbones.  None if stopped."""
+        from autotl.run.stages import claim
+
+        url, study = self.cfg.storage_url, self.cfg.study_name
+        k = self.cfg.worker_index % max(len(names), 1)
+        results = {n: stored[prefix + n] for n in names if prefix + n in stored}
+        for name in names[k:] + names[:k]:
+            if name in results:
+                continue
+            if should_stop():
+                return None
+            try:
+                result = self._sample_result(name, data, should_stop)
+            except BuildStopped:  # Ctrl-C: this backbone's sample is built again on resume
+                return None
+            results[name] = claim(url, study, prefix + name, result)
+            self._say_result(name, results[name])
+        return {n: results[n] for n in names}
 
     def _sample_result(self, name: str, sample: Any, stop: Callable[[], bool]) -> dict[str, Any]:
         """One backbone's sample scores and measured cost, or ``{"error": reason}``."""
@@ -530,8 +577,8 @@ class _TrialRunner:
             return
         self.on_event(
             {
-                "info": f"  {name}: sample accuracy {r['accuracy']:.3f}, LogME {r['logme']:.3f}, "
-                f"{r.get('images_per_second') or 0:,.0f} img/s",
+                "info": f"  {name}: accuracy {r['accuracy']:.3f} on {r['train_images'] + r['val_images']:,} "
+                f"images, LogME {r['logme']:.3f}, {r.get('images_per_second') or 0:,.0f} img/s",
                 "sample": name,
             }
         )

@@ -194,10 +194,18 @@ class BackboneScreening(_Strict):
     decides: ``margin`` keeps every backbone whose sample accuracy's upper
     ``confidence`` bound reaches the best one's lower bound, ``top`` keeps the
     ``keep`` best by ``signal``; both keep at most ``keep``, and at least one.
+    With ``pilot`` images (when fewer than the sample), every backbone is first
+    scored on that smaller sample, and one whose accuracy's upper
+    ``pilot_confidence`` bound is below the best one's lower bound there is
+    dropped before its sample is cached: the first rung of successive halving,
+    kept conservative (a stricter confidence, no rule but the margin) because
+    its intervals are wide.  ``pilot: 0`` screens in one stage.
     """
 
     enabled: Union[bool, Literal["auto"]] = "auto"
     sample: int = Field(600, ge=20)
+    pilot: int = Field(200, ge=0)
+    pilot_confidence: float = Field(0.99, gt=0.5, lt=1.0)
     rule: Literal["margin", "top"] = "margin"
     signal: Literal["accuracy", "logme"] = "accuracy"
     keep: int = Field(3, ge=1)

@@ -339,7 +339,9 @@ def test_the_pilot_drops_a_worthless_backbone_before_its_sample_is_cached(
     run_search(cfg, two_registry, colours_300, events.append)
     stored = read_all(cfg.storage_url, cfg.study_name)
     cut, decision = stored[PILOT_DECISION_KEY], stored[DECISION_KEY]
-    assert cut["kept"] == ["tiny"] and cut["reasons"]["tiny_blind"].startswith("dropped at the pilot")
+    assert cut["kept"] == ["tiny"] and cut["reasons"]["tiny_blind"].startswith(
+        "dropped at the pilot"
+    )
     assert RESULT_KEY + "tiny_blind" not in stored and PILOT_KEY + "tiny_blind" in stored
     pilot = stored[PILOT_KEY + "tiny"]
     assert pilot["train_images"] + pilot["val_images"] == 120

@@ -80,6 +80,23 @@ def test_the_sample_is_stratified_seeded_and_the_data_itself_when_small(tiny_dat
     assert stratified_sample(tiny_dataset, total, seed=3) is tiny_dataset
 
 
+def test_a_pilot_is_drawn_from_the_sample_only_when_it_is_at_most_half_of_it(tiny_dataset) -> None:
+    from autotl.engine.backbone_screen import pilot_of, sample_of
+
+    def space(sample: int, pilot: int) -> SearchSpace:
+        return _space(sample=sample, pilot=pilot)
+
+    sample = sample_of(tiny_dataset, space(48, 20))
+    pilot = pilot_of(tiny_dataset, space(48, 20), sample)
+    assert pilot is not None and 19 <= len(pilot.train) + len(pilot.val) <= 21
+    assert set(pilot.train.paths) <= set(sample.train.paths)
+    assert pilot_of(tiny_dataset, space(48, 0), sample) is None  # pilot: 0, one stage
+    assert pilot_of(tiny_dataset, space(48, 30), sample) is None  # over half the sample
+    # three classes keep two images each in each split: a pilot of 8 is 12, over half of 20
+    small = sample_of(tiny_dataset, space(20, 8))
+    assert pilot_of(tiny_dataset, space(20, 8), small) is None
+
+
 # -- the decision
 
 

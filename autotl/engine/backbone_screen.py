@@ -220,14 +220,16 @@ def decide_pilot(results: dict[str, dict[str, Any]], rule: BackboneScreening) ->
 
 
 def pilot_of(dataset: Dataset, space: SearchSpace, sample: Dataset) -> Optional[Dataset]:
-    """The pilot rung's stratified sample, or None when the space asks for none or it would not be
-    smaller than the sample (whose images it is drawn from)."""
+    """The pilot rung's stratified sample (drawn from the sample's images), or None when the space asks
+    for none or it would hold more than half the sample's images (many classes keep two images each in
+    each split): then the pilot would cost most of the sample, and the survivors pay both."""
     from autotl.data.sample import stratified_sample
 
-    n = space.backbone_screening.pilot
-    if n <= 0 or n >= len(sample.train) + len(sample.val):
+    n, size = space.backbone_screening.pilot, len(sample.train) + len(sample.val)
+    if n <= 0 or n >= size:
         return None
-    return stratified_sample(sample, n, space.seed)
+    pilot = stratified_sample(sample, n, space.seed)
+    return pilot if 2 * (len(pilot.train) + len(pilot.val)) <= size else None
 
 
 class FullCaches:

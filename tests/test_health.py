@@ -234,7 +234,7 @@ def test_a_stored_graph_is_read_back_for_the_same_features_only(tmp_path: Path) 
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_past_the_neighbour_limit_only_hashes_compare_and_a_note_says_so() -> None:
+def test_past_the_neighbour_limit_only_hashes_compare_and_a_note_says_so(tmp_path: Path) -> None:
     """More images than ``neighbour_limit``: no near duplicates nor outliers, exact copies still found, one note."""
     from autotl.data.decoding import Checked
     from autotl.health import Settings, Subject, find_findings
@@ -262,6 +262,17 @@ def test_past_the_neighbour_limit_only_hashes_compare_and_a_note_says_so() -> No
     )
     assert kinds[n - 1][0] == {("exact_duplicate", "train/a/1.png")}
     assert len(kinds[n - 1][1]) == 1 and "60 images are over 59" in kinds[n - 1][1][0]
+    # the note is on autotl doctor's page and in the report's section, not only in health.json
+    from autotl.health import DataHealth
+    from autotl.report._write import write_health_page
+
+    found, notes = (
+        find_findings(subject, x, Settings(neighbour_limit=n - 1), {}, []),
+        kinds[n - 1][1],
+    )
+    health = DataHealth(found, "/d", "f", "tiny", {"train": n}, notes=notes)
+    page = write_health_page(tmp_path / "doctor.html", health).read_text()
+    assert "Near duplicates and outliers not searched: 60 images are over 59" in page
 
 
 def test_exclusion_changes_the_fingerprint_and_is_applied_to_every_split(checked) -> None:

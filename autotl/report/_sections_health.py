@@ -101,6 +101,8 @@ def data_health(record: dict[str, Any]) -> Optional[Section]:
             ["kind", Column("found", True), "meaning"],
             [[k, n, MEANING.get(k, "")] for k, n in health["counts"].items()],
         ),
+        # what the check left out (near duplicates and outliers past the neighbour limit, say)
+        *(Note(n[:1].upper() + n[1:] + ".") for n in health.get("notes") or []),
     ]
     if health["leakage_by_splits"]:
         pairs = ", ".join(f"{s}: {n}" for s, n in health["leakage_by_splits"].items())

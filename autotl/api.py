@@ -996,6 +996,16 @@ class Run:
 
         return log_study(uri, self.folder, self.study, self.storage_url, experiment, model_name)
 
+    def _export_trial(self, trial: Optional[int], pick: Optional[str]) -> Optional[int]:
+        """The trial an export takes: ``trial``, the best that meets ``pick``, or the best (None)."""
+        if pick is not None:
+            if trial is not None:
+                raise UsageError("pass --trial N or --pick CONDITION, not both")
+            return self.pick(pick).number
+        if trial is None and self.best_trial is None:
+            raise UsageError(self.no_best_reason())
+        return trial
+
     def export(
         self,
         formats: str | Sequence[str] | None = None,
@@ -1027,19 +1037,12 @@ class Run:
             from autotl.integrations.mlflow import check_server
 
             check_server(mlflow)
-        if pick is not None:
-            if trial is not None:
-                raise UsageError("pass --trial N or --pick CONDITION, not both")
-            trial = self.pick(pick).number
-        elif trial is None and self.best_trial is None:
-            raise UsageError(self.no_best_reason())
-
         target = Path(out) if out is not None else self.path / "export"
         result = export(
             self.path,
             target,
             formats,
-            trial=trial,
+            trial=self._export_trial(trial, pick),
             quantize=quantize,
             storage_url=self.storage_url,
             study_name=self._base_name,

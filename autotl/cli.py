@@ -255,15 +255,7 @@ def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--format onnx), check each predicts as the Keras model does on the validation images, and write a model card.",
     )
     e.add_argument("run", metavar="RUN_DIR")
-    e.add_argument(
-        "--trial", type=int, metavar="N", help="trial number (default: the best complete trial)"
-    )
-    e.add_argument(
-        "--pick",
-        metavar="CONDITION",
-        help='the best trial that meets CONDITION, e.g. "latency_ms<=15" or '
-        '"latency_ms<=15,accuracy>=0.9" (<=, <, >=, >, ==; objectives or recorded metrics)',
-    )
+    _export_model_args(e)
     e.add_argument(
         "--format",
         metavar="LIST",
@@ -284,6 +276,32 @@ def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "server that watches DIR (serving/java, TF Serving); an existing version is never rewritten",
     )
     e.add_argument(
+        "--data",
+        metavar="DATA_DIR",
+        help="the search's data folder, if it moved (parity runs on its validation images)",
+    )
+    e.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="register each exported format in this MLflow server's model registry",
+    )
+    _add_study_args(e)
+    _add_plugin_args(e)
+    _add_weights_args(e, " -- default: what the search used")
+
+
+def _export_model_args(e: _Parser) -> None:
+    """Which model ``autotl export`` writes: a trial (refitted if its layers were not kept), or the ensemble."""
+    e.add_argument(
+        "--trial", type=int, metavar="N", help="trial number (default: the best complete trial)"
+    )
+    e.add_argument(
+        "--pick",
+        metavar="CONDITION",
+        help='the best trial that meets CONDITION, e.g. "latency_ms<=15" or '
+        '"latency_ms<=15,accuracy>=0.9" (<=, <, >=, >, ==; objectives or recorded metrics)',
+    )
+    e.add_argument(
         "--ensemble",
         action="store_true",
         help="export the run's ensemble of its top trials (`autotl ensemble`) as one model",
@@ -294,25 +312,12 @@ def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="test-time augmentation built into the model: flip averages the image and its mirror",
     )
     e.add_argument(
-        "--data",
-        metavar="DATA_DIR",
-        help="the search's data folder, if it moved (parity runs on its validation images)",
-    )
-    e.add_argument(
         "--no-refit",
         dest="refit",
         action="store_false",
         help="refuse a trial whose layers the search did not keep instead of refitting it from the "
         "feature cache (a refit must reproduce the trial's recorded score, and is stored for the next export)",
     )
-    e.add_argument(
-        "--mlflow",
-        metavar="URI",
-        help="register each exported format in this MLflow server's model registry",
-    )
-    _add_study_args(e)
-    _add_plugin_args(e)
-    _add_weights_args(e, " -- default: what the search used")
 
 
 def _integration_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:

@@ -79,13 +79,10 @@ def export(
     """Export one trial's model of a run (the best by default) in ``formats`` (default: the table's default
     formats), and prove every format predicts as the Keras model does.
 
-    A trial other than the best has its model assembled from its stored layers,
-    which needs its backbone's plugin (``plugins`` or ``registry``) and weights
-    (``weights``, an ``autotl.backbones.weights.WeightsSource``; default: what run.json
-    records).  ``data`` replaces the search's data folder when it moved.  A trial whose layers the
-    search did not keep is refitted from the feature cache first, and refused when the refit does
-    not reproduce the search's record (:func:`autotl.engine.refit.refit_model`); ``refit=False``
-    refuses it at once.
+    Another trial's model is assembled from its stored layers, with its backbone's plugin (``plugins``
+    or ``registry``) and ``weights`` (a ``WeightsSource``; default: what run.json records); ``data``
+    replaces the search's data folder when it moved.  A trial whose layers were not kept is refitted
+    from the feature cache first (:func:`autotl.engine.refit.refit_model`; ``refit=False`` refuses it).
 
     Before anything is written, the Keras model must reproduce the validation
     accuracy and loss the search recorded for the trial (when the data is the
@@ -104,20 +101,21 @@ def export(
         raise UsageError(f"--trial must be a trial number (0 or more), got {trial}")
     tta = check_variant_args(trial, ensemble, tta)
     out = check_out(Path(out_dir) if version is None else version_folder(Path(out_dir), version))
-    where = _Where(storage_url, study_name, data, tuple(plugins), registry, weights, refit)
+    where = _Where(
+        storage_url, study_name, data, tuple(plugins), registry, weights=weights, refit=refit
+    )
     job = _open(Path(run_dir), trial, where, (ensemble, tta), rows, say)
     parity = _write(out, job, new_only=version is not None)
-    run = job.run
-    _record_lineage(run, out, rows, job.dataset, job.notes)
+    _record_lineage(job.run, out, rows, job.dataset, job.notes)
     return ExportResult(
         out_dir=out,
-        trial=run.trial.number,
-        class_names=run.class_names,
+        trial=job.run.trial.number,
+        class_names=job.run.class_names,
         files=_files(out, rows),
         parity=parity,
         input_size=job.size,
         warnings=job.notes,
-        variant=run.variant,
+        variant=job.run.variant,
     )
 
 

@@ -120,7 +120,7 @@ def test_killed_worker_trial_is_failed_retried_and_the_budget_is_exact(
         ]
 
     time.sleep(3)
-    killed = _wait_for(running)[0]
+    killed = _wait_for(running, timeout=480)[0]  # three workers start at once: slow on a busy host
     victim = workers.pop(int(killed.user_attrs["worker"].rsplit(":", 1)[1]))
     victim.send_signal(signal.SIGKILL)
     victim.wait()

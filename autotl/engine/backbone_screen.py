@@ -48,6 +48,7 @@ __all__ = [
     "PILOT_DECISION_KEY",
     "decide_pilot",
     "pilot_of",
+    "sample_images",
     "COLUMNS",
     "score_features",
     "decide",
@@ -128,14 +129,20 @@ def _shown(name: str, r: dict[str, Any], z: float) -> str:
 
 
 def _verdict(
-    name: str, r: dict[str, Any], best: str, floor: float, full: bool, rule: BackboneScreening
+    name: str,
+    r: dict[str, Any],
+    best: str,
+    floor: float,
+    full: bool,
+    rule: BackboneScreening,
+    chance: bool = True,
 ) -> str:
     """Why ``name`` (sample result ``r``) goes on or not, given the best one's name and lower bound
     ``floor``, and whether ``keep`` backbones are already ``full``: a reason starting "kept" or "dropped"."""
     low, high = _interval(r, _z(rule.confidence))
     if name == best:
         return "kept: the best on the sample"
-    if low <= r.get("chance", -1.0):
+    if chance and low <= r.get("chance", -1.0):
         return (
             f"dropped: not shown better than chance: its sample accuracy's lower bound {low:.3f} "
             f"is at most {r['chance']:.3f}, the most frequent class's share"
@@ -152,7 +159,9 @@ def _verdict(
     return f"kept: among the {rule.keep} best by {rule.signal}"
 
 
-def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[str, Any]:
+def decide(
+    results: dict[str, dict[str, Any]], rule: BackboneScreening, chance: bool = True
+) -> dict[str, Any]:
     """Which backbones go on to the full data, and why each does or does not: a function of the sample
     ``results`` (backbone -> :func:`score_features`' record, or ``{"error": ...}``) and ``rule`` alone,
     so it is the same on every worker and for a seed.
@@ -162,8 +171,8 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
     worse).  ``top``: the ``keep`` best by ``signal``.  Either way, a backbone
     whose interval's lower bound does not exceed chance (always answering the
     sample's most frequent class) is not shown to be worth anything and is
-    dropped.  Ties are broken by the other signal, then the name; at most
-    ``keep`` go on, and the best always does.
+    dropped (unless ``chance`` is False).  Ties are broken by the other signal,
+    then the name; at most ``keep`` go on, and the best always does.
     """
     scored = {n: r for n, r in results.items() if "error" not in r}
     primary = "logme" if rule.rule == "top" and rule.signal == "logme" else "accuracy"
@@ -177,7 +186,9 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
     kept: list[str] = []
     for name in ranked:
         floor = _interval(scored[ranked[0]], _z(rule.confidence))[0]
-        why = _verdict(name, scored[name], ranked[0], floor, len(kept) >= rule.keep, rule)
+        why = _verdict(
+            name, scored[name], ranked[0], floor, len(kept) >= rule.keep, rule, chance=chance
+        )
         reasons[name] = why
         if why.startswith("kept"):
             kept.append(name)
@@ -191,32 +202,26 @@ def decide(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[
 
 
 def decide_pilot(results: dict[str, dict[str, Any]], rule: BackboneScreening) -> dict[str, Any]:
-    """Which backbones go on from the pilot rung to the sample: all but those shown worse than the best
-    at ``rule.pilot_confidence`` (and those whose pilot failed).  No chance rule and no ``keep`` cut
-    here: on a few hundred images the intervals are wide, and the sample decides the rest."""
-    scored = {n: r for n, r in results.items() if "error" not in r}
-    ranked = sorted(scored, key=lambda n: (-scored[n]["accuracy"], -scored[n]["logme"], n))
-    reasons = {
-        n: f"dropped at the pilot: it failed ({r['error']})"
-        for n, r in results.items()
-        if n not in scored
+    """Which backbones go on from the pilot rung to the sample: :func:`decide`'s margin rule at
+    ``rule.pilot_confidence``, without the chance rule and the ``keep`` cut (on a few hundred images
+    the intervals are wide, and the sample decides the rest)."""
+    pilot = rule.model_copy(
+        update={"rule": "margin", "confidence": rule.pilot_confidence, "keep": max(1, len(results))}
+    )
+    cut = decide(results, pilot, chance=False)
+    size = next((sample_images(r) for r in results.values() if "error" not in r), 0)
+    cut["reasons"] = {
+        n: "on to the sample"
+        if n in cut["kept"]
+        else why.replace("dropped:", f"dropped at the pilot ({size:,} images):", 1)
+        for n, why in cut["reasons"].items()
     }
-    z = _z(rule.pilot_confidence)
-    floor = _interval(scored[ranked[0]], z)[0] if ranked else 0.0
-    for name in ranked:
-        high = _interval(scored[name], z)[1]
-        images = scored[name]["val_images"] + scored[name]["train_images"]
-        reasons[name] = (
-            f"dropped at the pilot ({images:,} images): its accuracy's upper bound {high:.3f} is below "
-            f"the best's lower bound {floor:.3f} ({ranked[0]}) at {rule.pilot_confidence:.0%}"
-            if name != ranked[0] and high < floor
-            else "on to the sample"
-        )
-    return {
-        "kept": [n for n in ranked if reasons[n] == "on to the sample"],
-        "reasons": reasons,
-        "z": z,
-    }
+    return cut
+
+
+def sample_images(r: dict[str, Any]) -> int:
+    """The images (train and val) a backbone's stored sample or pilot result was scored on."""
+    return int(r["train_images"]) + int(r["val_images"])
 
 
 def pilot_of(dataset: Dataset, space: SearchSpace, sample: Dataset) -> Optional[Dataset]:
@@ -350,7 +355,7 @@ def screening_rows(study: Any, storage_url: str, study_name: str) -> list[dict[s
         rows.append(
             {
                 "backbone": name,
-                "sample_images": (r["val_images"] + r["train_images"]) if "accuracy" in r else None,
+                "sample_images": sample_images(r) if "accuracy" in r else None,
                 "sample_accuracy": r.get("accuracy"),
                 "accuracy_low": lo,
                 "accuracy_high": hi,

@@ -40,7 +40,7 @@ from typing import Any, NoReturn, Optional
 
 from autotl.backbones.registry import Registry
 from autotl.backbones.weights import WeightsSource, resolve_weights
-from autotl.engine.backbone_screen import FullCaches, clock, estimate_seconds
+from autotl.engine.backbone_screen import FullCaches, clock, estimate_seconds, sample_images
 from autotl.engine.depth import DEPTH_ATTR, widened_high
 from autotl.engine.failures import (
     COUNTED,
@@ -577,7 +577,7 @@ class _TrialRunner:
             return
         self.on_event(
             {
-                "info": f"  {name}: accuracy {r['accuracy']:.3f} on {r['train_images'] + r['val_images']:,} "
+                "info": f"  {name}: accuracy {r['accuracy']:.3f} on {sample_images(r):,} "
                 f"images, LogME {r['logme']:.3f}, {r.get('images_per_second') or 0:,.0f} img/s",
                 "sample": name,
             }

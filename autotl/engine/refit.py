@@ -171,7 +171,7 @@ def refit_model(
     run: RunFolder,
     study: Study,
     trial: FrozenTrial,
-    dataset: Callable[[], tuple[Dataset, bool]],
+    dataset: Optional[Callable[[], tuple[Dataset, bool]]],
     *,
     registry: Optional[Registry] = None,
     weights: Optional[WeightsSource] = None,
@@ -182,7 +182,7 @@ def refit_model(
     layers were not kept, refitted from the feature cache first (once: the refit is stored).
 
     ``dataset()`` returns the search's data set again and whether it is the search's (only that one
-    refits).  Raises :class:`RefitRefused` when the refit disagrees with the record, and
+    refits); ``dataset=None`` refuses a trial not kept, as :func:`trial_model` does.  Raises :class:`RefitRefused` when the refit disagrees with the record, and
     :class:`~autotl.run.trial_models.LayersNotHere` when the cache no longer holds the trial's features.
     """
 
@@ -191,7 +191,9 @@ def refit_model(
 
     try:
         path = model()
-    except LayersNotHere:  # not kept: refitted below, if the cache still can
+    except LayersNotHere:  # not kept: refitted below, if asked and the cache still can
+        if dataset is None:
+            raise
         _check_cache(run, trial)
     else:
         earlier = stored_refit(run, trial.number)

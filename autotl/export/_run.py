@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.errors import UsageError
 from autotl.run.folder import RunFolder
-from autotl.run.trial_models import trial_model
 from autotl.scoring.objective import best_trial, complete_trials
 
 if TYPE_CHECKING:
@@ -80,21 +79,16 @@ def _open_run(
     )
     from autotl.engine.refit import refit_model, stored_refit
 
-    if data is None:
-        run.model_file = trial_model(
-            folder, study, chosen, registry, weights, plugins=tuple(plugins), say=say
-        )
-    else:
-        run.model_file = refit_model(
-            folder,
-            study,
-            chosen,
-            lambda: data(run),
-            registry=registry,
-            weights=weights,
-            plugins=tuple(plugins),
-            say=say,
-        )
+    run.model_file = refit_model(
+        folder,
+        study,
+        chosen,
+        None if data is None else (lambda: data(run)),
+        registry=registry,
+        weights=weights,
+        plugins=tuple(plugins),
+        say=say,
+    )
     refit = stored_refit(folder, chosen.number)
     run.refit = asdict(refit) if refit is not None else None
     return run

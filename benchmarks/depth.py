@@ -69,10 +69,11 @@ print(json.dumps({
 """
 
 
-def space_file(kind: str, root: Path, test_fraction: float) -> Path:
-    """The default space with ``kind``'s change (and the test split), written under ``root``."""
+def space_file(kind: str, root: Path, test_fraction: float, seed: int = 0) -> Path:
+    """The default space with ``kind``'s change (and the test split and seed), written under ``root``."""
     raw = yaml.safe_load(DEFAULT_SPACE.read_text())
     raw["test_fraction"] = test_fraction
+    raw["seed"] = seed
     p2 = raw.setdefault("phase2", {})
     if kind == "today":
         p2["unfreeze_blocks"] = {"low": 0, "high": 3}
@@ -82,22 +83,28 @@ def space_file(kind: str, root: Path, test_fraction: float) -> Path:
         p2.pop("deepen", None)
     elif kind != "default":
         raise SystemExit(f"unknown space {kind!r}; choose from today, default, wide")
-    path = root / "spaces" / f"{kind}.yaml"
+    path = root / "spaces" / f"{kind}{_suffix(seed)}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
-def run_one(name: str, kind: str, args: argparse.Namespace) -> dict:
-    """One search of set ``name`` in space ``kind``, in a fresh process; its result (kept in ROOT/results)."""
+def _suffix(seed: int) -> str:
+    """Seed 0's files keep the names they had before ``--seeds`` (its results are reused)."""
+    return f"-seed{seed}" if seed else ""
+
+
+def run_one(name: str, kind: str, args: argparse.Namespace, seed: int = 0) -> dict:
+    """One search of set ``name`` in space ``kind`` with the space's ``seed``, in a fresh process; its result
+    (kept in ROOT/results)."""
     root = Path(args.root)
-    result_file = root / "results" / f"{name}-{kind}.json"
+    result_file = root / "results" / f"{name}-{kind}{_suffix(seed)}.json"
     if result_file.is_file() and not args.again:
         return json.loads(result_file.read_text())
-    out = root / "runs" / f"{name}-{kind}"
+    out = root / "runs" / f"{name}-{kind}{_suffix(seed)}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     kwargs = {**search_data(name, root / "data"), "weights_dir": WEIGHTS}
-    payload = [kwargs, str(out), str(space_file(kind, root, args.test_fraction))]
+    payload = [kwargs, str(out), str(space_file(kind, root, args.test_fraction, seed))]
     payload += [args.trials, args.timeout]
     env = {**os.environ, "AUTOTL_WEIGHTS_DIR": WEIGHTS}
     began = time.perf_counter()
@@ -113,6 +120,7 @@ def run_one(name: str, kind: str, args: argparse.Namespace) -> dict:
     result = {
         "set": name,
         "space": kind,
+        "seed": seed,
         "process_seconds": round(time.perf_counter() - began, 1),
         **json.loads(done.stdout.strip().splitlines()[-1]),
     }
@@ -128,7 +136,7 @@ def _row(r: dict) -> str:
     when = f"after trial {deepened['after_trial']}" if deepened else "-"
     depths = " ".join(f"{k}:{v}" for k, v in r["depths"].items())
     return (
-        f"| {r['set']} | {r['space']} | {t['accuracy']:.4f} ({t['correct']}/{t['images']}) "
+        f"| {r['set']} | {r['space']} | {r.get('seed', 0)} | {t['accuracy']:.4f} ({t['correct']}/{t['images']}) "
         f"[{low:.3f}, {high:.3f}] | {r['wall_seconds']:.0f} | {r['trials']} | "
         f"{r['best']['params'].get('backbone')} / {r['best']['params'].get('unfreeze_blocks')} | "
         f"{r['phase1_best_val_accuracy']:.3f} | {when} | {depths} |"
@@ -144,15 +152,40 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--root", default="/tmp/autotl-depth")
     parser.add_argument("--again", action="store_true", help="run searches whose result exists")
+    parser.add_argument(
+        "--seeds", default="0", help="the space's seed, one search per seed and cell (0,1,2: three)"
+    )
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     print(
-        "| set | space | test accuracy (95% CI) | wall s | trials | best backbone / blocks "
+        "| set | space | seed | test accuracy (95% CI) | wall s | trials | best backbone / blocks "
         "| best frozen val acc | widened | trials by unfreeze_blocks |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results = []
     for name in args.sets.split(","):
-        for kind in args.spaces.split(","):
-            print(_row(run_one(name, kind, args)), flush=True)
+        for seed in seeds:  # seed-major: a cut-short run still has every space of its first seeds
+            for kind in args.spaces.split(","):
+                results.append(run_one(name, kind, args, seed))
+                print(_row(results[-1]), flush=True)
+    if len(seeds) > 1:
+        print(_summary(results))
+
+
+def _summary(results: list[dict]) -> str:
+    """Per set and space, over the seeds: the test images right (mean, and each seed's) and the mean wall."""
+    lines = ["", "| set | space | seeds | mean test images right | per seed | mean wall s |"]
+    lines.append("|---|---|---|---|---|---|")
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["set"], r["space"]), []).append(r)
+    for (name, kind), rs in cells.items():
+        right = [r["test"]["correct"] for r in rs]
+        lines.append(
+            f"| {name} ({rs[0]['test']['images']}) | {kind} | {len(rs)} | {sum(right) / len(rs):.1f} | "
+            f"{' '.join(map(str, right))} | {sum(r['wall_seconds'] for r in rs) / len(rs):.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

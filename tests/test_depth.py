@@ -130,6 +130,43 @@ def test_the_gain_rule_widens_when_fine_tuning_near_the_top_took_enough_off(
     assert decide([first], cfg.space.model_copy(update={"phase2": stricter})) is None
 
 
+def _finished(number: int, blocks: int, value: float, frozen_loss: float, final_loss: float):
+    """A complete trial as the trainer records it: its frozen head's history, and phase 2 kept when it
+    beat the head's validation loss."""
+    import optuna
+
+    trial = optuna.trial.create_trial(
+        params={"unfreeze_blocks": blocks},
+        distributions={"unfreeze_blocks": optuna.distributions.IntDistribution(0, 3)},
+        value=value,
+        user_attrs={
+            "history": {"phase1": {"val_loss": [0.5, frozen_loss], "val_accuracy": [0.9, 0.95]}},
+            "metrics": {"val_loss": final_loss},
+            "phase2_kept": final_loss < frozen_loss,
+        },
+    )
+    trial.number = number
+    return trial
+
+
+def test_the_gain_rule_takes_the_largest_gain_not_the_best_ranked_trials() -> None:
+    """Digits, seed 1 (benchmarks/depth.py): the best-ranked deep trial fine-tuned at a rate too low to
+    move (8% off) while another took 14% off; the range must widen on that evidence, not 15 trials later."""
+    space, _ = load_space("default")
+    ranked = [  # best first, as ranked_trials gives them
+        _finished(3, 0, 0.9721, 0.10, 0.10),  # frozen only: no evidence either way
+        _finished(2, 3, 0.9694, 0.10, 0.092),  # kept, 8% off: under deepen.gain 10%
+        _finished(1, 3, 0.9666, 0.12, 0.1027),  # kept, 14% off
+    ]
+    assert [round(gain(t), 3) for t in ranked] == [0.0, 0.08, 0.144]
+    decision = decide(ranked, space)
+    assert decision is not None and decision["high"] == space.phase2.deepen.high
+    assert decision["evidence"]["trial"] == 1 and decision["evidence"]["gain"] == 0.1442
+    assert "(#1, 3) took 14% off" in decision["reason"]
+    # without the 14% trial, 8% is not enough: the shallow range stays
+    assert decide([*ranked[:2], _finished(1, 3, 0.9666, 0.12, 0.115)], space) is None
+
+
 def test_trial_params_draw_the_widened_range_but_prefetch_only_the_spaces_own(
     tmp_path: Path,
 ) -> None:
@@ -141,6 +178,34 @@ def test_trial_params_draw_the_widened_range_but_prefetch_only_the_spaces_own(
         params = trial_params(recorder, space, deepest=deepest)
         assert recorder.distributions["unfreeze_blocks"].high == high
         assert params.prefetch_blocks == 1
+
+
+def test_the_median_pruner_spares_depth_probes_and_still_judges_others(tmp_path: Path) -> None:
+    """The search's own study and pruner: a probe's first fine-tuning epoch, below the median of the
+    trials before it, is not pruned; the same value in a trial that is not a probe is."""
+    import optuna
+
+    from autotl.engine.depth import DEPTH_PROBE
+    from autotl.engine.optuna_engine import open_search_study
+
+    space, _ = load_space("default")
+    cfg = SearchConfig(out=tmp_path / "run", space=space, trials=5, weights=WeightsSource("none"))
+    cfg.out.mkdir(parents=True)
+    study = open_search_study(cfg)
+    first_phase2_epoch = space.phase1.epochs  # the warm-up covers phase 1
+    for _ in range(3):
+        done = study.ask()
+        done.report(0.97, first_phase2_epoch)
+        study.tell(done, 0.97)
+    verdicts = {}
+    for probe in (False, True):
+        if probe:
+            study.enqueue_trial({}, user_attrs={DEPTH_PROBE: 0})
+        trial = study.ask()
+        trial.report(0.90, first_phase2_epoch)
+        verdicts[probe] = trial.should_prune()
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert verdicts == {False: True, True: False}
 
 
 @pytest.mark.parametrize(

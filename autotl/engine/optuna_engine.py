@@ -41,7 +41,7 @@ from typing import Any, NoReturn, Optional
 from autotl.backbones.registry import Registry
 from autotl.backbones.weights import WeightsSource, resolve_weights
 from autotl.engine.backbone_screen import FullCaches, clock, estimate_seconds, sample_images
-from autotl.engine.depth import DEPTH_ATTR, widened_high
+from autotl.engine.depth import DEPTH_ATTR, DEPTH_PROBE, widened_high
 from autotl.engine.failures import (
     COUNTED,
     FAIL_KIND,
@@ -166,11 +166,7 @@ def open_search_study(cfg: SearchConfig) -> Any:
     from autotl.run.storage import open_study
 
     objectives = cfg.objectives
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.space.phase1.epochs)
-        if cfg.prunes
-        else optuna.pruners.NopPruner()
-    )
+    pruner = _pruner(cfg.space.phase1.epochs) if cfg.prunes else optuna.pruners.NopPruner()
     study = open_study(
         cfg.storage_url,
         cfg.study_name,
@@ -188,6 +184,24 @@ def open_search_study(cfg: SearchConfig) -> Any:
     )
     study.sampler = make_sampler(cfg.space.sampler, seed, len(objectives), constraints)
     return study
+
+
+def _pruner(warmup: int) -> Any:
+    """Optuna's median pruner, after a warm-up that covers phase 1, sparing the depth probes.
+
+    A probe (:mod:`autotl.engine.depth`) fine-tunes deeper than any trial before it: its first
+    epochs of fine-tuning lag the shallow trials' (more layers moving at a low rate) and the median
+    rule cut both probes of a digits search after one epoch (``benchmarks/depth.py``, seed 1), so
+    the widening brought no evidence from deep.  Probes still report, and other trials are judged
+    against them.
+    """
+    import optuna
+
+    class SparingProbes(optuna.pruners.MedianPruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            return DEPTH_PROBE not in trial.user_attrs and bool(super().prune(study, trial))
+
+    return SparingProbes(n_startup_trials=3, n_warmup_steps=warmup)
 
 
 def _check_same_objectives(study: Any, objectives: Objectives, storage_url: str) -> None:
@@ -826,7 +840,7 @@ def _deepen(study: Any, space: SearchSpace, runner: _TrialRunner, emit: Event) -
     for blocks in decision["probes"]:
         study.enqueue_trial(
             {**fixed, "unfreeze_blocks": blocks},
-            user_attrs={"stage": FULL, "depth_probe_of": best.number},
+            user_attrs={"stage": FULL, DEPTH_PROBE: best.number},
             skip_if_exists=True,
         )
 

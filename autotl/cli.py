@@ -104,6 +104,15 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
     _add_option(p, "study_name")
 
 
+def _add_rebuild_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """What a command that rebuilds a run's models needs besides the run: its data if it moved, its
+    study, and the plugins and weights its backbones came from (default: the search's)."""
+    p.add_argument("--data", metavar="DATA_DIR", help=data_help)
+    _add_study_args(p)
+    _add_plugin_args(p)
+    _add_weights_args(p, " -- default: what the search used")
+
+
 def _search_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``autotl search``: one flag per field of :class:`SearchOptions`, in the model's groups."""
     s = sub.add_parser(
@@ -276,18 +285,13 @@ def _export_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "server that watches DIR (serving/java, TF Serving); an existing version is never rewritten",
     )
     e.add_argument(
-        "--data",
-        metavar="DATA_DIR",
-        help="the search's data folder, if it moved (parity runs on its validation images)",
-    )
-    e.add_argument(
         "--mlflow",
         metavar="URI",
         help="register each exported format in this MLflow server's model registry",
     )
-    _add_study_args(e)
-    _add_plugin_args(e)
-    _add_weights_args(e, " -- default: what the search used")
+    _add_rebuild_args(
+        e, "the search's data folder, if it moved (parity runs on its validation images)"
+    )
 
 
 def _export_model_args(e: _Parser) -> None:
@@ -384,14 +388,7 @@ def _ensemble_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     en.add_argument(
         "--no-latency", action="store_true", help="do not time each model through TFLite"
     )
-    en.add_argument(
-        "--data",
-        metavar="DATA_DIR",
-        help="the search's data folder, if it moved",
-    )
-    _add_study_args(en)
-    _add_plugin_args(en)
-    _add_weights_args(en, " -- default: what the search used")
+    _add_rebuild_args(en, "the search's data folder, if it moved")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

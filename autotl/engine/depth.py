@@ -96,21 +96,25 @@ def decide(ranked: Sequence[Any], space: SearchSpace) -> Optional[dict[str, Any]
     # fine-tune at all (digits, seed 1: #2 at 1e-6 took 8% off and ranked above #1, which took 14%
     # at 6e-5, and the range widened 15 trials late); ties go to the better-ranked
     best = max(deep, key=gain) if deep else None
+    took = gain(best) if best else 0.0
     evidence = {
         "frozen_accuracy": round(frozen, 4),
         "trials": len(fine),
-        **({"trial": best.number, "blocks": best.params[PARAM]} if best else {}),
-        **({"gain": round(gain(best), 4)} if best else {}),
+        **(
+            {"trial": best.number, "blocks": best.params[PARAM], "gain": round(took, 4)}
+            if best
+            else {}
+        ),
     }
     if frozen < deepen.weak_head:
         reason = (
             f"the best frozen head reached {frozen:.3f} validation accuracy, under deepen.weak_head "
             f"{deepen.weak_head:g}: the data is far from the backbone's pretraining"
         )
-    elif best is not None and gain(best) >= deepen.gain:
+    elif best is not None and took >= deepen.gain:
         reason = (
             f"a trial that fine-tuned {near_top}+ blocks (#{best.number}, {best.params[PARAM]}) took "
-            f"{gain(best):.0%} off its frozen head's validation loss (deepen.gain {deepen.gain:.0%})"
+            f"{took:.0%} off its frozen head's validation loss (deepen.gain {deepen.gain:.0%})"
         )
     else:
         return None

@@ -621,6 +621,14 @@ def _run_keras_tuner(plan: _Plan, emit: Event) -> list[dict[str, Any]]:
                 "warning": "the space's two-stage search (two_stage, formerly screening) is the Optuna engine's; keras-tuner runs every trial in full"
             }
         )
+    if plan.space.phase2.deepen is not None:
+        blocks = plan.space.phase2.unfreeze_blocks
+        emit(
+            {
+                "warning": "the fine-tuning depth's widening (phase2.deepen) is the Optuna engine's; "
+                f"keras-tuner searches unfreeze_blocks {blocks.low}..{blocks.high}"
+            }
+        )
     _keras_tuner_screening(plan.space, emit)
     emit(
         {

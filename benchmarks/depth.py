@@ -63,6 +63,7 @@ print(json.dumps({
              "phase2_kept": best.user_attrs.get("phase2_kept")},
     "depths": {str(k): v for k, v in sorted(depths.items(), key=lambda kv: (kv[0] is None, kv[0]))},
     "deepened": run.study.user_attrs.get("depth"),
+    "depth_stop": run.study.user_attrs.get("depth_stop"),
     "phase1_best_val_accuracy": max(
         (max(t.user_attrs["history"]["phase1"]["val_accuracy"]) for t in trials_), default=None),
 }))
@@ -105,7 +106,7 @@ def run_one(name: str, kind: str, args: argparse.Namespace, seed: int = 0) -> di
     subprocess.run(["rm", "-rf", str(out)], check=True)
     kwargs = {**search_data(name, root / "data"), "weights_dir": WEIGHTS}
     payload = [kwargs, str(out), str(space_file(kind, root, args.test_fraction, seed))]
-    payload += [args.trials, args.timeout]
+    payload += [args.trials, args.timeout or None]
     env = {**os.environ, "AUTOTL_WEIGHTS_DIR": WEIGHTS}
     began = time.perf_counter()
     done = subprocess.run(
@@ -134,6 +135,8 @@ def _row(r: dict) -> str:
     low, high = t["ci95"]
     deepened = r.get("deepened") or {}
     when = f"after trial {deepened['after_trial']}" if deepened else "-"
+    if r.get("depth_stop"):
+        when += f", stopped at deepen.cost after {r['depth_stop']['trials']}"
     depths = " ".join(f"{k}:{v}" for k, v in r["depths"].items())
     return (
         f"| {r['set']} | {r['space']} | {r.get('seed', 0)} | {t['accuracy']:.4f} ({t['correct']}/{t['images']}) "
@@ -148,7 +151,12 @@ def main() -> None:
     parser.add_argument("--sets", default="hymenoptera,digits,rotations")
     parser.add_argument("--spaces", default="today,default,wide")
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--timeout", type=float, default=150.0, help="seconds, every search alike")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=150.0,
+        help="seconds, every search alike (0: none, the trial budget alone ends each search)",
+    )
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--root", default="/tmp/autotl-depth")
     parser.add_argument("--again", action="store_true", help="run searches whose result exists")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import COLOURS, TINY_PLUGIN, assert_one_line_error, run_cli, write_images
 
 
@@ -147,7 +148,9 @@ def test_keras_tuner_engine_runs_the_same_space(
     tmp_path: Path, image_folder: Path, tiny_space_file: Path
 ) -> None:
     out = tmp_path / "run"
-    tiny_space_file.write_text(tiny_space_file.read_text() + "screening: {trials: 1}\n")
+    raw = yaml.safe_load(tiny_space_file.read_text())
+    raw["phase2"]["deepen"] = {"high": 3}
+    tiny_space_file.write_text(yaml.safe_dump(raw) + "screening: {trials: 1}\n")
     proc = search(
         str(image_folder),
         "--space",
@@ -167,6 +170,10 @@ def test_keras_tuner_engine_runs_the_same_space(
         and (out / "keras_tuner" / "best_model.keras").is_file()
     )
     assert "two-stage search (two_stage, formerly screening) is the Optuna engine's" in proc.stderr
+    assert (
+        "(phase2.deepen) is the Optuna engine's; keras-tuner searches unfreeze_blocks"
+        in proc.stderr
+    )
     refused = search(
         str(image_folder),
         "--space",

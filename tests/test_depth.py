@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -251,3 +252,102 @@ def test_the_start_up_check_covers_every_boundary_when_a_space_asks_for_more_tha
     assert any(
         "2 block boundaries" in line and ", each a single-tensor cut" in line for line in lines
     )
+
+
+def _timed(number: int, blocks: Optional[int], seconds: float, state: str = "COMPLETE"):
+    """A finished trial of ``seconds`` at ``blocks`` (None: phase 1 alone), ending now."""
+    from datetime import datetime, timedelta
+
+    import optuna
+
+    end = datetime.now()
+    params = {} if blocks is None else {"unfreeze_blocks": blocks}
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions={k: optuna.distributions.IntDistribution(0, 8) for k in params},
+        value=0.9 if state == "COMPLETE" else None,
+        state=getattr(optuna.trial.TrialState, state),
+    )
+    trial.number = number
+    trial.datetime_start, trial.datetime_complete = end - timedelta(seconds=seconds), end
+    return trial
+
+
+def test_the_cost_bound_counts_the_shallow_mean_over_the_budget_and_the_next_deep_trial() -> None:
+    """Budget 10 at a shallow mean of 10 s: 100 s for the shallow range, 130 s at cost 1.3."""
+    from datetime import datetime
+
+    from autotl.engine.depth import over_cost
+
+    shallow = [_timed(0, 0, 10), _timed(1, 3, 12), _timed(2, None, 8), _timed(3, 2, 10, "PRUNED")]
+    now = datetime.now()
+    # 40 s spent, the next reckoned at the shallow mean (no deep trial yet): 50 <= 130
+    assert over_cost(shallow, 3, 10, 1.3, now) is None
+    # two deep trials of 40 s: 120 s spent, the next reckoned at 40 s: 160 > 130
+    over = over_cost([*shallow, _timed(4, 6, 40), _timed(5, 8, 40)], 3, 10, 1.3, now)
+    assert over == {
+        "trials": 6,
+        "spent_seconds": 120.0,
+        "shallow_seconds": 100.0,
+        "bound_seconds": 130.0,
+        "next_seconds": 40.0,
+    }
+    # a looser bound takes the next deep trial; failed trials are not counted
+    assert over_cost([*shallow, _timed(4, 6, 40), _timed(5, 8, 40)], 3, 10, 1.7, now) is None
+    assert (
+        over_cost([*shallow, _timed(4, 6, 40), _timed(6, 6, 500, "FAIL")], 3, 10, 1.3, now) is None
+    )
+
+
+def test_a_widened_search_stops_at_its_cost_bound_and_runs_on_without_it(
+    tiny_dataset, tmp_path: Path
+) -> None:
+    """A real widened study given one deep trial that took an hour: the next trial would pass 1.3x the
+    shallow range's time for the budget, so the search stops before it, says so and records it; with
+    ``deepen.cost: null`` the same study runs its budget."""
+    from datetime import datetime, timedelta
+
+    import optuna
+
+    from autotl.engine.depth import DEPTH_STOP
+
+    deepen = {"high": 2, "after": 2, "weak_head": 0.9, "cost": None}
+    cfg, _events, registry = _search(tmp_path, "tiny_blind", deepen, trials=3)
+    study = run_search(cfg, registry, tiny_dataset)
+    assert study.user_attrs[DEPTH_ATTR]["from"] == 1 and len(study.trials) == 3
+    probe = study.trials[2]
+    hour = optuna.trial.create_trial(
+        params=probe.params,
+        distributions=probe.distributions,
+        value=0.0,
+        user_attrs=probe.user_attrs,
+    )
+    hour.datetime_complete = datetime.now()
+    hour.datetime_start = hour.datetime_complete - timedelta(hours=1)
+    study.add_trial(hour)
+    bounded = cfg.space.phase2.model_copy(
+        update={"deepen": cfg.space.phase2.deepen.model_copy(update={"cost": 1.3})}
+    )
+    events: list[dict] = []
+    cfg.trials, cfg.space = 6, cfg.space.model_copy(update={"phase2": bounded})
+    study = run_search(cfg, registry, tiny_dataset, on_event=events.append)
+    assert len(study.trials) == 4  # no trial taken
+    stop = study.user_attrs[DEPTH_STOP]
+    assert stop["trials"] == 4 and stop["spent_seconds"] >= 3600
+    assert stop["spent_seconds"] + stop["next_seconds"] > stop["bound_seconds"]
+    said = [e["info"] for e in events if "deepen.cost" in str(e.get("info", ""))]
+    assert said and said[0].startswith("stopping after 4 of 6 trials")
+    # the report says why the search has fewer trials than its budget
+    from autotl.report import build_record, render_markdown
+
+    record = build_record(cfg.out, study, cfg.storage_url, evaluate=False)
+    assert record["search"]["depth"]["stop"] == stop and record["search"]["depth"]["from"] == 1
+    page = render_markdown(record, {})
+    assert "Fine-tuning depth widened from 0..1 to 0..2 blocks after trial 1" in page
+    assert "stopped after 4 trials at its time bound (deepen.cost)" in page
+    unbounded = bounded.model_copy(
+        update={"deepen": bounded.deepen.model_copy(update={"cost": None})}
+    )
+    cfg.space = cfg.space.model_copy(update={"phase2": unbounded})
+    study = run_search(cfg, registry, tiny_dataset)
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 6

@@ -118,13 +118,16 @@ class Deepen(_Strict):
     from the backbone's pretraining), or when the best trial so far fine-tuned the
     range's deepest blocks, kept them, and cut its validation loss by at least
     ``gain`` of the frozen head's.  Deeper boundaries are cached only when a trial
-    first uses one, with the cost said before it is paid.
+    first uses one, with the cost said before it is paid.  Once widened, a search
+    with a trial budget stops before a trial that would take it past ``cost`` times
+    the time the shallow range would have spent on the budget (``None``: no bound).
     """
 
     high: int = Field(8, ge=1)
     after: int = Field(5, ge=1)
     weak_head: float = Field(0.0, ge=0, le=1)
     gain: float = Field(0.1, ge=0, lt=1)
+    cost: Optional[float] = Field(1.0, gt=0)
 
 
 class Phase2(_Strict):

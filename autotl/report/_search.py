@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.report._common import _described
 from autotl.report._rows import history
@@ -98,4 +98,16 @@ def search_record(
         "by_backbone": _by_backbone(complete, o),
         "points": points,
         "ranges": _ranges(space),
+        "depth": _depth(study),
     }
+
+
+def _depth(study: Study) -> Optional[dict[str, Any]]:
+    """Whether the fine-tuning depth widened (``phase2.deepen``), why, and whether its time bound ended the search."""
+    from autotl.engine.depth import DEPTH_ATTR, DEPTH_STOP
+
+    decision = study.user_attrs.get(DEPTH_ATTR)
+    if not decision:
+        return None
+    keys = ("from", "high", "reason", "after_trial", "probes")
+    return {**{k: decision.get(k) for k in keys}, "stop": study.user_attrs.get(DEPTH_STOP)}

@@ -71,10 +71,10 @@ def the_search(record: dict[str, Any]) -> Optional[Section]:
     search = record.get("search")
     if not search:
         return None
-    blocks: list[Fragment] = [
-        Figure("history.png", "optimisation history"),
-        Subheading("Parameter importances"),
-    ]
+    blocks: list[Fragment] = [Figure("history.png", "optimisation history")]
+    if search.get("depth"):
+        blocks.append(Note(_depth_note(search["depth"])))
+    blocks.append(Subheading("Parameter importances"))
     imp = search.get("importances") or {}
     if imp.get("values"):
         blocks.append(
@@ -89,6 +89,24 @@ def the_search(record: dict[str, Any]) -> Optional[Section]:
     if search.get("by_backbone"):
         blocks += _by_backbone(record, search["by_backbone"])
     return Section("search", "The search", tuple(blocks))
+
+
+def _depth_note(depth: dict[str, Any]) -> str:
+    """The widening of ``unfreeze_blocks``, in a sentence or two."""
+    probes = ", ".join(str(p) for p in depth.get("probes") or [])
+    text = (
+        f"Fine-tuning depth widened from 0..{depth['from']} to 0..{depth['high']} blocks after trial "
+        f"{depth['after_trial']}: {depth['reason']}"
+        + (f"; probed at {probes} blocks." if probes else ".")
+    )
+    stop = depth.get("stop")
+    if stop:
+        text += (
+            f" The search stopped after {stop['trials']} trials at its time bound (deepen.cost): "
+            f"{stop['spent_seconds']:.0f} s of trials, the next reckoned at {stop['next_seconds']:.0f} s, "
+            f"against a bound of {stop['bound_seconds']:.0f} s."
+        )
+    return text
 
 
 # -- engines compared

@@ -151,13 +151,6 @@ def boundary_cost(
     return {"cuts": cuts, "bytes": int(sum(sizes)), "largest": int(max(sizes, default=0))}
 
 
-def _seconds(trial: Any, now: datetime) -> float:
-    """A finished trial's duration, a running one's time so far."""
-    if trial.datetime_start is None:
-        return 0.0
-    return ((trial.datetime_complete or now) - trial.datetime_start).total_seconds()
-
-
 def over_cost(
     trials: Sequence[Any], old_high: int, budget: int, cost: float, now: datetime
 ) -> Optional[dict[str, Any]]:
@@ -176,14 +169,17 @@ def over_cost(
     """
     from optuna.trial import TrialState
 
+    from autotl.run.storage import trial_seconds
+
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    shallow = [_seconds(t, now) for t in done if t.params.get(PARAM, 0) <= old_high]
-    deep = [_seconds(t, now) for t in done if t.params.get(PARAM, 0) > old_high]
+    running = [t for t in trials if t.state == TrialState.RUNNING]  # other workers'
+    finished = [(t.params.get(PARAM, 0), trial_seconds(t, now) or 0.0) for t in done]
+    shallow = [s for blocks, s in finished if blocks <= old_high]
+    deep = [s for blocks, s in finished if blocks > old_high]
     if not shallow:
         return None
     mean = sum(shallow) / len(shallow)
-    running = [t for t in trials if t.state == TrialState.RUNNING]  # other workers'
-    spent = sum(_seconds(t, now) for t in (*done, *running))
+    spent = sum(shallow) + sum(deep) + sum(trial_seconds(t, now) or 0.0 for t in running)
     following = sum(deep) / len(deep) if deep else mean
     bound = cost * budget * mean
     if spent + following <= bound:

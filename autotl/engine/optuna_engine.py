@@ -863,16 +863,16 @@ def _depth_cost(runner: _TrialRunner, best: Any, old_high: int, new_high: int) -
     return cost
 
 
-def _depth_cost_spent(study: Any, cfg: SearchConfig, trials: list[Any], emit: Event) -> bool:
-    """Whether a widened search is at its time bound (``deepen.cost``): said once, recorded in the study."""
+def _depth_time_up(study: Any, cfg: SearchConfig, trials: list[Any], emit: Event) -> bool:
+    """Whether a widened search is at its time bound (``deepen.cost``): said, and recorded in the study."""
     from datetime import datetime
 
     from autotl.engine.depth import DEPTH_STOP, over_cost
 
-    deepen, decision = cfg.space.phase2.deepen, study.user_attrs.get(DEPTH_ATTR)
-    if deepen is None or deepen.cost is None or not decision:
+    deepen, shallow = cfg.space.phase2.deepen, cfg.space.phase2.unfreeze_blocks
+    if deepen is None or deepen.cost is None or widened_high(study) is None:
         return False
-    over = over_cost(trials, decision["from"], cfg.trials, deepen.cost, datetime.now())
+    over = over_cost(trials, shallow.high, cfg.trials, deepen.cost, datetime.now())
     if over is None:
         return False
     if DEPTH_STOP not in study.user_attrs:
@@ -882,7 +882,7 @@ def _depth_cost_spent(study: Any, cfg: SearchConfig, trials: list[Any], emit: Ev
             "info": f"stopping after {over['trials']} of {cfg.trials} trials: they took "
             f"{clock(over['spent_seconds'])} and one more would pass the widened range's time bound, "
             f"{clock(over['bound_seconds'])} (deepen.cost {deepen.cost:g}x {cfg.trials} trials at the "
-            f"0..{decision['from']} range's mean); deepen.cost: null runs them all"
+            f"{shallow.low}..{shallow.high} range's mean); deepen.cost: null runs them all"
         }
     )
     return True
@@ -1133,7 +1133,7 @@ def _loop(
             if not waiting:  # a two-stage search past its screening; a range that just widened
                 _enqueue_finalist(study, cfg.space, trials, runner.backbones.live())
                 _deepen(study, cfg.space, runner, emit)
-            if _depth_cost_spent(study, cfg, everything, emit):
+            if _depth_time_up(study, cfg, everything, emit):
                 break
             study.optimize(runner, n_trials=1, catch=(TrialFailed,), callbacks=callbacks)
         else:  # the others' running trials may fill the budget; wait in case one of them dies

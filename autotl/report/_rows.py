@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from typing import TYPE_CHECKING, Any, Optional
 
 from autotl.report._common import STATES, _epochs
+from autotl.run.storage import trial_seconds
 from autotl.scoring.objective import Objectives, trial_metrics
 from autotl.training.trainer import Gate
 
@@ -53,9 +53,8 @@ def _trial_row(t: Any, phase1_epochs: Optional[int], objectives: Objectives) -> 
         else:
             e1 = len(steps)
     seconds = a.get("seconds_total")
-    if seconds is None and t.datetime_start is not None:
-        end = t.datetime_complete or _dt.datetime.now()
-        seconds = (end - t.datetime_start).total_seconds()
+    if seconds is None:
+        seconds = trial_seconds(t)
     return {
         "number": t.number,
         "params": dict(p),

@@ -73,7 +73,8 @@ def the_search(record: dict[str, Any]) -> Optional[Section]:
         return None
     blocks: list[Fragment] = [Figure("history.png", "optimisation history")]
     if search.get("depth"):
-        blocks.append(Note(_depth_note(search["depth"])))
+        low = (search.get("ranges") or {}).get("unfreeze_blocks", [0])[0] or 0
+        blocks.append(Note(_depth_note(search["depth"], low)))
     blocks.append(Subheading("Parameter importances"))
     imp = search.get("importances") or {}
     if imp.get("values"):
@@ -91,11 +92,11 @@ def the_search(record: dict[str, Any]) -> Optional[Section]:
     return Section("search", "The search", tuple(blocks))
 
 
-def _depth_note(depth: dict[str, Any]) -> str:
+def _depth_note(depth: dict[str, Any], low: int) -> str:
     """The widening of ``unfreeze_blocks``, in a sentence or two."""
     probes = ", ".join(str(p) for p in depth.get("probes") or [])
     text = (
-        f"Fine-tuning depth widened from 0..{depth['from']} to 0..{depth['high']} blocks after trial "
+        f"Fine-tuning depth widened from {low}..{depth['from']} to {low}..{depth['high']} blocks after trial "
         f"{depth['after_trial']}: {depth['reason']}"
         + (f"; probed at {probes} blocks." if probes else ".")
     )

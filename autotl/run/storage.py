@@ -32,6 +32,7 @@ __all__ = [
     "load_study",
     "study_names",
     "safe_url",
+    "trial_seconds",
 ]
 
 #: Tables every Optuna RDB storage has: a SQLite file without them is another program's.
@@ -231,6 +232,16 @@ def study_names(storage_url: str) -> list[str]:
         return list(optuna.study.get_all_study_names(storage_url))
     except Exception:
         return []
+
+
+def trial_seconds(trial: Any, now: Optional[Any] = None) -> Optional[float]:
+    """A finished trial's duration, a running one's time so far (until ``now``); None before it starts."""
+    import datetime as _dt
+
+    if trial.datetime_start is None:
+        return None
+    end = trial.datetime_complete or now or _dt.datetime.now()
+    return float((end - trial.datetime_start).total_seconds())
 
 
 def safe_url(url: str) -> str:

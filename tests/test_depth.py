@@ -209,6 +209,38 @@ def test_the_median_pruner_spares_depth_probes_and_still_judges_others(tmp_path:
     assert verdicts == {False: True, True: False}
 
 
+def test_the_pruner_is_asked_in_phase_2_only(tmp_path: Path) -> None:
+    """The trainer's reports: every epoch is an intermediate value; the pruner (whose warm-up is phase 1)
+    is asked from the first phase-2 epoch on, so a phase-1 epoch does not read the study's trials."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from autotl.engine.optuna_engine import _TrialRunner, open_search_study
+
+    space, _ = load_space("default")
+    cfg = SearchConfig(out=tmp_path / "run", space=space, trials=5, weights=WeightsSource("none"))
+    cfg.out.mkdir(parents=True)
+    study = open_search_study(cfg)
+    for _ in range(3):
+        done = study.ask()
+        for step in range(space.phase1.epochs + 1):
+            done.report(0.97, step)
+        study.tell(done, 0.97)
+    asked: list[int] = []
+    judge = study.pruner.prune
+    study.pruner.prune = lambda s, t: asked.append(t.last_step) or judge(s, t)
+    runner = SimpleNamespace(cfg=cfg, on_event=lambda _e: None)
+    trial = study.ask()
+    report = _TrialRunner._reporter(runner, trial, trial_params(trial, space), {})  # type: ignore[arg-type]
+    for step in range(space.phase1.epochs):
+        report(step, 0.5)  # far below the others: phase 1 is never judged
+    with pytest.raises(optuna.TrialPruned):
+        report(space.phase1.epochs, 0.5)
+    assert asked == [space.phase1.epochs]
+    assert sorted(study.trials[-1].intermediate_values) == list(range(space.phase1.epochs + 1))
+
+
 @pytest.mark.parametrize(
     "deepen, fragment",
     [

@@ -675,7 +675,8 @@ class _TrialRunner:
             if not self.cfg.prunes:  # Optuna prunes single-objective studies only
                 return
             trial.report(value, step)
-            if trial.should_prune():
+            # phase 1 is the pruner's warm-up (``_pruner``): asking would read every trial to say no
+            if phase == 2 and trial.should_prune():
                 trial.set_user_attr("pruned_at", {"phase": phase, "step": step})
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
@@ -698,9 +699,9 @@ class _TrialRunner:
         return sum(k < keys[-1] for k in keys[:-1]) < self.cfg.keep_models
 
 
-def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
-    """Record the finished trial's lineage; drop the stored layers of trials out of the ``keep_models`` best
-    (here and in the artifact store, once per process)."""
+def _after_trial(cfg: SearchConfig, store: Any, best: _BestSoFar) -> Callable[[Any, Any], None]:
+    """Record the finished trial's lineage; tell ``best``; drop the stored layers of trials out of the
+    ``keep_models`` best (here and in the artifact store, once per process)."""
     from autotl.run.artifacts import remove
 
     removed: set[str] = set()
@@ -709,7 +710,9 @@ def _after_trial(cfg: SearchConfig, store: Any) -> Callable[[Any, Any], None]:
         stored = cfg.run.trial_layers(trial)
         if trial.state.name == "COMPLETE" and stored is not None:
             record_artifact(cfg.storage_url, study, trial, stored, "trial_weights")
-        for t in ranked_trials(study)[cfg.keep_models :]:
+        ranked = ranked_trials(study)
+        best(study, trial, ranked)
+        for t in ranked[cfg.keep_models :]:
             cfg.run.drop_trial(t.number)
             artifact_id = t.user_attrs.get("layers_artifact")
             if artifact_id and artifact_id not in removed:
@@ -737,8 +740,8 @@ class _BestSoFar:
         self.cfg, self.runner, self.emit = cfg, runner, emit
         self.last = time.monotonic()
 
-    def __call__(self, study: Any, trial: Any) -> None:
-        ranked = ranked_trials(study)
+    def __call__(self, study: Any, trial: Any, ranked: list[Any]) -> None:
+        """After ``trial`` (``ranked``: the study's trials, best first)."""
         if trial.state.name != "COMPLETE" or not ranked or ranked[0].number != trial.number:
             return
         if time.monotonic() - self.last >= BEST_MODEL_INTERVAL:
@@ -1100,7 +1103,7 @@ def _loop(
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
     best = _BestSoFar(cfg, runner, emit)
-    callbacks = [_after_trial(cfg, runner.store), best, _finished_event(emit)]
+    callbacks = [_after_trial(cfg, runner.store, best), _finished_event(emit)]
     while not should_stop():
         if deadline is not None and time.monotonic() > deadline:
             break

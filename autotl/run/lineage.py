@@ -25,6 +25,7 @@ with another one simply checks again.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import sys
@@ -178,6 +179,12 @@ def _has_tables(engine: Any) -> bool:
 
 def library_versions() -> dict[str, str]:
     """Versions of autotl's main libraries (and Python) in this process's environment."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    """Read once a process: a lineage row is written after every trial."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}

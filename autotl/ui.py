@@ -52,6 +52,11 @@ def quiet_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+        # On a CPU without AVX-512 FP16, oneDNN says once a process, at the first float16 op, that
+        # it falls back to Eigen: an error-level line TF_CPP_MIN_LOG_LEVEL does not always hold back
+        # (it broke a command's one-line error once).  Said here, to nobody.
+        with tf.device("/CPU:0"):
+            tf.matmul(tf.ones([1, 1], tf.float16), tf.ones([1, 1], tf.float16))
 
 
 class _QuietTensorFlowFinder:

@@ -274,3 +274,28 @@ def test_plugins_check_of_an_unknown_name_is_one_line_with_exit_2() -> None:
         run_cli("plugins", "check", "resnet9000"),
         "'resnet9000' is neither a backbone name nor a plugin module",
     )
+
+
+def test_tensorflow_says_nothing_on_stderr_after_its_quiet_import() -> None:
+    """A command's stderr holds its own lines only: TensorFlow's start-up chatter and oneDNN's one-time
+    note on float16 (an error-level line on CPUs without AVX-512 FP16, which once broke a one-line
+    error) go nowhere, whatever TF_CPP_MIN_LOG_LEVEL says; float16 ops still run."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from autotl.ui import quiet_tensorflow\n"
+        "quiet_tensorflow()\n"
+        "import tensorflow as tf\n"
+        "h = tf.float16\n"
+        "tf.nn.conv2d(tf.ones([1, 4, 4, 3], h), tf.ones([1, 1, 3, 2], h), 1, 'SAME')\n"
+        "print(tf.function(lambda: tf.matmul(tf.ones([2, 2], h), tf.ones([2, 2], h)))().dtype.name)\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}  # all of TensorFlow's logs, had it any to say
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["float16"]
+    assert proc.stderr.strip() == "", proc.stderr

@@ -15,11 +15,11 @@ wall time, best validation accuracy, peak RSS; then the speed ratio; and the
 floor: one forward pass of the backbone over the data, and the share of
 autotl's time above it, with what such a search pays once besides the floor
 (building and tracing the base, creating the study, saving the model) and its
-trials' training.  The floor and autotl
-run ``--repeat`` times each, interleaved, and their medians are compared: on a
-shared machine one run of a few seconds moves by a quarter.  Then autotl's two-stage search against fine-tuning in
-every trial (two backbones): wall time, best accuracy, and when it was first
-reached.  ``--only phase1|phase2|two-stage`` runs one setting.
+trials' training.  The floor and autotl run ``--repeat`` times each,
+interleaved, and their medians are compared: on a shared machine one run of a
+few seconds moves by a quarter.  Then autotl's two-stage search against
+fine-tuning in every trial (two backbones): wall time, best accuracy, and when
+it was first reached.  ``--only phase1|phase2|two-stage`` runs one setting.
 """
 
 from __future__ import annotations

@@ -172,13 +172,13 @@ def over_cost(
     from autotl.run.storage import trial_seconds
 
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    running = [t for t in trials if t.state == TrialState.RUNNING]  # other workers'
     finished = [(t.params.get(PARAM, 0), trial_seconds(t, now) or 0.0) for t in done]
     shallow = [s for blocks, s in finished if blocks <= old_high]
     deep = [s for blocks, s in finished if blocks > old_high]
     if not shallow:
         return None
     mean = sum(shallow) / len(shallow)
+    running = (t for t in trials if t.state == TrialState.RUNNING)  # other workers'
     spent = sum(shallow) + sum(deep) + sum(trial_seconds(t, now) or 0.0 for t in running)
     following = sum(deep) / len(deep) if deep else mean
     bound = cost * budget * mean
